@@ -1,0 +1,105 @@
+//! A result backend held in process memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{ResultBackend, TaskOutcome};
+use crate::error::Result;
+use crate::task::TaskId;
+
+/// A [`ResultBackend`] in process memory; outcomes expire after their TTL.
+#[derive(Debug, Default)]
+pub struct InMemoryBackend {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    outcomes: HashMap<TaskId, (TaskOutcome, Instant)>,
+    waiters: HashMap<TaskId, Arc<Notify>>,
+    stores_since_sweep: usize,
+}
+
+impl InMemoryBackend {
+    /// An empty backend.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    fn live(&mut self, id: TaskId) -> Option<TaskOutcome> {
+        let now = Instant::now();
+        match self.outcomes.get(&id) {
+            Some((outcome, expires)) if *expires > now => Some(outcome.clone()),
+            Some(_) => {
+                self.outcomes.remove(&id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drops expired outcomes now and then, so memory follows the live set.
+    fn sweep(&mut self) {
+        self.stores_since_sweep += 1;
+        if self.stores_since_sweep < 1024.max(self.outcomes.len() / 2) {
+            return;
+        }
+        self.stores_since_sweep = 0;
+        let now = Instant::now();
+        self.outcomes.retain(|_, (_, expires)| *expires > now);
+        self.waiters.retain(|_, notify| Arc::strong_count(notify) > 1);
+    }
+}
+
+#[async_trait]
+impl ResultBackend for InMemoryBackend {
+    async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
+        let mut state = self.lock();
+        state.outcomes.insert(id, (outcome.clone(), Instant::now() + ttl));
+        if let Some(notify) = state.waiters.remove(&id) {
+            notify.notify_waiters();
+        }
+        state.sweep();
+        Ok(())
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {
+        Ok(self.lock().live(id))
+    }
+
+    async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Option<TaskOutcome>> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            let notify = {
+                let mut state = self.lock();
+                if let Some(outcome) = state.live(id) {
+                    return Ok(Some(outcome));
+                }
+                Arc::clone(state.waiters.entry(id).or_default())
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Look again now that the wake-up is armed: a store between the first look
+            // and `enable` would otherwise be missed.
+            if let Some(outcome) = self.lock().live(id) {
+                return Ok(Some(outcome));
+            }
+            if tokio::time::timeout_at(give_up, notified).await.is_err() {
+                return Ok(self.lock().live(id));
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The `Broker` trait: where jobs wait, and how workers take, settle and renew them.
+
+mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::task::TaskId;
+
+pub use memory::InMemoryBroker;
+
+/// A job handed to a broker: routing facts plus the encoded envelope.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Job {
+    /// The job's id.
+    pub id: TaskId,
+    /// The queue it goes to.
+    pub queue: String,
+    /// 0 (lowest) to 9 (highest).
+    pub priority: u8,
+    /// When it becomes due; `None` for now.
+    pub eta: Option<DateTime<Utc>>,
+    /// The encoded envelope.
+    pub payload: Vec<u8>,
+}
+
+impl Job {
+    /// A job with the given routing facts.
+    #[must_use]
+    pub fn new(
+        id: TaskId,
+        queue: impl Into<String>,
+        priority: u8,
+        eta: Option<DateTime<Utc>>,
+        payload: Vec<u8>,
+    ) -> Self {
+        Job { id, queue: queue.into(), priority, eta, payload }
+    }
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("priority", &self.priority)
+            .field("eta", &self.eta)
+            .field("payload_bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+/// Proof that a worker holds a job: its id, queue and the token of the current lease.
+///
+/// Every settling call (ack, retry, release, dead-letter, renew) presents it; once
+/// the lease has passed to another worker, the token no longer matches and the call
+/// fails with [`Error::LeaseLost`](crate::Error::LeaseLost), changing nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The job's id.
+    pub id: TaskId,
+    /// The queue it was claimed from.
+    pub queue: String,
+    /// The lease token, fresh for every claim.
+    pub token: String,
+}
+
+/// A claimed job.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The lease the worker now holds.
+    pub lease: Lease,
+    /// The encoded envelope.
+    pub payload: Vec<u8>,
+    /// How many times this job has been claimed since it was last enqueued or retried,
+    /// this claim included.
+    pub deliveries: u32,
+}
+
+impl Delivery {
+    /// A delivery (for broker implementations).
+    #[must_use]
+    pub fn new(lease: Lease, payload: Vec<u8>, deliveries: u32) -> Self {
+        Delivery { lease, payload, deliveries }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("lease", &self.lease)
+            .field("payload_bytes", &self.payload.len())
+            .field("deliveries", &self.deliveries)
+            .finish()
+    }
+}
+
+/// A job in a dead-letter queue, with why it is there.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The job's id.
+    pub id: TaskId,
+    /// The queue it came from.
+    pub queue: String,
+    /// The encoded envelope as it was last delivered.
+    pub payload: Vec<u8>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// A dead letter (for broker implementations).
+    #[must_use]
+    pub fn new(
+        id: TaskId,
+        queue: impl Into<String>,
+        payload: Vec<u8>,
+        reason: impl Into<String>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        DeadLetter { id, queue: queue.into(), payload, reason: reason.into(), at }
+    }
+}
+
+impl fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("reason", &self.reason)
+            .field("at", &self.at)
+            .field("payload_bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+/// How many jobs a queue holds, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Due and waiting to be claimed.
+    pub ready: u64,
+    /// Waiting for their eta (delayed jobs and retries).
+    pub delayed: u64,
+    /// Claimed and under a lease.
+    pub in_flight: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+    /// Dead letters dropped because the dead-letter queue was full.
+    pub dead_dropped: u64,
+}
+
+/// Where jobs wait and how workers take them.
+///
+/// Delivery is at least once with fenced leases: [`claim`](Broker::claim) hands out a
+/// job under a lease with a fresh token, and every settling call checks the token, so
+/// a worker whose lease passed to another cannot complete, retry or overwrite the job.
+/// A job whose lease expires goes back to ready.
+///
+/// Implementations must be safe to call from many tasks at once. The trait is object
+/// safe; dmq holds brokers as `Arc<dyn Broker>`.
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Adds one job: ready now, or delayed until its eta.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached or refuses the job.
+    async fn enqueue(&self, job: Job) -> Result<()>;
+
+    /// Adds many jobs at once, atomically: all of them or none.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Broker::enqueue); on an error no job was added.
+    async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()>;
+
+    /// Claims up to `max` due jobs from `queues`, highest priority first, each under a
+    /// lease of `lease` with a fresh token. When none is due, waits up to `wait` for
+    /// one (woken by notification, not by polling) and returns an empty list if none
+    /// came.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel safe: a claim whose future is dropped loses no
+    /// job (it either claimed nothing, or the claimed jobs return to ready when their
+    /// lease expires).
+    async fn claim(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Settles a job as done and forgets it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale; nothing
+    /// changes then.
+    async fn ack(&self, lease: &Lease) -> Result<()>;
+
+    /// Puts a job back, with an updated envelope, to become due at `eta`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale.
+    async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()>;
+
+    /// Puts a job back to ready at once, as on shutdown.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale.
+    async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Moves a job to its queue's dead-letter queue with `reason`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale.
+    async fn dead_letter(&self, lease: &Lease, reason: &str) -> Result<()>;
+
+    /// Extends a lease to `lease` from now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale: the
+    /// worker should stop treating the job as its own.
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<()>;
+
+    /// How many jobs `queue` holds, by state.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats>;
+
+    /// The number of ready jobs in `queue`.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn queue_len(&self, queue: &str) -> Result<u64> {
+        Ok(self.queue_stats(queue).await?.ready)
+    }
+
+    /// A page of `queue`'s dead-letter queue, newest first.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn dead_letters(&self, queue: &str, offset: usize, limit: usize)
+    -> Result<Vec<DeadLetter>>;
+
+    /// The number of jobs in `queue`'s dead-letter queue.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn dead_letter_count(&self, queue: &str) -> Result<u64> {
+        Ok(self.queue_stats(queue).await?.dead)
+    }
+}

@@ -1,0 +1,257 @@
+//! The MessagePack envelope every job travels in.
+//!
+//! The envelope is a MessagePack map with named fields (see `docs/wire-format.md`), so
+//! that older and newer dmq versions, and producers in other languages, decode each
+//! other: unknown fields are ignored and missing optional fields take their defaults.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::task::TaskId;
+
+/// The envelope format this version writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The default limit on an encoded envelope: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+
+/// The default priority: 5 on a scale from 0 (lowest) to 9 (highest).
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+/// The highest priority.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// One job, as it travels through the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Envelope {
+    /// The envelope format version ([`FORMAT_VERSION`]).
+    #[serde(default = "format_version")]
+    pub version: u32,
+    /// The job's unique id.
+    pub id: TaskId,
+    /// The registered task name.
+    pub task: String,
+    /// The queue the job was sent to.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// The argument tuple, itself MessagePack (an array with one item per argument).
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+    /// The attempt this delivery runs, starting at 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// How many retries the call allows, overriding the task's own setting.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// How long one run may take, in milliseconds, overriding the task's own setting.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// When the job becomes due (Unix milliseconds); absent for "now".
+    #[serde(default, with = "chrono::serde::ts_milliseconds_option")]
+    pub eta: Option<DateTime<Utc>>,
+    /// After this instant (Unix milliseconds) the job must not start.
+    #[serde(default, with = "chrono::serde::ts_milliseconds_option")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// 0 (lowest) to 9 (highest); 5 by default.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// A key that makes a second enqueue of the same job a no-op.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// When the job was first enqueued (Unix milliseconds).
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub created_at: DateTime<Utc>,
+    /// String headers: trace context, tenant, ...
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn format_version() -> u32 {
+    FORMAT_VERSION
+}
+
+fn default_queue() -> String {
+    "default".to_owned()
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
+impl Envelope {
+    /// A new envelope for `task` on `queue` with encoded `args`, due now.
+    #[must_use]
+    pub fn new(task: impl Into<String>, queue: impl Into<String>, args: Vec<u8>) -> Self {
+        Envelope {
+            version: FORMAT_VERSION,
+            id: TaskId::new(),
+            task: task.into(),
+            queue: queue.into(),
+            args,
+            attempt: 1,
+            max_retries: None,
+            timeout_ms: None,
+            eta: None,
+            expires_at: None,
+            priority: DEFAULT_PRIORITY,
+            idempotency_key: None,
+            created_at: Utc::now(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Encodes the envelope, refusing one over `limit` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] over the limit (the arguments alone are checked
+    /// before anything is encoded), [`Error::Encode`] if encoding fails.
+    pub fn encode(&self, limit: usize) -> Result<Vec<u8>> {
+        let too_large = |size| Error::MessageTooLarge { task: self.task.clone(), size, limit };
+        if self.args.len() > limit {
+            return Err(too_large(self.args.len()));
+        }
+        let bytes = rmp_serde::to_vec_named(self)
+            .map_err(|e| Error::Encode { what: "the job envelope", reason: e.to_string() })?;
+        if bytes.len() > limit {
+            return Err(too_large(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes an envelope, refusing input over `limit` bytes before reading it.
+    ///
+    /// Never panics, whatever the bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] saying what was wrong.
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<Self> {
+        if bytes.len() > limit {
+            return Err(Error::Decode(format!(
+                "the envelope is {} bytes, over the {limit}-byte limit",
+                bytes.len()
+            )));
+        }
+        let envelope: Envelope =
+            rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        if envelope.priority > MAX_PRIORITY {
+            return Err(Error::Decode(format!(
+                "priority {} is outside 0..=9",
+                envelope.priority
+            )));
+        }
+        Ok(envelope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Envelope {
+        let mut e = Envelope::new("add", "math", rmp_serde::to_vec(&(2i64, 3i64)).unwrap());
+        e.eta = Some(DateTime::from_timestamp_millis(1_800_000_000_123).unwrap());
+        e.expires_at = Some(DateTime::from_timestamp_millis(1_800_000_100_000).unwrap());
+        e.created_at = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        e.priority = 7;
+        e.attempt = 2;
+        e.max_retries = Some(4);
+        e.headers.insert("traceparent".into(), "00-abc-def-01".into());
+        e
+    }
+
+    #[test]
+    fn round_trips() {
+        let e = sample();
+        let bytes = e.encode(DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        assert_eq!(Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).unwrap(), e);
+    }
+
+    #[derive(Serialize)]
+    struct Newer<'a> {
+        #[serde(flatten)]
+        base: &'a Envelope,
+        shiny_new_field: Vec<u32>,
+    }
+
+    #[test]
+    fn an_unknown_field_from_a_newer_version_is_ignored() {
+        let e = sample();
+        let bytes =
+            rmp_serde::to_vec_named(&Newer { base: &e, shiny_new_field: vec![1, 2] }).unwrap();
+        let decoded = Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        assert_eq!(decoded, e);
+    }
+
+    #[derive(Serialize)]
+    struct Minimal {
+        id: TaskId,
+        task: &'static str,
+        #[serde(with = "serde_bytes")]
+        args: Vec<u8>,
+        created_at: i64,
+    }
+
+    #[test]
+    fn a_minimal_envelope_from_another_producer_takes_defaults() {
+        let m = Minimal {
+            id: TaskId::new(),
+            task: "add",
+            args: rmp_serde::to_vec(&(1, 2)).unwrap(),
+            created_at: 1_700_000_000_000,
+        };
+        let bytes = rmp_serde::to_vec_named(&m).unwrap();
+        let e = Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        assert_eq!((e.queue.as_str(), e.attempt, e.priority), ("default", 1, 5));
+        assert_eq!(e.version, FORMAT_VERSION);
+    }
+
+    #[test]
+    fn an_envelope_over_the_limit_is_refused() {
+        let e = Envelope::new("big", "default", vec![0u8; 2048]);
+        let err = e.encode(1024).unwrap_err();
+        assert!(matches!(err, Error::MessageTooLarge { size: 2048, limit: 1024, .. }), "{err}");
+        let bytes = e.encode(DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        assert!(Envelope::decode(&bytes, 1024).is_err());
+    }
+
+    #[test]
+    fn an_out_of_range_priority_is_refused() {
+        let mut e = sample();
+        e.priority = 12;
+        let bytes = rmp_serde::to_vec_named(&e).unwrap();
+        assert!(Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE);
+        }
+
+        #[test]
+        fn truncated_envelopes_never_panic_or_decode(cut in 0usize..1000) {
+            let bytes = sample().encode(DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+            let cut = cut % bytes.len();
+            prop_assert!(Envelope::decode(&bytes[..cut], DEFAULT_MAX_MESSAGE_SIZE).is_err());
+        }
+
+        #[test]
+        fn corrupted_envelopes_never_panic(pos in 0usize..1000, byte in any::<u8>()) {
+            let mut bytes = sample().encode(DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+            let pos = pos % bytes.len();
+            bytes[pos] = byte;
+            let _ = Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The crate's error type.
+
+use std::time::Duration;
+
+use crate::task::TaskId;
+
+/// A `Result` whose error defaults to dmq's [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in dmq outside of a task's own body.
+///
+/// Branch on the variant, or ask [`Error::is_transient`] whether trying again later
+/// may help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two `#[task]` functions registered the same task name.
+    #[error(
+        "two tasks are registered under the name {name:?}: one at {first}, one at {second}; \
+         give one of them another name with #[task(name = \"...\")]"
+    )]
+    DuplicateTask {
+        /// The task name both use.
+        name: String,
+        /// Where the first one is defined (`file:line`).
+        first: String,
+        /// Where the second one is defined (`file:line`).
+        second: String,
+    },
+
+    /// An encoded job is larger than the configured limit.
+    #[error(
+        "the job for task {task:?} is {size} bytes, over the {limit}-byte limit; \
+         pass large data by reference (a key or URL) or raise Manager::builder().max_message_size(..)"
+    )]
+    MessageTooLarge {
+        /// The task the job was for.
+        task: String,
+        /// The encoded size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+
+    /// A value could not be encoded as MessagePack.
+    #[error("could not encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's message.
+        reason: String,
+    },
+
+    /// A job envelope could not be decoded.
+    #[error("could not decode the job envelope: {0}")]
+    Decode(String),
+
+    /// A stored result does not decode into the type the caller asked for.
+    #[error(
+        "the result of task {id} does not decode as {expected}: {reason}; \
+         ask for the task's own return type"
+    )]
+    ResultType {
+        /// The task id.
+        id: TaskId,
+        /// The Rust type the caller asked for.
+        expected: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+
+    /// The task ran and failed; its error message and kind are kept.
+    #[error("task {id} failed ({kind}): {message}")]
+    TaskFailed {
+        /// The task id.
+        id: TaskId,
+        /// The kind of failure: `error`, `fatal`, `panic`, `timeout`, `unknown_task`, `bad_args`, ...
+        kind: String,
+        /// The task's error message.
+        message: String,
+    },
+
+    /// The job's expiry passed before it started, so it never ran.
+    #[error("task {id} expired before it started and did not run")]
+    Expired {
+        /// The task id.
+        id: TaskId,
+    },
+
+    /// No result arrived within the time the caller was willing to wait.
+    #[error("no result for task {id} within {waited:?}; the job may still be queued or running")]
+    Timeout {
+        /// The task id.
+        id: TaskId,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+
+    /// A lease token no longer matches: the lease expired and the job was handed
+    /// to another worker, or the job was already acknowledged.
+    #[error("the lease on job {id} is no longer held by this worker (expired or already settled)")]
+    LeaseLost {
+        /// The job's task id.
+        id: TaskId,
+    },
+
+    /// An argument given to dmq was not valid.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The broker or backend failed; `transient` tells whether retrying may help.
+    #[error("{message}")]
+    Backend {
+        /// What failed and what to do about it.
+        message: String,
+        /// Whether the same call may succeed later (a lost connection, say).
+        transient: bool,
+    },
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again later, as after a lost
+    /// connection; `false` for errors that retrying cannot fix, like a bad argument.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Backend { transient: true, .. } | Error::Timeout { .. })
+    }
+}

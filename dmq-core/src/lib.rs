@@ -1,0 +1,124 @@
+//! dmq: a Celery-style distributed task runner.
+//!
+//! Mark an async function with [`#[task]`](macro@task), enqueue it with
+//! `my_task::call(args).enqueue(&manager)`, and run workers that execute it, with
+//! retries, timeouts and a result backend callers await by task id.
+//!
+//! ```
+//! use dmq_core::{task, Manager, TaskError};
+//! use std::time::Duration;
+//!
+//! #[task]
+//! async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+//!     Ok(x + y)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = Manager::builder().build()?;
+//! let worker = manager.worker().concurrency(4).start();
+//! let handle = add::call(2, 3).enqueue(&manager).await?;
+//! assert_eq!(handle.result(Duration::from_secs(10)).await?, 5);
+//! worker.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod broker;
+mod envelope;
+mod error;
+mod manager;
+mod task;
+mod worker;
+
+#[cfg(feature = "test-util")]
+pub mod conformance;
+
+pub use backend::{
+    DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend, TaskFailure, TaskOutcome, TaskState,
+};
+pub use broker::{Broker, DeadLetter, Delivery, InMemoryBroker, Job, Lease, QueueStats};
+pub use dmq_macros::task;
+pub use envelope::{
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, Envelope, FORMAT_VERSION, MAX_PRIORITY,
+};
+pub use error::{Error, Result};
+pub use manager::{Manager, ManagerBuilder};
+pub use task::{
+    Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
+};
+pub use worker::{ShutdownReport, WorkerBuilder, WorkerHandle};
+
+/// What `#[task]` expands to refers only to this module. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
+    pub use crate::task::{Call, TaskContext, TaskError};
+    pub use inventory;
+    pub use std::boxed::Box;
+    pub use std::result::Result;
+    pub use std::time::Duration;
+    pub use std::vec::Vec;
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// A type a task may take as an argument or return as its value.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot travel as a task argument or result",
+        label = "a task's arguments and value must implement serde's `Serialize` and `Deserialize`, and be owned, `Send` and `'static`",
+        note = "derive them with #[derive(serde::Serialize, serde::Deserialize)], or pass an id the task can look up"
+    )]
+    pub trait TaskValue: Serialize + DeserializeOwned + Send + 'static {}
+
+    impl<T: Serialize + DeserializeOwned + Send + 'static> TaskValue for T {}
+
+    /// Checks at compile time that `T` can be a task argument.
+    pub const fn assert_value<T: TaskValue>() {}
+
+    /// What a task function may return: `Result<T, E>` with `E: Into<TaskError>`.
+    #[diagnostic::on_unimplemented(
+        message = "a task must return `Result<T, E>`, not `{Self}`",
+        label = "change the return type to `Result<T, TaskError>` (any error type that converts into `TaskError` works too)"
+    )]
+    pub trait TaskReturn {
+        /// The success type.
+        type Ok: TaskValue;
+        /// Splits the value from the error.
+        fn into_task_result(self) -> Result<Self::Ok, TaskError>;
+    }
+
+    impl<T: TaskValue, E: Into<TaskError>> TaskReturn for Result<T, E> {
+        type Ok = T;
+        fn into_task_result(self) -> Result<T, TaskError> {
+            self.map_err(Into::into)
+        }
+    }
+
+    /// Decodes the argument tuple of task `task`.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::BadArgs`] saying which types were expected.
+    pub fn decode_args<A: DeserializeOwned>(task: &str, bytes: &[u8]) -> Result<A, RunError> {
+        rmp_serde::from_slice(bytes).map_err(|e| {
+            RunError::BadArgs(format!(
+                "the arguments do not fit task {task:?}, which takes {}: {e}",
+                std::any::type_name::<A>()
+            ))
+        })
+    }
+
+    /// Turns a task function's return into the encoded value or the error.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Task`] with the task's error, [`RunError::BadOutput`] when the
+    /// value does not encode.
+    pub fn finish<R: TaskReturn>(returned: R) -> Result<Vec<u8>, RunError> {
+        let value = returned.into_task_result().map_err(RunError::Task)?;
+        rmp_serde::to_vec_named(&value)
+            .map_err(|e| RunError::BadOutput(format!("the task's value did not encode: {e}")))
+    }
+}

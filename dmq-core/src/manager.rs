@@ -1,0 +1,228 @@
+//! The `Manager`: the broker, the result backend and the task registry, shared by
+//! producers and workers.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::backend::{DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend};
+use crate::broker::{Broker, InMemoryBroker, Job};
+use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
+use crate::error::{Error, Result};
+use crate::task::{Call, Registry, ResultRef, TaskId};
+use crate::worker::WorkerBuilder;
+
+/// The entry point: enqueues jobs, reads results and starts workers.
+///
+/// Cheap to clone; clones share everything.
+///
+/// ```
+/// # async fn demo() -> dmq_core::Result<()> {
+/// use dmq_core::Manager;
+///
+/// let manager = Manager::builder().build()?; // in-memory broker and backend
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    registry: Registry,
+    config: Config,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_message_size: usize,
+    pub(crate) result_ttl: Duration,
+    pub(crate) default_max_retries: u32,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("broker", &self.inner.broker)
+            .field("backend", &self.inner.backend)
+            .field("tasks", &self.inner.registry.tasks().len())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Manager {
+    /// A builder; with nothing set it uses an in-memory broker and backend.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// The broker jobs go through.
+    #[must_use]
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// The backend results are kept in.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn ResultBackend> {
+        &self.inner.backend
+    }
+
+    /// The tasks linked into this binary.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// A builder for a worker that runs this manager's tasks in this process.
+    pub fn worker(&self) -> WorkerBuilder {
+        WorkerBuilder::new(self.clone())
+    }
+
+    /// The result of job `id`, read as `T`.
+    pub fn result<T: DeserializeOwned>(&self, id: TaskId) -> ResultRef<T> {
+        ResultRef::new(self.clone(), id)
+    }
+
+    /// Enqueues a prepared envelope and returns its id. Most code calls
+    /// `task::call(..).enqueue(&manager)` instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] over the size limit, or the broker's error.
+    pub async fn enqueue_envelope(&self, envelope: Envelope) -> Result<TaskId> {
+        let job = self.job(&envelope)?;
+        self.inner.broker.enqueue(job).await?;
+        Ok(envelope.id)
+    }
+
+    /// Enqueues many calls in one step, atomically, and returns their ids in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_envelope`](Manager::enqueue_envelope); on an error nothing was
+    /// enqueued.
+    pub async fn enqueue_batch<T>(&self, calls: impl IntoIterator<Item = Call<T>>) -> Result<Vec<TaskId>> {
+        let mut ids = Vec::new();
+        let mut jobs = Vec::new();
+        for call in calls {
+            let envelope = call.into_envelope()?;
+            jobs.push(self.job(&envelope)?);
+            ids.push(envelope.id);
+        }
+        self.inner.broker.enqueue_batch(jobs).await?;
+        Ok(ids)
+    }
+
+    fn job(&self, envelope: &Envelope) -> Result<Job> {
+        let payload = envelope.encode(self.inner.config.max_message_size)?;
+        Ok(Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload))
+    }
+}
+
+/// Builds a [`Manager`].
+#[must_use]
+pub struct ManagerBuilder {
+    broker: Option<Arc<dyn Broker>>,
+    backend: Option<Arc<dyn ResultBackend>>,
+    config: Config,
+}
+
+impl fmt::Debug for ManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerBuilder")
+            .field("broker", &self.broker)
+            .field("backend", &self.backend)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Default for ManagerBuilder {
+    fn default() -> Self {
+        ManagerBuilder {
+            broker: None,
+            backend: None,
+            config: Config {
+                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+                result_ttl: DEFAULT_RESULT_TTL,
+                default_max_retries: 0,
+            },
+        }
+    }
+}
+
+impl ManagerBuilder {
+    /// Sends jobs through `broker` (an in-memory one by default).
+    pub fn broker(self, broker: impl Broker) -> Self {
+        self.shared_broker(Arc::new(broker))
+    }
+
+    /// Sends jobs through a broker shared with other managers.
+    pub fn shared_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Keeps results in `backend` (an in-memory one by default).
+    pub fn backend(self, backend: impl ResultBackend) -> Self {
+        self.shared_backend(Arc::new(backend))
+    }
+
+    /// Keeps results in a backend shared with other managers.
+    pub fn shared_backend(mut self, backend: Arc<dyn ResultBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Refuses jobs whose encoded envelope is over `bytes` (1 MiB by default).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// Keeps results for `ttl` (one day by default).
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.config.result_ttl = ttl;
+        self
+    }
+
+    /// Retries a failed run this many times when neither the task nor the call says
+    /// otherwise (0 by default).
+    pub fn default_max_retries(mut self, retries: u32) -> Self {
+        self.config.default_max_retries = retries;
+        self
+    }
+
+    /// Builds the manager, collecting every `#[task]` linked into the binary.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateTask`] when two tasks share a name, [`Error::InvalidArgument`]
+    /// for a zero size limit.
+    pub fn build(self) -> Result<Manager> {
+        if self.config.max_message_size == 0 {
+            return Err(Error::InvalidArgument(
+                "max_message_size must be above zero bytes".to_owned(),
+            ));
+        }
+        let registry = Registry::from_linked()?;
+        Ok(Manager {
+            inner: Arc::new(Inner {
+                broker: self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new())),
+                backend: self.backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
+                registry,
+                config: self.config,
+            }),
+        })
+    }
+}

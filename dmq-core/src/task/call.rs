@@ -1,0 +1,280 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{TaskOutcome, TaskState};
+use crate::envelope::{Envelope, MAX_PRIORITY};
+use crate::error::{Error, Result};
+use crate::manager::Manager;
+use crate::task::TaskId;
+
+/// A typed call of one task, ready to enqueue: `add::call(2, 3)`.
+///
+/// Set where and when it runs with [`queue`](Call::queue), [`delay`](Call::delay),
+/// [`eta`](Call::eta) and [`priority`](Call::priority), then
+/// [`enqueue`](Call::enqueue) it. `T` is the task's success type.
+#[must_use = "a call does nothing until it is enqueued"]
+pub struct Call<T> {
+    task: &'static str,
+    queue: String,
+    args: std::result::Result<Vec<u8>, String>,
+    delay: Option<Duration>,
+    eta: Option<DateTime<Utc>>,
+    priority: u8,
+    max_retries: Option<u32>,
+    timeout: Option<Duration>,
+    headers: BTreeMap<String, String>,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Call<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("task", &self.task)
+            .field("queue", &self.queue)
+            .field("delay", &self.delay)
+            .field("eta", &self.eta)
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Call<T> {
+    /// A call of the task `task` with `args` (the argument tuple). `#[task]` generates
+    /// the typed constructor; this one is for generated code.
+    #[doc(hidden)]
+    pub fn new<A: Serialize>(task: &'static str, queue: &'static str, args: &A) -> Self {
+        Call {
+            task,
+            queue: queue.to_owned(),
+            args: rmp_serde::to_vec(args).map_err(|e| e.to_string()),
+            delay: None,
+            eta: None,
+            priority: crate::envelope::DEFAULT_PRIORITY,
+            max_retries: None,
+            timeout: None,
+            headers: BTreeMap::new(),
+            output: PhantomData,
+        }
+    }
+
+    /// The task's registered name.
+    #[must_use]
+    pub fn task_name(&self) -> &'static str {
+        self.task
+    }
+
+    /// Sends the job to `queue` instead of the task's own.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// Runs the job no earlier than `delay` after it is enqueued.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self.eta = None;
+        self
+    }
+
+    /// Runs the job no earlier than `eta`.
+    pub fn eta(mut self, eta: DateTime<Utc>) -> Self {
+        self.eta = Some(eta);
+        self.delay = None;
+        self
+    }
+
+    /// Sets the priority, from 0 (lowest) to 9 (highest); 5 by default. Among due
+    /// jobs in one queue, higher priorities are claimed first.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Allows `max_retries` retries of a failed run, overriding the task's setting.
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = Some(max_retries);
+        self
+    }
+
+    /// Limits one run to `timeout`, overriding the task's setting.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a string header that travels with the job.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// The envelope this call enqueues, with a fresh id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when an argument did not encode, [`Error::InvalidArgument`]
+    /// for a priority above 9.
+    pub fn into_envelope(self) -> Result<Envelope> {
+        if self.priority > MAX_PRIORITY {
+            return Err(Error::InvalidArgument(format!(
+                "priority {} is out of range: use 0 (lowest) to 9 (highest)",
+                self.priority
+            )));
+        }
+        let args = self.args.map_err(|reason| Error::Encode {
+            what: "the task's arguments",
+            reason,
+        })?;
+        let mut envelope = Envelope::new(self.task, self.queue, args);
+        envelope.eta = match (self.eta, self.delay) {
+            (Some(eta), _) => Some(eta),
+            (None, Some(delay)) => Some(
+                envelope.created_at
+                    + chrono::Duration::from_std(delay).map_err(|_| {
+                        Error::InvalidArgument(format!("delay {delay:?} is too long"))
+                    })?,
+            ),
+            (None, None) => None,
+        };
+        envelope.priority = self.priority;
+        envelope.max_retries = self.max_retries;
+        envelope.timeout_ms =
+            self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        envelope.headers = self.headers;
+        Ok(envelope)
+    }
+}
+
+impl<T: DeserializeOwned> Call<T> {
+    /// Enqueues the job and returns a handle to await its result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] over the manager's size limit, [`Error::Encode`]
+    /// when an argument did not encode, or the broker's error.
+    pub async fn enqueue(self, manager: &Manager) -> Result<TaskHandle<T>> {
+        let id = manager.enqueue_envelope(self.into_envelope()?).await?;
+        Ok(TaskHandle { result: manager.result::<T>(id) })
+    }
+}
+
+/// A handle on one enqueued job, to await its typed result.
+#[must_use]
+pub struct TaskHandle<T> {
+    result: ResultRef<T>,
+}
+
+impl<T> fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.result.id).finish()
+    }
+}
+
+impl<T: DeserializeOwned> TaskHandle<T> {
+    /// The job's id.
+    #[must_use]
+    pub fn id(&self) -> TaskId {
+        self.result.id
+    }
+
+    /// Waits up to `timeout` for the job's result.
+    ///
+    /// # Errors
+    ///
+    /// As [`ResultRef::wait`].
+    pub async fn result(&self, timeout: Duration) -> Result<T> {
+        self.result.wait(timeout).await
+    }
+}
+
+/// The result of one job, by id, read as `T`: `manager.result::<i64>(id)`.
+#[must_use]
+pub struct ResultRef<T> {
+    manager: Manager,
+    id: TaskId,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for ResultRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResultRef").field("id", &self.id).finish()
+    }
+}
+
+impl<T: DeserializeOwned> ResultRef<T> {
+    pub(crate) fn new(manager: Manager, id: TaskId) -> Self {
+        ResultRef { manager, id, output: PhantomData }
+    }
+
+    /// The job's id.
+    #[must_use]
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// The result if the job has finished, `None` if not (yet). Never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskFailed`] or [`Error::Expired`] when the job did not succeed,
+    /// [`Error::ResultType`] when the value is not a `T`, or the backend's error.
+    pub async fn get(&self) -> Result<Option<T>> {
+        match self.manager.backend().get(self.id).await? {
+            Some(outcome) => self.read(outcome).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` for the result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when none arrived in time, otherwise as [`get`](ResultRef::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future only stops the wait.
+    pub async fn wait(&self, timeout: Duration) -> Result<T> {
+        match self.manager.backend().wait(self.id, timeout).await? {
+            Some(outcome) => self.read(outcome),
+            None => Err(Error::Timeout { id: self.id, waited: timeout }),
+        }
+    }
+
+    /// The raw stored outcome (state, attempts, timings), if any. Never waits.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error.
+    pub async fn outcome(&self) -> Result<Option<TaskOutcome>> {
+        self.manager.backend().get(self.id).await
+    }
+
+    fn read(&self, outcome: TaskOutcome) -> Result<T> {
+        match outcome.state {
+            TaskState::Succeeded => {
+                let bytes = outcome.value.unwrap_or_default();
+                rmp_serde::from_slice(&bytes).map_err(|e| Error::ResultType {
+                    id: self.id,
+                    expected: std::any::type_name::<T>(),
+                    reason: e.to_string(),
+                })
+            }
+            TaskState::Failed => {
+                let failure = outcome.failure;
+                Err(Error::TaskFailed {
+                    id: self.id,
+                    kind: failure.as_ref().map_or("error", |f| f.kind.as_str()).to_owned(),
+                    message: failure.map(|f| f.message).unwrap_or_default(),
+                })
+            }
+            TaskState::Expired => Err(Error::Expired { id: self.id }),
+        }
+    }
+}

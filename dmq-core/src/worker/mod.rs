@@ -1,0 +1,247 @@
+//! The worker pool: claims jobs in batches up to its free capacity, runs them
+//! concurrently, stores their results and settles them with the broker.
+
+mod job;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::Manager;
+
+/// Builds and starts an in-process worker: `manager.worker().concurrency(10).start()`.
+#[must_use]
+pub struct WorkerBuilder {
+    manager: Manager,
+    config: WorkerConfig,
+}
+
+/// A worker's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerConfig {
+    pub(crate) concurrency: usize,
+    pub(crate) queues: Option<Vec<String>>,
+    pub(crate) grace: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) claim_wait: Duration,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder").field("config", &self.config).finish()
+    }
+}
+
+impl WorkerBuilder {
+    pub(crate) fn new(manager: Manager) -> Self {
+        WorkerBuilder {
+            manager,
+            config: WorkerConfig {
+                concurrency: 10,
+                queues: None,
+                grace: Duration::from_secs(30),
+                lease: Duration::from_secs(30),
+                claim_wait: Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// Runs at most `n` jobs at once (10 by default; at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n.max(1);
+        self
+    }
+
+    /// Takes jobs from these queues, in this order of preference; by default from
+    /// every queue of the tasks linked into the binary.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.queues = Some(queues.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// On shutdown, lets running jobs finish for up to `grace` (30 s by default)
+    /// before cancelling them and releasing them to their queues.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.config.grace = grace;
+        self
+    }
+
+    /// Holds each claimed job under a lease of `lease` (30 s by default), renewed
+    /// while the job runs. A job whose worker dies returns to its queue when the
+    /// lease runs out.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Starts the worker on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime.
+    pub fn start(self) -> WorkerHandle {
+        let queues = self.config.queues.clone().unwrap_or_else(|| {
+            let mut queues = self.manager.registry().queues();
+            if queues.is_empty() {
+                queues.push("default".to_owned());
+            }
+            queues
+        });
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            manager: self.manager,
+            config: self.config,
+            queues,
+            stop: stop.clone(),
+            hard_stop: CancellationToken::new(),
+            released: AtomicU64::new(0),
+        });
+        tracing::info!(
+            queues = ?shared.queues,
+            concurrency = shared.config.concurrency,
+            tasks = shared.manager.registry().tasks().len(),
+            "worker started"
+        );
+        let task = tokio::spawn(run(Arc::clone(&shared)));
+        WorkerHandle { stop, task, shared }
+    }
+}
+
+/// What a worker shares with its jobs.
+pub(crate) struct Shared {
+    pub(crate) manager: Manager,
+    pub(crate) config: WorkerConfig,
+    pub(crate) queues: Vec<String>,
+    stop: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) released: AtomicU64,
+}
+
+/// A running worker. Stop it with [`shutdown`](WorkerHandle::shutdown); dropping the
+/// handle leaves the worker running until the runtime ends.
+#[must_use = "dropping the handle leaves the worker running with no way to stop it gracefully"]
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle").field("queues", &self.shared.queues).finish()
+    }
+}
+
+/// How a worker's shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Jobs still running at the end of the grace period, cancelled and released to
+    /// their queues.
+    pub released: u64,
+}
+
+impl WorkerHandle {
+    /// The queues this worker takes jobs from.
+    #[must_use]
+    pub fn queues(&self) -> &[String] {
+        &self.shared.queues
+    }
+
+    /// Stops the worker gracefully: it stops claiming, lets running jobs finish within
+    /// the grace period, then cancels the rest and releases them to their queues.
+    pub async fn shutdown(self) -> ShutdownReport {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the worker loop ended abnormally");
+        }
+        let released = self.shared.released.load(Ordering::Relaxed);
+        tracing::info!(released, "worker stopped");
+        ShutdownReport { released }
+    }
+}
+
+/// The claim loop, then the graceful stop.
+async fn run(shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(shared.config.concurrency));
+    let mut jobs = JoinSet::new();
+    let mut failures = 0u32;
+    loop {
+        while jobs.try_join_next().is_some() {}
+        let first = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let free = 1 + slots.available_permits();
+        let broker = shared.manager.broker();
+        let claimed = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            claimed = broker.claim(&shared.queues, free, shared.config.lease, shared.config.claim_wait) => claimed,
+        };
+        let deliveries = match claimed {
+            Ok(deliveries) => {
+                failures = 0;
+                deliveries
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let pause = backoff(failures);
+                tracing::warn!(error = %e, retry_in = ?pause, "claiming jobs failed");
+                tokio::select! {
+                    () = shared.stop.cancelled() => break,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        let mut first = Some(first);
+        for delivery in deliveries {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        // Cannot happen: only this loop takes slots, and it claimed no
+                        // more than were free. Hand the job back rather than overrun.
+                        job::release(&shared, &delivery.lease).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = Arc::clone(&shared);
+            jobs.spawn(async move {
+                job::process(&shared, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+    let grace = shared.config.grace;
+    let drained = tokio::time::timeout(grace, async {
+        while jobs.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(running = jobs.len(), ?grace, "grace period over; releasing running jobs");
+        shared.hard_stop.cancel();
+        while jobs.join_next().await.is_some() {}
+    }
+}
+
+/// Pause after `failures` failed claims in a row: 100 ms doubling up to 5 s.
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_millis(100 * (1u64 << exp)).min(Duration::from_secs(5))
+}

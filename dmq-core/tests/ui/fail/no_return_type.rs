@@ -1,0 +1,8 @@
+use dmq_core::task;
+
+#[task]
+async fn log(line: String) {
+    println!("{line}");
+}
+
+fn main() {}
