@@ -1,0 +1,592 @@
+//! The contracts every [`Broker`] and [`ResultBackend`] must keep, as reusable tests
+//! (enabled by the `test-util` feature).
+//!
+//! Implement [`Fixture`] for a type that sets up a fresh broker and backend (and
+//! cleans them up), then generate one `#[tokio::test]` per contract:
+//!
+//! ```ignore
+//! struct Memory(Arc<InMemoryBroker>, Arc<InMemoryBackend>);
+//! #[async_trait::async_trait]
+//! impl dmq_core::conformance::Fixture for Memory { /* ... */ }
+//!
+//! dmq_core::broker_conformance_tests!(Memory);
+//! dmq_core::backend_conformance_tests!(Memory);
+//! ```
+//!
+//! The checks use real time with generous bounds; they prove behaviour, not speed.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use tokio::time::Instant;
+
+use crate::backend::{ResultBackend, TaskOutcome};
+use crate::broker::{Broker, Delivery, Job};
+use crate::error::Error;
+use crate::task::{FailureKind, TaskId};
+
+/// Sets up a fresh broker and backend for one check, and cleans up after it.
+#[async_trait]
+pub trait Fixture: Send + Sync + Sized + 'static {
+    /// A fresh, empty broker and backend (a new namespace, say).
+    async fn setup() -> Self;
+    /// The broker under test.
+    fn broker(&self) -> Arc<dyn Broker>;
+    /// The backend under test.
+    fn backend(&self) -> Arc<dyn ResultBackend>;
+    /// Removes whatever the check left behind. Runs even when the check failed.
+    async fn teardown(self) {}
+}
+
+/// Runs one broker check against a fresh fixture.
+pub async fn run_broker<F: Fixture, Fut: Future<Output = ()>>(check: fn(Arc<dyn Broker>) -> Fut) {
+    let fixture = F::setup().await;
+    let outcome = AssertUnwindSafe(check(fixture.broker()))
+        .catch_unwind()
+        .await;
+    fixture.teardown().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs one backend check against a fresh fixture.
+pub async fn run_backend<F: Fixture, Fut: Future<Output = ()>>(
+    check: fn(Arc<dyn ResultBackend>) -> Fut,
+) {
+    let fixture = F::setup().await;
+    let outcome = AssertUnwindSafe(check(fixture.backend()))
+        .catch_unwind()
+        .await;
+    fixture.teardown().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_case {
+    ($fixture:ty, $runner:ident, $module:ident, $name:ident) => {
+        #[::dmq_core::__private::tokio::test(
+            flavor = "multi_thread",
+            worker_threads = 2,
+            crate = "::dmq_core::__private::tokio"
+        )]
+        async fn $name() {
+            $crate::conformance::$runner::<$fixture, _>($crate::conformance::$module::$name).await;
+        }
+    };
+}
+
+/// Generates one test per broker contract for a [`Fixture`] type.
+#[macro_export]
+macro_rules! broker_conformance_tests {
+    ($fixture:ty) => {
+        $crate::__broker_cases!(
+            $fixture,
+            claims_what_was_enqueued,
+            claim_takes_at_most_max,
+            higher_priority_is_claimed_first,
+            queues_are_kept_apart,
+            delayed_job_waits_for_its_eta,
+            ack_forgets_the_job,
+            stale_token_changes_nothing,
+            release_returns_the_job_at_once,
+            retry_holds_the_new_payload_until_its_eta,
+            dead_letter_keeps_the_reason,
+            renew_extends_the_lease,
+            waiting_claim_is_woken_by_enqueue,
+            batch_enqueue_adds_every_job,
+            concurrent_claimers_never_share_a_job,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broker_cases {
+    ($fixture:ty, $($name:ident),* $(,)?) => {
+        $( $crate::__conformance_case!($fixture, run_broker, broker, $name); )*
+    };
+}
+
+/// Generates one test per result-backend contract for a [`Fixture`] type.
+#[macro_export]
+macro_rules! backend_conformance_tests {
+    ($fixture:ty) => {
+        $crate::__backend_cases!(
+            $fixture,
+            stored_outcome_reads_back,
+            missing_outcome_is_none,
+            store_replaces_the_outcome,
+            wait_is_woken_by_store,
+            wait_gives_none_after_its_timeout,
+            outcome_expires_after_its_ttl,
+            many_waiters_are_all_woken,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_cases {
+    ($fixture:ty, $($name:ident),* $(,)?) => {
+        $( $crate::__conformance_case!($fixture, run_backend, backend, $name); )*
+    };
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn job(queue: &str, priority: u8, payload: &str) -> Job {
+    Job::new(
+        TaskId::new(),
+        queue,
+        priority,
+        None,
+        payload.as_bytes().to_vec(),
+    )
+}
+
+fn delayed(queue: &str, eta: DateTime<Utc>, payload: &str) -> Job {
+    Job::new(
+        TaskId::new(),
+        queue,
+        5,
+        Some(eta),
+        payload.as_bytes().to_vec(),
+    )
+}
+
+fn queues(names: &[&str]) -> Vec<String> {
+    names.iter().map(|&n| n.to_owned()).collect()
+}
+
+fn payloads(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+        .collect()
+}
+
+fn after(d: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The broker contracts, one function each.
+pub mod broker {
+    use super::*;
+
+    /// Enqueued jobs come back from a claim, with their payloads, under leases.
+    pub async fn claims_what_was_enqueued(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        for p in ["one", "two", "three"] {
+            b.enqueue(job("alpha", 5, p)).await.expect("enqueue");
+        }
+        assert_eq!(b.queue_len("alpha").await.expect("len"), 3);
+        let got = b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(
+            payloads(&got),
+            ["one", "two", "three"],
+            "same priority is first in, first out"
+        );
+        assert!(
+            got.iter()
+                .all(|d| d.deliveries == 1 && d.lease.queue == "alpha")
+        );
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!((stats.ready, stats.in_flight), (0, 3));
+    }
+
+    /// A claim takes no more than `max` jobs.
+    pub async fn claim_takes_at_most_max(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        for i in 0..5 {
+            b.enqueue(job("alpha", 5, &i.to_string()))
+                .await
+                .expect("enqueue");
+        }
+        assert_eq!(
+            b.claim(&q, 2, LONG, Duration::ZERO)
+                .await
+                .expect("claim")
+                .len(),
+            2
+        );
+        assert_eq!(
+            b.claim(&q, 10, LONG, Duration::ZERO)
+                .await
+                .expect("claim")
+                .len(),
+            3
+        );
+        assert!(
+            b.claim(&q, 10, LONG, Duration::ZERO)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+    }
+
+    /// Among due jobs, priority 9 comes before 5 before 0.
+    pub async fn higher_priority_is_claimed_first(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        for (priority, p) in [(0, "low"), (9, "high"), (5, "mid"), (9, "high2")] {
+            b.enqueue(job("alpha", priority, p)).await.expect("enqueue");
+        }
+        let got = b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(payloads(&got), ["high", "high2", "mid", "low"]);
+    }
+
+    /// A claim on one queue never takes another queue's jobs.
+    pub async fn queues_are_kept_apart(b: Arc<dyn Broker>) {
+        b.enqueue(job("alpha", 5, "a")).await.expect("enqueue");
+        b.enqueue(job("beta", 5, "b")).await.expect("enqueue");
+        let got = b
+            .claim(&queues(&["beta"]), 10, LONG, Duration::ZERO)
+            .await
+            .expect("claim");
+        assert_eq!(payloads(&got), ["b"]);
+        assert_eq!(b.queue_len("alpha").await.expect("len"), 1);
+        let both = b
+            .claim(&queues(&["beta", "alpha"]), 10, LONG, Duration::ZERO)
+            .await;
+        assert_eq!(payloads(&both.expect("claim")), ["a"]);
+    }
+
+    /// A delayed job is not handed out before its eta, and is soon after.
+    pub async fn delayed_job_waits_for_its_eta(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        let eta = after(Duration::from_millis(400));
+        b.enqueue(delayed("alpha", eta, "later"))
+            .await
+            .expect("enqueue");
+        assert!(
+            b.claim(&q, 10, LONG, Duration::ZERO)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        assert_eq!(b.queue_stats("alpha").await.expect("stats").delayed, 1);
+        let got = b
+            .claim(&q, 10, LONG, Duration::from_secs(10))
+            .await
+            .expect("claim");
+        assert!(Utc::now() >= eta, "claimed before its eta");
+        assert_eq!(payloads(&got), ["later"]);
+        assert!(
+            Utc::now() < eta + chrono::Duration::seconds(5),
+            "not claimed soon after its eta"
+        );
+    }
+
+    /// After an ack the job is gone, and a second ack is refused.
+    pub async fn ack_forgets_the_job(b: Arc<dyn Broker>) {
+        b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
+        let got = b
+            .claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO)
+            .await
+            .expect("claim");
+        b.ack(&got[0].lease).await.expect("ack");
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!(
+            (stats.ready, stats.delayed, stats.in_flight, stats.dead),
+            (0, 0, 0, 0)
+        );
+        assert!(matches!(
+            b.ack(&got[0].lease).await,
+            Err(Error::LeaseLost { .. })
+        ));
+    }
+
+    /// Once a lease expires and another worker claims the job, the first worker's
+    /// token is refused by every settling call and changes nothing.
+    pub async fn stale_token_changes_nothing(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
+        let first = b
+            .claim(&q, 1, Duration::from_millis(200), Duration::ZERO)
+            .await
+            .expect("claim");
+        let second = b
+            .claim(&q, 1, LONG, Duration::from_secs(10))
+            .await
+            .expect("reclaim");
+        assert_eq!(second.len(), 1, "an expired lease returns the job to ready");
+        assert_eq!(second[0].lease.id, first[0].lease.id);
+        assert_ne!(
+            second[0].lease.token, first[0].lease.token,
+            "each claim has a fresh token"
+        );
+        assert_eq!(second[0].deliveries, 2);
+        let stale = &first[0].lease;
+        let lost = |r: crate::Result<()>| matches!(r, Err(Error::LeaseLost { .. }));
+        assert!(lost(b.ack(stale).await));
+        assert!(lost(
+            b.retry(stale, b"overwritten".to_vec(), Utc::now()).await
+        ));
+        assert!(lost(b.release(stale).await));
+        assert!(lost(b.dead_letter(stale, "stale").await));
+        assert!(lost(b.renew(stale, LONG).await));
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!(
+            (stats.ready, stats.delayed, stats.in_flight, stats.dead),
+            (0, 0, 1, 0)
+        );
+        b.ack(&second[0].lease)
+            .await
+            .expect("the current holder can ack");
+    }
+
+    /// A released job is ready again at once.
+    pub async fn release_returns_the_job_at_once(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
+        let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+        b.release(&got[0].lease).await.expect("release");
+        let again = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(payloads(&again), ["x"]);
+    }
+
+    /// A retried job waits for its eta and comes back with the new payload.
+    pub async fn retry_holds_the_new_payload_until_its_eta(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue(job("alpha", 5, "attempt 1"))
+            .await
+            .expect("enqueue");
+        let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+        let eta = after(Duration::from_millis(300));
+        b.retry(&got[0].lease, b"attempt 2".to_vec(), eta)
+            .await
+            .expect("retry");
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!((stats.ready, stats.delayed, stats.in_flight), (0, 1, 0));
+        let again = b
+            .claim(&q, 1, LONG, Duration::from_secs(10))
+            .await
+            .expect("claim");
+        assert!(Utc::now() >= eta);
+        assert_eq!(payloads(&again), ["attempt 2"]);
+        assert_eq!(again[0].lease.id, got[0].lease.id);
+    }
+
+    /// Dead letters keep their reason, newest first, and are counted.
+    pub async fn dead_letter_keeps_the_reason(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        for p in ["first", "second"] {
+            b.enqueue(job("alpha", 5, p)).await.expect("enqueue");
+        }
+        for reason in ["bad one", "bad two"] {
+            let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+            b.dead_letter(&got[0].lease, reason)
+                .await
+                .expect("dead-letter");
+        }
+        assert_eq!(b.dead_letter_count("alpha").await.expect("count"), 2);
+        let page = b.dead_letters("alpha", 0, 10).await.expect("list");
+        let seen: Vec<(&str, &[u8])> = page
+            .iter()
+            .map(|d| (d.reason.as_str(), d.payload.as_slice()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("bad two", &b"second"[..]), ("bad one", &b"first"[..])]
+        );
+        assert_eq!(b.dead_letters("alpha", 1, 10).await.expect("list").len(), 1);
+        assert_eq!(b.queue_stats("alpha").await.expect("stats").in_flight, 0);
+    }
+
+    /// A renewed lease outlives its first deadline.
+    pub async fn renew_extends_the_lease(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
+        let got = b
+            .claim(&q, 1, Duration::from_millis(300), Duration::ZERO)
+            .await
+            .expect("claim");
+        b.renew(&got[0].lease, LONG).await.expect("renew");
+        let again = b
+            .claim(&q, 1, LONG, Duration::from_millis(900))
+            .await
+            .expect("claim");
+        assert!(again.is_empty(), "a renewed job was handed out again");
+        b.ack(&got[0].lease).await.expect("ack after renew");
+    }
+
+    /// A claim waiting on an empty queue returns soon after a job is enqueued.
+    pub async fn waiting_claim_is_woken_by_enqueue(b: Arc<dyn Broker>) {
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = b
+                    .claim(&queues(&["alpha"]), 1, LONG, Duration::from_secs(20))
+                    .await;
+                (got, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.enqueue(job("alpha", 5, "wake")).await.expect("enqueue");
+        let (got, waited) = waiter.await.expect("join");
+        assert_eq!(payloads(&got.expect("claim")), ["wake"]);
+        assert!(
+            waited < Duration::from_secs(10),
+            "the waiting claim slept {waited:?}"
+        );
+    }
+
+    /// A batch adds every job.
+    pub async fn batch_enqueue_adds_every_job(b: Arc<dyn Broker>) {
+        let jobs: Vec<Job> = (0..100).map(|i| job("alpha", 5, &i.to_string())).collect();
+        b.enqueue_batch(jobs).await.expect("batch");
+        assert_eq!(b.queue_len("alpha").await.expect("len"), 100);
+        let got = b
+            .claim(&queues(&["alpha"]), 1000, LONG, Duration::ZERO)
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 100);
+    }
+
+    /// Many claimers at once each get distinct jobs, and together all of them.
+    pub async fn concurrent_claimers_never_share_a_job(b: Arc<dyn Broker>) {
+        let jobs: Vec<Job> = (0..500).map(|i| job("alpha", 5, &i.to_string())).collect();
+        b.enqueue_batch(jobs).await.expect("batch");
+        let mut claimers = Vec::new();
+        for _ in 0..8 {
+            let b = Arc::clone(&b);
+            claimers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = b.claim(&queues(&["alpha"]), 7, LONG, Duration::ZERO).await;
+                    let got = got.expect("claim");
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    for d in got {
+                        b.ack(&d.lease).await.expect("ack");
+                        mine.push(d.lease.id);
+                    }
+                }
+            }));
+        }
+        let mut seen = HashSet::new();
+        for claimer in claimers {
+            for id in claimer.await.expect("join") {
+                assert!(seen.insert(id), "job {id} was handed to two claimers");
+            }
+        }
+        assert_eq!(seen.len(), 500);
+    }
+}
+
+fn outcome(seed: u8) -> TaskOutcome {
+    let at = |ms| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    let mut outcome = TaskOutcome::succeeded(vec![seed, 1, 2], 2, at(1_700_000_000_000));
+    outcome.finished_at = at(1_700_000_000_250);
+    outcome
+}
+
+/// The result-backend contracts, one function each.
+pub mod backend {
+    use super::*;
+
+    /// What was stored reads back unchanged.
+    pub async fn stored_outcome_reads_back(b: Arc<dyn ResultBackend>) {
+        let id = TaskId::new();
+        b.store(id, &outcome(7), LONG).await.expect("store");
+        assert_eq!(b.get(id).await.expect("get"), Some(outcome(7)));
+        let failed = TaskOutcome::failed(FailureKind::Timeout, "took too long", 3, None);
+        let other = TaskId::new();
+        b.store(other, &failed, LONG).await.expect("store");
+        let back = b.get(other).await.expect("get").expect("stored");
+        assert_eq!(back.failure, failed.failure);
+        assert_eq!(back.attempts, 3);
+    }
+
+    /// An id with nothing stored reads as `None`.
+    pub async fn missing_outcome_is_none(b: Arc<dyn ResultBackend>) {
+        assert_eq!(b.get(TaskId::new()).await.expect("get"), None);
+    }
+
+    /// A second store replaces the first.
+    pub async fn store_replaces_the_outcome(b: Arc<dyn ResultBackend>) {
+        let id = TaskId::new();
+        b.store(id, &outcome(1), LONG).await.expect("store");
+        b.store(id, &outcome(2), LONG).await.expect("store");
+        assert_eq!(b.get(id).await.expect("get"), Some(outcome(2)));
+    }
+
+    /// A waiter returns soon after the outcome is stored.
+    pub async fn wait_is_woken_by_store(b: Arc<dyn ResultBackend>) {
+        let id = TaskId::new();
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                (b.wait(id, Duration::from_secs(20)).await, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.store(id, &outcome(3), LONG).await.expect("store");
+        let (got, waited) = waiter.await.expect("join");
+        assert_eq!(got.expect("wait"), Some(outcome(3)));
+        assert!(
+            waited < Duration::from_secs(10),
+            "the waiter slept {waited:?}"
+        );
+    }
+
+    /// A wait with nothing stored gives `None` once its timeout passes, not before.
+    pub async fn wait_gives_none_after_its_timeout(b: Arc<dyn ResultBackend>) {
+        let started = Instant::now();
+        let got = b
+            .wait(TaskId::new(), Duration::from_millis(300))
+            .await
+            .expect("wait");
+        assert_eq!(got, None);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    /// An outcome is gone once its TTL has passed.
+    pub async fn outcome_expires_after_its_ttl(b: Arc<dyn ResultBackend>) {
+        let id = TaskId::new();
+        b.store(id, &outcome(4), Duration::from_millis(300))
+            .await
+            .expect("store");
+        assert!(b.get(id).await.expect("get").is_some());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(b.get(id).await.expect("get"), None);
+    }
+
+    /// Many waiters on many ids are each woken by their own store.
+    pub async fn many_waiters_are_all_woken(b: Arc<dyn ResultBackend>) {
+        let ids: Vec<TaskId> = (0..200).map(|_| TaskId::new()).collect();
+        let waiters: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let b = Arc::clone(&b);
+                tokio::spawn(async move { b.wait(id, Duration::from_secs(20)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (i, &id) in ids.iter().enumerate() {
+            b.store(id, &outcome(u8::try_from(i % 256).unwrap_or(0)), LONG)
+                .await
+                .expect("store");
+        }
+        for (i, waiter) in waiters.into_iter().enumerate() {
+            let got = waiter
+                .await
+                .expect("join")
+                .expect("wait")
+                .expect("woken with the outcome");
+            assert_eq!(got, outcome(u8::try_from(i % 256).unwrap_or(0)));
+        }
+    }
+}

@@ -60,6 +60,7 @@ pub mod __private {
     pub use std::result::Result;
     pub use std::time::Duration;
     pub use std::vec::Vec;
+    pub use tokio;
 
     use serde::Serialize;
     use serde::de::DeserializeOwned;

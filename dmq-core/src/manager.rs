@@ -111,7 +111,10 @@ impl Manager {
     ///
     /// As [`enqueue_envelope`](Manager::enqueue_envelope); on an error nothing was
     /// enqueued.
-    pub async fn enqueue_batch<T>(&self, calls: impl IntoIterator<Item = Call<T>>) -> Result<Vec<TaskId>> {
+    pub async fn enqueue_batch<T>(
+        &self,
+        calls: impl IntoIterator<Item = Call<T>>,
+    ) -> Result<Vec<TaskId>> {
         let mut ids = Vec::new();
         let mut jobs = Vec::new();
         for call in calls {
@@ -125,7 +128,13 @@ impl Manager {
 
     fn job(&self, envelope: &Envelope) -> Result<Job> {
         let payload = envelope.encode(self.inner.config.max_message_size)?;
-        Ok(Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload))
+        Ok(Job::new(
+            envelope.id,
+            envelope.queue.clone(),
+            envelope.priority,
+            envelope.eta,
+            payload,
+        ))
     }
 }
 
@@ -218,8 +227,12 @@ impl ManagerBuilder {
         let registry = Registry::from_linked()?;
         Ok(Manager {
             inner: Arc::new(Inner {
-                broker: self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new())),
-                backend: self.backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
+                broker: self
+                    .broker
+                    .unwrap_or_else(|| Arc::new(InMemoryBroker::new())),
+                backend: self
+                    .backend
+                    .unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
                 registry,
                 config: self.config,
             }),

@@ -86,7 +86,10 @@ impl TaskOutcome {
         TaskOutcome {
             state: TaskState::Failed,
             value: None,
-            failure: Some(TaskFailure { kind, message: message.into() }),
+            failure: Some(TaskFailure {
+                kind,
+                message: message.into(),
+            }),
             attempts,
             started_at,
             finished_at: Utc::now(),

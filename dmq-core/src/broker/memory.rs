@@ -77,13 +77,19 @@ impl InMemoryBroker {
     /// ones are dropped and counted.
     #[must_use]
     pub fn with_dead_letter_cap(cap: usize) -> Self {
-        InMemoryBroker { state: Mutex::default(), notify: Notify::new(), dead_letter_cap: cap }
+        InMemoryBroker {
+            state: Mutex::default(),
+            notify: Notify::new(),
+            dead_letter_cap: cap,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written: every
         // mutation below completes before anything that could panic.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` on the job's in-flight entry when `lease` still holds it.
@@ -94,12 +100,18 @@ impl InMemoryBroker {
     ) -> Result<T> {
         let mut state = self.lock();
         let state = &mut *state;
-        let queue = state.queues.get_mut(&lease.queue).ok_or(Error::LeaseLost { id: lease.id })?;
+        let queue = state
+            .queues
+            .get_mut(&lease.queue)
+            .ok_or(Error::LeaseLost { id: lease.id })?;
         match queue.in_flight.get(&lease.id) {
             Some(held) if held.token == lease.token => {}
             _ => return Err(Error::LeaseLost { id: lease.id }),
         }
-        let held = queue.in_flight.remove(&lease.id).ok_or(Error::LeaseLost { id: lease.id })?;
+        let held = queue
+            .in_flight
+            .remove(&lease.id)
+            .ok_or(Error::LeaseLost { id: lease.id })?;
         Ok(f(queue, held, &mut state.next_seq))
     }
 }
@@ -187,16 +199,35 @@ impl State {
         let mut claimed = Vec::new();
         let mut next_change: Option<Instant> = None;
         for name in queues {
-            let Some(queue) = self.queues.get_mut(name) else { continue };
+            let Some(queue) = self.queues.get_mut(name) else {
+                continue;
+            };
             queue.promote(now);
             while claimed.len() < max {
-                let Some(mut stored) = queue.pop_ready() else { break };
+                let Some(mut stored) = queue.pop_ready() else {
+                    break;
+                };
                 stored.deliveries += 1;
                 self.next_seq += 1;
                 let token = format!("{:x}", self.next_seq);
-                let lease_info = Lease { id: stored.id, queue: name.clone(), token: token.clone() };
-                claimed.push(Delivery::new(lease_info, stored.payload.clone(), stored.deliveries));
-                queue.in_flight.insert(stored.id, InFlight { stored, token, deadline: now + lease });
+                let lease_info = Lease {
+                    id: stored.id,
+                    queue: name.clone(),
+                    token: token.clone(),
+                };
+                claimed.push(Delivery::new(
+                    lease_info,
+                    stored.payload.clone(),
+                    stored.deliveries,
+                ));
+                queue.in_flight.insert(
+                    stored.id,
+                    InFlight {
+                        stored,
+                        token,
+                        deadline: now + lease,
+                    },
+                );
             }
             if let Some(at) = queue.next_change() {
                 next_change = Some(next_change.map_or(at, |n| n.min(at)));
@@ -264,7 +295,11 @@ impl Broker for InMemoryBroker {
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
         self.settle(lease, |queue, held, seq| {
-            let stored = Stored { payload, deliveries: 0, ..held.stored };
+            let stored = Stored {
+                payload,
+                deliveries: 0,
+                ..held.stored
+            };
             *seq += 1;
             if eta > Utc::now() {
                 queue.delayed.insert((due_instant(eta), *seq), stored);
@@ -317,7 +352,9 @@ impl Broker for InMemoryBroker {
 
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let mut state = self.lock();
-        let Some(q) = state.queues.get_mut(queue) else { return Ok(QueueStats::default()) };
+        let Some(q) = state.queues.get_mut(queue) else {
+            return Ok(QueueStats::default());
+        };
         q.promote(Instant::now());
         Ok(QueueStats {
             ready: q.ready_len() as u64,

@@ -39,7 +39,13 @@ impl Job {
         eta: Option<DateTime<Utc>>,
         payload: Vec<u8>,
     ) -> Self {
-        Job { id, queue: queue.into(), priority, eta, payload }
+        Job {
+            id,
+            queue: queue.into(),
+            priority,
+            eta,
+            payload,
+        }
     }
 }
 
@@ -87,7 +93,11 @@ impl Delivery {
     /// A delivery (for broker implementations).
     #[must_use]
     pub fn new(lease: Lease, payload: Vec<u8>, deliveries: u32) -> Self {
-        Delivery { lease, payload, deliveries }
+        Delivery {
+            lease,
+            payload,
+            deliveries,
+        }
     }
 }
 
@@ -127,7 +137,13 @@ impl DeadLetter {
         reason: impl Into<String>,
         at: DateTime<Utc>,
     ) -> Self {
-        DeadLetter { id, queue: queue.into(), payload, reason: reason.into(), at }
+        DeadLetter {
+            id,
+            queue: queue.into(),
+            payload,
+            reason: reason.into(),
+            at,
+        }
     }
 }
 
@@ -264,8 +280,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     ///
     /// When the broker cannot be reached.
-    async fn dead_letters(&self, queue: &str, offset: usize, limit: usize)
-    -> Result<Vec<DeadLetter>>;
+    async fn dead_letters(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>>;
 
     /// The number of jobs in `queue`'s dead-letter queue.
     ///

@@ -144,8 +144,9 @@ impl<T> Call<T> {
         };
         envelope.priority = self.priority;
         envelope.max_retries = self.max_retries;
-        envelope.timeout_ms =
-            self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        envelope.timeout_ms = self
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         envelope.headers = self.headers;
         Ok(envelope)
     }
@@ -160,19 +161,23 @@ impl<T: DeserializeOwned> Call<T> {
     /// when an argument did not encode, or the broker's error.
     pub async fn enqueue(self, manager: &Manager) -> Result<TaskHandle<T>> {
         let id = manager.enqueue_envelope(self.into_envelope()?).await?;
-        Ok(TaskHandle { result: manager.result::<T>(id) })
+        Ok(TaskHandle {
+            result: manager.result::<T>(id),
+        })
     }
 }
 
-/// A handle on one enqueued job, to await its typed result.
-#[must_use]
+/// A handle on one enqueued job, to await its typed result. Dropping it is fine: the
+/// job runs all the same, and its result can be read later by id.
 pub struct TaskHandle<T> {
     result: ResultRef<T>,
 }
 
 impl<T> fmt::Debug for TaskHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskHandle").field("id", &self.result.id).finish()
+        f.debug_struct("TaskHandle")
+            .field("id", &self.result.id)
+            .finish()
     }
 }
 
@@ -209,7 +214,11 @@ impl<T> fmt::Debug for ResultRef<T> {
 
 impl<T: DeserializeOwned> ResultRef<T> {
     pub(crate) fn new(manager: Manager, id: TaskId) -> Self {
-        ResultRef { manager, id, output: PhantomData }
+        ResultRef {
+            manager,
+            id,
+            output: PhantomData,
+        }
     }
 
     /// The job's id.
@@ -243,7 +252,10 @@ impl<T: DeserializeOwned> ResultRef<T> {
     pub async fn wait(&self, timeout: Duration) -> Result<T> {
         match self.manager.backend().wait(self.id, timeout).await? {
             Some(outcome) => self.read(outcome),
-            None => Err(Error::Timeout { id: self.id, waited: timeout }),
+            None => Err(Error::Timeout {
+                id: self.id,
+                waited: timeout,
+            }),
         }
     }
 
@@ -270,7 +282,10 @@ impl<T: DeserializeOwned> ResultRef<T> {
                 let failure = outcome.failure;
                 Err(Error::TaskFailed {
                     id: self.id,
-                    kind: failure.as_ref().map_or("error", |f| f.kind.as_str()).to_owned(),
+                    kind: failure
+                        .as_ref()
+                        .map_or("error", |f| f.kind.as_str())
+                        .to_owned(),
                     message: failure.map(|f| f.message).unwrap_or_default(),
                 })
             }

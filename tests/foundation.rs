@@ -1,0 +1,443 @@
+//! The foundation end to end on the in-memory broker: the DESIGN.md example, many
+//! jobs on several queues and workers, panics, timeouts, shutdown and bad input.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dmq_core::{
+    Broker, Envelope, Error, FailureKind, InMemoryBroker, Job, Manager, TaskError, TaskId,
+    TaskState, task,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[task]
+async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    Ok(x + y)
+}
+
+#[task(
+    name = "emails.send",
+    queue = "emails",
+    max_retries = 5,
+    timeout = "30s"
+)]
+async fn send_email(to: String, body: String) -> Result<(), TaskError> {
+    if to.is_empty() || body.is_empty() {
+        return Err(TaskError::fatal("an e-mail needs a recipient and a body"));
+    }
+    Ok(())
+}
+
+/// The code of DESIGN.md's "The API a user writes", as written there (less the
+/// `.cron(..)` line, which belongs to the scheduling work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_design_example_returns_5() -> Result<(), Box<dyn std::error::Error>> {
+    let manager = Manager::builder().build()?;
+    let worker = manager.worker().concurrency(10).start();
+
+    let handle = add::call(2, 3).enqueue(&manager).await?;
+    assert_eq!(handle.result(Duration::from_secs(10)).await?, 5);
+    let same: i64 = manager
+        .result::<i64>(handle.id())
+        .wait(Duration::from_secs(1))
+        .await?;
+    assert_eq!(same, 5);
+
+    add::call(2, 3)
+        .delay(Duration::from_secs(30))
+        .enqueue(&manager)
+        .await?;
+    add::call(2, 3)
+        .eta(chrono::Utc::now() + chrono::Duration::hours(1))
+        .enqueue(&manager)
+        .await?;
+    assert_eq!(manager.broker().queue_stats("default").await?.delayed, 2);
+
+    send_email::call("a@example.com".into(), "hi".into())
+        .enqueue(&manager)
+        .await?
+        .result(WAIT)
+        .await?;
+    assert_eq!(
+        add(2, 3).await?,
+        5,
+        "the function stays callable as written"
+    );
+    worker.shutdown().await;
+    Ok(())
+}
+
+static RUNS: [AtomicU32; 10_000] = [const { AtomicU32::new(0) }; 10_000];
+
+#[task(name = "foundation.count", queue = "count-a")]
+async fn count(slot: usize) -> Result<usize, TaskError> {
+    RUNS[slot].fetch_add(1, Ordering::SeqCst);
+    Ok(slot)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_jobs_on_four_queues_and_two_workers_each_run_exactly_once() {
+    let manager = Manager::builder().build().expect("manager");
+    let queues = ["count-a", "count-b", "count-c", "count-d"];
+    let first = manager.worker().concurrency(32).queues(queues).start();
+    let second = manager
+        .worker()
+        .concurrency(32)
+        .queues(queues.iter().rev().copied())
+        .start();
+
+    let mut handles = Vec::new();
+    for slot in 0..10_000 {
+        let call = count::call(slot).queue(queues[slot % 4]);
+        handles.push(call.enqueue(&manager).await.expect("enqueue"));
+    }
+    for (slot, handle) in handles.iter().enumerate() {
+        assert_eq!(handle.result(WAIT).await.expect("result"), slot);
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+    for (slot, runs) in RUNS.iter().enumerate() {
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "job {slot} ran a number of times other than one"
+        );
+    }
+    for queue in queues {
+        let stats = manager.broker().queue_stats(queue).await.expect("stats");
+        assert_eq!(
+            (stats.ready, stats.in_flight, stats.dead),
+            (0, 0, 0),
+            "{queue}"
+        );
+    }
+}
+
+#[task(queue = "panics")]
+async fn explode(message: String) -> Result<(), TaskError> {
+    panic!("{message}");
+}
+
+#[task(queue = "panics")]
+async fn echo(text: String) -> Result<String, TaskError> {
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_fails_and_the_next_job_still_runs() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().concurrency(1).queues(["panics"]).start();
+    let boom = explode::call("kaboom".into())
+        .enqueue(&manager)
+        .await
+        .expect("enqueue");
+    let after = echo::call("still here".into())
+        .enqueue(&manager)
+        .await
+        .expect("enqueue");
+
+    match boom.result(WAIT).await {
+        Err(Error::TaskFailed { kind, message, .. }) => {
+            assert_eq!(kind, "panic");
+            assert!(message.contains("kaboom"), "{message}");
+        }
+        other => panic!("expected a failed result, got {other:?}"),
+    }
+    assert_eq!(after.result(WAIT).await.expect("next job"), "still here");
+    assert_eq!(
+        manager
+            .broker()
+            .dead_letter_count("panics")
+            .await
+            .expect("count"),
+        1
+    );
+    worker.shutdown().await;
+}
+
+#[task(queue = "slow", timeout = "200ms")]
+async fn oversleep(secs: u64) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_timeout_fails_naming_the_timeout() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["slow"]).start();
+    let started = std::time::Instant::now();
+    let handle = oversleep::call(60)
+        .enqueue(&manager)
+        .await
+        .expect("enqueue");
+    match handle.result(WAIT).await {
+        Err(Error::TaskFailed { kind, message, .. }) => {
+            assert_eq!(kind, "timeout");
+            assert!(message.contains("timed out after 200ms"), "{message}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the timeout was not applied"
+    );
+    worker.shutdown().await;
+}
+
+static FINISHED: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "shutdown")]
+async fn nap(millis: u64) -> Result<u64, TaskError> {
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    FINISHED.fetch_add(1, Ordering::SeqCst);
+    Ok(millis)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_work_loses_no_job() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager
+        .worker()
+        .concurrency(4)
+        .queues(["shutdown"])
+        .grace(Duration::from_millis(300))
+        .start();
+    let mut ids = Vec::new();
+    // Four short jobs that finish within the grace period, then long ones that do not.
+    for millis in [50, 50, 50, 50].into_iter().chain([20_000; 16]) {
+        ids.push(
+            nap::call(millis)
+                .enqueue(&manager)
+                .await
+                .expect("enqueue")
+                .id(),
+        );
+    }
+    let first = manager.result::<u64>(ids[0]);
+    assert_eq!(first.wait(WAIT).await.expect("first result"), 50);
+    let report = worker.shutdown().await;
+
+    let mut completed = 0;
+    for &id in &ids {
+        if manager
+            .result::<u64>(id)
+            .get()
+            .await
+            .expect("get")
+            .is_some()
+        {
+            completed += 1;
+        }
+    }
+    let stats = manager
+        .broker()
+        .queue_stats("shutdown")
+        .await
+        .expect("stats");
+    assert_eq!(stats.in_flight, 0, "no job may stay leased after shutdown");
+    assert_eq!(
+        completed + stats.ready,
+        20,
+        "every job is either completed or back in the queue"
+    );
+    assert_eq!(u64::from(FINISHED.load(Ordering::SeqCst)), completed);
+    assert!(
+        report.released >= 1,
+        "the long jobs running at the deadline were released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_task_fails_and_is_dead_lettered() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["default"]).start();
+    let args = rmp_args(&(1, 2));
+    let id = manager
+        .enqueue_envelope(Envelope::new("no.such.task", "default", args))
+        .await
+        .expect("enqueue");
+    let err = manager
+        .result::<i64>(id)
+        .wait(WAIT)
+        .await
+        .expect_err("must fail");
+    assert!(
+        matches!(&err, Error::TaskFailed { kind, .. } if kind == "unknown_task"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("no task named \"no.such.task\""),
+        "{err}"
+    );
+    let dead = manager
+        .broker()
+        .dead_letters("default", 0, 10)
+        .await
+        .expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id);
+    assert!(
+        dead[0].reason.starts_with("unknown_task"),
+        "{}",
+        dead[0].reason
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_that_do_not_decode_fail_and_are_dead_lettered() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["default"]).start();
+    let id = manager
+        .enqueue_envelope(Envelope::new("add", "default", rmp_args(&("two", "three"))))
+        .await
+        .expect("enqueue");
+    let err = manager
+        .result::<i64>(id)
+        .wait(WAIT)
+        .await
+        .expect_err("must fail");
+    assert!(
+        matches!(&err, Error::TaskFailed { kind, .. } if kind == "bad_args"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("(i64, i64)"), "{err}");
+    let dead = manager
+        .broker()
+        .dead_letters("default", 0, 10)
+        .await
+        .expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.starts_with("bad_args"), "{}", dead[0].reason);
+
+    // The worker lives on.
+    let ok = add::call(1, 1).enqueue(&manager).await.expect("enqueue");
+    assert_eq!(ok.result(WAIT).await.expect("result"), 2);
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_envelope_is_dead_lettered_and_the_worker_carries_on() {
+    let broker = Arc::new(InMemoryBroker::new());
+    let manager = Manager::builder()
+        .shared_broker(broker.clone())
+        .build()
+        .expect("manager");
+    let worker = manager.worker().queues(["default"]).start();
+    let id = TaskId::new();
+    broker
+        .enqueue(Job::new(
+            id,
+            "default",
+            5,
+            None,
+            b"\xc1 not msgpack".to_vec(),
+        ))
+        .await
+        .expect("enqueue");
+    let outcome = manager
+        .backend()
+        .wait(id, WAIT)
+        .await
+        .expect("wait")
+        .expect("an outcome");
+    assert_eq!(outcome.state, TaskState::Failed);
+    assert_eq!(
+        outcome.failure.map(|f| f.kind),
+        Some(FailureKind::Undecodable)
+    );
+    let dead = broker.dead_letters("default", 0, 10).await.expect("dlq");
+    assert!(
+        dead[0].reason.starts_with("undecodable envelope"),
+        "{}",
+        dead[0].reason
+    );
+
+    let ok = add::call(20, 22).enqueue(&manager).await.expect("enqueue");
+    assert_eq!(ok.result(WAIT).await.expect("result"), 42);
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_read_as_the_wrong_type_is_an_error() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["default"]).start();
+    let handle = add::call(2, 3).enqueue(&manager).await.expect("enqueue");
+    handle.result(WAIT).await.expect("result");
+    let err = manager
+        .result::<Vec<String>>(handle.id())
+        .wait(WAIT)
+        .await
+        .expect_err("wrong type");
+    assert!(matches!(err, Error::ResultType { .. }), "{err}");
+    assert!(
+        err.to_string().contains("Vec<alloc::string::String>"),
+        "{err}"
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_over_the_size_limit_is_refused_at_enqueue() {
+    let manager = Manager::builder()
+        .max_message_size(1024)
+        .build()
+        .expect("manager");
+    let err = echo::call("x".repeat(4096))
+        .enqueue(&manager)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(err, Error::MessageTooLarge { limit: 1024, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_message_size"), "{err}");
+    assert_eq!(
+        manager
+            .broker()
+            .queue_stats("panics")
+            .await
+            .expect("stats")
+            .ready,
+        0
+    );
+}
+
+static FLAKY_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "flaky", max_retries = 2)]
+async fn flaky() -> Result<u32, TaskError> {
+    let run = FLAKY_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    if run < 3 {
+        return Err(TaskError::retry_after(
+            std::io::Error::other(format!("run {run} failed")),
+            Duration::from_millis(50),
+        ));
+    }
+    Ok(run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_is_retried_through_the_broker_within_max_retries() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["flaky"]).start();
+    let handle = flaky::call().enqueue(&manager).await.expect("enqueue");
+    assert_eq!(
+        handle.result(WAIT).await.expect("third attempt succeeds"),
+        3
+    );
+    let outcome = manager
+        .result::<u32>(handle.id())
+        .outcome()
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(outcome.attempts, 3);
+    worker.shutdown().await;
+}
+
+fn rmp_args<T: serde::Serialize>(args: &T) -> Vec<u8> {
+    rmp_serde::to_vec(args).expect("encode")
+}
