@@ -4,7 +4,7 @@
 //! `my_task::call(args).enqueue(&manager)`, and run workers that execute it, with
 //! retries, timeouts and a result backend callers await by task id.
 //!
-//! ```
+//! ```standalone_crate
 //! use dmq_core::{task, Manager, TaskError};
 //! use std::time::Duration;
 //!
@@ -49,6 +49,11 @@ pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
 };
 pub use worker::{ShutdownReport, WorkerBuilder, WorkerHandle};
+
+/// The README's Rust blocks, run as doctests so the quick start cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 /// What `#[task]` expands to refers only to this module. Not a public API.
 #[doc(hidden)]
