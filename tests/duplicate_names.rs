@@ -23,9 +23,7 @@ mod mailing {
 
 #[test]
 fn manager_construction_fails_naming_both_tasks() {
-    let err = Manager::builder()
-        .build()
-        .expect_err("duplicate task names must be refused");
+    let err = Manager::builder().build().expect_err("duplicate task names must be refused");
     assert!(matches!(err, Error::DuplicateTask { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("\"invoice.send\""), "{text}");

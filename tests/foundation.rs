@@ -10,19 +10,15 @@ use dmq_core::{
     TaskState, task,
 };
 
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+use common::{WAIT, encode_args, failure};
 
 #[task]
 async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
     Ok(x + y)
 }
 
-#[task(
-    name = "emails.send",
-    queue = "emails",
-    max_retries = 5,
-    timeout = "30s"
-)]
+#[task(name = "emails.send", queue = "emails", max_retries = 5, timeout = "30s")]
 async fn send_email(to: String, body: String) -> Result<(), TaskError> {
     if to.is_empty() || body.is_empty() {
         return Err(TaskError::fatal("an e-mail needs a recipient and a body"));
@@ -39,20 +35,11 @@ async fn the_design_example_returns_5() -> Result<(), Box<dyn std::error::Error>
 
     let handle = add::call(2, 3).enqueue(&manager).await?;
     assert_eq!(handle.result(Duration::from_secs(10)).await?, 5);
-    let same: i64 = manager
-        .result::<i64>(handle.id())
-        .wait(Duration::from_secs(1))
-        .await?;
+    let same: i64 = manager.result::<i64>(handle.id()).wait(Duration::from_secs(1)).await?;
     assert_eq!(same, 5);
 
-    add::call(2, 3)
-        .delay(Duration::from_secs(30))
-        .enqueue(&manager)
-        .await?;
-    add::call(2, 3)
-        .eta(chrono::Utc::now() + chrono::Duration::hours(1))
-        .enqueue(&manager)
-        .await?;
+    add::call(2, 3).delay(Duration::from_secs(30)).enqueue(&manager).await?;
+    add::call(2, 3).eta(chrono::Utc::now() + chrono::Duration::hours(1)).enqueue(&manager).await?;
     assert_eq!(manager.broker().queue_stats("default").await?.delayed, 2);
 
     send_email::call("a@example.com".into(), "hi".into())
@@ -60,11 +47,7 @@ async fn the_design_example_returns_5() -> Result<(), Box<dyn std::error::Error>
         .await?
         .result(WAIT)
         .await?;
-    assert_eq!(
-        add(2, 3).await?,
-        5,
-        "the function stays callable as written"
-    );
+    assert_eq!(add(2, 3).await?, 5, "the function stays callable as written");
     worker.shutdown().await;
     Ok(())
 }
@@ -82,11 +65,7 @@ async fn ten_thousand_jobs_on_four_queues_and_two_workers_each_run_exactly_once(
     let manager = Manager::builder().build().expect("manager");
     let queues = ["count-a", "count-b", "count-c", "count-d"];
     let first = manager.worker().concurrency(32).queues(queues).start();
-    let second = manager
-        .worker()
-        .concurrency(32)
-        .queues(queues.iter().rev().copied())
-        .start();
+    let second = manager.worker().concurrency(32).queues(queues.iter().rev().copied()).start();
 
     let mut handles = Vec::new();
     for slot in 0..10_000 {
@@ -107,11 +86,7 @@ async fn ten_thousand_jobs_on_four_queues_and_two_workers_each_run_exactly_once(
     }
     for queue in queues {
         let stats = manager.broker().queue_stats(queue).await.expect("stats");
-        assert_eq!(
-            (stats.ready, stats.in_flight, stats.dead),
-            (0, 0, 0),
-            "{queue}"
-        );
+        assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0), "{queue}");
     }
 }
 
@@ -129,31 +104,14 @@ async fn echo(text: String) -> Result<String, TaskError> {
 async fn a_panicking_task_fails_and_the_next_job_still_runs() {
     let manager = Manager::builder().build().expect("manager");
     let worker = manager.worker().concurrency(1).queues(["panics"]).start();
-    let boom = explode::call("kaboom".into())
-        .enqueue(&manager)
-        .await
-        .expect("enqueue");
-    let after = echo::call("still here".into())
-        .enqueue(&manager)
-        .await
-        .expect("enqueue");
+    let boom = explode::call("kaboom".into()).enqueue(&manager).await.expect("enqueue");
+    let after = echo::call("still here".into()).enqueue(&manager).await.expect("enqueue");
 
-    match boom.result(WAIT).await {
-        Err(Error::TaskFailed { kind, message, .. }) => {
-            assert_eq!(kind, "panic");
-            assert!(message.contains("kaboom"), "{message}");
-        }
-        other => panic!("expected a failed result, got {other:?}"),
-    }
+    let (kind, message) = failure(boom.result(WAIT).await);
+    assert_eq!(kind, "panic");
+    assert!(message.contains("kaboom"), "{message}");
     assert_eq!(after.result(WAIT).await.expect("next job"), "still here");
-    assert_eq!(
-        manager
-            .broker()
-            .dead_letter_count("panics")
-            .await
-            .expect("count"),
-        1
-    );
+    assert_eq!(manager.broker().dead_letter_count("panics").await.expect("count"), 1);
     worker.shutdown().await;
 }
 
@@ -168,21 +126,11 @@ async fn a_task_over_its_timeout_fails_naming_the_timeout() {
     let manager = Manager::builder().build().expect("manager");
     let worker = manager.worker().queues(["slow"]).start();
     let started = std::time::Instant::now();
-    let handle = oversleep::call(60)
-        .enqueue(&manager)
-        .await
-        .expect("enqueue");
-    match handle.result(WAIT).await {
-        Err(Error::TaskFailed { kind, message, .. }) => {
-            assert_eq!(kind, "timeout");
-            assert!(message.contains("timed out after 200ms"), "{message}");
-        }
-        other => panic!("expected a timeout, got {other:?}"),
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the timeout was not applied"
-    );
+    let handle = oversleep::call(60).enqueue(&manager).await.expect("enqueue");
+    let (kind, message) = failure(handle.result(WAIT).await);
+    assert_eq!(kind, "timeout");
+    assert!(message.contains("timed out after 200ms"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the timeout was not applied");
     worker.shutdown().await;
 }
 
@@ -202,13 +150,7 @@ async fn shutdown_during_work_loses_no_job() {
     // Two short jobs that finish, then long ones still running at the end of the grace
     // period. Enqueued before the worker starts, so its first claim takes jobs 0 to 3.
     for millis in [50, 50].into_iter().chain([60_000; 18]) {
-        ids.push(
-            nap::call(millis)
-                .enqueue(&manager)
-                .await
-                .expect("enqueue")
-                .id(),
-        );
+        ids.push(nap::call(millis).enqueue(&manager).await.expect("enqueue").id());
     }
     let worker = manager
         .worker()
@@ -217,79 +159,40 @@ async fn shutdown_during_work_loses_no_job() {
         .grace(Duration::from_millis(300))
         .start();
     for &id in &ids[..2] {
-        assert_eq!(
-            manager
-                .result::<u64>(id)
-                .wait(WAIT)
-                .await
-                .expect("short job"),
-            50
-        );
+        assert_eq!(manager.result::<u64>(id).wait(WAIT).await.expect("short job"), 50);
     }
     let report = worker.shutdown().await;
 
     let mut completed = 0;
     for &id in &ids {
-        if manager
-            .result::<u64>(id)
-            .get()
-            .await
-            .expect("get")
-            .is_some()
-        {
+        if manager.result::<u64>(id).get().await.expect("get").is_some() {
             completed += 1;
         }
     }
-    let stats = manager
-        .broker()
-        .queue_stats("shutdown")
-        .await
-        .expect("stats");
+    let stats = manager.broker().queue_stats("shutdown").await.expect("stats");
     assert_eq!(stats.in_flight, 0, "no job may stay leased after shutdown");
     assert_eq!(completed, 2, "only the short jobs finished");
     assert_eq!(stats.ready, 18, "every unfinished job is back in the queue");
     assert_eq!(FINISHED.load(Ordering::SeqCst), 2);
-    assert!(
-        (2..=4).contains(&report.released),
-        "released {}",
-        report.released
-    );
+    assert!((2..=4).contains(&report.released), "released {}", report.released);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_task_fails_and_is_dead_lettered() {
     let manager = Manager::builder().build().expect("manager");
     let worker = manager.worker().queues(["default"]).start();
-    let args = rmp_args(&(1, 2));
+    let args = encode_args(&(1, 2));
     let id = manager
         .enqueue_envelope(Envelope::new("no.such.task", "default", args))
         .await
         .expect("enqueue");
-    let err = manager
-        .result::<i64>(id)
-        .wait(WAIT)
-        .await
-        .expect_err("must fail");
-    assert!(
-        matches!(&err, Error::TaskFailed { kind, .. } if kind == "unknown_task"),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("no task named \"no.such.task\""),
-        "{err}"
-    );
-    let dead = manager
-        .broker()
-        .dead_letters("default", 0, 10)
-        .await
-        .expect("dlq");
+    let (kind, err) = failure(manager.result::<i64>(id).wait(WAIT).await);
+    assert_eq!(kind, "unknown_task");
+    assert!(err.contains("no task named \"no.such.task\""), "{err}");
+    let dead = manager.broker().dead_letters("default", 0, 10).await.expect("dlq");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, id);
-    assert!(
-        dead[0].reason.starts_with("unknown_task"),
-        "{}",
-        dead[0].reason
-    );
+    assert!(dead[0].reason.starts_with("unknown_task"), "{}", dead[0].reason);
     worker.shutdown().await;
 }
 
@@ -298,24 +201,13 @@ async fn arguments_that_do_not_decode_fail_and_are_dead_lettered() {
     let manager = Manager::builder().build().expect("manager");
     let worker = manager.worker().queues(["default"]).start();
     let id = manager
-        .enqueue_envelope(Envelope::new("add", "default", rmp_args(&("two", "three"))))
+        .enqueue_envelope(Envelope::new("add", "default", encode_args(&("two", "three"))))
         .await
         .expect("enqueue");
-    let err = manager
-        .result::<i64>(id)
-        .wait(WAIT)
-        .await
-        .expect_err("must fail");
-    assert!(
-        matches!(&err, Error::TaskFailed { kind, .. } if kind == "bad_args"),
-        "{err}"
-    );
-    assert!(err.to_string().contains("(i64, i64)"), "{err}");
-    let dead = manager
-        .broker()
-        .dead_letters("default", 0, 10)
-        .await
-        .expect("dlq");
+    let (kind, err) = failure(manager.result::<i64>(id).wait(WAIT).await);
+    assert_eq!(kind, "bad_args");
+    assert!(err.contains("(i64, i64)"), "{err}");
+    let dead = manager.broker().dead_letters("default", 0, 10).await.expect("dlq");
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.starts_with("bad_args"), "{}", dead[0].reason);
 
@@ -328,39 +220,18 @@ async fn arguments_that_do_not_decode_fail_and_are_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_envelope_is_dead_lettered_and_the_worker_carries_on() {
     let broker = Arc::new(InMemoryBroker::new());
-    let manager = Manager::builder()
-        .shared_broker(broker.clone())
-        .build()
-        .expect("manager");
+    let manager = Manager::builder().shared_broker(broker.clone()).build().expect("manager");
     let worker = manager.worker().queues(["default"]).start();
     let id = TaskId::new();
     broker
-        .enqueue(Job::new(
-            id,
-            "default",
-            5,
-            None,
-            b"\xc1 not msgpack".to_vec(),
-        ))
+        .enqueue(Job::new(id, "default", 5, None, b"\xc1 not msgpack".to_vec()))
         .await
         .expect("enqueue");
-    let outcome = manager
-        .backend()
-        .wait(id, WAIT)
-        .await
-        .expect("wait")
-        .expect("an outcome");
+    let outcome = manager.backend().wait(id, WAIT).await.expect("wait").expect("an outcome");
     assert_eq!(outcome.state, TaskState::Failed);
-    assert_eq!(
-        outcome.failure.map(|f| f.kind),
-        Some(FailureKind::Undecodable)
-    );
+    assert_eq!(outcome.failure.map(|f| f.kind), Some(FailureKind::Undecodable));
     let dead = broker.dead_letters("default", 0, 10).await.expect("dlq");
-    assert!(
-        dead[0].reason.starts_with("undecodable envelope"),
-        "{}",
-        dead[0].reason
-    );
+    assert!(dead[0].reason.starts_with("undecodable envelope"), "{}", dead[0].reason);
 
     let ok = add::call(20, 22).enqueue(&manager).await.expect("enqueue");
     assert_eq!(ok.result(WAIT).await.expect("result"), 42);
@@ -373,43 +244,19 @@ async fn a_result_read_as_the_wrong_type_is_an_error() {
     let worker = manager.worker().queues(["default"]).start();
     let handle = add::call(2, 3).enqueue(&manager).await.expect("enqueue");
     handle.result(WAIT).await.expect("result");
-    let err = manager
-        .result::<Vec<String>>(handle.id())
-        .wait(WAIT)
-        .await
-        .expect_err("wrong type");
+    let err = manager.result::<Vec<String>>(handle.id()).wait(WAIT).await.expect_err("wrong type");
     assert!(matches!(err, Error::ResultType { .. }), "{err}");
-    assert!(
-        err.to_string().contains("Vec<alloc::string::String>"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("Vec<alloc::string::String>"), "{err}");
     worker.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_job_over_the_size_limit_is_refused_at_enqueue() {
-    let manager = Manager::builder()
-        .max_message_size(1024)
-        .build()
-        .expect("manager");
-    let err = echo::call("x".repeat(4096))
-        .enqueue(&manager)
-        .await
-        .expect_err("too large");
-    assert!(
-        matches!(err, Error::MessageTooLarge { limit: 1024, .. }),
-        "{err}"
-    );
+    let manager = Manager::builder().max_message_size(1024).build().expect("manager");
+    let err = echo::call("x".repeat(4096)).enqueue(&manager).await.expect_err("too large");
+    assert!(matches!(err, Error::MessageTooLarge { limit: 1024, .. }), "{err}");
     assert!(err.to_string().contains("max_message_size"), "{err}");
-    assert_eq!(
-        manager
-            .broker()
-            .queue_stats("panics")
-            .await
-            .expect("stats")
-            .ready,
-        0
-    );
+    assert_eq!(manager.broker().queue_stats("panics").await.expect("stats").ready, 0);
 }
 
 static FLAKY_RUNS: AtomicU32 = AtomicU32::new(0);
@@ -431,20 +278,8 @@ async fn a_failing_task_is_retried_through_the_broker_within_max_retries() {
     let manager = Manager::builder().build().expect("manager");
     let worker = manager.worker().queues(["flaky"]).start();
     let handle = flaky::call().enqueue(&manager).await.expect("enqueue");
-    assert_eq!(
-        handle.result(WAIT).await.expect("third attempt succeeds"),
-        3
-    );
-    let outcome = manager
-        .result::<u32>(handle.id())
-        .outcome()
-        .await
-        .expect("get")
-        .expect("stored");
+    assert_eq!(handle.result(WAIT).await.expect("third attempt succeeds"), 3);
+    let outcome = manager.result::<u32>(handle.id()).outcome().await.expect("get").expect("stored");
     assert_eq!(outcome.attempts, 3);
     worker.shutdown().await;
-}
-
-fn rmp_args<T: serde::Serialize>(args: &T) -> Vec<u8> {
-    rmp_serde::to_vec(args).expect("encode")
 }

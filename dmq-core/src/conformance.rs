@@ -47,9 +47,7 @@ pub trait Fixture: Send + Sync + Sized + 'static {
 /// Runs one broker check against a fresh fixture.
 pub async fn run_broker<F: Fixture, Fut: Future<Output = ()>>(check: fn(Arc<dyn Broker>) -> Fut) {
     let fixture = F::setup().await;
-    let outcome = AssertUnwindSafe(check(fixture.broker()))
-        .catch_unwind()
-        .await;
+    let outcome = AssertUnwindSafe(check(fixture.broker())).catch_unwind().await;
     fixture.teardown().await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -61,9 +59,7 @@ pub async fn run_backend<F: Fixture, Fut: Future<Output = ()>>(
     check: fn(Arc<dyn ResultBackend>) -> Fut,
 ) {
     let fixture = F::setup().await;
-    let outcome = AssertUnwindSafe(check(fixture.backend()))
-        .catch_unwind()
-        .await;
+    let outcome = AssertUnwindSafe(check(fixture.backend())).catch_unwind().await;
     fixture.teardown().await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -145,23 +141,11 @@ macro_rules! __backend_cases {
 const LONG: Duration = Duration::from_secs(30);
 
 fn job(queue: &str, priority: u8, payload: &str) -> Job {
-    Job::new(
-        TaskId::new(),
-        queue,
-        priority,
-        None,
-        payload.as_bytes().to_vec(),
-    )
+    Job::new(TaskId::new(), queue, priority, None, payload.as_bytes().to_vec())
 }
 
 fn delayed(queue: &str, eta: DateTime<Utc>, payload: &str) -> Job {
-    Job::new(
-        TaskId::new(),
-        queue,
-        5,
-        Some(eta),
-        payload.as_bytes().to_vec(),
-    )
+    Job::new(TaskId::new(), queue, 5, Some(eta), payload.as_bytes().to_vec())
 }
 
 fn queues(names: &[&str]) -> Vec<String> {
@@ -169,10 +153,7 @@ fn queues(names: &[&str]) -> Vec<String> {
 }
 
 fn payloads(deliveries: &[Delivery]) -> Vec<String> {
-    deliveries
-        .iter()
-        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
-        .collect()
+    deliveries.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect()
 }
 
 fn after(d: Duration) -> DateTime<Utc> {
@@ -191,15 +172,8 @@ pub mod broker {
         }
         assert_eq!(b.queue_len("alpha").await.expect("len"), 3);
         let got = b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim");
-        assert_eq!(
-            payloads(&got),
-            ["one", "two", "three"],
-            "same priority is first in, first out"
-        );
-        assert!(
-            got.iter()
-                .all(|d| d.deliveries == 1 && d.lease.queue == "alpha")
-        );
+        assert_eq!(payloads(&got), ["one", "two", "three"], "same priority is first in, first out");
+        assert!(got.iter().all(|d| d.deliveries == 1 && d.lease.queue == "alpha"));
         let stats = b.queue_stats("alpha").await.expect("stats");
         assert_eq!((stats.ready, stats.in_flight), (0, 3));
     }
@@ -208,30 +182,11 @@ pub mod broker {
     pub async fn claim_takes_at_most_max(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         for i in 0..5 {
-            b.enqueue(job("alpha", 5, &i.to_string()))
-                .await
-                .expect("enqueue");
+            b.enqueue(job("alpha", 5, &i.to_string())).await.expect("enqueue");
         }
-        assert_eq!(
-            b.claim(&q, 2, LONG, Duration::ZERO)
-                .await
-                .expect("claim")
-                .len(),
-            2
-        );
-        assert_eq!(
-            b.claim(&q, 10, LONG, Duration::ZERO)
-                .await
-                .expect("claim")
-                .len(),
-            3
-        );
-        assert!(
-            b.claim(&q, 10, LONG, Duration::ZERO)
-                .await
-                .expect("claim")
-                .is_empty()
-        );
+        assert_eq!(b.claim(&q, 2, LONG, Duration::ZERO).await.expect("claim").len(), 2);
+        assert_eq!(b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim").len(), 3);
+        assert!(b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
     }
 
     /// Among due jobs, priority 9 comes before 5 before 0.
@@ -248,15 +203,10 @@ pub mod broker {
     pub async fn queues_are_kept_apart(b: Arc<dyn Broker>) {
         b.enqueue(job("alpha", 5, "a")).await.expect("enqueue");
         b.enqueue(job("beta", 5, "b")).await.expect("enqueue");
-        let got = b
-            .claim(&queues(&["beta"]), 10, LONG, Duration::ZERO)
-            .await
-            .expect("claim");
+        let got = b.claim(&queues(&["beta"]), 10, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(payloads(&got), ["b"]);
         assert_eq!(b.queue_len("alpha").await.expect("len"), 1);
-        let both = b
-            .claim(&queues(&["beta", "alpha"]), 10, LONG, Duration::ZERO)
-            .await;
+        let both = b.claim(&queues(&["beta", "alpha"]), 10, LONG, Duration::ZERO).await;
         assert_eq!(payloads(&both.expect("claim")), ["a"]);
     }
 
@@ -264,45 +214,23 @@ pub mod broker {
     pub async fn delayed_job_waits_for_its_eta(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         let eta = after(Duration::from_millis(400));
-        b.enqueue(delayed("alpha", eta, "later"))
-            .await
-            .expect("enqueue");
-        assert!(
-            b.claim(&q, 10, LONG, Duration::ZERO)
-                .await
-                .expect("claim")
-                .is_empty()
-        );
+        b.enqueue(delayed("alpha", eta, "later")).await.expect("enqueue");
+        assert!(b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
         assert_eq!(b.queue_stats("alpha").await.expect("stats").delayed, 1);
-        let got = b
-            .claim(&q, 10, LONG, Duration::from_secs(10))
-            .await
-            .expect("claim");
+        let got = b.claim(&q, 10, LONG, Duration::from_secs(10)).await.expect("claim");
         assert!(Utc::now() >= eta, "claimed before its eta");
         assert_eq!(payloads(&got), ["later"]);
-        assert!(
-            Utc::now() < eta + chrono::Duration::seconds(5),
-            "not claimed soon after its eta"
-        );
+        assert!(Utc::now() < eta + chrono::Duration::seconds(5), "not claimed soon after its eta");
     }
 
     /// After an ack the job is gone, and a second ack is refused.
     pub async fn ack_forgets_the_job(b: Arc<dyn Broker>) {
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let got = b
-            .claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO)
-            .await
-            .expect("claim");
+        let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
         b.ack(&got[0].lease).await.expect("ack");
         let stats = b.queue_stats("alpha").await.expect("stats");
-        assert_eq!(
-            (stats.ready, stats.delayed, stats.in_flight, stats.dead),
-            (0, 0, 0, 0)
-        );
-        assert!(matches!(
-            b.ack(&got[0].lease).await,
-            Err(Error::LeaseLost { .. })
-        ));
+        assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
+        assert!(matches!(b.ack(&got[0].lease).await, Err(Error::LeaseLost { .. })));
     }
 
     /// Once a lease expires and another worker claims the job, the first worker's
@@ -310,38 +238,23 @@ pub mod broker {
     pub async fn stale_token_changes_nothing(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let first = b
-            .claim(&q, 1, Duration::from_millis(200), Duration::ZERO)
-            .await
-            .expect("claim");
-        let second = b
-            .claim(&q, 1, LONG, Duration::from_secs(10))
-            .await
-            .expect("reclaim");
+        let first =
+            b.claim(&q, 1, Duration::from_millis(200), Duration::ZERO).await.expect("claim");
+        let second = b.claim(&q, 1, LONG, Duration::from_secs(10)).await.expect("reclaim");
         assert_eq!(second.len(), 1, "an expired lease returns the job to ready");
         assert_eq!(second[0].lease.id, first[0].lease.id);
-        assert_ne!(
-            second[0].lease.token, first[0].lease.token,
-            "each claim has a fresh token"
-        );
+        assert_ne!(second[0].lease.token, first[0].lease.token, "each claim has a fresh token");
         assert_eq!(second[0].deliveries, 2);
         let stale = &first[0].lease;
         let lost = |r: crate::Result<()>| matches!(r, Err(Error::LeaseLost { .. }));
         assert!(lost(b.ack(stale).await));
-        assert!(lost(
-            b.retry(stale, b"overwritten".to_vec(), Utc::now()).await
-        ));
+        assert!(lost(b.retry(stale, b"overwritten".to_vec(), Utc::now()).await));
         assert!(lost(b.release(stale).await));
         assert!(lost(b.dead_letter(stale, "stale").await));
         assert!(lost(b.renew(stale, LONG).await));
         let stats = b.queue_stats("alpha").await.expect("stats");
-        assert_eq!(
-            (stats.ready, stats.delayed, stats.in_flight, stats.dead),
-            (0, 0, 1, 0)
-        );
-        b.ack(&second[0].lease)
-            .await
-            .expect("the current holder can ack");
+        assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 1, 0));
+        b.ack(&second[0].lease).await.expect("the current holder can ack");
     }
 
     /// A released job is ready again at once.
@@ -357,20 +270,13 @@ pub mod broker {
     /// A retried job waits for its eta and comes back with the new payload.
     pub async fn retry_holds_the_new_payload_until_its_eta(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
-        b.enqueue(job("alpha", 5, "attempt 1"))
-            .await
-            .expect("enqueue");
+        b.enqueue(job("alpha", 5, "attempt 1")).await.expect("enqueue");
         let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
         let eta = after(Duration::from_millis(300));
-        b.retry(&got[0].lease, b"attempt 2".to_vec(), eta)
-            .await
-            .expect("retry");
+        b.retry(&got[0].lease, b"attempt 2".to_vec(), eta).await.expect("retry");
         let stats = b.queue_stats("alpha").await.expect("stats");
         assert_eq!((stats.ready, stats.delayed, stats.in_flight), (0, 1, 0));
-        let again = b
-            .claim(&q, 1, LONG, Duration::from_secs(10))
-            .await
-            .expect("claim");
+        let again = b.claim(&q, 1, LONG, Duration::from_secs(10)).await.expect("claim");
         assert!(Utc::now() >= eta);
         assert_eq!(payloads(&again), ["attempt 2"]);
         assert_eq!(again[0].lease.id, got[0].lease.id);
@@ -384,20 +290,13 @@ pub mod broker {
         }
         for reason in ["bad one", "bad two"] {
             let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
-            b.dead_letter(&got[0].lease, reason)
-                .await
-                .expect("dead-letter");
+            b.dead_letter(&got[0].lease, reason).await.expect("dead-letter");
         }
         assert_eq!(b.dead_letter_count("alpha").await.expect("count"), 2);
         let page = b.dead_letters("alpha", 0, 10).await.expect("list");
-        let seen: Vec<(&str, &[u8])> = page
-            .iter()
-            .map(|d| (d.reason.as_str(), d.payload.as_slice()))
-            .collect();
-        assert_eq!(
-            seen,
-            [("bad two", &b"second"[..]), ("bad one", &b"first"[..])]
-        );
+        let seen: Vec<(&str, &[u8])> =
+            page.iter().map(|d| (d.reason.as_str(), d.payload.as_slice())).collect();
+        assert_eq!(seen, [("bad two", &b"second"[..]), ("bad one", &b"first"[..])]);
         assert_eq!(b.dead_letters("alpha", 1, 10).await.expect("list").len(), 1);
         assert_eq!(b.queue_stats("alpha").await.expect("stats").in_flight, 0);
     }
@@ -406,15 +305,9 @@ pub mod broker {
     pub async fn renew_extends_the_lease(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let got = b
-            .claim(&q, 1, Duration::from_millis(300), Duration::ZERO)
-            .await
-            .expect("claim");
+        let got = b.claim(&q, 1, Duration::from_millis(300), Duration::ZERO).await.expect("claim");
         b.renew(&got[0].lease, LONG).await.expect("renew");
-        let again = b
-            .claim(&q, 1, LONG, Duration::from_millis(900))
-            .await
-            .expect("claim");
+        let again = b.claim(&q, 1, LONG, Duration::from_millis(900)).await.expect("claim");
         assert!(again.is_empty(), "a renewed job was handed out again");
         b.ack(&got[0].lease).await.expect("ack after renew");
     }
@@ -425,9 +318,7 @@ pub mod broker {
             let b = Arc::clone(&b);
             tokio::spawn(async move {
                 let started = Instant::now();
-                let got = b
-                    .claim(&queues(&["alpha"]), 1, LONG, Duration::from_secs(20))
-                    .await;
+                let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::from_secs(20)).await;
                 (got, started.elapsed())
             })
         };
@@ -435,10 +326,7 @@ pub mod broker {
         b.enqueue(job("alpha", 5, "wake")).await.expect("enqueue");
         let (got, waited) = waiter.await.expect("join");
         assert_eq!(payloads(&got.expect("claim")), ["wake"]);
-        assert!(
-            waited < Duration::from_secs(10),
-            "the waiting claim slept {waited:?}"
-        );
+        assert!(waited < Duration::from_secs(10), "the waiting claim slept {waited:?}");
     }
 
     /// A batch adds every job.
@@ -446,10 +334,7 @@ pub mod broker {
         let jobs: Vec<Job> = (0..100).map(|i| job("alpha", 5, &i.to_string())).collect();
         b.enqueue_batch(jobs).await.expect("batch");
         assert_eq!(b.queue_len("alpha").await.expect("len"), 100);
-        let got = b
-            .claim(&queues(&["alpha"]), 1000, LONG, Duration::ZERO)
-            .await
-            .expect("claim");
+        let got = b.claim(&queues(&["alpha"]), 1000, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(got.len(), 100);
     }
 
@@ -536,19 +421,13 @@ pub mod backend {
         b.store(id, &outcome(3), LONG).await.expect("store");
         let (got, waited) = waiter.await.expect("join");
         assert_eq!(got.expect("wait"), Some(outcome(3)));
-        assert!(
-            waited < Duration::from_secs(10),
-            "the waiter slept {waited:?}"
-        );
+        assert!(waited < Duration::from_secs(10), "the waiter slept {waited:?}");
     }
 
     /// A wait with nothing stored gives `None` once its timeout passes, not before.
     pub async fn wait_gives_none_after_its_timeout(b: Arc<dyn ResultBackend>) {
         let started = Instant::now();
-        let got = b
-            .wait(TaskId::new(), Duration::from_millis(300))
-            .await
-            .expect("wait");
+        let got = b.wait(TaskId::new(), Duration::from_millis(300)).await.expect("wait");
         assert_eq!(got, None);
         assert!(started.elapsed() >= Duration::from_millis(300));
     }
@@ -556,9 +435,7 @@ pub mod backend {
     /// An outcome is gone once its TTL has passed.
     pub async fn outcome_expires_after_its_ttl(b: Arc<dyn ResultBackend>) {
         let id = TaskId::new();
-        b.store(id, &outcome(4), Duration::from_millis(300))
-            .await
-            .expect("store");
+        b.store(id, &outcome(4), Duration::from_millis(300)).await.expect("store");
         assert!(b.get(id).await.expect("get").is_some());
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(b.get(id).await.expect("get"), None);
@@ -576,16 +453,10 @@ pub mod backend {
             .collect();
         tokio::time::sleep(Duration::from_millis(100)).await;
         for (i, &id) in ids.iter().enumerate() {
-            b.store(id, &outcome(u8::try_from(i % 256).unwrap_or(0)), LONG)
-                .await
-                .expect("store");
+            b.store(id, &outcome(u8::try_from(i % 256).unwrap_or(0)), LONG).await.expect("store");
         }
         for (i, waiter) in waiters.into_iter().enumerate() {
-            let got = waiter
-                .await
-                .expect("join")
-                .expect("wait")
-                .expect("woken with the outcome");
+            let got = waiter.await.expect("join").expect("wait").expect("woken with the outcome");
             assert_eq!(got, outcome(u8::try_from(i % 256).unwrap_or(0)));
         }
     }

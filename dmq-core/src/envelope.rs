@@ -115,18 +115,12 @@ impl Envelope {
     /// [`Error::MessageTooLarge`] over the limit (the arguments alone are checked
     /// before anything is encoded), [`Error::Encode`] if encoding fails.
     pub fn encode(&self, limit: usize) -> Result<Vec<u8>> {
-        let too_large = |size| Error::MessageTooLarge {
-            task: self.task.clone(),
-            size,
-            limit,
-        };
+        let too_large = |size| Error::MessageTooLarge { task: self.task.clone(), size, limit };
         if self.args.len() > limit {
             return Err(too_large(self.args.len()));
         }
-        let bytes = rmp_serde::to_vec_named(self).map_err(|e| Error::Encode {
-            what: "the job envelope",
-            reason: e.to_string(),
-        })?;
+        let bytes = rmp_serde::to_vec_named(self)
+            .map_err(|e| Error::Encode { what: "the job envelope", reason: e.to_string() })?;
         if bytes.len() > limit {
             return Err(too_large(bytes.len()));
         }
@@ -150,10 +144,7 @@ impl Envelope {
         let envelope: Envelope =
             rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
         if envelope.priority > MAX_PRIORITY {
-            return Err(Error::Decode(format!(
-                "priority {} is outside 0..=9",
-                envelope.priority
-            )));
+            return Err(Error::Decode(format!("priority {} is outside 0..=9", envelope.priority)));
         }
         Ok(envelope)
     }
@@ -172,8 +163,7 @@ mod tests {
         e.priority = 7;
         e.attempt = 2;
         e.max_retries = Some(4);
-        e.headers
-            .insert("traceparent".into(), "00-abc-def-01".into());
+        e.headers.insert("traceparent".into(), "00-abc-def-01".into());
         e
     }
 
@@ -181,10 +171,7 @@ mod tests {
     fn round_trips() {
         let e = sample();
         let bytes = e.encode(DEFAULT_MAX_MESSAGE_SIZE).unwrap();
-        assert_eq!(
-            Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).unwrap(),
-            e
-        );
+        assert_eq!(Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).unwrap(), e);
     }
 
     #[derive(Serialize)]
@@ -197,11 +184,8 @@ mod tests {
     #[test]
     fn an_unknown_field_from_a_newer_version_is_ignored() {
         let e = sample();
-        let bytes = rmp_serde::to_vec_named(&Newer {
-            base: &e,
-            shiny_new_field: vec![1, 2],
-        })
-        .unwrap();
+        let bytes =
+            rmp_serde::to_vec_named(&Newer { base: &e, shiny_new_field: vec![1, 2] }).unwrap();
         let decoded = Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).unwrap();
         assert_eq!(decoded, e);
     }
@@ -233,17 +217,7 @@ mod tests {
     fn an_envelope_over_the_limit_is_refused() {
         let e = Envelope::new("big", "default", vec![0u8; 2048]);
         let err = e.encode(1024).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::MessageTooLarge {
-                    size: 2048,
-                    limit: 1024,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::MessageTooLarge { size: 2048, limit: 1024, .. }), "{err}");
         let bytes = e.encode(DEFAULT_MAX_MESSAGE_SIZE).unwrap();
         assert!(Envelope::decode(&bytes, 1024).is_err());
     }

@@ -123,12 +123,6 @@ impl Error {
     /// connection; `false` for errors that retrying cannot fix, like a bad argument.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Backend {
-                transient: true,
-                ..
-            } | Error::Timeout { .. }
-        )
+        matches!(self, Error::Backend { transient: true, .. } | Error::Timeout { .. })
     }
 }

@@ -128,13 +128,7 @@ impl Manager {
 
     fn job(&self, envelope: &Envelope) -> Result<Job> {
         let payload = envelope.encode(self.inner.config.max_message_size)?;
-        Ok(Job::new(
-            envelope.id,
-            envelope.queue.clone(),
-            envelope.priority,
-            envelope.eta,
-            payload,
-        ))
+        Ok(Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload))
     }
 }
 
@@ -227,12 +221,8 @@ impl ManagerBuilder {
         let registry = Registry::from_linked()?;
         Ok(Manager {
             inner: Arc::new(Inner {
-                broker: self
-                    .broker
-                    .unwrap_or_else(|| Arc::new(InMemoryBroker::new())),
-                backend: self
-                    .backend
-                    .unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
+                broker: self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new())),
+                backend: self.backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
                 registry,
                 config: self.config,
             }),

@@ -58,10 +58,7 @@ impl Key {
                 format!("unknown #[task] key `{unknown}`; expected one of: {KEYS}"),
             ))
         } else {
-            Err(syn::Error::new(
-                input.span(),
-                format!("expected a #[task] key, one of: {KEYS}"),
-            ))
+            Err(syn::Error::new(input.span(), format!("expected a #[task] key, one of: {KEYS}")))
         }
     }
 
@@ -148,10 +145,7 @@ fn non_empty_string(key: Key, value: &Expr) -> syn::Result<String> {
     };
     let text = lit.value();
     if text.trim().is_empty() {
-        return Err(syn::Error::new(
-            lit.span(),
-            format!("a task's `{key}` cannot be empty"),
-        ));
+        return Err(syn::Error::new(lit.span(), format!("a task's `{key}` cannot be empty")));
     }
     Ok(text)
 }
@@ -207,11 +201,7 @@ mod tests {
     fn error(text: &str) -> String {
         match parse(text) {
             Ok(args) => panic!("{text:?} parsed as {args:?}"),
-            Err(e) => e
-                .into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(" | "),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" | "),
         }
     }
 
@@ -265,10 +255,7 @@ mod tests {
 
     #[test]
     fn a_duplicate_key_is_refused() {
-        assert_eq!(
-            error(r#"queue = "a", queue = "b""#),
-            "duplicate #[task] key `queue`"
-        );
+        assert_eq!(error(r#"queue = "a", queue = "b""#), "duplicate #[task] key `queue`");
     }
 
     #[test]

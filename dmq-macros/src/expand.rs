@@ -174,12 +174,7 @@ impl<'a> Task<'a> {
                  decoded by whoever awaits the result",
             ));
         }
-        Some(Task {
-            ident,
-            inputs: sig.paren_token.span.join(),
-            params,
-            output,
-        })
+        Some(Task { ident, inputs: sig.paren_token.span.join(), params, output })
     }
 
     /// The module named after the function: `NAME`, `QUEUE`, `call`, the runner the
@@ -189,10 +184,7 @@ impl<'a> Task<'a> {
         let vis = &func.vis;
         // A `#[cfg]` the macro sees on the function must hide its module too.
         let cfgs = func.attrs.iter().filter(|a| a.path().is_ident("cfg"));
-        let name = args
-            .name
-            .clone()
-            .unwrap_or_else(|| ident.unraw().to_string());
+        let name = args.name.clone().unwrap_or_else(|| ident.unraw().to_string());
         let queue = args.queue.as_deref().unwrap_or("default");
         let doc = format!(
             "The typed handle of task `{name}`: `{}::call(..)` builds a call to enqueue.",
@@ -239,11 +231,7 @@ impl<'a> Task<'a> {
                 }
             }
         }
-        let ctx = if takes_context {
-            format_ident!("ctx")
-        } else {
-            format_ident!("_ctx")
-        };
+        let ctx = if takes_context { format_ident!("ctx") } else { format_ident!("_ctx") };
         // Every use of the return type is spanned at it, so a return type that is not
         // a `Result` of task values is reported there, and once: rustc drops the
         // identical errors of the other uses. (On stable, the span is its first token.)
@@ -474,31 +462,13 @@ mod tests {
 
     #[test]
     fn borrowed_types_are_found_at_any_depth() {
-        for text in [
-            "&str",
-            "&'static str",
-            "Vec<&[u8]>",
-            "Cow<'static, str>",
-            "(u8, &u8)",
-        ] {
-            assert_eq!(
-                scan(ty(text).to_token_stream()),
-                Some(Problem::Borrowed),
-                "{text}"
-            );
+        for text in ["&str", "&'static str", "Vec<&[u8]>", "Cow<'static, str>", "(u8, &u8)"] {
+            assert_eq!(scan(ty(text).to_token_stream()), Some(Problem::Borrowed), "{text}");
         }
-        for text in [
-            "String",
-            "Vec<(u8, String)>",
-            "[u8; 4]",
-            "Option<Box<Order>>",
-        ] {
+        for text in ["String", "Vec<(u8, String)>", "[u8; 4]", "Option<Box<Order>>"] {
             assert_eq!(scan(ty(text).to_token_stream()), None, "{text}");
         }
-        assert_eq!(
-            scan(ty("Vec<impl Clone>").to_token_stream()),
-            Some(Problem::ImplTrait)
-        );
+        assert_eq!(scan(ty("Vec<impl Clone>").to_token_stream()), Some(Problem::ImplTrait));
     }
 
     #[test]
@@ -527,14 +497,8 @@ mod tests {
     fn super_paths_gain_one_level() {
         let rerooted = |text: &str| reroot(ty(text).to_token_stream()).to_string();
         assert_eq!(rerooted("super::Order"), "super :: super :: Order");
-        assert_eq!(
-            rerooted("super::super::Order"),
-            "super :: super :: super :: Order"
-        );
-        assert_eq!(
-            rerooted("Vec<super::Order>"),
-            "Vec < super :: super :: Order >"
-        );
+        assert_eq!(rerooted("super::super::Order"), "super :: super :: super :: Order");
+        assert_eq!(rerooted("Vec<super::Order>"), "Vec < super :: super :: Order >");
         assert_eq!(rerooted("crate::a::Order"), "crate :: a :: Order");
         assert_eq!(rerooted("(u8, super::X)"), "(u8 , super :: super :: X)");
     }
@@ -550,36 +514,18 @@ mod tests {
             "pub async fn send_email(mut to: String, ctx: TaskContext, body: String) \
              -> Result<(), TaskError> { Ok(()) }",
         );
-        assert!(
-            out.starts_with("pub async fn send_email (mut to : String"),
-            "{out}"
-        );
+        assert!(out.starts_with("pub async fn send_email (mut to : String"), "{out}");
         assert!(out.contains("pub mod send_email"), "{out}");
-        assert!(
-            out.contains("pub const NAME : & str = \"emails.send\""),
-            "{out}"
-        );
-        assert!(
-            out.contains("pub fn call (to : String , body : String)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("send_email (__arg0 , ctx , __arg1) . await"),
-            "{out}"
-        );
-        assert!(
-            out.contains("Duration :: new (1u64 , 500000000u32)"),
-            "{out}"
-        );
+        assert!(out.contains("pub const NAME : & str = \"emails.send\""), "{out}");
+        assert!(out.contains("pub fn call (to : String , body : String)"), "{out}");
+        assert!(out.contains("send_email (__arg0 , ctx , __arg1) . await"), "{out}");
+        assert!(out.contains("Duration :: new (1u64 , 500000000u32)"), "{out}");
         assert!(!out.contains("compile_error"), "{out}");
     }
 
     #[test]
     fn a_cfg_on_the_function_hides_its_module_too() {
-        let out = expand(
-            "",
-            "#[cfg(feature = \"mail\")] async fn f() -> Result<(), E> { Ok(()) }",
-        );
+        let out = expand("", "#[cfg(feature = \"mail\")] async fn f() -> Result<(), E> { Ok(()) }");
         assert!(out.contains("# [cfg (feature = \"mail\")] # [doc"), "{out}");
     }
 

@@ -33,9 +33,7 @@ impl InMemoryBackend {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -61,8 +59,7 @@ impl State {
         self.stores_since_sweep = 0;
         let now = Instant::now();
         self.outcomes.retain(|_, (_, expires)| *expires > now);
-        self.waiters
-            .retain(|_, notify| Arc::strong_count(notify) > 1);
+        self.waiters.retain(|_, notify| Arc::strong_count(notify) > 1);
     }
 }
 
@@ -70,9 +67,7 @@ impl State {
 impl ResultBackend for InMemoryBackend {
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
         let mut state = self.lock();
-        state
-            .outcomes
-            .insert(id, (outcome.clone(), Instant::now() + ttl));
+        state.outcomes.insert(id, (outcome.clone(), Instant::now() + ttl));
         if let Some(notify) = state.waiters.remove(&id) {
             notify.notify_waiters();
         }

@@ -86,10 +86,7 @@ impl TaskOutcome {
         TaskOutcome {
             state: TaskState::Failed,
             value: None,
-            failure: Some(TaskFailure {
-                kind,
-                message: message.into(),
-            }),
+            failure: Some(TaskFailure { kind, message: message.into() }),
             attempts,
             started_at,
             finished_at: Utc::now(),

@@ -77,19 +77,13 @@ impl InMemoryBroker {
     /// ones are dropped and counted.
     #[must_use]
     pub fn with_dead_letter_cap(cap: usize) -> Self {
-        InMemoryBroker {
-            state: Mutex::default(),
-            notify: Notify::new(),
-            dead_letter_cap: cap,
-        }
+        InMemoryBroker { state: Mutex::default(), notify: Notify::new(), dead_letter_cap: cap }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written: every
         // mutation below completes before anything that could panic.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` on the job's in-flight entry when `lease` still holds it.
@@ -100,18 +94,12 @@ impl InMemoryBroker {
     ) -> Result<T> {
         let mut state = self.lock();
         let state = &mut *state;
-        let queue = state
-            .queues
-            .get_mut(&lease.queue)
-            .ok_or(Error::LeaseLost { id: lease.id })?;
+        let queue = state.queues.get_mut(&lease.queue).ok_or(Error::LeaseLost { id: lease.id })?;
         match queue.in_flight.get(&lease.id) {
             Some(held) if held.token == lease.token => {}
             _ => return Err(Error::LeaseLost { id: lease.id }),
         }
-        let held = queue
-            .in_flight
-            .remove(&lease.id)
-            .ok_or(Error::LeaseLost { id: lease.id })?;
+        let held = queue.in_flight.remove(&lease.id).ok_or(Error::LeaseLost { id: lease.id })?;
         Ok(f(queue, held, &mut state.next_seq))
     }
 }
@@ -210,24 +198,11 @@ impl State {
                 stored.deliveries += 1;
                 self.next_seq += 1;
                 let token = format!("{:x}", self.next_seq);
-                let lease_info = Lease {
-                    id: stored.id,
-                    queue: name.clone(),
-                    token: token.clone(),
-                };
-                claimed.push(Delivery::new(
-                    lease_info,
-                    stored.payload.clone(),
-                    stored.deliveries,
-                ));
-                queue.in_flight.insert(
-                    stored.id,
-                    InFlight {
-                        stored,
-                        token,
-                        deadline: now + lease,
-                    },
-                );
+                let lease_info = Lease { id: stored.id, queue: name.clone(), token: token.clone() };
+                claimed.push(Delivery::new(lease_info, stored.payload.clone(), stored.deliveries));
+                queue
+                    .in_flight
+                    .insert(stored.id, InFlight { stored, token, deadline: now + lease });
             }
             if let Some(at) = queue.next_change() {
                 next_change = Some(next_change.map_or(at, |n| n.min(at)));
@@ -295,11 +270,7 @@ impl Broker for InMemoryBroker {
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
         self.settle(lease, |queue, held, seq| {
-            let stored = Stored {
-                payload,
-                deliveries: 0,
-                ..held.stored
-            };
+            let stored = Stored { payload, deliveries: 0, ..held.stored };
             *seq += 1;
             if eta > Utc::now() {
                 queue.delayed.insert((due_instant(eta), *seq), stored);

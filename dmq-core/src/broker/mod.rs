@@ -39,13 +39,7 @@ impl Job {
         eta: Option<DateTime<Utc>>,
         payload: Vec<u8>,
     ) -> Self {
-        Job {
-            id,
-            queue: queue.into(),
-            priority,
-            eta,
-            payload,
-        }
+        Job { id, queue: queue.into(), priority, eta, payload }
     }
 }
 
@@ -93,11 +87,7 @@ impl Delivery {
     /// A delivery (for broker implementations).
     #[must_use]
     pub fn new(lease: Lease, payload: Vec<u8>, deliveries: u32) -> Self {
-        Delivery {
-            lease,
-            payload,
-            deliveries,
-        }
+        Delivery { lease, payload, deliveries }
     }
 }
 
@@ -137,13 +127,7 @@ impl DeadLetter {
         reason: impl Into<String>,
         at: DateTime<Utc>,
     ) -> Self {
-        DeadLetter {
-            id,
-            queue: queue.into(),
-            payload,
-            reason: reason.into(),
-            at,
-        }
+        DeadLetter { id, queue: queue.into(), payload, reason: reason.into(), at }
     }
 }
 

@@ -127,10 +127,8 @@ impl<T> Call<T> {
                 self.priority
             )));
         }
-        let args = self.args.map_err(|reason| Error::Encode {
-            what: "the task's arguments",
-            reason,
-        })?;
+        let args =
+            self.args.map_err(|reason| Error::Encode { what: "the task's arguments", reason })?;
         let mut envelope = Envelope::new(self.task, self.queue, args);
         envelope.eta = match (self.eta, self.delay) {
             (Some(eta), _) => Some(eta),
@@ -144,9 +142,8 @@ impl<T> Call<T> {
         };
         envelope.priority = self.priority;
         envelope.max_retries = self.max_retries;
-        envelope.timeout_ms = self
-            .timeout
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        envelope.timeout_ms =
+            self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         envelope.headers = self.headers;
         Ok(envelope)
     }
@@ -161,9 +158,7 @@ impl<T: DeserializeOwned> Call<T> {
     /// when an argument did not encode, or the broker's error.
     pub async fn enqueue(self, manager: &Manager) -> Result<TaskHandle<T>> {
         let id = manager.enqueue_envelope(self.into_envelope()?).await?;
-        Ok(TaskHandle {
-            result: manager.result::<T>(id),
-        })
+        Ok(TaskHandle { result: manager.result::<T>(id) })
     }
 }
 
@@ -175,9 +170,7 @@ pub struct TaskHandle<T> {
 
 impl<T> fmt::Debug for TaskHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskHandle")
-            .field("id", &self.result.id)
-            .finish()
+        f.debug_struct("TaskHandle").field("id", &self.result.id).finish()
     }
 }
 
@@ -214,11 +207,7 @@ impl<T> fmt::Debug for ResultRef<T> {
 
 impl<T: DeserializeOwned> ResultRef<T> {
     pub(crate) fn new(manager: Manager, id: TaskId) -> Self {
-        ResultRef {
-            manager,
-            id,
-            output: PhantomData,
-        }
+        ResultRef { manager, id, output: PhantomData }
     }
 
     /// The job's id.
@@ -252,10 +241,7 @@ impl<T: DeserializeOwned> ResultRef<T> {
     pub async fn wait(&self, timeout: Duration) -> Result<T> {
         match self.manager.backend().wait(self.id, timeout).await? {
             Some(outcome) => self.read(outcome),
-            None => Err(Error::Timeout {
-                id: self.id,
-                waited: timeout,
-            }),
+            None => Err(Error::Timeout { id: self.id, waited: timeout }),
         }
     }
 
@@ -282,10 +268,7 @@ impl<T: DeserializeOwned> ResultRef<T> {
                 let failure = outcome.failure;
                 Err(Error::TaskFailed {
                     id: self.id,
-                    kind: failure
-                        .as_ref()
-                        .map_or("error", |f| f.kind.as_str())
-                        .to_owned(),
+                    kind: failure.as_ref().map_or("error", |f| f.kind.as_str()).to_owned(),
                     message: failure.map(|f| f.message).unwrap_or_default(),
                 })
             }

@@ -38,18 +38,12 @@ enum Class {
 impl TaskError {
     /// A retryable error with a plain message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        TaskError {
-            source: message.to_string().into(),
-            class: Class::Retryable,
-        }
+        TaskError { source: message.to_string().into(), class: Class::Retryable }
     }
 
     /// An error that must never be retried: the job fails at once.
     pub fn fatal(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
-        TaskError {
-            source: error.into(),
-            class: Class::Fatal,
-        }
+        TaskError { source: error.into(), class: Class::Fatal }
     }
 
     /// A retryable error that asks for the next attempt after `delay` (still bounded by
@@ -58,10 +52,7 @@ impl TaskError {
         error: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
         delay: Duration,
     ) -> Self {
-        TaskError {
-            source: error.into(),
-            class: Class::RetryAfter(delay),
-        }
+        TaskError { source: error.into(), class: Class::RetryAfter(delay) }
     }
 
     /// Whether this error forbids any retry.
@@ -103,10 +94,7 @@ impl TaskError {
 
 impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
     fn from(error: E) -> Self {
-        TaskError {
-            source: Box::new(error),
-            class: Class::Retryable,
-        }
+        TaskError { source: Box::new(error), class: Class::Retryable }
     }
 }
 
@@ -185,10 +173,7 @@ impl FailureKind {
     /// Whether a failure of this kind may be retried at all.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            FailureKind::Error | FailureKind::Panic | FailureKind::Timeout
-        )
+        matches!(self, FailureKind::Error | FailureKind::Panic | FailureKind::Timeout)
     }
 }
 

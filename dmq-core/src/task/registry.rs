@@ -153,11 +153,7 @@ fn order(
     x: &'static TaskRegistration,
     y: &'static TaskRegistration,
 ) -> (&'static TaskRegistration, &'static TaskRegistration) {
-    if (x.file, x.line) <= (y.file, y.line) {
-        (x, y)
-    } else {
-        (y, x)
-    }
+    if (x.file, x.line) <= (y.file, y.line) { (x, y) } else { (y, x) }
 }
 
 fn info(reg: &'static TaskRegistration) -> TaskInfo {

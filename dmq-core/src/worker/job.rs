@@ -48,28 +48,14 @@ pub(super) async fn process(shared: &Shared, delivery: Delivery) {
 
 async fn run_envelope(shared: &Shared, lease: Lease, envelope: Envelope) {
     let Some(registration) = shared.manager.registry().get(&envelope.task) else {
-        let known: Vec<&str> = shared
-            .manager
-            .registry()
-            .tasks()
-            .iter()
-            .map(|t| t.name)
-            .collect();
+        let known: Vec<&str> = shared.manager.registry().tasks().iter().map(|t| t.name).collect();
         let reason = format!(
             "no task named {:?} is registered in this worker (it knows: {}); \
              is the task's crate linked into the worker binary?",
             envelope.task,
             known.join(", ")
         );
-        fail(
-            shared,
-            &lease,
-            &envelope,
-            FailureKind::UnknownTask,
-            &reason,
-            None,
-        )
-        .await;
+        fail(shared, &lease, &envelope, FailureKind::UnknownTask, &reason, None).await;
         return;
     };
     if let Some(expires_at) = envelope.expires_at {
@@ -83,10 +69,7 @@ async fn run_envelope(shared: &Shared, lease: Lease, envelope: Envelope) {
     }
 
     let started_at = Utc::now();
-    let timeout = envelope
-        .timeout_ms
-        .map(Duration::from_millis)
-        .or(registration.timeout);
+    let timeout = envelope.timeout_ms.map(Duration::from_millis).or(registration.timeout);
     let run = execute(registration, &envelope, timeout);
     let result = tokio::select! {
         result = run => result,
@@ -105,11 +88,7 @@ async fn run_envelope(shared: &Shared, lease: Lease, envelope: Envelope) {
         Ok(value) => {
             let outcome = TaskOutcome::succeeded(value, envelope.attempt, started_at);
             store(shared, &lease, &outcome).await;
-            settle(
-                shared.manager.broker().ack(&lease).await,
-                &lease,
-                "acknowledge",
-            );
+            settle(shared.manager.broker().ack(&lease).await, &lease, "acknowledge");
         }
         Err((kind, message, requested_delay)) => {
             let max_retries = envelope
@@ -159,11 +138,7 @@ async fn execute(
             Err((e.kind(), e.message(), delay))
         }
         Err(panic) => {
-            let message = format!(
-                "task {:?} panicked: {}",
-                envelope.task,
-                panic_message(&*panic)
-            );
+            let message = format!("task {:?} panicked: {}", envelope.task, panic_message(&*panic));
             Err((FailureKind::Panic, message, None))
         }
     }
@@ -182,12 +157,7 @@ async fn keep_lease(shared: &Shared, lease: &Lease) {
     let every = shared.config.lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        match shared
-            .manager
-            .broker()
-            .renew(lease, shared.config.lease)
-            .await
-        {
+        match shared.manager.broker().renew(lease, shared.config.lease).await {
             Ok(()) => {}
             Err(Error::LeaseLost { .. }) => return,
             Err(e) => tracing::warn!(error = %e, "renewing the lease failed; will try again"),
@@ -214,15 +184,7 @@ async fn retry(
         }
         Err(e) => {
             let reason = format!("could not re-encode the job for a retry: {e}");
-            fail(
-                shared,
-                lease,
-                &envelope,
-                FailureKind::Undecodable,
-                &reason,
-                None,
-            )
-            .await;
+            fail(shared, lease, &envelope, FailureKind::Undecodable, &reason, None).await;
         }
     }
 }
@@ -263,9 +225,7 @@ async fn dead_letter(shared: &Shared, lease: &Lease, reason: &str) {
 pub(super) async fn release(shared: &Shared, lease: &Lease) {
     let result = shared.manager.broker().release(lease).await;
     if result.is_ok() {
-        shared
-            .released
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.released.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     settle(result, lease, "release");
 }

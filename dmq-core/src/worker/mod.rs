@@ -33,9 +33,7 @@ pub(crate) struct WorkerConfig {
 
 impl fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerBuilder")
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("WorkerBuilder").field("config", &self.config).finish()
     }
 }
 
@@ -139,9 +137,7 @@ pub struct WorkerHandle {
 
 impl fmt::Debug for WorkerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerHandle")
-            .field("queues", &self.shared.queues)
-            .finish()
+        f.debug_struct("WorkerHandle").field("queues", &self.shared.queues).finish()
     }
 }
 
@@ -236,11 +232,7 @@ async fn run(shared: Arc<Shared>) {
     let drained =
         tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(
-            running = jobs.len(),
-            ?grace,
-            "grace period over; releasing running jobs"
-        );
+        tracing::warn!(running = jobs.len(), ?grace, "grace period over; releasing running jobs");
         shared.hard_stop.cancel();
         while jobs.join_next().await.is_some() {}
     }
