@@ -144,25 +144,25 @@ async fn nap(millis: u64) -> Result<u64, TaskError> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_during_work_loses_no_job() {
+async fn shutdown_lets_running_jobs_finish_within_the_grace_period_and_releases_the_rest() {
     let manager = Manager::builder().build().expect("manager");
     let mut ids = Vec::new();
-    // Two short jobs that finish, then long ones still running at the end of the grace
-    // period. Enqueued before the worker starts, so its first claim takes jobs 0 to 3.
-    for millis in [50, 50].into_iter().chain([60_000; 18]) {
+    // Job 0 finishes at once; job 1 is still running when shutdown starts but ends
+    // within the grace period; the long ones are still running when it ends. Enqueued
+    // before the worker starts, so its first claim takes jobs 0 to 3.
+    for millis in [10, 1_500].into_iter().chain([60_000; 18]) {
         ids.push(nap::call(millis).enqueue(&manager).await.expect("enqueue").id());
     }
-    let worker = manager
-        .worker()
-        .concurrency(4)
-        .queues(["shutdown"])
-        .grace(Duration::from_millis(300))
-        .start();
-    for &id in &ids[..2] {
-        assert_eq!(manager.result::<u64>(id).wait(WAIT).await.expect("short job"), 50);
-    }
+    let worker =
+        manager.worker().concurrency(4).queues(["shutdown"]).grace(Duration::from_secs(5)).start();
+    assert_eq!(manager.result::<u64>(ids[0]).wait(WAIT).await.expect("first job"), 10);
     let report = worker.shutdown().await;
 
+    assert_eq!(
+        manager.result::<u64>(ids[1]).get().await.expect("get"),
+        Some(1_500),
+        "a job running at shutdown finishes within the grace period"
+    );
     let mut completed = 0;
     for &id in &ids {
         if manager.result::<u64>(id).get().await.expect("get").is_some() {
@@ -174,7 +174,55 @@ async fn shutdown_during_work_loses_no_job() {
     assert_eq!(completed, 2, "only the short jobs finished");
     assert_eq!(stats.ready, 18, "every unfinished job is back in the queue");
     assert_eq!(FINISHED.load(Ordering::SeqCst), 2);
-    assert!((2..=4).contains(&report.released), "released {}", report.released);
+    assert!((2..=3).contains(&report.released), "released {}", report.released);
+}
+
+static LONG_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "renewal")]
+async fn outlive_the_lease(millis: u64) -> Result<u32, TaskError> {
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    Ok(LONG_RUNS.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_longer_than_its_lease_keeps_it_and_runs_once() {
+    let manager = Manager::builder().build().expect("manager");
+    // Two workers: without renewal the second would take the job once the lease ran out.
+    let first = manager.worker().queues(["renewal"]).lease(Duration::from_millis(300)).start();
+    let second = manager.worker().queues(["renewal"]).lease(Duration::from_millis(300)).start();
+    let handle = outlive_the_lease::call(2_000).enqueue(&manager).await.expect("enqueue");
+    assert_eq!(handle.result(WAIT).await.expect("result"), 1);
+    first.shutdown().await;
+    second.shutdown().await;
+    assert_eq!(LONG_RUNS.load(Ordering::SeqCst), 1, "the job ran more than once");
+    let stats = manager.broker().queue_stats("renewal").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0));
+}
+
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+static MOST_AT_ONCE: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "bounded")]
+async fn occupy(millis: u64) -> Result<(), TaskError> {
+    let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+    MOST_AT_ONCE.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    RUNNING.fetch_sub(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_as_many_jobs_at_once_as_its_concurrency_and_no_more() {
+    let manager = Manager::builder().build().expect("manager");
+    let calls = (0..40).map(|_| occupy::call(200));
+    let ids = manager.enqueue_batch(calls).await.expect("enqueue");
+    let worker = manager.worker().concurrency(8).queues(["bounded"]).start();
+    for id in ids {
+        manager.result::<()>(id).wait(WAIT).await.expect("result");
+    }
+    worker.shutdown().await;
+    assert_eq!(MOST_AT_ONCE.load(Ordering::SeqCst), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

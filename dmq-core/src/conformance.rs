@@ -101,6 +101,7 @@ macro_rules! broker_conformance_tests {
             waiting_claim_is_woken_by_enqueue,
             batch_enqueue_adds_every_job,
             concurrent_claimers_never_share_a_job,
+            a_queued_id_cannot_be_enqueued_again,
         );
     };
 }
@@ -213,7 +214,7 @@ pub mod broker {
     /// A delayed job is not handed out before its eta, and is soon after.
     pub async fn delayed_job_waits_for_its_eta(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
-        let eta = after(Duration::from_millis(400));
+        let eta = after(Duration::from_millis(1500));
         b.enqueue(delayed("alpha", eta, "later")).await.expect("enqueue");
         assert!(b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
         assert_eq!(b.queue_stats("alpha").await.expect("stats").delayed, 1);
@@ -272,7 +273,7 @@ pub mod broker {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "attempt 1")).await.expect("enqueue");
         let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
-        let eta = after(Duration::from_millis(300));
+        let eta = after(Duration::from_millis(1500));
         b.retry(&got[0].lease, b"attempt 2".to_vec(), eta).await.expect("retry");
         let stats = b.queue_stats("alpha").await.expect("stats");
         assert_eq!((stats.ready, stats.delayed, stats.in_flight), (0, 1, 0));
@@ -305,9 +306,9 @@ pub mod broker {
     pub async fn renew_extends_the_lease(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let got = b.claim(&q, 1, Duration::from_millis(300), Duration::ZERO).await.expect("claim");
+        let got = b.claim(&q, 1, Duration::from_millis(1500), Duration::ZERO).await.expect("claim");
         b.renew(&got[0].lease, LONG).await.expect("renew");
-        let again = b.claim(&q, 1, LONG, Duration::from_millis(900)).await.expect("claim");
+        let again = b.claim(&q, 1, LONG, Duration::from_millis(3000)).await.expect("claim");
         assert!(again.is_empty(), "a renewed job was handed out again");
         b.ack(&got[0].lease).await.expect("ack after renew");
     }
@@ -367,6 +368,22 @@ pub mod broker {
             }
         }
         assert_eq!(seen.len(), 500);
+    }
+    /// A job whose id is already queued (ready, delayed or in flight) is refused, alone
+    /// or in a batch, and the refused batch adds nothing; once settled, the id is free.
+    pub async fn a_queued_id_cannot_be_enqueued_again(b: Arc<dyn Broker>) {
+        let first = job("alpha", 5, "first");
+        b.enqueue(first.clone()).await.expect("enqueue");
+        let again = b.enqueue(first.clone()).await;
+        assert!(matches!(again, Err(Error::DuplicateJob { .. })), "{again:?}");
+        let batch = vec![job("alpha", 5, "fresh"), first.clone()];
+        let refused = b.enqueue_batch(batch).await;
+        assert!(matches!(refused, Err(Error::DuplicateJob { .. })), "{refused:?}");
+        assert_eq!(b.queue_len("alpha").await.expect("len"), 1, "a refused batch added a job");
+        let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
+        assert!(matches!(b.enqueue(first.clone()).await, Err(Error::DuplicateJob { .. })));
+        b.ack(&got[0].lease).await.expect("ack");
+        b.enqueue(first).await.expect("the id is free again once the job is settled");
     }
 }
 
@@ -435,9 +452,9 @@ pub mod backend {
     /// An outcome is gone once its TTL has passed.
     pub async fn outcome_expires_after_its_ttl(b: Arc<dyn ResultBackend>) {
         let id = TaskId::new();
-        b.store(id, &outcome(4), Duration::from_millis(300)).await.expect("store");
+        b.store(id, &outcome(4), Duration::from_millis(1500)).await.expect("store");
         assert!(b.get(id).await.expect("get").is_some());
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
         assert_eq!(b.get(id).await.expect("get"), None);
     }
 
@@ -452,6 +469,7 @@ pub mod backend {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let stored = Instant::now();
         for (i, &id) in ids.iter().enumerate() {
             b.store(id, &outcome(u8::try_from(i % 256).unwrap_or(0)), LONG).await.expect("store");
         }
@@ -459,5 +477,7 @@ pub mod backend {
             let got = waiter.await.expect("join").expect("wait").expect("woken with the outcome");
             assert_eq!(got, outcome(u8::try_from(i % 256).unwrap_or(0)));
         }
+        let waited = stored.elapsed();
+        assert!(waited < Duration::from_secs(10), "the waiters were not woken: {waited:?}");
     }
 }

@@ -96,6 +96,18 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// A job with this id is already in the queue (ready, delayed or running).
+    #[error(
+        "a job with id {id} is already in queue {queue:?}; each enqueue needs a fresh id \
+         (enqueue the call again rather than the same envelope)"
+    )]
+    DuplicateJob {
+        /// The repeated id.
+        id: TaskId,
+        /// The queue.
+        queue: String,
+    },
+
     /// A lease token no longer matches: the lease expired and the job was handed
     /// to another worker, or the job was already acknowledged.
     #[error("the lease on job {id} is no longer held by this worker (expired or already settled)")]

@@ -26,6 +26,7 @@
 
 mod backend;
 mod broker;
+mod clock;
 mod envelope;
 mod error;
 mod manager;

@@ -67,7 +67,7 @@ impl State {
 impl ResultBackend for InMemoryBackend {
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
         let mut state = self.lock();
-        state.outcomes.insert(id, (outcome.clone(), Instant::now() + ttl));
+        state.outcomes.insert(id, (outcome.clone(), crate::clock::deadline(ttl)));
         if let Some(notify) = state.waiters.remove(&id) {
             notify.notify_waiters();
         }
@@ -80,7 +80,7 @@ impl ResultBackend for InMemoryBackend {
     }
 
     async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Option<TaskOutcome>> {
-        let give_up = Instant::now() + timeout;
+        let give_up = crate::clock::deadline(timeout);
         loop {
             let notify = {
                 let mut state = self.lock();

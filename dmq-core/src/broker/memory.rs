@@ -1,6 +1,6 @@
 //! A broker held in process memory: for tests, examples and single-process use.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ struct Queue {
     ready: [VecDeque<Stored>; MAX_PRIORITY as usize + 1],
     delayed: BTreeMap<(Instant, u64), Stored>,
     in_flight: HashMap<TaskId, InFlight>,
+    /// The ids of every job here that is ready, delayed or in flight.
+    known: HashSet<TaskId>,
     dead: VecDeque<DeadLetter>,
     dead_dropped: u64,
 }
@@ -106,7 +108,7 @@ impl InMemoryBroker {
 
 fn due_instant(eta: DateTime<Utc>) -> Instant {
     let ahead = (eta - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    Instant::now() + ahead
+    crate::clock::deadline(ahead)
 }
 
 impl Queue {
@@ -158,6 +160,18 @@ impl Queue {
 }
 
 impl State {
+    /// Refuses jobs whose id is already queued, or repeated among `jobs`.
+    fn check_new<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>) -> Result<()> {
+        let mut seen = HashSet::new();
+        for job in jobs {
+            let known = self.queues.get(&job.queue).is_some_and(|q| q.known.contains(&job.id));
+            if known || !seen.insert((&job.queue, job.id)) {
+                return Err(Error::DuplicateJob { id: job.id, queue: job.queue.clone() });
+            }
+        }
+        Ok(())
+    }
+
     fn add(&mut self, job: Job) {
         let stored = Stored {
             id: job.id,
@@ -168,6 +182,7 @@ impl State {
         let seq = self.next_seq;
         self.next_seq += 1;
         let queue = self.queues.entry(job.queue).or_default();
+        queue.known.insert(job.id);
         match job.eta {
             Some(eta) if eta > Utc::now() => {
                 queue.delayed.insert((due_instant(eta), seq), stored);
@@ -200,9 +215,10 @@ impl State {
                 let token = format!("{:x}", self.next_seq);
                 let lease_info = Lease { id: stored.id, queue: name.clone(), token: token.clone() };
                 claimed.push(Delivery::new(lease_info, stored.payload.clone(), stored.deliveries));
-                queue
-                    .in_flight
-                    .insert(stored.id, InFlight { stored, token, deadline: now + lease });
+                queue.in_flight.insert(
+                    stored.id,
+                    InFlight { stored, token, deadline: crate::clock::instant_after(now, lease) },
+                );
             }
             if let Some(at) = queue.next_change() {
                 next_change = Some(next_change.map_or(at, |n| n.min(at)));
@@ -215,7 +231,11 @@ impl State {
 #[async_trait]
 impl Broker for InMemoryBroker {
     async fn enqueue(&self, job: Job) -> Result<()> {
-        self.lock().add(job);
+        {
+            let mut state = self.lock();
+            state.check_new([&job])?;
+            state.add(job);
+        }
         self.notify.notify_waiters();
         Ok(())
     }
@@ -223,6 +243,7 @@ impl Broker for InMemoryBroker {
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()> {
         {
             let mut state = self.lock();
+            state.check_new(&jobs)?;
             for job in jobs {
                 state.add(job);
             }
@@ -241,7 +262,7 @@ impl Broker for InMemoryBroker {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        let give_up = Instant::now() + wait;
+        let give_up = crate::clock::deadline(wait);
         loop {
             // Register for wake-ups before looking, so an enqueue between the look and
             // the wait is not missed. Nothing below awaits while holding claimed jobs,
@@ -265,7 +286,9 @@ impl Broker for InMemoryBroker {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        self.settle(lease, |_, _, _| ())
+        self.settle(lease, |queue, held, _| {
+            queue.known.remove(&held.stored.id);
+        })
     }
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
@@ -301,6 +324,7 @@ impl Broker for InMemoryBroker {
                 reason,
                 Utc::now(),
             );
+            queue.known.remove(&letter.id);
             queue.dead.push_front(letter);
             while queue.dead.len() > cap {
                 queue.dead.pop_back();
@@ -317,7 +341,7 @@ impl Broker for InMemoryBroker {
             .and_then(|q| q.in_flight.get_mut(&lease.id))
             .filter(|held| held.token == lease.token)
             .ok_or(Error::LeaseLost { id: lease.id })?;
-        held.deadline = Instant::now() + lease_for;
+        held.deadline = crate::clock::deadline(lease_for);
         Ok(())
     }
 
@@ -348,5 +372,26 @@ impl Broker for InMemoryBroker {
             .get(queue)
             .map(|q| q.dead.iter().skip(offset).take(limit).cloned().collect())
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_dead_letter_cap_drops_the_oldest_and_counts_them() {
+        let broker = InMemoryBroker::with_dead_letter_cap(3);
+        let queues = vec!["q".to_owned()];
+        for i in 0..5u8 {
+            broker.enqueue(Job::new(TaskId::new(), "q", 5, None, vec![i])).await.unwrap();
+            let got = broker.claim(&queues, 1, Duration::from_secs(30), Duration::ZERO).await;
+            broker.dead_letter(&got.unwrap()[0].lease, &format!("bad {i}")).await.unwrap();
+        }
+        let stats = broker.queue_stats("q").await.unwrap();
+        assert_eq!((stats.dead, stats.dead_dropped), (3, 2));
+        let kept: Vec<String> =
+            broker.dead_letters("q", 0, 10).await.unwrap().into_iter().map(|d| d.reason).collect();
+        assert_eq!(kept, ["bad 4", "bad 3", "bad 2"]);
     }
 }

@@ -174,14 +174,17 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     ///
-    /// When the broker cannot be reached or refuses the job.
+    /// [`Error::DuplicateJob`](crate::Error::DuplicateJob) when a job with the same id
+    /// is already in the queue (ready, delayed or in flight), so one job can never be
+    /// held twice; otherwise when the broker cannot be reached or refuses the job.
     async fn enqueue(&self, job: Job) -> Result<()>;
 
     /// Adds many jobs at once, atomically: all of them or none.
     ///
     /// # Errors
     ///
-    /// As [`enqueue`](Broker::enqueue); on an error no job was added.
+    /// As [`enqueue`](Broker::enqueue), also for an id repeated within the batch; on an
+    /// error no job was added.
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()>;
 
     /// Claims up to `max` due jobs from `queues`, highest priority first, each under a

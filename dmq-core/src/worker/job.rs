@@ -30,9 +30,9 @@ pub(super) async fn process(shared: &Shared, delivery: Delivery) {
         Err(e) => {
             let reason = format!("undecodable envelope: {e}");
             tracing::error!(id = %lease.id, queue = %lease.queue, %reason, "dead-lettering a job");
+            dead_letter(shared, &lease, &reason).await;
             let outcome = TaskOutcome::failed(FailureKind::Undecodable, &reason, 0, None);
             store(shared, &lease, &outcome).await;
-            dead_letter(shared, &lease, &reason).await;
             return;
         }
     };
@@ -62,8 +62,8 @@ async fn run_envelope(shared: &Shared, lease: Lease, envelope: Envelope) {
         if expires_at <= Utc::now() {
             let reason = format!("expired at {expires_at} before it started");
             tracing::warn!(%reason, "not running an expired job");
-            store(shared, &lease, &TaskOutcome::expired(envelope.attempt)).await;
             dead_letter(shared, &lease, &reason).await;
+            store(shared, &lease, &TaskOutcome::expired(envelope.attempt)).await;
             return;
         }
     }
@@ -172,10 +172,11 @@ async fn retry(
     message: &str,
     requested_delay: Option<Duration>,
 ) {
-    let delay = requested_delay.unwrap_or_else(|| default_backoff(envelope.attempt));
+    let delay = requested_delay
+        .map_or_else(|| default_backoff(envelope.attempt), |d| d.min(MAX_RETRY_DELAY));
     tracing::info!(error = %message, retry_in = ?delay, "attempt failed; retrying");
     envelope.attempt += 1;
-    let eta = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    let eta = crate::clock::utc_after(delay);
     envelope.eta = Some(eta);
     match envelope.encode(shared.manager.config().max_message_size) {
         Ok(payload) => {
@@ -205,9 +206,11 @@ async fn fail(
     started_at: Option<chrono::DateTime<Utc>>,
 ) {
     tracing::error!(%kind, error = %message, "job failed");
+    // Dead-letter first: whoever sees the failed result then finds the job in the
+    // dead-letter queue too.
+    dead_letter(shared, lease, &format!("{kind}: {message}")).await;
     let outcome = TaskOutcome::failed(kind, message, envelope.attempt, started_at);
     store(shared, lease, &outcome).await;
-    dead_letter(shared, lease, &format!("{kind}: {message}")).await;
 }
 
 async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome) {

@@ -176,7 +176,9 @@ async fn run(shared: Arc<Shared>) {
     let mut jobs = JoinSet::new();
     let mut failures = 0u32;
     loop {
-        while jobs.try_join_next().is_some() {}
+        while let Some(joined) = jobs.try_join_next() {
+            log_join(joined);
+        }
         let first = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
@@ -229,12 +231,29 @@ async fn run(shared: Arc<Shared>) {
         }
     }
     let grace = shared.config.grace;
-    let drained =
-        tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(joined) = jobs.join_next().await {
+            log_join(joined);
+        }
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!(running = jobs.len(), ?grace, "grace period over; releasing running jobs");
         shared.hard_stop.cancel();
-        while jobs.join_next().await.is_some() {}
+        while let Some(joined) = jobs.join_next().await {
+            log_join(joined);
+        }
+    }
+}
+
+/// A job's task ended abnormally: a bug in dmq, never in the user's task (whose
+/// panics are caught). Logged so it cannot pass unseen.
+fn log_join(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        tracing::error!(
+            error = %e,
+            "a job's task ended abnormally; the job returns to its queue when its lease expires"
+        );
     }
 }
 
