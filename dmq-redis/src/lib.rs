@@ -1,1 +1,15 @@
-//! Redis broker and result backend for dmq (work in progress: see the Redis issue).
+//! Redis broker and result backend for dmq.
+//!
+//! [`RedisBroker`] keeps jobs in Redis lists and sorted sets and changes them only
+//! through Lua scripts (in `lua/`) that check each lease's token. [`RedisBackend`]
+//! keeps results with a TTL and wakes waiters through one subscription per process.
+
+// mod backend;
+mod broker;
+mod error;
+mod keys;
+mod scripts;
+
+// pub use backend::RedisBackend;
+pub use broker::{DEFAULT_DEAD_LETTER_CAP, RedisBroker};
+pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};

@@ -1,0 +1,130 @@
+//! Every Redis key and channel name dmq uses is built here, and only here.
+//!
+//! A queue's keys share the hash tag `{<namespace>:<queue>}`, so each queue lives in
+//! one cluster slot and every script touches a single slot.
+
+use dmq_core::TaskId;
+
+/// The default namespace.
+pub const DEFAULT_NAMESPACE: &str = "dmq";
+
+/// Key names for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    namespace: String,
+}
+
+impl Keys {
+    /// Keys under `namespace`.
+    #[must_use]
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Keys { namespace: namespace.into() }
+    }
+
+    /// The namespace.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The keys of one queue.
+    #[must_use]
+    pub fn queue(&self, queue: &str) -> QueueKeys {
+        QueueKeys { prefix: format!("{{{}:{}}}", self.namespace, queue) }
+    }
+
+    /// Where the result of task `id` is stored.
+    #[must_use]
+    pub fn result(&self, id: TaskId) -> String {
+        format!("{}:result:{id}", self.namespace)
+    }
+
+    /// The channel on which stored results are announced (the message is the task id).
+    #[must_use]
+    pub fn results_channel(&self) -> String {
+        format!("{}:results", self.namespace)
+    }
+
+    /// A glob matching every key of this namespace (for clean-up in tests and tools).
+    #[must_use]
+    pub fn pattern(&self) -> String {
+        format!("*{}:*", self.namespace)
+    }
+}
+
+/// The keys of one queue, all in one cluster slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    prefix: String,
+}
+
+impl QueueKeys {
+    /// The ready list of priority `p` (0 to 9).
+    #[must_use]
+    pub fn ready(&self, priority: u8) -> String {
+        format!("{}:ready:{priority}", self.prefix)
+    }
+
+    /// The sorted set of delayed jobs, scored by due time in Unix milliseconds.
+    #[must_use]
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.prefix)
+    }
+
+    /// The sorted set of in-flight jobs, scored by lease deadline in Unix milliseconds.
+    #[must_use]
+    pub fn in_flight(&self) -> String {
+        format!("{}:inflight", self.prefix)
+    }
+
+    /// The hash of job id to encoded envelope.
+    #[must_use]
+    pub fn payloads(&self) -> String {
+        format!("{}:jobs", self.prefix)
+    }
+
+    /// The hash of job id to "priority:deliveries:token".
+    #[must_use]
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+
+    /// The capped dead-letter list, newest first.
+    #[must_use]
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    /// The hash of dead-lettered job id to its encoded envelope.
+    #[must_use]
+    pub fn dead_payloads(&self) -> String {
+        format!("{}:dead:jobs", self.prefix)
+    }
+
+    /// How many dead letters the cap dropped.
+    #[must_use]
+    pub fn dead_dropped(&self) -> String {
+        format!("{}:dead:dropped", self.prefix)
+    }
+
+    /// The list idle claimers block on; each enqueue pushes a wake-up.
+    #[must_use]
+    pub fn signal(&self) -> String {
+        format!("{}:signal", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_keys_share_one_hash_tag() {
+        let q = Keys::new("app").queue("emails");
+        for key in
+            [q.ready(9), q.delayed(), q.in_flight(), q.payloads(), q.meta(), q.dead(), q.signal()]
+        {
+            assert!(key.starts_with("{app:emails}:"), "{key}");
+        }
+    }
+}

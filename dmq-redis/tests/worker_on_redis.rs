@@ -1,0 +1,109 @@
+//! Workers on `RedisBroker`: many jobs across queues and workers run exactly once, and
+//! bad input is dead-lettered in Redis while good jobs around it complete.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dmq_core::{Envelope, Error, Manager, TaskError, task};
+use dmq_redis::RedisBroker;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+static RUNS: [AtomicU32; 2_000] = [const { AtomicU32::new(0) }; 2_000];
+
+#[task(name = "redis.count", queue = "r-a")]
+async fn count(slot: usize) -> Result<usize, TaskError> {
+    RUNS[slot].fetch_add(1, Ordering::SeqCst);
+    Ok(slot)
+}
+
+async fn manager(namespace: &str) -> Manager {
+    let broker = RedisBroker::connect_with_namespace(&common::redis_url(), namespace)
+        .await
+        .expect("connect to redis (scripts/ensure-redis starts one)");
+    Manager::builder().broker(broker).build().expect("manager")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_jobs_on_two_queues_and_two_workers_each_run_exactly_once() {
+    let namespace = common::fresh_namespace();
+    let manager = manager(&namespace).await;
+    let queues = ["r-a", "r-b"];
+    let first = manager.worker().concurrency(16).queues(queues).start();
+    let second = manager.worker().concurrency(16).queues(queues).start();
+
+    let singles: Vec<_> =
+        (0..1_000).map(|slot| count::call(slot).queue(queues[slot % 2])).collect();
+    let mut ids = Vec::new();
+    for call in singles {
+        ids.push(call.enqueue(&manager).await.expect("enqueue").id());
+    }
+    let batch = (1_000..2_000).map(|slot| count::call(slot).queue(queues[slot % 2]));
+    ids.extend(manager.enqueue_batch(batch).await.expect("batch"));
+    for (slot, id) in ids.iter().enumerate() {
+        assert_eq!(manager.result::<usize>(*id).wait(WAIT).await.expect("result"), slot);
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+    for (slot, runs) in RUNS.iter().enumerate() {
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "job {slot} ran a number of times other than one"
+        );
+    }
+    for queue in queues {
+        let stats = manager.broker().queue_stats(queue).await.expect("stats");
+        assert_eq!(
+            (stats.ready, stats.delayed, stats.in_flight, stats.dead),
+            (0, 0, 0, 0),
+            "{queue}"
+        );
+    }
+    common::remove_namespace(&namespace).await;
+}
+
+#[task(queue = "r-bad")]
+async fn double(n: i64) -> Result<i64, TaskError> {
+    Ok(n * 2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_in_redis_and_the_worker_carries_on() {
+    let namespace = common::fresh_namespace();
+    let manager = manager(&namespace).await;
+    let worker = manager.worker().queues(["r-bad"]).start();
+    let unknown = manager
+        .enqueue_envelope(Envelope::new(
+            "no.such.task",
+            "r-bad",
+            rmp_serde::to_vec(&(1,)).expect("args"),
+        ))
+        .await
+        .expect("enqueue");
+    let bad_args = manager
+        .enqueue_envelope(Envelope::new(
+            "double",
+            "r-bad",
+            rmp_serde::to_vec(&("x",)).expect("args"),
+        ))
+        .await
+        .expect("enqueue");
+    let good = double::call(21).enqueue(&manager).await.expect("enqueue");
+    assert_eq!(good.result(WAIT).await.expect("good job"), 42);
+    for (id, kind) in [(unknown, "unknown_task"), (bad_args, "bad_args")] {
+        match manager.result::<i64>(id).wait(WAIT).await {
+            Err(Error::TaskFailed { kind: got, .. }) => assert_eq!(got, kind),
+            other => panic!("expected a {kind} failure, got {other:?}"),
+        }
+    }
+    let dead = manager.broker().dead_letters("r-bad", 0, 10).await.expect("dlq");
+    let mut reasons: Vec<&str> =
+        dead.iter().map(|d| d.reason.split(':').next().unwrap_or("")).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["bad_args", "unknown_task"]);
+    worker.shutdown().await;
+    common::remove_namespace(&namespace).await;
+}
