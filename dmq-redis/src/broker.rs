@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{Broker, DeadLetter, Delivery, Error, Job, Lease, QueueStats, Result, TaskId};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, ScriptInvocation, Value};
 use tokio::time::Instant;
 
@@ -43,7 +43,8 @@ const SPARE_BLOCKING_CONNECTIONS: usize = 8;
 pub struct RedisBroker {
     client: Client,
     url: String,
-    conn: MultiplexedConnection,
+    /// Shared by every ordinary command; reconnects with backoff after Redis restarts.
+    conn: ConnectionManager,
     keys: Keys,
     scripts: Arc<Scripts>,
     blocking: Mutex<Vec<MultiplexedConnection>>,
@@ -84,8 +85,13 @@ impl RedisBroker {
                 "{shown} is not a Redis URL ({e}); use redis://host:port/db or rediss://..."
             ))
         })?;
+        let config = ConnectionManagerConfig::new()
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(5))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
         let conn = client
-            .get_multiplexed_async_connection()
+            .get_connection_manager_with_config(config)
             .await
             .map_err(|e| redis_error("connecting", &shown, &e))?;
         Ok(RedisBroker {
