@@ -1,12 +1,16 @@
 -- Claims up to N due jobs from one queue, highest priority first, each under a lease
 -- with a fresh token. First moves due delayed jobs, and jobs whose lease expired, to ready.
--- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset, 5..14 ready lists (priority 0..9)
--- ARGV: 1 max jobs, 2 lease (ms)
+-- A job whose lease expired after it had been delivered max-deliveries times is
+-- dead-lettered instead (a poison pill that crashes or hangs its worker).
+-- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset, 5..14 ready lists (priority 0..9),
+--       15 dead list, 16 dead payloads hash, 17 dead-dropped counter
+-- ARGV: 1 max jobs, 2 lease (ms), 3 max deliveries (0 for no limit), 4 dead-letter cap
 -- Returns: {next_change_ms, id1, payload1, deliveries1, token1, id2, ...}; next_change_ms is
 -- how long until a delayed job falls due or a lease expires (-1 for never)
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_deliveries, dead_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local function meta(id)
   local m = redis.call('HGET', KEYS[2], id)
@@ -23,8 +27,23 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now_ms, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', KEYS[4], id)
   local p, d = meta(id)
-  redis.call('HSET', KEYS[2], id, p .. ':' .. d .. ':')
-  redis.call('LPUSH', KEYS[5 + p], id)
+  if max_deliveries > 0 and d >= max_deliveries then
+    local payload = redis.call('HGET', KEYS[1], id) or ''
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    local reason = 'poison: delivered ' .. d .. ' times and never settled; it may crash or hang its worker'
+    redis.call('LPUSH', KEYS[15], now_ms .. '|' .. id .. '|' .. reason)
+    redis.call('HSET', KEYS[16], id, payload)
+    while redis.call('LLEN', KEYS[15]) > dead_cap do
+      local dropped = redis.call('RPOP', KEYS[15])
+      local old = string.match(dropped, '^%d+|([^|]*)|')
+      if old then redis.call('HDEL', KEYS[16], old) end
+      redis.call('INCR', KEYS[17])
+    end
+  else
+    redis.call('HSET', KEYS[2], id, p .. ':' .. d .. ':')
+    redis.call('LPUSH', KEYS[5 + p], id)
+  end
 end
 
 local out = {-1}

@@ -18,6 +18,10 @@ use crate::scripts::Scripts;
 /// The default cap on each queue's dead-letter list.
 pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
 
+/// The default number of deliveries after which a job whose lease expires again is
+/// dead-lettered as a poison pill.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+
 /// Idle blocking connections kept for reuse.
 const SPARE_BLOCKING_CONNECTIONS: usize = 8;
 
@@ -49,6 +53,7 @@ pub struct RedisBroker {
     scripts: Arc<Scripts>,
     blocking: Mutex<Vec<MultiplexedConnection>>,
     dead_letter_cap: usize,
+    max_deliveries: u32,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -57,6 +62,7 @@ impl fmt::Debug for RedisBroker {
             .field("url", &self.url)
             .field("namespace", &self.keys.namespace())
             .field("dead_letter_cap", &self.dead_letter_cap)
+            .field("max_deliveries", &self.max_deliveries)
             .finish()
     }
 }
@@ -102,6 +108,7 @@ impl RedisBroker {
             scripts: Arc::new(Scripts::new()),
             blocking: Mutex::new(Vec::new()),
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
         })
     }
 
@@ -110,6 +117,15 @@ impl RedisBroker {
     #[must_use]
     pub fn with_dead_letter_cap(mut self, cap: usize) -> Self {
         self.dead_letter_cap = cap;
+        self
+    }
+
+    /// Dead-letters a job whose lease expires after it was delivered `n` times (5 by
+    /// default), instead of handing it out again: a job that kills or hangs every
+    /// worker that takes it must not take them all down in turn. 0 means no limit.
+    #[must_use]
+    pub fn with_max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n;
         self
     }
 
@@ -180,7 +196,12 @@ impl RedisBroker {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed()).key(keys.in_flight());
         add_ready_keys(&mut invocation, &keys);
-        invocation.arg(max).arg(millis(lease).max(1));
+        invocation.key(keys.dead()).key(keys.dead_payloads()).key(keys.dead_dropped());
+        invocation
+            .arg(max)
+            .arg(millis(lease).max(1))
+            .arg(self.max_deliveries)
+            .arg(self.dead_letter_cap);
         let reply: Vec<Value> = self.run("claiming jobs", &invocation).await?;
         parse_claim(queue, reply).ok_or_else(|| Error::Backend {
             message: "unexpected reply from the claim script".to_owned(),

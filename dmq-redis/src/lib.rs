@@ -11,5 +11,5 @@ mod keys;
 mod scripts;
 
 // pub use backend::RedisBackend;
-pub use broker::{DEFAULT_DEAD_LETTER_CAP, RedisBroker};
+pub use broker::{DEFAULT_DEAD_LETTER_CAP, DEFAULT_MAX_DELIVERIES, RedisBroker};
 pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};
