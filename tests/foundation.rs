@@ -331,3 +331,27 @@ async fn a_failing_task_is_retried_through_the_broker_within_max_retries() {
     assert_eq!(outcome.attempts, 3);
     worker.shutdown().await;
 }
+
+static QUIET_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "quiet", ignore_result)]
+async fn quiet(n: u32) -> Result<u32, TaskError> {
+    QUIET_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ignore_result_task_runs_and_stores_no_result() {
+    let manager = Manager::builder().build().expect("manager");
+    let ignored = quiet::call(7).enqueue(&manager).await.expect("enqueue");
+    let marker =
+        echo::call("after".into()).queue("quiet").enqueue(&manager).await.expect("enqueue");
+    // One job at a time, in order: once the second job has a result, the first has run.
+    let worker = manager.worker().concurrency(1).queues(["quiet"]).start();
+    assert_eq!(marker.result(WAIT).await.expect("marker"), "after");
+    worker.shutdown().await;
+    assert_eq!(QUIET_RUNS.load(Ordering::SeqCst), 1);
+    assert_eq!(manager.result::<u32>(ignored.id()).get().await.expect("get"), None);
+    let stats = manager.broker().queue_stats("quiet").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0), "the job was acknowledged");
+}

@@ -1,4 +1,5 @@
-//! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries` and `timeout`.
+//! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries`, `timeout` and
+//! `ignore_result`.
 
 use std::time::Duration;
 
@@ -12,10 +13,11 @@ mod kw {
     syn::custom_keyword!(queue);
     syn::custom_keyword!(max_retries);
     syn::custom_keyword!(timeout);
+    syn::custom_keyword!(ignore_result);
 }
 
 /// The keys `#[task]` accepts, as its error messages list them.
-const KEYS: &str = "name, queue, max_retries, timeout";
+const KEYS: &str = "name, queue, max_retries, timeout, ignore_result";
 
 /// What `#[task(...)]` said; `None` for a key it left out.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub(crate) struct TaskArgs {
     pub(crate) max_retries: Option<u32>,
     /// The limit on one run; none when `None`.
     pub(crate) timeout: Option<Duration>,
+    /// Whether workers skip storing the task's result.
+    pub(crate) ignore_result: bool,
 }
 
 /// Which key a `key = value` pair set.
@@ -37,6 +41,7 @@ enum Key {
     Queue,
     MaxRetries,
     Timeout,
+    IgnoreResult,
 }
 
 impl Key {
@@ -51,6 +56,8 @@ impl Key {
             Ok((Key::MaxRetries, input.parse::<kw::max_retries>()?.span))
         } else if lookahead.peek(kw::timeout) {
             Ok((Key::Timeout, input.parse::<kw::timeout>()?.span))
+        } else if lookahead.peek(kw::ignore_result) {
+            Ok((Key::IgnoreResult, input.parse::<kw::ignore_result>()?.span))
         } else if input.peek(Ident::peek_any) {
             let unknown = input.call(Ident::parse_any)?;
             Err(syn::Error::new(
@@ -68,6 +75,7 @@ impl Key {
             Key::Queue => "queue",
             Key::MaxRetries => "max_retries",
             Key::Timeout => "timeout",
+            Key::IgnoreResult => "ignore_result",
         }
     }
 }
@@ -87,17 +95,22 @@ impl Parse for TaskArgs {
 
         while !input.is_empty() {
             let key = Key::parse(input);
-            input.parse::<Token![=]>()?;
-            let value: Expr = input.parse()?;
+            // `ignore_result` alone is a flag: `ignore_result = true` spelled short.
+            let value: Option<Expr> = if input.peek(Token![=]) {
+                input.parse::<Token![=]>()?;
+                Some(input.parse()?)
+            } else {
+                None
+            };
             match key {
                 Err(unknown) => report(unknown),
                 Ok((key, span)) if seen.contains(&key) => report(syn::Error::new(
                     span,
                     format!("duplicate #[task] key `{}`", key.as_str()),
                 )),
-                Ok((key, _)) => {
+                Ok((key, span)) => {
                     seen.push(key);
-                    if let Err(error) = args.set(key, &value) {
+                    if let Err(error) = args.set(key, value.as_ref(), span) {
                         report(error);
                     }
                 }
@@ -117,12 +130,29 @@ impl Parse for TaskArgs {
 
 impl TaskArgs {
     /// Sets `key` from `value`, or says why the value does not fit the key.
-    fn set(&mut self, key: Key, value: &Expr) -> syn::Result<()> {
+    fn set(&mut self, key: Key, value: Option<&Expr>, span: Span) -> syn::Result<()> {
+        let Some(value) = value else {
+            if key == Key::IgnoreResult {
+                self.ignore_result = true;
+                return Ok(());
+            }
+            let key = key.as_str();
+            return Err(syn::Error::new(span, format!("`{key}` needs a value: `{key} = ...`")));
+        };
         match key {
             Key::Name => self.name = Some(non_empty_string(key, value)?),
             Key::Queue => self.queue = Some(non_empty_string(key, value)?),
             Key::MaxRetries => self.max_retries = Some(retries(value)?),
             Key::Timeout => self.timeout = Some(timeout(value)?),
+            Key::IgnoreResult => match literal(value) {
+                Some(Lit::Bool(flag)) => self.ignore_result = flag.value,
+                _ => {
+                    return Err(syn::Error::new_spanned(
+                        value,
+                        "`ignore_result` takes `true` or `false`, or stands alone: `#[task(ignore_result)]`",
+                    ));
+                }
+            },
         }
         Ok(())
     }
@@ -222,6 +252,7 @@ mod tests {
                 queue: Some("emails".to_owned()),
                 max_retries: Some(5),
                 timeout: Some(Duration::from_secs(30)),
+                ignore_result: false,
             }
         );
     }
@@ -247,7 +278,7 @@ mod tests {
     fn an_unknown_key_lists_the_known_ones() {
         assert_eq!(
             error(r#"queue = "q", retries = 3"#),
-            "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout"
+            "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout, ignore_result"
         );
         // A Rust keyword is reported as an unknown key too, not as a syntax error.
         assert!(error(r#"type = "x""#).starts_with("unknown #[task] key `type`"));
@@ -275,6 +306,16 @@ mod tests {
         assert!(error(r#"max_retries = "5""#).contains("integer literal"));
         assert!(error("max_retries = 5_000_000_000").contains("fit in a u32"));
         assert_eq!(parse("max_retries = 0").unwrap().max_retries, Some(0));
+    }
+
+    #[test]
+    fn ignore_result_is_a_flag_or_a_bool() {
+        assert!(parse("ignore_result").unwrap().ignore_result);
+        assert!(parse("queue = \"q\", ignore_result").unwrap().ignore_result);
+        assert!(!parse("ignore_result = false").unwrap().ignore_result);
+        assert!(!parse("").unwrap().ignore_result);
+        assert!(error("ignore_result = 1").contains("`true` or `false`"));
+        assert!(error("queue").contains("`queue` needs a value"));
     }
 
     #[test]

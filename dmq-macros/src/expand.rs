@@ -190,6 +190,7 @@ impl<'a> Task<'a> {
             "The typed handle of task `{name}`: `{}::call(..)` builds a call to enqueue.",
             ident.unraw()
         );
+        let ignore_result = args.ignore_result;
         let max_retries = match args.max_retries {
             Some(n) => quote!(Some(#n)),
             None => quote!(None),
@@ -323,6 +324,7 @@ impl<'a> Task<'a> {
                         queue: QUEUE,
                         max_retries: #max_retries,
                         timeout: #timeout,
+                        ignore_result: #ignore_result,
                         // This module is named after the function, so its path is the
                         // function's path.
                         path: module_path!(),

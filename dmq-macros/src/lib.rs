@@ -39,6 +39,8 @@ use proc_macro::TokenStream;
 ///   when left out.
 /// - `timeout = "30s"`: how long one run may take, read at compile time as a
 ///   humantime duration (`"250ms"`, `"5m"`, `"1h 30m"`); no limit when left out.
+/// - `ignore_result` (or `ignore_result = true`): workers do not store the task's
+///   result, saving a write per job; callers cannot await its value.
 ///
 /// # The function
 ///

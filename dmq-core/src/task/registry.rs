@@ -52,6 +52,8 @@ pub struct TaskRegistration {
     pub max_retries: Option<u32>,
     /// How long one run may take.
     pub timeout: Option<Duration>,
+    /// Whether workers skip storing the result.
+    pub ignore_result: bool,
     /// The Rust path of the function.
     pub path: &'static str,
     /// The file that defines it.
@@ -82,6 +84,8 @@ pub struct TaskInfo {
     pub max_retries: Option<u32>,
     /// Its timeout, when the attribute set one.
     pub timeout: Option<Duration>,
+    /// Whether workers skip storing its result.
+    pub ignore_result: bool,
     /// The Rust path of the function.
     pub path: &'static str,
 }
@@ -162,6 +166,7 @@ fn info(reg: &'static TaskRegistration) -> TaskInfo {
         queue: reg.queue,
         max_retries: reg.max_retries,
         timeout: reg.timeout,
+        ignore_result: reg.ignore_result,
         path: reg.path,
     }
 }
@@ -179,6 +184,7 @@ mod tests {
         queue: "default",
         max_retries: None,
         timeout: None,
+        ignore_result: false,
         path: "app::a",
         file: "src/a.rs",
         line: 3,
@@ -189,6 +195,7 @@ mod tests {
         queue: "default",
         max_retries: None,
         timeout: None,
+        ignore_result: false,
         path: "app::b",
         file: "src/b.rs",
         line: 7,

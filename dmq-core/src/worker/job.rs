@@ -86,8 +86,10 @@ async fn run_envelope(shared: &Shared, lease: Lease, envelope: Envelope) {
 
     match result {
         Ok(value) => {
-            let outcome = TaskOutcome::succeeded(value, envelope.attempt, started_at);
-            store(shared, &lease, &outcome).await;
+            if !registration.ignore_result {
+                let outcome = TaskOutcome::succeeded(value, envelope.attempt, started_at);
+                store(shared, &lease, &outcome).await;
+            }
             settle(shared.manager.broker().ack(&lease).await, &lease, "acknowledge");
         }
         Err((kind, message, requested_delay)) => {
