@@ -107,3 +107,31 @@ async fn bad_input_is_dead_lettered_in_redis_and_the_worker_carries_on() {
     worker.shutdown().await;
     common::remove_namespace(&namespace).await;
 }
+
+#[task(queue = "r-delay")]
+async fn started_at() -> Result<i64, TaskError> {
+    Ok(chrono::Utc::now().timestamp_micros())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_starts_at_its_eta_on_an_idle_worker_not_before() {
+    let namespace = common::fresh_namespace();
+    let manager = manager(&namespace).await;
+    let worker = manager.worker().queues(["r-delay"]).start();
+    let mut lateness = Vec::new();
+    for _ in 0..5 {
+        let eta = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+        let handle = started_at::call().eta(eta).enqueue(&manager).await.expect("enqueue");
+        let started = handle.result(WAIT).await.expect("result");
+        // The envelope keeps the eta in milliseconds.
+        let eta_micros = eta.timestamp_millis() * 1000;
+        assert!(started >= eta_micros, "started {} µs before its eta", eta_micros - started);
+        lateness.push(started - eta_micros);
+    }
+    lateness.sort_unstable();
+    // The bound is 100 ms on an idle worker; the median keeps one hiccup of a
+    // loaded CI machine from failing the test, while a polling timer would miss it.
+    assert!(lateness[2] < 100_000, "median lateness {} µs (all: {lateness:?})", lateness[2]);
+    worker.shutdown().await;
+    common::remove_namespace(&namespace).await;
+}
