@@ -1,6 +1,47 @@
-//! The `dmq` command line (work in progress).
+//! The `dmq` command line: `dmq bench` measures a broker's throughput and latency.
+//!
+//! The binary is a thin `main.rs` over [`main`]; [`Cli`] holds the clap types and
+//! each subcommand lives in its own module under `commands/`.
 
-/// Runs the `dmq` command line.
-pub fn main() {
-    println!("dmq {}", env!("CARGO_PKG_VERSION"));
+mod cli;
+mod commands;
+
+pub use cli::{BenchArgs, Cli, Command};
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Runs the `dmq` command line with the process's arguments.
+///
+/// An error prints one line, `error: ...`, on stderr and exits with status 1; a
+/// usage error is reported by clap (status 2).
+#[must_use]
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::anyhow!("could not start the tokio runtime: {e}")),
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints `error: ...` as one line, the causes joined with `: `.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    let message = format!("{error:#}").replace('\n', " ");
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings and errors by default).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Fails only when a subscriber is already set, which then keeps logging.
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -1,5 +1,5 @@
 //! The `dmq` binary: a thin main over [`dmq_cli::main`].
 
-fn main() {
-    dmq_cli::main();
+fn main() -> std::process::ExitCode {
+    dmq_cli::main()
 }

@@ -1,0 +1,755 @@
+//! `dmq bench`: enqueue rates, end-to-end throughput with results stored, idle
+//! latency and, on Redis, the server's commands and CPU per job.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use dmq_core::{InMemoryBackend, InMemoryBroker, Manager, ResultBackend, TaskError, TaskId, task};
+use dmq_redis::RedisBroker;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::cli::BenchArgs;
+
+/// The queue every bench job goes to.
+const QUEUE: &str = "dmq-bench";
+/// Concurrent producers in the one-by-one enqueue phase.
+const SINGLE_PRODUCERS: u64 = 32;
+/// Concurrent producers in the batch enqueue phase.
+const BATCH_PRODUCERS: u64 = 4;
+/// Latency samples taken and thrown away first (connections and caches warm up).
+const WARM_UP_SAMPLES: u64 = 10;
+/// How long one latency sample may take before the bench gives up.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The drain gives up when no job finished for this long.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Jobs whose stored result is checked after the drain.
+const RESULT_CHECKS: usize = 500;
+
+/// Does nothing and returns its argument.
+#[task(name = "dmq.bench.noop", queue = "dmq-bench")]
+async fn noop(i: u64) -> Result<u64, TaskError> {
+    Ok(i)
+}
+
+/// Returns the time it started running, in Unix microseconds.
+#[task(name = "dmq.bench.stamp", queue = "dmq-bench")]
+async fn stamp() -> Result<u64, TaskError> {
+    Ok(unix_micros())
+}
+
+/// Runs `dmq bench`.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let target = Target::parse(&args.broker)?;
+    let out = Output { json: args.json };
+    match target {
+        Target::Memory => {
+            let manager = Manager::builder()
+                .broker(InMemoryBroker::new())
+                .backend(InMemoryBackend::new())
+                .build()?;
+            let setup = Setup {
+                broker: "memory://".to_owned(),
+                namespace: None,
+                result_backend: "memory",
+                connections: "none: the in-memory broker and backend live in this process",
+            };
+            out.header(&setup, &args);
+            let report = measure(&manager, &args, setup, None, out).await?;
+            out.finish(&report)
+        }
+        Target::Redis(url) => {
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| format!("dmq-bench-{}", uuid::Uuid::new_v4()));
+            ensure!(!namespace.is_empty(), "--namespace cannot be empty");
+            let shown = redact(&url);
+            // Its error already names the URL and what to check.
+            let broker = RedisBroker::connect_with_namespace(&url, &namespace).await?;
+            let pattern = broker.keys().pattern();
+            let stats = RedisStats::connect(&url).await?;
+            let (backend, result_backend) = redis_result_backend(&url, &namespace).await?;
+            let manager = Manager::builder().broker(broker).shared_backend(backend).build()?;
+            let setup = Setup {
+                broker: shown,
+                namespace: Some(namespace),
+                result_backend,
+                connections: "commands share one multiplexed ConnectionManager; each blocking \
+                              wait for work (BLPOP) gets a dedicated connection",
+            };
+            out.header(&setup, &args);
+            let measured = tokio::select! {
+                measured = measure(&manager, &args, setup, Some(&stats), out) => measured,
+                interrupted = tokio::signal::ctrl_c() => match interrupted {
+                    Ok(()) => Err(anyhow!("interrupted")),
+                    Err(e) => Err(anyhow!("could not wait for Ctrl-C: {e}")),
+                },
+            };
+            let interrupted = measured.is_err();
+            let mut deleted = stats.delete_matching(&pattern).await;
+            if interrupted {
+                // A worker dropped mid-job may still settle it; sweep once more.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                deleted = stats.delete_matching(&pattern).await;
+            }
+            let mut report = measured?;
+            let deleted = deleted.with_context(|| {
+                format!(
+                    "deleting the bench keys ({pattern}); delete them by hand with SCAN + UNLINK"
+                )
+            })?;
+            report.deleted_keys = Some(deleted);
+            out.line(format_args!("cleanup            deleted {deleted} keys matching {pattern}"));
+            out.finish(&report)
+        }
+    }
+}
+
+/// The result backend for a Redis run.
+async fn redis_result_backend(
+    _url: &str,
+    _namespace: &str,
+) -> anyhow::Result<(Arc<dyn ResultBackend>, &'static str)> {
+    Ok((
+        Arc::new(InMemoryBackend::new()),
+        "memory (dmq_redis::RedisBackend is not available yet): results were stored in this \
+         process, so Redis figures leave out result storage",
+    ))
+}
+
+/// Where the bench sends jobs.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Memory,
+    Redis(String),
+}
+
+impl Target {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        match url.split_once("://") {
+            Some(("memory", "")) => Ok(Target::Memory),
+            Some(("redis" | "rediss" | "redis+unix" | "unix", rest)) if !rest.is_empty() => {
+                Ok(Target::Redis(url.to_owned()))
+            }
+            _ => bail!(
+                "unsupported broker URL {:?}: use redis://host:port[/db], rediss://host:port[/db] or memory://",
+                redact(url)
+            ),
+        }
+    }
+}
+
+/// Hides a password in a URL: `redis://user:***@host`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// What was measured against, for the report.
+#[derive(Debug, Serialize)]
+struct Setup {
+    broker: String,
+    namespace: Option<String>,
+    result_backend: &'static str,
+    connections: &'static str,
+}
+
+/// Every figure of one run; `--json` prints it as is.
+#[derive(Debug, Serialize)]
+struct Report {
+    #[serde(flatten)]
+    setup: Setup,
+    jobs: u64,
+    concurrency: u64,
+    batch_size: u64,
+    enqueue_single: Rate,
+    enqueue_batch: Rate,
+    drain: Rate,
+    latency: Latency,
+    redis: Option<RedisCost>,
+    deleted_keys: Option<u64>,
+}
+
+/// Jobs over time.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Rate {
+    jobs: u64,
+    seconds: f64,
+    jobs_per_sec: f64,
+    /// Concurrent producers when enqueueing; the worker's concurrency when draining.
+    concurrency: u64,
+}
+
+impl Rate {
+    fn new(jobs: u64, elapsed: Duration, concurrency: u64) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // job counts are far below 2^52
+        let jobs_per_sec = if seconds > 0.0 { jobs as f64 / seconds } else { f64::INFINITY };
+        Rate { jobs, seconds, jobs_per_sec, concurrency }
+    }
+}
+
+/// Idle-worker latency, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Latency {
+    samples: u64,
+    enqueue_to_start_p50_us: u64,
+    enqueue_to_start_p99_us: u64,
+    enqueue_to_result_p50_us: u64,
+    enqueue_to_result_p99_us: u64,
+}
+
+/// What Redis spent, per job.
+#[derive(Debug, Serialize)]
+struct RedisCost {
+    enqueue: Cost,
+    drain: Cost,
+}
+
+/// Server-wide Redis commands and CPU between two snapshots, per job.
+#[derive(Debug, Serialize)]
+struct Cost {
+    commands_per_job: f64,
+    cpu_us_per_job: f64,
+    /// The commands that made up most of the total, per job, busiest first.
+    top_commands: Vec<CommandCount>,
+}
+
+/// One Redis command's calls per job.
+#[derive(Debug, Serialize)]
+struct CommandCount {
+    command: String,
+    per_job: f64,
+}
+
+/// Prints the human report as it goes, or nothing until the JSON at the end.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn line(self, line: std::fmt::Arguments<'_>) {
+        if !self.json {
+            println!("{line}");
+        }
+    }
+
+    fn header(self, setup: &Setup, args: &BenchArgs) {
+        self.line(format_args!(
+            "dmq bench: {} jobs, worker concurrency {}, batches of {}, broker {}",
+            args.jobs, args.concurrency, args.batch_size, setup.broker
+        ));
+        if let Some(namespace) = &setup.namespace {
+            self.line(format_args!("namespace          {namespace} (deleted at the end)"));
+        }
+        self.line(format_args!("connections        {}", setup.connections));
+        self.line(format_args!("results            {}", setup.result_backend));
+    }
+
+    fn rate(self, label: &str, rate: Rate, detail: &str) {
+        self.line(format_args!(
+            "{label:<18} {:>9} jobs/s  ({} jobs in {:.3} s, {detail})",
+            thousands(rate.jobs_per_sec),
+            rate.jobs,
+            rate.seconds
+        ));
+    }
+
+    fn cost(self, label: &str, cost: &Cost) {
+        let top: Vec<String> =
+            cost.top_commands.iter().map(|c| format!("{} {:.2}", c.command, c.per_job)).collect();
+        self.line(format_args!(
+            "{label:<18} {:.2} Redis commands/job (Lua-internal ones included), {:.1} us Redis CPU/job  [{}]",
+            cost.commands_per_job,
+            cost.cpu_us_per_job,
+            top.join(", ")
+        ));
+    }
+
+    fn finish(self, report: &Report) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string(report)?);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the four phases on `manager` and returns the figures.
+async fn measure(
+    manager: &Manager,
+    args: &BenchArgs,
+    setup: Setup,
+    stats: Option<&RedisStats>,
+    out: Output,
+) -> anyhow::Result<Report> {
+    for name in [noop::NAME, stamp::NAME] {
+        ensure!(
+            manager.registry().task(name).is_some(),
+            "the bench task {name} is not registered in this binary"
+        );
+    }
+    let single_jobs = args.jobs / 2;
+    let batch_jobs = args.jobs - single_jobs;
+
+    let before_enqueue = snapshot(stats).await?;
+    let (single, mut ids) = enqueue_single(manager, single_jobs).await?;
+    out.rate(
+        "enqueue, single",
+        single,
+        &format!("{} producers, one job per call", single.concurrency),
+    );
+    let (batch, batch_ids) = enqueue_batch(manager, batch_jobs, args.batch_size).await?;
+    ids.extend(batch_ids);
+    out.rate(
+        "enqueue, batch",
+        batch,
+        &format!("{} producers, {} jobs per call", batch.concurrency, args.batch_size),
+    );
+    let after_enqueue = snapshot(stats).await?;
+
+    let worker = manager
+        .worker()
+        .concurrency(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
+        .queues([QUEUE])
+        .grace(Duration::from_secs(5))
+        .start();
+    let phases = async {
+        // Redis is asked less often: every poll is a pipeline of queue-size commands.
+        let poll = Duration::from_millis(if stats.is_some() { 10 } else { 2 });
+        let drain = drain(manager, args.jobs, args.concurrency, poll).await?;
+        let after_drain = snapshot(stats).await?;
+        out.rate(
+            "drain",
+            drain,
+            &format!("1 worker, concurrency {}, end to end with results stored", args.concurrency),
+        );
+        check_results(manager, &ids).await?;
+        let redis = match (before_enqueue, after_enqueue, after_drain) {
+            (Some(b), Some(e), Some(d)) => {
+                let cost = RedisCost { enqueue: e.cost_since(&b, args.jobs), drain: d.cost_since(&e, args.jobs) };
+                out.cost("redis, enqueue", &cost.enqueue);
+                out.cost("redis, drain", &cost.drain);
+                Some(cost)
+            }
+            _ => None,
+        };
+        let latency = latency(manager, args.latency_samples).await?;
+        out.line(format_args!(
+            "latency, idle      enqueue->start p50 {} p99 {}; enqueue->result p50 {} p99 {}  ({} samples)",
+            micros(latency.enqueue_to_start_p50_us),
+            micros(latency.enqueue_to_start_p99_us),
+            micros(latency.enqueue_to_result_p50_us),
+            micros(latency.enqueue_to_result_p99_us),
+            latency.samples
+        ));
+        anyhow::Ok((drain, redis, latency))
+    }
+    .await;
+    worker.shutdown().await;
+    let (drain, redis, latency) = phases?;
+    Ok(Report {
+        setup,
+        jobs: args.jobs,
+        concurrency: args.concurrency,
+        batch_size: args.batch_size,
+        enqueue_single: single,
+        enqueue_batch: batch,
+        drain,
+        latency,
+        redis,
+        deleted_keys: None,
+    })
+}
+
+/// Splits `total` into `parts` near-equal shares.
+fn shares(total: u64, parts: u64) -> impl Iterator<Item = (u64, u64)> {
+    let parts = parts.clamp(1, total.max(1));
+    (0..parts).map(move |p| {
+        let start = total * p / parts;
+        (start, total * (p + 1) / parts - start)
+    })
+}
+
+/// Phase 1: `jobs` one-by-one enqueues from concurrent producers.
+async fn enqueue_single(manager: &Manager, jobs: u64) -> anyhow::Result<(Rate, Vec<TaskId>)> {
+    let started = Instant::now();
+    let mut producers = JoinSet::new();
+    for (first, count) in shares(jobs, SINGLE_PRODUCERS) {
+        let manager = manager.clone();
+        producers.spawn(async move {
+            let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+            for i in first..first + count {
+                ids.push(noop::call(i).enqueue(&manager).await?.id());
+            }
+            dmq_core::Result::Ok(ids)
+        });
+    }
+    let count = producers.len() as u64;
+    let ids = join_ids(producers).await.context("enqueueing jobs one by one")?;
+    Ok((Rate::new(jobs, started.elapsed(), count), ids))
+}
+
+/// Phase 2: `jobs` enqueued in batches of `batch_size` from concurrent producers.
+async fn enqueue_batch(
+    manager: &Manager,
+    jobs: u64,
+    batch_size: u64,
+) -> anyhow::Result<(Rate, Vec<TaskId>)> {
+    let started = Instant::now();
+    let mut producers = JoinSet::new();
+    let batches = jobs.div_ceil(batch_size);
+    for (first_batch, count) in shares(batches, BATCH_PRODUCERS) {
+        let manager = manager.clone();
+        producers.spawn(async move {
+            let mut ids = Vec::new();
+            for batch in first_batch..first_batch + count {
+                let from = batch * batch_size;
+                let to = (from + batch_size).min(jobs);
+                ids.extend(manager.enqueue_batch((from..to).map(noop::call)).await?);
+            }
+            dmq_core::Result::Ok(ids)
+        });
+    }
+    let count = producers.len() as u64;
+    let ids = join_ids(producers).await.context("enqueueing jobs in batches")?;
+    Ok((Rate::new(jobs, started.elapsed(), count), ids))
+}
+
+async fn join_ids(
+    mut producers: JoinSet<dmq_core::Result<Vec<TaskId>>>,
+) -> anyhow::Result<Vec<TaskId>> {
+    let mut all = Vec::new();
+    while let Some(joined) = producers.join_next().await {
+        all.extend(joined.map_err(|e| anyhow!("a producer task failed: {e}"))??);
+    }
+    Ok(all)
+}
+
+/// Phase 3: times the worker until no job of the bench queue is left, ready or
+/// in flight (a job leaves in-flight only after its result is stored).
+async fn drain(
+    manager: &Manager,
+    jobs: u64,
+    concurrency: u64,
+    poll: Duration,
+) -> anyhow::Result<Rate> {
+    let started = Instant::now();
+    let mut last_left = u64::MAX;
+    let mut last_progress = Instant::now();
+    loop {
+        let stats =
+            manager.broker().queue_stats(QUEUE).await.context("reading the queue's size")?;
+        ensure!(
+            stats.dead == 0,
+            "{} bench jobs were dead-lettered; the worker could not run them",
+            stats.dead
+        );
+        let left = stats.ready + stats.in_flight + stats.delayed;
+        if left == 0 {
+            break;
+        }
+        if left < last_left {
+            last_left = left;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL_TIMEOUT {
+            bail!(
+                "the drain stalled: {left} jobs left and none finished in {} s",
+                STALL_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(Rate::new(jobs, started.elapsed(), concurrency))
+}
+
+/// Checks that a spread-out sample of the drained jobs, and the last ones enqueued,
+/// have their result stored.
+async fn check_results(manager: &Manager, ids: &[TaskId]) -> anyhow::Result<()> {
+    let step = (ids.len() / RESULT_CHECKS).max(1);
+    let sample = ids.iter().step_by(step).chain(ids.iter().rev().take(16));
+    let mut checked = 0;
+    for &id in sample {
+        let stored = manager
+            .result::<u64>(id)
+            .get()
+            .await
+            .with_context(|| format!("reading the result of job {id}"))?;
+        ensure!(stored.is_some(), "job {id} left the queue but has no stored result");
+        checked += 1;
+    }
+    ensure!(checked > 0 || ids.is_empty(), "no result was checked");
+    Ok(())
+}
+
+/// Phase 4: one job at a time on the idle worker.
+async fn latency(manager: &Manager, samples: u64) -> anyhow::Result<Latency> {
+    let mut to_start = Vec::with_capacity(usize::try_from(samples).unwrap_or(0));
+    let mut to_result = Vec::with_capacity(to_start.capacity());
+    for n in 0..WARM_UP_SAMPLES + samples {
+        let enqueued_at = unix_micros();
+        let timer = Instant::now();
+        let handle = stamp::call().enqueue(manager).await.context("enqueueing a latency job")?;
+        let started_at =
+            handle.result(SAMPLE_TIMEOUT).await.context("waiting for a latency job")?;
+        let round_trip = timer.elapsed();
+        if n >= WARM_UP_SAMPLES {
+            to_start.push(started_at.saturating_sub(enqueued_at));
+            to_result.push(u64::try_from(round_trip.as_micros()).unwrap_or(u64::MAX));
+        }
+    }
+    to_start.sort_unstable();
+    to_result.sort_unstable();
+    Ok(Latency {
+        samples,
+        enqueue_to_start_p50_us: percentile(&to_start, 50),
+        enqueue_to_start_p99_us: percentile(&to_start, 99),
+        enqueue_to_result_p50_us: percentile(&to_result, 50),
+        enqueue_to_result_p99_us: percentile(&to_result, 99),
+    })
+}
+
+/// The nearest-rank `p`th percentile of sorted `values` (0 when empty).
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// `850 us` or `1.25 ms`.
+fn micros(us: u64) -> String {
+    if us < 1000 {
+        format!("{us} us")
+    } else {
+        #[allow(clippy::cast_precision_loss)]
+        let ms = us as f64 / 1000.0;
+        format!("{ms:.2} ms")
+    }
+}
+
+/// `1234567.8` as `1,234,568`.
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "inf".to_owned();
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let digits = (x.max(0.0).round() as u64).to_string();
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    grouped
+}
+
+async fn snapshot(stats: Option<&RedisStats>) -> anyhow::Result<Option<Snapshot>> {
+    match stats {
+        Some(stats) => stats.snapshot().await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A plain Redis connection for `INFO` and the clean-up, apart from the broker's.
+struct RedisStats {
+    conn: redis::aio::MultiplexedConnection,
+    shown: String,
+}
+
+/// Server-wide command counts and CPU time at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Snapshot {
+    calls: BTreeMap<String, u64>,
+    cpu_us: f64,
+}
+
+impl RedisStats {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let shown = redact(url);
+        let client =
+            redis::Client::open(url).with_context(|| format!("{shown} is not a Redis URL"))?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("connecting to Redis at {shown}"))?;
+        Ok(RedisStats { conn, shown })
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .arg("cpu")
+            .query_async(&mut conn)
+            .await
+            .with_context(|| format!("reading INFO from Redis at {}", self.shown))?;
+        Ok(Snapshot::parse(&info))
+    }
+
+    /// Deletes every key matching `pattern` with SCAN and UNLINK; returns how many.
+    async fn delete_matching(&self, pattern: &str) -> anyhow::Result<u64> {
+        let mut conn = self.conn.clone();
+        let mut cursor = 0u64;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Snapshot {
+    /// Reads `cmdstat_<name>:calls=N,...` and `used_cpu_{sys,user}:S` lines.
+    fn parse(info: &str) -> Self {
+        let mut snapshot = Snapshot::default();
+        for line in info.lines() {
+            if let Some((name, fields)) =
+                line.strip_prefix("cmdstat_").and_then(|rest| rest.split_once(':'))
+            {
+                let calls = fields
+                    .split(',')
+                    .find_map(|field| field.strip_prefix("calls="))
+                    .and_then(|n| n.trim().parse().ok());
+                if let Some(calls) = calls {
+                    snapshot.calls.insert(name.to_owned(), calls);
+                }
+            } else if let Some((key, value)) = line.split_once(':')
+                && matches!(key, "used_cpu_sys" | "used_cpu_user")
+                && let Ok(seconds) = value.trim().parse::<f64>()
+            {
+                snapshot.cpu_us += seconds * 1e6;
+            }
+        }
+        snapshot
+    }
+
+    /// What Redis did between `earlier` and this snapshot, per job; the bench's own
+    /// `INFO` calls are left out.
+    fn cost_since(&self, earlier: &Snapshot, jobs: u64) -> Cost {
+        #[allow(clippy::cast_precision_loss)]
+        let jobs = jobs.max(1) as f64;
+        let mut deltas: Vec<(String, f64)> = self
+            .calls
+            .iter()
+            .filter(|(name, _)| name.as_str() != "info")
+            .filter_map(|(name, &now)| {
+                let delta = now.saturating_sub(earlier.calls.get(name).copied().unwrap_or(0));
+                #[allow(clippy::cast_precision_loss)]
+                (delta > 0).then(|| (name.clone(), delta as f64 / jobs))
+            })
+            .collect();
+        deltas.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let commands_per_job = deltas.iter().map(|(_, n)| n).sum();
+        deltas.truncate(6);
+        Cost {
+            commands_per_job,
+            cpu_us_per_job: (self.cpu_us - earlier.cpu_us).max(0.0) / jobs,
+            top_commands: deltas
+                .into_iter()
+                .map(|(command, per_job)| CommandCount { command, per_job })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(Target::parse("memory://").unwrap(), Target::Memory);
+        assert_eq!(
+            Target::parse("redis://127.0.0.1:6379/2").unwrap(),
+            Target::Redis("redis://127.0.0.1:6379/2".to_owned())
+        );
+        let error = Target::parse("nope://x").unwrap_err().to_string();
+        assert!(error.contains("redis://") && error.contains("memory://"), "{error}");
+        assert!(Target::parse("memory://x").is_err());
+        assert!(Target::parse("127.0.0.1:6379").is_err());
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("redis://:secret@host:1/0"), "redis://:***@host:1/0");
+        assert_eq!(redact("redis://me:secret@host"), "redis://me:***@host");
+        assert_eq!(redact("redis://host:1"), "redis://host:1");
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!((percentile(&v, 50), percentile(&v, 99)), (50, 99));
+        assert_eq!((percentile(&[7], 50), percentile(&[7], 99)), (7, 7));
+        assert_eq!(percentile(&[], 50), 0);
+    }
+
+    #[test]
+    fn shares_cover_the_total_once() {
+        for (total, parts) in [(10, 3), (2, 32), (1000, 4), (1, 1)] {
+            let got: Vec<_> = shares(total, parts).collect();
+            assert_eq!(got.iter().map(|s| s.1).sum::<u64>(), total);
+            assert!(got.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+            assert!(got.iter().all(|s| s.1 > 0));
+        }
+    }
+
+    #[test]
+    fn info_is_parsed_and_differenced() {
+        let before = Snapshot::parse(
+            "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=5,usec_per_call=0.5,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_info:calls=3,usec=1\r\n# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:0.5\r\nused_cpu_sys_children:9\r\n",
+        );
+        assert_eq!(before.calls["evalsha"], 10);
+        assert!((before.cpu_us - 2e6).abs() < 1.0);
+        let after = Snapshot::parse(
+            "cmdstat_evalsha:calls=30,usec=9\r\ncmdstat_lpush:calls=10,usec=1\r\ncmdstat_info:calls=9\r\n\
+             used_cpu_sys:1.6\r\nused_cpu_user:0.5\r\n",
+        );
+        let cost = after.cost_since(&before, 10);
+        assert!((cost.commands_per_job - 3.0).abs() < 1e-9, "{cost:?}");
+        assert_eq!(cost.top_commands[0].command, "evalsha");
+        assert!((cost.cpu_us_per_job - 10_000.0).abs() < 1.0, "{cost:?}");
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(micros(850), "850 us");
+        assert_eq!(micros(1250), "1.25 ms");
+    }
+}
