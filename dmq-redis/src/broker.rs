@@ -51,7 +51,7 @@ pub struct RedisBroker {
     conn: ConnectionManager,
     keys: Keys,
     scripts: Arc<Scripts>,
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<BlockingConnection>>,
     dead_letter_cap: usize,
     max_deliveries: u32,
 }
@@ -99,7 +99,7 @@ impl RedisBroker {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| redis_error("connecting", &shown, &e))?;
+            .map_err(|e| redis_error(&format!("connecting to redis at {shown}"), e))?;
         Ok(RedisBroker {
             client,
             url: shown,
@@ -135,8 +135,8 @@ impl RedisBroker {
         &self.keys
     }
 
-    fn err(&self, what: &str, e: &redis::RedisError) -> Error {
-        redis_error(what, &self.url, e)
+    fn err(&self, what: &str, e: redis::RedisError) -> Error {
+        redis_error(&format!("{what} on redis at {}", self.url), e)
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -145,7 +145,7 @@ impl RedisBroker {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T> {
         let mut conn = self.conn.clone();
-        invocation.invoke_async(&mut conn).await.map_err(|e| self.err(what, &e))
+        invocation.invoke_async(&mut conn).await.map_err(|e| self.err(what, e))
     }
 
     /// Runs a lease-checked script; its 0 means the token no longer holds.
@@ -209,36 +209,71 @@ impl RedisBroker {
         })
     }
 
-    async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
+    async fn blocking_connection(&self) -> Result<BlockingConnection> {
         let spare = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(conn) = spare {
             return Ok(conn);
         }
         // No response timeout: the blocking command's own timeout bounds the wait.
         let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client
+        let mut conn = self
+            .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| self.err("opening a connection for blocking waits", &e))
+            .map_err(|e| self.err("opening a connection for blocking waits", e))?;
+        let client_id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err("opening a connection for blocking waits", e))?;
+        Ok(BlockingConnection { conn, client_id })
     }
 
     /// Blocks until a wake-up arrives on one of `queues` or `timeout` passes. Dropping
     /// the future drops the connection, so no other call ever waits behind it.
+    ///
+    /// Redis checks blocking timeouts only about every 100 ms (its `hz`), too coarse
+    /// for a delayed job's eta, so the wait is timed here: when `timeout` passes first,
+    /// `CLIENT UNBLOCK` ends the `BLPOP` at once and the connection stays usable.
     async fn wait_for_signal(&self, queues: &[String], timeout: Duration) -> Result<()> {
-        let mut conn = self.blocking_connection().await?;
+        let mut blocking = self.blocking_connection().await?;
         let mut cmd = redis::cmd("BLPOP");
         for queue in queues {
             cmd.arg(self.keys.queue(queue).signal());
         }
-        cmd.arg(timeout.as_secs_f64().max(0.001));
-        let _: Option<(String, String)> =
-            cmd.query_async(&mut conn).await.map_err(|e| self.err("waiting for jobs", &e))?;
+        // The server's own timeout is a backstop a little after ours.
+        cmd.arg((timeout + Duration::from_millis(500)).as_secs_f64());
+        let client_id = blocking.client_id;
+        let popped = {
+            let pop = cmd.query_async::<Option<(String, String)>>(&mut blocking.conn);
+            tokio::pin!(pop);
+            tokio::select! {
+            popped = &mut pop => popped,
+            () = tokio::time::sleep(timeout) => {
+                let mut conn = self.conn.clone();
+                let unblocked: redis::RedisResult<i64> =
+                    redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async(&mut conn).await;
+                if let Err(e) = unblocked {
+                    return Err(self.err("ending a blocking wait", e));
+                }
+                pop.await
+            }
+            }
+        };
+        popped.map_err(|e| self.err("waiting for jobs", e))?;
         let mut spare = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
         if spare.len() < SPARE_BLOCKING_CONNECTIONS {
-            spare.push(conn);
+            spare.push(blocking);
         }
         Ok(())
     }
+}
+
+/// A connection of its own for blocking waits, and its Redis client id (for
+/// `CLIENT UNBLOCK`).
+struct BlockingConnection {
+    conn: MultiplexedConnection,
+    client_id: i64,
 }
 
 fn add_ready_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
@@ -409,7 +444,7 @@ impl Broker for RedisBroker {
             .get(keys.dead_dropped());
         let mut conn = self.conn.clone();
         let counts: Vec<Option<u64>> =
-            pipe.query_async(&mut conn).await.map_err(|e| self.err("reading queue sizes", &e))?;
+            pipe.query_async(&mut conn).await.map_err(|e| self.err("reading queue sizes", e))?;
         let at = |i: usize| counts.get(i).copied().flatten().unwrap_or(0);
         let mut stats = QueueStats::default();
         stats.ready = (0..10).map(at).sum();
@@ -439,7 +474,7 @@ impl Broker for RedisBroker {
             .arg(last)
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.err("listing dead letters", &e))?;
+            .map_err(|e| self.err("listing dead letters", e))?;
         let mut letters = Vec::new();
         for entry in entries {
             let mut parts = entry.splitn(3, '|');
@@ -453,7 +488,7 @@ impl Broker for RedisBroker {
                 .arg(id.to_string())
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| self.err("reading a dead letter", &e))?;
+                .map_err(|e| self.err("reading a dead letter", e))?;
             let at = at.parse().ok().and_then(DateTime::from_timestamp_millis).unwrap_or_default();
             letters.push(DeadLetter::new(id, queue, payload.unwrap_or_default(), reason, at));
         }

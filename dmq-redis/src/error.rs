@@ -2,21 +2,43 @@
 
 use dmq_core::Error;
 
-/// `e`, met while doing `what` against the Redis at `url`, as a dmq error.
-pub(crate) fn redis_error(what: &str, url: &str, e: &redis::RedisError) -> Error {
-    let transient = e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_cluster_error();
-    let hint = if e.is_connection_refusal() {
-        "; is redis-server running there?"
-    } else if transient {
-        "; dmq retries such calls"
+/// `e`, met while doing `context` (which names the operation and the server, as in
+/// "could not read the result of task X from redis at 127.0.0.1:6379"), as a dmq
+/// error that says what to do; transient when trying again may help.
+pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
+    use redis::{ErrorKind, RetryMethod, ServerErrorKind};
+
+    let (advice, transient) = if e.is_connection_refusal() {
+        ("the connection was refused; is redis-server running and listening there?", true)
+    } else if e.is_timeout() {
+        ("redis did not answer in time; is it overloaded, or the network down?", true)
+    } else if e.is_io_error() {
+        ("the connection failed; dmq reconnects by itself, so the call may succeed later", true)
     } else {
-        ""
+        match e.kind() {
+            ErrorKind::AuthenticationFailed => {
+                ("authentication failed; check the user name and password in the URL", false)
+            }
+            ErrorKind::InvalidClientConfig => (
+                "the URL is not valid; write it as redis://[[user]:password@]host[:port][/db]",
+                false,
+            ),
+            ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                ("redis refused the command; give the user the ACL permissions dmq needs", false)
+            }
+            ErrorKind::Server(ServerErrorKind::ReadOnly) => {
+                ("this redis is a read-only replica; point dmq at the primary", true)
+            }
+            ErrorKind::Server(ServerErrorKind::BusyLoading) => {
+                ("redis is still loading its data set; try again shortly", true)
+            }
+            _ => match e.retry_method() {
+                RetryMethod::NoRetry => ("redis answered with an error", false),
+                _ => ("redis could not serve the call now; try again shortly", true),
+            },
+        }
     };
-    Error::Backend { message: format!("redis at {url}: {what} failed: {e}{hint}"), transient }
+    Error::Backend { message: format!("{context}: {advice} ({e})"), transient }
 }
 
 /// `url` with any password replaced by `***`, for logs and messages.

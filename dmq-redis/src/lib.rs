@@ -4,12 +4,12 @@
 //! through Lua scripts (in `lua/`) that check each lease's token. [`RedisBackend`]
 //! keeps results with a TTL and wakes waiters through one subscription per process.
 
-// mod backend;
+mod backend;
 mod broker;
 mod error;
 mod keys;
 mod scripts;
 
-// pub use backend::RedisBackend;
+pub use backend::RedisBackend;
 pub use broker::{DEFAULT_DEAD_LETTER_CAP, DEFAULT_MAX_DELIVERIES, RedisBroker};
 pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};

@@ -110,14 +110,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// The result backend for a Redis run.
 async fn redis_result_backend(
-    _url: &str,
-    _namespace: &str,
+    url: &str,
+    namespace: &str,
 ) -> anyhow::Result<(Arc<dyn ResultBackend>, &'static str)> {
-    Ok((
-        Arc::new(InMemoryBackend::new()),
-        "memory (dmq_redis::RedisBackend is not available yet): results were stored in this \
-         process, so Redis figures leave out result storage",
-    ))
+    let backend = dmq_redis::RedisBackend::connect_with_namespace(url, namespace).await?;
+    Ok((Arc::new(backend), "redis"))
 }
 
 /// Where the bench sends jobs.

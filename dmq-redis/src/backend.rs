@@ -1,0 +1,571 @@
+//! The Redis result backend.
+//!
+//! An outcome lives under [`Keys::result`] with a TTL. Storing it and announcing its
+//! task id on [`Keys::results_channel`] happen in one `MULTI`/`EXEC`, so a waiter
+//! that saw no result is always told when one arrives.
+//!
+//! Waiting never polls Redis. Each backend has at most one subscriber task, started
+//! by the first `wait`, holding one pub/sub connection however many callers wait;
+//! it wakes the waiters of each announced id. If that connection drops, the
+//! subscriber reconnects with backoff and then wakes every waiter, so a result
+//! stored while no one was listening is still found.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dmq_core::{Error, Result, ResultBackend, TaskId, TaskOutcome};
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::error::redis_error;
+use crate::keys::{DEFAULT_NAMESPACE, Keys};
+
+/// How long connecting and subscribing the pub/sub connection may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the subscriber pings its connection, to notice one that died silently.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection counts as lost.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first and the longest pause between two reconnection attempts.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How often the command connection retries a failed (re)connection before the call
+/// that needed it fails.
+const CONNECT_RETRIES: usize = 2;
+/// About a century: the longest TTL we pass to Redis (which refuses expiry times
+/// that overflow its clock) and "never" for a wait deadline.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// A [`ResultBackend`] that keeps outcomes in Redis, each under its task id with a
+/// TTL, and wakes waiting callers through a single subscription per backend.
+///
+/// Ordinary commands share one multiplexed connection that reconnects by itself.
+/// The first [`wait`](ResultBackend::wait) opens one more connection, subscribed to
+/// the namespace's results channel, which serves every waiter of this backend (and
+/// of its clones): ten thousand concurrent waits still hold two connections.
+///
+/// Cloning is cheap and shares the connections and the subscription.
+///
+/// ```no_run
+/// # async fn demo() -> dmq_core::Result<()> {
+/// use dmq_redis::RedisBackend;
+///
+/// let backend = RedisBackend::connect("redis://127.0.0.1:6379").await?;
+/// let manager = dmq_core::Manager::builder().backend(backend).build()?;
+/// # let _ = manager;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    channel: String,
+    /// `host:port` (or the socket path), for messages: never the URL, which may
+    /// carry a password.
+    addr: String,
+    hub: Arc<Hub>,
+    /// The subscriber task, once a wait has started it.
+    subscriber: Mutex<Option<AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let subscriber = self.subscriber.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(subscriber) = subscriber.take() {
+            subscriber.abort();
+        }
+    }
+}
+
+/// What the subscriber task and the waiters share.
+struct Hub {
+    /// One entry per task id someone waits for, removed when the last waiter goes.
+    waiters: Mutex<HashMap<TaskId, Arc<Notify>>>,
+    link: watch::Sender<Link>,
+}
+
+/// The state of the subscription.
+#[derive(Debug, Clone)]
+enum Link {
+    /// Not subscribed yet, or reconnecting after the connection was lost.
+    Connecting,
+    /// Subscribed: every result stored from now on is announced.
+    Up,
+    /// The last attempt to subscribe failed; the subscriber keeps trying.
+    Failed { message: String, transient: bool },
+}
+
+impl RedisBackend {
+    /// Connects to the Redis at `url` (`redis://[[user]:password@]host[:port][/db]`),
+    /// keeping results under the default namespace, [`DEFAULT_NAMESPACE`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the URL is not valid or Redis cannot be reached
+    /// (transient in the latter case).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_namespace(url, DEFAULT_NAMESPACE).await
+    }
+
+    /// Connects to the Redis at `url`, keeping results under `namespace`, so that
+    /// several applications (or tests) can share one Redis without meeting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `namespace` is empty or holds whitespace,
+    /// braces or glob characters; [`Error::Backend`] when the URL is not valid or
+    /// Redis cannot be reached (transient in the latter case).
+    pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
+        check_namespace(namespace)?;
+        let client = redis::Client::open(url)
+            .map_err(|e| redis_error("could not use the redis URL for the result backend", e))?;
+        let addr = client.get_connection_info().addr().to_string();
+        // Few quick retries: `connect` to a Redis that is down fails within a second
+        // or so, and a lost connection is retried again by the next command anyway.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_max_delay(RECONNECT_MAX);
+        let conn =
+            ConnectionManager::new_with_config(client.clone(), config).await.map_err(|e| {
+                redis_error(&format!("could not connect the result backend to redis at {addr}"), e)
+            })?;
+        let keys = Keys::new(namespace);
+        let (link, _) = watch::channel(Link::Connecting);
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                channel: keys.results_channel(),
+                keys,
+                addr,
+                hub: Arc::new(Hub { waiters: Mutex::default(), link }),
+                subscriber: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The namespace the results live under.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        self.inner.keys.namespace()
+    }
+
+    /// How many distinct task ids callers are waiting for through this backend (and
+    /// its clones) right now.
+    #[must_use]
+    pub fn waiting_tasks(&self) -> usize {
+        self.inner.hub.lock().len()
+    }
+
+    /// Starts the subscriber task, unless it runs already. It is started again if it
+    /// ended, as it does when the tokio runtime that ran it shuts down while this
+    /// backend lives on.
+    fn start_subscriber(&self) {
+        let mut running = self.inner.subscriber.lock().unwrap_or_else(PoisonError::into_inner);
+        if running.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        self.inner.hub.link.send_replace(Link::Connecting);
+        let subscriber = Subscriber {
+            client: self.inner.client.clone(),
+            conn: self.inner.conn.clone(),
+            channel: self.inner.channel.clone(),
+            addr: self.inner.addr.clone(),
+            hub: Arc::clone(&self.inner.hub),
+        };
+        *running = Some(tokio::spawn(subscriber.run()).abort_handle());
+    }
+
+    /// Waits until the subscription is live, or has failed to come up.
+    async fn subscribed(&self, link: &mut watch::Receiver<Link>) -> Result<()> {
+        let state = link.wait_for(|l| !matches!(l, Link::Connecting)).await.map(|l| l.clone());
+        match state {
+            Ok(Link::Failed { message, transient }) => Err(Error::Backend { message, transient }),
+            Ok(_) => Ok(()),
+            Err(_closed) => Err(Error::Backend {
+                message: format!(
+                    "the subscription to {} on redis at {} has stopped; connect a new RedisBackend",
+                    self.inner.channel, self.inner.addr
+                ),
+                transient: false,
+            }),
+        }
+    }
+
+    fn fail(&self, what: &str, e: redis::RedisError) -> Error {
+        redis_error(&format!("{what} redis at {}", self.inner.addr), e)
+    }
+}
+
+#[async_trait]
+impl ResultBackend for RedisBackend {
+    async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
+        let value = rmp_serde::to_vec_named(outcome)
+            .map_err(|e| Error::Encode { what: "a task outcome", reason: e.to_string() })?;
+        let mut conn = self.inner.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.inner.keys.result(id))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_millis(ttl))
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&self.inner.channel)
+            .arg(id.to_string())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.fail(&format!("could not store the result of task {id} in"), e))
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {
+        let mut conn = self.inner.conn.clone();
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.inner.keys.result(id))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(&format!("could not read the result of task {id} from"), e))?;
+        bytes
+            .map(|bytes| {
+                rmp_serde::from_slice(&bytes).map_err(|e| Error::Backend {
+                    message: format!(
+                        "the result of task {id} in redis at {} does not decode ({e}); it was \
+                         written by an incompatible version of dmq or by another program",
+                        self.inner.addr
+                    ),
+                    transient: false,
+                })
+            })
+            .transpose()
+    }
+
+    async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Option<TaskOutcome>> {
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + FAR);
+        self.start_subscriber();
+        // Interest first: from here on, an announcement of `id` wakes this waiter.
+        let interest = Interest::register(&self.inner.hub, id);
+        let mut link = self.inner.hub.link.subscribe();
+        loop {
+            let notified = interest.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Look only once the subscription is live: a result stored after the look
+            // is then announced to us, and one stored before it is found by it.
+            match tokio::time::timeout_at(deadline, self.subscribed(&mut link)).await {
+                Err(_elapsed) => return self.get(id).await,
+                // Redis may be down: then `get` says so; if not, the subscription's
+                // failure is the news.
+                Ok(Err(e)) => return self.get(id).await?.map_or(Err(e), |o| Ok(Some(o))),
+                Ok(Ok(())) => {}
+            }
+            if let Some(outcome) = self.get(id).await? {
+                return Ok(Some(outcome));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get(id).await;
+            }
+            // Woken: by the announcement of `id`, or after a reconnection. Look again.
+        }
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let started = self
+            .inner
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|task| !task.is_finished());
+        let subscription = if !started {
+            "not running"
+        } else {
+            match *self.inner.hub.link.borrow() {
+                Link::Connecting => "connecting",
+                Link::Up => "up",
+                Link::Failed { .. } => "failed, retrying",
+            }
+        };
+        f.debug_struct("RedisBackend")
+            .field("addr", &self.inner.addr)
+            .field("namespace", &self.inner.keys.namespace())
+            .field("subscription", &subscription)
+            .field("waiting_tasks", &self.waiting_tasks())
+            .finish()
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<Notify>>> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes whoever waits for `id`.
+    fn wake(&self, id: TaskId) {
+        if let Some(notify) = self.lock().get(&id) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiter, so that each looks for its result again.
+    fn wake_all(&self) {
+        for notify in self.lock().values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// One caller's interest in one task id; dropping it (when the wait ends or is
+/// cancelled) removes the map entry once no one else waits for that id.
+struct Interest<'a> {
+    hub: &'a Hub,
+    id: TaskId,
+    notify: Arc<Notify>,
+}
+
+impl<'a> Interest<'a> {
+    fn register(hub: &'a Hub, id: TaskId) -> Self {
+        let notify = Arc::clone(hub.lock().entry(id).or_default());
+        Interest { hub, id, notify }
+    }
+}
+
+impl Drop for Interest<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.hub.lock();
+        // New interests are taken under this lock, so a count of two (the map's and
+        // ours) means no one else waits for `id`.
+        let last = waiters
+            .get(&self.id)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2);
+        if last {
+            waiters.remove(&self.id);
+        }
+    }
+}
+
+/// The background task that holds the subscription.
+struct Subscriber {
+    client: redis::Client,
+    conn: ConnectionManager,
+    channel: String,
+    addr: String,
+    hub: Arc<Hub>,
+}
+
+impl Subscriber {
+    async fn run(self) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.subscribe().await {
+                Ok(pubsub) => {
+                    failures = 0;
+                    self.check_commands().await;
+                    self.hub.link.send_replace(Link::Up);
+                    // Results stored while no subscription was live were announced to
+                    // no one: every waiter looks again.
+                    self.hub.wake_all();
+                    let why = self.listen(pubsub).await;
+                    tracing::warn!(
+                        channel = %self.channel,
+                        addr = %self.addr,
+                        "lost the result subscription ({why}); reconnecting"
+                    );
+                    self.hub.link.send_replace(Link::Connecting);
+                }
+                Err(e) => {
+                    let context = format!(
+                        "could not subscribe to {} on redis at {}",
+                        self.channel, self.addr
+                    );
+                    let (message, transient) = match redis_error(&context, e) {
+                        Error::Backend { message, transient } => (message, transient),
+                        other => (other.to_string(), true),
+                    };
+                    if failures == 0 {
+                        tracing::warn!("{message}; retrying with backoff");
+                    } else {
+                        tracing::debug!(attempt = failures + 1, "{message}");
+                    }
+                    self.hub.link.send_replace(Link::Failed { message, transient });
+                    failures = failures.saturating_add(1);
+                }
+            }
+            tokio::time::sleep(backoff(failures)).await;
+        }
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<PubSub> {
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            Ok(pubsub)
+        };
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe).await {
+            Ok(subscribed) => subscribed,
+            Err(_elapsed) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {SUBSCRIBE_TIMEOUT:?}"),
+            )
+            .into()),
+        }
+    }
+
+    /// Makes sure the shared command connection works before waiters are woken to
+    /// use it: when the subscription was lost, that connection most likely was too,
+    /// and its first command would fail and only then start a reconnection.
+    async fn check_commands(&self) {
+        let mut conn = self.conn.clone();
+        let ping = async {
+            for _ in 0..3 {
+                if redis::cmd("PING").query_async::<redis::Value>(&mut conn).await.is_ok() {
+                    return;
+                }
+            }
+        };
+        // Waiters are woken regardless; if Redis is still unwell they report it.
+        let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, ping).await;
+    }
+
+    /// Wakes the waiters of each announced id until the connection is lost; says why.
+    async fn listen(&self, pubsub: PubSub) -> String {
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => self.announce(&message),
+                    None => return "the connection closed".to_owned(),
+                },
+                _ = ping.tick() => {
+                    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("a ping failed: {e}"),
+                        Err(_elapsed) => {
+                            return format!("a ping went unanswered for {PING_TIMEOUT:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn announce(&self, message: &redis::Msg) {
+        let id = std::str::from_utf8(message.get_payload_bytes())
+            .ok()
+            .and_then(|text| text.parse::<TaskId>().ok());
+        match id {
+            Some(id) => self.hub.wake(id),
+            None => tracing::debug!(
+                channel = %self.channel,
+                "ignored a message that is not a task id"
+            ),
+        }
+    }
+}
+
+/// The pause before reconnection attempt `failures + 1`: doubling from
+/// [`RECONNECT_MIN`] up to [`RECONNECT_MAX`], with jitter so that many processes
+/// do not all come back at the same instant.
+fn backoff(failures: u32) -> Duration {
+    let ceiling = RECONNECT_MIN.saturating_mul(1 << failures.min(16)).min(RECONNECT_MAX);
+    // Equal jitter: between half the ceiling and all of it. A v4 UUID is a ready
+    // source of randomness.
+    let random = (uuid::Uuid::new_v4().as_u128() & 0xffff) as u32;
+    ceiling / 2 + (ceiling / 2).mul_f64(f64::from(random) / f64::from(u16::MAX))
+}
+
+/// `ttl` in whole milliseconds for `SET .. PX`: at least one (Redis refuses zero),
+/// at most a century (Redis refuses expiry times that overflow).
+fn ttl_millis(ttl: Duration) -> u64 {
+    let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let far = u64::try_from(FAR.as_millis()).unwrap_or(u64::MAX);
+    millis.clamp(1, far)
+}
+
+fn check_namespace(namespace: &str) -> Result<()> {
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "{}*?[]\\".contains(c);
+    if namespace.is_empty() || namespace.chars().any(bad) {
+        return Err(Error::InvalidArgument(format!(
+            "{namespace:?} cannot be a dmq namespace: use a non-empty name without whitespace, \
+             braces or glob characters (*?[]\\), like \"dmq\" or \"billing-prod\""
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_whole_milliseconds_redis_accepts() {
+        assert_eq!(ttl_millis(Duration::from_secs(86_400)), 86_400_000);
+        assert_eq!(ttl_millis(Duration::from_micros(1500)), 1);
+        assert_eq!(ttl_millis(Duration::ZERO), 1, "redis refuses PX 0");
+        assert_eq!(ttl_millis(Duration::MAX), u64::try_from(FAR.as_millis()).unwrap_or(0));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter() {
+        for failures in [0, 1, 5, 40, u32::MAX] {
+            let ceiling = RECONNECT_MIN.saturating_mul(1 << failures.min(16)).min(RECONNECT_MAX);
+            let pause = backoff(failures);
+            assert!(pause >= ceiling / 2 && pause <= ceiling, "{failures}: {pause:?}");
+        }
+        assert!(backoff(40) >= RECONNECT_MAX / 2);
+    }
+
+    #[test]
+    fn nonsense_namespaces_are_refused() {
+        for bad in ["", "a b", "{app}", "app*", "tab\there"] {
+            assert!(matches!(check_namespace(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+        for good in ["dmq", "billing-prod", "dmq-test-0f8e", "team:app"] {
+            assert!(check_namespace(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn errors_say_what_failed_and_what_to_do() {
+        let refused: redis::RedisError =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
+        let e =
+            redis_error("could not read the result of task x from redis at 127.0.0.1:1", refused);
+        assert!(e.is_transient());
+        let text = e.to_string();
+        assert!(text.starts_with("could not read the result of task x from redis at 127.0.0.1:1"));
+        assert!(text.contains("is redis-server running"), "{text}");
+
+        let bad_url = redis::Client::open("nonsense://").expect_err("a bad URL");
+        let e = redis_error("could not use the redis URL", bad_url);
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("redis://"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn connect_errors_show_no_password() {
+        // Nothing listens on port 1: the connection is refused.
+        let err = RedisBackend::connect("redis://app:hunter2@127.0.0.1:1").await.err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("127.0.0.1:1") && text.contains("refused"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
