@@ -68,6 +68,11 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub latency_samples: u64,
 
+    /// Run the throughput phases with a task marked #[task(ignore_result)], so no
+    /// result is written per job (the latency phase still reads results).
+    #[arg(long)]
+    pub ignore_result: bool,
+
     /// Print the figures as one JSON object instead of the human-readable report.
     #[arg(long)]
     pub json: bool,

@@ -29,6 +29,16 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const RESULT_CHECKS: usize = 500;
 
 /// Does nothing and returns its argument.
+#[task(name = "dmq.bench.noop_ignored", queue = "dmq-bench", ignore_result)]
+async fn noop_ignored(i: u64) -> Result<u64, TaskError> {
+    Ok(i)
+}
+
+/// A call of the no-op task, storing its result or not.
+fn noop_call(i: u64, ignore_result: bool) -> dmq_core::Call<u64> {
+    if ignore_result { noop_ignored::call(i) } else { noop::call(i) }
+}
+
 #[task(name = "dmq.bench.noop", queue = "dmq-bench")]
 async fn noop(i: u64) -> Result<u64, TaskError> {
     Ok(i)
@@ -290,7 +300,7 @@ async fn measure(
     stats: Option<&RedisStats>,
     out: Output,
 ) -> anyhow::Result<Report> {
-    for name in [noop::NAME, stamp::NAME] {
+    for name in [noop::NAME, noop_ignored::NAME, stamp::NAME] {
         ensure!(
             manager.registry().task(name).is_some(),
             "the bench task {name} is not registered in this binary"
@@ -300,13 +310,14 @@ async fn measure(
     let batch_jobs = args.jobs - single_jobs;
 
     let before_enqueue = snapshot(stats).await?;
-    let (single, mut ids) = enqueue_single(manager, single_jobs).await?;
+    let quiet = args.ignore_result;
+    let (single, mut ids) = enqueue_single(manager, single_jobs, quiet).await?;
     out.rate(
         "enqueue, single",
         single,
         &format!("{} producers, one job per call", single.concurrency),
     );
-    let (batch, batch_ids) = enqueue_batch(manager, batch_jobs, args.batch_size).await?;
+    let (batch, batch_ids) = enqueue_batch(manager, batch_jobs, args.batch_size, quiet).await?;
     ids.extend(batch_ids);
     out.rate(
         "enqueue, batch",
@@ -329,9 +340,15 @@ async fn measure(
         out.rate(
             "drain",
             drain,
-            &format!("1 worker, concurrency {}, end to end with results stored", args.concurrency),
+            &format!(
+                "1 worker, concurrency {}, end to end {}",
+                args.concurrency,
+                if quiet { "with ignore_result (no result writes)" } else { "with results stored" }
+            ),
         );
-        check_results(manager, &ids).await?;
+        if !quiet {
+            check_results(manager, &ids).await?;
+        }
         let redis = match (before_enqueue, after_enqueue, after_drain) {
             (Some(b), Some(e), Some(d)) => {
                 let cost = RedisCost { enqueue: e.cost_since(&b, args.jobs), drain: d.cost_since(&e, args.jobs) };
@@ -379,7 +396,11 @@ fn shares(total: u64, parts: u64) -> impl Iterator<Item = (u64, u64)> {
 }
 
 /// Phase 1: `jobs` one-by-one enqueues from concurrent producers.
-async fn enqueue_single(manager: &Manager, jobs: u64) -> anyhow::Result<(Rate, Vec<TaskId>)> {
+async fn enqueue_single(
+    manager: &Manager,
+    jobs: u64,
+    quiet: bool,
+) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
     let mut producers = JoinSet::new();
     for (first, count) in shares(jobs, SINGLE_PRODUCERS) {
@@ -387,7 +408,7 @@ async fn enqueue_single(manager: &Manager, jobs: u64) -> anyhow::Result<(Rate, V
         producers.spawn(async move {
             let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             for i in first..first + count {
-                ids.push(noop::call(i).enqueue(&manager).await?.id());
+                ids.push(noop_call(i, quiet).enqueue(&manager).await?.id());
             }
             dmq_core::Result::Ok(ids)
         });
@@ -402,6 +423,7 @@ async fn enqueue_batch(
     manager: &Manager,
     jobs: u64,
     batch_size: u64,
+    quiet: bool,
 ) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
     let mut producers = JoinSet::new();
@@ -413,7 +435,7 @@ async fn enqueue_batch(
             for batch in first_batch..first_batch + count {
                 let from = batch * batch_size;
                 let to = (from + batch_size).min(jobs);
-                ids.extend(manager.enqueue_batch((from..to).map(noop::call)).await?);
+                ids.extend(manager.enqueue_batch((from..to).map(|i| noop_call(i, quiet))).await?);
             }
             dmq_core::Result::Ok(ids)
         });
