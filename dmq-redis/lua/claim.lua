@@ -7,8 +7,7 @@
 -- ARGV: 1 max jobs, 2 lease (ms), 3 max deliveries (0 for no limit), 4 dead-letter cap
 -- Returns: {next_change_ms, id1, payload1, deliveries1, token1, id2, ...}; next_change_ms is
 -- how long until a delayed job falls due or a lease expires (-1 for never)
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = now_ms()
 local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_deliveries, dead_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -32,14 +31,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now_ms, 'LIMIT'
     redis.call('HDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[2], id)
     local reason = 'poison: delivered ' .. d .. ' times and never settled; it may crash or hang its worker'
-    redis.call('LPUSH', KEYS[15], now_ms .. '|' .. id .. '|' .. reason)
-    redis.call('HSET', KEYS[16], id, payload)
-    while redis.call('LLEN', KEYS[15]) > dead_cap do
-      local dropped = redis.call('RPOP', KEYS[15])
-      local old = string.match(dropped, '^%d+|([^|]*)|')
-      if old then redis.call('HDEL', KEYS[16], old) end
-      redis.call('INCR', KEYS[17])
-    end
+    bury(KEYS[15], KEYS[16], KEYS[17], id, payload, reason, now_ms, dead_cap)
   else
     redis.call('HSET', KEYS[2], id, p .. ':' .. d .. ':')
     redis.call('LPUSH', KEYS[5 + p], id)

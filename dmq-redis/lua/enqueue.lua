@@ -2,8 +2,7 @@
 -- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 signal list, 5..14 ready lists (priority 0..9)
 -- ARGV: 1 job count n, then per job: id, priority (0-9), due (Unix ms, 0 for now), payload
 -- Returns: {"ok"}, or {"duplicate", id} when an id is already queued or repeated (nothing added)
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = now_ms()
 local n = tonumber(ARGV[1])
 local seen = {}
 for i = 0, n - 1 do

@@ -3,10 +3,8 @@
 -- KEYS: 1 meta hash, 2 in-flight zset, 3 signal list, 4..13 ready lists (priority 0..9)
 -- ARGV: 1 id, 2 token
 -- Returns: 1 when released, 0 when the lease is no longer the caller's (nothing changed)
-local m = redis.call('HGET', KEYS[1], ARGV[1])
-if not m or redis.call('ZSCORE', KEYS[2], ARGV[1]) == false or string.match(m, ':([^:]*)$') ~= ARGV[2] then
-  return 0
-end
+local m = holds(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+if not m then return 0 end
 local p, d = string.match(m, '^(%d+):(%d+):')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], p .. ':' .. d .. ':')

@@ -3,10 +3,8 @@
 -- KEYS: 1 payloads hash, 2 meta hash, 3 in-flight zset, 4 delayed zset
 -- ARGV: 1 id, 2 token, 3 new payload, 4 eta (Unix ms)
 -- Returns: 1 when done, 0 when the lease is no longer the caller's (nothing changed)
-local m = redis.call('HGET', KEYS[2], ARGV[1])
-if not m or redis.call('ZSCORE', KEYS[3], ARGV[1]) == false or string.match(m, ':([^:]*)$') ~= ARGV[2] then
-  return 0
-end
+local m = holds(KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+if not m then return 0 end
 local p = string.match(m, '^(%d+):')
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])

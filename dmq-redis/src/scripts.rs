@@ -2,6 +2,16 @@
 
 use redis::Script;
 
+/// A script from `lua/`, with the shared helpers of `lua/lib.lua` in front.
+macro_rules! script {
+    ($name:literal) => {
+        Script::new(concat!(
+            include_str!("../lua/lib.lua"),
+            include_str!(concat!("../lua/", $name, ".lua"))
+        ))
+    };
+}
+
 /// Every script the broker runs.
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -17,13 +27,13 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            enqueue: Script::new(include_str!("../lua/enqueue.lua")),
-            claim: Script::new(include_str!("../lua/claim.lua")),
-            ack: Script::new(include_str!("../lua/ack.lua")),
-            retry: Script::new(include_str!("../lua/retry.lua")),
-            release: Script::new(include_str!("../lua/release.lua")),
-            dead_letter: Script::new(include_str!("../lua/dead_letter.lua")),
-            renew: Script::new(include_str!("../lua/renew.lua")),
+            enqueue: script!("enqueue"),
+            claim: script!("claim"),
+            ack: script!("ack"),
+            retry: script!("retry"),
+            release: script!("release"),
+            dead_letter: script!("dead_letter"),
+            renew: script!("renew"),
         }
     }
 }
