@@ -58,7 +58,7 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_size: u64,
 
-    /// Redis key namespace to work in [default: dmq-bench-<random uuid>]; all of its
+    /// Redis key namespace to work in [default: dmq-bench- and a random UUID]; all of its
     /// keys are deleted at the end, so never name one that holds real data.
     #[arg(long, value_name = "NAME")]
     pub namespace: Option<String>,
