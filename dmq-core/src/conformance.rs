@@ -102,6 +102,10 @@ macro_rules! broker_conformance_tests {
             batch_enqueue_adds_every_job,
             concurrent_claimers_never_share_a_job,
             a_queued_id_cannot_be_enqueued_again,
+            a_batch_across_queues_with_a_duplicate_adds_nothing,
+            a_release_does_not_count_as_a_delivery,
+            a_retry_wakes_a_waiting_claim,
+            an_id_dead_lettered_twice_keeps_both_letters,
         );
     };
 }
@@ -384,6 +388,69 @@ pub mod broker {
         assert!(matches!(b.enqueue(first.clone()).await, Err(Error::DuplicateJob { .. })));
         b.ack(&got[0].lease).await.expect("ack");
         b.enqueue(first).await.expect("the id is free again once the job is settled");
+    }
+
+    /// A batch spanning queues is refused whole when any id in it is already queued.
+    pub async fn a_batch_across_queues_with_a_duplicate_adds_nothing(b: Arc<dyn Broker>) {
+        let queued = job("beta", 5, "queued");
+        b.enqueue(queued.clone()).await.expect("enqueue");
+        let batch = vec![job("alpha", 5, "fresh"), job("gamma", 5, "fresh"), queued];
+        let refused = b.enqueue_batch(batch).await;
+        assert!(matches!(refused, Err(Error::DuplicateJob { .. })), "{refused:?}");
+        assert_eq!(b.queue_len("alpha").await.expect("len"), 0, "a refused batch added a job");
+        assert_eq!(b.queue_len("gamma").await.expect("len"), 0, "a refused batch added a job");
+    }
+
+    /// Releasing a job (as at shutdown) does not count toward its deliveries.
+    pub async fn a_release_does_not_count_as_a_delivery(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
+        for _ in 0..3 {
+            let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+            assert_eq!(got[0].deliveries, 1);
+            b.release(&got[0].lease).await.expect("release");
+        }
+    }
+
+    /// A claim waiting on an empty queue takes a job retried to be due now.
+    pub async fn a_retry_wakes_a_waiting_claim(b: Arc<dyn Broker>) {
+        b.enqueue(job("alpha", 5, "attempt 1")).await.expect("enqueue");
+        let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::from_secs(20)).await;
+                (got, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.retry(&got[0].lease, b"attempt 2".to_vec(), Utc::now()).await.expect("retry");
+        let (again, waited) = waiter.await.expect("join");
+        assert_eq!(payloads(&again.expect("claim")), ["attempt 2"]);
+        assert!(waited < Duration::from_secs(10), "the waiting claim slept {waited:?}");
+    }
+
+    /// The same id dead-lettered twice (requeued in between) keeps two letters, each
+    /// with its own payload.
+    pub async fn an_id_dead_lettered_twice_keeps_both_letters(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        let id = TaskId::new();
+        for payload in ["first life", "second life"] {
+            let one = Job::new(id, "alpha", 5, None, payload.as_bytes().to_vec());
+            b.enqueue(one).await.expect("enqueue");
+            let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+            b.dead_letter(&got[0].lease, payload).await.expect("dead-letter");
+            // Dead letters carry millisecond timestamps; keep the two apart.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let page = b.dead_letters("alpha", 0, 10).await.expect("list");
+        let seen: Vec<(&str, &[u8])> =
+            page.iter().map(|d| (d.reason.as_str(), d.payload.as_slice())).collect();
+        assert_eq!(
+            seen,
+            [("second life", &b"second life"[..]), ("first life", &b"first life"[..])]
+        );
     }
 }
 

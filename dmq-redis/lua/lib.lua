@@ -15,14 +15,15 @@ local function holds(meta_key, in_flight_key, id, token)
   return m
 end
 
--- Pushes a dead letter "<ms>|<id>|<reason>" (its payload kept in a hash) and drops the
--- oldest beyond `cap`, counting them.
+-- Pushes a dead letter "<ms>|<id>|<reason>", its payload kept in a hash under
+-- "<ms>|<id>" (an id dead-lettered twice keeps both), and drops the oldest beyond
+-- `cap`, counting them.
 local function bury(dead_key, dead_payloads_key, dropped_key, id, payload, reason, at_ms, cap)
   redis.call('LPUSH', dead_key, at_ms .. '|' .. id .. '|' .. reason)
-  redis.call('HSET', dead_payloads_key, id, payload)
+  redis.call('HSET', dead_payloads_key, at_ms .. '|' .. id, payload)
   while redis.call('LLEN', dead_key) > cap do
     local dropped = redis.call('RPOP', dead_key)
-    local old = string.match(dropped, '^%d+|([^|]*)|')
+    local old = string.match(dropped, '^(%d+|[^|]*)|')
     if old then redis.call('HDEL', dead_payloads_key, old) end
     redis.call('INCR', dropped_key)
   end

@@ -22,6 +22,12 @@ pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
 /// dead-lettered as a poison pill.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 
+/// How long a BLPOP may take to answer after `CLIENT UNBLOCK`.
+const UNBLOCK_GRACE: Duration = Duration::from_millis(50);
+
+/// The most jobs one claim takes.
+const MAX_CLAIM: usize = 10_000;
+
 /// Idle blocking connections kept for reuse.
 const SPARE_BLOCKING_CONNECTIONS: usize = 8;
 
@@ -253,10 +259,16 @@ impl RedisBroker {
                 let mut conn = self.conn.clone();
                 let unblocked: redis::RedisResult<i64> =
                     redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async(&mut conn).await;
-                if let Err(e) = unblocked {
-                    return Err(self.err("ending a blocking wait", e));
+                match unblocked {
+                    // Unblocked, or BLPOP already returned: its reply is on the way.
+                    Ok(_) => match tokio::time::timeout(UNBLOCK_GRACE, &mut pop).await {
+                        Ok(popped) => popped,
+                        // The UNBLOCK overtook the BLPOP; drop this connection rather
+                        // than wait for the server's timeout.
+                        Err(_) => return Ok(()),
+                    },
+                    Err(e) => return Err(self.err("ending a blocking wait", e)),
                 }
-                pop.await
             }
             }
         };
@@ -328,7 +340,25 @@ impl Broker for RedisBroker {
                 None => by_queue.push((job.queue.clone(), vec![job])),
             }
         }
-        // One script per queue: each queue's jobs are added all or none.
+        // One script per queue adds that queue's jobs all or none. Across queues, every
+        // id is checked first, so a duplicate anywhere adds nothing anywhere; only a
+        // connection lost between two queues' scripts can leave a batch half added.
+        if by_queue.len() > 1 {
+            let mut pipe = redis::pipe();
+            for (queue, group) in &by_queue {
+                let payloads = self.keys.queue(queue).payloads();
+                for job in group {
+                    pipe.hexists(&payloads, job.id.to_string());
+                }
+            }
+            let mut conn = self.conn.clone();
+            let known: Vec<bool> =
+                pipe.query_async(&mut conn).await.map_err(|e| self.err("enqueueing", e))?;
+            let jobs = by_queue.iter().flat_map(|(q, group)| group.iter().map(move |j| (q, j)));
+            if let Some(((queue, job), _)) = jobs.zip(known).find(|(_, known)| *known) {
+                return Err(Error::DuplicateJob { id: job.id, queue: queue.clone() });
+            }
+        }
         for (queue, group) in &by_queue {
             self.enqueue_one_queue(queue, group).await?;
         }
@@ -345,6 +375,7 @@ impl Broker for RedisBroker {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        let max = max.min(MAX_CLAIM);
         let give_up = Instant::now()
             .checked_add(wait)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
@@ -355,7 +386,17 @@ impl Broker for RedisBroker {
                 if claimed.len() >= max {
                     break;
                 }
-                let (mut got, change) = self.claim_queue(queue, max - claimed.len(), lease).await?;
+                let (mut got, change) =
+                    match self.claim_queue(queue, max - claimed.len(), lease).await {
+                        Ok(found) => found,
+                        // Jobs already leased from another queue are handed out, not stranded
+                        // until their lease runs out; the error shows again on the next claim.
+                        Err(e) if !claimed.is_empty() => {
+                            tracing::warn!(error = %e, queue, "claiming from one queue failed");
+                            return Ok(claimed);
+                        }
+                        Err(e) => return Err(e),
+                    };
                 claimed.append(&mut got);
                 next_change = match (next_change, change) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -388,7 +429,12 @@ impl Broker for RedisBroker {
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
         let keys = self.keys.queue(&lease.queue);
         let mut invocation = self.scripts.retry.prepare_invoke();
-        invocation.key(keys.payloads()).key(keys.meta()).key(keys.in_flight()).key(keys.delayed());
+        invocation
+            .key(keys.payloads())
+            .key(keys.meta())
+            .key(keys.in_flight())
+            .key(keys.delayed())
+            .key(keys.signal());
         invocation
             .arg(lease.id.to_string())
             .arg(&lease.token)
@@ -485,7 +531,7 @@ impl Broker for RedisBroker {
             let Ok(id) = id.parse::<TaskId>() else { continue };
             let payload: Option<Vec<u8>> = redis::cmd("HGET")
                 .arg(keys.dead_payloads())
-                .arg(id.to_string())
+                .arg(format!("{at}|{id}"))
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.err("reading a dead letter", e))?;

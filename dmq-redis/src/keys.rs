@@ -45,11 +45,25 @@ impl Keys {
         format!("{}:results", self.namespace)
     }
 
-    /// A glob matching every key of this namespace (for clean-up in tests and tools).
+    /// Globs (for `SCAN MATCH`) that together match every key of this namespace and
+    /// no key of another, for clean-up in tests and tools.
     #[must_use]
-    pub fn pattern(&self) -> String {
-        format!("*{}:*", self.namespace)
+    pub fn patterns(&self) -> Vec<String> {
+        let ns = escape_glob(&self.namespace);
+        vec![format!("{{{ns}:*"), format!("{ns}:result:*"), format!("{ns}:results")]
     }
+}
+
+/// `text` with Redis glob characters escaped, to match it literally.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The keys of one queue, all in one cluster slot.
@@ -117,6 +131,16 @@ impl QueueKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_up_patterns_match_only_their_own_namespace() {
+        assert_eq!(Keys::new("q").patterns(), ["{q:*", "q:result:*", "q:results"]);
+        // "{dmq:emails}:jobs" must not match namespace "q" (or "mq").
+        for pattern in Keys::new("mq").patterns() {
+            assert!(!pattern.starts_with('*'), "{pattern}");
+        }
+        assert_eq!(Keys::new("a*b").patterns()[0], "{a\\*b:*");
+    }
 
     #[test]
     fn a_queue_keys_share_one_hash_tag() {

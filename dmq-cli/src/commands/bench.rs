@@ -79,7 +79,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let shown = redact(&url);
             // Its error already names the URL and what to check.
             let broker = RedisBroker::connect_with_namespace(&url, &namespace).await?;
-            let pattern = broker.keys().pattern();
+            let patterns = broker.keys().patterns();
+            let pattern = patterns.join(" ");
             let stats = RedisStats::connect(&url).await?;
             let (backend, result_backend) = redis_result_backend(&url, &namespace).await?;
             let manager = Manager::builder().broker(broker).shared_backend(backend).build()?;
@@ -99,11 +100,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 },
             };
             let interrupted = measured.is_err();
-            let mut deleted = stats.delete_matching(&pattern).await;
+            let mut deleted = stats.delete_matching(&patterns).await;
             if interrupted {
                 // A worker dropped mid-job may still settle it; sweep once more.
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                deleted = stats.delete_matching(&pattern).await;
+                deleted = stats.delete_matching(&patterns).await;
             }
             let mut report = measured?;
             let deleted = deleted.with_context(|| {
@@ -624,8 +625,17 @@ impl RedisStats {
         Ok(Snapshot::parse(&info))
     }
 
-    /// Deletes every key matching `pattern` with SCAN and UNLINK; returns how many.
-    async fn delete_matching(&self, pattern: &str) -> anyhow::Result<u64> {
+    /// Deletes every key matching one of `patterns` with SCAN and UNLINK; returns how
+    /// many.
+    async fn delete_matching(&self, patterns: &[String]) -> anyhow::Result<u64> {
+        let mut deleted = 0u64;
+        for pattern in patterns {
+            deleted += self.delete_matching_one(pattern).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_matching_one(&self, pattern: &str) -> anyhow::Result<u64> {
         let mut conn = self.conn.clone();
         let mut cursor = 0u64;
         let mut deleted = 0u64;

@@ -308,7 +308,10 @@ impl Broker for InMemoryBroker {
     async fn release(&self, lease: &Lease) -> Result<()> {
         self.settle(lease, |queue, held, _| {
             let priority = usize::from(held.stored.priority.min(MAX_PRIORITY));
-            queue.ready[priority].push_front(held.stored);
+            // A release is a settle, not a lost delivery.
+            let stored =
+                Stored { deliveries: held.stored.deliveries.saturating_sub(1), ..held.stored };
+            queue.ready[priority].push_front(stored);
         })?;
         self.notify.notify_waiters();
         Ok(())
