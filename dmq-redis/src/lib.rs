@@ -8,8 +8,10 @@ mod backend;
 mod broker;
 mod error;
 mod keys;
+mod namespace;
 mod scripts;
 
 pub use backend::RedisBackend;
 pub use broker::{DEFAULT_DEAD_LETTER_CAP, DEFAULT_MAX_DELIVERIES, RedisBroker};
 pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};
+pub use namespace::delete_namespace;

@@ -79,8 +79,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let shown = redact(&url);
             // Its error already names the URL and what to check.
             let broker = RedisBroker::connect_with_namespace(&url, &namespace).await?;
-            let patterns = broker.keys().patterns();
-            let pattern = patterns.join(" ");
+            let keys = broker.keys().clone();
+            let pattern = keys.patterns().join(" ");
             let stats = RedisStats::connect(&url).await?;
             let (backend, result_backend) = redis_result_backend(&url, &namespace).await?;
             let manager = Manager::builder().broker(broker).shared_backend(backend).build()?;
@@ -100,11 +100,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 },
             };
             let interrupted = measured.is_err();
-            let mut deleted = stats.delete_matching(&patterns).await;
+            let mut deleted = stats.delete_namespace(&keys).await;
             if interrupted {
                 // A worker dropped mid-job may still settle it; sweep once more.
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                deleted = stats.delete_matching(&patterns).await;
+                deleted = stats.delete_namespace(&keys).await;
             }
             let mut report = measured?;
             let deleted = deleted.with_context(|| {
@@ -625,38 +625,10 @@ impl RedisStats {
         Ok(Snapshot::parse(&info))
     }
 
-    /// Deletes every key matching one of `patterns` with SCAN and UNLINK; returns how
-    /// many.
-    async fn delete_matching(&self, patterns: &[String]) -> anyhow::Result<u64> {
-        let mut deleted = 0u64;
-        for pattern in patterns {
-            deleted += self.delete_matching_one(pattern).await?;
-        }
-        Ok(deleted)
-    }
-
-    async fn delete_matching_one(&self, pattern: &str) -> anyhow::Result<u64> {
+    /// Deletes every key of the bench namespace; returns how many.
+    async fn delete_namespace(&self, keys: &dmq_redis::Keys) -> anyhow::Result<u64> {
         let mut conn = self.conn.clone();
-        let mut cursor = 0u64;
-        let mut deleted = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
-                deleted += n;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
+        Ok(dmq_redis::delete_namespace(&mut conn, keys).await?)
     }
 }
 

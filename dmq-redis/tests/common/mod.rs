@@ -19,29 +19,7 @@ pub fn fresh_namespace() -> String {
 pub async fn remove_namespace(namespace: &str) {
     let client = redis::Client::open(redis_url()).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
-    for pattern in Keys::new(namespace).patterns() {
-        remove_matching(&mut conn, &pattern).await;
-    }
-}
-
-async fn remove_matching(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) {
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .expect("scan");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("UNLINK").arg(&keys).query_async(conn).await.expect("unlink");
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    dmq_redis::delete_namespace(&mut conn, &Keys::new(namespace))
+        .await
+        .expect("delete the test keys");
 }
