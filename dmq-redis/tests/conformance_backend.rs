@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dmq_core::conformance::Fixture;
-use dmq_core::{Broker, InMemoryBroker, ResultBackend, TaskId, TaskOutcome};
+use dmq_core::{ResultBackend, TaskId, TaskOutcome};
 use dmq_redis::{Keys, RedisBackend};
 use futures::{FutureExt, StreamExt};
 use redis::aio::MultiplexedConnection;
@@ -19,34 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-struct RedisFixture {
-    namespace: String,
-    backend: Arc<RedisBackend>,
-}
-
-#[async_trait::async_trait]
-impl Fixture for RedisFixture {
-    async fn setup() -> Self {
-        let namespace = common::fresh_namespace();
-        let backend = Arc::new(connect(&common::redis_url(), &namespace).await);
-        RedisFixture { namespace, backend }
-    }
-
-    /// The backend checks never use the broker; `RedisBroker` has its own suite.
-    fn broker(&self) -> Arc<dyn Broker> {
-        Arc::new(InMemoryBroker::new())
-    }
-
-    fn backend(&self) -> Arc<dyn ResultBackend> {
-        self.backend.clone()
-    }
-
-    async fn teardown(self) {
-        common::remove_namespace(&self.namespace).await;
-    }
-}
-
-dmq_core::backend_conformance_tests!(RedisFixture);
+dmq_core::backend_conformance_tests!(common::RedisFixture);
 
 /// Long enough that a waiter it ends was not woken; results left behind by a failed
 /// test expire on their own within [`TTL`].

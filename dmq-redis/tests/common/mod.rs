@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
-use dmq_redis::Keys;
+use std::sync::Arc;
+
+use dmq_core::conformance::Fixture;
+use dmq_core::{Broker, ResultBackend};
+use dmq_redis::{Keys, RedisBackend, RedisBroker};
 
 /// The Redis the tests use: `DMQ_TEST_REDIS_URL`, or the local default.
 pub fn redis_url() -> String {
@@ -22,4 +26,36 @@ pub async fn remove_namespace(namespace: &str) {
     dmq_redis::delete_namespace(&mut conn, &Keys::new(namespace))
         .await
         .expect("delete the test keys");
+}
+
+/// A `RedisBroker` and a `RedisBackend` in a fresh namespace, removed afterwards: the
+/// fixture both conformance suites run on.
+pub struct RedisFixture {
+    namespace: String,
+    broker: Arc<RedisBroker>,
+    backend: Arc<RedisBackend>,
+}
+
+#[async_trait::async_trait]
+impl Fixture for RedisFixture {
+    async fn setup() -> Self {
+        let namespace = fresh_namespace();
+        let url = redis_url();
+        let hint = "connect to redis (scripts/ensure-redis starts one)";
+        let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect(hint);
+        let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect(hint);
+        RedisFixture { namespace, broker: Arc::new(broker), backend: Arc::new(backend) }
+    }
+
+    fn broker(&self) -> Arc<dyn Broker> {
+        self.broker.clone()
+    }
+
+    fn backend(&self) -> Arc<dyn ResultBackend> {
+        self.backend.clone()
+    }
+
+    async fn teardown(self) {
+        remove_namespace(&self.namespace).await;
+    }
 }
