@@ -27,7 +27,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use crate::backend::{ResultBackend, TaskOutcome};
-use crate::broker::{Broker, Delivery, Job};
+use crate::broker::{Broker, Delivery, Job, WorkerInfo};
 use crate::error::Error;
 use crate::task::{FailureKind, TaskId};
 
@@ -106,6 +106,9 @@ macro_rules! broker_conformance_tests {
             a_release_does_not_count_as_a_delivery,
             a_retry_wakes_a_waiting_claim,
             an_id_dead_lettered_twice_keeps_both_letters,
+            a_heartbeat_registers_the_worker_until_it_lapses,
+            reap_returns_the_jobs_of_a_worker_whose_heartbeat_lapsed,
+            reap_leaves_the_jobs_of_live_workers_alone,
         );
     };
 }
@@ -145,6 +148,13 @@ macro_rules! __backend_cases {
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// The worker the checks claim as, unless a check needs several.
+const WORKER: &str = "conformance-worker";
+
+fn worker(id: &str, queues: &[String]) -> WorkerInfo {
+    WorkerInfo::new(id, "conformance-host", std::process::id(), queues.to_vec(), 4, Utc::now())
+}
+
 fn job(queue: &str, priority: u8, payload: &str) -> Job {
     Job::new(TaskId::new(), queue, priority, None, payload.as_bytes().to_vec())
 }
@@ -176,7 +186,7 @@ pub mod broker {
             b.enqueue(job("alpha", 5, p)).await.expect("enqueue");
         }
         assert_eq!(b.queue_len("alpha").await.expect("len"), 3);
-        let got = b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim");
+        let got = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(payloads(&got), ["one", "two", "three"], "same priority is first in, first out");
         assert!(got.iter().all(|d| d.deliveries == 1 && d.lease.queue == "alpha"));
         let stats = b.queue_stats("alpha").await.expect("stats");
@@ -189,9 +199,9 @@ pub mod broker {
         for i in 0..5 {
             b.enqueue(job("alpha", 5, &i.to_string())).await.expect("enqueue");
         }
-        assert_eq!(b.claim(&q, 2, LONG, Duration::ZERO).await.expect("claim").len(), 2);
-        assert_eq!(b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim").len(), 3);
-        assert!(b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
+        assert_eq!(b.claim(WORKER, &q, 2, LONG, Duration::ZERO).await.expect("claim").len(), 2);
+        assert_eq!(b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim").len(), 3);
+        assert!(b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
     }
 
     /// Among due jobs, priority 9 comes before 5 before 0.
@@ -200,7 +210,7 @@ pub mod broker {
         for (priority, p) in [(0, "low"), (9, "high"), (5, "mid"), (9, "high2")] {
             b.enqueue(job("alpha", priority, p)).await.expect("enqueue");
         }
-        let got = b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim");
+        let got = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(payloads(&got), ["high", "high2", "mid", "low"]);
     }
 
@@ -208,10 +218,11 @@ pub mod broker {
     pub async fn queues_are_kept_apart(b: Arc<dyn Broker>) {
         b.enqueue(job("alpha", 5, "a")).await.expect("enqueue");
         b.enqueue(job("beta", 5, "b")).await.expect("enqueue");
-        let got = b.claim(&queues(&["beta"]), 10, LONG, Duration::ZERO).await.expect("claim");
+        let got =
+            b.claim(WORKER, &queues(&["beta"]), 10, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(payloads(&got), ["b"]);
         assert_eq!(b.queue_len("alpha").await.expect("len"), 1);
-        let both = b.claim(&queues(&["beta", "alpha"]), 10, LONG, Duration::ZERO).await;
+        let both = b.claim(WORKER, &queues(&["beta", "alpha"]), 10, LONG, Duration::ZERO).await;
         assert_eq!(payloads(&both.expect("claim")), ["a"]);
     }
 
@@ -220,9 +231,9 @@ pub mod broker {
         let q = queues(&["alpha"]);
         let eta = after(Duration::from_millis(1500));
         b.enqueue(delayed("alpha", eta, "later")).await.expect("enqueue");
-        assert!(b.claim(&q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
+        assert!(b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
         assert_eq!(b.queue_stats("alpha").await.expect("stats").delayed, 1);
-        let got = b.claim(&q, 10, LONG, Duration::from_secs(10)).await.expect("claim");
+        let got = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(10)).await.expect("claim");
         assert!(Utc::now() >= eta, "claimed before its eta");
         assert_eq!(payloads(&got), ["later"]);
         assert!(Utc::now() < eta + chrono::Duration::seconds(5), "not claimed soon after its eta");
@@ -231,7 +242,8 @@ pub mod broker {
     /// After an ack the job is gone, and a second ack is refused.
     pub async fn ack_forgets_the_job(b: Arc<dyn Broker>) {
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
+        let got =
+            b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
         b.ack(&got[0].lease).await.expect("ack");
         let stats = b.queue_stats("alpha").await.expect("stats");
         assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
@@ -243,9 +255,11 @@ pub mod broker {
     pub async fn stale_token_changes_nothing(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let first =
-            b.claim(&q, 1, Duration::from_millis(200), Duration::ZERO).await.expect("claim");
-        let second = b.claim(&q, 1, LONG, Duration::from_secs(10)).await.expect("reclaim");
+        let first = b
+            .claim(WORKER, &q, 1, Duration::from_millis(200), Duration::ZERO)
+            .await
+            .expect("claim");
+        let second = b.claim(WORKER, &q, 1, LONG, Duration::from_secs(10)).await.expect("reclaim");
         assert_eq!(second.len(), 1, "an expired lease returns the job to ready");
         assert_eq!(second[0].lease.id, first[0].lease.id);
         assert_ne!(second[0].lease.token, first[0].lease.token, "each claim has a fresh token");
@@ -266,9 +280,9 @@ pub mod broker {
     pub async fn release_returns_the_job_at_once(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+        let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
         b.release(&got[0].lease).await.expect("release");
-        let again = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+        let again = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(payloads(&again), ["x"]);
     }
 
@@ -276,12 +290,12 @@ pub mod broker {
     pub async fn retry_holds_the_new_payload_until_its_eta(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "attempt 1")).await.expect("enqueue");
-        let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+        let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
         let eta = after(Duration::from_millis(1500));
         b.retry(&got[0].lease, b"attempt 2".to_vec(), eta).await.expect("retry");
         let stats = b.queue_stats("alpha").await.expect("stats");
         assert_eq!((stats.ready, stats.delayed, stats.in_flight), (0, 1, 0));
-        let again = b.claim(&q, 1, LONG, Duration::from_secs(10)).await.expect("claim");
+        let again = b.claim(WORKER, &q, 1, LONG, Duration::from_secs(10)).await.expect("claim");
         assert!(Utc::now() >= eta);
         assert_eq!(payloads(&again), ["attempt 2"]);
         assert_eq!(again[0].lease.id, got[0].lease.id);
@@ -294,7 +308,7 @@ pub mod broker {
             b.enqueue(job("alpha", 5, p)).await.expect("enqueue");
         }
         for reason in ["bad one", "bad two"] {
-            let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+            let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
             b.dead_letter(&got[0].lease, reason).await.expect("dead-letter");
         }
         assert_eq!(b.dead_letter_count("alpha").await.expect("count"), 2);
@@ -310,9 +324,12 @@ pub mod broker {
     pub async fn renew_extends_the_lease(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
-        let got = b.claim(&q, 1, Duration::from_millis(1500), Duration::ZERO).await.expect("claim");
+        let got = b
+            .claim(WORKER, &q, 1, Duration::from_millis(1500), Duration::ZERO)
+            .await
+            .expect("claim");
         b.renew(&got[0].lease, LONG).await.expect("renew");
-        let again = b.claim(&q, 1, LONG, Duration::from_millis(3000)).await.expect("claim");
+        let again = b.claim(WORKER, &q, 1, LONG, Duration::from_millis(3000)).await.expect("claim");
         assert!(again.is_empty(), "a renewed job was handed out again");
         b.ack(&got[0].lease).await.expect("ack after renew");
     }
@@ -323,7 +340,8 @@ pub mod broker {
             let b = Arc::clone(&b);
             tokio::spawn(async move {
                 let started = Instant::now();
-                let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::from_secs(20)).await;
+                let got =
+                    b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::from_secs(20)).await;
                 (got, started.elapsed())
             })
         };
@@ -339,7 +357,8 @@ pub mod broker {
         let jobs: Vec<Job> = (0..100).map(|i| job("alpha", 5, &i.to_string())).collect();
         b.enqueue_batch(jobs).await.expect("batch");
         assert_eq!(b.queue_len("alpha").await.expect("len"), 100);
-        let got = b.claim(&queues(&["alpha"]), 1000, LONG, Duration::ZERO).await.expect("claim");
+        let got =
+            b.claim(WORKER, &queues(&["alpha"]), 1000, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(got.len(), 100);
     }
 
@@ -353,7 +372,7 @@ pub mod broker {
             claimers.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let got = b.claim(&queues(&["alpha"]), 7, LONG, Duration::ZERO).await;
+                    let got = b.claim(WORKER, &queues(&["alpha"]), 7, LONG, Duration::ZERO).await;
                     let got = got.expect("claim");
                     if got.is_empty() {
                         return mine;
@@ -384,7 +403,8 @@ pub mod broker {
         let refused = b.enqueue_batch(batch).await;
         assert!(matches!(refused, Err(Error::DuplicateJob { .. })), "{refused:?}");
         assert_eq!(b.queue_len("alpha").await.expect("len"), 1, "a refused batch added a job");
-        let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
+        let got =
+            b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
         assert!(matches!(b.enqueue(first.clone()).await, Err(Error::DuplicateJob { .. })));
         b.ack(&got[0].lease).await.expect("ack");
         b.enqueue(first).await.expect("the id is free again once the job is settled");
@@ -406,7 +426,7 @@ pub mod broker {
         let q = queues(&["alpha"]);
         b.enqueue(job("alpha", 5, "x")).await.expect("enqueue");
         for _ in 0..3 {
-            let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+            let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
             assert_eq!(got[0].deliveries, 1);
             b.release(&got[0].lease).await.expect("release");
         }
@@ -415,12 +435,14 @@ pub mod broker {
     /// A claim waiting on an empty queue takes a job retried to be due now.
     pub async fn a_retry_wakes_a_waiting_claim(b: Arc<dyn Broker>) {
         b.enqueue(job("alpha", 5, "attempt 1")).await.expect("enqueue");
-        let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
+        let got =
+            b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
         let waiter = {
             let b = Arc::clone(&b);
             tokio::spawn(async move {
                 let started = Instant::now();
-                let got = b.claim(&queues(&["alpha"]), 1, LONG, Duration::from_secs(20)).await;
+                let got =
+                    b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::from_secs(20)).await;
                 (got, started.elapsed())
             })
         };
@@ -439,7 +461,7 @@ pub mod broker {
         for payload in ["first life", "second life"] {
             let one = Job::new(id, "alpha", 5, None, payload.as_bytes().to_vec());
             b.enqueue(one).await.expect("enqueue");
-            let got = b.claim(&q, 1, LONG, Duration::ZERO).await.expect("claim");
+            let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
             b.dead_letter(&got[0].lease, payload).await.expect("dead-letter");
             // Dead letters carry millisecond timestamps; keep the two apart.
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -451,6 +473,69 @@ pub mod broker {
             seen,
             [("second life", &b"second life"[..]), ("first life", &b"first life"[..])]
         );
+    }
+    /// A heartbeat lists the worker until its ttl passes; deregistering removes it.
+    pub async fn a_heartbeat_registers_the_worker_until_it_lapses(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        let ids = |list: Vec<crate::WorkerStatus>| {
+            let mut ids: Vec<String> = list.into_iter().map(|w| w.info.id).collect();
+            ids.sort();
+            ids
+        };
+        b.heartbeat(&worker("w-long", &q), LONG).await.expect("heartbeat");
+        b.heartbeat(&worker("w-short", &q), Duration::from_millis(300)).await.expect("heartbeat");
+        let listed = b.workers().await.expect("workers");
+        let long = listed.iter().find(|w| w.info.id == "w-long").expect("w-long is listed");
+        assert_eq!(long.info.queues, q);
+        assert!(long.alive_until > Utc::now() + chrono::Duration::seconds(20));
+        assert_eq!(ids(listed), ["w-long", "w-short"]);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(ids(b.workers().await.expect("workers")), ["w-long"], "w-short lapsed");
+        b.deregister("w-long").await.expect("deregister");
+        assert!(b.workers().await.expect("workers").is_empty());
+    }
+
+    /// A worker that stops heartbeating loses its jobs to the reaper long before their
+    /// leases expire, and its late ack is refused.
+    pub async fn reap_returns_the_jobs_of_a_worker_whose_heartbeat_lapsed(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue_batch(vec![job("alpha", 5, "a"), job("alpha", 5, "b")]).await.expect("enqueue");
+        b.heartbeat(&worker("doomed", &q), Duration::from_millis(300)).await.expect("heartbeat");
+        b.heartbeat(&worker("survivor", &q), LONG).await.expect("heartbeat");
+        let held = b.claim("doomed", &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        let kept = b.claim("survivor", &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!((held.len(), kept.len()), (1, 1));
+        assert_eq!(b.reap(&q).await.expect("reap"), 0, "the doomed worker is still alive");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut moved = 0;
+        while moved == 0 && Instant::now() < deadline {
+            // Another reaper may hold the lock for a moment; a later call gets it.
+            moved = b.reap(&q).await.expect("reap");
+            if moved == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(moved, 1, "only the lapsed worker's job comes back");
+        let again = b.claim("survivor", &q, 10, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].lease.id, held[0].lease.id);
+        assert_eq!(again[0].deliveries, 2, "the lost run counts as a delivery");
+        assert!(matches!(b.ack(&held[0].lease).await, Err(Error::LeaseLost { .. })));
+        b.ack(&again[0].lease).await.expect("ack");
+        b.ack(&kept[0].lease).await.expect("the survivor's own job is still its own");
+        assert!(b.workers().await.expect("workers").iter().all(|w| w.info.id != "doomed"));
+    }
+
+    /// Reaping takes nothing from a worker that keeps heartbeating.
+    pub async fn reap_leaves_the_jobs_of_live_workers_alone(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue(job("alpha", 5, "a")).await.expect("enqueue");
+        b.heartbeat(&worker("alive", &q), LONG).await.expect("heartbeat");
+        let held = b.claim("alive", &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(b.reap(&q).await.expect("reap"), 0);
+        assert!(b.claim("other", &q, 1, LONG, Duration::ZERO).await.expect("claim").is_empty());
+        b.ack(&held[0].lease).await.expect("ack");
     }
 }
 

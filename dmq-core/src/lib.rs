@@ -39,7 +39,9 @@ pub mod conformance;
 pub use backend::{
     DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend, TaskFailure, TaskOutcome, TaskState,
 };
-pub use broker::{Broker, DeadLetter, Delivery, InMemoryBroker, Job, Lease, QueueStats};
+pub use broker::{
+    Broker, DeadLetter, Delivery, InMemoryBroker, Job, Lease, QueueStats, WorkerInfo, WorkerStatus,
+};
 pub use dmq_macros::task;
 pub use envelope::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, Envelope, FORMAT_VERSION, MAX_PRIORITY,
@@ -49,7 +51,9 @@ pub use manager::{Manager, ManagerBuilder};
 pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
 };
-pub use worker::{ShutdownReport, WorkerBuilder, WorkerHandle};
+pub use worker::{
+    DEFAULT_HEARTBEAT, MISSED_HEARTBEATS, ShutdownReport, WorkerBuilder, WorkerHandle,
+};
 
 /// The README's Rust blocks, run as doctests so the quick start cannot rot.
 #[cfg(doctest)]

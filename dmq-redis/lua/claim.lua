@@ -1,72 +1,80 @@
 -- Claims up to N due jobs from one queue, highest priority first, each under a lease
--- with a fresh token. First moves due delayed jobs, and jobs whose lease expired, to ready.
--- A job whose lease expired after it had been delivered max-deliveries times is
--- dead-lettered instead (a poison pill that crashes or hangs its worker).
--- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset, 5..14 ready lists (priority 0..9),
---       15 dead list, 16 dead payloads hash, 17 dead-dropped counter
--- ARGV: 1 max jobs, 2 lease (ms), 3 max deliveries (0 for no limit), 4 dead-letter cap
--- Returns: {next_change_ms, id1, payload1, deliveries1, token1, id2, ...}; next_change_ms is
--- how long until a delayed job falls due or a lease expires (-1 for never)
-local now_ms = now_ms()
+-- with a fresh token naming the worker. First moves due delayed jobs to ready and
+-- takes back jobs whose lease expired (a job delivered max-deliveries times is
+-- dead-lettered instead: a poison pill that crashes or hangs its worker).
+-- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset,
+--       5..14 ready lists (priority 0..9), 15 dead list, 16 dead payloads hash,
+--       17 dead-dropped counter, 18 signal list
+-- ARGV: 1 max jobs, 2 lease (ms), 3 max deliveries (0 for no limit), 4 dead-letter cap,
+--       5 worker id
+-- Returns: {next_change_ms, id1, payload1, deliveries1, token1, id2, ...}; when no job
+-- was claimed, next_change_ms is how long until a delayed job falls due or a lease
+-- expires (-1 for never, and always -1 when jobs were claimed)
+local now = now_ms()
 local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
-local max_deliveries, dead_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_deliveries, dead_cap, worker = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
-local function meta(id)
-  local m = redis.call('HGET', KEYS[2], id)
-  if not m then return 5, 0 end
-  local p, d = string.match(m, '^(%d+):(%d+):')
-  return tonumber(p), tonumber(d)
-end
-
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms, 'LIMIT', 0, 1000)) do
-  redis.call('ZREM', KEYS[3], id)
-  local p = meta(id)
-  redis.call('RPUSH', KEYS[5 + p], id)
-end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now_ms, 'LIMIT', 0, 1000)) do
-  redis.call('ZREM', KEYS[4], id)
-  local p, d = meta(id)
-  if max_deliveries > 0 and d >= max_deliveries then
-    local payload = redis.call('HGET', KEYS[1], id) or ''
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    local reason = 'poison: delivered ' .. d .. ' times and never settled; it may crash or hang its worker'
-    bury(KEYS[15], KEYS[16], KEYS[17], id, payload, reason, now_ms, dead_cap)
-  else
-    redis.call('HSET', KEYS[2], id, p .. ':' .. d .. ':')
-    redis.call('LPUSH', KEYS[5 + p], id)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
+if #due > 0 then
+  each_chunk('ZREM', KEYS[3], due)
+  local metas = hmget(KEYS[2], due)
+  for i, id in ipairs(due) do
+    local p = parse_meta(metas[i], 5)
+    redis.call('RPUSH', KEYS[5 + p], id)
   end
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
+if #expired > 0 then
+  give_back(expired, hmget(KEYS[2], expired), 'lease expired', now, max_deliveries, dead_cap)
 end
 
 local out = {-1}
 local left = max
-for p = 9, 0, -1 do
-  if left <= 0 then break end
-  local ids = redis.call('LPOP', KEYS[5 + p], left)
-  if ids then
-    for _, id in ipairs(ids) do
-      local payload = redis.call('HGET', KEYS[1], id)
-      if payload then
-        local _, d = meta(id)
-        d = d + 1
-        local token = tostring(redis.call('HINCRBY', KEYS[2], '~seq', 1))
-        redis.call('HSET', KEYS[2], id, p .. ':' .. d .. ':' .. token)
-        redis.call('ZADD', KEYS[4], now_ms + lease, id)
-        table.insert(out, id)
-        table.insert(out, payload)
-        table.insert(out, d)
-        table.insert(out, token)
-        left = left - 1
-      end
+local seq = nil
+local n = 0
+local meta_args, lease_args = {}, {}
+local lists = {}
+for p = 9, 0, -1 do lists[#lists + 1] = KEYS[5 + p] end
+while left > 0 do
+  local popped = redis.call('LMPOP', 10, lists[1], lists[2], lists[3], lists[4], lists[5],
+    lists[6], lists[7], lists[8], lists[9], lists[10], 'LEFT', 'COUNT', left)
+  if not popped then break end
+  local key, ids = popped[1], popped[2]
+  local p = tonumber(string.match(key, ':(%d)$'))
+  local payloads = hmget(KEYS[1], ids)
+  local metas = hmget(KEYS[2], ids)
+  if not seq then seq = redis.call('HINCRBY', KEYS[2], '~seq', 1) end
+  for i, id in ipairs(ids) do
+    if payloads[i] then
+      local _, d = parse_meta(metas[i], p)
+      d = d + 1
+      n = n + 1
+      local token = seq .. '.' .. n .. '@' .. worker
+      meta_args[#meta_args + 1] = id
+      meta_args[#meta_args + 1] = p .. ':' .. d .. ':' .. token
+      lease_args[#lease_args + 1] = now + lease
+      lease_args[#lease_args + 1] = id
+      out[#out + 1] = id
+      out[#out + 1] = payloads[i]
+      out[#out + 1] = d
+      out[#out + 1] = token
     end
   end
+  left = left - #ids
+end
+if n > 0 then
+  each_chunk('HSET', KEYS[2], meta_args, 2)
+  each_chunk('ZADD', KEYS[4], lease_args, 2)
+  -- More may be ready: pass the wake-up on to another blocked claimer.
+  if left <= 0 then signal(KEYS[18]) end
+  return out
 end
 
 local next_change = -1
 for _, key in ipairs({KEYS[3], KEYS[4]}) do
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if first[2] then
-    local wait = math.max(0, tonumber(first[2]) - now_ms)
+    local wait = math.max(0, tonumber(first[2]) - now)
     if next_change < 0 or wait < next_change then next_change = wait end
   end
 end

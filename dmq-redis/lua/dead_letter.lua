@@ -4,7 +4,7 @@
 -- ARGV: 1 id, 2 token, 3 reason, 4 cap
 -- Returns: 1 when dead-lettered, 0 when the lease is no longer the caller's (nothing changed)
 -- A dead-list entry is "<Unix ms>|<id>|<reason>"; its payload is in the dead payloads hash.
-if not holds(KEYS[2], KEYS[3], ARGV[1], ARGV[2]) then return 0 end
+if not holds(KEYS[2], ARGV[1], ARGV[2]) then return 0 end
 local payload = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])

@@ -1,31 +1,51 @@
--- Adds jobs to one queue, atomically: all of them, or none when an id is already there.
--- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 signal list, 5..14 ready lists (priority 0..9)
--- ARGV: 1 job count n, then per job: id, priority (0-9), due (Unix ms, 0 for now), payload
--- Returns: {"ok"}, or {"duplicate", id} when an id is already queued or repeated (nothing added)
-local now_ms = now_ms()
+-- Adds jobs to one or more queues, atomically: all of them, or none when an id is
+-- already queued (ready, delayed or in flight) or repeated in the batch.
+-- KEYS: per queue, 14 keys: payloads hash, meta hash, delayed zset, signal list,
+--       ready lists (priority 0..9); queue i's keys start at KEYS[i * 14 + 1]
+-- ARGV: 1 job count n, then per job: queue index (from 0), id, priority (0-9),
+--       due (Unix ms, 0 for now), payload
+-- Returns: {"ok"}, or {"duplicate", id, queue index} (nothing added)
 local n = tonumber(ARGV[1])
-local seen = {}
+local added = {}
 for i = 0, n - 1 do
-  local id = ARGV[2 + i * 4]
-  if seen[id] or redis.call('HEXISTS', KEYS[1], id) == 1 then
-    return {'duplicate', id}
+  local b = 2 + i * 5
+  local payloads = KEYS[tonumber(ARGV[b]) * 14 + 1]
+  if redis.call('HSETNX', payloads, ARGV[b + 1], ARGV[b + 4]) == 0 then
+    for _, a in ipairs(added) do redis.call('HDEL', a[1], a[2]) end
+    return {'duplicate', ARGV[b + 1], ARGV[b]}
   end
-  seen[id] = true
+  added[#added + 1] = {payloads, ARGV[b + 1]}
 end
+local now = nil
+local ready = {}
+local order = {}
 for i = 0, n - 1 do
-  local base = 2 + i * 4
-  local id, priority, due, payload = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), ARGV[base + 3]
-  redis.call('HSET', KEYS[1], id, payload)
-  redis.call('HSET', KEYS[2], id, priority .. ':0:')
-  if due > now_ms then
-    redis.call('ZADD', KEYS[3], due, id)
+  local b = 2 + i * 5
+  local base = tonumber(ARGV[b]) * 14
+  local id, priority, due = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  if due > 0 and not now then now = now_ms() end
+  if due > 0 and due > now then
+    redis.call('HSET', KEYS[base + 2], id, priority .. ':0:')
+    redis.call('ZADD', KEYS[base + 3], due, id)
+    signal(KEYS[base + 4])
   else
-    redis.call('RPUSH', KEYS[5 + priority], id)
+    local key = base + 5 + priority
+    if not ready[key] then ready[key] = {}; order[#order + 1] = key end
+    local ids = ready[key]
+    ids[#ids + 1] = id
   end
 end
--- One wake-up per job for blocked claimers; capped, since claimers also look on their own.
-for i = 1, math.min(n, 64) do
-  redis.call('LPUSH', KEYS[4], '1')
+for _, key in ipairs(order) do
+  local ids = ready[key]
+  local len = 0
+  for i = 1, #ids, 4000 do
+    len = redis.call('RPUSH', KEYS[key], unpack(ids, i, math.min(i + 3999, #ids)))
+  end
+  -- A list that was empty may have claimers blocked on it; one that was not has
+  -- claimers busy with it.
+  if len == #ids then
+    local base = key - 5 - ((key - 5) % 14)
+    signal(KEYS[base + 4])
+  end
 end
-redis.call('LTRIM', KEYS[4], 0, 255)
 return {'ok'}

@@ -1,16 +1,15 @@
--- Puts a leased job back with a new payload, due at an eta, if the caller's token still
--- holds the lease. Its delivery count starts again.
--- Wakes a blocked claimer, which then times its wait to the new eta.
+-- Puts a leased job back with a new payload, due at an eta, if the caller's token
+-- still holds the lease. Its delivery count starts again. Wakes a blocked claimer,
+-- which then times its wait to the new eta.
 -- KEYS: 1 payloads hash, 2 meta hash, 3 in-flight zset, 4 delayed zset, 5 signal list
 -- ARGV: 1 id, 2 token, 3 new payload, 4 eta (Unix ms)
 -- Returns: 1 when done, 0 when the lease is no longer the caller's (nothing changed)
-local m = holds(KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+local m = holds(KEYS[2], ARGV[1], ARGV[2])
 if not m then return 0 end
-local p = string.match(m, '^(%d+):')
+local p = parse_meta(m, 5)
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], p .. ':0:')
 redis.call('ZADD', KEYS[4], tonumber(ARGV[4]), ARGV[1])
-redis.call('LPUSH', KEYS[5], '1')
-redis.call('LTRIM', KEYS[5], 0, 255)
+signal(KEYS[5])
 return 1

@@ -1,8 +1,10 @@
 //! The Redis result backend.
 //!
-//! An outcome lives under [`Keys::result`] with a TTL. Storing it and announcing its
-//! task id on [`Keys::results_channel`] happen in one `MULTI`/`EXEC`, so a waiter
-//! that saw no result is always told when one arrives.
+//! An outcome lives under [`Keys::result`] with a TTL. Outcomes are written in
+//! batches (whatever was stored while the previous batch was on its way), one round
+//! trip each: a `SET` per outcome, then one `PUBLISH` on [`Keys::results_channel`]
+//! naming every task id of the batch, so a waiter that saw no result is always told
+//! when one arrives, and finds it stored.
 //!
 //! Waiting never polls Redis. Each backend has at most one subscriber task, started
 //! by the first `wait`, holding one pub/sub connection however many callers wait;
@@ -23,7 +25,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::error::redis_error;
+use crate::batch::Batcher;
+use crate::error::{copy_error, redis_error};
 use crate::keys::{DEFAULT_NAMESPACE, Keys};
 
 /// How long connecting and subscribing the pub/sub connection may take.
@@ -76,6 +79,9 @@ struct Inner {
     /// carry a password.
     addr: String,
     hub: Arc<Hub>,
+    /// Writes results in batches: each batch is one round trip, its `SET`s followed
+    /// by one `PUBLISH` naming every task in it.
+    writer: Batcher<StoredResult>,
     /// The subscriber task, once a wait has started it.
     subscriber: Mutex<Option<AbortHandle>>,
 }
@@ -143,6 +149,7 @@ impl RedisBackend {
             })?;
         let keys = Keys::new(namespace);
         let (link, _) = watch::channel(Link::Connecting);
+        let writer = result_writer(conn.clone(), keys.results_channel(), addr.clone());
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 client,
@@ -150,6 +157,7 @@ impl RedisBackend {
                 channel: keys.results_channel(),
                 keys,
                 addr,
+                writer,
                 hub: Arc::new(Hub { waiters: Mutex::default(), link }),
                 subscriber: Mutex::new(None),
             }),
@@ -214,22 +222,8 @@ impl ResultBackend for RedisBackend {
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
         let value = rmp_serde::to_vec_named(outcome)
             .map_err(|e| Error::Encode { what: "a task outcome", reason: e.to_string() })?;
-        let mut conn = self.inner.conn.clone();
-        redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(self.inner.keys.result(id))
-            .arg(value)
-            .arg("PX")
-            .arg(ttl_millis(ttl))
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(&self.inner.channel)
-            .arg(id.to_string())
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.fail(&format!("could not store the result of task {id} in"), e))
+        let key = self.inner.keys.result(id);
+        self.inner.writer.submit(StoredResult { id, key, value, ttl_ms: ttl_millis(ttl) }).await
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {
@@ -467,18 +461,71 @@ impl Subscriber {
         }
     }
 
+    /// Wakes the waiters of every task id in `message` (ids separated by commas).
     fn announce(&self, message: &redis::Msg) {
-        let id = std::str::from_utf8(message.get_payload_bytes())
-            .ok()
-            .and_then(|text| text.parse::<TaskId>().ok());
-        match id {
-            Some(id) => self.hub.wake(id),
-            None => tracing::debug!(
-                channel = %self.channel,
-                "ignored a message that is not a task id"
-            ),
+        let Ok(text) = std::str::from_utf8(message.get_payload_bytes()) else {
+            tracing::debug!(channel = %self.channel, "ignored a message that is not text");
+            return;
+        };
+        for part in text.split(',') {
+            match part.parse::<TaskId>() {
+                Ok(id) => self.hub.wake(id),
+                Err(_) => tracing::debug!(
+                    channel = %self.channel,
+                    "ignored a message part that is not a task id"
+                ),
+            }
         }
     }
+}
+
+/// A result on its way to Redis.
+struct StoredResult {
+    id: TaskId,
+    key: String,
+    value: Vec<u8>,
+    ttl_ms: u64,
+}
+
+/// The most results written in one round trip.
+const MAX_RESULT_BATCH: usize = 512;
+
+/// Starts the task that writes results in batches: one pipeline of `SET ... PX` per
+/// result, then one `PUBLISH` of the batch's task ids, so a waiter told of its id
+/// finds the result stored.
+fn result_writer(conn: ConnectionManager, channel: String, addr: String) -> Batcher<StoredResult> {
+    Batcher::spawn(MAX_RESULT_BATCH, move |batch: Vec<StoredResult>| {
+        let mut conn = conn.clone();
+        let channel = channel.clone();
+        let addr = addr.clone();
+        async move {
+            let mut pipe = redis::pipe();
+            let mut ids = String::with_capacity(batch.len() * 37);
+            for result in &batch {
+                pipe.cmd("SET")
+                    .arg(&result.key)
+                    .arg(&result.value)
+                    .arg("PX")
+                    .arg(result.ttl_ms)
+                    .ignore();
+                if !ids.is_empty() {
+                    ids.push(',');
+                }
+                ids.push_str(&result.id.to_string());
+            }
+            pipe.cmd("PUBLISH").arg(&channel).arg(ids).ignore();
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+                Err(e) => {
+                    let e = redis_error(
+                        &format!("could not store {} task results in redis at {addr}", batch.len()),
+                        e,
+                    );
+                    batch.iter().map(|_| Err(copy_error(&e))).collect()
+                }
+            }
+        }
+    })
 }
 
 /// The pause before reconnection attempt `failures + 1`: doubling from

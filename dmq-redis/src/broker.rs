@@ -6,12 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use dmq_core::{Broker, DeadLetter, Delivery, Error, Job, Lease, QueueStats, Result, TaskId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, ScriptInvocation, Value};
+use dmq_core::{
+    Broker, DeadLetter, Delivery, Error, Job, Lease, QueueStats, Result, TaskId, WorkerInfo,
+    WorkerStatus,
+};
+use redis::aio::MultiplexedConnection;
+use redis::{Client, ScriptInvocation, Value};
 use tokio::time::Instant;
 
-use crate::error::{redact, redis_error};
+use crate::batch::Batcher;
+use crate::conn::{Conn, Shared, Source};
+use crate::error::{copy_error, redact, redis_error};
 use crate::keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};
 use crate::scripts::Scripts;
 
@@ -26,7 +31,10 @@ pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 const UNBLOCK_GRACE: Duration = Duration::from_millis(50);
 
 /// The most jobs one claim takes.
-const MAX_CLAIM: usize = 10_000;
+const MAX_CLAIM: usize = 1_000;
+
+/// How long the reaper lock holds if its holder dies mid-reap.
+const REAPER_LOCK: Duration = Duration::from_secs(30);
 
 /// Idle blocking connections kept for reuse.
 const SPARE_BLOCKING_CONNECTIONS: usize = 8;
@@ -51,13 +59,17 @@ const SPARE_BLOCKING_CONNECTIONS: usize = 8;
 /// # Ok(()) }
 /// ```
 pub struct RedisBroker {
-    client: Client,
     url: String,
-    /// Shared by every ordinary command; reconnects with backoff after Redis restarts.
-    conn: ConnectionManager,
+    source: Source,
+    /// Shared by every ordinary command.
+    shared: Shared,
     keys: Keys,
     scripts: Arc<Scripts>,
     blocking: Mutex<Vec<BlockingConnection>>,
+    /// Acknowledgements on their way, sent a batch per queue per round trip.
+    acks: Batcher<Lease>,
+    /// This broker's name when it holds the reaper lock.
+    reaper_id: String,
     dead_letter_cap: usize,
     max_deliveries: u32,
 }
@@ -69,7 +81,7 @@ impl fmt::Debug for RedisBroker {
             .field("namespace", &self.keys.namespace())
             .field("dead_letter_cap", &self.dead_letter_cap)
             .field("max_deliveries", &self.max_deliveries)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,22 +109,55 @@ impl RedisBroker {
                 "{shown} is not a Redis URL ({e}); use redis://host:port/db or rediss://..."
             ))
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(5))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        Self::from_source(Source::Client(client), shown, namespace).await
+    }
+
+    /// A broker on the connections of a deadpool-redis pool the application already
+    /// has, keeping every key under `namespace`.
+    ///
+    /// Ordinary commands share one connection taken from the pool (replaced by another
+    /// from the pool if it fails), since a checkout per command would cost a round trip
+    /// each; every blocking wait for work takes a connection of its own from the pool.
+    /// Connections taken are not returned, and the pool may open new ones in their place.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> dmq_core::Result<()> {
+    /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
+    ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+    ///     .expect("a valid pool configuration");
+    /// let broker = dmq_redis::RedisBroker::from_pool(pool, "dmq").await?;
+    /// # let _ = broker;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when no connection can be had from the pool.
+    pub async fn from_pool(pool: deadpool_redis::Pool, namespace: &str) -> Result<Self> {
+        Self::from_source(Source::Pool(pool), "a deadpool-redis pool".to_owned(), namespace).await
+    }
+
+    async fn from_source(source: Source, shown: String, namespace: &str) -> Result<Self> {
+        let shared = Shared::connect(&source)
             .await
             .map_err(|e| redis_error(&format!("connecting to redis at {shown}"), e))?;
+        let keys = Keys::new(namespace);
+        let scripts = Arc::new(Scripts::new());
+        let acks = ack_writer(
+            shared.get().await.map_err(|e| redis_error(&shown, e))?,
+            keys.clone(),
+            Arc::clone(&scripts),
+            shown.clone(),
+        );
         Ok(RedisBroker {
-            client,
             url: shown,
-            conn,
-            keys: Keys::new(namespace),
-            scripts: Arc::new(Scripts::new()),
+            source,
+            shared,
+            keys,
+            scripts,
             blocking: Mutex::new(Vec::new()),
+            acks,
+            reaper_id: uuid::Uuid::new_v4().to_string(),
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
         })
@@ -141,7 +186,34 @@ impl RedisBroker {
         &self.keys
     }
 
+    /// The lease a worker holds on job `id` of `queue` right now, if any: what its
+    /// settling calls must present. For tools and tests that act for a worker.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached.
+    pub async fn lease_of(&self, queue: &str, id: TaskId) -> Result<Option<Lease>> {
+        let mut conn = self.conn().await?;
+        let meta: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.queue(queue).meta())
+            .arg(id.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err("reading a lease", e))?;
+        let token = meta.and_then(|m| m.splitn(3, ':').nth(2).map(str::to_owned));
+        Ok(token.filter(|t| !t.is_empty()).map(|token| Lease {
+            id,
+            queue: queue.to_owned(),
+            token,
+        }))
+    }
+
+    async fn conn(&self) -> Result<Conn> {
+        self.shared.get().await.map_err(|e| self.err("connecting", e))
+    }
+
     fn err(&self, what: &str, e: redis::RedisError) -> Error {
+        self.shared.failed(&e);
         redis_error(&format!("{what} on redis at {}", self.url), e)
     }
 
@@ -150,7 +222,7 @@ impl RedisBroker {
         what: &str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         invocation.invoke_async(&mut conn).await.map_err(|e| self.err(what, e))
     }
 
@@ -167,47 +239,23 @@ impl RedisBroker {
         }
     }
 
-    async fn enqueue_one_queue(&self, queue: &str, jobs: &[Job]) -> Result<()> {
-        let keys = self.keys.queue(queue);
-        let mut invocation = self.scripts.enqueue.prepare_invoke();
-        invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed()).key(keys.signal());
-        add_ready_keys(&mut invocation, &keys);
-        invocation.arg(jobs.len());
-        for job in jobs {
-            let due = job.eta.map_or(0, |eta| eta.timestamp_millis().max(1));
-            invocation.arg(job.id.to_string()).arg(job.priority.min(9)).arg(due).arg(&job.payload);
-        }
-        let reply: Vec<String> = self.run("enqueueing", &invocation).await?;
-        match reply.as_slice() {
-            [ok] if ok == "ok" => Ok(()),
-            [dup, id] if dup == "duplicate" => Err(Error::DuplicateJob {
-                id: id.parse().unwrap_or_default(),
-                queue: queue.to_owned(),
-            }),
-            other => Err(Error::Backend {
-                message: format!("unexpected reply from the enqueue script: {other:?}"),
-                transient: false,
-            }),
-        }
-    }
-
     /// Claims from one queue; returns the jobs and how long until the next change.
     async fn claim_queue(
         &self,
+        worker: &str,
         queue: &str,
         max: usize,
         lease: Duration,
     ) -> Result<(Vec<Delivery>, Option<Duration>)> {
         let keys = self.keys.queue(queue);
         let mut invocation = self.scripts.claim.prepare_invoke();
-        invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed()).key(keys.in_flight());
-        add_ready_keys(&mut invocation, &keys);
-        invocation.key(keys.dead()).key(keys.dead_payloads()).key(keys.dead_dropped());
+        add_lease_keys(&mut invocation, &keys);
         invocation
             .arg(max)
             .arg(millis(lease).max(1))
             .arg(self.max_deliveries)
-            .arg(self.dead_letter_cap);
+            .arg(self.dead_letter_cap)
+            .arg(worker);
         let reply: Vec<Value> = self.run("claiming jobs", &invocation).await?;
         parse_claim(queue, reply).ok_or_else(|| Error::Backend {
             message: "unexpected reply from the claim script".to_owned(),
@@ -220,11 +268,9 @@ impl RedisBroker {
         if let Some(conn) = spare {
             return Ok(conn);
         }
-        // No response timeout: the blocking command's own timeout bounds the wait.
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
         let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+            .source
+            .open_unbounded()
             .await
             .map_err(|e| self.err("opening a connection for blocking waits", e))?;
         let client_id: i64 = redis::cmd("CLIENT")
@@ -256,7 +302,7 @@ impl RedisBroker {
             tokio::select! {
             popped = &mut pop => popped,
             () = tokio::time::sleep(timeout) => {
-                let mut conn = self.conn.clone();
+                let mut conn = self.conn().await?;
                 let unblocked: redis::RedisResult<i64> =
                     redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async(&mut conn).await;
                 match unblocked {
@@ -279,6 +325,24 @@ impl RedisBroker {
         }
         Ok(())
     }
+
+    /// Runs the reap script on one queue.
+    async fn reap_queue(&self, queue: &str, dead: &[String]) -> Result<u64> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.reap.prepare_invoke();
+        add_lease_keys(&mut invocation, &keys);
+        invocation.arg(self.max_deliveries).arg(self.dead_letter_cap);
+        for worker in dead {
+            invocation.arg(worker);
+        }
+        self.run("reaping a queue", &invocation).await
+    }
+
+    fn registry_invocation<'a>(&self, script: &'a redis::Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.keys.workers()).key(self.keys.workers_info());
+        invocation
+    }
 }
 
 /// A connection of its own for blocking waits, and its Redis client id (for
@@ -286,6 +350,74 @@ impl RedisBroker {
 struct BlockingConnection {
     conn: MultiplexedConnection,
     client_id: i64,
+}
+
+/// The most acknowledgements sent in one batch.
+const MAX_ACK_BATCH: usize = 512;
+
+/// Starts the task that sends acknowledgements in batches: one ack script per queue
+/// per batch, the queues' scripts pipelined in one round trip.
+fn ack_writer(conn: Conn, keys: Keys, scripts: Arc<Scripts>, url: String) -> Batcher<Lease> {
+    Batcher::spawn(MAX_ACK_BATCH, move |leases: Vec<Lease>| {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        let scripts = Arc::clone(&scripts);
+        let url = url.clone();
+        async move {
+            let mut queues: Vec<&str> = Vec::new();
+            for lease in &leases {
+                if !queues.contains(&lease.queue.as_str()) {
+                    queues.push(&lease.queue);
+                }
+            }
+            let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
+            for queue in queues {
+                let q = keys.queue(queue);
+                let mut invocation = scripts.ack.prepare_invoke();
+                invocation.key(q.payloads()).key(q.meta()).key(q.in_flight());
+                let mut positions = Vec::new();
+                for (i, lease) in leases.iter().enumerate().filter(|(_, l)| l.queue == queue) {
+                    invocation.arg(lease.id.to_string()).arg(&lease.token);
+                    positions.push(i);
+                }
+                match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+                    Ok(acked) => {
+                        for (n, i) in positions.into_iter().enumerate() {
+                            results[i] = Some(match acked.get(n) {
+                                Some(1) => Ok(()),
+                                _ => Err(Error::LeaseLost { id: leases[i].id }),
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        let e = redis_error(&format!("acknowledging jobs on redis at {url}"), e);
+                        for i in positions {
+                            results[i] = Some(Err(copy_error(&e)));
+                        }
+                    }
+                }
+            }
+            results
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(Error::Backend {
+                            message: "an acknowledgement was left out of its batch".to_owned(),
+                            transient: false,
+                        })
+                    })
+                })
+                .collect()
+        }
+    })
+}
+
+/// The KEYS of the claim and reap scripts.
+fn add_lease_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
+    invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed()).key(keys.in_flight());
+    add_ready_keys(invocation, keys);
+    invocation.key(keys.dead()).key(keys.dead_payloads()).key(keys.dead_dropped());
+    invocation.key(keys.signal());
 }
 
 fn add_ready_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
@@ -298,6 +430,41 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A worker's description as the registry keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredWorker {
+    hostname: String,
+    pid: u32,
+    queues: Vec<String>,
+    concurrency: usize,
+    started_at_ms: i64,
+}
+
+fn encode_worker(info: &WorkerInfo) -> Result<Vec<u8>> {
+    let stored = StoredWorker {
+        hostname: info.hostname.clone(),
+        pid: info.pid,
+        queues: info.queues.clone(),
+        concurrency: info.concurrency,
+        started_at_ms: info.started_at.timestamp_millis(),
+    };
+    rmp_serde::to_vec_named(&stored)
+        .map_err(|e| Error::Encode { what: "a worker description", reason: e.to_string() })
+}
+
+/// The description stored for worker `id`; `None` when it does not decode.
+fn decode_worker(id: &str, bytes: &[u8]) -> Option<WorkerInfo> {
+    let stored: StoredWorker = rmp_serde::from_slice(bytes).ok()?;
+    Some(WorkerInfo::new(
+        id,
+        stored.hostname,
+        stored.pid,
+        stored.queues,
+        stored.concurrency,
+        DateTime::from_timestamp_millis(stored.started_at_ms).unwrap_or_default(),
+    ))
+}
+
 fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<Duration>)> {
     let mut items = reply.into_iter();
     let next_change = match items.next()? {
@@ -305,7 +472,7 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<
         Value::Int(_) => None,
         _ => return None,
     };
-    let mut deliveries = Vec::new();
+    let mut deliveries = Vec::with_capacity(items.len() / 4);
     loop {
         let Some(id) = items.next() else { break };
         let (
@@ -317,7 +484,7 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<
         else {
             return None;
         };
-        let id: TaskId = String::from_utf8(id).ok()?.parse().ok()?;
+        let id: TaskId = std::str::from_utf8(&id).ok()?.parse().ok()?;
         let token = String::from_utf8(token).ok()?;
         let lease = Lease { id, queue: queue.to_owned(), token };
         deliveries.push(Delivery::new(lease, payload, u32::try_from(count).unwrap_or(u32::MAX)));
@@ -328,45 +495,62 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<
 #[async_trait]
 impl Broker for RedisBroker {
     async fn enqueue(&self, job: Job) -> Result<()> {
-        let queue = job.queue.clone();
-        self.enqueue_one_queue(&queue, std::slice::from_ref(&job)).await
+        self.enqueue_batch(vec![job]).await
     }
 
+    /// One script adds the whole batch, across all its queues, so it is atomic on one
+    /// Redis. (On Redis Cluster a script may touch one slot only: batch per queue.)
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()> {
-        let mut by_queue: Vec<(String, Vec<Job>)> = Vec::new();
-        for job in jobs {
-            match by_queue.iter_mut().find(|(q, _)| *q == job.queue) {
-                Some((_, group)) => group.push(job),
-                None => by_queue.push((job.queue.clone(), vec![job])),
-            }
+        if jobs.is_empty() {
+            return Ok(());
         }
-        // One script per queue adds that queue's jobs all or none. Across queues, every
-        // id is checked first, so a duplicate anywhere adds nothing anywhere; only a
-        // connection lost between two queues' scripts can leave a batch half added.
-        if by_queue.len() > 1 {
-            let mut pipe = redis::pipe();
-            for (queue, group) in &by_queue {
-                let payloads = self.keys.queue(queue).payloads();
-                for job in group {
-                    pipe.hexists(&payloads, job.id.to_string());
+        let mut queues: Vec<&str> = Vec::new();
+        let mut invocation = self.scripts.enqueue.prepare_invoke();
+        invocation.arg(jobs.len());
+        for job in &jobs {
+            let index = match queues.iter().position(|q| *q == job.queue) {
+                Some(index) => index,
+                None => {
+                    let keys = self.keys.queue(&job.queue);
+                    invocation
+                        .key(keys.payloads())
+                        .key(keys.meta())
+                        .key(keys.delayed())
+                        .key(keys.signal());
+                    add_ready_keys(&mut invocation, &keys);
+                    queues.push(&job.queue);
+                    queues.len() - 1
                 }
-            }
-            let mut conn = self.conn.clone();
-            let known: Vec<bool> =
-                pipe.query_async(&mut conn).await.map_err(|e| self.err("enqueueing", e))?;
-            let jobs = by_queue.iter().flat_map(|(q, group)| group.iter().map(move |j| (q, j)));
-            if let Some(((queue, job), _)) = jobs.zip(known).find(|(_, known)| *known) {
-                return Err(Error::DuplicateJob { id: job.id, queue: queue.clone() });
-            }
+            };
+            let due = job.eta.map_or(0, |eta| eta.timestamp_millis().max(1));
+            invocation
+                .arg(index)
+                .arg(job.id.to_string())
+                .arg(job.priority.min(dmq_core::MAX_PRIORITY))
+                .arg(due)
+                .arg(&job.payload);
         }
-        for (queue, group) in &by_queue {
-            self.enqueue_one_queue(queue, group).await?;
+        let reply: Vec<String> = self.run("enqueueing", &invocation).await?;
+        match reply.as_slice() {
+            [ok] if ok == "ok" => Ok(()),
+            [dup, id, index] if dup == "duplicate" => Err(Error::DuplicateJob {
+                id: id.parse().unwrap_or_default(),
+                queue: index
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| queues.get(i))
+                    .map_or_else(String::new, |q| (*q).to_owned()),
+            }),
+            other => Err(Error::Backend {
+                message: format!("unexpected reply from the enqueue script: {other:?}"),
+                transient: false,
+            }),
         }
-        Ok(())
     }
 
     async fn claim(
         &self,
+        worker: &str,
         queues: &[String],
         max: usize,
         lease: Duration,
@@ -387,7 +571,7 @@ impl Broker for RedisBroker {
                     break;
                 }
                 let (mut got, change) =
-                    match self.claim_queue(queue, max - claimed.len(), lease).await {
+                    match self.claim_queue(worker, queue, max - claimed.len(), lease).await {
                         Ok(found) => found,
                         // Jobs already leased from another queue are handed out, not stranded
                         // until their lease runs out; the error shows again on the next claim.
@@ -418,12 +602,10 @@ impl Broker for RedisBroker {
         }
     }
 
+    /// Acknowledgements made while an earlier batch is on its way go together in the
+    /// next one: one script per queue per round trip.
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        let keys = self.keys.queue(&lease.queue);
-        let mut invocation = self.scripts.ack.prepare_invoke();
-        invocation.key(keys.payloads()).key(keys.meta()).key(keys.in_flight());
-        invocation.arg(lease.id.to_string()).arg(&lease.token);
-        self.settle("acknowledging a job", lease, &invocation).await
+        self.acks.submit(lease.clone()).await
     }
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
@@ -478,6 +660,78 @@ impl Broker for RedisBroker {
         self.settle("renewing a lease", lease, &invocation).await
     }
 
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<()> {
+        let mut invocation = self.registry_invocation(&self.scripts.heartbeat);
+        invocation.arg(&worker.id).arg(millis(ttl).max(1)).arg(encode_worker(worker)?);
+        self.run::<i64>("recording a heartbeat", &invocation).await.map(|_| ())
+    }
+
+    async fn deregister(&self, worker: &str) -> Result<()> {
+        let mut invocation = self.registry_invocation(&self.scripts.deregister);
+        invocation.arg(worker);
+        self.run::<i64>("deregistering a worker", &invocation).await.map(|_| ())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerStatus>> {
+        let invocation = self.registry_invocation(&self.scripts.workers);
+        let reply: Vec<(String, i64, Vec<u8>)> = self.run("listing workers", &invocation).await?;
+        Ok(reply
+            .into_iter()
+            .filter_map(|(id, until, info)| {
+                let until = DateTime::from_timestamp_millis(until)?;
+                Some(WorkerStatus::new(decode_worker(&id, &info)?, until))
+            })
+            .collect())
+    }
+
+    async fn reap(&self, queues: &[String]) -> Result<u64> {
+        let mut begin = self.scripts.reap_begin.prepare_invoke();
+        begin.key(self.keys.reaper_lock()).key(self.keys.workers()).key(self.keys.workers_info());
+        begin.arg(&self.reaper_id).arg(millis(REAPER_LOCK));
+        let Some(dead) =
+            self.run::<Option<Vec<(String, Vec<u8>)>>>("starting a reap", &begin).await?
+        else {
+            return Ok(0);
+        };
+        let mut all_queues: Vec<String> = queues.to_vec();
+        let mut dead_ids = Vec::with_capacity(dead.len());
+        for (id, info) in &dead {
+            if let Some(info) = decode_worker(id, info) {
+                for queue in info.queues {
+                    if !all_queues.contains(&queue) {
+                        all_queues.push(queue);
+                    }
+                }
+            }
+            dead_ids.push(id.clone());
+        }
+        let mut moved = 0;
+        let mut failed = None;
+        for queue in &all_queues {
+            match self.reap_queue(queue, &dead_ids).await {
+                Ok(n) => moved += n,
+                Err(e) => failed = Some(e),
+            }
+        }
+        let mut end = self.scripts.reap_end.prepare_invoke();
+        end.key(self.keys.reaper_lock()).key(self.keys.workers()).key(self.keys.workers_info());
+        end.arg(&self.reaper_id);
+        // A dead worker is forgotten only once all of its queues were reaped.
+        if failed.is_none() {
+            for id in &dead_ids {
+                end.arg(id);
+            }
+        }
+        self.run::<i64>("ending a reap", &end).await?;
+        if !dead_ids.is_empty() && failed.is_none() {
+            tracing::warn!(workers = ?dead_ids, moved, "took back the jobs of workers that stopped heartbeating");
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
+    }
+
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let keys = self.keys.queue(queue);
         let mut pipe = redis::pipe();
@@ -488,7 +742,7 @@ impl Broker for RedisBroker {
             .zcard(keys.in_flight())
             .llen(keys.dead())
             .get(keys.dead_dropped());
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let counts: Vec<Option<u64>> =
             pipe.query_async(&mut conn).await.map_err(|e| self.err("reading queue sizes", e))?;
         let at = |i: usize| counts.get(i).copied().flatten().unwrap_or(0);
@@ -511,7 +765,7 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let keys = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let last = isize::try_from(offset.saturating_add(limit) - 1).unwrap_or(isize::MAX);
         let start = isize::try_from(offset).unwrap_or(isize::MAX);
         let entries: Vec<String> = redis::cmd("LRANGE")

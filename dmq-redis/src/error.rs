@@ -41,6 +41,16 @@ pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
     Error::Backend { message: format!("{context}: {advice} ({e})"), transient }
 }
 
+/// A copy of `e` for each caller of a batch that failed as a whole.
+pub(crate) fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Backend { message, transient } => {
+            Error::Backend { message: message.clone(), transient: *transient }
+        }
+        other => Error::Backend { message: other.to_string(), transient: other.is_transient() },
+    }
+}
+
 /// `url` with any password replaced by `***`, for logs and messages.
 pub(crate) fn redact(url: &str) -> String {
     match url.split_once("://") {

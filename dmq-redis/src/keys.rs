@@ -33,6 +33,25 @@ impl Keys {
         QueueKeys { prefix: format!("{{{}:{}}}", self.namespace, queue) }
     }
 
+    /// The sorted set of registered workers, each scored by when its heartbeat lapses
+    /// (Unix ms). The registry keys share the hash tag `{<namespace>}`.
+    #[must_use]
+    pub fn workers(&self) -> String {
+        format!("{{{}}}:workers", self.namespace)
+    }
+
+    /// The hash of worker id to its encoded description.
+    #[must_use]
+    pub fn workers_info(&self) -> String {
+        format!("{{{}}}:workers:info", self.namespace)
+    }
+
+    /// The lock one reaper at a time holds.
+    #[must_use]
+    pub fn reaper_lock(&self) -> String {
+        format!("{{{}}}:reaper", self.namespace)
+    }
+
     /// Where the result of task `id` is stored.
     #[must_use]
     pub fn result(&self, id: TaskId) -> String {
@@ -50,7 +69,12 @@ impl Keys {
     #[must_use]
     pub fn patterns(&self) -> Vec<String> {
         let ns = escape_glob(&self.namespace);
-        vec![format!("{{{ns}:*"), format!("{ns}:result:*"), format!("{ns}:results")]
+        vec![
+            format!("{{{ns}:*"),
+            format!("{{{ns}}}:*"),
+            format!("{ns}:result:*"),
+            format!("{ns}:results"),
+        ]
     }
 }
 
@@ -121,7 +145,8 @@ impl QueueKeys {
         format!("{}:dead:dropped", self.prefix)
     }
 
-    /// The list idle claimers block on; each enqueue pushes a wake-up.
+    /// The list idle claimers block on: holds at most one wake-up, pushed when jobs
+    /// arrive in an empty ready list, or a delayed job or retry is added.
     #[must_use]
     pub fn signal(&self) -> String {
         format!("{}:signal", self.prefix)
@@ -134,7 +159,7 @@ mod tests {
 
     #[test]
     fn clean_up_patterns_match_only_their_own_namespace() {
-        assert_eq!(Keys::new("q").patterns(), ["{q:*", "q:result:*", "q:results"]);
+        assert_eq!(Keys::new("q").patterns(), ["{q:*", "{q}:*", "q:result:*", "q:results"]);
         // "{dmq:emails}:jobs" must not match namespace "q" (or "mq").
         for pattern in Keys::new("mq").patterns() {
             assert!(!pattern.starts_with('*'), "{pattern}");

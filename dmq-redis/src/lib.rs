@@ -5,7 +5,9 @@
 //! keeps results with a TTL and wakes waiters through one subscription per process.
 
 mod backend;
+mod batch;
 mod broker;
+mod conn;
 mod error;
 mod keys;
 mod namespace;

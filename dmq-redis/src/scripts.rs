@@ -22,6 +22,12 @@ pub(crate) struct Scripts {
     pub(crate) release: Script,
     pub(crate) dead_letter: Script,
     pub(crate) renew: Script,
+    pub(crate) reap: Script,
+    pub(crate) reap_begin: Script,
+    pub(crate) reap_end: Script,
+    pub(crate) heartbeat: Script,
+    pub(crate) deregister: Script,
+    pub(crate) workers: Script,
 }
 
 impl Scripts {
@@ -34,6 +40,12 @@ impl Scripts {
             release: script!("release"),
             dead_letter: script!("dead_letter"),
             renew: script!("renew"),
+            reap: script!("reap"),
+            reap_begin: script!("reap_begin"),
+            reap_end: script!("reap_end"),
+            heartbeat: script!("heartbeat"),
+            deregister: script!("deregister"),
+            workers: script!("workers"),
         }
     }
 }

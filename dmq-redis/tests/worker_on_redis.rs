@@ -136,3 +136,34 @@ async fn a_delayed_job_starts_at_its_eta_on_an_idle_worker_not_before() {
     worker.shutdown().await;
     common::remove_namespace(&namespace).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
+    let namespace = common::fresh_namespace();
+    let manager = manager(&namespace).await;
+    let worker = manager
+        .worker()
+        .concurrency(3)
+        .queues(["r-reg"])
+        .heartbeat(Duration::from_millis(100))
+        .start();
+    let deadline = std::time::Instant::now() + WAIT;
+    let listed = loop {
+        let listed = manager.broker().workers().await.expect("workers");
+        if !listed.is_empty() || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].info.queues, ["r-reg"]);
+    assert_eq!(listed[0].info.concurrency, 3);
+    assert_eq!(listed[0].info.pid, std::process::id());
+    let first_until = listed[0].alive_until;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = manager.broker().workers().await.expect("workers");
+    assert!(later[0].alive_until > first_until, "the heartbeat was not renewed");
+    worker.shutdown().await;
+    assert!(manager.broker().workers().await.expect("workers").is_empty());
+    common::remove_namespace(&namespace).await;
+}

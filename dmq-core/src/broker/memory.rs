@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Broker, DeadLetter, Delivery, Job, Lease, QueueStats};
+use super::{Broker, DeadLetter, Delivery, Job, Lease, QueueStats, WorkerInfo, WorkerStatus};
 use crate::envelope::MAX_PRIORITY;
 use crate::error::{Error, Result};
 use crate::task::TaskId;
@@ -33,6 +33,8 @@ pub struct InMemoryBroker {
 struct State {
     queues: HashMap<String, Queue>,
     next_seq: u64,
+    /// Registered workers and when their heartbeat lapses.
+    workers: HashMap<String, (WorkerInfo, Instant, DateTime<Utc>)>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,8 @@ struct InFlight {
     stored: Stored,
     token: String,
     deadline: Instant,
+    /// The worker holding the lease.
+    worker: String,
 }
 
 impl Default for InMemoryBroker {
@@ -194,6 +198,7 @@ impl State {
     /// Claims up to `max` jobs, or returns when the next one could be due.
     fn try_claim(
         &mut self,
+        worker: &str,
         queues: &[String],
         max: usize,
         lease: Duration,
@@ -217,7 +222,12 @@ impl State {
                 claimed.push(Delivery::new(lease_info, stored.payload.clone(), stored.deliveries));
                 queue.in_flight.insert(
                     stored.id,
-                    InFlight { stored, token, deadline: crate::clock::instant_after(now, lease) },
+                    InFlight {
+                        stored,
+                        token,
+                        deadline: crate::clock::instant_after(now, lease),
+                        worker: worker.to_owned(),
+                    },
                 );
             }
             if let Some(at) = queue.next_change() {
@@ -254,6 +264,7 @@ impl Broker for InMemoryBroker {
 
     async fn claim(
         &self,
+        worker: &str,
         queues: &[String],
         max: usize,
         lease: Duration,
@@ -270,7 +281,7 @@ impl Broker for InMemoryBroker {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (claimed, next_change) = self.lock().try_claim(queues, max, lease);
+            let (claimed, next_change) = self.lock().try_claim(worker, queues, max, lease);
             if !claimed.is_empty() {
                 return Ok(claimed);
             }
@@ -348,6 +359,66 @@ impl Broker for InMemoryBroker {
         Ok(())
     }
 
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<()> {
+        let until = crate::clock::deadline(ttl);
+        let until_utc =
+            Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        self.lock().workers.insert(worker.id.clone(), (worker.clone(), until, until_utc));
+        Ok(())
+    }
+
+    async fn deregister(&self, worker: &str) -> Result<()> {
+        self.lock().workers.remove(worker);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerStatus>> {
+        let now = Instant::now();
+        let state = self.lock();
+        Ok(state
+            .workers
+            .values()
+            .filter(|(_, until, _)| *until > now)
+            .map(|(info, _, until)| WorkerStatus::new(info.clone(), *until))
+            .collect())
+    }
+
+    async fn reap(&self, _queues: &[String]) -> Result<u64> {
+        let now = Instant::now();
+        let mut moved = 0;
+        {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let dead: HashSet<String> = state
+                .workers
+                .iter()
+                .filter(|(_, (_, until, _))| *until <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            state.workers.retain(|id, _| !dead.contains(id));
+            // One process holds every queue here, so every queue is reaped.
+            for queue in state.queues.values_mut() {
+                let lapsed: Vec<TaskId> = queue
+                    .in_flight
+                    .iter()
+                    .filter(|(_, held)| held.deadline <= now || dead.contains(&held.worker))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in lapsed {
+                    if let Some(held) = queue.in_flight.remove(&id) {
+                        let priority = usize::from(held.stored.priority.min(MAX_PRIORITY));
+                        queue.ready[priority].push_front(held.stored);
+                        moved += 1;
+                    }
+                }
+            }
+        }
+        if moved > 0 {
+            self.notify.notify_waiters();
+        }
+        Ok(moved)
+    }
+
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let mut state = self.lock();
         let Some(q) = state.queues.get_mut(queue) else {
@@ -388,7 +459,7 @@ mod tests {
         let queues = vec!["q".to_owned()];
         for i in 0..5u8 {
             broker.enqueue(Job::new(TaskId::new(), "q", 5, None, vec![i])).await.unwrap();
-            let got = broker.claim(&queues, 1, Duration::from_secs(30), Duration::ZERO).await;
+            let got = broker.claim("w", &queues, 1, Duration::from_secs(30), Duration::ZERO).await;
             broker.dead_letter(&got.unwrap()[0].lease, &format!("bad {i}")).await.unwrap();
         }
         let stats = broker.queue_stats("q").await.unwrap();

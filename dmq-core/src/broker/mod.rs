@@ -159,6 +159,67 @@ pub struct QueueStats {
     pub dead_dropped: u64,
 }
 
+/// A worker as it registers itself with the broker: who it is and what it does.
+///
+/// Workers heartbeat with this; [`Broker::workers`] lists the live ones, and a
+/// reaper returns the jobs of a worker that stopped heartbeating to their queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Unique per worker: `<host>-<pid>-<random>`. Leases the worker holds carry it.
+    pub id: String,
+    /// The machine's host name.
+    pub hostname: String,
+    /// The worker's process id.
+    pub pid: u32,
+    /// The queues it takes jobs from.
+    pub queues: Vec<String>,
+    /// How many jobs it runs at once.
+    pub concurrency: usize,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+}
+
+impl WorkerInfo {
+    /// A worker's description (for worker and broker implementations).
+    #[must_use]
+    pub fn new(
+        id: impl Into<String>,
+        hostname: impl Into<String>,
+        pid: u32,
+        queues: Vec<String>,
+        concurrency: usize,
+        started_at: DateTime<Utc>,
+    ) -> Self {
+        WorkerInfo {
+            id: id.into(),
+            hostname: hostname.into(),
+            pid,
+            queues,
+            concurrency,
+            started_at,
+        }
+    }
+}
+
+/// A registered worker and when its registration runs out unless it heartbeats again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// What the worker registered.
+    pub info: WorkerInfo,
+    /// When its last heartbeat lapses; after that the worker counts as dead.
+    pub alive_until: DateTime<Utc>,
+}
+
+impl WorkerStatus {
+    /// A worker's status (for broker implementations).
+    #[must_use]
+    pub fn new(info: WorkerInfo, alive_until: DateTime<Utc>) -> Self {
+        WorkerStatus { info, alive_until }
+    }
+}
+
 /// Where jobs wait and how workers take them.
 ///
 /// Delivery is at least once with fenced leases: [`claim`](Broker::claim) hands out a
@@ -188,9 +249,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()>;
 
     /// Claims up to `max` due jobs from `queues`, highest priority first, each under a
-    /// lease of `lease` with a fresh token. When none is due, waits up to `wait` for
-    /// one (woken by notification, not by polling) and returns an empty list if none
-    /// came.
+    /// lease of `lease` with a fresh token, held by `worker` (a [`WorkerInfo::id`]). When
+    /// none is due, waits up to `wait` for one (woken by notification, not by polling)
+    /// and returns an empty list if none came.
     ///
     /// # Errors
     ///
@@ -203,6 +264,7 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// lease expires).
     async fn claim(
         &self,
+        worker: &str,
         queues: &[String],
         max: usize,
         lease: Duration,
@@ -245,6 +307,39 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale: the
     /// worker should stop treating the job as its own.
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<()>;
+
+    /// Records that `worker` is alive until `ttl` from now, with what it does. A worker
+    /// heartbeats well within its `ttl`; once its registration lapses,
+    /// [`reap`](Broker::reap) returns the jobs it holds to their queues.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<()>;
+
+    /// Removes a worker from the registry, as on a graceful stop.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn deregister(&self, worker: &str) -> Result<()>;
+
+    /// The registered workers whose heartbeat has not lapsed.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn workers(&self) -> Result<Vec<WorkerStatus>>;
+
+    /// Returns to ready the jobs in `queues` (and in the queues of dead workers) whose
+    /// lease expired or whose worker's heartbeat lapsed, and dead-letters a job
+    /// delivered more often than the broker allows. One reaper runs at a time; a call
+    /// while another runs returns `Ok(0)` at once. Returns how many jobs it moved.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn reap(&self, queues: &[String]) -> Result<u64>;
 
     /// How many jobs `queue` holds, by state.
     ///

@@ -12,7 +12,14 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::WorkerInfo;
 use crate::manager::Manager;
+
+/// How often a worker heartbeats by default.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How many heartbeats in a row a worker may miss before it counts as dead.
+pub const MISSED_HEARTBEATS: u32 = 4;
 
 /// Builds and starts an in-process worker: `manager.worker().concurrency(10).start()`.
 #[must_use]
@@ -29,6 +36,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) grace: Duration,
     pub(crate) lease: Duration,
     pub(crate) claim_wait: Duration,
+    pub(crate) heartbeat: Duration,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -47,6 +55,7 @@ impl WorkerBuilder {
                 grace: Duration::from_secs(30),
                 lease: Duration::from_secs(30),
                 claim_wait: Duration::from_secs(5),
+                heartbeat: DEFAULT_HEARTBEAT,
             },
         }
     }
@@ -83,6 +92,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Heartbeats every `every` (5 s by default; at least 10 ms). A worker that misses
+    /// [`MISSED_HEARTBEATS`] heartbeats in a row counts as dead: the reaper, which every
+    /// worker runs at this same interval (one at a time), returns its jobs to their
+    /// queues without waiting for their leases to expire.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.config.heartbeat = every.max(Duration::from_millis(10));
+        self
+    }
+
     /// Starts the worker on the current tokio runtime.
     ///
     /// # Panics
@@ -97,7 +115,16 @@ impl WorkerBuilder {
             queues
         });
         let stop = CancellationToken::new();
+        let info = WorkerInfo::new(
+            worker_id(),
+            hostname(),
+            std::process::id(),
+            queues.clone(),
+            self.config.concurrency,
+            chrono::Utc::now(),
+        );
         let shared = Arc::new(Shared {
+            info,
             manager: self.manager,
             config: self.config,
             queues,
@@ -106,6 +133,7 @@ impl WorkerBuilder {
             released: AtomicU64::new(0),
         });
         tracing::info!(
+            worker = %shared.info.id,
             queues = ?shared.queues,
             concurrency = shared.config.concurrency,
             tasks = shared.manager.registry().tasks().len(),
@@ -118,6 +146,8 @@ impl WorkerBuilder {
 
 /// What a worker shares with its jobs.
 pub(crate) struct Shared {
+    /// Who this worker is, as registered with the broker.
+    pub(crate) info: WorkerInfo,
     pub(crate) manager: Manager,
     pub(crate) config: WorkerConfig,
     pub(crate) queues: Vec<String>,
@@ -170,8 +200,68 @@ impl WorkerHandle {
     }
 }
 
-/// The claim loop, then the graceful stop.
+/// The claim loop and the heartbeat, then the graceful stop.
 async fn run(shared: Arc<Shared>) {
+    let done = CancellationToken::new();
+    let heartbeat = tokio::spawn(keep_alive(Arc::clone(&shared), done.clone()));
+    claim_loop(&shared).await;
+    // Heartbeats go on until every job has finished or been released.
+    done.cancel();
+    if let Err(e) = heartbeat.await {
+        tracing::error!(error = %e, "the heartbeat task ended abnormally");
+    }
+    if let Err(e) = shared.manager.broker().deregister(&shared.info.id).await {
+        tracing::warn!(error = %e, "could not deregister the worker; it lapses on its own");
+    }
+}
+
+/// Heartbeats every interval and runs the reaper, until `done`.
+async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
+    let every = shared.config.heartbeat;
+    let ttl = every.saturating_mul(MISSED_HEARTBEATS);
+    let broker = shared.manager.broker();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = broker.heartbeat(&shared.info, ttl).await {
+            tracing::warn!(error = %e, "heartbeat failed; retrying at the next one");
+            continue;
+        }
+        match broker.reap(&shared.queues).await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(
+                moved,
+                "reaper returned jobs of dead workers or expired leases to their queues"
+            ),
+            Err(e) => tracing::warn!(error = %e, "reaping failed; retrying at the next heartbeat"),
+        }
+    }
+}
+
+/// A fresh worker id: `<host>-<pid>-<random>`.
+fn worker_id() -> String {
+    let random = crate::task::TaskId::new().to_string();
+    format!("{}-{}-{}", hostname(), std::process::id(), &random[..8])
+}
+
+/// This machine's host name, or "localhost" when it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The claim loop, then the graceful stop of the running jobs.
+async fn claim_loop(shared: &Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.config.concurrency));
     let mut jobs = JoinSet::new();
     let mut failures = 0u32;
@@ -192,7 +282,7 @@ async fn run(shared: Arc<Shared>) {
         let claimed = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
-            claimed = broker.claim(&shared.queues, free, shared.config.lease, shared.config.claim_wait) => claimed,
+            claimed = broker.claim(&shared.info.id, &shared.queues, free, shared.config.lease, shared.config.claim_wait) => claimed,
         };
         let deliveries = match claimed {
             Ok(deliveries) => {
@@ -218,12 +308,12 @@ async fn run(shared: Arc<Shared>) {
                     Err(_) => {
                         // Cannot happen: only this loop takes slots, and it claimed no
                         // more than were free. Hand the job back rather than overrun.
-                        job::release(&shared, &delivery.lease).await;
+                        job::release(shared, &delivery.lease).await;
                         continue;
                     }
                 },
             };
-            let shared = Arc::clone(&shared);
+            let shared = Arc::clone(shared);
             jobs.spawn(async move {
                 job::process(&shared, delivery).await;
                 drop(permit);

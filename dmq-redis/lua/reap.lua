@@ -1,0 +1,26 @@
+-- Takes back one queue's in-flight jobs whose lease expired or whose worker is dead:
+-- each returns to the front of its ready list, or, once delivered max-deliveries
+-- times, goes to the dead-letter list as a poison pill.
+-- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset,
+--       5..14 ready lists (priority 0..9), 15 dead list, 16 dead payloads hash,
+--       17 dead-dropped counter, 18 signal list (the claim script's layout)
+-- ARGV: 1 max deliveries (0 for no limit), 2 dead-letter cap, 3.. ids of dead workers
+-- Returns: how many jobs it moved
+local now = now_ms()
+local max_deliveries, dead_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 10000)
+local moved = give_back(expired, hmget(KEYS[2], expired), 'lease expired', now, max_deliveries, dead_cap)
+if #ARGV < 3 then return moved end
+local dead = {}
+for i = 3, #ARGV do dead[ARGV[i]] = true end
+local held = redis.call('ZRANGE', KEYS[4], 0, -1)
+local metas = hmget(KEYS[2], held)
+local lost, lost_metas = {}, {}
+for i, id in ipairs(held) do
+  local worker = metas[i] and string.match(token_of(metas[i]), '@(.*)$')
+  if worker and dead[worker] then
+    lost[#lost + 1] = id
+    lost_metas[#lost_metas + 1] = metas[i]
+  end
+end
+return moved + give_back(lost, lost_metas, 'its worker stopped heartbeating', now, max_deliveries, dead_cap)
