@@ -73,6 +73,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ignore_result: bool,
 
+    /// Make the Redis broker from a deadpool-redis pool (`RedisBroker::from_pool`)
+    /// instead of a URL, to compare: either way ordinary commands share one
+    /// multiplexed connection and each blocking wait holds one of its own.
+    #[arg(long)]
+    pub deadpool: bool,
+
     /// Print the figures as one JSON object instead of the human-readable report.
     #[arg(long)]
     pub json: bool,

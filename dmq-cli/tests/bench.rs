@@ -93,6 +93,14 @@ fn bench_on_redis_leaves_no_key_behind() {
 }
 
 #[test]
+fn bench_on_a_deadpool_pool_says_so() {
+    let report = bench_json(&redis_url(), &["--deadpool"]);
+    let connections = report["connections"].as_str().unwrap_or_default();
+    assert!(connections.contains("from_pool"), "{report}");
+    assert!(report["deleted_keys"].as_u64().unwrap_or(0) > 0, "{report}");
+}
+
+#[test]
 fn an_unknown_scheme_is_a_one_line_error() {
     let out = dmq(&["bench", "--broker", "nope://x"]);
     assert!(!out.status.success());
@@ -123,6 +131,7 @@ fn help_describes_the_command_and_its_options() {
         "--namespace",
         "--latency-samples",
         "--json",
+        "--deadpool",
     ] {
         assert!(bench.contains(option), "{option} missing from:\n{bench}");
     }

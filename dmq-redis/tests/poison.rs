@@ -24,11 +24,17 @@ async fn a_job_delivered_too_often_is_dead_lettered_as_poison() {
     let lease = Duration::from_millis(200);
     for delivery in 1..=2 {
         // Claim and "crash": never settle, let the lease run out.
-        let got = broker.claim("poison-test", &queues, 1, lease, Duration::from_secs(10)).await.expect("claim");
+        let got = broker
+            .claim("poison-test", &queues, 1, lease, Duration::from_secs(10))
+            .await
+            .expect("claim");
         assert_eq!(got.len(), 1, "delivery {delivery}");
         assert_eq!(got[0].deliveries, delivery);
     }
-    let got = broker.claim("poison-test", &queues, 1, lease, Duration::from_millis(1500)).await.expect("claim");
+    let got = broker
+        .claim("poison-test", &queues, 1, lease, Duration::from_millis(1500))
+        .await
+        .expect("claim");
     assert!(got.is_empty(), "a poison job was handed out a third time");
     let dead = broker.dead_letters("poison", 0, 10).await.expect("dlq");
     assert_eq!(dead.len(), 1);

@@ -79,8 +79,24 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_carries_on_after_redis_restarts() {
     let port = free_port();
-    let mut redis = PrivateRedis::start_on(port);
+    let redis = PrivateRedis::start_on(port);
     let broker = RedisBroker::connect(&redis.url()).await.expect("connect");
+    carries_on_after_a_restart(redis, broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_a_deadpool_pool_carries_on_after_redis_restarts() {
+    let port = free_port();
+    let redis = PrivateRedis::start_on(port);
+    let pool = deadpool_redis::Config::from_url(redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .expect("pool");
+    let broker = RedisBroker::from_pool(pool, "dmq").await.expect("connect");
+    carries_on_after_a_restart(redis, broker).await;
+}
+
+async fn carries_on_after_a_restart(mut redis: PrivateRedis, broker: RedisBroker) {
+    let port = redis.port;
     let manager = Manager::builder().broker(broker).build().expect("manager");
     let worker = manager.worker().queues(["restart"]).start();
 

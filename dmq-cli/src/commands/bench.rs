@@ -78,19 +78,34 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ensure!(!namespace.is_empty(), "--namespace cannot be empty");
             let shown = redact(&url);
             // Its error already names the URL and what to check.
-            let broker = RedisBroker::connect_with_namespace(&url, &namespace).await?;
+            let (broker, connections) = if args.deadpool {
+                let pool = deadpool_redis::Config::from_url(url.clone())
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .map_err(|e| {
+                        anyhow!("could not make a deadpool-redis pool for {shown}: {e}")
+                    })?;
+                let broker = RedisBroker::from_pool(pool, &namespace).await?;
+                (
+                    broker,
+                    "RedisBroker::from_pool: commands share one multiplexed connection taken \
+                     from the deadpool-redis pool; each blocking wait for work (BLPOP) takes \
+                     one of its own from the pool",
+                )
+            } else {
+                let broker = RedisBroker::connect_with_namespace(&url, &namespace).await?;
+                (
+                    broker,
+                    "RedisBroker::connect: commands share one multiplexed ConnectionManager; \
+                     each blocking wait for work (BLPOP) gets a dedicated connection",
+                )
+            };
             let keys = broker.keys().clone();
             let pattern = keys.patterns().join(" ");
             let stats = RedisStats::connect(&url).await?;
             let (backend, result_backend) = redis_result_backend(&url, &namespace).await?;
             let manager = Manager::builder().broker(broker).shared_backend(backend).build()?;
-            let setup = Setup {
-                broker: shown,
-                namespace: Some(namespace),
-                result_backend,
-                connections: "commands share one multiplexed ConnectionManager; each blocking \
-                              wait for work (BLPOP) gets a dedicated connection",
-            };
+            let setup =
+                Setup { broker: shown, namespace: Some(namespace), result_backend, connections };
             out.header(&setup, &args);
             let measured = tokio::select! {
                 measured = measure(&manager, &args, setup, Some(&stats), out) => measured,

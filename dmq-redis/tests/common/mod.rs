@@ -59,3 +59,38 @@ impl Fixture for RedisFixture {
         remove_namespace(&self.namespace).await;
     }
 }
+
+/// As [`RedisFixture`], with the broker made from a deadpool-redis pool
+/// ([`RedisBroker::from_pool`]) instead of a URL.
+pub struct PooledFixture(RedisFixture);
+
+#[async_trait::async_trait]
+impl Fixture for PooledFixture {
+    async fn setup() -> Self {
+        let namespace = fresh_namespace();
+        let url = redis_url();
+        let pool = deadpool_redis::Config::from_url(url.clone())
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .expect("a deadpool-redis pool");
+        let hint = "connect to redis (scripts/ensure-redis starts one)";
+        let broker = RedisBroker::from_pool(pool, &namespace).await.expect(hint);
+        let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect(hint);
+        PooledFixture(RedisFixture {
+            namespace,
+            broker: Arc::new(broker),
+            backend: Arc::new(backend),
+        })
+    }
+
+    fn broker(&self) -> Arc<dyn Broker> {
+        self.0.broker()
+    }
+
+    fn backend(&self) -> Arc<dyn ResultBackend> {
+        self.0.backend()
+    }
+
+    async fn teardown(self) {
+        self.0.teardown().await;
+    }
+}
