@@ -167,3 +167,37 @@ async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     assert!(manager.broker().workers().await.expect("workers").is_empty());
     common::remove_namespace(&namespace).await;
 }
+
+#[task(name = "redis.reaped", queue = "r-reap")]
+async fn reaped(n: i64) -> Result<i64, TaskError> {
+    Ok(n + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_takes_back_the_jobs_of_a_worker_that_stopped_heartbeating() {
+    let namespace = common::fresh_namespace();
+    let manager = manager(&namespace).await;
+    let broker = manager.broker();
+    let queues = vec!["r-reap".to_owned()];
+    let handle = reaped::call(41).enqueue(&manager).await.expect("enqueue");
+    // A worker that claims the job under a 10-minute lease, then dies: it never
+    // heartbeats again.
+    let doomed =
+        dmq_core::WorkerInfo::new("doomed", "nowhere", 1, queues.clone(), 1, chrono::Utc::now());
+    broker.heartbeat(&doomed, Duration::from_millis(200)).await.expect("heartbeat");
+    let held = broker
+        .claim("doomed", &queues, 1, Duration::from_secs(600), Duration::ZERO)
+        .await
+        .expect("claim");
+    assert_eq!(held.len(), 1);
+
+    let worker = manager.worker().queues(["r-reap"]).heartbeat(Duration::from_millis(50)).start();
+    // WAIT (60 s) is far shorter than the lease: only the reaper can hand the job on.
+    assert_eq!(handle.result(WAIT).await.expect("the job was taken back and run"), 42);
+    assert!(matches!(broker.ack(&held[0].lease).await, Err(Error::LeaseLost { .. })));
+    let live: Vec<String> =
+        broker.workers().await.expect("workers").into_iter().map(|w| w.info.id).collect();
+    assert!(!live.contains(&"doomed".to_owned()), "{live:?}");
+    worker.shutdown().await;
+    common::remove_namespace(&namespace).await;
+}

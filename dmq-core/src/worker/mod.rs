@@ -95,7 +95,10 @@ impl WorkerBuilder {
     /// Heartbeats every `every` (5 s by default; at least 10 ms). A worker that misses
     /// [`MISSED_HEARTBEATS`] heartbeats in a row counts as dead: the reaper, which every
     /// worker runs at this same interval (one at a time), returns its jobs to their
-    /// queues without waiting for their leases to expire.
+    /// queues without waiting for their leases to expire. A worker starts reaping once
+    /// it has itself heartbeated that many times in a row (after it starts, or after
+    /// the broker was out of reach), so it never takes for dead the live workers that
+    /// are still reconnecting.
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.config.heartbeat = every.max(Duration::from_millis(10));
         self
@@ -222,6 +225,10 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
     let broker = shared.manager.broker();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After the broker was out of reach, every worker's heartbeat may have lapsed:
+    // reap only once this worker has heartbeated MISSED_HEARTBEATS times in a row, long
+    // enough for the live workers (reconnecting with backoff) to heartbeat again too.
+    let mut beats_in_a_row = 0u32;
     loop {
         tokio::select! {
             biased;
@@ -229,7 +236,12 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
             _ = tick.tick() => {}
         }
         if let Err(e) = broker.heartbeat(&shared.info, ttl).await {
+            beats_in_a_row = 0;
             tracing::warn!(error = %e, "heartbeat failed; retrying at the next one");
+            continue;
+        }
+        beats_in_a_row = beats_in_a_row.saturating_add(1);
+        if beats_in_a_row < MISSED_HEARTBEATS {
             continue;
         }
         match broker.reap(&shared.queues).await {
