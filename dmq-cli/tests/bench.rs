@@ -1,7 +1,7 @@
 //! `dmq bench` end to end: the built binary against the in-memory broker and Redis.
 //!
 //! The Redis test needs a server on 127.0.0.1:6379 (`scripts/ensure-redis` starts one,
-//! or set `DMQ_TEST_REDIS_URL`); it works in a fresh namespace and checks that none of
+//! or set `REDIS_URL`); it works in a fresh namespace and checks that none of
 //! its keys remain.
 
 use std::process::{Command, Output};
@@ -18,7 +18,7 @@ fn dmq(args: &[&str]) -> Output {
 }
 
 fn redis_url() -> String {
-    std::env::var("DMQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 /// Runs a small bench with `--json` and checks its figures.

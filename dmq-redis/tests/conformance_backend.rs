@@ -209,7 +209,7 @@ impl Proxy {
         let upstream = client.get_connection_info().addr().to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let local = listener.local_addr().expect("local address").to_string();
-        assert!(url.contains(&upstream), "DMQ_TEST_REDIS_URL must spell out host:port");
+        assert!(url.contains(&upstream), "REDIS_URL must spell out host:port");
         let proxied = url.replacen(&upstream, &local, 1);
         let (open, mut gate) = watch::channel(true);
         let accept = tokio::spawn(async move {

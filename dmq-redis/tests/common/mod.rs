@@ -9,9 +9,9 @@ use dmq_core::conformance::Fixture;
 use dmq_core::{Broker, ResultBackend};
 use dmq_redis::{Keys, RedisBackend, RedisBroker};
 
-/// The Redis the tests use: `DMQ_TEST_REDIS_URL`, or the local default.
+/// The Redis the tests use: `REDIS_URL`, or the local default.
 pub fn redis_url() -> String {
-    std::env::var("DMQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 /// A namespace no other test uses.
