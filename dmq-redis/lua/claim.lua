@@ -49,7 +49,7 @@ while left > 0 do
       local _, d = parse_meta(metas[i], p)
       d = d + 1
       n = n + 1
-      local token = seq .. '.' .. n .. '@' .. worker
+      local token = seq .. '.' .. n .. '.' .. now .. '@' .. worker
       meta_args[#meta_args + 1] = id
       meta_args[#meta_args + 1] = p .. ':' .. d .. ':' .. token
       lease_args[#lease_args + 1] = now + lease

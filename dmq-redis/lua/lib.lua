@@ -2,7 +2,8 @@
 --
 -- A job's meta ("priority:deliveries:token") is in the queue's meta hash while it is
 -- delayed, in flight or back in ready after a lost lease; a job enqueued ready has
--- none (priority from its list, no deliveries). A lease token is "<seq>.<n>@<worker>".
+-- none (priority from its list, no deliveries). A lease token is
+-- "<seq>.<n>.<claimed at, Unix ms>@<worker>".
 
 -- Redis's own clock, in Unix milliseconds.
 local function now_ms()
@@ -77,7 +78,9 @@ local function give_back(ids, metas, why, now, max_deliveries, dead_cap)
   if #ids == 0 then return 0 end
   each_chunk('ZREM', KEYS[4], ids)
   local moved = 0
-  for i, id in ipairs(ids) do
+  -- Backwards, so that after the LPUSHes the longest-waiting job is at the front.
+  for i = #ids, 1, -1 do
+    local id = ids[i]
     local p, d = parse_meta(metas[i], 5)
     if max_deliveries > 0 and d >= max_deliveries then
       local payload = redis.call('HGET', KEYS[1], id) or ''

@@ -4,7 +4,9 @@
 -- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset,
 --       5..14 ready lists (priority 0..9), 15 dead list, 16 dead payloads hash,
 --       17 dead-dropped counter, 18 signal list (the claim script's layout)
--- ARGV: 1 max deliveries (0 for no limit), 2 dead-letter cap, 3.. ids of dead workers
+-- ARGV: 1 max deliveries (0 for no limit), 2 dead-letter cap, then per dead worker:
+--       its id, when its heartbeat lapsed (Unix ms). Only its jobs claimed before
+--       then are taken back: a worker that came back keeps what it claimed since.
 -- Returns: how many jobs it moved
 local now = now_ms()
 local max_deliveries, dead_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -12,13 +14,14 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 10
 local moved = give_back(expired, hmget(KEYS[2], expired), 'lease expired', now, max_deliveries, dead_cap)
 if #ARGV < 3 then return moved end
 local dead = {}
-for i = 3, #ARGV do dead[ARGV[i]] = true end
+for i = 3, #ARGV, 2 do dead[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local held = redis.call('ZRANGE', KEYS[4], 0, -1)
 local metas = hmget(KEYS[2], held)
 local lost, lost_metas = {}, {}
 for i, id in ipairs(held) do
-  local worker = metas[i] and string.match(token_of(metas[i]), '@(.*)$')
-  if worker and dead[worker] then
+  local claimed_at, worker
+  if metas[i] then claimed_at, worker = string.match(token_of(metas[i]), '^%d+%.%d+%.(%d+)@(.*)$') end
+  if worker and dead[worker] and tonumber(claimed_at) <= dead[worker] then
     lost[#lost + 1] = id
     lost_metas[#lost_metas + 1] = metas[i]
   end

@@ -494,7 +494,7 @@ const MAX_RESULT_BATCH: usize = 512;
 /// result, then one `PUBLISH` of the batch's task ids, so a waiter told of its id
 /// finds the result stored.
 fn result_writer(conn: ConnectionManager, channel: String, addr: String) -> Batcher<StoredResult> {
-    Batcher::spawn(MAX_RESULT_BATCH, move |batch: Vec<StoredResult>| {
+    Batcher::new(MAX_RESULT_BATCH, move |batch: Vec<StoredResult>| {
         let mut conn = conn.clone();
         let channel = channel.clone();
         let addr = addr.clone();

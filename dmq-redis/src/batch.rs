@@ -2,7 +2,10 @@
 //! sent together in the next one, so a busy worker settles many jobs per round trip
 //! while a lone call still goes out at once.
 
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dmq_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -10,21 +13,57 @@ use tokio::sync::{mpsc, oneshot};
 /// One call waiting for its batch.
 type Pending<T> = (T, oneshot::Sender<Result<()>>);
 
+/// Writes a batch; returns one result per item, in order.
+type Write<T> =
+    Arc<dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Vec<Result<()>>> + Send>> + Send + Sync>;
+
 /// Feeds items to a background task that writes them in batches of up to `max`.
-#[derive(Debug)]
+///
+/// The task starts with the first item, on the caller's runtime, and starts again on
+/// the next caller's runtime if the one it ran on has shut down.
 pub(crate) struct Batcher<T> {
-    tx: mpsc::UnboundedSender<Pending<T>>,
+    max: usize,
+    write: Write<T>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Pending<T>>>>,
+}
+
+impl<T> fmt::Debug for Batcher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher").field("max", &self.max).finish_non_exhaustive()
+    }
 }
 
 impl<T: Send + 'static> Batcher<T> {
-    /// Starts the writer task on the current runtime. `write` gets a batch and returns
-    /// one result per item, in order. The task ends when the batcher is dropped.
-    pub(crate) fn spawn<F, Fut>(max: usize, mut write: F) -> Self
+    /// A batcher that writes with `write`.
+    pub(crate) fn new<F, Fut>(max: usize, write: F) -> Self
     where
-        F: FnMut(Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = Vec<Result<()>>> + Send,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<()>>> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<T>>();
+        let write: Write<T> = Arc::new(move |batch| Box::pin(write(batch)));
+        Batcher { max, write, tx: Mutex::new(None) }
+    }
+
+    /// Writes `item` with the next batch and returns its result.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once called, the write happens even if the returned future is dropped.
+    pub(crate) async fn submit(&self, item: T) -> Result<()> {
+        let (reply, result) = oneshot::channel();
+        self.sender().send((item, reply)).map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// The writer task's channel, starting the task when none runs.
+    fn sender(&self) -> mpsc::UnboundedSender<Pending<T>> {
+        let mut tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = tx.as_ref().filter(|running| !running.is_closed()) {
+            return running.clone();
+        }
+        let (sender, mut rx) = mpsc::unbounded_channel::<Pending<T>>();
+        let write = Arc::clone(&self.write);
+        let max = self.max;
         tokio::spawn(async move {
             let mut pending = Vec::with_capacity(max);
             while rx.recv_many(&mut pending, max).await > 0 {
@@ -36,24 +75,14 @@ impl<T: Send + 'static> Batcher<T> {
                 }
             }
         });
-        Batcher { tx }
-    }
-
-    /// Writes `item` with the next batch and returns its result.
-    ///
-    /// # Cancel safety
-    ///
-    /// Once called, the write happens even if the returned future is dropped.
-    pub(crate) async fn submit(&self, item: T) -> Result<()> {
-        let (reply, result) = oneshot::channel();
-        self.tx.send((item, reply)).map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        *tx = Some(sender.clone());
+        sender
     }
 }
 
 fn stopped() -> Error {
     Error::Backend {
-        message: "the redis writer task stopped (its runtime is shutting down)".to_owned(),
+        message: "the redis writer task stopped (its runtime shut down); try again".to_owned(),
         transient: true,
     }
 }

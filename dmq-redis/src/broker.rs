@@ -62,7 +62,7 @@ pub struct RedisBroker {
     url: String,
     source: Source,
     /// Shared by every ordinary command.
-    shared: Shared,
+    shared: Arc<Shared>,
     keys: Keys,
     scripts: Arc<Scripts>,
     blocking: Mutex<Vec<BlockingConnection>>,
@@ -70,6 +70,10 @@ pub struct RedisBroker {
     acks: Batcher<Lease>,
     /// This broker's name when it holds the reaper lock.
     reaper_id: String,
+    /// Since when this broker's heartbeats have succeeded without a failed command
+    /// between: a worker is taken for dead only once its own ttl has passed in that
+    /// time, so an outage does not make live workers look dead.
+    healthy_since: Mutex<Option<std::time::Instant>>,
     dead_letter_cap: usize,
     max_deliveries: u32,
 }
@@ -141,14 +145,11 @@ impl RedisBroker {
         let shared = Shared::connect(&source)
             .await
             .map_err(|e| redis_error(&format!("connecting to redis at {shown}"), e))?;
+        let shared = Arc::new(shared);
         let keys = Keys::new(namespace);
         let scripts = Arc::new(Scripts::new());
-        let acks = ack_writer(
-            shared.get().await.map_err(|e| redis_error(&shown, e))?,
-            keys.clone(),
-            Arc::clone(&scripts),
-            shown.clone(),
-        );
+        let acks =
+            ack_writer(Arc::clone(&shared), keys.clone(), Arc::clone(&scripts), shown.clone());
         Ok(RedisBroker {
             url: shown,
             source,
@@ -158,6 +159,7 @@ impl RedisBroker {
             blocking: Mutex::new(Vec::new()),
             acks,
             reaper_id: uuid::Uuid::new_v4().to_string(),
+            healthy_since: Mutex::new(None),
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
         })
@@ -214,7 +216,11 @@ impl RedisBroker {
 
     fn err(&self, what: &str, e: redis::RedisError) -> Error {
         self.shared.failed(&e);
-        redis_error(&format!("{what} on redis at {}", self.url), e)
+        let e = redis_error(&format!("{what} on redis at {}", self.url), e);
+        if e.is_transient() {
+            *self.healthy_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        e
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -287,7 +293,12 @@ impl RedisBroker {
     /// Redis checks blocking timeouts only about every 100 ms (its `hz`), too coarse
     /// for a delayed job's eta, so the wait is timed here: when `timeout` passes first,
     /// `CLIENT UNBLOCK` ends the `BLPOP` at once and the connection stays usable.
-    async fn wait_for_signal(&self, queues: &[String], timeout: Duration) -> Result<()> {
+    /// Returns the queue whose wake-up it took, if it took one.
+    async fn wait_for_signal(
+        &self,
+        queues: &[String],
+        timeout: Duration,
+    ) -> Result<Option<String>> {
         let mut blocking = self.blocking_connection().await?;
         let mut cmd = redis::cmd("BLPOP");
         for queue in queues {
@@ -311,29 +322,60 @@ impl RedisBroker {
                         Ok(popped) => popped,
                         // The UNBLOCK overtook the BLPOP; drop this connection rather
                         // than wait for the server's timeout.
-                        Err(_) => return Ok(()),
+                        Err(_) => return Ok(None),
                     },
                     Err(e) => return Err(self.err("ending a blocking wait", e)),
                 }
             }
             }
         };
-        popped.map_err(|e| self.err("waiting for jobs", e))?;
+        let popped = match popped {
+            Ok(popped) => popped,
+            Err(e) => {
+                // The spare connections likely broke the same way (a Redis restart).
+                self.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                return Err(self.err("waiting for jobs", e));
+            }
+        };
         let mut spare = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
         if spare.len() < SPARE_BLOCKING_CONNECTIONS {
             spare.push(blocking);
         }
-        Ok(())
+        Ok(popped.and_then(|(key, _)| {
+            queues.iter().find(|queue| self.keys.queue(queue).signal() == key).cloned()
+        }))
     }
 
-    /// Runs the reap script on one queue.
-    async fn reap_queue(&self, queue: &str, dead: &[String]) -> Result<u64> {
+    /// Puts back a wake-up this claimer took but could not act on (its batch filled
+    /// from other queues first), so another idle claimer of `queue` is woken.
+    async fn pass_on_signal(&self, queue: &str) {
+        let signal = self.keys.queue(queue).signal();
+        let passed: Result<()> = async {
+            let mut conn = self.conn().await?;
+            redis::pipe()
+                .lpush(&signal, "1")
+                .ignore()
+                .ltrim(&signal, 0, 0)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.err("passing on a wake-up", e))
+        }
+        .await;
+        if let Err(e) = passed {
+            tracing::warn!(error = %e, queue, "could not pass on a wake-up; an idle worker may wait for its timeout");
+        }
+    }
+
+    /// Runs the reap script on one queue; `dead` holds each dead worker's id and when
+    /// its heartbeat lapsed (Unix ms).
+    async fn reap_queue(&self, queue: &str, dead: &[(String, i64)]) -> Result<u64> {
         let keys = self.keys.queue(queue);
         let mut invocation = self.scripts.reap.prepare_invoke();
         add_lease_keys(&mut invocation, &keys);
         invocation.arg(self.max_deliveries).arg(self.dead_letter_cap);
-        for worker in dead {
-            invocation.arg(worker);
+        for (worker, lapsed_at) in dead {
+            invocation.arg(worker).arg(lapsed_at);
         }
         self.run("reaping a queue", &invocation).await
     }
@@ -355,43 +397,63 @@ struct BlockingConnection {
 /// The most acknowledgements sent in one batch.
 const MAX_ACK_BATCH: usize = 512;
 
-/// Starts the task that sends acknowledgements in batches: one ack script per queue
-/// per batch, the queues' scripts pipelined in one round trip.
-fn ack_writer(conn: Conn, keys: Keys, scripts: Arc<Scripts>, url: String) -> Batcher<Lease> {
-    Batcher::spawn(MAX_ACK_BATCH, move |leases: Vec<Lease>| {
-        let mut conn = conn.clone();
+/// The task that sends acknowledgements in batches: one ack script per queue per
+/// batch, the queues' scripts sent together.
+fn ack_writer(
+    shared: Arc<Shared>,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    url: String,
+) -> Batcher<Lease> {
+    Batcher::new(MAX_ACK_BATCH, move |leases: Vec<Lease>| {
+        let shared = Arc::clone(&shared);
         let keys = keys.clone();
         let scripts = Arc::clone(&scripts);
         let url = url.clone();
         async move {
+            let failed = |e: redis::RedisError| {
+                shared.failed(&e);
+                redis_error(&format!("acknowledging jobs on redis at {url}"), e)
+            };
+            let conn = match shared.get().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let e = failed(e);
+                    return leases.iter().map(|_| Err(copy_error(&e))).collect();
+                }
+            };
             let mut queues: Vec<&str> = Vec::new();
             for lease in &leases {
                 if !queues.contains(&lease.queue.as_str()) {
                     queues.push(&lease.queue);
                 }
             }
-            let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
-            for queue in queues {
+            let acks = queues.iter().map(|queue| {
+                let mut conn = conn.clone();
                 let q = keys.queue(queue);
                 let mut invocation = scripts.ack.prepare_invoke();
                 invocation.key(q.payloads()).key(q.meta()).key(q.in_flight());
-                let mut positions = Vec::new();
-                for (i, lease) in leases.iter().enumerate().filter(|(_, l)| l.queue == queue) {
+                for lease in leases.iter().filter(|l| l.queue == *queue) {
                     invocation.arg(lease.id.to_string()).arg(&lease.token);
-                    positions.push(i);
                 }
-                match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+                async move { invocation.invoke_async::<Vec<i64>>(&mut conn).await }
+            });
+            let replies = futures::future::join_all(acks).await;
+            let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
+            for (queue, reply) in queues.iter().zip(replies) {
+                let positions = leases.iter().enumerate().filter(|(_, l)| l.queue == *queue);
+                match reply {
                     Ok(acked) => {
-                        for (n, i) in positions.into_iter().enumerate() {
+                        for (n, (i, lease)) in positions.enumerate() {
                             results[i] = Some(match acked.get(n) {
                                 Some(1) => Ok(()),
-                                _ => Err(Error::LeaseLost { id: leases[i].id }),
+                                _ => Err(Error::LeaseLost { id: lease.id }),
                             });
                         }
                     }
                     Err(e) => {
-                        let e = redis_error(&format!("acknowledging jobs on redis at {url}"), e);
-                        for i in positions {
+                        let e = failed(e);
+                        for (i, _) in positions {
                             results[i] = Some(Err(copy_error(&e)));
                         }
                     }
@@ -438,10 +500,14 @@ struct StoredWorker {
     queues: Vec<String>,
     concurrency: usize,
     started_at_ms: i64,
+    /// The heartbeat ttl the worker registered with.
+    #[serde(default)]
+    ttl_ms: u64,
 }
 
-fn encode_worker(info: &WorkerInfo) -> Result<Vec<u8>> {
+fn encode_worker(info: &WorkerInfo, ttl: Duration) -> Result<Vec<u8>> {
     let stored = StoredWorker {
+        ttl_ms: millis(ttl),
         hostname: info.hostname.clone(),
         pid: info.pid,
         queues: info.queues.clone(),
@@ -450,6 +516,12 @@ fn encode_worker(info: &WorkerInfo) -> Result<Vec<u8>> {
     };
     rmp_serde::to_vec_named(&stored)
         .map_err(|e| Error::Encode { what: "a worker description", reason: e.to_string() })
+}
+
+/// The heartbeat ttl stored for a worker (zero when it does not decode).
+fn worker_ttl(bytes: &[u8]) -> Duration {
+    rmp_serde::from_slice::<StoredWorker>(bytes)
+        .map_or(Duration::ZERO, |stored| Duration::from_millis(stored.ttl_ms))
 }
 
 /// The description stored for worker `id`; `None` when it does not decode.
@@ -563,29 +635,46 @@ impl Broker for RedisBroker {
         let give_up = Instant::now()
             .checked_add(wait)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        // The queue whose wake-up the last wait took: if this claim does not get to
+        // that queue, the wake-up is passed on to another idle claimer.
+        let mut woken: Option<String> = None;
         loop {
             let mut claimed = Vec::new();
             let mut next_change: Option<Duration> = None;
+            let mut failure = None;
             for queue in queues {
                 if claimed.len() >= max {
                     break;
                 }
-                let (mut got, change) =
-                    match self.claim_queue(worker, queue, max - claimed.len(), lease).await {
-                        Ok(found) => found,
-                        // Jobs already leased from another queue are handed out, not stranded
-                        // until their lease runs out; the error shows again on the next claim.
-                        Err(e) if !claimed.is_empty() => {
-                            tracing::warn!(error = %e, queue, "claiming from one queue failed");
-                            return Ok(claimed);
+                match self.claim_queue(worker, queue, max - claimed.len(), lease).await {
+                    Ok((mut got, change)) => {
+                        if woken.as_deref() == Some(queue.as_str()) {
+                            woken = None;
                         }
-                        Err(e) => return Err(e),
-                    };
-                claimed.append(&mut got);
-                next_change = match (next_change, change) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                        claimed.append(&mut got);
+                        next_change = match (next_change, change) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                    Err(e) => {
+                        failure = Some((queue, e));
+                        break;
+                    }
+                }
+            }
+            if let Some(queue) = woken.take() {
+                self.pass_on_signal(&queue).await;
+            }
+            match failure {
+                // Jobs already leased from another queue are handed out, not stranded
+                // until their lease runs out; the error shows again on the next claim.
+                Some((queue, e)) if !claimed.is_empty() => {
+                    tracing::warn!(error = %e, queue, "claiming from one queue failed");
+                    return Ok(claimed);
+                }
+                Some((_, e)) => return Err(e),
+                None => {}
             }
             if !claimed.is_empty() {
                 return Ok(claimed);
@@ -598,7 +687,7 @@ impl Broker for RedisBroker {
             if let Some(change) = next_change {
                 block = block.min(change.max(Duration::from_millis(1)));
             }
-            self.wait_for_signal(queues, block).await?;
+            woken = self.wait_for_signal(queues, block).await?;
         }
     }
 
@@ -662,8 +751,13 @@ impl Broker for RedisBroker {
 
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<()> {
         let mut invocation = self.registry_invocation(&self.scripts.heartbeat);
-        invocation.arg(&worker.id).arg(millis(ttl).max(1)).arg(encode_worker(worker)?);
-        self.run::<i64>("recording a heartbeat", &invocation).await.map(|_| ())
+        invocation.arg(&worker.id).arg(millis(ttl).max(1)).arg(encode_worker(worker, ttl)?);
+        self.run::<i64>("recording a heartbeat", &invocation).await?;
+        self.healthy_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(std::time::Instant::now);
+        Ok(())
     }
 
     async fn deregister(&self, worker: &str) -> Result<()> {
@@ -688,14 +782,24 @@ impl Broker for RedisBroker {
         let mut begin = self.scripts.reap_begin.prepare_invoke();
         begin.key(self.keys.reaper_lock()).key(self.keys.workers()).key(self.keys.workers_info());
         begin.arg(&self.reaper_id).arg(millis(REAPER_LOCK));
-        let Some(dead) =
-            self.run::<Option<Vec<(String, Vec<u8>)>>>("starting a reap", &begin).await?
+        let Some(lapsed) =
+            self.run::<Option<Vec<(String, Vec<u8>, i64)>>>("starting a reap", &begin).await?
         else {
             return Ok(0);
         };
+        let healthy_for = self
+            .healthy_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::ZERO, |since| since.elapsed());
         let mut all_queues: Vec<String> = queues.to_vec();
-        let mut dead_ids = Vec::with_capacity(dead.len());
-        for (id, info) in &dead {
+        let mut dead = Vec::with_capacity(lapsed.len());
+        for (id, info, lapsed_at) in &lapsed {
+            // Until this broker has been reachable for the worker's whole ttl, a lapse
+            // may be the outage's doing, not the worker's.
+            if worker_ttl(info) > healthy_for {
+                continue;
+            }
             if let Some(info) = decode_worker(id, info) {
                 for queue in info.queues {
                     if !all_queues.contains(&queue) {
@@ -703,12 +807,12 @@ impl Broker for RedisBroker {
                     }
                 }
             }
-            dead_ids.push(id.clone());
+            dead.push((id.clone(), *lapsed_at));
         }
         let mut moved = 0;
         let mut failed = None;
         for queue in &all_queues {
-            match self.reap_queue(queue, &dead_ids).await {
+            match self.reap_queue(queue, &dead).await {
                 Ok(n) => moved += n,
                 Err(e) => failed = Some(e),
             }
@@ -718,13 +822,18 @@ impl Broker for RedisBroker {
         end.arg(&self.reaper_id);
         // A dead worker is forgotten only once all of its queues were reaped.
         if failed.is_none() {
-            for id in &dead_ids {
+            for (id, _) in &dead {
                 end.arg(id);
             }
         }
         self.run::<i64>("ending a reap", &end).await?;
-        if !dead_ids.is_empty() && failed.is_none() {
-            tracing::warn!(workers = ?dead_ids, moved, "took back the jobs of workers that stopped heartbeating");
+        if !dead.is_empty() && failed.is_none() {
+            let workers: Vec<&str> = dead.iter().map(|(id, _)| id.as_str()).collect();
+            tracing::warn!(
+                ?workers,
+                moved,
+                "took back the jobs of workers that stopped heartbeating"
+            );
         }
         match failed {
             Some(e) => Err(e),

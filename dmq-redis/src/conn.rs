@@ -17,6 +17,9 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResu
 /// Longer than any blocking wait dmq asks for; its own timer ends the wait first.
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// How long an ordinary command (a claim script over a big batch, say) may take.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where new connections come from.
 pub(crate) enum Source {
     Client(Client),
@@ -53,6 +56,14 @@ async fn take(pool: &deadpool_redis::Pool) -> RedisResult<MultiplexedConnection>
     }
 }
 
+/// A connection from `pool` for ordinary commands: deadpool's connections answer
+/// within redis-rs's default 500 ms, too short for a claim over a big batch.
+async fn take_shared(pool: &deadpool_redis::Pool) -> RedisResult<MultiplexedConnection> {
+    let mut conn = take(pool).await?;
+    conn.set_response_timeout(RESPONSE_TIMEOUT);
+    Ok(conn)
+}
+
 /// The connection ordinary commands share.
 pub(crate) enum Shared {
     /// Reconnects by itself, with backoff.
@@ -69,11 +80,11 @@ impl Shared {
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_secs(5))
                     .set_connection_timeout(Some(Duration::from_secs(5)))
-                    .set_response_timeout(Some(Duration::from_secs(10)));
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
                 Ok(Shared::Manager(client.get_connection_manager_with_config(config).await?))
             }
             Source::Pool(pool) => {
-                let conn = take(pool).await?;
+                let conn = take_shared(pool).await?;
                 Ok(Shared::Pooled { pool: pool.clone(), current: Mutex::new(Some(conn)) })
             }
         }
@@ -87,7 +98,7 @@ impl Shared {
                 if let Some(conn) = lock(current).clone() {
                     return Ok(Conn::Direct(conn));
                 }
-                let conn = take(pool).await?;
+                let conn = take_shared(pool).await?;
                 *lock(current) = Some(conn.clone());
                 Ok(Conn::Direct(conn))
             }

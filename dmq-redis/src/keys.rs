@@ -58,7 +58,8 @@ impl Keys {
         format!("{}:result:{id}", self.namespace)
     }
 
-    /// The channel on which stored results are announced (the message is the task id).
+    /// The channel on which stored results are announced: each message is the task ids
+    /// of one batch of stored results, separated by commas.
     #[must_use]
     pub fn results_channel(&self) -> String {
         format!("{}:results", self.namespace)
