@@ -33,8 +33,11 @@ const UNBLOCK_GRACE: Duration = Duration::from_millis(50);
 /// The most jobs one claim takes.
 const MAX_CLAIM: usize = 1_000;
 
-/// How long the reaper lock holds if its holder dies mid-reap.
-const REAPER_LOCK: Duration = Duration::from_secs(30);
+/// How long the reaper lock holds if its holder dies mid-reap (a reap takes
+/// milliseconds). Short, since a reaper may well die mid-reap: the job it just handed
+/// back may be the poison pill that kills its process. Two reapers at once would be
+/// harmless anyway (every script is atomic); the lock only saves repeated work.
+const REAPER_LOCK: Duration = Duration::from_secs(2);
 
 /// Idle blocking connections kept for reuse.
 const SPARE_BLOCKING_CONNECTIONS: usize = 8;
