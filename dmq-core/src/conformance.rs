@@ -109,6 +109,8 @@ macro_rules! broker_conformance_tests {
             a_heartbeat_registers_the_worker_until_it_lapses,
             reap_returns_the_jobs_of_a_worker_whose_heartbeat_lapsed,
             reap_leaves_the_jobs_of_live_workers_alone,
+            reap_leaves_what_a_lapsed_worker_claimed_after_its_lapse,
+            a_wake_up_is_not_lost_when_a_claimer_waits_on_several_queues,
         );
     };
 }
@@ -536,6 +538,56 @@ pub mod broker {
         assert_eq!(b.reap(&q).await.expect("reap"), 0);
         assert!(b.claim("other", &q, 1, LONG, Duration::ZERO).await.expect("claim").is_empty());
         b.ack(&held[0].lease).await.expect("ack");
+    }
+    /// A worker whose heartbeat lapsed but who is still at work (it stalled, then came
+    /// back) keeps the jobs it claimed after the lapse: only what it held when it was
+    /// presumed dead is taken back.
+    pub async fn reap_leaves_what_a_lapsed_worker_claimed_after_its_lapse(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.heartbeat(&worker("survivor", &q), LONG).await.expect("heartbeat");
+        b.heartbeat(&worker("stalled", &q), Duration::from_millis(300)).await.expect("heartbeat");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        b.enqueue(job("alpha", 5, "late")).await.expect("enqueue");
+        let held = b.claim("stalled", &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(held.len(), 1);
+        // Any number of reaps: none takes the job claimed after the lapse.
+        for _ in 0..3 {
+            assert_eq!(b.reap(&q).await.expect("reap"), 0);
+        }
+        assert!(b.claim("survivor", &q, 1, LONG, Duration::ZERO).await.expect("claim").is_empty());
+        b.ack(&held[0].lease).await.expect("the stalled worker still holds its new job");
+    }
+
+    /// A claimer waiting on two queues, woken for one but filled from the other,
+    /// leaves the wake-up for a claimer waiting on the first: both get a job at once.
+    pub async fn a_wake_up_is_not_lost_when_a_claimer_waits_on_several_queues(b: Arc<dyn Broker>) {
+        // The wide claimer blocks first, so it is the one woken for "beta".
+        let wide = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                b.claim("wide", &queues(&["alpha", "beta"]), 1, LONG, Duration::from_secs(30)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let narrow = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                b.claim("narrow", &queues(&["beta"]), 1, LONG, Duration::from_secs(30)).await
+            })
+        };
+        // Let both block (if one has not yet, the check passes without exercising the
+        // lost wake-up; it can still not pass wrongly).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        b.enqueue_batch(vec![job("beta", 5, "b"), job("alpha", 5, "a")]).await.expect("enqueue");
+        let wide = wide.await.expect("join").expect("claim");
+        let narrow = narrow.await.expect("join").expect("claim");
+        assert_eq!(wide.len() + narrow.len(), 2, "each claimer got one job");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a claimer slept through a ready job for {:?}",
+            started.elapsed()
+        );
     }
 }
 

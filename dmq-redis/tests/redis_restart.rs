@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dmq_core::{Manager, TaskError, task};
-use dmq_redis::RedisBroker;
+use dmq_redis::{RedisBackend, RedisBroker};
 
 #[task(queue = "restart")]
 async fn triple(n: i64) -> Result<i64, TaskError> {
@@ -120,5 +120,71 @@ async fn carries_on_after_a_restart(mut redis: PrivateRedis, broker: RedisBroker
         }
     };
     assert_eq!(after.result(Duration::from_secs(30)).await.expect("after the restart"), 15);
+    // The job was also acknowledged: acknowledgements go through a connection of
+    // their own kind (batched) that must have come back too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = manager.broker().queue_stats("restart").await.expect("stats");
+        if (stats.ready, stats.in_flight, stats.delayed) == (0, 0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was never acknowledged: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     worker.shutdown().await;
+}
+
+/// The broker and backend keep working when the runtime that made them is gone and
+/// another one uses them (their batching writer tasks start again).
+#[test]
+fn broker_and_backend_outlive_the_runtime_that_made_them() {
+    let url = common_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    let (broker, backend) = first.block_on(async {
+        let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("broker");
+        let backend =
+            RedisBackend::connect_with_namespace(&url, &namespace).await.expect("backend");
+        let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+        let worker = manager.worker().queues(["restart"]).start();
+        let handle = triple::call(2).enqueue(&manager).await.expect("enqueue");
+        assert_eq!(handle.result(Duration::from_secs(30)).await.expect("result"), 6);
+        worker.shutdown().await;
+        (manager.broker().clone(), manager.backend().clone())
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    second.block_on(async {
+        let manager = Manager::builder()
+            .shared_broker(broker)
+            .shared_backend(backend)
+            .build()
+            .expect("manager");
+        // The shared connection's reconnect task died with the first runtime: the
+        // first call may fail (transiently) and set off the reconnect.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let handle = loop {
+            match triple::call(3).enqueue(&manager).await {
+                Ok(handle) => break handle,
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("enqueue in the second runtime: {e}"),
+            }
+        };
+        let worker = manager.worker().queues(["restart"]).start();
+        assert_eq!(handle.result(Duration::from_secs(30)).await.expect("result"), 9);
+        worker.shutdown().await;
+        let stats = manager.broker().queue_stats("restart").await.expect("stats");
+        assert_eq!((stats.ready, stats.in_flight), (0, 0), "the ack went through: {stats:?}");
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        dmq_redis::delete_namespace(&mut conn, &dmq_redis::Keys::new(&namespace))
+            .await
+            .expect("clean up");
+    });
+}
+
+fn common_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }

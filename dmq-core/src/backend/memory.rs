@@ -66,12 +66,22 @@ impl State {
 #[async_trait]
 impl ResultBackend for InMemoryBackend {
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
-        let mut state = self.lock();
-        state.outcomes.insert(id, (outcome.clone(), crate::clock::deadline(ttl)));
-        if let Some(notify) = state.waiters.remove(&id) {
-            notify.notify_waiters();
-        }
-        state.sweep();
+        // Copied before the lock is taken, so that other callers do not wait for it.
+        let entry = (outcome.clone(), crate::clock::deadline(ttl));
+        let replaced = {
+            let mut state = self.lock();
+            let replaced = state.outcomes.insert(id, entry);
+            // Most results are stored before anyone waits for them: skip the look-up.
+            if !state.waiters.is_empty() {
+                if let Some(notify) = state.waiters.remove(&id) {
+                    notify.notify_waiters();
+                }
+            }
+            state.sweep();
+            replaced
+        };
+        // A replaced outcome is freed once the lock is released.
+        drop(replaced);
         Ok(())
     }
 

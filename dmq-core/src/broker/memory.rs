@@ -1,7 +1,9 @@
 //! A broker held in process memory: for tests, examples and single-process use.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,6 +45,13 @@ struct Queue {
     ready: [VecDeque<Stored>; MAX_PRIORITY as usize + 1],
     delayed: BTreeMap<(Instant, u64), Stored>,
     in_flight: HashMap<TaskId, InFlight>,
+    /// The in-flight jobs' leases, the soonest to expire on top, so that expired ones
+    /// are found without looking at the others. Settling a job leaves its entry
+    /// behind, stale (so does a renewal, which pushes a new one): an entry is live
+    /// while its job is in flight under that token and deadline. Stale entries are
+    /// dropped when they come to the top, and all at once when they outnumber the
+    /// live ones.
+    leases: BinaryHeap<Reverse<(Instant, u64, TaskId)>>,
     /// The ids of every job here that is ready, delayed or in flight.
     known: HashSet<TaskId>,
     dead: VecDeque<DeadLetter>,
@@ -53,17 +62,64 @@ struct Queue {
 struct Stored {
     id: TaskId,
     priority: u8,
-    payload: Vec<u8>,
+    /// Shared with the claims that copy it, so that they copy it after the lock is
+    /// released.
+    payload: Arc<[u8]>,
     deliveries: u32,
 }
+
+/// A job about to be added, made before the lock is taken.
+struct NewJob {
+    queue: String,
+    eta: Option<DateTime<Utc>>,
+    stored: Stored,
+}
+
+impl From<Job> for NewJob {
+    fn from(job: Job) -> Self {
+        let stored = Stored {
+            id: job.id,
+            priority: job.priority.min(MAX_PRIORITY),
+            payload: job.payload.into(),
+            deliveries: 0,
+        };
+        NewJob { queue: job.queue, eta: job.eta, stored }
+    }
+}
+
+/// A job claimed under the lock, made into a [`Delivery`] once the lock is released,
+/// so that other callers do not wait while its lease and payload are allocated.
+struct Claimed<'a> {
+    id: TaskId,
+    queue: &'a str,
+    token: u64,
+    payload: Arc<[u8]>,
+    deliveries: u32,
+}
+
+impl Claimed<'_> {
+    fn into_delivery(self) -> Delivery {
+        let lease =
+            Lease { id: self.id, queue: self.queue.to_owned(), token: token_of(self.token) };
+        Delivery::new(lease, self.payload.to_vec(), self.deliveries)
+    }
+}
+
+/// Room reserved, before the lock is taken, for the jobs one claim takes; a larger
+/// claim grows it under the lock.
+const CLAIM_RESERVE: usize = 256;
 
 #[derive(Debug)]
 struct InFlight {
     stored: Stored,
-    token: String,
+    /// The lease's number, fresh for every claim; the token is its lowercase hex form.
+    token: u64,
     deadline: Instant,
     /// The worker holding the lease.
-    worker: String,
+    worker: Arc<str>,
+    /// When it was claimed: a worker presumed dead loses only the jobs it claimed
+    /// before its heartbeat lapsed.
+    claimed_at: Instant,
 }
 
 impl Default for InMemoryBroker {
@@ -100,14 +156,38 @@ impl InMemoryBroker {
     ) -> Result<T> {
         let mut state = self.lock();
         let state = &mut *state;
-        let queue = state.queues.get_mut(&lease.queue).ok_or(Error::LeaseLost { id: lease.id })?;
-        match queue.in_flight.get(&lease.id) {
-            Some(held) if held.token == lease.token => {}
-            _ => return Err(Error::LeaseLost { id: lease.id }),
-        }
-        let held = queue.in_flight.remove(&lease.id).ok_or(Error::LeaseLost { id: lease.id })?;
+        let held = state
+            .queues
+            .get_mut(&lease.queue)
+            .and_then(|queue| queue.take_held(lease).map(|held| (queue, held)));
+        let (queue, held) = held.ok_or(Error::LeaseLost { id: lease.id })?;
         Ok(f(queue, held, &mut state.next_seq))
     }
+}
+
+/// The token of lease number `number`: its lowercase hex form. Written by hand, as
+/// [`token_matches`] reads it, because every claim and every settle pays for it.
+fn token_of(number: u64) -> String {
+    let mut token = String::with_capacity(hex_len(number));
+    token.extend((0..hex_len(number)).rev().map(|at| char::from(hex_digit(number, at))));
+    token
+}
+
+/// Whether `token` is [`token_of`] `number`, without writing that down.
+fn token_matches(number: u64, token: &str) -> bool {
+    let len = hex_len(number);
+    token.len() == len
+        && token.bytes().zip((0..len).rev()).all(|(b, at)| b == hex_digit(number, at))
+}
+
+/// How many hex digits `number` takes (one for zero).
+fn hex_len(number: u64) -> usize {
+    (64 - number.leading_zeros() as usize).div_ceil(4).max(1)
+}
+
+/// The lowercase hex digit of `number` at place `at` (0 the lowest).
+fn hex_digit(number: u64, at: usize) -> u8 {
+    b"0123456789abcdef"[((number >> (4 * at)) & 0xf) as usize]
 }
 
 fn due_instant(eta: DateTime<Utc>) -> Instant {
@@ -129,17 +209,96 @@ impl Queue {
             let stored = entry.remove();
             self.push_ready(stored);
         }
-        let expired: Vec<TaskId> = self
+        self.expire_leases(now);
+    }
+
+    /// Returns the jobs whose lease expired by `now` to the front of ready, the one
+    /// that expired first frontmost; returns how many.
+    fn expire_leases(&mut self, now: Instant) -> u64 {
+        let mut expired = Vec::new();
+        while let Some(&Reverse((deadline, token, id))) = self.leases.peek() {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop();
+            if let Entry::Occupied(held) = self.in_flight.entry(id) {
+                if held.get().token == token && held.get().deadline == deadline {
+                    expired.push(held.remove());
+                }
+            }
+        }
+        let moved = expired.len() as u64;
+        for held in expired.into_iter().rev() {
+            self.return_to_ready(held);
+        }
+        moved
+    }
+
+    /// Returns to the front of ready the jobs that the workers in `dead` claimed
+    /// before their heartbeat lapsed (at the instant `dead` maps them to); returns how
+    /// many.
+    fn return_jobs_of(&mut self, dead: &HashMap<String, Instant>) -> u64 {
+        if dead.is_empty() {
+            return 0;
+        }
+        let lapsed: Vec<TaskId> = self
             .in_flight
             .iter()
-            .filter(|(_, held)| held.deadline <= now)
+            .filter(|(_, held)| {
+                dead.get(&*held.worker).is_some_and(|lapsed| held.claimed_at <= *lapsed)
+            })
             .map(|(id, _)| *id)
             .collect();
-        for id in expired {
+        let moved = lapsed.len() as u64;
+        for id in lapsed {
             if let Some(held) = self.in_flight.remove(&id) {
-                let priority = usize::from(held.stored.priority.min(MAX_PRIORITY));
-                self.ready[priority].push_front(held.stored);
+                self.return_to_ready(held);
             }
+        }
+        moved
+    }
+
+    /// A lapsed lease's job goes back to the front of its priority's ready list.
+    fn return_to_ready(&mut self, held: InFlight) {
+        let priority = usize::from(held.stored.priority.min(MAX_PRIORITY));
+        self.ready[priority].push_front(held.stored);
+    }
+
+    /// Takes the job `lease` holds out of flight; `None`, changing nothing, when the
+    /// token is stale.
+    fn take_held(&mut self, lease: &Lease) -> Option<InFlight> {
+        let Entry::Occupied(entry) = self.in_flight.entry(lease.id) else {
+            return None;
+        };
+        if !token_matches(entry.get().token, &lease.token) {
+            return None;
+        }
+        Some(entry.remove())
+    }
+
+    /// Records a lease of the job `id` under `token` until `deadline`.
+    fn add_lease(&mut self, deadline: Instant, token: u64, id: TaskId) {
+        self.leases.push(Reverse((deadline, token, id)));
+    }
+
+    /// Whether a lease entry still describes its job's lease.
+    fn is_live(&self, &Reverse((deadline, token, id)): &Reverse<(Instant, u64, TaskId)>) -> bool {
+        self.in_flight.get(&id).is_some_and(|held| held.token == token && held.deadline == deadline)
+    }
+
+    /// Drops the stale lease entries on top, and rebuilds the heap from the jobs in
+    /// flight when stale entries outnumber live ones (which keeps it within twice
+    /// their number, at a constant cost per lease).
+    fn tidy_leases(&mut self) {
+        while self.leases.peek().is_some_and(|top| !self.is_live(top)) {
+            self.leases.pop();
+        }
+        if self.leases.len() > 2 * self.in_flight.len() + 64 {
+            self.leases = self
+                .in_flight
+                .iter()
+                .map(|(id, held)| Reverse((held.deadline, held.token, *id)))
+                .collect();
         }
     }
 
@@ -149,9 +308,10 @@ impl Queue {
 
     /// The next instant something here changes on its own: a delayed job falls due
     /// or a lease expires.
-    fn next_change(&self) -> Option<Instant> {
+    fn next_change(&mut self) -> Option<Instant> {
+        self.tidy_leases();
         let delayed = self.delayed.keys().next().map(|(at, _)| *at);
-        let lease = self.in_flight.values().map(|held| held.deadline).min();
+        let lease = self.leases.peek().map(|Reverse((at, _, _))| *at);
         match (delayed, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -164,30 +324,38 @@ impl Queue {
 }
 
 impl State {
-    /// Refuses jobs whose id is already queued, or repeated among `jobs`.
-    fn check_new<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>) -> Result<()> {
-        let mut seen = HashSet::new();
+    /// Refuses a job whose id is already queued.
+    fn check_new(&self, job: &NewJob) -> Result<()> {
+        let id = job.stored.id;
+        if self.queues.get(&job.queue).is_some_and(|q| q.known.contains(&id)) {
+            return Err(Error::DuplicateJob { id, queue: job.queue.clone() });
+        }
+        Ok(())
+    }
+
+    /// Refuses jobs whose id is already queued, or repeated among `jobs`; `seen` is
+    /// empty, with room for every job.
+    fn check_batch<'a>(
+        &self,
+        jobs: &'a [NewJob],
+        seen: &mut HashSet<(&'a str, TaskId)>,
+    ) -> Result<()> {
         for job in jobs {
-            let known = self.queues.get(&job.queue).is_some_and(|q| q.known.contains(&job.id));
-            if known || !seen.insert((&job.queue, job.id)) {
-                return Err(Error::DuplicateJob { id: job.id, queue: job.queue.clone() });
+            self.check_new(job)?;
+            if !seen.insert((&job.queue, job.stored.id)) {
+                return Err(Error::DuplicateJob { id: job.stored.id, queue: job.queue.clone() });
             }
         }
         Ok(())
     }
 
-    fn add(&mut self, job: Job) {
-        let stored = Stored {
-            id: job.id,
-            priority: job.priority.min(MAX_PRIORITY),
-            payload: job.payload,
-            deliveries: 0,
-        };
+    fn add(&mut self, job: NewJob) {
+        let NewJob { queue, eta, stored } = job;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let queue = self.queues.entry(job.queue).or_default();
-        queue.known.insert(job.id);
-        match job.eta {
+        let queue = self.queues.entry(queue).or_default();
+        queue.known.insert(stored.id);
+        match eta {
             Some(eta) if eta > Utc::now() => {
                 queue.delayed.insert((due_instant(eta), seq), stored);
             }
@@ -195,16 +363,18 @@ impl State {
         }
     }
 
-    /// Claims up to `max` jobs, or returns when the next one could be due.
-    fn try_claim(
+    /// Claims up to `max` jobs into `claimed` for `worker`; returns when the next one
+    /// could be due.
+    fn try_claim<'a>(
         &mut self,
-        worker: &str,
-        queues: &[String],
+        worker: &Arc<str>,
+        queues: &'a [String],
         max: usize,
         lease: Duration,
-    ) -> (Vec<Delivery>, Option<Instant>) {
+        claimed: &mut Vec<Claimed<'a>>,
+    ) -> Option<Instant> {
         let now = Instant::now();
-        let mut claimed = Vec::new();
+        let deadline = crate::clock::instant_after(now, lease);
         let mut next_change: Option<Instant> = None;
         for name in queues {
             let Some(queue) = self.queues.get_mut(name) else {
@@ -217,33 +387,34 @@ impl State {
                 };
                 stored.deliveries += 1;
                 self.next_seq += 1;
-                let token = format!("{:x}", self.next_seq);
-                let lease_info = Lease { id: stored.id, queue: name.clone(), token: token.clone() };
-                claimed.push(Delivery::new(lease_info, stored.payload.clone(), stored.deliveries));
-                queue.in_flight.insert(
-                    stored.id,
-                    InFlight {
-                        stored,
-                        token,
-                        deadline: crate::clock::instant_after(now, lease),
-                        worker: worker.to_owned(),
-                    },
-                );
+                let token = self.next_seq;
+                claimed.push(Claimed {
+                    id: stored.id,
+                    queue: name,
+                    token,
+                    payload: Arc::clone(&stored.payload),
+                    deliveries: stored.deliveries,
+                });
+                queue.add_lease(deadline, token, stored.id);
+                let worker = Arc::clone(worker);
+                let held = InFlight { stored, token, deadline, worker, claimed_at: now };
+                queue.in_flight.insert(held.stored.id, held);
             }
             if let Some(at) = queue.next_change() {
                 next_change = Some(next_change.map_or(at, |n| n.min(at)));
             }
         }
-        (claimed, next_change)
+        next_change
     }
 }
 
 #[async_trait]
 impl Broker for InMemoryBroker {
     async fn enqueue(&self, job: Job) -> Result<()> {
+        let job = NewJob::from(job);
         {
             let mut state = self.lock();
-            state.check_new([&job])?;
+            state.check_new(&job)?;
             state.add(job);
         }
         self.notify.notify_waiters();
@@ -251,9 +422,12 @@ impl Broker for InMemoryBroker {
     }
 
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()> {
+        let jobs: Vec<NewJob> = jobs.into_iter().map(NewJob::from).collect();
+        let mut seen = HashSet::with_capacity(jobs.len());
         {
             let mut state = self.lock();
-            state.check_new(&jobs)?;
+            state.check_batch(&jobs, &mut seen)?;
+            drop(seen);
             for job in jobs {
                 state.add(job);
             }
@@ -273,6 +447,14 @@ impl Broker for InMemoryBroker {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        // One copy of the worker's id, shared by every lease of this claim.
+        let worker: Arc<str> = Arc::from(worker);
+        let mut claimed = Vec::with_capacity(max.min(CLAIM_RESERVE));
+        // Most claims find work: look once before paying for a wake-up registration.
+        self.lock().try_claim(&worker, queues, max, lease, &mut claimed);
+        if !claimed.is_empty() {
+            return Ok(claimed.into_iter().map(Claimed::into_delivery).collect());
+        }
         let give_up = crate::clock::deadline(wait);
         loop {
             // Register for wake-ups before looking, so an enqueue between the look and
@@ -281,9 +463,9 @@ impl Broker for InMemoryBroker {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (claimed, next_change) = self.lock().try_claim(worker, queues, max, lease);
+            let next_change = self.lock().try_claim(&worker, queues, max, lease, &mut claimed);
             if !claimed.is_empty() {
-                return Ok(claimed);
+                return Ok(claimed.into_iter().map(Claimed::into_delivery).collect());
             }
             if Instant::now() >= give_up {
                 return Ok(Vec::new());
@@ -297,12 +479,17 @@ impl Broker for InMemoryBroker {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        self.settle(lease, |queue, held, _| {
+        let held = self.settle(lease, |queue, held, _| {
             queue.known.remove(&held.stored.id);
-        })
+            held
+        })?;
+        // Freed once the lock is released.
+        drop(held);
+        Ok(())
     }
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
+        let payload: Arc<[u8]> = payload.into();
         self.settle(lease, |queue, held, seq| {
             let stored = Stored { payload, deliveries: 0, ..held.stored };
             *seq += 1;
@@ -334,7 +521,7 @@ impl Broker for InMemoryBroker {
             let letter = DeadLetter::new(
                 held.stored.id,
                 lease.queue.clone(),
-                held.stored.payload,
+                held.stored.payload.to_vec(),
                 reason,
                 Utc::now(),
             );
@@ -349,13 +536,17 @@ impl Broker for InMemoryBroker {
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
         let mut state = self.lock();
-        let held = state
-            .queues
-            .get_mut(&lease.queue)
-            .and_then(|q| q.in_flight.get_mut(&lease.id))
-            .filter(|held| held.token == lease.token)
+        let queue = state.queues.get_mut(&lease.queue).ok_or(Error::LeaseLost { id: lease.id })?;
+        let held = queue
+            .in_flight
+            .get_mut(&lease.id)
+            .filter(|held| token_matches(held.token, &lease.token))
             .ok_or(Error::LeaseLost { id: lease.id })?;
         held.deadline = crate::clock::deadline(lease_for);
+        let (deadline, token) = (held.deadline, held.token);
+        // The entry of the old deadline goes stale.
+        queue.add_lease(deadline, token, lease.id);
+        queue.tidy_leases();
         Ok(())
     }
 
@@ -389,28 +580,16 @@ impl Broker for InMemoryBroker {
         {
             let mut state = self.lock();
             let state = &mut *state;
-            let dead: HashSet<String> = state
+            let dead: HashMap<String, Instant> = state
                 .workers
                 .iter()
                 .filter(|(_, (_, until, _))| *until <= now)
-                .map(|(id, _)| id.clone())
+                .map(|(id, (_, until, _))| (id.clone(), *until))
                 .collect();
-            state.workers.retain(|id, _| !dead.contains(id));
+            state.workers.retain(|id, _| !dead.contains_key(id));
             // One process holds every queue here, so every queue is reaped.
             for queue in state.queues.values_mut() {
-                let lapsed: Vec<TaskId> = queue
-                    .in_flight
-                    .iter()
-                    .filter(|(_, held)| held.deadline <= now || dead.contains(&held.worker))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in lapsed {
-                    if let Some(held) = queue.in_flight.remove(&id) {
-                        let priority = usize::from(held.stored.priority.min(MAX_PRIORITY));
-                        queue.ready[priority].push_front(held.stored);
-                        moved += 1;
-                    }
-                }
+                moved += queue.expire_leases(now) + queue.return_jobs_of(&dead);
             }
         }
         if moved > 0 {
@@ -467,5 +646,74 @@ mod tests {
         let kept: Vec<String> =
             broker.dead_letters("q", 0, 10).await.unwrap().into_iter().map(|d| d.reason).collect();
         assert_eq!(kept, ["bad 4", "bad 3", "bad 2"]);
+    }
+
+    #[test]
+    fn a_token_is_the_lowercase_hex_form_and_matches_only_it() {
+        for number in [0, 1, 15, 16, 255, 0xdead_beef, u64::MAX] {
+            let token = token_of(number);
+            assert_eq!(token, format!("{number:x}"));
+            assert!(token_matches(number, &token));
+        }
+        for other in ["FF", "0ff", "+ff", "fe", "", "ff ", "100", "f"] {
+            assert!(!token_matches(255, other), "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewed_lease_expires_at_its_new_deadline_not_its_old_one() {
+        let broker = InMemoryBroker::new();
+        let queues = vec!["q".to_owned()];
+        broker.enqueue(Job::new(TaskId::new(), "q", 5, None, vec![1])).await.unwrap();
+        let short = Duration::from_millis(50);
+        let got = broker.claim("w", &queues, 1, short, Duration::ZERO).await.unwrap();
+        broker.renew(&got[0].lease, Duration::from_secs(60)).await.unwrap();
+        tokio::time::sleep(short * 2).await;
+        let again = broker.claim("w", &queues, 1, short, Duration::ZERO).await.unwrap();
+        assert!(again.is_empty(), "the renewed lease has not expired");
+        assert_eq!(broker.reap(&queues).await.unwrap(), 0);
+        broker.renew(&got[0].lease, Duration::ZERO).await.unwrap();
+        let again = broker.claim("w", &queues, 1, short, Duration::ZERO).await.unwrap();
+        assert_eq!(again.len(), 1, "a lease renewed to nothing expires at once");
+        assert!(matches!(broker.ack(&got[0].lease).await, Err(Error::LeaseLost { .. })));
+        broker.ack(&again[0].lease).await.unwrap();
+        assert_eq!(broker.queue_stats("q").await.unwrap().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn the_stale_lease_of_an_earlier_claim_does_not_expire_a_later_one() {
+        let broker = InMemoryBroker::new();
+        let queues = vec!["q".to_owned()];
+        broker.enqueue(Job::new(TaskId::new(), "q", 5, None, vec![1])).await.unwrap();
+        let short = Duration::from_millis(50);
+        let first = broker.claim("w", &queues, 1, short, Duration::ZERO).await.unwrap();
+        broker.release(&first[0].lease).await.unwrap();
+        let long = Duration::from_secs(60);
+        let second = broker.claim("w", &queues, 1, long, Duration::ZERO).await.unwrap();
+        tokio::time::sleep(short * 2).await;
+        assert!(broker.claim("w", &queues, 1, long, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(broker.reap(&queues).await.unwrap(), 0);
+        broker.ack(&second[0].lease).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn settled_leases_do_not_pile_up() {
+        let broker = InMemoryBroker::new();
+        let queues = vec!["q".to_owned()];
+        let long = Duration::from_secs(60);
+        // A job held throughout keeps its lease on top, so stale entries pile up
+        // behind it unless they are swept out.
+        broker.enqueue(Job::new(TaskId::new(), "q", 5, None, vec![0])).await.unwrap();
+        let held = broker.claim("w", &queues, 1, long, Duration::ZERO).await.unwrap();
+        for _ in 0..100 {
+            let jobs = (0..100).map(|_| Job::new(TaskId::new(), "q", 5, None, vec![1])).collect();
+            broker.enqueue_batch(jobs).await.unwrap();
+            for delivery in broker.claim("w", &queues, 100, long, Duration::ZERO).await.unwrap() {
+                broker.ack(&delivery.lease).await.unwrap();
+            }
+        }
+        let leases = broker.lock().queues.get("q").map_or(0, |q| q.leases.len());
+        assert!(leases <= 2 * 101 + 64, "{leases} lease entries for one job in flight");
+        broker.ack(&held[0].lease).await.unwrap();
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::FutureExt;
+use futures::future::Either;
 use tracing::Instrument;
 
 use super::Shared;
@@ -14,7 +15,7 @@ use crate::backend::TaskOutcome;
 use crate::broker::{Delivery, Lease};
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::task::registry::{RunError, TaskRegistration};
+use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
 use crate::task::{FailureKind, TaskContext};
 
 /// The longest automatic retry delay.
@@ -22,19 +23,18 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 
 /// Runs one delivery to the end: it is acknowledged, retried, dead-lettered or
 /// released, and never panics the worker.
-pub(super) async fn process(shared: &Shared, delivery: Delivery) {
-    let lease = delivery.lease;
+///
+/// Every job spawns this future, and it is moved several times on its way into the
+/// runtime, so it is kept small: whatever needs no waiting (decoding, the look-up,
+/// starting the task) happens before it is built, it holds only what the rest of the
+/// run needs, and the paths a job rarely takes (a failure, a poison message, an
+/// expired job, a task that does not finish at once) box what they await.
+pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output = ()> + Send + '_ {
+    let Delivery { lease, payload, .. } = delivery;
     let limit = shared.manager.config().max_message_size;
-    let envelope = match Envelope::decode(&delivery.payload, limit) {
+    let envelope = match Envelope::decode(&payload, limit) {
         Ok(envelope) => envelope,
-        Err(e) => {
-            let reason = format!("undecodable envelope: {e}");
-            tracing::error!(id = %lease.id, queue = %lease.queue, %reason, "dead-lettering a job");
-            dead_letter(shared, &lease, &reason).await;
-            let outcome = TaskOutcome::failed(FailureKind::Undecodable, &reason, 0, None);
-            store(shared, &lease, &outcome).await;
-            return;
-        }
+        Err(e) => return Either::Right(rare(async move { poison(shared, &lease, &e).await })),
     };
     let span = tracing::info_span!(
         "task",
@@ -43,10 +43,6 @@ pub(super) async fn process(shared: &Shared, delivery: Delivery) {
         attempt = envelope.attempt,
         queue = %envelope.queue,
     );
-    run_envelope(shared, lease, envelope).instrument(span).await;
-}
-
-async fn run_envelope(shared: &Shared, lease: Lease, envelope: Envelope) {
     let Some(registration) = shared.manager.registry().get(&envelope.task) else {
         let known: Vec<&str> = shared.manager.registry().tasks().iter().map(|t| t.name).collect();
         let reason = format!(
@@ -55,80 +51,189 @@ async fn run_envelope(shared: &Shared, lease: Lease, envelope: Envelope) {
             envelope.task,
             known.join(", ")
         );
-        fail(shared, &lease, &envelope, FailureKind::UnknownTask, &reason, None).await;
-        return;
+        let attempt = envelope.attempt;
+        let kind = FailureKind::UnknownTask;
+        let failed = async move { fail(shared, &lease, attempt, kind, &reason, None).await };
+        return Either::Right(rare(failed.instrument(span)));
     };
     if let Some(expires_at) = envelope.expires_at {
         if expires_at <= Utc::now() {
-            let reason = format!("expired at {expires_at} before it started");
-            tracing::warn!(%reason, "not running an expired job");
-            dead_letter(shared, &lease, &reason).await;
-            store(shared, &lease, &TaskOutcome::expired(envelope.attempt)).await;
-            return;
+            let attempt = envelope.attempt;
+            let expired = async move { expire(shared, &lease, expires_at, attempt).await };
+            return Either::Right(rare(expired.instrument(span)));
         }
     }
+    Either::Left(run(shared, lease, registration, envelope, payload).instrument(span))
+}
 
+/// A future for a path jobs rarely take, boxed so that it adds nothing to the size
+/// of the future every job spawns.
+type Rare<'a, T = ()> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+fn rare<'a, T>(future: impl Future<Output = T> + Send + 'a) -> Rare<'a, T> {
+    Box::pin(future)
+}
+
+/// Dead-letters a job whose envelope does not decode, and records why.
+async fn poison(shared: &Shared, lease: &Lease, error: &Error) {
+    let reason = format!("undecodable envelope: {error}");
+    tracing::error!(id = %lease.id, queue = %lease.queue, %reason, "dead-lettering a job");
+    if dead_letter(shared, lease, &reason).await {
+        let outcome = TaskOutcome::failed(FailureKind::Undecodable, &reason, 0, None);
+        store(shared, lease, &outcome).await;
+    }
+}
+
+/// Dead-letters a job whose expiry passed before it started.
+async fn expire(shared: &Shared, lease: &Lease, expires_at: chrono::DateTime<Utc>, attempt: u32) {
+    let reason = format!("expired at {expires_at} before it started");
+    tracing::warn!(%reason, "not running an expired job");
+    if dead_letter(shared, lease, &reason).await {
+        store(shared, lease, &TaskOutcome::expired(attempt)).await;
+    }
+}
+
+/// The task's own future under a panic guard.
+type Guarded = futures::future::CatchUnwind<AssertUnwindSafe<TaskFuture>>;
+
+/// Starts the task of a decoded job, which takes the envelope's arguments, names and
+/// headers, and returns the future that runs it and settles the job; `payload` is
+/// the envelope as delivered, which a retry decodes again.
+fn run<'a>(
+    shared: &'a Shared,
+    lease: Lease,
+    registration: &'static TaskRegistration,
+    envelope: Envelope,
+    payload: Vec<u8>,
+) -> impl Future<Output = ()> + Send + 'a {
     let started_at = Utc::now();
     let timeout = envelope.timeout_ms.map(Duration::from_millis).or(registration.timeout);
-    let run = execute(registration, &envelope, timeout);
-    let result = tokio::select! {
-        result = run => result,
-        () = keep_lease(shared, &lease) => {
-            tracing::warn!("lost the lease: another worker now holds this job; abandoning this run");
-            return;
-        }
-        () = shared.hard_stop.cancelled() => {
-            tracing::warn!("cancelled at the end of the grace period; releasing the job");
-            release(shared, &lease).await;
-            return;
-        }
+    let (attempt, max_retries) = (envelope.attempt, envelope.max_retries);
+    let ctx = TaskContext {
+        id: envelope.id,
+        name: envelope.task,
+        queue: envelope.queue,
+        attempt,
+        headers: envelope.headers,
     };
-
-    match result {
-        Ok(value) => {
-            if !registration.ignore_result {
-                let outcome = TaskOutcome::succeeded(value, envelope.attempt, started_at);
-                store(shared, &lease, &outcome).await;
+    // This only boxes the task's future; it starts running when first polled.
+    let task = AssertUnwindSafe((registration.run)(envelope.args, ctx)).catch_unwind();
+    async move {
+        // Biased, the run first: a task that finishes at once never polls `stop`, so
+        // it arms no renewal timer and allocates nothing for it.
+        let result = tokio::select! {
+            biased;
+            result = execute(registration, task, timeout) => result,
+            stopped = stop(shared, &lease) => {
+                match stopped {
+                    Stop::LeaseLost => tracing::warn!(
+                        "lost the lease: another worker now holds this job; abandoning this run"
+                    ),
+                    Stop::HardStop => {
+                        tracing::warn!("cancelled at the end of the grace period; releasing the job");
+                        release(shared, &lease).await;
+                    }
+                }
+                return;
             }
-            settle(shared.manager.broker().ack(&lease).await, &lease, "acknowledge");
-        }
-        Err((kind, message, requested_delay)) => {
-            let max_retries = envelope
-                .max_retries
-                .or(registration.max_retries)
-                .unwrap_or(shared.manager.config().default_max_retries);
-            if kind.is_retryable() && envelope.attempt <= max_retries {
-                retry(shared, &lease, envelope, &message, requested_delay).await;
-            } else {
-                fail(shared, &lease, &envelope, kind, &message, Some(started_at)).await;
+        };
+        match result {
+            Ok(value) => {
+                if !registration.ignore_result {
+                    let outcome = TaskOutcome::succeeded(value, attempt, started_at);
+                    if !store(shared, &lease, &outcome).await {
+                        // Acknowledging now would lose the result for good; the job
+                        // runs again once its lease expires, and its result is written
+                        // then.
+                        return;
+                    }
+                }
+                let acked = persist(shared, &lease, || shared.manager.broker().ack(&lease)).await;
+                settle(acked, &lease, "acknowledge");
+            }
+            Err(failure) => {
+                let failed =
+                    Failed { registration, attempt, max_retries, payload: &payload, started_at };
+                rare(failed.settle(shared, &lease, failure)).await;
             }
         }
     }
 }
 
-/// Runs the task under its timeout and a panic guard.
+/// Why a run was abandoned before it finished.
+enum Stop {
+    /// Another worker holds the job now.
+    LeaseLost,
+    /// The grace period of a shutdown ended.
+    HardStop,
+}
+
+/// Renews the lease while the task runs; resolves when the run must stop. Boxed when
+/// first polled, which a task that finishes at once never is.
+async fn stop(shared: &Shared, lease: &Lease) -> Stop {
+    rare(async {
+        tokio::select! {
+            () = keep_lease(shared, lease) => Stop::LeaseLost,
+            () = shared.hard_stop.cancelled() => Stop::HardStop,
+        }
+    })
+    .await
+}
+
+/// A run that failed, with what deciding between a retry and a final failure takes.
+struct Failed<'a> {
+    registration: &'static TaskRegistration,
+    attempt: u32,
+    /// The call's own retry limit, if it set one.
+    max_retries: Option<u32>,
+    /// The envelope as delivered.
+    payload: &'a [u8],
+    started_at: chrono::DateTime<Utc>,
+}
+
+impl Failed<'_> {
+    /// Retries the job when its failure and attempts allow, or fails it for good.
+    async fn settle(
+        self,
+        shared: &Shared,
+        lease: &Lease,
+        (kind, message, requested_delay): (FailureKind, String, Option<Duration>),
+    ) {
+        let max_retries = self
+            .max_retries
+            .or(self.registration.max_retries)
+            .unwrap_or(shared.manager.config().default_max_retries);
+        if !(kind.is_retryable() && self.attempt <= max_retries) {
+            fail(shared, lease, self.attempt, kind, &message, Some(self.started_at)).await;
+            return;
+        }
+        match Envelope::decode(self.payload, shared.manager.config().max_message_size) {
+            Ok(whole) => retry(shared, lease, whole, &message, requested_delay).await,
+            Err(e) => {
+                // Cannot happen: these bytes decoded before the run.
+                let reason = format!("could not decode the job again for a retry: {e}");
+                fail(shared, lease, self.attempt, FailureKind::Undecodable, &reason, None).await;
+            }
+        }
+    }
+}
+
+/// Runs the task under its timeout.
 async fn execute(
     registration: &'static TaskRegistration,
-    envelope: &Envelope,
+    task: Guarded,
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, (FailureKind, String, Option<Duration>)> {
-    let ctx = TaskContext {
-        id: envelope.id,
-        name: envelope.task.clone(),
-        queue: envelope.queue.clone(),
-        attempt: envelope.attempt,
-        headers: envelope.headers.clone(),
-    };
-    let guarded = AssertUnwindSafe((registration.run)(envelope.args.clone(), ctx)).catch_unwind();
     let finished = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+        // Boxed: a timer is larger than the rest of the run, and costs more to arm.
+        Some(limit) => match Box::pin(tokio::time::timeout(limit, task)).await {
             Ok(finished) => finished,
             Err(_) => {
-                let message = format!("task {:?} timed out after {limit:?}", envelope.task);
+                let message = format!("task {:?} timed out after {limit:?}", registration.name);
                 return Err((FailureKind::Timeout, message, None));
             }
         },
-        None => guarded.await,
+        None => task.await,
     };
     match finished {
         Ok(Ok(value)) => Ok(value),
@@ -140,7 +245,8 @@ async fn execute(
             Err((e.kind(), e.message(), delay))
         }
         Err(panic) => {
-            let message = format!("task {:?} panicked: {}", envelope.task, panic_message(&*panic));
+            let message =
+                format!("task {:?} panicked: {}", registration.name, panic_message(&*panic));
             Err((FailureKind::Panic, message, None))
         }
     }
@@ -182,12 +288,14 @@ async fn retry(
     envelope.eta = Some(eta);
     match envelope.encode(shared.manager.config().max_message_size) {
         Ok(payload) => {
-            let result = shared.manager.broker().retry(lease, payload, eta).await;
+            let broker = shared.manager.broker();
+            let result = persist(shared, lease, || broker.retry(lease, payload.clone(), eta)).await;
             settle(result, lease, "schedule a retry of");
         }
         Err(e) => {
             let reason = format!("could not re-encode the job for a retry: {e}");
-            fail(shared, lease, &envelope, FailureKind::Undecodable, &reason, None).await;
+            let kind = FailureKind::Undecodable;
+            fail(shared, lease, envelope.attempt, kind, &reason, None).await;
         }
     }
 }
@@ -202,33 +310,82 @@ fn default_backoff(attempt: u32) -> Duration {
 async fn fail(
     shared: &Shared,
     lease: &Lease,
-    envelope: &Envelope,
+    attempt: u32,
     kind: FailureKind,
     message: &str,
     started_at: Option<chrono::DateTime<Utc>>,
 ) {
     tracing::error!(%kind, error = %message, "job failed");
     // Dead-letter first: whoever sees the failed result then finds the job in the
-    // dead-letter queue too.
-    dead_letter(shared, lease, &format!("{kind}: {message}")).await;
-    let outcome = TaskOutcome::failed(kind, message, envelope.attempt, started_at);
-    store(shared, lease, &outcome).await;
-}
-
-async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome) {
-    let ttl = shared.manager.config().result_ttl;
-    if let Err(e) = shared.manager.backend().store(lease.id, outcome, ttl).await {
-        tracing::error!(id = %lease.id, error = %e, "storing the result failed");
+    // dead-letter queue too. A job that could not be dead-lettered stays with its lease
+    // and runs again; its result is written then.
+    if dead_letter(shared, lease, &format!("{kind}: {message}")).await {
+        let outcome = TaskOutcome::failed(kind, message, attempt, started_at);
+        store(shared, lease, &outcome).await;
     }
 }
 
-async fn dead_letter(shared: &Shared, lease: &Lease, reason: &str) {
-    let result = shared.manager.broker().dead_letter(lease, reason).await;
+/// How many times a transient failure to store a result or settle a job is tried
+/// again (over about 10 s) before the job is left to run again after its lease.
+const PERSIST_ATTEMPTS: u32 = 10;
+
+/// Runs `op` (a write to the broker or backend) until it succeeds, fails for good,
+/// or fails transiently [`PERSIST_ATTEMPTS`] times, pausing 50 ms doubling to 2 s in
+/// between, and keeping the lease meanwhile: a Redis restart in the middle of settling
+/// a job should cost a short wait, not a second run.
+async fn persist<F, Fut>(shared: &Shared, lease: &Lease, mut op: F) -> crate::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = crate::Result<()>>,
+{
+    let attempts = async {
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && attempt < PERSIST_ATTEMPTS => {
+                    tracing::warn!(id = %lease.id, error = %e, retry_in = ?pause, "a write failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    };
+    // Biased: a write that completes at once never arms the renewal timer.
+    tokio::select! {
+        biased;
+        done = attempts => done,
+        () = keep_lease(shared, lease) => Err(Error::LeaseLost { id: lease.id }),
+    }
+}
+
+/// Stores a job's outcome; false when it could not be stored.
+async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome) -> bool {
+    let ttl = shared.manager.config().result_ttl;
+    let backend = shared.manager.backend();
+    match persist(shared, lease, || backend.store(lease.id, outcome, ttl)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(id = %lease.id, error = %e, "storing the result failed; the job runs again once its lease expires");
+            false
+        }
+    }
+}
+
+/// Dead-letters a job; false when that failed.
+async fn dead_letter(shared: &Shared, lease: &Lease, reason: &str) -> bool {
+    let broker = shared.manager.broker();
+    let result = persist(shared, lease, || broker.dead_letter(lease, reason)).await;
+    let done = result.is_ok();
     settle(result, lease, "dead-letter");
+    done
 }
 
 pub(super) async fn release(shared: &Shared, lease: &Lease) {
-    let result = shared.manager.broker().release(lease).await;
+    let broker = shared.manager.broker();
+    let result = persist(shared, lease, || broker.release(lease)).await;
     if result.is_ok() {
         shared.released.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

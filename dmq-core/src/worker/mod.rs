@@ -4,12 +4,14 @@
 mod job;
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::WorkerInfo;
@@ -275,12 +277,8 @@ fn hostname() -> String {
 /// The claim loop, then the graceful stop of the running jobs.
 async fn claim_loop(shared: &Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.config.concurrency));
-    let mut jobs = JoinSet::new();
     let mut failures = 0u32;
     loop {
-        while let Some(joined) = jobs.try_join_next() {
-            log_join(joined);
-        }
         let first = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
@@ -289,6 +287,10 @@ async fn claim_loop(shared: &Arc<Shared>) {
                 Err(_) => break,
             },
         };
+        // A finishing job wakes this loop at once, ahead of the other jobs finishing
+        // on this thread: let them run first, so that one claim fills all their slots
+        // rather than one claim per slot.
+        tokio::task::yield_now().await;
         let free = 1 + slots.available_permits();
         let broker = shared.manager.broker();
         let claimed = tokio::select! {
@@ -326,37 +328,53 @@ async fn claim_loop(shared: &Arc<Shared>) {
                 },
             };
             let shared = Arc::clone(shared);
-            jobs.spawn(async move {
-                job::process(&shared, delivery).await;
+            // Not a JoinSet: its bookkeeping cost this loop more than the claim did.
+            // A job holds its slot until it ends, which is how the stop below knows.
+            tokio::spawn(async move {
+                let run = AssertUnwindSafe(job::process(&shared, delivery)).catch_unwind();
+                if let Err(panic) = run.await {
+                    log_abnormal_end(&*panic);
+                }
                 drop(permit);
             });
         }
     }
+    let concurrency = shared.config.concurrency;
     let grace = shared.config.grace;
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(joined) = jobs.join_next().await {
-            log_join(joined);
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(running = jobs.len(), ?grace, "grace period over; releasing running jobs");
+    if tokio::time::timeout(grace, all_ended(&slots, concurrency)).await.is_err() {
+        let running = concurrency.saturating_sub(slots.available_permits());
+        tracing::warn!(running, ?grace, "grace period over; releasing running jobs");
         shared.hard_stop.cancel();
-        while let Some(joined) = jobs.join_next().await {
-            log_join(joined);
-        }
+        all_ended(&slots, concurrency).await;
     }
 }
 
-/// A job's task ended abnormally: a bug in dmq, never in the user's task (whose
-/// panics are caught). Logged so it cannot pass unseen.
-fn log_join(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined {
-        tracing::error!(
-            error = %e,
-            "a job's task ended abnormally; the job returns to its queue when its lease expires"
-        );
+/// Resolves once all `concurrency` slots are free again: every job has ended.
+async fn all_ended(slots: &Semaphore, concurrency: usize) {
+    let mut held = Vec::new();
+    let mut left = concurrency;
+    while left > 0 {
+        let n = u32::try_from(left).unwrap_or(u32::MAX);
+        let Ok(permit) = slots.acquire_many(n).await else {
+            return;
+        };
+        held.push(permit);
+        left = left.saturating_sub(n as usize);
     }
+}
+
+/// A job's task panicked: a bug in dmq, never in the user's task (whose panics are
+/// caught). Logged so it cannot pass unseen.
+fn log_abnormal_end(panic: &(dyn std::any::Any + Send)) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a non-string panic payload)");
+    tracing::error!(
+        panic = message,
+        "a job's task ended abnormally; the job returns to its queue when its lease expires"
+    );
 }
 
 /// Pause after `failures` failed claims in a row: 100 ms doubling up to 5 s.

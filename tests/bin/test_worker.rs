@@ -1,0 +1,190 @@
+//! `dmq-test-worker`: one worker process on Redis for the `processes` end-to-end
+//! tests, which start, stop (SIGTERM) and kill (SIGKILL) it.
+//!
+//! It runs an in-process worker on a `RedisBroker` and a `RedisBackend` in the
+//! namespace it is given, until SIGTERM or SIGINT, then shuts down gracefully and exits
+//! 0. Its tasks record their runs in Redis under the key names built by `runs_key`,
+//! `pids_key` and `starts_key`, inside the namespace, so that
+//! `dmq_redis::delete_namespace` removes them with the rest.
+//!
+//! `processes.rs` includes this file as a module, so that the tests enqueue these
+//! very tasks (`count::call(..)`) and read these very keys.
+//!
+//! ```text
+//! dmq-test-worker --redis redis://127.0.0.1:6379 --namespace dmq-test-1 \
+//!     --queues e2e-count --concurrency 16 --lease-ms 2000 --heartbeat-ms 200
+//! ```
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use dmq_core::{Manager, TaskContext, TaskError, task};
+use dmq_redis::{RedisBackend, RedisBroker};
+use redis::aio::ConnectionManager;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The worker's settings, from arguments or the environment.
+#[derive(Debug, Parser)]
+#[command(name = "dmq-test-worker")]
+struct Args {
+    /// The Redis holding the broker, the results and the run records.
+    #[arg(long, env = "DMQ_TEST_WORKER_REDIS", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// The test's namespace.
+    #[arg(long, env = "DMQ_TEST_WORKER_NAMESPACE")]
+    namespace: String,
+    /// The queues to take jobs from, comma separated.
+    #[arg(long, env = "DMQ_TEST_WORKER_QUEUES", value_delimiter = ',', required = true)]
+    queues: Vec<String>,
+    /// Jobs run at once.
+    #[arg(long, env = "DMQ_TEST_WORKER_CONCURRENCY", default_value_t = 10)]
+    concurrency: usize,
+    /// The lease on each claimed job, in milliseconds.
+    #[arg(long, env = "DMQ_TEST_WORKER_LEASE_MS", default_value_t = 30_000)]
+    lease_ms: u64,
+    /// The heartbeat interval, in milliseconds.
+    #[arg(long, env = "DMQ_TEST_WORKER_HEARTBEAT_MS", default_value_t = 5_000)]
+    heartbeat_ms: u64,
+    /// How long running jobs may finish after SIGTERM, in milliseconds.
+    #[arg(long, env = "DMQ_TEST_WORKER_GRACE_MS", default_value_t = 30_000)]
+    grace_ms: u64,
+    /// Deliveries after which a job that never settles is dead-lettered as poison.
+    #[arg(long, env = "DMQ_TEST_WORKER_MAX_DELIVERIES", default_value_t = 5)]
+    max_deliveries: u32,
+}
+
+/// The hash of task id to how many times that `count` job ran, in namespace `ns`.
+///
+/// The record keys carry the hash tag `{ns}`, whose keys `delete_namespace` removes.
+pub(crate) fn runs_key(ns: &str) -> String {
+    format!("{{{ns}}}:e2e:runs")
+}
+
+/// The hash of process id to how many `count` jobs that process ran.
+pub(crate) fn pids_key(ns: &str) -> String {
+    format!("{{{ns}}}:e2e:pids")
+}
+
+/// The list with one `task-id pid` entry each time a `slow` job starts.
+pub(crate) fn starts_key(ns: &str) -> String {
+    format!("{{{ns}}}:e2e:starts")
+}
+
+/// Where the tasks record their runs.
+struct Records {
+    conn: ConnectionManager,
+    runs: String,
+    pids: String,
+    starts: String,
+}
+
+static RECORDS: OnceLock<Records> = OnceLock::new();
+
+fn records() -> Result<&'static Records, TaskError> {
+    RECORDS.get().ok_or_else(|| TaskError::msg("the run records are not set up"))
+}
+
+/// Records one run of job `ctx.id()` in this process, and returns `n * 2`.
+#[task(name = "e2e.count", queue = "e2e-count")]
+pub(crate) async fn count(n: u64, ctx: TaskContext) -> Result<u64, TaskError> {
+    let records = records()?;
+    let mut conn = records.conn.clone();
+    let () = redis::pipe()
+        .atomic()
+        .cmd("HINCRBY")
+        .arg(&records.runs)
+        .arg(ctx.id().to_string())
+        .arg(1)
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(&records.pids)
+        .arg(std::process::id())
+        .arg(1)
+        .ignore()
+        .query_async(&mut conn)
+        .await?;
+    Ok(n * 2)
+}
+
+/// Records that it started in this process, sleeps `ms` milliseconds, and returns
+/// the pid of the process that ran it to the end.
+#[task(name = "e2e.slow", queue = "e2e-slow")]
+pub(crate) async fn slow(ms: u64, ctx: TaskContext) -> Result<u32, TaskError> {
+    let records = records()?;
+    let mut conn = records.conn.clone();
+    let pid = std::process::id();
+    let _: u64 = redis::cmd("RPUSH")
+        .arg(&records.starts)
+        .arg(format!("{} {pid}", ctx.id()))
+        .query_async(&mut conn)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(pid)
+}
+
+/// A poison pill: records that it started in this process, then kills the process
+/// (SIGABRT), as a segfaulting native library or an out-of-memory kill would.
+#[task(name = "e2e.crash", queue = "e2e-poison")]
+pub(crate) async fn crash(ctx: TaskContext) -> Result<(), TaskError> {
+    let records = records()?;
+    let mut conn = records.conn.clone();
+    let _: u64 = redis::cmd("RPUSH")
+        .arg(&records.starts)
+        .arg(format!("{} {}", ctx.id(), std::process::id()))
+        .query_async(&mut conn)
+        .await?;
+    std::process::abort()
+}
+
+/// Returns `n * 3` after `ms` milliseconds; touches Redis only through dmq.
+#[task(name = "e2e.triple", queue = "e2e-restart")]
+pub(crate) async fn triple(n: i64, ms: u64) -> Result<i64, TaskError> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(n * 3)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let ns = &args.namespace;
+
+    let client = redis::Client::open(args.redis.as_str()).context("the Redis URL")?;
+    let conn = ConnectionManager::new(client).await.context("connecting to Redis")?;
+    let records = Records { conn, runs: runs_key(ns), pids: pids_key(ns), starts: starts_key(ns) };
+    if RECORDS.set(records).is_err() {
+        anyhow::bail!("the run records were set up twice");
+    }
+
+    let broker = RedisBroker::connect_with_namespace(&args.redis, ns)
+        .await?
+        .with_max_deliveries(args.max_deliveries);
+    let backend = RedisBackend::connect_with_namespace(&args.redis, ns).await?;
+    let manager = Manager::builder().broker(broker).backend(backend).build()?;
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let worker = manager
+        .worker()
+        .queues(args.queues)
+        .concurrency(args.concurrency)
+        .lease(Duration::from_millis(args.lease_ms))
+        .heartbeat(Duration::from_millis(args.heartbeat_ms))
+        .grace(Duration::from_millis(args.grace_ms))
+        .start();
+
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    let report = worker.shutdown().await;
+    eprintln!("dmq-test-worker {}: stopped, {} jobs released", std::process::id(), report.released);
+    Ok(())
+}

@@ -1,0 +1,575 @@
+//! End to end with real worker processes (`dmq-test-worker`, started, stopped with
+//! SIGTERM and killed with SIGKILL) on a real Redis: several processes drain one queue
+//! without losing or repeating a job, a job whose process is killed mid-run is run
+//! again by another while the dead one's lease is fenced off, and the processes carry
+//! on through a Redis restart without losing a job.
+//!
+//! Each test works in a fresh namespace `dmq-test-<uuid>` and removes its keys when it
+//! ends, passed or failed; the Redis-restart test runs its own redis-server in a
+//! temporary directory, removed at the end. Every child process is killed when its
+//! guard drops, so a failing test leaves none behind; a failing test prints the tail of
+//! each worker's log.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dmq_core::{Broker, Error, Manager};
+use dmq_redis::{Keys, QueueKeys, RedisBackend, RedisBroker};
+use futures::{StreamExt, TryStreamExt};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// The worker binary's own source: the tests enqueue its very tasks and read the keys
+/// it writes, so the two cannot drift apart.
+#[allow(dead_code)]
+#[path = "bin/test_worker.rs"]
+mod test_worker;
+
+use test_worker::{count, crash, pids_key, runs_key, slow, starts_key, triple};
+
+/// How long a test waits for anything before calling it lost: generous, never a
+/// performance bound.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The Redis the tests use: `REDIS_URL`, or the local default (as every test here).
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh namespace whose keys are deleted when this guard drops, even when the test
+/// fails.
+struct Namespace {
+    url: String,
+    name: String,
+}
+
+impl Namespace {
+    fn fresh(url: &str) -> Self {
+        Namespace { url: url.to_owned(), name: format!("dmq-test-{}", uuid::Uuid::new_v4()) }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run on a runtime thread: clean up on a thread with
+        // a runtime of its own.
+        let url = self.url.clone();
+        let keys = Keys::new(self.name.clone());
+        let cleaned = std::thread::spawn(move || -> Result<u64, String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+                let mut conn =
+                    client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+                dmq_redis::delete_namespace(&mut conn, &keys).await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        match cleaned {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("could not delete the keys of namespace {}: {e}", self.name),
+            Err(_) => eprintln!("deleting the keys of namespace {} panicked", self.name),
+        }
+    }
+}
+
+/// How a worker process is started.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    /// One queue, or several separated by commas.
+    queue: &'static str,
+    concurrency: usize,
+    lease: Duration,
+    heartbeat: Duration,
+}
+
+/// Deliveries after which the workers dead-letter a job that never settled.
+const MAX_DELIVERIES: u32 = 3;
+
+/// One `dmq-test-worker` process, killed (SIGKILL) when the guard drops if it still
+/// runs. Its stderr goes to a log file, printed when the test fails.
+struct WorkerProcess {
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    fn start(url: &str, namespace: &str, settings: Settings) -> Self {
+        let log = std::env::temp_dir().join(format!("{namespace}-{}.log", uuid::Uuid::new_v4()));
+        let stderr = File::create(&log).expect("create the worker's log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dmq-test-worker"))
+            .args(["--redis", url, "--namespace", namespace, "--queues", settings.queue])
+            .args(["--concurrency", &settings.concurrency.to_string()])
+            .args(["--lease-ms", &settings.lease.as_millis().to_string()])
+            .args(["--heartbeat-ms", &settings.heartbeat.as_millis().to_string()])
+            .args(["--max-deliveries", &MAX_DELIVERIES.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start dmq-test-worker");
+        let pid = child.id().expect("a running child has a pid");
+        WorkerProcess { child, pid, log }
+    }
+
+    /// Whether the process still runs.
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("query the worker process").is_none()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    async fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await
+            .expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {} failed: {sent}", self.pid);
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("worker {} did not exit within {WAIT:?} of SIGTERM", self.pid)
+            })
+            .expect("wait for the worker process")
+    }
+
+    /// Sends SIGKILL and waits for the process to exit.
+    async fn kill(&mut self) -> ExitStatus {
+        self.child.start_kill().expect("send SIGKILL");
+        self.child.wait().await.expect("wait for the killed worker process")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        kill_now(&mut self.child);
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("--- last lines of worker {}'s log ---\n{}", self.pid, tail.join("\n"));
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Kills `child` with SIGKILL, if it still runs, and waits a little for it to be gone,
+/// so that it writes nothing after its guard dropped. For `Drop`, which cannot await.
+fn kill_now(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let _ = child.start_kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The broker (for lease inspection) and a manager on it and a Redis backend.
+async fn connect(url: &str, namespace: &str) -> (Arc<RedisBroker>, Manager) {
+    let hint = "connect to redis (scripts/ensure-redis starts one)";
+    let broker = Arc::new(RedisBroker::connect_with_namespace(url, namespace).await.expect(hint));
+    let backend = RedisBackend::connect_with_namespace(url, namespace).await.expect(hint);
+    let manager =
+        Manager::builder().shared_broker(broker.clone()).backend(backend).build().expect("manager");
+    (broker, manager)
+}
+
+/// Calls `check` every 20 ms until it returns `Some`, for at most [`WAIT`].
+async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "gave up after {WAIT:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every one of `workers` has registered with the broker: its claim loop
+/// runs.
+async fn registered(manager: &Manager, workers: &[WorkerProcess]) {
+    let pids: HashSet<u32> = workers.iter().map(|w| w.pid).collect();
+    poll("the worker processes to register", || async {
+        let listed = manager.broker().workers().await.ok()?;
+        let live: HashSet<u32> = listed.iter().map(|w| w.info.pid).collect();
+        pids.is_subset(&live).then_some(())
+    })
+    .await;
+}
+
+/// A multiplexed connection for reading the workers' run records.
+async fn records_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("redis url");
+    client.get_multiplexed_async_connection().await.expect("connect to redis")
+}
+
+/// The `task-id pid` entries the `slow` jobs of namespace `ns` recorded as they started.
+async fn starts(mut conn: redis::aio::MultiplexedConnection, ns: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(starts_key(ns))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("read the starts")
+}
+
+const JOBS: u64 = 20_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_worker_processes_drain_twenty_thousand_jobs_each_run_exactly_once() {
+    let url = redis_url();
+    let ns = Namespace::fresh(&url);
+    let (_broker, manager) = connect(&url, &ns.name).await;
+    let settings = Settings {
+        queue: count::QUEUE,
+        concurrency: 16,
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(1),
+    };
+    let mut workers: Vec<WorkerProcess> =
+        (0..4).map(|_| WorkerProcess::start(&url, &ns.name, settings)).collect();
+    registered(&manager, &workers).await;
+
+    let mut ids = Vec::new();
+    for first in (0..JOBS).step_by(1_000) {
+        let batch = (first..first + 1_000).map(count::call);
+        ids.extend(manager.enqueue_batch(batch).await.expect("enqueue a batch"));
+    }
+    let values: Vec<u64> = futures::stream::iter(&ids)
+        .map(|id| {
+            let result = manager.result::<u64>(*id);
+            async move { result.wait(WAIT).await }
+        })
+        .buffered(64)
+        .try_collect()
+        .await
+        .expect("every job's result");
+    for (n, value) in (0..JOBS).zip(values) {
+        assert_eq!(value, n * 2, "the result of job {n}");
+    }
+
+    for worker in &mut workers {
+        assert!(worker.is_running(), "worker {} exited before it was told to", worker.pid);
+    }
+    for worker in &mut workers {
+        let status = worker.terminate().await;
+        assert!(status.success(), "worker {} exited with {status} after SIGTERM", worker.pid);
+    }
+
+    // The workers are gone: no run can still be on its way.
+    let mut conn = records_conn(&url).await;
+    let runs: HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(runs_key(&ns.name))
+        .query_async(&mut conn)
+        .await
+        .expect("read the run counts");
+    assert_eq!(runs.len(), ids.len(), "jobs that ran at least once");
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(runs.get(&id.to_string()), Some(&1), "runs of job {n} ({id})");
+    }
+    let by_pid: HashMap<u32, u64> = redis::cmd("HGETALL")
+        .arg(pids_key(&ns.name))
+        .query_async(&mut conn)
+        .await
+        .expect("read the runs per process");
+    eprintln!("jobs run per worker process: {by_pid:?}");
+    assert_eq!(by_pid.values().sum::<u64>(), JOBS);
+    let pids: HashSet<u32> = workers.iter().map(|w| w.pid).collect();
+    assert!(by_pid.keys().all(|pid| pids.contains(pid)), "runs by unknown processes");
+    assert!(by_pid.len() > 1, "only one process did any work: {by_pid:?}");
+
+    let stats = manager.broker().queue_stats(count::QUEUE).await.expect("queue stats");
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
+    assert!(manager.broker().workers().await.expect("workers").is_empty(), "left registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_mid_run_is_run_again_by_another_process_and_the_dead_lease_is_fenced() {
+    let url = redis_url();
+    let ns = Namespace::fresh(&url);
+    let (broker, manager) = connect(&url, &ns.name).await;
+    let settings = Settings {
+        queue: slow::QUEUE,
+        concurrency: 1,
+        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(200),
+    };
+    let mut first = WorkerProcess::start(&url, &ns.name, settings);
+    registered(&manager, std::slice::from_ref(&first)).await;
+
+    // Long enough that the first process is surely mid-run when it is killed, right
+    // after it recorded the start; short enough for the second run to finish quickly.
+    let handle = slow::call(3_000).enqueue(&manager).await.expect("enqueue");
+    let id = handle.id();
+    let conn = records_conn(&url).await;
+    poll("the first process to start the job", || async {
+        (!starts(conn.clone(), &ns.name).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(starts(conn.clone(), &ns.name).await, [format!("{id} {}", first.pid)]);
+    let dead_lease = broker
+        .lease_of(slow::QUEUE, id)
+        .await
+        .expect("read the lease")
+        .expect("the first process holds a lease on the job it runs");
+
+    let status = first.kill().await;
+    assert_eq!(status.signal(), Some(9), "the first process ended otherwise than by SIGKILL");
+    let mut second = WorkerProcess::start(&url, &ns.name, settings);
+
+    let finished_by = handle.result(WAIT).await.expect("the job's result");
+    assert_eq!(finished_by, second.pid, "the job was finished by another than the second");
+    assert_eq!(
+        starts(conn.clone(), &ns.name).await,
+        [format!("{id} {}", first.pid), format!("{id} {}", second.pid)],
+        "the job's runs"
+    );
+    match broker.ack(&dead_lease).await {
+        Err(Error::LeaseLost { id: lost }) => assert_eq!(lost, id),
+        other => panic!("the killed process's lease still acknowledged the job: {other:?}"),
+    }
+
+    let status = second.terminate().await;
+    assert!(status.success(), "the second process exited with {status} after SIGTERM");
+    let stats = manager.broker().queue_stats(slow::QUEUE).await.expect("queue stats");
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
+}
+
+/// A redis-server of this test's own on `port`, keeping its data in `dir` with every
+/// write synced to its append-only file, so a restart keeps it all. Killed when
+/// dropped.
+struct PrivateRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start(port: u16, dir: PathBuf) -> Self {
+        let mut redis = PrivateRedis { port, dir, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and directory, and waits until it
+    /// answers.
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server (scripts/ensure-redis installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("url");
+        poll("the private redis-server to answer", || async {
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+        })
+        .await;
+    }
+
+    /// Kills the server with SIGKILL.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill redis-server");
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// How many jobs of `queue` wait (ready or delayed) or run, and how many are
+/// dead-lettered, read in one `MULTI`: a job moving between two of these states is
+/// neither missed nor counted twice, as it could be by `queue_stats`, which reads them
+/// one after another.
+async fn unsettled_and_dead(
+    mut conn: redis::aio::MultiplexedConnection,
+    queue: &QueueKeys,
+) -> redis::RedisResult<(u64, u64)> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for priority in 0..=dmq_core::MAX_PRIORITY {
+        pipe.cmd("LLEN").arg(queue.ready(priority));
+    }
+    pipe.cmd("ZCARD").arg(queue.delayed()).cmd("ZCARD").arg(queue.in_flight());
+    pipe.cmd("LLEN").arg(queue.dead());
+    let mut counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+    let dead = counts.pop().unwrap_or(0);
+    Ok((counts.iter().sum(), dead))
+}
+
+const RESTART_JOBS: i64 = 3_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_carry_on_through_a_redis_restart_and_lose_no_job() {
+    let dir = std::env::temp_dir().join(format!("dmq-test-redis-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("create the redis directory");
+    let mut redis = PrivateRedis::start(free_port(), dir).await;
+    let url = redis.url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let (broker, manager) = connect(&url, &namespace).await;
+    let settings = Settings {
+        queue: triple::QUEUE,
+        concurrency: 4,
+        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(200),
+    };
+    let mut workers: Vec<WorkerProcess> =
+        (0..2).map(|_| WorkerProcess::start(&url, &namespace, settings)).collect();
+    registered(&manager, &workers).await;
+
+    // 8 jobs at a time of 10 ms each: the queue takes seconds to drain, so Redis dies
+    // with most of it still waiting.
+    let mut ids = Vec::new();
+    for first in (0..RESTART_JOBS).step_by(500) {
+        let batch = (first..first + 500).map(|n| triple::call(n, 10));
+        ids.extend(manager.enqueue_batch(batch).await.expect("enqueue a batch"));
+    }
+    let at_kill = poll("the workers to take a tenth of the jobs", || async {
+        let stats = manager.broker().queue_stats(triple::QUEUE).await.ok()?;
+        (stats.ready <= 2_700).then_some(stats)
+    })
+    .await;
+    redis.kill().await;
+    eprintln!("killed redis with {} jobs ready and {} in flight", at_kill.ready, at_kill.in_flight);
+    assert!(at_kill.ready > 0, "every job was taken before redis went down: {at_kill:?}");
+    // The outage itself, not a wait for anything.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart().await;
+
+    // Once no job waits or runs, every job was acknowledged, and a worker stores a
+    // job's result before it acknowledges the job: each result is then final.
+    // Duplicates are allowed after a crash; a job without its result is not.
+    let queue = broker.keys().queue(triple::QUEUE);
+    let conn = records_conn(&url).await;
+    let dead = poll("every job to be settled", || async {
+        let (unsettled, dead) = unsettled_and_dead(conn.clone(), &queue).await.ok()?;
+        (unsettled == 0).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead, 0, "jobs were dead-lettered");
+    let mut lost = Vec::new();
+    for (n, id) in (0..RESTART_JOBS).zip(ids) {
+        // The first reads after the restart may meet a connection being replaced.
+        let read = poll("a result to be readable", || async {
+            match manager.result::<i64>(id).get().await {
+                Err(e) if e.is_transient() => None,
+                other => Some(other),
+            }
+        })
+        .await;
+        match read {
+            Ok(Some(value)) => assert_eq!(value, n * 3, "the result of job {n}"),
+            Ok(None) => lost.push(n),
+            Err(e) => panic!("job {n} ({id}) failed: {e}"),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {RESTART_JOBS} jobs were acknowledged without their result: jobs {lost:?}",
+        lost.len()
+    );
+
+    for worker in &mut workers {
+        assert!(worker.is_running(), "worker {} exited during the restart", worker.pid);
+    }
+    for worker in &mut workers {
+        let status = worker.terminate().await;
+        assert!(status.success(), "worker {} exited with {status} after SIGTERM", worker.pid);
+    }
+}
+
+/// A job that kills the process running it (a poison pill) is taken back from each
+/// dead process by the next one's reaper, long before its lease, and after
+/// `MAX_DELIVERIES` deliveries it is dead-lettered instead of killing workers forever;
+/// the jobs around it all complete. The test restarts the worker each time it dies,
+/// as `dmq worker` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
+    let url = redis_url();
+    let ns = Namespace::fresh(&url);
+    let (broker, manager) = connect(&url, &ns.name).await;
+    // One job at a time: a job running beside the pill when it kills the process
+    // would count that delivery too (the reaper cannot tell which job killed it).
+    let settings = Settings {
+        queue: "e2e-poison,e2e-count",
+        concurrency: 1,
+        // Far longer than the test: only the reaper, seeing the heartbeats stop, can
+        // hand the poison pill on.
+        lease: Duration::from_secs(600),
+        heartbeat: Duration::from_millis(100),
+    };
+    let pill = crash::call().enqueue(&manager).await.expect("enqueue").id();
+    let good =
+        manager.enqueue_batch((0..20).map(count::call)).await.expect("enqueue the good jobs");
+
+    let mut worker = WorkerProcess::start(&url, &ns.name, settings);
+    let mut deaths = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while broker.dead_letter_count(crash::QUEUE).await.expect("dead letters") == 0 {
+        assert!(Instant::now() < deadline, "the poison pill was never dead-lettered");
+        if !worker.is_running() {
+            deaths.push(worker.child.wait().await.expect("the dead worker's exit status"));
+            worker = WorkerProcess::start(&url, &ns.name, settings);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(deaths.len(), MAX_DELIVERIES as usize, "one death per delivery: {deaths:?}");
+    for status in &deaths {
+        assert_eq!(status.signal(), Some(6), "a worker died otherwise than by the pill's abort");
+    }
+    let conn = records_conn(&url).await;
+    let started = starts(conn, &ns.name).await;
+    assert_eq!(started.len(), MAX_DELIVERIES as usize, "the pill's runs: {started:?}");
+    assert!(started.iter().all(|s| s.starts_with(&pill.to_string())));
+
+    let letters = broker.dead_letters(crash::QUEUE, 0, 10).await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id, pill);
+    assert!(letters[0].reason.contains("poison"), "{}", letters[0].reason);
+    for (n, id) in good.iter().enumerate() {
+        let value = manager.result::<u64>(*id).wait(WAIT).await.expect("a good job's result");
+        assert_eq!(value, n as u64 * 2);
+    }
+    let status = worker.terminate().await;
+    assert!(status.success(), "the last worker exited with {status} after SIGTERM");
+}
