@@ -30,7 +30,7 @@ end
 
 local out = {-1}
 local left = max
-local seq = nil
+local seq, suffix = nil, nil
 local n = 0
 local meta_args, lease_args = {}, {}
 local lists = {}
@@ -43,21 +43,27 @@ while left > 0 do
   local p = tonumber(string.match(key, ':(%d)$'))
   local payloads = hmget(KEYS[1], ids)
   local metas = hmget(KEYS[2], ids)
-  if not seq then seq = redis.call('HINCRBY', KEYS[2], '~seq', 1) end
+  if not seq then
+    seq = redis.call('HINCRBY', KEYS[2], '~seq', 1) .. '.'
+    suffix = '.' .. now .. '@' .. worker
+  end
+  local deadline = now + lease
+  local o, m, l = #out, #meta_args, #lease_args
   for i, id in ipairs(ids) do
-    if payloads[i] then
-      local _, d = parse_meta(metas[i], p)
-      d = d + 1
+    local payload = payloads[i]
+    if payload then
+      local d = 1
+      if metas[i] then
+        local _
+        _, d = parse_meta(metas[i], p)
+        d = d + 1
+      end
       n = n + 1
-      local token = seq .. '.' .. n .. '.' .. now .. '@' .. worker
-      meta_args[#meta_args + 1] = id
-      meta_args[#meta_args + 1] = p .. ':' .. d .. ':' .. token
-      lease_args[#lease_args + 1] = now + lease
-      lease_args[#lease_args + 1] = id
-      out[#out + 1] = id
-      out[#out + 1] = payloads[i]
-      out[#out + 1] = d
-      out[#out + 1] = token
+      local token = seq .. n .. suffix
+      meta_args[m + 1], meta_args[m + 2] = id, p .. ':' .. d .. ':' .. token
+      lease_args[l + 1], lease_args[l + 2] = deadline, id
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, payload, d, token
+      m, l, o = m + 2, l + 2, o + 4
     end
   end
   left = left - #ids

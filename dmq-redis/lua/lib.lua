@@ -42,6 +42,8 @@ end
 
 -- HMGET of many fields, in chunks; returns one value (or false) per field.
 local function hmget(key, fields)
+  if #fields == 0 then return {} end
+  if #fields <= 4000 then return redis.call('HMGET', key, unpack(fields)) end
   local out = {}
   for i = 1, #fields, 4000 do
     local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 3999, #fields)))
