@@ -109,16 +109,7 @@ async fn carries_on_after_a_restart(mut redis: PrivateRedis, broker: RedisBroker
 
     // The producer's first calls may meet the reconnect; retrying them is the caller's
     // choice. The worker needs nothing: it reconnects by itself.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        match triple::call(5).enqueue(&manager).await {
-            Ok(handle) => break handle,
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("enqueue after the restart: {e}"),
-        }
-    };
+    let after = enqueue_through_reconnect(&manager, 5).await;
     assert_eq!(after.result(Duration::from_secs(30)).await.expect("after the restart"), 15);
     // The job was also acknowledged: acknowledgements go through a connection of
     // their own kind (batched) that must have come back too.
@@ -162,16 +153,7 @@ fn broker_and_backend_outlive_the_runtime_that_made_them() {
             .expect("manager");
         // The shared connection's reconnect task died with the first runtime: the
         // first call may fail (transiently) and set off the reconnect.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let handle = loop {
-            match triple::call(3).enqueue(&manager).await {
-                Ok(handle) => break handle,
-                Err(e) if e.is_transient() && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("enqueue in the second runtime: {e}"),
-            }
-        };
+        let handle = enqueue_through_reconnect(&manager, 3).await;
         let worker = manager.worker().queues(["restart"]).start();
         assert_eq!(handle.result(Duration::from_secs(30)).await.expect("result"), 9);
         worker.shutdown().await;
@@ -183,6 +165,21 @@ fn broker_and_backend_outlive_the_runtime_that_made_them() {
             .await
             .expect("clean up");
     });
+}
+
+/// Enqueues `triple(n)`, trying again while the call fails transiently (the
+/// connection is reconnecting), for up to 30 s.
+async fn enqueue_through_reconnect(manager: &Manager, n: i64) -> dmq_core::TaskHandle<i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match triple::call(n).enqueue(manager).await {
+            Ok(handle) => return handle,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("enqueue while the connection comes back: {e}"),
+        }
+    }
 }
 
 fn common_url() -> String {
