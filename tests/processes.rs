@@ -546,7 +546,16 @@ async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
     let mut deaths = Vec::new();
     let deadline = Instant::now() + WAIT;
     while broker.dead_letter_count(crash::QUEUE).await.expect("dead letters") == 0 {
-        assert!(Instant::now() < deadline, "the poison pill was never dead-lettered");
+        if Instant::now() >= deadline {
+            let lease = broker.lease_of(crash::QUEUE, pill).await;
+            let stats = broker.queue_stats(crash::QUEUE).await;
+            let workers = broker.workers().await;
+            panic!(
+                "the poison pill was never dead-lettered: {} deaths, lease {lease:?}, \
+                 {stats:?}, live workers {workers:?}",
+                deaths.len()
+            );
+        }
         if !worker.is_running() {
             deaths.push(worker.child.wait().await.expect("the dead worker's exit status"));
             worker = WorkerProcess::start(&url, &ns.name, settings);

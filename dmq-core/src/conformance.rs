@@ -110,6 +110,7 @@ macro_rules! broker_conformance_tests {
             reap_returns_the_jobs_of_a_worker_whose_heartbeat_lapsed,
             reap_leaves_the_jobs_of_live_workers_alone,
             reap_leaves_what_a_lapsed_worker_claimed_after_its_lapse,
+            a_lapsed_worker_that_stays_silent_loses_even_its_fresh_claims,
             a_wake_up_is_not_lost_when_a_claimer_waits_on_several_queues,
         );
     };
@@ -540,8 +541,7 @@ pub mod broker {
         b.ack(&held[0].lease).await.expect("ack");
     }
     /// A worker whose heartbeat lapsed but who is still at work (it stalled, then came
-    /// back) keeps the jobs it claimed after the lapse: only what it held when it was
-    /// presumed dead is taken back.
+    /// back) keeps the jobs it claimed since: a claim is a sign of life too.
     pub async fn reap_leaves_what_a_lapsed_worker_claimed_after_its_lapse(b: Arc<dyn Broker>) {
         let q = queues(&["alpha"]);
         b.heartbeat(&worker("survivor", &q), LONG).await.expect("heartbeat");
@@ -588,6 +588,32 @@ pub mod broker {
             "a claimer slept through a ready job for {:?}",
             started.elapsed()
         );
+    }
+    /// A lapsed worker that claimed a job and then fell silent for good is not
+    /// forgotten with the job still leased to it: once its ttl has passed since the
+    /// claim, a reap takes the job back.
+    pub async fn a_lapsed_worker_that_stays_silent_loses_even_its_fresh_claims(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.heartbeat(&worker("survivor", &q), LONG).await.expect("heartbeat");
+        b.heartbeat(&worker("fading", &q), Duration::from_millis(300)).await.expect("heartbeat");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        b.enqueue(job("alpha", 5, "late")).await.expect("enqueue");
+        let held = b.claim("fading", &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(b.reap(&q).await.expect("reap"), 0, "the claim is fresh");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut moved = 0;
+        while moved == 0 && Instant::now() < deadline {
+            moved = b.reap(&q).await.expect("reap");
+            if moved == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(moved, 1, "the silent worker's job comes back");
+        let again = b.claim("survivor", &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(again.len(), 1);
+        assert!(matches!(b.ack(&held[0].lease).await, Err(Error::LeaseLost { .. })));
+        b.ack(&again[0].lease).await.expect("ack");
     }
 }
 

@@ -370,17 +370,33 @@ impl RedisBroker {
         }
     }
 
-    /// Runs the reap script on one queue; `dead` holds each dead worker's id and when
-    /// its heartbeat lapsed (Unix ms).
-    async fn reap_queue(&self, queue: &str, dead: &[(String, i64)]) -> Result<u64> {
+    /// Runs the reap script on one queue; `dead` holds each dead worker's id and its
+    /// heartbeat ttl in milliseconds.
+    /// Returns how many jobs it moved, and the dead workers that still hold a job of
+    /// this queue (claimed within their ttl), which must not be forgotten yet.
+    async fn reap_queue(&self, queue: &str, dead: &[(String, u64)]) -> Result<(u64, Vec<String>)> {
         let keys = self.keys.queue(queue);
         let mut invocation = self.scripts.reap.prepare_invoke();
         add_lease_keys(&mut invocation, &keys);
         invocation.arg(self.max_deliveries).arg(self.dead_letter_cap);
-        for (worker, lapsed_at) in dead {
-            invocation.arg(worker).arg(lapsed_at);
+        for (worker, ttl_ms) in dead {
+            invocation.arg(worker).arg(ttl_ms);
         }
-        self.run("reaping a queue", &invocation).await
+        let reply: Vec<Value> = self.run("reaping a queue", &invocation).await?;
+        let mut items = reply.into_iter();
+        let Some(Value::Int(moved)) = items.next() else {
+            return Err(Error::Backend {
+                message: "unexpected reply from the reap script".to_owned(),
+                transient: false,
+            });
+        };
+        let holding = items
+            .filter_map(|v| match v {
+                Value::BulkString(id) => String::from_utf8(id).ok(),
+                _ => None,
+            })
+            .collect();
+        Ok((u64::try_from(moved).unwrap_or(0), holding))
     }
 
     fn registry_invocation<'a>(&self, script: &'a redis::Script) -> ScriptInvocation<'a> {
@@ -797,10 +813,11 @@ impl Broker for RedisBroker {
             .map_or(Duration::ZERO, |since| since.elapsed());
         let mut all_queues: Vec<String> = queues.to_vec();
         let mut dead = Vec::with_capacity(lapsed.len());
-        for (id, info, lapsed_at) in &lapsed {
+        for (id, info, _lapsed_at) in &lapsed {
             // Until this broker has been reachable for the worker's whole ttl, a lapse
             // may be the outage's doing, not the worker's.
-            if worker_ttl(info) > healthy_for {
+            let ttl = worker_ttl(info);
+            if ttl > healthy_for {
                 continue;
             }
             if let Some(info) = decode_worker(id, info) {
@@ -810,16 +827,23 @@ impl Broker for RedisBroker {
                     }
                 }
             }
-            dead.push((id.clone(), *lapsed_at));
+            dead.push((id.clone(), millis(ttl)));
         }
         let mut moved = 0;
         let mut failed = None;
+        // Lapsed workers that still hold a fresh claim: they may be alive, and if they
+        // are not, a later reap takes the job back, so they stay registered.
+        let mut holding = Vec::new();
         for queue in &all_queues {
             match self.reap_queue(queue, &dead).await {
-                Ok(n) => moved += n,
+                Ok((n, mut still)) => {
+                    moved += n;
+                    holding.append(&mut still);
+                }
                 Err(e) => failed = Some(e),
             }
         }
+        dead.retain(|(id, _)| !holding.contains(id));
         let mut end = self.scripts.reap_end.prepare_invoke();
         end.key(self.keys.reaper_lock()).key(self.keys.workers()).key(self.keys.workers_info());
         end.arg(&self.reaper_id);

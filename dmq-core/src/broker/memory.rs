@@ -36,7 +36,7 @@ struct State {
     queues: HashMap<String, Queue>,
     next_seq: u64,
     /// Registered workers and when their heartbeat lapses.
-    workers: HashMap<String, (WorkerInfo, Instant, DateTime<Utc>)>,
+    workers: HashMap<String, (WorkerInfo, Instant, DateTime<Utc>, Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -237,18 +237,25 @@ impl Queue {
     /// Returns to the front of ready the jobs that the workers in `dead` claimed
     /// before their heartbeat lapsed (at the instant `dead` maps them to); returns how
     /// many.
-    fn return_jobs_of(&mut self, dead: &HashMap<String, Instant>) -> u64 {
+    fn return_jobs_of(
+        &mut self,
+        dead: &HashMap<String, Duration>,
+        now: Instant,
+        holding: &mut HashSet<String>,
+    ) -> u64 {
         if dead.is_empty() {
             return 0;
         }
-        let lapsed: Vec<TaskId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, held)| {
-                dead.get(&*held.worker).is_some_and(|lapsed| held.claimed_at <= *lapsed)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let mut lapsed = Vec::new();
+        for (id, held) in &self.in_flight {
+            let Some(ttl) = dead.get(&*held.worker) else { continue };
+            // A claim is a sign of life too: only claims at least a ttl old are lost.
+            if crate::clock::instant_after(held.claimed_at, *ttl) <= now {
+                lapsed.push(*id);
+            } else {
+                holding.insert(held.worker.to_string());
+            }
+        }
         let moved = lapsed.len() as u64;
         for id in lapsed {
             if let Some(held) = self.in_flight.remove(&id) {
@@ -554,7 +561,7 @@ impl Broker for InMemoryBroker {
         let until = crate::clock::deadline(ttl);
         let until_utc =
             Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        self.lock().workers.insert(worker.id.clone(), (worker.clone(), until, until_utc));
+        self.lock().workers.insert(worker.id.clone(), (worker.clone(), until, until_utc, ttl));
         Ok(())
     }
 
@@ -569,8 +576,8 @@ impl Broker for InMemoryBroker {
         Ok(state
             .workers
             .values()
-            .filter(|(_, until, _)| *until > now)
-            .map(|(info, _, until)| WorkerStatus::new(info.clone(), *until))
+            .filter(|(_, until, _, _)| *until > now)
+            .map(|(info, _, until, _)| WorkerStatus::new(info.clone(), *until))
             .collect())
     }
 
@@ -580,17 +587,20 @@ impl Broker for InMemoryBroker {
         {
             let mut state = self.lock();
             let state = &mut *state;
-            let dead: HashMap<String, Instant> = state
+            let dead: HashMap<String, Duration> = state
                 .workers
                 .iter()
-                .filter(|(_, (_, until, _))| *until <= now)
-                .map(|(id, (_, until, _))| (id.clone(), *until))
+                .filter(|(_, (_, until, _, _))| *until <= now)
+                .map(|(id, (_, _, _, ttl))| (id.clone(), *ttl))
                 .collect();
-            state.workers.retain(|id, _| !dead.contains_key(id));
             // One process holds every queue here, so every queue is reaped.
+            let mut holding = HashSet::new();
             for queue in state.queues.values_mut() {
-                moved += queue.expire_leases(now) + queue.return_jobs_of(&dead);
+                moved += queue.expire_leases(now) + queue.return_jobs_of(&dead, now, &mut holding);
             }
+            // A lapsed worker that still holds a fresh claim may be alive: it stays
+            // registered, and a later reap takes the job back if it is not.
+            state.workers.retain(|id, _| !dead.contains_key(id) || holding.contains(id));
         }
         if moved > 0 {
             self.notify.notify_waiters();
