@@ -355,3 +355,55 @@ async fn an_ignore_result_task_runs_and_stores_no_result() {
     let stats = manager.broker().queue_stats("quiet").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0), "the job was acknowledged");
 }
+
+static BACKOFF_RUNS: std::sync::Mutex<Vec<std::time::Instant>> = std::sync::Mutex::new(Vec::new());
+
+#[task(queue = "backoff")]
+async fn fails_twice() -> Result<u32, TaskError> {
+    let runs = {
+        let mut runs = BACKOFF_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+        runs.push(std::time::Instant::now());
+        runs.len()
+    };
+    if runs < 3 {
+        return Err(std::io::Error::other(format!("run {runs} failed")).into());
+    }
+    Ok(u32::try_from(runs).unwrap_or(u32::MAX))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_policy_on_the_call_sets_the_gaps_between_attempts() {
+    use dmq_core::{Backoff, RetryPolicy};
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["backoff"]).start();
+    // 300 ms, then 600 ms: the task itself allows no retries, the call allows two.
+    let backoff = Backoff::linear(
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+        Duration::from_secs(10),
+    )
+    .expect("a valid backoff");
+    let handle = fails_twice::call()
+        .retry(RetryPolicy::new(2, backoff))
+        .enqueue(&manager)
+        .await
+        .expect("enqueue");
+    assert_eq!(handle.result(WAIT).await.expect("the third attempt succeeds"), 3);
+    let runs = BACKOFF_RUNS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let gaps: Vec<Duration> = runs.windows(2).map(|w| w[1] - w[0]).collect();
+    // Never early; late only by scheduling (a generous bound, not a speed claim).
+    for (gap, want) in gaps.iter().zip([300u64, 600]) {
+        let want = Duration::from_millis(want);
+        assert!(*gap >= want, "a retry came {gap:?} after the failure, before its {want:?}");
+        assert!(*gap < want + Duration::from_secs(2), "a retry came {gap:?} late");
+    }
+    worker.shutdown().await;
+}
+
+#[test]
+fn a_backoff_that_makes_no_sense_is_refused() {
+    use dmq_core::Backoff;
+    let s = Duration::from_secs(1);
+    assert!(matches!(Backoff::exponential(s, 0.5, 10 * s), Err(Error::InvalidArgument(_))));
+    assert!(matches!(Backoff::linear(10 * s, s, s), Err(Error::InvalidArgument(_))));
+}

@@ -47,6 +47,10 @@ pub struct Envelope {
     /// How many retries the call allows, overriding the task's own setting.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// The delay before each retry, overriding the manager's default; absent from the
+    /// encoding when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<crate::retry::Backoff>,
     /// How long one run may take, in milliseconds, overriding the task's own setting.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
@@ -119,6 +123,7 @@ impl Envelope {
             args,
             attempt: 1,
             max_retries: None,
+            backoff: None,
             timeout_ms: None,
             eta: None,
             expires_at: None,

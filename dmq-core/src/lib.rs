@@ -30,6 +30,7 @@ mod clock;
 mod envelope;
 mod error;
 mod manager;
+mod retry;
 mod task;
 mod worker;
 
@@ -48,6 +49,7 @@ pub use envelope::{
 };
 pub use error::{Error, Result};
 pub use manager::{Manager, ManagerBuilder};
+pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
 };

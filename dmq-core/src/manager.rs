@@ -1,6 +1,7 @@
 //! The `Manager`: the broker, the result backend and the task registry, shared by
 //! producers and workers.
 
+use crate::retry::{Backoff, RetryPolicy};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,7 @@ pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) result_ttl: Duration,
     pub(crate) default_max_retries: u32,
+    pub(crate) default_backoff: Backoff,
 }
 
 impl fmt::Debug for Manager {
@@ -159,6 +161,7 @@ impl Default for ManagerBuilder {
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 result_ttl: DEFAULT_RESULT_TTL,
                 default_max_retries: 0,
+                default_backoff: Backoff::default(),
             },
         }
     }
@@ -200,6 +203,14 @@ impl ManagerBuilder {
     }
 
     /// Retries a failed run this many times when neither the task nor the call says
+    /// Retries failed jobs as `policy` says, unless the task or the call says
+    /// otherwise (by default: no retries; when retried, 1 s doubling up to ten minutes).
+    pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.default_max_retries = policy.max_retries;
+        self.config.default_backoff = policy.backoff;
+        self
+    }
+
     /// otherwise (0 by default).
     pub fn default_max_retries(mut self, retries: u32) -> Self {
         self.config.default_max_retries = retries;

@@ -1,3 +1,4 @@
+use crate::retry::{Backoff, RetryPolicy};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -27,6 +28,7 @@ pub struct Call<T> {
     eta: Option<DateTime<Utc>>,
     priority: u8,
     max_retries: Option<u32>,
+    backoff: Option<Backoff>,
     timeout: Option<Duration>,
     headers: BTreeMap<String, String>,
     output: PhantomData<fn() -> T>,
@@ -57,6 +59,7 @@ impl<T> Call<T> {
             eta: None,
             priority: crate::envelope::DEFAULT_PRIORITY,
             max_retries: None,
+            backoff: None,
             timeout: None,
             headers: BTreeMap::new(),
             output: PhantomData,
@@ -93,6 +96,20 @@ impl<T> Call<T> {
     /// jobs in one queue, higher priorities are claimed first.
     pub fn priority(mut self, priority: u8) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Retries a failed run as `policy` says (how many times, and how long to wait
+    /// before each), overriding the task's and the manager's settings.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.max_retries = Some(policy.max_retries);
+        self.backoff = Some(policy.backoff);
+        self
+    }
+
+    /// Waits as `backoff` says before each retry, overriding the manager's default.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
         self
     }
 
@@ -142,6 +159,7 @@ impl<T> Call<T> {
         };
         envelope.priority = self.priority;
         envelope.max_retries = self.max_retries;
+        envelope.backoff = self.backoff;
         envelope.timeout_ms =
             self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         envelope.headers = self.headers;

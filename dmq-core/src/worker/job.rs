@@ -15,11 +15,9 @@ use crate::backend::TaskOutcome;
 use crate::broker::{Delivery, Lease};
 use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::retry::MAX_BACKOFF;
 use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
 use crate::task::{FailureKind, TaskContext};
-
-/// The longest automatic retry delay.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 
 /// Runs one delivery to the end: it is acknowledged, retried, dead-lettered or
 /// released, and never panics the worker.
@@ -280,8 +278,9 @@ async fn retry(
     message: &str,
     requested_delay: Option<Duration>,
 ) {
+    let backoff = envelope.backoff.unwrap_or(shared.manager.config().default_backoff);
     let delay = requested_delay
-        .map_or_else(|| default_backoff(envelope.attempt), |d| d.min(MAX_RETRY_DELAY));
+        .map_or_else(|| backoff.delay(envelope.attempt, jitter_draw()), |d| d.min(MAX_BACKOFF));
     tracing::info!(error = %message, retry_in = ?delay, "attempt failed; retrying");
     envelope.attempt += 1;
     let eta = crate::clock::utc_after(delay);
@@ -300,10 +299,14 @@ async fn retry(
     }
 }
 
-/// 1 s, doubling with each attempt, up to ten minutes.
-fn default_backoff(attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(20);
-    Duration::from_secs(1u64 << exp).min(MAX_RETRY_DELAY)
+/// A number in `[0, 1)` for a backoff's jitter, from the system's random source.
+fn jitter_draw() -> f64 {
+    // The low 53 bits of a v4 UUID are all random (its version and variant bits sit
+    // higher up), and 53 bits are exactly representable in an f64.
+    let bits = uuid::Uuid::new_v4().as_u128() & ((1 << 53) - 1);
+    #[allow(clippy::cast_precision_loss)]
+    let draw = bits as f64 / (1u64 << 53) as f64;
+    draw
 }
 
 /// Records a final failure and dead-letters the job.
