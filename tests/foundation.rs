@@ -407,3 +407,38 @@ fn a_backoff_that_makes_no_sense_is_refused() {
     assert!(matches!(Backoff::exponential(s, 0.5, 10 * s), Err(Error::InvalidArgument(_))));
     assert!(matches!(Backoff::linear(10 * s, s, s), Err(Error::InvalidArgument(_))));
 }
+
+static EXPIRED_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "expiring")]
+async fn never_in_time() -> Result<(), TaskError> {
+    EXPIRED_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_expires_before_it_starts_never_runs() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["expiring"]).start();
+    // Due in 300 ms, expired after 100 ms: no worker may start it.
+    let late = never_in_time::call()
+        .delay(Duration::from_millis(300))
+        .expires_in(Duration::from_millis(100))
+        .enqueue(&manager)
+        .await
+        .expect("enqueue");
+    let past = never_in_time::call()
+        .expires_at(chrono::Utc::now() - chrono::Duration::seconds(1))
+        .enqueue(&manager)
+        .await
+        .expect("enqueue");
+    for handle in [late, past] {
+        let err = handle.result(WAIT).await.expect_err("an expired job has no value");
+        assert!(matches!(err, Error::Expired { .. }), "{err}");
+    }
+    assert_eq!(EXPIRED_RUNS.load(Ordering::SeqCst), 0, "an expired job ran");
+    let letters = manager.broker().dead_letters("expiring", 0, 10).await.expect("dead letters");
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().all(|l| l.reason.contains("expired")), "{letters:?}");
+    worker.shutdown().await;
+}

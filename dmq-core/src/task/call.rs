@@ -29,9 +29,17 @@ pub struct Call<T> {
     priority: u8,
     max_retries: Option<u32>,
     backoff: Option<Backoff>,
+    expires: Option<Expiry>,
     timeout: Option<Duration>,
     headers: BTreeMap<String, String>,
     output: PhantomData<fn() -> T>,
+}
+
+/// When a call's job expires.
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    In(Duration),
+    At(DateTime<Utc>),
 }
 
 impl<T> fmt::Debug for Call<T> {
@@ -60,6 +68,7 @@ impl<T> Call<T> {
             priority: crate::envelope::DEFAULT_PRIORITY,
             max_retries: None,
             backoff: None,
+            expires: None,
             timeout: None,
             headers: BTreeMap::new(),
             output: PhantomData,
@@ -104,6 +113,20 @@ impl<T> Call<T> {
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.max_retries = Some(policy.max_retries);
         self.backoff = Some(policy.backoff);
+        self
+    }
+
+    /// Never starts the job once `ttl` has passed from now: a worker that finds it
+    /// later marks it expired in the result backend (the caller's `result` gives
+    /// [`Error::Expired`]) and dead-letters it, without running it.
+    pub fn expires_in(mut self, ttl: Duration) -> Self {
+        self.expires = Some(Expiry::In(ttl));
+        self
+    }
+
+    /// Never starts the job after the instant `at` (see [`expires_in`](Call::expires_in)).
+    pub fn expires_at(mut self, at: DateTime<Utc>) -> Self {
+        self.expires = Some(Expiry::At(at));
         self
     }
 
@@ -160,6 +183,16 @@ impl<T> Call<T> {
         envelope.priority = self.priority;
         envelope.max_retries = self.max_retries;
         envelope.backoff = self.backoff;
+        envelope.expires_at = match self.expires {
+            Some(Expiry::At(at)) => Some(at),
+            Some(Expiry::In(ttl)) => Some(
+                envelope.created_at
+                    + chrono::Duration::from_std(ttl).map_err(|_| {
+                        Error::InvalidArgument(format!("expiry {ttl:?} is too long"))
+                    })?,
+            ),
+            None => None,
+        };
         envelope.timeout_ms =
             self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         envelope.headers = self.headers;
