@@ -442,3 +442,53 @@ async fn a_job_that_expires_before_it_starts_never_runs() {
     assert!(letters.iter().all(|l| l.reason.contains("expired")), "{letters:?}");
     worker.shutdown().await;
 }
+
+static REQUEUED_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "dlq")]
+async fn fatal_once() -> Result<u32, TaskError> {
+    let run = REQUEUED_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    if run == 1 {
+        return Err(TaskError::fatal("the first run fails for good"));
+    }
+    Ok(run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_requeued_runs_again_from_its_first_attempt() {
+    let manager = Manager::builder().build().expect("manager");
+    let worker = manager.worker().queues(["dlq", "dlq-again"]).start();
+    let handle = fatal_once::call().enqueue(&manager).await.expect("enqueue");
+    let id = handle.id();
+    let err = handle.result(WAIT).await.expect_err("a fatal error");
+    assert!(matches!(err, Error::TaskFailed { .. }), "{err}");
+    assert_eq!(manager.dead_letter_count("dlq").await.expect("count"), 1);
+    assert!(!manager.requeue_dead_letter("dlq", TaskId::new(), None).await.expect("requeue"));
+    // Into another queue: the worker there runs it, from attempt 1.
+    assert!(manager.requeue_dead_letter("dlq", id, Some("dlq-again")).await.expect("requeue"));
+    assert_eq!(manager.dead_letter_count("dlq").await.expect("count"), 0);
+    let deadline = std::time::Instant::now() + WAIT;
+    let outcome = loop {
+        let outcome = manager.result::<u32>(id).outcome().await.expect("read");
+        if let Some(outcome) = outcome.filter(|o| o.state == TaskState::Succeeded) {
+            break outcome;
+        }
+        assert!(std::time::Instant::now() < deadline, "the requeued job never succeeded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(outcome.attempts, 1, "attempts start over");
+    assert_eq!(manager.result::<u32>(id).get().await.expect("value"), Some(2));
+    assert_eq!(manager.broker().queue_stats("dlq-again").await.expect("stats").ready, 0);
+
+    // Delete and purge.
+    for _ in 0..3 {
+        REQUEUED_RUNS.store(0, Ordering::SeqCst);
+        let failed = fatal_once::call().enqueue(&manager).await.expect("enqueue");
+        let _ = failed.result(WAIT).await;
+    }
+    assert_eq!(manager.dead_letter_count("dlq").await.expect("count"), 3);
+    let newest = manager.dead_letters("dlq", 0, 1).await.expect("list")[0].id;
+    assert!(manager.delete_dead_letter("dlq", newest).await.expect("delete"));
+    assert_eq!(manager.purge_dead_letters("dlq").await.expect("purge"), 2);
+    worker.shutdown().await;
+}

@@ -111,6 +111,7 @@ macro_rules! broker_conformance_tests {
             reap_leaves_the_jobs_of_live_workers_alone,
             reap_leaves_what_a_lapsed_worker_claimed_after_its_lapse,
             a_lapsed_worker_that_stays_silent_loses_even_its_fresh_claims,
+            a_dead_letter_can_be_taken_out_and_the_queue_purged,
             a_wake_up_is_not_lost_when_a_claimer_waits_on_several_queues,
         );
     };
@@ -614,6 +615,30 @@ pub mod broker {
         assert_eq!(again.len(), 1);
         assert!(matches!(b.ack(&held[0].lease).await, Err(Error::LeaseLost { .. })));
         b.ack(&again[0].lease).await.expect("ack");
+    }
+    /// `take_dead_letter` removes and returns the newest letter of one job, with its
+    /// payload; `purge_dead_letters` empties the queue's dead letters and says how many.
+    pub async fn a_dead_letter_can_be_taken_out_and_the_queue_purged(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        let mut ids = Vec::new();
+        for payload in ["one", "two", "three"] {
+            let one = job("alpha", 5, payload);
+            ids.push(one.id);
+            b.enqueue(one).await.expect("enqueue");
+            let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+            b.dead_letter(&got[0].lease, &format!("bad {payload}")).await.expect("dead-letter");
+        }
+        let taken = b.take_dead_letter("alpha", ids[1]).await.expect("take").expect("a letter");
+        assert_eq!((taken.id, taken.reason.as_str()), (ids[1], "bad two"));
+        assert_eq!(taken.payload, b"two");
+        assert_eq!(taken.queue, "alpha");
+        assert!(b.take_dead_letter("alpha", ids[1]).await.expect("take").is_none());
+        assert!(b.take_dead_letter("alpha", TaskId::new()).await.expect("take").is_none());
+        assert_eq!(b.dead_letter_count("alpha").await.expect("count"), 2);
+        assert_eq!(b.purge_dead_letters("alpha").await.expect("purge"), 2);
+        assert_eq!(b.dead_letter_count("alpha").await.expect("count"), 0);
+        assert!(b.dead_letters("alpha", 0, 10).await.expect("list").is_empty());
+        assert_eq!(b.purge_dead_letters("alpha").await.expect("purge"), 0);
     }
 }
 

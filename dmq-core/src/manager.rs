@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend};
-use crate::broker::{Broker, InMemoryBroker, Job};
+use crate::broker::{Broker, DeadLetter, InMemoryBroker, Job};
 use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
 use crate::error::{Error, Result};
 use crate::task::{Call, Registry, ResultRef, TaskId};
@@ -126,6 +126,114 @@ impl Manager {
         }
         self.inner.broker.enqueue_batch(jobs).await?;
         Ok(ids)
+    }
+
+    /// A page of `queue`'s dead-letter queue, newest first.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    pub async fn dead_letters(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        self.inner.broker.dead_letters(queue, offset, limit).await
+    }
+
+    /// How many jobs `queue`'s dead-letter queue holds.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    pub async fn dead_letter_count(&self, queue: &str) -> Result<u64> {
+        self.inner.broker.dead_letter_count(queue).await
+    }
+
+    /// Runs dead-lettered job `id` of `queue` again: its attempts start over, it is due
+    /// at once, and it goes to `to` (another queue) or back to `queue`. Returns false
+    /// when `queue` holds no dead letter of `id`.
+    ///
+    /// The job is enqueued before its letter is removed: if the removal fails, the
+    /// letter stays (a second requeue then gets [`Error::DuplicateJob`] while the job
+    /// is still queued), and no job is ever lost.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] (or [`Error::MessageTooLarge`]) for a letter whose envelope
+    /// does not decode (it stays in the dead-letter queue), or the broker's error.
+    pub async fn requeue_dead_letter(
+        &self,
+        queue: &str,
+        id: TaskId,
+        to: Option<&str>,
+    ) -> Result<bool> {
+        let mut offset = 0;
+        let letter = loop {
+            let page = self.inner.broker.dead_letters(queue, offset, 500).await?;
+            if page.is_empty() {
+                return Ok(false);
+            }
+            if let Some(letter) = page.iter().find(|letter| letter.id == id) {
+                break letter.clone();
+            }
+            offset += page.len();
+        };
+        let mut envelope = Envelope::decode(&letter.payload, self.inner.config.max_message_size)?;
+        envelope.attempt = 1;
+        envelope.eta = None;
+        if let Some(to) = to {
+            to.clone_into(&mut envelope.queue);
+        }
+        self.enqueue_envelope(envelope).await?;
+        self.inner.broker.take_dead_letter(queue, id).await?;
+        Ok(true)
+    }
+
+    /// Runs every job in `queue`'s dead-letter queue again (see
+    /// [`requeue_dead_letter`](Manager::requeue_dead_letter)); returns how many. A letter
+    /// whose envelope does not decode stays where it is.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error; the jobs requeued before it stay requeued.
+    pub async fn requeue_all_dead_letters(&self, queue: &str, to: Option<&str>) -> Result<u64> {
+        let mut requeued = 0;
+        let mut skipped = 0;
+        loop {
+            let page = self.inner.broker.dead_letters(queue, skipped, 500).await?;
+            if page.is_empty() {
+                return Ok(requeued);
+            }
+            for letter in page {
+                match self.requeue_dead_letter(queue, letter.id, to).await {
+                    Ok(true) => requeued += 1,
+                    Ok(false) => {}
+                    Err(Error::Decode(_) | Error::MessageTooLarge { .. }) => skipped += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Deletes the newest dead letter of job `id` from `queue`; false when there is none.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    pub async fn delete_dead_letter(&self, queue: &str, id: TaskId) -> Result<bool> {
+        Ok(self.inner.broker.take_dead_letter(queue, id).await?.is_some())
+    }
+
+    /// Deletes every dead letter of `queue`; returns how many. The count of letters the
+    /// cap dropped is kept.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    pub async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
+        self.inner.broker.purge_dead_letters(queue).await
     }
 
     fn job(&self, envelope: &Envelope) -> Result<Job> {

@@ -556,6 +556,15 @@ fn decode_worker(id: &str, bytes: &[u8]) -> Option<WorkerInfo> {
     ))
 }
 
+/// A dead letter from its list entry `<Unix ms>|<id>|<reason>` and its payload.
+fn parse_dead_entry(queue: &str, entry: &str, payload: Vec<u8>) -> Option<DeadLetter> {
+    let mut parts = entry.splitn(3, '|');
+    let (at, id, reason) = (parts.next()?, parts.next()?, parts.next()?);
+    let id = id.parse::<TaskId>().ok()?;
+    let at = at.parse().ok().and_then(DateTime::from_timestamp_millis).unwrap_or_default();
+    Some(DeadLetter::new(id, queue, payload, reason, at))
+}
+
 fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<Duration>)> {
     let mut items = reply.into_iter();
     let next_change = match items.next()? {
@@ -868,6 +877,22 @@ impl Broker for RedisBroker {
         }
     }
 
+    async fn take_dead_letter(&self, queue: &str, id: TaskId) -> Result<Option<DeadLetter>> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.take_dead.prepare_invoke();
+        invocation.key(keys.dead()).key(keys.dead_payloads()).arg(id.to_string());
+        let taken: Option<(String, Vec<u8>)> =
+            self.run("taking a dead letter", &invocation).await?;
+        Ok(taken.and_then(|(entry, payload)| parse_dead_entry(queue, &entry, payload)))
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.purge_dead.prepare_invoke();
+        invocation.key(keys.dead()).key(keys.dead_payloads());
+        self.run("purging dead letters", &invocation).await
+    }
+
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let keys = self.keys.queue(queue);
         let mut pipe = redis::pipe();
@@ -913,20 +938,16 @@ impl Broker for RedisBroker {
             .map_err(|e| self.err("listing dead letters", e))?;
         let mut letters = Vec::new();
         for entry in entries {
-            let mut parts = entry.splitn(3, '|');
-            let (Some(at), Some(id), Some(reason)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let Some((at, id)) = entry.split('|').next().zip(entry.split('|').nth(1)) else {
                 continue;
             };
-            let Ok(id) = id.parse::<TaskId>() else { continue };
             let payload: Option<Vec<u8>> = redis::cmd("HGET")
                 .arg(keys.dead_payloads())
                 .arg(format!("{at}|{id}"))
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.err("reading a dead letter", e))?;
-            let at = at.parse().ok().and_then(DateTime::from_timestamp_millis).unwrap_or_default();
-            letters.push(DeadLetter::new(id, queue, payload.unwrap_or_default(), reason, at));
+            letters.extend(parse_dead_entry(queue, &entry, payload.unwrap_or_default()));
         }
         Ok(letters)
     }

@@ -28,6 +28,8 @@ pub(crate) struct Scripts {
     pub(crate) heartbeat: Script,
     pub(crate) deregister: Script,
     pub(crate) workers: Script,
+    pub(crate) take_dead: Script,
+    pub(crate) purge_dead: Script,
 }
 
 impl Scripts {
@@ -46,6 +48,8 @@ impl Scripts {
             heartbeat: script!("heartbeat"),
             deregister: script!("deregister"),
             workers: script!("workers"),
+            take_dead: script!("take_dead"),
+            purge_dead: script!("purge_dead"),
         }
     }
 }

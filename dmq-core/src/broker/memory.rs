@@ -608,6 +608,20 @@ impl Broker for InMemoryBroker {
         Ok(moved)
     }
 
+    async fn take_dead_letter(&self, queue: &str, id: TaskId) -> Result<Option<DeadLetter>> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(None) };
+        Ok(q.dead.iter().position(|letter| letter.id == id).and_then(|at| q.dead.remove(at)))
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
+        let purged = q.dead.len() as u64;
+        q.dead.clear();
+        Ok(purged)
+    }
+
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let mut state = self.lock();
         let Some(q) = state.queues.get_mut(queue) else {

@@ -369,6 +369,22 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<DeadLetter>>;
 
+    /// Removes the newest dead letter of job `id` from `queue`'s dead-letter queue and
+    /// returns it; `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn take_dead_letter(&self, queue: &str, id: TaskId) -> Result<Option<DeadLetter>>;
+
+    /// Empties `queue`'s dead-letter queue; returns how many letters it removed. The
+    /// count of letters the cap dropped is kept.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64>;
+
     /// The number of jobs in `queue`'s dead-letter queue.
     ///
     /// # Errors
