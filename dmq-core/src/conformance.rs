@@ -179,6 +179,19 @@ fn after(d: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// Reaps `queues` until a reap moves something (another reaper may hold the lock for
+/// a moment), for up to 10 s; returns what the last reap moved.
+async fn reap_until_something_moves(b: &Arc<dyn Broker>, queues: &[String]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let moved = b.reap(queues).await.expect("reap");
+        if moved > 0 || Instant::now() >= deadline {
+            return moved;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The broker contracts, one function each.
 pub mod broker {
     use super::*;
@@ -511,15 +524,7 @@ pub mod broker {
         assert_eq!((held.len(), kept.len()), (1, 1));
         assert_eq!(b.reap(&q).await.expect("reap"), 0, "the doomed worker is still alive");
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut moved = 0;
-        while moved == 0 && Instant::now() < deadline {
-            // Another reaper may hold the lock for a moment; a later call gets it.
-            moved = b.reap(&q).await.expect("reap");
-            if moved == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let moved = reap_until_something_moves(&b, &q).await;
         assert_eq!(moved, 1, "only the lapsed worker's job comes back");
         let again = b.claim("survivor", &q, 10, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(again.len(), 1);
@@ -602,14 +607,7 @@ pub mod broker {
         let held = b.claim("fading", &q, 1, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(b.reap(&q).await.expect("reap"), 0, "the claim is fresh");
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut moved = 0;
-        while moved == 0 && Instant::now() < deadline {
-            moved = b.reap(&q).await.expect("reap");
-            if moved == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let moved = reap_until_something_moves(&b, &q).await;
         assert_eq!(moved, 1, "the silent worker's job comes back");
         let again = b.claim("survivor", &q, 1, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(again.len(), 1);
