@@ -492,3 +492,26 @@ async fn a_dead_letter_requeued_runs_again_from_its_first_attempt() {
     assert_eq!(manager.purge_dead_letters("dlq").await.expect("purge"), 2);
     worker.shutdown().await;
 }
+
+static CHARGES: AtomicU32 = AtomicU32::new(0);
+
+#[task(queue = "charges")]
+async fn charge(cents: u32) -> Result<u32, TaskError> {
+    CHARGES.fetch_add(1, Ordering::SeqCst);
+    Ok(cents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_enqueue_with_the_same_idempotency_key_enqueues_nothing() {
+    let manager = Manager::builder().build().expect("manager");
+    let first =
+        charge::call(500).idempotency_key("order-42").enqueue(&manager).await.expect("enqueue");
+    let again =
+        charge::call(500).idempotency_key("order-42").enqueue(&manager).await.expect("enqueue");
+    assert_eq!(again.id(), first.id(), "the second enqueue names the first job");
+    assert_eq!(manager.broker().queue_len("charges").await.expect("len"), 1);
+    let worker = manager.worker().queues(["charges"]).start();
+    assert_eq!(again.result(WAIT).await.expect("result"), 500);
+    worker.shutdown().await;
+    assert_eq!(CHARGES.load(Ordering::SeqCst), 1, "the work ran once");
+}

@@ -112,6 +112,7 @@ macro_rules! broker_conformance_tests {
             reap_leaves_what_a_lapsed_worker_claimed_after_its_lapse,
             a_lapsed_worker_that_stays_silent_loses_even_its_fresh_claims,
             a_dead_letter_can_be_taken_out_and_the_queue_purged,
+            an_idempotency_key_admits_one_job_while_it_is_known,
             a_wake_up_is_not_lost_when_a_claimer_waits_on_several_queues,
         );
     };
@@ -637,6 +638,33 @@ pub mod broker {
         assert_eq!(b.dead_letter_count("alpha").await.expect("count"), 0);
         assert!(b.dead_letters("alpha", 0, 10).await.expect("list").is_empty());
         assert_eq!(b.purge_dead_letters("alpha").await.expect("purge"), 0);
+    }
+    /// While an idempotency key is known in a queue, a second job with it is refused
+    /// naming the first, and nothing is added; in another queue, or once the key's ttl
+    /// has passed, it is free. A batch refuses keys.
+    pub async fn an_idempotency_key_admits_one_job_while_it_is_known(b: Arc<dyn Broker>) {
+        let ttl = Duration::from_millis(500);
+        let first = job("alpha", 5, "first").with_idempotency_key("order-7", ttl);
+        let first_id = first.id;
+        b.enqueue(first).await.expect("enqueue");
+        let second = job("alpha", 5, "second").with_idempotency_key("order-7", ttl);
+        match b.enqueue(second).await {
+            Err(Error::IdempotencyKeyTaken { existing, key, .. }) => {
+                assert_eq!((existing, key.as_str()), (first_id, "order-7"));
+            }
+            other => panic!("a second job with a known key was not refused: {other:?}"),
+        }
+        assert_eq!(b.queue_len("alpha").await.expect("len"), 1, "nothing was added");
+        b.enqueue(job("beta", 5, "elsewhere").with_idempotency_key("order-7", ttl))
+            .await
+            .expect("keys are per queue");
+        let batch = vec![job("alpha", 5, "x").with_idempotency_key("order-8", ttl)];
+        assert!(matches!(b.enqueue_batch(batch).await, Err(Error::InvalidArgument(_))));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        b.enqueue(job("alpha", 5, "later").with_idempotency_key("order-7", ttl))
+            .await
+            .expect("the key lapsed");
+        assert_eq!(b.queue_len("alpha").await.expect("len"), 2);
     }
 }
 

@@ -108,6 +108,18 @@ pub enum Error {
         queue: String,
     },
 
+    /// A job with this idempotency key is already known in the queue; nothing was
+    /// enqueued. `Manager` turns this into the first job's id.
+    #[error("idempotency key {key:?} already belongs to job {existing} in queue {queue:?}")]
+    IdempotencyKeyTaken {
+        /// The key.
+        key: String,
+        /// The queue.
+        queue: String,
+        /// The job the key belongs to.
+        existing: TaskId,
+    },
+
     /// A lease token no longer matches: the lease expired and the job was handed
     /// to another worker, or the job was already acknowledged.
     #[error("the lease on job {id} is no longer held by this worker (expired or already settled)")]

@@ -42,13 +42,14 @@ pub use backend::{
 };
 pub use broker::{
     Broker, DeadLetter, Delivery, InMemoryBroker, Job, Lease, QueueStats, WorkerInfo, WorkerStatus,
+    refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, Envelope, FORMAT_VERSION, MAX_PRIORITY,
 };
 pub use error::{Error, Result};
-pub use manager::{Manager, ManagerBuilder};
+pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,

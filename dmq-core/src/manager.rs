@@ -38,12 +38,16 @@ struct Inner {
     config: Config,
 }
 
+/// How long an idempotency key stays known by default: a day.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) result_ttl: Duration,
     pub(crate) default_max_retries: u32,
     pub(crate) default_backoff: Backoff,
+    pub(crate) idempotency_ttl: Duration,
 }
 
 impl fmt::Debug for Manager {
@@ -103,8 +107,12 @@ impl Manager {
     /// [`Error::MessageTooLarge`] over the size limit, or the broker's error.
     pub async fn enqueue_envelope(&self, envelope: Envelope) -> Result<TaskId> {
         let job = self.job(&envelope)?;
-        self.inner.broker.enqueue(job).await?;
-        Ok(envelope.id)
+        match self.inner.broker.enqueue(job).await {
+            Ok(()) => Ok(envelope.id),
+            // The same work was enqueued already: its job stands for this one.
+            Err(Error::IdempotencyKeyTaken { existing, .. }) => Ok(existing),
+            Err(e) => Err(e),
+        }
     }
 
     /// Enqueues many calls in one step, atomically, and returns their ids in order.
@@ -238,7 +246,12 @@ impl Manager {
 
     fn job(&self, envelope: &Envelope) -> Result<Job> {
         let payload = envelope.encode(self.inner.config.max_message_size)?;
-        Ok(Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload))
+        let job =
+            Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);
+        Ok(match &envelope.idempotency_key {
+            Some(key) => job.with_idempotency_key(key.clone(), self.inner.config.idempotency_ttl),
+            None => job,
+        })
     }
 }
 
@@ -270,6 +283,7 @@ impl Default for ManagerBuilder {
                 result_ttl: DEFAULT_RESULT_TTL,
                 default_max_retries: 0,
                 default_backoff: Backoff::default(),
+                idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             },
         }
     }
@@ -311,6 +325,13 @@ impl ManagerBuilder {
     }
 
     /// Retries a failed run this many times when neither the task nor the call says
+    /// How long an idempotency key stays known after its job was enqueued (a day by
+    /// default): within it, a second enqueue with the key returns the first job's id.
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.config.idempotency_ttl = ttl;
+        self
+    }
+
     /// Retries failed jobs as `policy` says, unless the task or the call says
     /// otherwise (by default: no retries; when retried, 1 s doubling up to ten minutes).
     pub fn default_retry(mut self, policy: RetryPolicy) -> Self {

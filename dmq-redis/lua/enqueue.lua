@@ -2,10 +2,18 @@
 -- already queued (ready, delayed or in flight) or repeated in the batch.
 -- KEYS: per queue, 14 keys: payloads hash, meta hash, delayed zset, signal list,
 --       ready lists (priority 0..9); queue i's keys start at KEYS[i * 14 + 1]
+--       then, for a single job with an idempotency key, that key's key last
 -- ARGV: 1 job count n, then per job: queue index (from 0), id, priority (0-9),
---       due (Unix ms, 0 for now), payload
--- Returns: {"ok"}, or {"duplicate", id, queue index} (nothing added)
+--       due (Unix ms, 0 for now), payload; then, with an idempotency key, its ttl (ms)
+-- Returns: {"ok"}, {"duplicate", id, queue index} or {"existing", id of the job the
+--          idempotency key belongs to} (nothing added)
 local n = tonumber(ARGV[1])
+local idem_ttl = tonumber(ARGV[2 + n * 5])
+local idem_key = idem_ttl and KEYS[#KEYS]
+if idem_key then
+  local existing = redis.call('GET', idem_key)
+  if existing then return {'existing', existing} end
+end
 local added = {}
 for i = 0, n - 1 do
   local b = 2 + i * 5
@@ -48,4 +56,5 @@ for _, key in ipairs(order) do
     signal(KEYS[base + 4])
   end
 end
+if idem_key then redis.call('SET', idem_key, ARGV[3], 'PX', idem_ttl) end
 return {'ok'}

@@ -248,6 +248,69 @@ impl RedisBroker {
         }
     }
 
+    /// Adds `jobs` in one script: all or none. A single job may carry an idempotency key.
+    async fn enqueue_jobs(&self, jobs: Vec<Job>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut queues: Vec<&str> = Vec::new();
+        let mut invocation = self.scripts.enqueue.prepare_invoke();
+        invocation.arg(jobs.len());
+        for job in &jobs {
+            let index = match queues.iter().position(|q| *q == job.queue) {
+                Some(index) => index,
+                None => {
+                    let keys = self.keys.queue(&job.queue);
+                    invocation
+                        .key(keys.payloads())
+                        .key(keys.meta())
+                        .key(keys.delayed())
+                        .key(keys.signal());
+                    add_ready_keys(&mut invocation, &keys);
+                    queues.push(&job.queue);
+                    queues.len() - 1
+                }
+            };
+            let due = job.eta.map_or(0, |eta| eta.timestamp_millis().max(1));
+            invocation
+                .arg(index)
+                .arg(job.id.to_string())
+                .arg(job.priority.min(dmq_core::MAX_PRIORITY))
+                .arg(due)
+                .arg(&job.payload);
+        }
+        // Only a lone job carries a key (`enqueue_batch` refuses keys).
+        let idempotency = match jobs.as_slice() {
+            [job] => job.idempotency.as_ref(),
+            _ => None,
+        };
+        if let Some((key, ttl)) = idempotency {
+            invocation.key(self.keys.queue(&jobs[0].queue).idempotency(key));
+            invocation.arg(millis(*ttl).max(1));
+        }
+        let reply: Vec<String> = self.run("enqueueing", &invocation).await?;
+        match reply.as_slice() {
+            [ok] if ok == "ok" => Ok(()),
+            [existing, id] if existing == "existing" => Err(Error::IdempotencyKeyTaken {
+                key: idempotency.map(|(key, _)| key.clone()).unwrap_or_default(),
+                queue: jobs[0].queue.clone(),
+                existing: id.parse().unwrap_or_default(),
+            }),
+            [dup, id, index] if dup == "duplicate" => Err(Error::DuplicateJob {
+                id: id.parse().unwrap_or_default(),
+                queue: index
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| queues.get(i))
+                    .map_or_else(String::new, |q| (*q).to_owned()),
+            }),
+            other => Err(Error::Backend {
+                message: format!("unexpected reply from the enqueue script: {other:?}"),
+                transient: false,
+            }),
+        }
+    }
+
     /// Claims from one queue; returns the jobs and how long until the next change.
     async fn claim_queue(
         &self,
@@ -595,57 +658,14 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<
 #[async_trait]
 impl Broker for RedisBroker {
     async fn enqueue(&self, job: Job) -> Result<()> {
-        self.enqueue_batch(vec![job]).await
+        self.enqueue_jobs(vec![job]).await
     }
 
     /// One script adds the whole batch, across all its queues, so it is atomic on one
     /// Redis. (On Redis Cluster a script may touch one slot only: batch per queue.)
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let mut queues: Vec<&str> = Vec::new();
-        let mut invocation = self.scripts.enqueue.prepare_invoke();
-        invocation.arg(jobs.len());
-        for job in &jobs {
-            let index = match queues.iter().position(|q| *q == job.queue) {
-                Some(index) => index,
-                None => {
-                    let keys = self.keys.queue(&job.queue);
-                    invocation
-                        .key(keys.payloads())
-                        .key(keys.meta())
-                        .key(keys.delayed())
-                        .key(keys.signal());
-                    add_ready_keys(&mut invocation, &keys);
-                    queues.push(&job.queue);
-                    queues.len() - 1
-                }
-            };
-            let due = job.eta.map_or(0, |eta| eta.timestamp_millis().max(1));
-            invocation
-                .arg(index)
-                .arg(job.id.to_string())
-                .arg(job.priority.min(dmq_core::MAX_PRIORITY))
-                .arg(due)
-                .arg(&job.payload);
-        }
-        let reply: Vec<String> = self.run("enqueueing", &invocation).await?;
-        match reply.as_slice() {
-            [ok] if ok == "ok" => Ok(()),
-            [dup, id, index] if dup == "duplicate" => Err(Error::DuplicateJob {
-                id: id.parse().unwrap_or_default(),
-                queue: index
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| queues.get(i))
-                    .map_or_else(String::new, |q| (*q).to_owned()),
-            }),
-            other => Err(Error::Backend {
-                message: format!("unexpected reply from the enqueue script: {other:?}"),
-                transient: false,
-            }),
-        }
+        dmq_core::refuse_keys_in_batches(&jobs)?;
+        self.enqueue_jobs(jobs).await
     }
 
     async fn claim(

@@ -146,6 +146,12 @@ impl QueueKeys {
         format!("{}:dead:dropped", self.prefix)
     }
 
+    /// Where idempotency key `key` records the job it belongs to, with its ttl.
+    #[must_use]
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+
     /// The list idle claimers block on: holds at most one wake-up, pushed when jobs
     /// arrive in an empty ready list, or a delayed job or retry is added.
     #[must_use]

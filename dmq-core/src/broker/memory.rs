@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Broker, DeadLetter, Delivery, Job, Lease, QueueStats, WorkerInfo, WorkerStatus};
+use super::{
+    Broker, DeadLetter, Delivery, Job, Lease, QueueStats, WorkerInfo, WorkerStatus,
+    refuse_keys_in_batches,
+};
 use crate::envelope::MAX_PRIORITY;
 use crate::error::{Error, Result};
 use crate::task::TaskId;
@@ -37,6 +40,8 @@ struct State {
     next_seq: u64,
     /// Registered workers and when their heartbeat lapses.
     workers: HashMap<String, (WorkerInfo, Instant, DateTime<Utc>, Duration)>,
+    /// Idempotency keys per (queue, key): the job they belong to and until when.
+    idempotency: HashMap<(String, String), (TaskId, Instant)>,
 }
 
 #[derive(Debug, Default)]
@@ -418,17 +423,35 @@ impl State {
 #[async_trait]
 impl Broker for InMemoryBroker {
     async fn enqueue(&self, job: Job) -> Result<()> {
+        let idempotency = job.idempotency.clone();
+        let (id, queue) = (job.id, job.queue.clone());
         let job = NewJob::from(job);
         {
             let mut state = self.lock();
+            let now = Instant::now();
+            if let Some((key, _)) = &idempotency {
+                let known = state.idempotency.get(&(queue.clone(), key.clone()));
+                if let Some((existing, _)) = known.filter(|(_, until)| *until > now) {
+                    return Err(Error::IdempotencyKeyTaken {
+                        key: key.clone(),
+                        queue,
+                        existing: *existing,
+                    });
+                }
+            }
             state.check_new(&job)?;
             state.add(job);
+            if let Some((key, ttl)) = idempotency {
+                state.idempotency.retain(|_, (_, until)| *until > now);
+                state.idempotency.insert((queue, key), (id, crate::clock::instant_after(now, ttl)));
+            }
         }
         self.notify.notify_waiters();
         Ok(())
     }
 
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()> {
+        refuse_keys_in_batches(&jobs)?;
         let jobs: Vec<NewJob> = jobs.into_iter().map(NewJob::from).collect();
         let mut seen = HashSet::with_capacity(jobs.len());
         {

@@ -27,6 +27,10 @@ pub struct Job {
     pub eta: Option<DateTime<Utc>>,
     /// The encoded envelope.
     pub payload: Vec<u8>,
+    /// A key that makes a second enqueue of the same work a no-op for `ttl`: while it
+    /// is known in the queue, enqueueing another job with it fails with
+    /// [`Error::IdempotencyKeyTaken`](crate::Error::IdempotencyKeyTaken) naming the first.
+    pub idempotency: Option<(String, Duration)>,
 }
 
 impl Job {
@@ -39,7 +43,14 @@ impl Job {
         eta: Option<DateTime<Utc>>,
         payload: Vec<u8>,
     ) -> Self {
-        Job { id, queue: queue.into(), priority, eta, payload }
+        Job { id, queue: queue.into(), priority, eta, payload, idempotency: None }
+    }
+
+    /// The same job, refused while `key` is known in its queue (for `ttl`).
+    #[must_use]
+    pub fn with_idempotency_key(mut self, key: impl Into<String>, ttl: Duration) -> Self {
+        self.idempotency = Some((key.into(), ttl));
+        self
     }
 }
 
@@ -98,6 +109,23 @@ impl fmt::Debug for Delivery {
             .field("payload_bytes", &self.payload.len())
             .field("deliveries", &self.deliveries)
             .finish()
+    }
+}
+
+/// Refuses a batch holding a job with an idempotency key (for broker implementations):
+/// keys work with single enqueues only.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the first such job.
+pub fn refuse_keys_in_batches(jobs: &[Job]) -> Result<()> {
+    match jobs.iter().find(|job| job.idempotency.is_some()) {
+        Some(job) => Err(crate::Error::InvalidArgument(format!(
+            "job {} has an idempotency key, which works with single enqueues only; \
+             enqueue it on its own",
+            job.id
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -237,15 +265,18 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     ///
     /// [`Error::DuplicateJob`](crate::Error::DuplicateJob) when a job with the same id
     /// is already in the queue (ready, delayed or in flight), so one job can never be
-    /// held twice; otherwise when the broker cannot be reached or refuses the job.
+    /// held twice; [`Error::IdempotencyKeyTaken`](crate::Error::IdempotencyKeyTaken)
+    /// when the job's idempotency key is known (nothing is added then); otherwise when
+    /// the broker cannot be reached or refuses the job.
     async fn enqueue(&self, job: Job) -> Result<()>;
 
     /// Adds many jobs at once, atomically: all of them or none.
     ///
     /// # Errors
     ///
-    /// As [`enqueue`](Broker::enqueue), also for an id repeated within the batch; on an
-    /// error no job was added.
+    /// As [`enqueue`](Broker::enqueue), also for an id repeated within the batch, and
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a job with an
+    /// idempotency key (use `enqueue` for those); on an error no job was added.
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()>;
 
     /// Claims up to `max` due jobs from `queues`, highest priority first, each under a

@@ -30,6 +30,7 @@ pub struct Call<T> {
     max_retries: Option<u32>,
     backoff: Option<Backoff>,
     expires: Option<Expiry>,
+    idempotency_key: Option<String>,
     timeout: Option<Duration>,
     headers: BTreeMap<String, String>,
     output: PhantomData<fn() -> T>,
@@ -69,6 +70,7 @@ impl<T> Call<T> {
             max_retries: None,
             backoff: None,
             expires: None,
+            idempotency_key: None,
             timeout: None,
             headers: BTreeMap::new(),
             output: PhantomData,
@@ -113,6 +115,15 @@ impl<T> Call<T> {
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.max_retries = Some(policy.max_retries);
         self.backoff = Some(policy.backoff);
+        self
+    }
+
+    /// Makes a second enqueue of the same work a no-op: while a job with `key` is known
+    /// in the queue (for the manager's `idempotency_ttl`, a day by default), enqueueing
+    /// another call with it enqueues nothing and returns the first job's handle.
+    /// Works with `enqueue`, not `enqueue_batch`.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 
@@ -183,6 +194,7 @@ impl<T> Call<T> {
         envelope.priority = self.priority;
         envelope.max_retries = self.max_retries;
         envelope.backoff = self.backoff;
+        envelope.idempotency_key = self.idempotency_key;
         envelope.expires_at = match self.expires {
             Some(Expiry::At(at)) => Some(at),
             Some(Expiry::In(ttl)) => Some(
