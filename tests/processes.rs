@@ -219,7 +219,11 @@ async fn registered(manager: &Manager, workers: &[WorkerProcess]) {
 /// A multiplexed connection for reading the workers' run records.
 async fn records_conn(url: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(url).expect("redis url");
-    client.get_multiplexed_async_connection().await.expect("connect to redis")
+    // Reading 20,000 records on a busy machine can take longer than redis-rs's
+    // default 500 ms response timeout.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to redis")
 }
 
 /// The `task-id pid` entries the `slow` jobs of namespace `ns` recorded as they started.

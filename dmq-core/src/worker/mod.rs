@@ -207,6 +207,13 @@ impl WorkerHandle {
 
 /// The claim loop and the heartbeat, then the graceful stop.
 async fn run(shared: Arc<Shared>) {
+    // Registered before the first claim: a worker that died holding a job before it
+    // ever heartbeated would be unknown to the reaper, and its job would wait for the
+    // lease to expire.
+    let ttl = shared.config.heartbeat.saturating_mul(MISSED_HEARTBEATS);
+    if let Err(e) = shared.manager.broker().heartbeat(&shared.info, ttl).await {
+        tracing::warn!(error = %e, "the first heartbeat failed; retrying at the next one");
+    }
     let done = CancellationToken::new();
     let heartbeat = tokio::spawn(keep_alive(Arc::clone(&shared), done.clone()));
     claim_loop(&shared).await;
