@@ -31,7 +31,7 @@ use tokio::time::Instant;
 #[path = "bin/test_worker.rs"]
 mod test_worker;
 
-use test_worker::{count, crash, pids_key, runs_key, slow, starts_key, triple};
+use test_worker::{count, crash, pids_key, runs_key, second_time, slow, starts_key, triple};
 
 /// How long a test waits for anything before calling it lost: generous, never a
 /// performance bound.
@@ -585,4 +585,33 @@ async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
     }
     let status = worker.terminate().await;
     assert!(status.success(), "the last worker exited with {status} after SIGTERM");
+}
+
+/// A retry waits in Redis, not in the worker: a worker killed while its job waits out
+/// the backoff loses nothing, and another process runs the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_during_a_backoff_wait_loses_nothing() {
+    let url = redis_url();
+    let ns = Namespace::fresh(&url);
+    let (broker, manager) = connect(&url, &ns.name).await;
+    let settings = Settings {
+        queue: second_time::QUEUE,
+        concurrency: 1,
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_millis(200),
+    };
+    let mut first = WorkerProcess::start(&url, &ns.name, settings);
+    registered(&manager, std::slice::from_ref(&first)).await;
+    let handle = second_time::call(1_500).enqueue(&manager).await.expect("enqueue");
+    poll("the failed first attempt to wait as a retry", || async {
+        let stats = broker.queue_stats(second_time::QUEUE).await.ok()?;
+        (stats.delayed == 1).then_some(())
+    })
+    .await;
+    let status = first.kill().await;
+    assert_eq!(status.signal(), Some(9));
+    let mut second = WorkerProcess::start(&url, &ns.name, settings);
+    assert_eq!(handle.result(WAIT).await.expect("the retry's result"), 2, "attempt 2 succeeded");
+    let status = second.terminate().await;
+    assert!(status.success(), "the second worker exited with {status}");
 }

@@ -138,6 +138,17 @@ pub(crate) async fn crash(ctx: TaskContext) -> Result<(), TaskError> {
     std::process::abort()
 }
 
+/// Fails its first attempt, asking to be retried after `ms` milliseconds, and
+/// returns the attempt that succeeded.
+#[task(name = "e2e.second_time", queue = "e2e-backoff", max_retries = 3)]
+pub(crate) async fn second_time(ms: u64, ctx: TaskContext) -> Result<u32, TaskError> {
+    if ctx.attempt() == 1 {
+        let failure = std::io::Error::other("the first attempt fails");
+        return Err(TaskError::retry_after(failure, Duration::from_millis(ms)));
+    }
+    Ok(ctx.attempt())
+}
+
 /// Returns `n * 3` after `ms` milliseconds; touches Redis only through dmq.
 #[task(name = "e2e.triple", queue = "e2e-restart")]
 pub(crate) async fn triple(n: i64, ms: u64) -> Result<i64, TaskError> {
