@@ -467,6 +467,16 @@ impl RedisBroker {
         invocation.key(self.keys.workers()).key(self.keys.workers_info());
         invocation
     }
+
+    /// The KEYS of `reap_begin` and `reap_end`: the lock, then the registry's.
+    fn reaper_invocation<'a>(&self, script: &'a redis::Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.keys.reaper_lock())
+            .key(self.keys.workers())
+            .key(self.keys.workers_info());
+        invocation
+    }
 }
 
 /// A connection of its own for blocking waits, and its Redis client id (for
@@ -827,11 +837,10 @@ impl Broker for RedisBroker {
     }
 
     async fn reap(&self, queues: &[String]) -> Result<u64> {
-        let mut begin = self.scripts.reap_begin.prepare_invoke();
-        begin.key(self.keys.reaper_lock()).key(self.keys.workers()).key(self.keys.workers_info());
+        let mut begin = self.reaper_invocation(&self.scripts.reap_begin);
         begin.arg(&self.reaper_id).arg(millis(REAPER_LOCK));
         let Some(lapsed) =
-            self.run::<Option<Vec<(String, Vec<u8>, i64)>>>("starting a reap", &begin).await?
+            self.run::<Option<Vec<(String, Vec<u8>)>>>("starting a reap", &begin).await?
         else {
             return Ok(0);
         };
@@ -842,7 +851,7 @@ impl Broker for RedisBroker {
             .map_or(Duration::ZERO, |since| since.elapsed());
         let mut all_queues: Vec<String> = queues.to_vec();
         let mut dead = Vec::with_capacity(lapsed.len());
-        for (id, info, _lapsed_at) in &lapsed {
+        for (id, info) in &lapsed {
             // Until this broker has been reachable for the worker's whole ttl, a lapse
             // may be the outage's doing, not the worker's.
             let ttl = worker_ttl(info);
@@ -873,8 +882,7 @@ impl Broker for RedisBroker {
             }
         }
         dead.retain(|(id, _)| !holding.contains(id));
-        let mut end = self.scripts.reap_end.prepare_invoke();
-        end.key(self.keys.reaper_lock()).key(self.keys.workers()).key(self.keys.workers_info());
+        let mut end = self.reaper_invocation(&self.scripts.reap_end);
         end.arg(&self.reaper_id);
         // A dead worker is forgotten only once all of its queues were reaped.
         if failed.is_none() {

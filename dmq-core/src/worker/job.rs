@@ -341,25 +341,31 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = crate::Result<()>>,
 {
-    let attempts = async {
+    // The first attempt alone: the common case arms no timer for the lease.
+    let first = op().await;
+    match first {
+        Err(ref e) if e.is_transient() && PERSIST_ATTEMPTS > 1 => {
+            tracing::warn!(id = %lease.id, error = %e, "a write failed; trying again");
+        }
+        done => return done,
+    }
+    let retries = async {
         let mut pause = Duration::from_millis(50);
         let mut attempt = 1;
         loop {
+            tokio::time::sleep(pause).await;
+            attempt += 1;
             match op().await {
                 Err(e) if e.is_transient() && attempt < PERSIST_ATTEMPTS => {
                     tracing::warn!(id = %lease.id, error = %e, retry_in = ?pause, "a write failed; trying again");
-                    tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
-                    attempt += 1;
                 }
                 done => return done,
             }
         }
     };
-    // Biased: a write that completes at once never arms the renewal timer.
     tokio::select! {
-        biased;
-        done = attempts => done,
+        done = retries => done,
         () = keep_lease(shared, lease) => Err(Error::LeaseLost { id: lease.id }),
     }
 }
