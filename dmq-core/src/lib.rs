@@ -29,6 +29,7 @@ mod broker;
 mod clock;
 mod envelope;
 mod error;
+mod guarantee;
 mod manager;
 mod retry;
 mod task;
@@ -49,10 +50,12 @@ pub use envelope::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, Envelope, FORMAT_VERSION, MAX_PRIORITY,
 };
 pub use error::{Error, Result};
+pub use guarantee::Guarantee;
 pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
+    TaskPanicked, TaskTimedOut,
 };
 pub use worker::{
     DEFAULT_HEARTBEAT, MISSED_HEARTBEATS, ShutdownReport, WorkerBuilder, WorkerHandle,
@@ -66,6 +69,8 @@ pub struct ReadmeDoctests;
 /// What `#[task]` expands to refers only to this module. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::guarantee::Guarantee;
+    pub use crate::retry::{Backoff, Jitter, RetryPolicy};
     pub use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
     pub use crate::task::{Call, TaskContext, TaskError};
     pub use inventory;

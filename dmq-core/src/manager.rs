@@ -45,8 +45,9 @@ pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) result_ttl: Duration,
-    pub(crate) default_max_retries: u32,
-    pub(crate) default_backoff: Backoff,
+    /// For tasks without a policy of their own: the retry limit and error filters,
+    /// and the backoff for jobs whose call set none.
+    pub(crate) default_retry: RetryPolicy,
     pub(crate) idempotency_ttl: Duration,
 }
 
@@ -281,8 +282,7 @@ impl Default for ManagerBuilder {
             config: Config {
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 result_ttl: DEFAULT_RESULT_TTL,
-                default_max_retries: 0,
-                default_backoff: Backoff::default(),
+                default_retry: RetryPolicy::new(0, Backoff::default()),
                 idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             },
         }
@@ -332,17 +332,18 @@ impl ManagerBuilder {
         self
     }
 
-    /// Retries failed jobs as `policy` says, unless the task or the call says
-    /// otherwise (by default: no retries; when retried, 1 s doubling up to ten minutes).
+    /// Retries failed jobs as `policy` says (its retry limit, backoff and error
+    /// filters) unless the task or the call says otherwise. By default: no retries;
+    /// when a task or call allows some, 1 s doubling up to ten minutes.
     pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
-        self.config.default_max_retries = policy.max_retries;
-        self.config.default_backoff = policy.backoff;
+        self.config.default_retry = policy;
         self
     }
 
+    /// Allows `retries` retries of a failed job unless the task or the call says
     /// otherwise (0 by default).
     pub fn default_max_retries(mut self, retries: u32) -> Self {
-        self.config.default_max_retries = retries;
+        self.config.default_retry.max_retries = retries;
         self
     }
 

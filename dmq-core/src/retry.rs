@@ -3,11 +3,15 @@
 //! The delay computation is pure: [`Backoff::delay`] takes the retry number and a
 //! random number in `[0, 1)`, so tests seed it and need no clock.
 
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::task::TaskError;
 
 /// The longest a retry ever waits, whatever the policy or the task asks for: a week.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -196,26 +200,166 @@ fn check_range(base: Duration, max: Duration) -> Result<()> {
     Ok(())
 }
 
-/// How a failed job is retried: how many times, and how long it waits before each.
+/// How a failed job is retried: how many times, how long it waits before each, and
+/// which errors are worth a retry at all.
 ///
-/// Set it per call (`my_task::call(..).retry(policy)`) or for the whole manager
-/// ([`ManagerBuilder::default_retry`](crate::ManagerBuilder::default_retry)). A
-/// `TaskError::retry_after` delay asked for by the task wins over the backoff, but
-/// not over `max_retries`; `TaskError::fatal` is never retried.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// Set it for a task (`#[task(retry = path::to_fn)]`, a function returning the policy),
+/// per call (`my_task::call(..).retry(policy)`) or for the whole manager
+/// ([`ManagerBuilder::default_retry`](crate::ManagerBuilder::default_retry)).
+///
+/// ```
+/// use dmq_core::{Backoff, Jitter, RetryPolicy};
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), dmq_core::Error> {
+/// let policy = RetryPolicy::new(
+///     5,
+///     Backoff::exponential(Duration::from_secs(1), 2.0, Duration::from_secs(60))?
+///         .with_jitter(Jitter::Full),
+/// )
+/// .retry_on::<std::io::Error>() // only I/O errors are retried ...
+/// .dont_retry_if(|e| e.to_string().contains("permission denied")); // ... but not these
+/// # let _ = policy;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Which failures are retried, within `max_retries`:
+///
+/// - [`TaskError::fatal`](crate::TaskError::fatal) never is, and bad input (an unknown
+///   task, arguments that do not fit) never is.
+/// - [`TaskError::retry_after`](crate::TaskError::retry_after) always is: it is the
+///   task's own request, and its delay wins over the backoff.
+/// - Any other error, a panic ([`TaskPanicked`](crate::TaskPanicked)) and a timeout
+///   ([`TaskTimedOut`](crate::TaskTimedOut)) are retried unless the error filters say
+///   otherwise: an error matched by a `dont_retry_*` filter is not retried, and when
+///   the policy has `retry_on`/`retry_if` filters, only an error one of them matches is.
+///   A type filter matches the error or any error in its `source()` chain.
+///
+/// The error filters are code, so they live where the worker runs: in a task's policy
+/// function or the manager's default. A call's own policy carries only `max_retries`
+/// and `backoff` (they travel in the job); enqueueing a call whose policy has filters
+/// is an error.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct RetryPolicy {
     /// How many times a failed job runs again (0: never).
     pub max_retries: u32,
     /// The delay before each retry.
     pub backoff: Backoff,
+    filters: Vec<Filter>,
+}
+
+/// One `retry_on`/`dont_retry_on`/`retry_if`/`dont_retry_if` of a policy.
+#[derive(Clone)]
+struct Filter {
+    /// Whether a match allows the retry (`retry_*`) or forbids it (`dont_retry_*`).
+    retry: bool,
+    /// What it matches, for `Debug`: a type name or "a predicate".
+    what: &'static str,
+    matches: Arc<dyn Fn(&TaskError) -> bool + Send + Sync>,
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("RetryPolicy");
+        out.field("max_retries", &self.max_retries).field("backoff", &self.backoff);
+        let named = |retry: bool| -> Vec<&str> {
+            self.filters.iter().filter(|r| r.retry == retry).map(|r| r.what).collect()
+        };
+        let (on, not_on) = (named(true), named(false));
+        if !on.is_empty() {
+            out.field("retry_on", &on);
+        }
+        if !not_on.is_empty() {
+            out.field("dont_retry_on", &not_on);
+        }
+        out.finish()
+    }
+}
+
+/// Whether `error`, or any error in its `source()` chain, is an `E`.
+fn is_in_chain<E: StdError + 'static>(error: &TaskError) -> bool {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(error.source_error());
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl RetryPolicy {
     /// Up to `max_retries` retries, waiting as `backoff` says.
     #[must_use]
     pub fn new(max_retries: u32, backoff: Backoff) -> Self {
-        RetryPolicy { max_retries, backoff }
+        RetryPolicy { max_retries, backoff, filters: Vec::new() }
+    }
+
+    /// Retries errors of type `E` (the error itself or any error in its `source()`
+    /// chain). Once a policy has a `retry_on` or `retry_if`, an error none of them
+    /// matches is not retried.
+    #[must_use]
+    pub fn retry_on<E: StdError + 'static>(self) -> Self {
+        self.filter(true, std::any::type_name::<E>(), is_in_chain::<E>)
+    }
+
+    /// Never retries errors of type `E` (the error itself or any error in its
+    /// `source()` chain), whatever else the policy says.
+    #[must_use]
+    pub fn dont_retry_on<E: StdError + 'static>(self) -> Self {
+        self.filter(false, std::any::type_name::<E>(), is_in_chain::<E>)
+    }
+
+    /// Retries the errors `predicate` returns true for (see [`retry_on`](Self::retry_on)).
+    #[must_use]
+    pub fn retry_if(self, predicate: impl Fn(&TaskError) -> bool + Send + Sync + 'static) -> Self {
+        self.filter(true, "a predicate", predicate)
+    }
+
+    /// Never retries the errors `predicate` returns true for.
+    #[must_use]
+    pub fn dont_retry_if(
+        self,
+        predicate: impl Fn(&TaskError) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filter(false, "a predicate", predicate)
+    }
+
+    fn filter(
+        mut self,
+        retry: bool,
+        what: &'static str,
+        matches: impl Fn(&TaskError) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filters.push(Filter { retry, what, matches: Arc::new(matches) });
+        self
+    }
+
+    /// Whether the policy has error filters (`retry_on`, `dont_retry_on`, `retry_if`,
+    /// `dont_retry_if`).
+    #[must_use]
+    pub fn has_error_filters(&self) -> bool {
+        !self.filters.is_empty()
+    }
+
+    /// Whether the policy lets `error` be retried, leaving aside how many attempts
+    /// were made: false for a fatal error, true for a `retry_after` one, otherwise
+    /// as the error filters say.
+    #[must_use]
+    pub fn allows(&self, error: &TaskError) -> bool {
+        if error.is_fatal() {
+            return false;
+        }
+        if error.requested_delay().is_some() {
+            return true;
+        }
+        if self.filters.iter().any(|f| !f.retry && (f.matches)(error)) {
+            return false;
+        }
+        let mut allowing = self.filters.iter().filter(|f| f.retry).peekable();
+        allowing.peek().is_none() || allowing.any(|f| (f.matches)(error))
     }
 }
 
@@ -294,5 +438,78 @@ mod tests {
         let b = Backoff::exponential(S, 1.5, 60 * S).unwrap().with_jitter(Jitter::Equal);
         let bytes = rmp_serde::to_vec_named(&b).unwrap();
         assert_eq!(rmp_serde::from_slice::<Backoff>(&bytes).unwrap(), b);
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl StdError for Wrapper {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn io() -> TaskError {
+        std::io::Error::other("disk").into()
+    }
+
+    fn parse() -> TaskError {
+        "x".parse::<i32>().unwrap_err().into()
+    }
+
+    #[test]
+    fn without_filters_every_retryable_error_is_retried() {
+        let policy = RetryPolicy::new(3, Backoff::default());
+        assert!(policy.allows(&io()) && policy.allows(&parse()));
+        assert!(policy.allows(&TaskError::msg("plain")));
+        assert!(!policy.allows(&TaskError::fatal("never")));
+    }
+
+    #[test]
+    fn retry_on_retries_only_the_errors_it_names() {
+        let policy = RetryPolicy::new(3, Backoff::default()).retry_on::<std::io::Error>();
+        assert!(policy.allows(&io()));
+        assert!(!policy.allows(&parse()));
+        // A cause deeper in the chain matches too.
+        assert!(policy.allows(&TaskError::from(Wrapper(std::io::Error::other("x")))));
+        // Several are a union.
+        let both = policy.retry_on::<std::num::ParseIntError>();
+        assert!(both.allows(&io()) && both.allows(&parse()));
+    }
+
+    #[test]
+    fn dont_retry_on_wins_over_retry_on() {
+        let policy = RetryPolicy::new(3, Backoff::default())
+            .retry_if(|_| true)
+            .dont_retry_on::<std::num::ParseIntError>();
+        assert!(policy.allows(&io()));
+        assert!(!policy.allows(&parse()));
+        let predicate =
+            RetryPolicy::new(3, Backoff::default()).dont_retry_if(|e| e.to_string() == "disk");
+        assert!(!predicate.allows(&io()));
+        assert!(predicate.allows(&parse()));
+    }
+
+    #[test]
+    fn a_retry_after_is_the_tasks_own_request_and_passes_the_filters() {
+        let policy = RetryPolicy::new(3, Backoff::default()).dont_retry_if(|_| true);
+        assert!(policy.allows(&TaskError::retry_after("busy", S)));
+        assert!(!policy.allows(&TaskError::fatal("no")));
+    }
+
+    #[test]
+    fn debug_names_the_filters() {
+        let policy = RetryPolicy::new(1, Backoff::default())
+            .retry_on::<std::io::Error>()
+            .dont_retry_if(|_| false);
+        let shown = format!("{policy:?}");
+        assert!(shown.contains("retry_on: [\"std::io::error::Error\"]"), "{shown}");
+        assert!(shown.contains("dont_retry_on: [\"a predicate\"]"), "{shown}");
     }
 }

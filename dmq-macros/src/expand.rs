@@ -323,6 +323,9 @@ impl<'a> Task<'a> {
                         name: NAME,
                         queue: QUEUE,
                         max_retries: #max_retries,
+                        backoff: None,
+                        retry: None,
+                        guarantee: None,
                         timeout: #timeout,
                         ignore_result: #ignore_result,
                         // This module is named after the function, so its path is the

@@ -799,6 +799,22 @@ impl Broker for RedisBroker {
         self.settle("dead-lettering a job", lease, &invocation).await
     }
 
+    async fn complete(&self, lease: &Lease, remember: Duration) -> Result<()> {
+        let keys = self.keys.queue(&lease.queue);
+        let mut invocation = self.scripts.complete.prepare_invoke();
+        invocation.key(keys.payloads()).key(keys.meta()).key(keys.in_flight());
+        invocation.key(keys.completed());
+        invocation.arg(lease.id.to_string()).arg(&lease.token).arg(millis(remember).max(1));
+        self.settle("completing a job", lease, &invocation).await
+    }
+
+    async fn is_complete(&self, queue: &str, id: TaskId) -> Result<bool> {
+        let mut invocation = self.scripts.is_complete.prepare_invoke();
+        invocation.key(self.keys.queue(queue).completed()).arg(id.to_string());
+        let found: i64 = self.run("reading a job's completion", &invocation).await?;
+        Ok(found == 1)
+    }
+
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
         let keys = self.keys.queue(&lease.queue);
         let mut invocation = self.scripts.renew.prepare_invoke();

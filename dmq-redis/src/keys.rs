@@ -152,6 +152,13 @@ impl QueueKeys {
         format!("{}:idem:{key}", self.prefix)
     }
 
+    /// The sorted set of completed exactly-once jobs, scored by the Unix millisecond
+    /// their completion is forgotten.
+    #[must_use]
+    pub fn completed(&self) -> String {
+        format!("{}:done", self.prefix)
+    }
+
     /// The list idle claimers block on: holds at most one wake-up, pushed when jobs
     /// arrive in an empty ready list, or a delayed job or retry is added.
     #[must_use]

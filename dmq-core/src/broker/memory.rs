@@ -61,6 +61,29 @@ struct Queue {
     known: HashSet<TaskId>,
     dead: VecDeque<DeadLetter>,
     dead_dropped: u64,
+    /// Completions recorded by `complete`, and until when they are remembered.
+    completed: HashMap<TaskId, Instant>,
+    /// The same completions in the order they were recorded, to forget them.
+    completed_order: VecDeque<(Instant, TaskId)>,
+}
+
+impl Queue {
+    /// Records that job `id` completed, until `until`, forgetting the completions
+    /// recorded earlier whose time is up.
+    fn remember_completion(&mut self, id: TaskId, until: Instant) {
+        let now = Instant::now();
+        while let Some(&(at, old)) = self.completed_order.front() {
+            if at > now {
+                break;
+            }
+            self.completed_order.pop_front();
+            if self.completed.get(&old).is_some_and(|t| *t <= now) {
+                self.completed.remove(&old);
+            }
+        }
+        self.completed.insert(id, until);
+        self.completed_order.push_back((until, id));
+    }
 }
 
 #[derive(Debug)]
@@ -516,6 +539,23 @@ impl Broker for InMemoryBroker {
         // Freed once the lock is released.
         drop(held);
         Ok(())
+    }
+
+    async fn complete(&self, lease: &Lease, remember: Duration) -> Result<()> {
+        let until = Instant::now() + remember;
+        let held = self.settle(lease, |queue, held, _| {
+            queue.known.remove(&held.stored.id);
+            queue.remember_completion(held.stored.id, until);
+            held
+        })?;
+        drop(held);
+        Ok(())
+    }
+
+    async fn is_complete(&self, queue: &str, id: TaskId) -> Result<bool> {
+        let state = self.lock();
+        let until = state.queues.get(queue).and_then(|q| q.completed.get(&id));
+        Ok(until.is_some_and(|t| *t > Instant::now()))
     }
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {

@@ -310,6 +310,24 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// changes then.
     async fn ack(&self, lease: &Lease) -> Result<()>;
 
+    /// Settles a job as done, as [`ack`](Broker::ack) does, and in the same atomic
+    /// step records that job `lease.id` of `lease.queue` completed, for `remember`
+    /// (the exactly-once guarantee reads the record with
+    /// [`is_complete`](Broker::is_complete)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale; nothing
+    /// changes then, and no completion is recorded.
+    async fn complete(&self, lease: &Lease, remember: Duration) -> Result<()>;
+
+    /// Whether a completion of job `id` of `queue` is recorded and not yet forgotten.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn is_complete(&self, queue: &str, id: TaskId) -> Result<bool>;
+
     /// Puts a job back, with an updated envelope, to become due at `eta`.
     ///
     /// # Errors

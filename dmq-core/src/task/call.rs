@@ -29,6 +29,8 @@ pub struct Call<T> {
     priority: u8,
     max_retries: Option<u32>,
     backoff: Option<Backoff>,
+    /// Set when the call's retry policy had error filters, which cannot travel.
+    filters_refused: bool,
     expires: Option<Expiry>,
     idempotency_key: Option<String>,
     timeout: Option<Duration>,
@@ -69,6 +71,7 @@ impl<T> Call<T> {
             priority: crate::envelope::DEFAULT_PRIORITY,
             max_retries: None,
             backoff: None,
+            filters_refused: false,
             expires: None,
             idempotency_key: None,
             timeout: None,
@@ -111,10 +114,14 @@ impl<T> Call<T> {
     }
 
     /// Retries a failed run as `policy` says (how many times, and how long to wait
-    /// before each), overriding the task's and the manager's settings.
+    /// before each), overriding the task's and the manager's settings. The policy's
+    /// error filters cannot travel with the job: a policy that has some makes
+    /// [`enqueue`](Call::enqueue) fail; set them on the task (`#[task(retry = ...)]`)
+    /// or the manager instead.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.max_retries = Some(policy.max_retries);
         self.backoff = Some(policy.backoff);
+        self.filters_refused = policy.has_error_filters();
         self
     }
 
@@ -170,8 +177,17 @@ impl<T> Call<T> {
     /// # Errors
     ///
     /// [`Error::Encode`] when an argument did not encode, [`Error::InvalidArgument`]
-    /// for a priority above 9.
+    /// for a priority above 9 or a retry policy with error filters.
     pub fn into_envelope(self) -> Result<Envelope> {
+        if self.filters_refused {
+            return Err(Error::InvalidArgument(format!(
+                "the retry policy of this call of {:?} has error filters (retry_on, \
+                 dont_retry_on, retry_if, dont_retry_if), which are code and cannot travel \
+                 with the job; set them in the task's policy (#[task(retry = path::to_fn)]) \
+                 or the manager's default_retry",
+                self.task
+            )));
+        }
         if self.priority > MAX_PRIORITY {
             return Err(Error::InvalidArgument(format!(
                 "priority {} is out of range: use 0 (lowest) to 9 (highest)",

@@ -131,6 +131,40 @@ impl fmt::Debug for TaskError {
     }
 }
 
+/// The error a retry policy's filters see when a task panicked:
+/// `RetryPolicy::retry_on::<TaskPanicked>()` retries panics.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TaskPanicked {
+    /// The panic's message.
+    pub message: String,
+}
+
+impl fmt::Display for TaskPanicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the task panicked: {}", self.message)
+    }
+}
+
+impl StdError for TaskPanicked {}
+
+/// The error a retry policy's filters see when a task ran past its timeout:
+/// `RetryPolicy::retry_on::<TaskTimedOut>()` retries timeouts.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TaskTimedOut {
+    /// The timeout the run exceeded.
+    pub limit: Duration,
+}
+
+impl fmt::Display for TaskTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the task timed out after {:?}", self.limit)
+    }
+}
+
+impl StdError for TaskTimedOut {}
+
 /// Why a job did not produce a value, as recorded in its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

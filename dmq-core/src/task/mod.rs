@@ -9,6 +9,6 @@ pub(crate) mod registry;
 
 pub use call::{Call, ResultRef, TaskHandle};
 pub use context::TaskContext;
-pub use error::{FailureKind, TaskError};
+pub use error::{FailureKind, TaskError, TaskPanicked, TaskTimedOut};
 pub use id::TaskId;
 pub use registry::{Registry, TaskInfo};

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::guarantee::Guarantee;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::task::{FailureKind, TaskContext, TaskError};
 
 /// The future a registered task's entry point returns: the encoded return value, or
@@ -50,6 +52,13 @@ pub struct TaskRegistration {
     pub queue: &'static str,
     /// How many times a failed run is retried; `None` for the manager's default.
     pub max_retries: Option<u32>,
+    /// The delay before each retry; `None` for the manager's default.
+    pub backoff: Option<Backoff>,
+    /// The task's whole retry policy (`#[task(retry = path)]`), which replaces the
+    /// manager's default, filters included.
+    pub retry: Option<fn() -> RetryPolicy>,
+    /// The task's delivery guarantee; `None` for the worker's.
+    pub guarantee: Option<Guarantee>,
     /// How long one run may take.
     pub timeout: Option<Duration>,
     /// Whether workers skip storing the result.
@@ -73,7 +82,7 @@ impl TaskRegistration {
 }
 
 /// What a worker knows about one registered task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TaskInfo {
     /// The task's registered name.
@@ -82,6 +91,12 @@ pub struct TaskInfo {
     pub queue: &'static str,
     /// Its retry limit, when the attribute set one.
     pub max_retries: Option<u32>,
+    /// Its backoff, when the attribute set one.
+    pub backoff: Option<Backoff>,
+    /// Whether the attribute gave it a whole retry policy (`retry = path`).
+    pub has_retry_policy: bool,
+    /// Its delivery guarantee, when the attribute set one.
+    pub guarantee: Option<Guarantee>,
     /// Its timeout, when the attribute set one.
     pub timeout: Option<Duration>,
     /// Whether workers skip storing its result.
@@ -165,6 +180,9 @@ fn info(reg: &'static TaskRegistration) -> TaskInfo {
         name: reg.name,
         queue: reg.queue,
         max_retries: reg.max_retries,
+        backoff: reg.backoff,
+        has_retry_policy: reg.retry.is_some(),
+        guarantee: reg.guarantee,
         timeout: reg.timeout,
         ignore_result: reg.ignore_result,
         path: reg.path,
@@ -183,6 +201,9 @@ mod tests {
         name: "same",
         queue: "default",
         max_retries: None,
+        backoff: None,
+        retry: None,
+        guarantee: None,
         timeout: None,
         ignore_result: false,
         path: "app::a",
@@ -194,6 +215,9 @@ mod tests {
         name: "same",
         queue: "default",
         max_retries: None,
+        backoff: None,
+        retry: None,
+        guarantee: None,
         timeout: None,
         ignore_result: false,
         path: "app::b",

@@ -11,13 +11,14 @@ use futures::future::Either;
 use tracing::Instrument;
 
 use super::Shared;
-use crate::backend::TaskOutcome;
+use crate::backend::{TaskOutcome, TaskState};
 use crate::broker::{Delivery, Lease};
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::retry::MAX_BACKOFF;
+use crate::guarantee::Guarantee;
+use crate::retry::{Backoff, MAX_BACKOFF};
 use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
-use crate::task::{FailureKind, TaskContext};
+use crate::task::{FailureKind, TaskContext, TaskError, TaskPanicked, TaskTimedOut};
 
 /// Runs one delivery to the end: it is acknowledged, retried, dead-lettered or
 /// released, and never panics the worker.
@@ -61,7 +62,131 @@ pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output
             return Either::Right(rare(expired.instrument(span)));
         }
     }
-    Either::Left(run(shared, lease, registration, envelope, payload).instrument(span))
+    match registration.guarantee.unwrap_or(shared.config.guarantee) {
+        Guarantee::AtMostOnce => Either::Right(rare(
+            at_most_once(shared, lease, registration, envelope).instrument(span),
+        )),
+        Guarantee::ExactlyOnce => {
+            let once = async move {
+                if completed_before(shared, &lease, registration).await {
+                    return;
+                }
+                run(shared, lease, registration, envelope, payload, Finish::Complete).await;
+            };
+            Either::Right(rare(once.instrument(span)))
+        }
+        _ => Either::Left(
+            run(shared, lease, registration, envelope, payload, Finish::Ack).instrument(span),
+        ),
+    }
+}
+
+/// How a successful run settles its job.
+#[derive(Clone, Copy)]
+enum Finish {
+    /// Acknowledge it (at-least-once).
+    Ack,
+    /// Acknowledge it and record its completion in the same step (exactly-once).
+    Complete,
+}
+
+/// For an exactly-once job: whether it already completed (its completion is recorded
+/// in the broker, or its success is in the result backend), in which case it is
+/// acknowledged here without running. A job whose state cannot be read is released,
+/// to be tried again later, and counts as handled too.
+async fn completed_before(
+    shared: &Shared,
+    lease: &Lease,
+    registration: &'static TaskRegistration,
+) -> bool {
+    let broker = shared.manager.broker();
+    let backend = shared.manager.backend();
+    let check = || async {
+        if broker.is_complete(&lease.queue, lease.id).await? {
+            return Ok(true);
+        }
+        if registration.ignore_result {
+            return Ok(false);
+        }
+        let stored = backend.get(lease.id).await?;
+        Ok(stored.is_some_and(|o| o.state == TaskState::Succeeded))
+    };
+    match persist(shared, lease, check).await {
+        Ok(false) => false,
+        Ok(true) => {
+            tracing::info!("this job already completed; acknowledging it without running it again");
+            let remember = shared.manager.config().idempotency_ttl;
+            let done = persist(shared, lease, || broker.complete(lease, remember)).await;
+            settle(done, lease, "acknowledge");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not read whether this exactly-once job already completed; releasing it to try again later");
+            release(shared, lease).await;
+            true
+        }
+    }
+}
+
+/// Runs an at-most-once job: acknowledged first, then run once, whatever happens.
+/// Its outcome is stored; a failure is neither retried nor dead-lettered.
+async fn at_most_once(
+    shared: &Shared,
+    lease: Lease,
+    registration: &'static TaskRegistration,
+    envelope: Envelope,
+) {
+    let broker = shared.manager.broker();
+    let acked = persist(shared, &lease, || broker.ack(&lease)).await;
+    if acked.is_err() {
+        // Not run: it is still the broker's, and returns to its queue.
+        settle(acked, &lease, "acknowledge (before running, at most once)");
+        return;
+    }
+    let (started_at, timeout, attempt) =
+        (Utc::now(), timeout_of(&envelope, registration), envelope.attempt);
+    let task = start(registration, envelope);
+    let result = tokio::select! {
+        biased;
+        result = execute(registration, task, timeout) => result,
+        () = shared.hard_stop.cancelled() => {
+            tracing::warn!("cancelled at the end of the grace period; this at-most-once job was acknowledged before it ran and is not run again");
+            return;
+        }
+    };
+    let outcome = match result {
+        Ok(_) if registration.ignore_result => return,
+        Ok(value) => TaskOutcome::succeeded(value, attempt, started_at),
+        Err(failure) => {
+            tracing::error!(kind = %failure.kind, error = %failure.message, "job failed; at most once, it is not retried");
+            TaskOutcome::failed(failure.kind, &failure.message, attempt, Some(started_at))
+        }
+    };
+    let ttl = shared.manager.config().result_ttl;
+    let backend = shared.manager.backend();
+    let stored =
+        write(lease.id, || backend.store(lease.id, &outcome, ttl), std::future::pending()).await;
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "storing the result of an at-most-once job failed; it is lost");
+    }
+}
+
+/// The limit on one run of the job: the call's, else the task's.
+fn timeout_of(envelope: &Envelope, registration: &TaskRegistration) -> Option<Duration> {
+    envelope.timeout_ms.map(Duration::from_millis).or(registration.timeout)
+}
+
+/// The task's future for the job, under a panic guard; it starts running when first
+/// polled.
+fn start(registration: &'static TaskRegistration, envelope: Envelope) -> Guarded {
+    let ctx = TaskContext {
+        id: envelope.id,
+        name: envelope.task,
+        queue: envelope.queue,
+        attempt: envelope.attempt,
+        headers: envelope.headers,
+    };
+    AssertUnwindSafe((registration.run)(envelope.args, ctx)).catch_unwind()
 }
 
 /// A future for a path jobs rarely take, boxed so that it adds nothing to the size
@@ -103,19 +228,14 @@ fn run<'a>(
     registration: &'static TaskRegistration,
     envelope: Envelope,
     payload: Vec<u8>,
+    finish: Finish,
 ) -> impl Future<Output = ()> + Send + 'a {
     let started_at = Utc::now();
-    let timeout = envelope.timeout_ms.map(Duration::from_millis).or(registration.timeout);
-    let (attempt, max_retries) = (envelope.attempt, envelope.max_retries);
-    let ctx = TaskContext {
-        id: envelope.id,
-        name: envelope.task,
-        queue: envelope.queue,
-        attempt,
-        headers: envelope.headers,
-    };
+    let timeout = timeout_of(&envelope, registration);
+    let (attempt, max_retries, backoff) =
+        (envelope.attempt, envelope.max_retries, envelope.backoff);
     // This only boxes the task's future; it starts running when first polled.
-    let task = AssertUnwindSafe((registration.run)(envelope.args, ctx)).catch_unwind();
+    let task = start(registration, envelope);
     async move {
         // Biased, the run first: a task that finishes at once never polls `stop`, so
         // it arms no renewal timer and allocates nothing for it.
@@ -146,12 +266,25 @@ fn run<'a>(
                         return;
                     }
                 }
-                let acked = persist(shared, &lease, || shared.manager.broker().ack(&lease)).await;
+                let broker = shared.manager.broker();
+                let acked = match finish {
+                    Finish::Ack => persist(shared, &lease, || broker.ack(&lease)).await,
+                    Finish::Complete => {
+                        let remember = shared.manager.config().idempotency_ttl;
+                        rare(persist(shared, &lease, || broker.complete(&lease, remember))).await
+                    }
+                };
                 settle(acked, &lease, "acknowledge");
             }
             Err(failure) => {
-                let failed =
-                    Failed { registration, attempt, max_retries, payload: &payload, started_at };
+                let failed = Failed {
+                    registration,
+                    attempt,
+                    max_retries,
+                    backoff,
+                    payload: &payload,
+                    started_at,
+                };
                 rare(failed.settle(shared, &lease, failure)).await;
             }
         }
@@ -184,29 +317,46 @@ struct Failed<'a> {
     attempt: u32,
     /// The call's own retry limit, if it set one.
     max_retries: Option<u32>,
+    /// The call's own backoff, if it set one.
+    backoff: Option<Backoff>,
     /// The envelope as delivered.
     payload: &'a [u8],
     started_at: chrono::DateTime<Utc>,
 }
 
 impl Failed<'_> {
-    /// Retries the job when its failure and attempts allow, or fails it for good.
-    async fn settle(
-        self,
-        shared: &Shared,
-        lease: &Lease,
-        (kind, message, requested_delay): (FailureKind, String, Option<Duration>),
-    ) {
+    /// Retries the job when its failure, the retry policy and its attempts allow, or
+    /// fails it for good.
+    ///
+    /// The retry limit is the call's, else the task's (its policy function or its
+    /// `max_retries`), else the manager's; the backoff likewise; the error filters are
+    /// the task policy's, else the manager's.
+    async fn settle(self, shared: &Shared, lease: &Lease, failure: RunFailure) {
+        let task_policy = self.registration.retry.map(|policy| policy());
+        let default = &shared.manager.config().default_retry;
+        let policy = task_policy.as_ref().unwrap_or(default);
         let max_retries = self
             .max_retries
+            .or(task_policy.as_ref().map(|p| p.max_retries))
             .or(self.registration.max_retries)
-            .unwrap_or(shared.manager.config().default_max_retries);
-        if !(kind.is_retryable() && self.attempt <= max_retries) {
+            .unwrap_or(default.max_retries);
+        let RunFailure { kind, message, error } = failure;
+        let allowed = kind.is_retryable() && error.as_ref().is_some_and(|e| policy.allows(e));
+        if !allowed || self.attempt > max_retries {
+            if kind.is_retryable() && !allowed {
+                tracing::info!(error = %message, "the retry policy does not retry this error");
+            }
             fail(shared, lease, self.attempt, kind, &message, Some(self.started_at)).await;
             return;
         }
+        let backoff = self
+            .backoff
+            .or(task_policy.as_ref().map(|p| p.backoff))
+            .or(self.registration.backoff)
+            .unwrap_or(default.backoff);
+        let requested = error.as_ref().and_then(TaskError::requested_delay);
         match Envelope::decode(self.payload, shared.manager.config().max_message_size) {
-            Ok(whole) => retry(shared, lease, whole, &message, requested_delay).await,
+            Ok(whole) => retry(shared, lease, whole, &message, backoff, requested).await,
             Err(e) => {
                 // Cannot happen: these bytes decoded before the run.
                 let reason = format!("could not decode the job again for a retry: {e}");
@@ -216,19 +366,28 @@ impl Failed<'_> {
     }
 }
 
+/// Why a run produced no value: its kind, its message, and the error a retry policy
+/// judges (none for bad input, which is never retried).
+struct RunFailure {
+    kind: FailureKind,
+    message: String,
+    error: Option<TaskError>,
+}
+
 /// Runs the task under its timeout.
 async fn execute(
     registration: &'static TaskRegistration,
     task: Guarded,
     timeout: Option<Duration>,
-) -> Result<Vec<u8>, (FailureKind, String, Option<Duration>)> {
+) -> Result<Vec<u8>, RunFailure> {
     let finished = match timeout {
         // Boxed: a timer is larger than the rest of the run, and costs more to arm.
         Some(limit) => match Box::pin(tokio::time::timeout(limit, task)).await {
             Ok(finished) => finished,
             Err(_) => {
                 let message = format!("task {:?} timed out after {limit:?}", registration.name);
-                return Err((FailureKind::Timeout, message, None));
+                let error = Some(TaskError::from(TaskTimedOut { limit }));
+                return Err(RunFailure { kind: FailureKind::Timeout, message, error });
             }
         },
         None => task.await,
@@ -236,16 +395,18 @@ async fn execute(
     match finished {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => {
-            let delay = match &e {
-                RunError::Task(task_error) => task_error.requested_delay(),
-                _ => None,
+            let (kind, message) = (e.kind(), e.message());
+            let error = match e {
+                RunError::Task(task_error) => Some(task_error),
+                RunError::BadArgs(_) | RunError::BadOutput(_) => None,
             };
-            Err((e.kind(), e.message(), delay))
+            Err(RunFailure { kind, message, error })
         }
         Err(panic) => {
-            let message =
-                format!("task {:?} panicked: {}", registration.name, panic_message(&*panic));
-            Err((FailureKind::Panic, message, None))
+            let panicked = panic_message(&*panic).to_owned();
+            let message = format!("task {:?} panicked: {panicked}", registration.name);
+            let error = Some(TaskError::from(TaskPanicked { message: panicked }));
+            Err(RunFailure { kind: FailureKind::Panic, message, error })
         }
     }
 }
@@ -276,9 +437,9 @@ async fn retry(
     lease: &Lease,
     mut envelope: Envelope,
     message: &str,
+    backoff: Backoff,
     requested_delay: Option<Duration>,
 ) {
-    let backoff = envelope.backoff.unwrap_or(shared.manager.config().default_backoff);
     let delay = requested_delay
         .map_or_else(|| backoff.delay(envelope.attempt, jitter_draw()), |d| d.min(MAX_BACKOFF));
     tracing::info!(error = %message, retry_in = ?delay, "attempt failed; retrying");
@@ -332,20 +493,38 @@ async fn fail(
 /// again (over about 10 s) before the job is left to run again after its lease.
 const PERSIST_ATTEMPTS: u32 = 10;
 
-/// Runs `op` (a write to the broker or backend) until it succeeds, fails for good,
-/// or fails transiently [`PERSIST_ATTEMPTS`] times, pausing 50 ms doubling to 2 s in
-/// between, and keeping the lease meanwhile: a Redis restart in the middle of settling
-/// a job should cost a short wait, not a second run.
-async fn persist<F, Fut>(shared: &Shared, lease: &Lease, mut op: F) -> crate::Result<()>
+/// Runs `op` (a write to the broker or backend, or a read the job depends on) until
+/// it succeeds, fails for good, or fails transiently [`PERSIST_ATTEMPTS`] times,
+/// pausing 50 ms doubling to 2 s in between, and keeping the lease meanwhile: a Redis
+/// restart in the middle of settling a job should cost a short wait, not a second run.
+async fn persist<T, F, Fut>(shared: &Shared, lease: &Lease, op: F) -> crate::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = crate::Result<()>>,
+    Fut: Future<Output = crate::Result<T>>,
 {
-    // The first attempt alone: the common case arms no timer for the lease.
+    let keeper = async {
+        keep_lease(shared, lease).await;
+        Error::LeaseLost { id: lease.id }
+    };
+    write(lease.id, op, keeper).await
+}
+
+/// Runs `op` as [`persist`] does, while `keeper` runs beside the retries (the first
+/// attempt runs alone: the common case arms no timer); `keeper` resolving ends the
+/// retries with its error.
+async fn write<T, F, Fut>(
+    id: crate::TaskId,
+    mut op: F,
+    keeper: impl Future<Output = Error>,
+) -> crate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = crate::Result<T>>,
+{
     let first = op().await;
     match first {
         Err(ref e) if e.is_transient() && PERSIST_ATTEMPTS > 1 => {
-            tracing::warn!(id = %lease.id, error = %e, "a write failed; trying again");
+            tracing::warn!(%id, error = %e, "a write failed; trying again");
         }
         done => return done,
     }
@@ -357,7 +536,7 @@ where
             attempt += 1;
             match op().await {
                 Err(e) if e.is_transient() && attempt < PERSIST_ATTEMPTS => {
-                    tracing::warn!(id = %lease.id, error = %e, retry_in = ?pause, "a write failed; trying again");
+                    tracing::warn!(%id, error = %e, retry_in = ?pause, "a write failed; trying again");
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 done => return done,
@@ -366,7 +545,7 @@ where
     };
     tokio::select! {
         done = retries => done,
-        () = keep_lease(shared, lease) => Err(Error::LeaseLost { id: lease.id }),
+        error = keeper => Err(error),
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::WorkerInfo;
+use crate::guarantee::Guarantee;
 use crate::manager::Manager;
 
 /// How often a worker heartbeats by default.
@@ -39,6 +40,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) lease: Duration,
     pub(crate) claim_wait: Duration,
     pub(crate) heartbeat: Duration,
+    pub(crate) guarantee: Guarantee,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -58,6 +60,7 @@ impl WorkerBuilder {
                 lease: Duration::from_secs(30),
                 claim_wait: Duration::from_secs(5),
                 heartbeat: DEFAULT_HEARTBEAT,
+                guarantee: Guarantee::AtLeastOnce,
             },
         }
     }
@@ -103,6 +106,14 @@ impl WorkerBuilder {
     /// are still reconnecting.
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.config.heartbeat = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Runs jobs with `guarantee` (at-least-once by default), for the tasks whose
+    /// attribute sets none (`#[task(guarantee = "...")]` wins). See [`Guarantee`] for
+    /// what each promises.
+    pub fn guarantee(mut self, guarantee: Guarantee) -> Self {
+        self.config.guarantee = guarantee;
         self
     }
 
