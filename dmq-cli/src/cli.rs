@@ -73,6 +73,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ignore_result: bool,
 
+    /// The delivery guarantee the worker runs the jobs with: at-most-once,
+    /// at-least-once or exactly-once (which checks for and records each job's
+    /// completion, to measure what that costs).
+    #[arg(long, default_value = "at-least-once", value_name = "GUARANTEE")]
+    pub guarantee: dmq_core::Guarantee,
+
     /// Make the Redis broker from a deadpool-redis pool (`RedisBroker::from_pool`)
     /// instead of a URL, to compare: either way ordinary commands share one
     /// multiplexed connection and each blocking wait holds one of its own.

@@ -114,6 +114,7 @@ macro_rules! broker_conformance_tests {
             a_dead_letter_can_be_taken_out_and_the_queue_purged,
             an_idempotency_key_admits_one_job_while_it_is_known,
             a_wake_up_is_not_lost_when_a_claimer_waits_on_several_queues,
+            complete_settles_the_job_and_records_its_completion,
         );
     };
 }
@@ -266,6 +267,45 @@ pub mod broker {
         let stats = b.queue_stats("alpha").await.expect("stats");
         assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
         assert!(matches!(b.ack(&got[0].lease).await, Err(Error::LeaseLost { .. })));
+    }
+
+    /// `complete` settles the job as `ack` does and records its completion, per queue
+    /// and for the time asked; a stale token completes nothing and records nothing.
+    pub async fn complete_settles_the_job_and_records_its_completion(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        let (kept, brief, stale) =
+            (job("alpha", 5, "kept"), job("alpha", 5, "brief"), job("alpha", 5, "stale"));
+        let (kept_id, brief_id, stale_id) = (kept.id, brief.id, stale.id);
+        b.enqueue_batch(vec![kept, brief]).await.expect("enqueue");
+        assert!(!b.is_complete("alpha", kept_id).await.expect("read"));
+        let got = b.claim(WORKER, &q, 2, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(got.len(), 2);
+        for d in &got {
+            let remember = if d.lease.id == kept_id { LONG } else { Duration::from_millis(300) };
+            b.complete(&d.lease, remember).await.expect("complete");
+        }
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
+        assert!(b.is_complete("alpha", kept_id).await.expect("read"));
+        assert!(b.is_complete("alpha", brief_id).await.expect("read"));
+        assert!(!b.is_complete("beta", kept_id).await.expect("read"), "queues are kept apart");
+        assert!(matches!(b.complete(&got[0].lease, LONG).await, Err(Error::LeaseLost { .. })));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!b.is_complete("alpha", brief_id).await.expect("read"), "forgotten in time");
+        assert!(b.is_complete("alpha", kept_id).await.expect("read"));
+
+        // A lease that passed to another worker records nothing.
+        b.enqueue(stale).await.expect("enqueue");
+        let first = b
+            .claim(WORKER, &q, 1, Duration::from_millis(200), Duration::ZERO)
+            .await
+            .expect("claim");
+        let second = b.claim(WORKER, &q, 1, LONG, Duration::from_secs(10)).await.expect("reclaim");
+        assert_eq!(second.len(), 1);
+        assert!(matches!(b.complete(&first[0].lease, LONG).await, Err(Error::LeaseLost { .. })));
+        assert!(!b.is_complete("alpha", stale_id).await.expect("read"));
+        b.complete(&second[0].lease, LONG).await.expect("the holder completes");
+        assert!(b.is_complete("alpha", stale_id).await.expect("read"));
     }
 
     /// Once a lease expires and another worker claims the job, the first worker's

@@ -182,8 +182,8 @@ impl Envelope {
                 bytes.len()
             )));
         }
-        let envelope: Envelope =
-            rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        let envelope: Envelope = rmp_serde::from_slice(bytes)
+            .map_err(|e| Error::Decode(without_values(&e.to_string())))?;
         if envelope.priority > MAX_PRIORITY {
             return Err(Error::Decode(format!("priority {} is outside 0..=9", envelope.priority)));
         }
@@ -191,10 +191,76 @@ impl Envelope {
     }
 }
 
+/// A decoding error's message without the input's values: serde quotes a string it
+/// did not expect whole (`invalid type: string "<the value>"`), and a job's arguments
+/// may be large or secret, so such a string is replaced by its length; an unknown
+/// variant or field name over 64 bytes likewise.
+pub(crate) fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(256));
+    let mut rest = message;
+    loop {
+        let string = rest.find("string \"").map(|at| (at, "string \"", '"'));
+        let name = ["unknown variant `", "unknown field `"]
+            .iter()
+            .filter_map(|p| rest.find(p).map(|at| (at, *p, '`')))
+            .min();
+        let Some((at, prefix, close)) = [string, name].into_iter().flatten().min() else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        let value = &rest[at + prefix.len()..];
+        // A string is printed with `{:?}`, so a quote inside it is escaped.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in value.char_indices() {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && close == '"' {
+                escaped = true;
+            } else if c == close {
+                end = Some(i);
+                break;
+            }
+        }
+        let Some(end) = end else {
+            out.push_str(if close == '"' { "a string" } else { prefix });
+            return out;
+        };
+        let len = value[..end].len();
+        if close == '"' {
+            out.push_str(&format!("a string of {len} bytes"));
+        } else if len > 64 {
+            out.push_str(&format!("{prefix}<{len} bytes>`"));
+        } else {
+            out.push_str(&rest[at..at + prefix.len() + end + 1]);
+        }
+        rest = &value[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn decoding_errors_leave_the_values_out() {
+        let secret = "hunter2 \"quoted\" and more";
+        let bytes = rmp_serde::to_vec(&(secret,)).unwrap();
+        let err = rmp_serde::from_slice::<(uuid::Uuid,)>(&bytes).unwrap_err().to_string();
+        assert!(err.contains("hunter2"), "serde quotes the value: {err}");
+        let cleaned = without_values(&err);
+        assert_eq!(cleaned, "invalid type: a string of 27 bytes, expected a 16 byte array");
+        // Variant and field names stay when short, and are left out when long.
+        let short = "unknown variant `Red`, expected `A` or `B`";
+        assert_eq!(without_values(short), short);
+        let long = format!("unknown field `{}`, expected `a`", "x".repeat(100));
+        assert_eq!(without_values(&long), "unknown field `<100 bytes>`, expected `a`");
+        assert_eq!(without_values("no strings here"), "no strings here");
+        assert_eq!(without_values("string \"cut"), "a string");
+    }
 
     fn sample() -> Envelope {
         let mut e = Envelope::new("add", "math", rmp_serde::to_vec(&(2i64, 3i64)).unwrap());

@@ -123,8 +123,9 @@ pub mod __private {
     pub fn decode_args<A: DeserializeOwned>(task: &str, bytes: &[u8]) -> Result<A, RunError> {
         rmp_serde::from_slice(bytes).map_err(|e| {
             RunError::BadArgs(format!(
-                "the arguments do not fit task {task:?}, which takes {}: {e}",
-                std::any::type_name::<A>()
+                "the arguments do not fit task {task:?}, which takes {}: {}",
+                std::any::type_name::<A>(),
+                crate::envelope::without_values(&e.to_string())
             ))
         })
     }

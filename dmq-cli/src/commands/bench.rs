@@ -195,6 +195,7 @@ struct Report {
     jobs: u64,
     concurrency: u64,
     batch_size: u64,
+    guarantee: &'static str,
     enqueue_single: Rate,
     enqueue_batch: Rate,
     drain: Rate,
@@ -347,6 +348,7 @@ async fn measure(
         .concurrency(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
         .queues([QUEUE])
         .grace(Duration::from_secs(5))
+        .guarantee(args.guarantee)
         .start();
     let phases = async {
         // Redis is asked less often: every poll is a pipeline of queue-size commands.
@@ -357,8 +359,9 @@ async fn measure(
             "drain",
             drain,
             &format!(
-                "1 worker, concurrency {}, end to end {}",
+                "1 worker, concurrency {}, {}, end to end {}",
                 args.concurrency,
+                args.guarantee,
                 if quiet { "with ignore_result (no result writes)" } else { "with results stored" }
             ),
         );
@@ -393,6 +396,7 @@ async fn measure(
         jobs: args.jobs,
         concurrency: args.concurrency,
         batch_size: args.batch_size,
+        guarantee: args.guarantee.as_str(),
         enqueue_single: single,
         enqueue_batch: batch,
         drain,

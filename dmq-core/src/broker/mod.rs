@@ -157,6 +157,17 @@ impl DeadLetter {
     ) -> Self {
         DeadLetter { id, queue: queue.into(), payload, reason: reason.into(), at }
     }
+
+    /// The job's envelope, decoded: its task, arguments, the attempt that failed last
+    /// (`attempt`) and when it was first enqueued (`created_at`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`](crate::Error::Decode) for a job dead-lettered because its
+    /// envelope does not decode.
+    pub fn envelope(&self) -> Result<crate::Envelope> {
+        crate::Envelope::decode(&self.payload, self.payload.len())
+    }
 }
 
 impl fmt::Debug for DeadLetter {

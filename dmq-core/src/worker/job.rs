@@ -75,7 +75,7 @@ pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output
             };
             Either::Right(rare(once.instrument(span)))
         }
-        _ => Either::Left(
+        Guarantee::AtLeastOnce => Either::Left(
             run(shared, lease, registration, envelope, payload, Finish::Ack).instrument(span),
         ),
     }
@@ -232,8 +232,7 @@ fn run<'a>(
 ) -> impl Future<Output = ()> + Send + 'a {
     let started_at = Utc::now();
     let timeout = timeout_of(&envelope, registration);
-    let (attempt, max_retries, backoff) =
-        (envelope.attempt, envelope.max_retries, envelope.backoff);
+    let (attempt, max_retries) = (envelope.attempt, envelope.max_retries);
     // This only boxes the task's future; it starts running when first polled.
     let task = start(registration, envelope);
     async move {
@@ -277,14 +276,8 @@ fn run<'a>(
                 settle(acked, &lease, "acknowledge");
             }
             Err(failure) => {
-                let failed = Failed {
-                    registration,
-                    attempt,
-                    max_retries,
-                    backoff,
-                    payload: &payload,
-                    started_at,
-                };
+                let failed =
+                    Failed { registration, attempt, max_retries, payload: &payload, started_at };
                 rare(failed.settle(shared, &lease, failure)).await;
             }
         }
@@ -317,8 +310,6 @@ struct Failed<'a> {
     attempt: u32,
     /// The call's own retry limit, if it set one.
     max_retries: Option<u32>,
-    /// The call's own backoff, if it set one.
-    backoff: Option<Backoff>,
     /// The envelope as delivered.
     payload: &'a [u8],
     started_at: chrono::DateTime<Utc>,
@@ -349,14 +340,16 @@ impl Failed<'_> {
             fail(shared, lease, self.attempt, kind, &message, Some(self.started_at)).await;
             return;
         }
-        let backoff = self
-            .backoff
-            .or(task_policy.as_ref().map(|p| p.backoff))
-            .or(self.registration.backoff)
-            .unwrap_or(default.backoff);
         let requested = error.as_ref().and_then(TaskError::requested_delay);
         match Envelope::decode(self.payload, shared.manager.config().max_message_size) {
-            Ok(whole) => retry(shared, lease, whole, &message, backoff, requested).await,
+            Ok(whole) => {
+                let backoff = whole
+                    .backoff
+                    .or(task_policy.as_ref().map(|p| p.backoff))
+                    .or(self.registration.backoff)
+                    .unwrap_or(default.backoff);
+                retry(shared, lease, whole, &message, backoff, requested).await;
+            }
             Err(e) => {
                 // Cannot happen: these bytes decoded before the run.
                 let reason = format!("could not decode the job again for a retry: {e}");

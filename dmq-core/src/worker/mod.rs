@@ -152,6 +152,7 @@ impl WorkerBuilder {
             worker = %shared.info.id,
             queues = ?shared.queues,
             concurrency = shared.config.concurrency,
+            guarantee = %shared.config.guarantee,
             tasks = shared.manager.registry().tasks().len(),
             "worker started"
         );
