@@ -1,26 +1,47 @@
-//! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries`, `timeout` and
-//! `ignore_result`.
+//! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries`, `timeout`,
+//! `backoff`, `jitter`, `retry`, `guarantee` and `ignore_result`.
+//!
+//! Every value is checked here, at compile time, so a mistake is an error on the
+//! user's literal rather than a worker's surprise. `backoff` is a small language of
+//! its own (`"exponential(1s, 2, 10m)"`), checked with the rules of dmq-core's
+//! `Backoff` constructors; this crate cannot name dmq-core (dmq-core depends on it),
+//! so the rules are restated here and the `tests` crate checks that both agree.
 
+use std::fmt;
 use std::time::Duration;
 
 use proc_macro2::Span;
+use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
-use syn::{Expr, ExprLit, Ident, Lit, Token};
+use syn::{Expr, ExprCall, ExprLit, ExprPath, Ident, Lit, Path, Token};
 
 mod kw {
     syn::custom_keyword!(name);
     syn::custom_keyword!(queue);
     syn::custom_keyword!(max_retries);
     syn::custom_keyword!(timeout);
+    syn::custom_keyword!(backoff);
+    syn::custom_keyword!(jitter);
+    syn::custom_keyword!(retry);
+    syn::custom_keyword!(guarantee);
     syn::custom_keyword!(ignore_result);
 }
 
 /// The keys `#[task]` accepts, as its error messages list them.
-const KEYS: &str = "name, queue, max_retries, timeout, ignore_result";
+const KEYS: &str =
+    "name, queue, max_retries, timeout, backoff, jitter, retry, guarantee, ignore_result";
+
+/// The forms `backoff` accepts, as its error messages list them.
+const BACKOFF_FORMS: &str = "\"fixed(30s)\", \"linear(1s, 5s, 1m)\" (base, step, max), \
+     \"exponential(1s, 2, 10m)\" (base, factor, max), or \"exponential\" alone \
+     (1s, doubling up to 10m)";
+
+/// The longest delay a backoff may have: dmq-core's `MAX_BACKOFF`, a week.
+const MAX_BACKOFF: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// What `#[task(...)]` said; `None` for a key it left out.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct TaskArgs {
     /// The registered name; the function's name when `None`.
     pub(crate) name: Option<String>,
@@ -30,8 +51,59 @@ pub(crate) struct TaskArgs {
     pub(crate) max_retries: Option<u32>,
     /// The limit on one run; none when `None`.
     pub(crate) timeout: Option<Duration>,
+    /// The delay before each retry; the manager's default when `None`.
+    pub(crate) backoff: Option<Backoff>,
+    /// How the backoff's delays are spread; only with a `backoff`.
+    pub(crate) jitter: Option<Jitter>,
+    /// The function returning the task's whole retry policy.
+    pub(crate) retry: Option<PolicyFn>,
+    /// The delivery guarantee; the worker's when `None`.
+    pub(crate) guarantee: Option<Guarantee>,
     /// Whether workers skip storing the task's result.
     pub(crate) ignore_result: bool,
+}
+
+/// A backoff as `backoff = "..."` wrote it, in the milliseconds dmq-core's `Backoff`
+/// keeps; the jitter is a key of its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Backoff {
+    Fixed { delay_ms: u64 },
+    Linear { base_ms: u64, step_ms: u64, max_ms: u64 },
+    Exponential { base_ms: u64, factor: f64, max_ms: u64 },
+}
+
+/// `jitter = "..."`: dmq-core's `Jitter` variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Jitter {
+    None,
+    Full,
+    Equal,
+}
+
+/// `guarantee = "..."`: dmq-core's `Guarantee` variants.
+// The names are dmq-core's, which the expansion spells out.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guarantee {
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+/// `retry = path`: the path of the user's `fn() -> RetryPolicy`, with its spans, so
+/// the compiler's verdict on its signature points at it.
+pub(crate) struct PolicyFn(pub(crate) Path);
+
+impl fmt::Debug for PolicyFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PolicyFn({})", self.0.to_token_stream())
+    }
+}
+
+impl PartialEq for PolicyFn {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_token_stream().to_string() == other.0.to_token_stream().to_string()
+    }
 }
 
 /// Which key a `key = value` pair set.
@@ -41,6 +113,10 @@ enum Key {
     Queue,
     MaxRetries,
     Timeout,
+    Backoff,
+    Jitter,
+    Retry,
+    Guarantee,
     IgnoreResult,
 }
 
@@ -56,6 +132,14 @@ impl Key {
             Ok((Key::MaxRetries, input.parse::<kw::max_retries>()?.span))
         } else if lookahead.peek(kw::timeout) {
             Ok((Key::Timeout, input.parse::<kw::timeout>()?.span))
+        } else if lookahead.peek(kw::backoff) {
+            Ok((Key::Backoff, input.parse::<kw::backoff>()?.span))
+        } else if lookahead.peek(kw::jitter) {
+            Ok((Key::Jitter, input.parse::<kw::jitter>()?.span))
+        } else if lookahead.peek(kw::retry) {
+            Ok((Key::Retry, input.parse::<kw::retry>()?.span))
+        } else if lookahead.peek(kw::guarantee) {
+            Ok((Key::Guarantee, input.parse::<kw::guarantee>()?.span))
         } else if lookahead.peek(kw::ignore_result) {
             Ok((Key::IgnoreResult, input.parse::<kw::ignore_result>()?.span))
         } else if input.peek(Ident::peek_any) {
@@ -75,6 +159,10 @@ impl Key {
             Key::Queue => "queue",
             Key::MaxRetries => "max_retries",
             Key::Timeout => "timeout",
+            Key::Backoff => "backoff",
+            Key::Jitter => "jitter",
+            Key::Retry => "retry",
+            Key::Guarantee => "guarantee",
             Key::IgnoreResult => "ignore_result",
         }
     }
@@ -82,11 +170,11 @@ impl Key {
 
 impl Parse for TaskArgs {
     /// Parses `key = value, ...`, reporting every bad key or value rather than the
-    /// first one only. A token that breaks the `key = value` shape itself stops the
-    /// parse.
+    /// first one only, then the keys that do not go together. A token that breaks the
+    /// `key = value` shape itself stops the parse.
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let mut args = TaskArgs::default();
-        let mut seen: Vec<Key> = Vec::new();
+        let mut seen: Vec<(Key, Span)> = Vec::new();
         let mut errors: Option<syn::Error> = None;
         let mut report = |error: syn::Error| match &mut errors {
             Some(all) => all.combine(error),
@@ -104,12 +192,12 @@ impl Parse for TaskArgs {
             };
             match key {
                 Err(unknown) => report(unknown),
-                Ok((key, span)) if seen.contains(&key) => report(syn::Error::new(
+                Ok((key, span)) if seen.iter().any(|(k, _)| *k == key) => report(syn::Error::new(
                     span,
                     format!("duplicate #[task] key `{}`", key.as_str()),
                 )),
                 Ok((key, span)) => {
-                    seen.push(key);
+                    seen.push((key, span));
                     if let Err(error) = args.set(key, value.as_ref(), span) {
                         report(error);
                     }
@@ -120,12 +208,50 @@ impl Parse for TaskArgs {
             }
             input.parse::<Token![,]>()?;
         }
+        for error in mismatched(&seen) {
+            report(error);
+        }
 
         match errors {
             Some(errors) => Err(errors),
             None => Ok(args),
         }
     }
+}
+
+/// The keys that do not go together, each reported at the key that has to go:
+/// `max_retries`, `backoff` or `jitter` beside `retry` (whose policy already says
+/// them), and `jitter` without a `backoff` to spread. A key whose value was refused
+/// still counts as given, so that its one mistake is not reported twice.
+fn mismatched(seen: &[(Key, Span)]) -> Vec<syn::Error> {
+    let has = |key: Key| seen.iter().any(|(k, _)| *k == key);
+    let mut errors = Vec::new();
+    for &(key, span) in seen {
+        let message = match key {
+            Key::MaxRetries if has(Key::Retry) => {
+                "`retry` sets the whole retry policy, so `max_retries` cannot go beside it: \
+                 set the limit in the policy that function returns, as in \
+                 `RetryPolicy::new(5, backoff)`"
+            }
+            Key::Backoff if has(Key::Retry) => {
+                "`retry` sets the whole retry policy, so `backoff` cannot go beside it: \
+                 set the backoff in the policy that function returns, as in \
+                 `RetryPolicy::new(5, backoff)`"
+            }
+            Key::Jitter if has(Key::Retry) => {
+                "`retry` sets the whole retry policy, so `jitter` cannot go beside it: \
+                 give the policy's backoff its jitter, as in \
+                 `backoff.with_jitter(Jitter::Full)`"
+            }
+            Key::Jitter if !has(Key::Backoff) => {
+                "`jitter` spreads the delays of the task's `backoff`, and this task sets \
+                 none: add one, as in `backoff = \"exponential\", jitter = \"full\"`"
+            }
+            _ => continue,
+        };
+        errors.push(syn::Error::new(span, message));
+    }
+    errors
 }
 
 impl TaskArgs {
@@ -144,6 +270,10 @@ impl TaskArgs {
             Key::Queue => self.queue = Some(non_empty_string(key, value)?),
             Key::MaxRetries => self.max_retries = Some(retries(value)?),
             Key::Timeout => self.timeout = Some(timeout(value)?),
+            Key::Backoff => self.backoff = Some(backoff(value)?),
+            Key::Jitter => self.jitter = Some(jitter(value)?),
+            Key::Retry => self.retry = Some(policy_fn(value)?),
+            Key::Guarantee => self.guarantee = Some(guarantee(value)?),
             Key::IgnoreResult => match literal(value) {
                 Some(Lit::Bool(flag)) => self.ignore_result = flag.value,
                 _ => {
@@ -195,6 +325,16 @@ fn retries(value: &Expr) -> syn::Result<u32> {
     })
 }
 
+/// Reads a duration as `timeout` and `backoff` write them (humantime: `"250ms"`,
+/// `"30s"`, `"1h 30m"`); `what` names it in the error.
+fn duration(what: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "{what} {text:?} is not a duration: {e}; write one such as \"30s\", \"5m\", \"1h 30m\" or \"250ms\""
+        )
+    })
+}
+
 fn timeout(value: &Expr) -> syn::Result<Duration> {
     let Some(Lit::Str(lit)) = literal(value) else {
         return Err(syn::Error::new_spanned(
@@ -202,15 +342,7 @@ fn timeout(value: &Expr) -> syn::Result<Duration> {
             "`timeout` takes a duration string, as in `timeout = \"30s\"`",
         ));
     };
-    let text = lit.value();
-    let duration = humantime::parse_duration(&text).map_err(|e| {
-        syn::Error::new(
-            lit.span(),
-            format!(
-                "timeout {text:?} is not a duration: {e}; write one such as \"30s\", \"5m\", \"1h 30m\" or \"250ms\""
-            ),
-        )
-    })?;
+    let duration = duration("timeout", &lit.value()).map_err(|e| syn::Error::new(lit.span(), e))?;
     if duration.is_zero() {
         return Err(syn::Error::new(
             lit.span(),
@@ -218,6 +350,217 @@ fn timeout(value: &Expr) -> syn::Result<Duration> {
         ));
     }
     Ok(duration)
+}
+
+fn backoff(value: &Expr) -> syn::Result<Backoff> {
+    let Some(Lit::Str(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(
+            value,
+            format!("`backoff` takes a string, one of: {BACKOFF_FORMS}"),
+        ));
+    };
+    Backoff::parse(&lit.value()).map_err(|e| syn::Error::new(lit.span(), e))
+}
+
+impl Backoff {
+    /// dmq-core's `Backoff::default()`, which `"exponential"` alone stands for.
+    pub(crate) const DEFAULT: Backoff =
+        Backoff::Exponential { base_ms: 1_000, factor: 2.0, max_ms: 600_000 };
+
+    /// Reads `"fixed(30s)"`, `"linear(1s, 5s, 1m)"`, `"exponential(1s, 2, 10m)"` or
+    /// `"exponential"`, refusing what dmq-core's constructors refuse: a factor below 1
+    /// or not a number, a longest delay below the first or over a week.
+    fn parse(text: &str) -> Result<Backoff, String> {
+        let not_a_form = || format!("backoff {text:?} is not one of the forms: {BACKOFF_FORMS}");
+        let trimmed = text.trim();
+        let Some((kind, rest)) = trimmed.split_once('(') else {
+            return match trimmed {
+                "exponential" => Ok(Backoff::DEFAULT),
+                "fixed" => Err("a fixed backoff needs its delay: write \"fixed(30s)\"".to_owned()),
+                "linear" => Err("a linear backoff needs its first delay, step and longest delay: \
+                     write \"linear(1s, 5s, 1m)\" (base, step, max)"
+                    .to_owned()),
+                _ => Err(not_a_form()),
+            };
+        };
+        let Some(inside) = rest.trim_end().strip_suffix(')') else {
+            return Err(not_a_form());
+        };
+        let args: Vec<&str> = if inside.trim().is_empty() {
+            Vec::new()
+        } else {
+            inside.split(',').map(str::trim).collect()
+        };
+        match kind.trim_end() {
+            "fixed" => {
+                let [delay] = args[..] else {
+                    return Err(arity(
+                        "fixed",
+                        "one argument, the delay",
+                        "fixed(30s)",
+                        args.len(),
+                    ));
+                };
+                let delay = whole_millis("delay", delay)?;
+                if delay > MAX_BACKOFF {
+                    return Err(over_a_week("delay", args[0]));
+                }
+                Ok(Backoff::Fixed { delay_ms: millis(delay) })
+            }
+            "linear" => {
+                let [base_text, step, max_text] = args[..] else {
+                    return Err(arity(
+                        "linear",
+                        "three arguments, base, step and max",
+                        "linear(1s, 5s, 1m)",
+                        args.len(),
+                    ));
+                };
+                let base = whole_millis("first delay (base)", base_text)?;
+                let step = whole_millis("step", step)?;
+                let max = whole_millis("longest delay (max)", max_text)?;
+                check_range(base, base_text, max, max_text)?;
+                Ok(Backoff::Linear {
+                    base_ms: millis(base),
+                    step_ms: millis(step),
+                    max_ms: millis(max),
+                })
+            }
+            "exponential" => {
+                let [base_text, factor, max_text] = args[..] else {
+                    return Err(arity(
+                        "exponential",
+                        "three arguments, base, factor and max",
+                        "exponential(1s, 2, 10m)",
+                        args.len(),
+                    ));
+                };
+                let base = whole_millis("first delay (base)", base_text)?;
+                let factor = match factor.parse::<f64>() {
+                    Ok(f) if f.is_finite() && f >= 1.0 => f,
+                    _ => {
+                        return Err(format!(
+                            "an exponential backoff's factor must be a number of at least 1 \
+                             (2 doubles the delay with each retry), not {factor:?}"
+                        ));
+                    }
+                };
+                let max = whole_millis("longest delay (max)", max_text)?;
+                check_range(base, base_text, max, max_text)?;
+                Ok(Backoff::Exponential { base_ms: millis(base), factor, max_ms: millis(max) })
+            }
+            _ => Err(not_a_form()),
+        }
+    }
+}
+
+fn arity(kind: &str, takes: &str, example: &str, found: usize) -> String {
+    format!("\"{kind}(..)\" takes {takes}, as in {example:?}; this one has {found}")
+}
+
+/// A backoff's duration argument, which must be whole milliseconds: that is what a
+/// `Backoff` keeps.
+fn whole_millis(what: &str, text: &str) -> Result<Duration, String> {
+    let d = duration(&format!("the backoff's {what}"), text)?;
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!(
+            "the backoff's {what} {text:?} is not a whole number of milliseconds, which is \
+             what a backoff counts in"
+        ));
+    }
+    Ok(d)
+}
+
+fn check_range(
+    base: Duration,
+    base_text: &str,
+    max: Duration,
+    max_text: &str,
+) -> Result<(), String> {
+    if max < base {
+        return Err(format!(
+            "the backoff's longest delay (max) {max_text:?} is shorter than its first \
+             delay (base) {base_text:?}; max must be at least base"
+        ));
+    }
+    if max > MAX_BACKOFF {
+        return Err(over_a_week("longest delay (max)", max_text));
+    }
+    Ok(())
+}
+
+fn over_a_week(what: &str, text: &str) -> String {
+    format!("the backoff's {what} {text:?} is over a week, the longest dmq waits before a retry")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn jitter(value: &Expr) -> syn::Result<Jitter> {
+    const FORMS: &str = "\"none\" (exactly the backoff's delay), \"full\" (anywhere from zero \
+                         to it) or \"equal\" (from half of it to all of it)";
+    let Some(Lit::Str(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(value, format!("`jitter` takes a string: {FORMS}")));
+    };
+    let text = lit.value();
+    match text.trim().to_ascii_lowercase().as_str() {
+        "none" => Ok(Jitter::None),
+        "full" => Ok(Jitter::Full),
+        "equal" => Ok(Jitter::Equal),
+        _ => Err(syn::Error::new(lit.span(), format!("unknown jitter {text:?}; use {FORMS}"))),
+    }
+}
+
+fn guarantee(value: &Expr) -> syn::Result<Guarantee> {
+    const FORMS: &str = "\"at-most-once\", \"at-least-once\" or \"exactly-once\"";
+    let Some(Lit::Str(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(value, format!("`guarantee` takes a string: {FORMS}")));
+    };
+    let text = lit.value();
+    match text.trim().replace('_', "-").to_ascii_lowercase().as_str() {
+        "at-most-once" => Ok(Guarantee::AtMostOnce),
+        "at-least-once" => Ok(Guarantee::AtLeastOnce),
+        "exactly-once" => Ok(Guarantee::ExactlyOnce),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            format!("unknown delivery guarantee {text:?}; use {FORMS}"),
+        )),
+    }
+}
+
+fn policy_fn(value: &Expr) -> syn::Result<PolicyFn> {
+    match value {
+        Expr::Path(ExprPath { attrs, qself: None, path }) if attrs.is_empty() => {
+            Ok(PolicyFn(path.clone()))
+        }
+        Expr::Call(ExprCall { func, args, .. }) if args.is_empty() => match &**func {
+            Expr::Path(ExprPath { qself: None, path, .. }) => Err(syn::Error::new_spanned(
+                value,
+                format!(
+                    "`retry` names the policy function without calling it: write `retry = {}`; \
+                     the worker calls it when a run fails",
+                    path_text(path)
+                ),
+            )),
+            _ => Err(not_a_path(value)),
+        },
+        _ => Err(not_a_path(value)),
+    }
+}
+
+fn not_a_path(value: &Expr) -> syn::Error {
+    syn::Error::new_spanned(
+        value,
+        "`retry` takes the path of a `fn() -> RetryPolicy`, as in `retry = policies::emails`",
+    )
+}
+
+/// `a::b::c` as written, without the spaces of a token stream's `Display`.
+fn path_text(path: &Path) -> String {
+    let segments = path.segments.iter().map(|s| s.to_token_stream().to_string().replace(' ', ""));
+    let joined = segments.collect::<Vec<_>>().join("::");
+    if path.leading_colon.is_some() { format!("::{joined}") } else { joined }
 }
 
 #[cfg(test)]
@@ -235,6 +578,17 @@ mod tests {
         }
     }
 
+    fn backoff_of(text: &str) -> Backoff {
+        match parse(&format!("backoff = {text:?}")) {
+            Ok(args) => args.backoff.unwrap(),
+            Err(e) => panic!("{text:?}: {e}"),
+        }
+    }
+
+    fn backoff_error(text: &str) -> String {
+        error(&format!("backoff = {text:?}"))
+    }
+
     #[test]
     fn no_arguments_leave_every_key_unset() {
         assert_eq!(parse("").unwrap(), TaskArgs::default());
@@ -242,9 +596,11 @@ mod tests {
 
     #[test]
     fn every_key_is_read() {
-        let args =
-            parse(r#"name = "emails.send", queue = "emails", max_retries = 5, timeout = "30s","#)
-                .unwrap();
+        let args = parse(
+            r#"name = "emails.send", queue = "emails", max_retries = 5, timeout = "30s",
+               backoff = "fixed(2s)", jitter = "full", guarantee = "exactly-once","#,
+        )
+        .unwrap();
         assert_eq!(
             args,
             TaskArgs {
@@ -252,9 +608,16 @@ mod tests {
                 queue: Some("emails".to_owned()),
                 max_retries: Some(5),
                 timeout: Some(Duration::from_secs(30)),
+                backoff: Some(Backoff::Fixed { delay_ms: 2_000 }),
+                jitter: Some(Jitter::Full),
+                retry: None,
+                guarantee: Some(Guarantee::ExactlyOnce),
                 ignore_result: false,
             }
         );
+        let args = parse("retry = crate::policies::emails, ignore_result").unwrap();
+        assert_eq!(args.retry, Some(PolicyFn(syn::parse_str("crate::policies::emails").unwrap())));
+        assert!(args.ignore_result);
     }
 
     #[test]
@@ -275,10 +638,230 @@ mod tests {
     }
 
     #[test]
+    fn the_three_backoff_forms_are_read_in_milliseconds() {
+        assert_eq!(backoff_of("fixed(30s)"), Backoff::Fixed { delay_ms: 30_000 });
+        assert_eq!(
+            backoff_of("linear(1s, 5s, 1m)"),
+            Backoff::Linear { base_ms: 1_000, step_ms: 5_000, max_ms: 60_000 }
+        );
+        assert_eq!(
+            backoff_of("exponential(500ms, 1.5, 1h 30m)"),
+            Backoff::Exponential { base_ms: 500, factor: 1.5, max_ms: 5_400_000 }
+        );
+        // Spaces are free, a factor may be an integer, and a zero delay is allowed
+        // (as `Backoff::fixed(Duration::ZERO)` is).
+        assert_eq!(
+            backoff_of(" exponential ( 1s ,2,10m ) "),
+            Backoff::Exponential { base_ms: 1_000, factor: 2.0, max_ms: 600_000 }
+        );
+        assert_eq!(backoff_of("fixed(0s)"), Backoff::Fixed { delay_ms: 0 });
+        // Exactly a week is the longest allowed.
+        assert_eq!(backoff_of("fixed(1week)"), Backoff::Fixed { delay_ms: 604_800_000 });
+        assert_eq!(
+            backoff_of("linear(1week, 0s, 7days)"),
+            Backoff::Linear { base_ms: 604_800_000, step_ms: 0, max_ms: 604_800_000 }
+        );
+    }
+
+    #[test]
+    fn exponential_alone_is_the_default_backoff() {
+        assert_eq!(backoff_of("exponential"), Backoff::DEFAULT);
+        assert_eq!(
+            Backoff::DEFAULT,
+            Backoff::Exponential { base_ms: 1_000, factor: 2.0, max_ms: 600_000 }
+        );
+    }
+
+    #[test]
+    fn fixed_or_linear_alone_asks_for_the_delays() {
+        assert_eq!(backoff_error("fixed"), "a fixed backoff needs its delay: write \"fixed(30s)\"");
+        assert_eq!(
+            backoff_error("linear"),
+            "a linear backoff needs its first delay, step and longest delay: write \
+             \"linear(1s, 5s, 1m)\" (base, step, max)"
+        );
+    }
+
+    #[test]
+    fn an_unknown_backoff_form_lists_the_forms() {
+        let expected = "backoff \"quadratic(1s)\" is not one of the forms: \"fixed(30s)\", \
+                        \"linear(1s, 5s, 1m)\" (base, step, max), \"exponential(1s, 2, 10m)\" \
+                        (base, factor, max), or \"exponential\" alone (1s, doubling up to 10m)";
+        assert_eq!(backoff_error("quadratic(1s)"), expected);
+        for text in ["", "30s", "exponential(1s, 2, 10m", "fixed(1s) + 1", "Fixed(1s)"] {
+            assert!(backoff_error(text).contains("is not one of the forms"), "{text}");
+        }
+        assert_eq!(
+            error("backoff = 30"),
+            format!("`backoff` takes a string, one of: {BACKOFF_FORMS}")
+        );
+    }
+
+    #[test]
+    fn a_backoff_with_the_wrong_number_of_arguments_says_what_it_takes() {
+        assert_eq!(
+            backoff_error("fixed(1s, 2s)"),
+            "\"fixed(..)\" takes one argument, the delay, as in \"fixed(30s)\"; this one has 2"
+        );
+        assert_eq!(
+            backoff_error("linear(1s, 1m)"),
+            "\"linear(..)\" takes three arguments, base, step and max, as in \
+             \"linear(1s, 5s, 1m)\"; this one has 2"
+        );
+        assert!(
+            backoff_error("exponential()").ends_with("\"exponential(1s, 2, 10m)\"; this one has 0")
+        );
+    }
+
+    #[test]
+    fn a_backoff_duration_that_does_not_parse_is_named_by_its_role() {
+        let e = backoff_error("fixed(30 parsecs)");
+        assert!(e.starts_with("the backoff's delay \"30 parsecs\" is not a duration: "), "{e}");
+        assert!(e.ends_with("write one such as \"30s\", \"5m\", \"1h 30m\" or \"250ms\""), "{e}");
+        assert!(backoff_error("linear(1s, soon, 1m)").starts_with("the backoff's step \"soon\""));
+        assert!(
+            backoff_error("exponential(x, 2, 1m)")
+                .starts_with("the backoff's first delay (base) \"x\"")
+        );
+        assert!(
+            backoff_error("exponential(1s, 2, )")
+                .starts_with("the backoff's longest delay (max) \"\"")
+        );
+        assert_eq!(
+            backoff_error("fixed(1500us)"),
+            "the backoff's delay \"1500us\" is not a whole number of milliseconds, which is \
+             what a backoff counts in"
+        );
+    }
+
+    #[test]
+    fn a_factor_below_one_or_not_a_number_is_refused() {
+        for factor in ["0.5", "0", "-2", "NaN", "inf", "1e400", "two"] {
+            assert_eq!(
+                backoff_error(&format!("exponential(1s, {factor}, 1m)")),
+                format!(
+                    "an exponential backoff's factor must be a number of at least 1 (2 doubles \
+                     the delay with each retry), not {factor:?}"
+                )
+            );
+        }
+        assert_eq!(
+            backoff_of("exponential(1s, 1, 1m)"),
+            Backoff::Exponential { base_ms: 1_000, factor: 1.0, max_ms: 60_000 }
+        );
+    }
+
+    #[test]
+    fn a_longest_delay_below_the_first_or_over_a_week_is_refused() {
+        assert_eq!(
+            backoff_error("exponential(10s, 2, 1s)"),
+            "the backoff's longest delay (max) \"1s\" is shorter than its first delay (base) \
+             \"10s\"; max must be at least base"
+        );
+        assert!(backoff_error("linear(1m, 1s, 30s)").contains("shorter than its first"));
+        assert_eq!(
+            backoff_error("exponential(1s, 2, 8days)"),
+            "the backoff's longest delay (max) \"8days\" is over a week, the longest dmq waits \
+             before a retry"
+        );
+        assert_eq!(
+            backoff_error("fixed(7days 1ms)"),
+            "the backoff's delay \"7days 1ms\" is over a week, the longest dmq waits before a retry"
+        );
+    }
+
+    #[test]
+    fn jitter_is_read_and_needs_a_backoff() {
+        let read = |text: &str| parse(&format!("backoff = \"exponential\", jitter = {text:?}"));
+        assert_eq!(read("none").unwrap().jitter, Some(Jitter::None));
+        assert_eq!(read("full").unwrap().jitter, Some(Jitter::Full));
+        assert_eq!(read("Equal").unwrap().jitter, Some(Jitter::Equal));
+        assert_eq!(
+            error(r#"backoff = "exponential", jitter = "half""#),
+            "unknown jitter \"half\"; use \"none\" (exactly the backoff's delay), \"full\" \
+             (anywhere from zero to it) or \"equal\" (from half of it to all of it)"
+        );
+        assert!(
+            error(r#"backoff = "exponential", jitter = full"#)
+                .starts_with("`jitter` takes a string")
+        );
+        assert_eq!(
+            error(r#"max_retries = 3, jitter = "full""#),
+            "`jitter` spreads the delays of the task's `backoff`, and this task sets none: add \
+             one, as in `backoff = \"exponential\", jitter = \"full\"`"
+        );
+        // A backoff that was refused still counts: its one mistake is reported once.
+        assert!(!error(r#"backoff = "fixed", jitter = "full""#).contains("`jitter`"));
+    }
+
+    #[test]
+    fn guarantee_takes_the_three_names_with_dashes_or_underscores() {
+        let read = |text: &str| parse(&format!("guarantee = {text:?}")).unwrap().guarantee;
+        assert_eq!(read("at-most-once"), Some(Guarantee::AtMostOnce));
+        assert_eq!(read("at_least_once"), Some(Guarantee::AtLeastOnce));
+        assert_eq!(read("Exactly_Once"), Some(Guarantee::ExactlyOnce));
+        assert_eq!(
+            error(r#"guarantee = "twice""#),
+            "unknown delivery guarantee \"twice\"; use \"at-most-once\", \"at-least-once\" or \
+             \"exactly-once\""
+        );
+        assert!(error("guarantee = exactly_once").starts_with("`guarantee` takes a string"));
+    }
+
+    #[test]
+    fn retry_takes_a_path_not_a_call_or_a_string() {
+        let path = |text: &str| parse(&format!("retry = {text}")).unwrap().retry.unwrap();
+        assert_eq!(path("policy"), PolicyFn(syn::parse_str("policy").unwrap()));
+        assert_eq!(path("super::p::emails"), PolicyFn(syn::parse_str("super::p::emails").unwrap()));
+        assert_eq!(
+            error("retry = policies::emails()"),
+            "`retry` names the policy function without calling it: write \
+             `retry = policies::emails`; the worker calls it when a run fails"
+        );
+        for text in [r#""policies::emails""#, "|| policy()", "make(3)"] {
+            assert_eq!(
+                error(&format!("retry = {text}")),
+                "`retry` takes the path of a `fn() -> RetryPolicy`, as in \
+                 `retry = policies::emails`",
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_beside_the_keys_it_sets_is_refused_at_each_of_them() {
+        assert_eq!(
+            error("retry = policy, max_retries = 3"),
+            "`retry` sets the whole retry policy, so `max_retries` cannot go beside it: set the \
+             limit in the policy that function returns, as in `RetryPolicy::new(5, backoff)`"
+        );
+        assert_eq!(
+            error(r#"backoff = "fixed(1s)", retry = policy"#),
+            "`retry` sets the whole retry policy, so `backoff` cannot go beside it: set the \
+             backoff in the policy that function returns, as in `RetryPolicy::new(5, backoff)`"
+        );
+        // Jitter beside `retry` is one mistake, not also "jitter without a backoff".
+        assert_eq!(
+            error(r#"retry = policy, jitter = "full""#),
+            "`retry` sets the whole retry policy, so `jitter` cannot go beside it: give the \
+             policy's backoff its jitter, as in `backoff.with_jitter(Jitter::Full)`"
+        );
+        assert_eq!(
+            error(r#"retry = policy, max_retries = 1, backoff = "exponential", jitter = "full""#)
+                .matches(" | ")
+                .count(),
+            2
+        );
+        // `guarantee`, `timeout` and the rest are not part of the policy.
+        assert!(parse(r#"retry = policy, guarantee = "at-most-once", timeout = "1s""#).is_ok());
+    }
+
+    #[test]
     fn an_unknown_key_lists_the_known_ones() {
         assert_eq!(
             error(r#"queue = "q", retries = 3"#),
-            "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout, ignore_result"
+            "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout, \
+             backoff, jitter, retry, guarantee, ignore_result"
         );
         // A Rust keyword is reported as an unknown key too, not as a syntax error.
         assert!(error(r#"type = "x""#).starts_with("unknown #[task] key `type`"));
@@ -287,6 +870,10 @@ mod tests {
     #[test]
     fn a_duplicate_key_is_refused() {
         assert_eq!(error(r#"queue = "a", queue = "b""#), "duplicate #[task] key `queue`");
+        assert_eq!(
+            error(r#"backoff = "exponential", backoff = "fixed(1s)""#),
+            "duplicate #[task] key `backoff`"
+        );
     }
 
     #[test]
@@ -316,6 +903,7 @@ mod tests {
         assert!(!parse("").unwrap().ignore_result);
         assert!(error("ignore_result = 1").contains("`true` or `false`"));
         assert!(error("queue").contains("`queue` needs a value"));
+        assert!(error("retry").contains("`retry` needs a value"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, Pat, ReturnType, Signature, Type};
 
-use crate::args::TaskArgs;
+use crate::args::{Backoff, Guarantee, Jitter, TaskArgs};
 
 /// The whole expansion of `#[task(args)] item`. On any error, the item comes back
 /// unchanged with a `compile_error!` for each mistake, so the IDE keeps working.
@@ -195,6 +195,37 @@ impl<'a> Task<'a> {
             Some(n) => quote!(Some(#n)),
             None => quote!(None),
         };
+        let backoff = match args.backoff {
+            Some(backoff) => {
+                let backoff = backoff_tokens(backoff, args.jitter.unwrap_or(Jitter::None));
+                quote!(Some(#backoff))
+            }
+            None => quote!(None),
+        };
+        let guarantee = match args.guarantee {
+            Some(guarantee) => {
+                let variant = match guarantee {
+                    Guarantee::AtMostOnce => quote!(AtMostOnce),
+                    Guarantee::AtLeastOnce => quote!(AtLeastOnce),
+                    Guarantee::ExactlyOnce => quote!(ExactlyOnce),
+                };
+                quote!(Some(::dmq_core::__private::Guarantee::#variant))
+            }
+            None => quote!(None),
+        };
+        // The policy function is coerced to the type the registration holds in a
+        // constant spanned at the user's path, so a function of another signature is
+        // a type error on that path.
+        let (retry_fn, retry) = match &args.retry {
+            Some(policy) => {
+                let path = reroot(policy.0.to_token_stream());
+                let retry_fn = quote_spanned! {policy.0.span()=>
+                    const __RETRY: fn() -> ::dmq_core::__private::RetryPolicy = #path;
+                };
+                (retry_fn, quote!(Some(__RETRY)))
+            }
+            None => (TokenStream::new(), quote!(None)),
+        };
         let timeout = match args.timeout {
             Some(t) => {
                 let secs = Literal::u64_suffixed(t.as_secs());
@@ -318,14 +349,16 @@ impl<'a> Task<'a> {
                     #run
                 }
 
+                #retry_fn
+
                 ::dmq_core::__private::inventory::submit! {
                     ::dmq_core::__private::TaskRegistration {
                         name: NAME,
                         queue: QUEUE,
                         max_retries: #max_retries,
-                        backoff: None,
-                        retry: None,
-                        guarantee: None,
+                        backoff: #backoff,
+                        retry: #retry,
+                        guarantee: #guarantee,
                         timeout: #timeout,
                         ignore_result: #ignore_result,
                         // This module is named after the function, so its path is the
@@ -337,6 +370,43 @@ impl<'a> Task<'a> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A `Backoff` built from its variant: the macro checked it as the constructors
+/// would, and a registration is a `static`, where the constructors cannot run.
+fn backoff_tokens(backoff: Backoff, jitter: Jitter) -> TokenStream {
+    let jitter = match jitter {
+        Jitter::None => quote!(::dmq_core::__private::Jitter::None),
+        Jitter::Full => quote!(::dmq_core::__private::Jitter::Full),
+        Jitter::Equal => quote!(::dmq_core::__private::Jitter::Equal),
+    };
+    let ms = Literal::u64_suffixed;
+    match backoff {
+        Backoff::Fixed { delay_ms } => {
+            let delay_ms = ms(delay_ms);
+            quote!(::dmq_core::__private::Backoff::Fixed { delay_ms: #delay_ms, jitter: #jitter })
+        }
+        Backoff::Linear { base_ms, step_ms, max_ms } => {
+            let (base_ms, step_ms, max_ms) = (ms(base_ms), ms(step_ms), ms(max_ms));
+            quote!(::dmq_core::__private::Backoff::Linear {
+                base_ms: #base_ms,
+                step_ms: #step_ms,
+                max_ms: #max_ms,
+                jitter: #jitter,
+            })
+        }
+        Backoff::Exponential { base_ms, factor, max_ms } => {
+            let (base_ms, max_ms) = (ms(base_ms), ms(max_ms));
+            // Finite: the parser refuses any other factor.
+            let factor = Literal::f64_suffixed(factor);
+            quote!(::dmq_core::__private::Backoff::Exponential {
+                base_ms: #base_ms,
+                factor: #factor,
+                max_ms: #max_ms,
+                jitter: #jitter,
+            })
         }
     }
 }
@@ -526,6 +596,45 @@ mod tests {
         assert!(out.contains("send_email (__arg0 , ctx , __arg1) . await"), "{out}");
         assert!(out.contains("Duration :: new (1u64 , 500000000u32)"), "{out}");
         assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn backoff_jitter_and_guarantee_fill_the_registration() {
+        let out = expand(
+            r#"backoff = "exponential(500ms, 1.5, 1m)", jitter = "full", guarantee = "at_most_once""#,
+            "async fn f() -> Result<(), E> { Ok(()) }",
+        );
+        let backoff = "backoff : Some (:: dmq_core :: __private :: Backoff :: Exponential { \
+                       base_ms : 500u64 , factor : 1.5f64 , max_ms : 60000u64 , \
+                       jitter : :: dmq_core :: __private :: Jitter :: Full , })";
+        assert!(out.contains(backoff), "{out}");
+        assert!(out.contains("retry : None"), "{out}");
+        assert!(
+            out.contains("guarantee : Some (:: dmq_core :: __private :: Guarantee :: AtMostOnce)"),
+            "{out}"
+        );
+        let out = expand(r#"backoff = "fixed(2s)""#, "async fn f() -> Result<(), E> { Ok(()) }");
+        assert!(
+            out.contains(
+                "Backoff :: Fixed { delay_ms : 2000u64 , jitter : :: dmq_core :: __private :: Jitter :: None }"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("guarantee : None"), "{out}");
+    }
+
+    #[test]
+    fn a_retry_policy_is_coerced_to_the_registrations_type() {
+        let out = expand("retry = super::policy", "async fn f() -> Result<(), E> { Ok(()) }");
+        // One level down, as the function's types are.
+        assert!(
+            out.contains(
+                "const __RETRY : fn () -> :: dmq_core :: __private :: RetryPolicy = super :: super :: policy ;"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("retry : Some (__RETRY)"), "{out}");
+        assert!(out.contains("backoff : None"), "{out}");
     }
 
     #[test]

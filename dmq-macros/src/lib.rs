@@ -39,8 +39,47 @@ use proc_macro::TokenStream;
 ///   when left out.
 /// - `timeout = "30s"`: how long one run may take, read at compile time as a
 ///   humantime duration (`"250ms"`, `"5m"`, `"1h 30m"`); no limit when left out.
+/// - `backoff = "exponential(1s, 2, 10m)"`: how long a worker waits before each retry,
+///   checked at compile time. The forms, with durations written as for `timeout`:
+///   - `"fixed(30s)"`: the same delay every time;
+///   - `"linear(1s, 5s, 1m)"`: base before the first retry, then step more before
+///     each following one, up to max;
+///   - `"exponential(1s, 2, 10m)"`: base before the first retry, then times factor
+///     before each following one, up to max;
+///   - `"exponential"` alone: the default, 1 s doubling up to 10 minutes.
+///
+///   As `Backoff`'s constructors do, it refuses a factor below 1, a max below the
+///   base and any delay over a week (`MAX_BACKOFF`); delays are whole milliseconds.
+///   The manager's default backoff when left out.
+/// - `jitter = "full"`: spreads the backoff's delays at random so that jobs that
+///   failed together do not all come back at once: `"none"` (the default),
+///   `"full"` (anywhere from zero to the delay) or `"equal"` (from half the delay to
+///   all of it). Needs a `backoff`.
+/// - `retry = policies::emails`: the path of a `fn() -> RetryPolicy` giving the
+///   task's whole retry policy, error filters included (`retry_on`,
+///   `dont_retry_if`, ...); a worker calls it when a run fails. It replaces
+///   `max_retries`, `backoff` and `jitter`, which cannot go beside it: the policy
+///   says them. A function of another signature is a type error at the path.
+/// - `guarantee = "exactly-once"`: the task's delivery guarantee, which wins over the
+///   worker's: `"at-most-once"`, `"at-least-once"` or `"exactly-once"` (underscores
+///   work too). See `Guarantee` for what each promises.
 /// - `ignore_result` (or `ignore_result = true`): workers do not store the task's
 ///   result, saving a write per job; callers cannot await its value.
+///
+/// A call can still override the task's retry limit and backoff (`Call::max_retries`,
+/// `Call::backoff`, `Call::retry`); a `retry` policy's error filters stay the task's.
+///
+/// ```text
+/// fn charges() -> RetryPolicy {
+///     RetryPolicy::new(5, Backoff::default()).retry_on::<std::io::Error>()
+/// }
+///
+/// #[task(queue = "payments", retry = charges, guarantee = "exactly-once")]
+/// pub async fn charge(order: u64) -> Result<(), TaskError> { ... }
+///
+/// #[task(max_retries = 8, backoff = "exponential(500ms, 2, 5m)", jitter = "full")]
+/// pub async fn fetch_feed(url: String) -> Result<(), TaskError> { ... }
+/// ```
 ///
 /// # The function
 ///

@@ -1,18 +1,37 @@
-// Every key of the attribute, read back from the registry.
+// Every key of the attribute, read back from the registry. `retry` replaces
+// `max_retries`, `backoff` and `jitter`, so it has a task of its own.
 use std::time::Duration;
 
-use dmq_core::{Registry, TaskError, task};
+use dmq_core::{Backoff, Guarantee, Jitter, Registry, RetryPolicy, TaskError, task};
 
 /// Sends one email.
 #[task(
     name = "emails.send",
     queue = "emails",
     max_retries = 5,
-    timeout = "1m 30s"
+    timeout = "1m 30s",
+    backoff = "linear(1s, 5s, 1m)",
+    jitter = "equal",
+    guarantee = "at-most-once",
+    ignore_result
 )]
 pub async fn send_email(to: String, body: String) -> Result<(), TaskError> {
     let _ = (to, body);
     Ok(())
+}
+
+mod policies {
+    use super::*;
+
+    pub fn charges() -> RetryPolicy {
+        RetryPolicy::new(2, Backoff::default()).retry_on::<std::io::Error>()
+    }
+}
+
+/// Charges a card; its policy says which errors are worth a retry.
+#[task(retry = policies::charges, guarantee = "exactly_once")]
+pub async fn charge(cents: u64) -> Result<u64, TaskError> {
+    Ok(cents)
 }
 
 fn main() {
@@ -28,5 +47,16 @@ fn main() {
     assert_eq!(info.queue, "emails");
     assert_eq!(info.max_retries, Some(5));
     assert_eq!(info.timeout, Some(Duration::from_secs(90)));
+    let linear =
+        Backoff::linear(Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(60));
+    assert_eq!(info.backoff, Some(linear.unwrap().with_jitter(Jitter::Equal)));
+    assert_eq!(info.guarantee, Some(Guarantee::AtMostOnce));
+    assert!(!info.has_retry_policy);
+    assert!(info.ignore_result);
     assert!(info.path.ends_with("::send_email"), "{}", info.path);
+
+    let info = registry.task("charge").unwrap();
+    assert!(info.has_retry_policy);
+    assert_eq!((info.max_retries, info.backoff), (None, None));
+    assert_eq!(info.guarantee, Some(Guarantee::ExactlyOnce));
 }
