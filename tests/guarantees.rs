@@ -256,6 +256,28 @@ async fn an_exactly_once_job_delivered_again_after_completion_does_not_run(broke
     brokers.clean_up().await;
 }
 
+#[task(queue = "once-by-attribute", guarantee = "exactly-once")]
+async fn count_run_exactly_once(key: String) -> Result<u32, TaskError> {
+    Ok(run_once_more(&key))
+}
+
+async fn a_tasks_guarantee_wins_over_the_workers(brokers: Brokers) {
+    let manager = brokers.manager(|b| b).await;
+    // The worker's own guarantee is the default, at least once.
+    let worker = manager.worker().queues(["once-by-attribute"]).start();
+    let key = fresh_key("attribute");
+    let first = count_run_exactly_once::call(key.clone()).enqueue(&manager).await.expect("enqueue");
+    assert_eq!(first.result(WAIT).await.expect("result"), 1);
+    drained(&manager, "once-by-attribute").await;
+    let mut envelope = count_run_exactly_once::call(key.clone()).into_envelope().expect("envelope");
+    envelope.id = first.id();
+    manager.enqueue_envelope(envelope).await.expect("enqueue the same id again");
+    drained(&manager, "once-by-attribute").await;
+    assert_eq!(runs(&key), 1, "the task's exactly-once was not honoured");
+    worker.shutdown().await;
+    brokers.clean_up().await;
+}
+
 /// Runs for `millis`, failing if `fail` says so, after noting that it started.
 #[task(queue = "at-most", max_retries = 3)]
 async fn slow_run(key: String, millis: u64, fail: bool) -> Result<u32, TaskError> {
@@ -342,4 +364,5 @@ on_both_brokers!(
     an_exactly_once_job_delivered_again_after_completion_does_not_run,
     an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried,
     an_at_least_once_job_is_held_while_it_runs,
+    a_tasks_guarantee_wins_over_the_workers,
 );

@@ -126,9 +126,16 @@ impl Backoff {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] when `factor` is below 1 or not a number, or `max` is
-    /// below `base` or over [`MAX_BACKOFF`].
+    /// [`Error::InvalidArgument`] when `base` is zero (every delay would be zero),
+    /// `factor` is below 1 or not a number, or `max` is below `base` or over
+    /// [`MAX_BACKOFF`].
     pub fn exponential(base: Duration, factor: f64, max: Duration) -> Result<Self> {
+        if millis(base) == 0 {
+            return Err(invalid(format!(
+                "an exponential backoff needs a first delay of at least 1 ms, not {base:?}: \
+                 every delay is a multiple of it (for no wait at all, use Backoff::fixed(Duration::ZERO))"
+            )));
+        }
         if !(factor.is_finite() && factor >= 1.0) {
             return Err(invalid(format!(
                 "an exponential backoff needs a factor of at least 1, not {factor}"
@@ -428,6 +435,7 @@ mod tests {
         let err = |r: Result<Backoff>| r.unwrap_err().to_string();
         assert!(err(Backoff::exponential(S, 0.0, 10 * S)).contains("factor of at least 1"));
         assert!(err(Backoff::exponential(S, f64::NAN, 10 * S)).contains("factor"));
+        assert!(err(Backoff::exponential(Duration::ZERO, 2.0, S)).contains("at least 1 ms"));
         assert!(err(Backoff::exponential(10 * S, 2.0, S)).contains("below its first"));
         assert!(err(Backoff::linear(10 * S, S, S)).contains("below its first"));
         assert!(err(Backoff::fixed(MAX_BACKOFF + S)).contains("longest allowed"));

@@ -436,6 +436,13 @@ impl Backoff {
                     ));
                 };
                 let base = whole_millis("first delay (base)", base_text)?;
+                if base.is_zero() {
+                    return Err(format!(
+                        "an exponential backoff's first delay (base) must be above zero, not \
+                         {base_text:?}: every delay is a multiple of it (for no wait at all, use \
+                         \"fixed(0s)\")"
+                    ));
+                }
                 let factor = match factor.parse::<f64>() {
                     Ok(f) if f.is_finite() && f >= 1.0 => f,
                     _ => {
@@ -655,6 +662,7 @@ mod tests {
             Backoff::Exponential { base_ms: 1_000, factor: 2.0, max_ms: 600_000 }
         );
         assert_eq!(backoff_of("fixed(0s)"), Backoff::Fixed { delay_ms: 0 });
+        assert!(backoff_error("exponential(0s, 2, 1m)").contains("must be above zero"));
         // Exactly a week is the longest allowed.
         assert_eq!(backoff_of("fixed(1week)"), Backoff::Fixed { delay_ms: 604_800_000 });
         assert_eq!(
