@@ -1,17 +1,16 @@
 //! The foundation end to end on the in-memory broker: the DESIGN.md example, many
-//! jobs on several queues and workers, panics, timeouts, shutdown and bad input.
+//! jobs on several queues and workers, panics, timeouts, shutdown, lease renewal,
+//! concurrency, result types and the size limit. Failure handling (retries, the
+//! dead-letter queue, bad input, expiry, idempotency) runs on both brokers in
+//! `failure.rs`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use dmq_core::{
-    Broker, Envelope, Error, FailureKind, InMemoryBroker, Job, Manager, TaskError, TaskId,
-    TaskState, task,
-};
+use dmq_core::{Error, Manager, TaskError, task};
 
 mod common;
-use common::{WAIT, encode_args, failure};
+use common::{WAIT, failure};
 
 #[task]
 async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
@@ -226,67 +225,6 @@ async fn a_worker_runs_as_many_jobs_at_once_as_its_concurrency_and_no_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_task_fails_and_is_dead_lettered() {
-    let manager = Manager::builder().build().expect("manager");
-    let worker = manager.worker().queues(["default"]).start();
-    let args = encode_args(&(1, 2));
-    let id = manager
-        .enqueue_envelope(Envelope::new("no.such.task", "default", args))
-        .await
-        .expect("enqueue");
-    let (kind, err) = failure(manager.result::<i64>(id).wait(WAIT).await);
-    assert_eq!(kind, "unknown_task");
-    assert!(err.contains("no task named \"no.such.task\""), "{err}");
-    let dead = manager.broker().dead_letters("default", 0, 10).await.expect("dlq");
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].id, id);
-    assert!(dead[0].reason.starts_with("unknown_task"), "{}", dead[0].reason);
-    worker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn arguments_that_do_not_decode_fail_and_are_dead_lettered() {
-    let manager = Manager::builder().build().expect("manager");
-    let worker = manager.worker().queues(["default"]).start();
-    let id = manager
-        .enqueue_envelope(Envelope::new("add", "default", encode_args(&("two", "three"))))
-        .await
-        .expect("enqueue");
-    let (kind, err) = failure(manager.result::<i64>(id).wait(WAIT).await);
-    assert_eq!(kind, "bad_args");
-    assert!(err.contains("(i64, i64)"), "{err}");
-    let dead = manager.broker().dead_letters("default", 0, 10).await.expect("dlq");
-    assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.starts_with("bad_args"), "{}", dead[0].reason);
-
-    // The worker lives on.
-    let ok = add::call(1, 1).enqueue(&manager).await.expect("enqueue");
-    assert_eq!(ok.result(WAIT).await.expect("result"), 2);
-    worker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_envelope_is_dead_lettered_and_the_worker_carries_on() {
-    let broker = Arc::new(InMemoryBroker::new());
-    let manager = Manager::builder().shared_broker(broker.clone()).build().expect("manager");
-    let worker = manager.worker().queues(["default"]).start();
-    let id = TaskId::new();
-    broker
-        .enqueue(Job::new(id, "default", 5, None, b"\xc1 not msgpack".to_vec()))
-        .await
-        .expect("enqueue");
-    let outcome = manager.backend().wait(id, WAIT).await.expect("wait").expect("an outcome");
-    assert_eq!(outcome.state, TaskState::Failed);
-    assert_eq!(outcome.failure.map(|f| f.kind), Some(FailureKind::Undecodable));
-    let dead = broker.dead_letters("default", 0, 10).await.expect("dlq");
-    assert!(dead[0].reason.starts_with("undecodable envelope"), "{}", dead[0].reason);
-
-    let ok = add::call(20, 22).enqueue(&manager).await.expect("enqueue");
-    assert_eq!(ok.result(WAIT).await.expect("result"), 42);
-    worker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_read_as_the_wrong_type_is_an_error() {
     let manager = Manager::builder().build().expect("manager");
     let worker = manager.worker().queues(["default"]).start();
@@ -305,31 +243,6 @@ async fn a_job_over_the_size_limit_is_refused_at_enqueue() {
     assert!(matches!(err, Error::MessageTooLarge { limit: 1024, .. }), "{err}");
     assert!(err.to_string().contains("max_message_size"), "{err}");
     assert_eq!(manager.broker().queue_stats("panics").await.expect("stats").ready, 0);
-}
-
-static FLAKY_RUNS: AtomicU32 = AtomicU32::new(0);
-
-#[task(queue = "flaky", max_retries = 2)]
-async fn flaky() -> Result<u32, TaskError> {
-    let run = FLAKY_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
-    if run < 3 {
-        return Err(TaskError::retry_after(
-            std::io::Error::other(format!("run {run} failed")),
-            Duration::from_millis(50),
-        ));
-    }
-    Ok(run)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_task_is_retried_through_the_broker_within_max_retries() {
-    let manager = Manager::builder().build().expect("manager");
-    let worker = manager.worker().queues(["flaky"]).start();
-    let handle = flaky::call().enqueue(&manager).await.expect("enqueue");
-    assert_eq!(handle.result(WAIT).await.expect("third attempt succeeds"), 3);
-    let outcome = manager.result::<u32>(handle.id()).outcome().await.expect("get").expect("stored");
-    assert_eq!(outcome.attempts, 3);
-    worker.shutdown().await;
 }
 
 static QUIET_RUNS: AtomicU32 = AtomicU32::new(0);
@@ -356,162 +269,10 @@ async fn an_ignore_result_task_runs_and_stores_no_result() {
     assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0), "the job was acknowledged");
 }
 
-static BACKOFF_RUNS: std::sync::Mutex<Vec<std::time::Instant>> = std::sync::Mutex::new(Vec::new());
-
-#[task(queue = "backoff")]
-async fn fails_twice() -> Result<u32, TaskError> {
-    let runs = {
-        let mut runs = BACKOFF_RUNS.lock().unwrap_or_else(|p| p.into_inner());
-        runs.push(std::time::Instant::now());
-        runs.len()
-    };
-    if runs < 3 {
-        return Err(std::io::Error::other(format!("run {runs} failed")).into());
-    }
-    Ok(u32::try_from(runs).unwrap_or(u32::MAX))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_policy_on_the_call_sets_the_gaps_between_attempts() {
-    use dmq_core::{Backoff, RetryPolicy};
-    let manager = Manager::builder().build().expect("manager");
-    let worker = manager.worker().queues(["backoff"]).start();
-    // 300 ms, then 600 ms: the task itself allows no retries, the call allows two.
-    let backoff = Backoff::linear(
-        Duration::from_millis(300),
-        Duration::from_millis(300),
-        Duration::from_secs(10),
-    )
-    .expect("a valid backoff");
-    let handle = fails_twice::call()
-        .retry(RetryPolicy::new(2, backoff))
-        .enqueue(&manager)
-        .await
-        .expect("enqueue");
-    assert_eq!(handle.result(WAIT).await.expect("the third attempt succeeds"), 3);
-    let runs = BACKOFF_RUNS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let gaps: Vec<Duration> = runs.windows(2).map(|w| w[1] - w[0]).collect();
-    // Never early; late only by scheduling (a generous bound, not a speed claim).
-    for (gap, want) in gaps.iter().zip([300u64, 600]) {
-        let want = Duration::from_millis(want);
-        assert!(*gap >= want, "a retry came {gap:?} after the failure, before its {want:?}");
-        assert!(*gap < want + Duration::from_secs(2), "a retry came {gap:?} late");
-    }
-    worker.shutdown().await;
-}
-
 #[test]
 fn a_backoff_that_makes_no_sense_is_refused() {
     use dmq_core::Backoff;
     let s = Duration::from_secs(1);
     assert!(matches!(Backoff::exponential(s, 0.5, 10 * s), Err(Error::InvalidArgument(_))));
     assert!(matches!(Backoff::linear(10 * s, s, s), Err(Error::InvalidArgument(_))));
-}
-
-static EXPIRED_RUNS: AtomicU32 = AtomicU32::new(0);
-
-#[task(queue = "expiring")]
-async fn never_in_time() -> Result<(), TaskError> {
-    EXPIRED_RUNS.fetch_add(1, Ordering::SeqCst);
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_that_expires_before_it_starts_never_runs() {
-    let manager = Manager::builder().build().expect("manager");
-    let worker = manager.worker().queues(["expiring"]).start();
-    // Due in 300 ms, expired after 100 ms: no worker may start it.
-    let late = never_in_time::call()
-        .delay(Duration::from_millis(300))
-        .expires_in(Duration::from_millis(100))
-        .enqueue(&manager)
-        .await
-        .expect("enqueue");
-    let past = never_in_time::call()
-        .expires_at(chrono::Utc::now() - chrono::Duration::seconds(1))
-        .enqueue(&manager)
-        .await
-        .expect("enqueue");
-    for handle in [late, past] {
-        let err = handle.result(WAIT).await.expect_err("an expired job has no value");
-        assert!(matches!(err, Error::Expired { .. }), "{err}");
-    }
-    assert_eq!(EXPIRED_RUNS.load(Ordering::SeqCst), 0, "an expired job ran");
-    let letters = manager.broker().dead_letters("expiring", 0, 10).await.expect("dead letters");
-    assert_eq!(letters.len(), 2);
-    assert!(letters.iter().all(|l| l.reason.contains("expired")), "{letters:?}");
-    worker.shutdown().await;
-}
-
-static REQUEUED_RUNS: AtomicU32 = AtomicU32::new(0);
-
-#[task(queue = "dlq")]
-async fn fatal_once() -> Result<u32, TaskError> {
-    let run = REQUEUED_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
-    if run == 1 {
-        return Err(TaskError::fatal("the first run fails for good"));
-    }
-    Ok(run)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_requeued_runs_again_from_its_first_attempt() {
-    let manager = Manager::builder().build().expect("manager");
-    let worker = manager.worker().queues(["dlq", "dlq-again"]).start();
-    let handle = fatal_once::call().enqueue(&manager).await.expect("enqueue");
-    let id = handle.id();
-    let err = handle.result(WAIT).await.expect_err("a fatal error");
-    assert!(matches!(err, Error::TaskFailed { .. }), "{err}");
-    assert_eq!(manager.dead_letter_count("dlq").await.expect("count"), 1);
-    assert!(!manager.requeue_dead_letter("dlq", TaskId::new(), None).await.expect("requeue"));
-    // Into another queue: the worker there runs it, from attempt 1.
-    assert!(manager.requeue_dead_letter("dlq", id, Some("dlq-again")).await.expect("requeue"));
-    assert_eq!(manager.dead_letter_count("dlq").await.expect("count"), 0);
-    let deadline = std::time::Instant::now() + WAIT;
-    let outcome = loop {
-        let outcome = manager.result::<u32>(id).outcome().await.expect("read");
-        if let Some(outcome) = outcome.filter(|o| o.state == TaskState::Succeeded) {
-            break outcome;
-        }
-        assert!(std::time::Instant::now() < deadline, "the requeued job never succeeded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(outcome.attempts, 1, "attempts start over");
-    assert_eq!(manager.result::<u32>(id).get().await.expect("value"), Some(2));
-    assert_eq!(manager.broker().queue_stats("dlq-again").await.expect("stats").ready, 0);
-
-    // Delete and purge.
-    for _ in 0..3 {
-        REQUEUED_RUNS.store(0, Ordering::SeqCst);
-        let failed = fatal_once::call().enqueue(&manager).await.expect("enqueue");
-        let _ = failed.result(WAIT).await;
-    }
-    assert_eq!(manager.dead_letter_count("dlq").await.expect("count"), 3);
-    let newest = manager.dead_letters("dlq", 0, 1).await.expect("list")[0].id;
-    assert!(manager.delete_dead_letter("dlq", newest).await.expect("delete"));
-    assert_eq!(manager.purge_dead_letters("dlq").await.expect("purge"), 2);
-    worker.shutdown().await;
-}
-
-static CHARGES: AtomicU32 = AtomicU32::new(0);
-
-#[task(queue = "charges")]
-async fn charge(cents: u32) -> Result<u32, TaskError> {
-    CHARGES.fetch_add(1, Ordering::SeqCst);
-    Ok(cents)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_enqueue_with_the_same_idempotency_key_enqueues_nothing() {
-    let manager = Manager::builder().build().expect("manager");
-    let first =
-        charge::call(500).idempotency_key("order-42").enqueue(&manager).await.expect("enqueue");
-    let again =
-        charge::call(500).idempotency_key("order-42").enqueue(&manager).await.expect("enqueue");
-    assert_eq!(again.id(), first.id(), "the second enqueue names the first job");
-    assert_eq!(manager.broker().queue_len("charges").await.expect("len"), 1);
-    let worker = manager.worker().queues(["charges"]).start();
-    assert_eq!(again.result(WAIT).await.expect("result"), 500);
-    worker.shutdown().await;
-    assert_eq!(CHARGES.load(Ordering::SeqCst), 1, "the work ran once");
 }

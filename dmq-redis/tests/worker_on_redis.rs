@@ -1,12 +1,14 @@
-//! Workers on `RedisBroker`: many jobs across queues and workers run exactly once, and
-//! bad input is dead-lettered in Redis while good jobs around it complete.
+//! Workers on `RedisBroker`: many jobs across queues and workers run exactly once,
+//! delayed jobs start at their eta, workers register and take back a dead worker's
+//! jobs. Failure handling on Redis (retries, dead letters, bad input) is tested on both
+//! brokers in `tests/failure.rs`.
 
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use dmq_core::{Envelope, Error, Manager, TaskError, task};
+use dmq_core::{Error, Manager, TaskError, task};
 use dmq_redis::RedisBroker;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -62,49 +64,6 @@ async fn two_thousand_jobs_on_two_queues_and_two_workers_each_run_exactly_once()
             "{queue}"
         );
     }
-    common::remove_namespace(&namespace).await;
-}
-
-#[task(queue = "r-bad")]
-async fn double(n: i64) -> Result<i64, TaskError> {
-    Ok(n * 2)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_dead_lettered_in_redis_and_the_worker_carries_on() {
-    let namespace = common::fresh_namespace();
-    let manager = manager(&namespace).await;
-    let worker = manager.worker().queues(["r-bad"]).start();
-    let unknown = manager
-        .enqueue_envelope(Envelope::new(
-            "no.such.task",
-            "r-bad",
-            rmp_serde::to_vec(&(1,)).expect("args"),
-        ))
-        .await
-        .expect("enqueue");
-    let bad_args = manager
-        .enqueue_envelope(Envelope::new(
-            "double",
-            "r-bad",
-            rmp_serde::to_vec(&("x",)).expect("args"),
-        ))
-        .await
-        .expect("enqueue");
-    let good = double::call(21).enqueue(&manager).await.expect("enqueue");
-    assert_eq!(good.result(WAIT).await.expect("good job"), 42);
-    for (id, kind) in [(unknown, "unknown_task"), (bad_args, "bad_args")] {
-        match manager.result::<i64>(id).wait(WAIT).await {
-            Err(Error::TaskFailed { kind: got, .. }) => assert_eq!(got, kind),
-            other => panic!("expected a {kind} failure, got {other:?}"),
-        }
-    }
-    let dead = manager.broker().dead_letters("r-bad", 0, 10).await.expect("dlq");
-    let mut reasons: Vec<&str> =
-        dead.iter().map(|d| d.reason.split(':').next().unwrap_or("")).collect();
-    reasons.sort_unstable();
-    assert_eq!(reasons, ["bad_args", "unknown_task"]);
-    worker.shutdown().await;
     common::remove_namespace(&namespace).await;
 }
 
