@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use brokers::Brokers;
-use common::{WAIT, failure};
+use common::{Backing, WAIT, failure};
 use dmq_core::{
     Backoff, Error, Guarantee, Manager, RetryPolicy, TaskError, TaskOutcome, TaskState, task,
 };
@@ -32,75 +31,6 @@ fn runs(key: &str) -> u32 {
 /// A key no other run uses.
 fn fresh_key(scenario: &str) -> String {
     format!("{scenario}-{}", uuid::Uuid::new_v4())
-}
-
-/// The two brokers every scenario runs on.
-mod brokers {
-    use dmq_core::{Manager, ManagerBuilder};
-    use dmq_redis::{Keys, RedisBackend, RedisBroker};
-
-    /// Which broker a scenario runs on; a Redis one works in a fresh namespace.
-    pub enum Brokers {
-        Memory,
-        Redis { url: String, namespace: String },
-    }
-
-    impl Brokers {
-        pub fn redis() -> Self {
-            let url =
-                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-            Brokers::Redis { url, namespace: format!("dmq-test-{}", uuid::Uuid::new_v4()) }
-        }
-
-        /// A manager on this broker (and, on Redis, a Redis result backend), with
-        /// `configure` applied to its builder.
-        pub async fn manager(
-            &self,
-            configure: impl FnOnce(ManagerBuilder) -> ManagerBuilder,
-        ) -> Manager {
-            let builder = match self {
-                Brokers::Memory => Manager::builder(),
-                Brokers::Redis { url, namespace } => {
-                    let broker = RedisBroker::connect_with_namespace(url, namespace)
-                        .await
-                        .expect("connect to redis (scripts/ensure-redis starts one)");
-                    let backend = RedisBackend::connect_with_namespace(url, namespace)
-                        .await
-                        .expect("connect to redis");
-                    Manager::builder().broker(broker).backend(backend)
-                }
-            };
-            configure(builder).build().expect("manager")
-        }
-
-        /// Removes the scenario's Redis keys.
-        pub async fn clean_up(self) {
-            if let Brokers::Redis { url, namespace } = self {
-                let client = redis::Client::open(url).expect("redis url");
-                let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
-                dmq_redis::delete_namespace(&mut conn, &Keys::new(namespace))
-                    .await
-                    .expect("delete the test keys");
-            }
-        }
-    }
-}
-
-/// One test per scenario and broker: `<scenario>::memory` and `<scenario>::redis`.
-macro_rules! on_both_brokers {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$scenario(super::Brokers::Memory).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$scenario(super::Brokers::redis()).await;
-            }
-        }
-    )*};
 }
 
 // ---------------------------------------------------------------------------------
@@ -136,8 +66,8 @@ fn io_only() -> RetryPolicy {
         .dont_retry_if(|e| e.to_string().contains("forbidden"))
 }
 
-async fn retry_filters_choose_what_is_retried(brokers: Brokers) {
-    let manager = brokers.manager(|b| b.default_retry(io_only())).await;
+async fn retry_filters_choose_what_is_retried(backing: Backing) {
+    let manager = backing.builder().await.default_retry(io_only()).build().expect("manager");
     let worker = manager.worker().queues(["filters"]).start();
     let mut expected = Vec::new();
     // (mode, runs, succeeds)
@@ -181,7 +111,6 @@ async fn retry_filters_choose_what_is_retried(brokers: Brokers) {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     assert!(err.to_string().contains("#[task(retry"), "{err}");
     worker.shutdown().await;
-    brokers.clean_up().await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -213,8 +142,8 @@ async fn enqueue_again(manager: &Manager, id: dmq_core::TaskId, key: &str) {
     manager.enqueue_envelope(envelope).await.expect("enqueue the same id again");
 }
 
-async fn an_exactly_once_job_delivered_again_after_completion_does_not_run(brokers: Brokers) {
-    let manager = brokers.manager(|b| b).await;
+async fn an_exactly_once_job_delivered_again_after_completion_does_not_run(backing: Backing) {
+    let manager = backing.manager().await;
     let worker = manager.worker().queues(["once"]).guarantee(Guarantee::ExactlyOnce).start();
 
     // Completed, then delivered again: acknowledged without running.
@@ -253,7 +182,6 @@ async fn an_exactly_once_job_delivered_again_after_completion_does_not_run(broke
     drained(&manager, "once").await;
     assert_eq!(runs(&key), 2, "at least once runs a redelivered job");
     worker.shutdown().await;
-    brokers.clean_up().await;
 }
 
 #[task(queue = "once-by-attribute", guarantee = "exactly-once")]
@@ -261,8 +189,8 @@ async fn count_run_exactly_once(key: String) -> Result<u32, TaskError> {
     Ok(run_once_more(&key))
 }
 
-async fn a_tasks_guarantee_wins_over_the_workers(brokers: Brokers) {
-    let manager = brokers.manager(|b| b).await;
+async fn a_tasks_guarantee_wins_over_the_workers(backing: Backing) {
+    let manager = backing.manager().await;
     // The worker's own guarantee is the default, at least once.
     let worker = manager.worker().queues(["once-by-attribute"]).start();
     let key = fresh_key("attribute");
@@ -275,7 +203,6 @@ async fn a_tasks_guarantee_wins_over_the_workers(brokers: Brokers) {
     drained(&manager, "once-by-attribute").await;
     assert_eq!(runs(&key), 1, "the task's exactly-once was not honoured");
     worker.shutdown().await;
-    brokers.clean_up().await;
 }
 
 /// Runs for `millis`, failing if `fail` says so, after noting that it started.
@@ -289,8 +216,8 @@ async fn slow_run(key: String, millis: u64, fail: bool) -> Result<u32, TaskError
     Ok(run)
 }
 
-async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(brokers: Brokers) {
-    let manager = brokers.manager(|b| b).await;
+async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(backing: Backing) {
+    let manager = backing.manager().await;
     let worker = manager
         .worker()
         .queues(["at-most"])
@@ -335,12 +262,11 @@ async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(br
     let stats = manager.broker().queue_stats("at-most").await.expect("stats");
     assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
     assert!(handle.result(Duration::from_millis(200)).await.is_err(), "no result: it was lost");
-    brokers.clean_up().await;
 }
 
 /// The same check under at-least-once: the job is in flight while it runs.
-async fn an_at_least_once_job_is_held_while_it_runs(brokers: Brokers) {
-    let manager = brokers.manager(|b| b).await;
+async fn an_at_least_once_job_is_held_while_it_runs(backing: Backing) {
+    let manager = backing.manager().await;
     let worker = manager.worker().queues(["at-most"]).start();
     let key = fresh_key("held");
     let handle =
@@ -356,13 +282,12 @@ async fn an_at_least_once_job_is_held_while_it_runs(brokers: Brokers) {
     let outcome = manager.result::<u32>(handle.id()).outcome().await.expect("read");
     assert_eq!(outcome.map(|o| o.state), Some(TaskState::Succeeded));
     worker.shutdown().await;
-    brokers.clean_up().await;
 }
 
-on_both_brokers!(
-    retry_filters_choose_what_is_retried,
-    an_exactly_once_job_delivered_again_after_completion_does_not_run,
-    an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried,
-    an_at_least_once_job_is_held_while_it_runs,
-    a_tasks_guarantee_wins_over_the_workers,
-);
+common::on_both_brokers! {
+    retry_filters_choose_what_is_retried;
+    an_exactly_once_job_delivered_again_after_completion_does_not_run;
+    an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried;
+    an_at_least_once_job_is_held_while_it_runs;
+    a_tasks_guarantee_wins_over_the_workers;
+}

@@ -324,9 +324,10 @@ impl ManagerBuilder {
         self
     }
 
-    /// Retries a failed run this many times when neither the task nor the call says
     /// How long an idempotency key stays known after its job was enqueued (a day by
     /// default): within it, a second enqueue with the key returns the first job's id.
+    /// An exactly-once job's completion is remembered as long (see
+    /// [`Guarantee::ExactlyOnce`](crate::Guarantee::ExactlyOnce)).
     pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
         self.config.idempotency_ttl = ttl;
         self

@@ -31,6 +31,30 @@ pub fn encode_args<T: serde::Serialize>(args: &T) -> Vec<u8> {
     rmp_serde::to_vec(args).expect("encode the arguments")
 }
 
+/// Runs each scenario twice, as the tests `<scenario>::in_memory` and
+/// `<scenario>::on_redis`; attributes before a scenario go on both.
+#[allow(unused_macros)]
+macro_rules! on_both_brokers {
+    ($($(#[$attr:meta])* $scenario:ident;)+) => {$(
+        mod $scenario {
+            $(#[$attr])*
+            #[test]
+            fn in_memory() {
+                $crate::common::run_in_memory(super::$scenario);
+            }
+
+            $(#[$attr])*
+            #[test]
+            fn on_redis() {
+                $crate::common::run_on_redis(super::$scenario);
+            }
+        }
+    )+};
+}
+
+#[allow(unused_imports)]
+pub(crate) use on_both_brokers;
+
 /// The Redis the tests use: `REDIS_URL`, or the local default.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())

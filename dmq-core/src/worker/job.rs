@@ -197,12 +197,15 @@ fn rare<'a, T>(future: impl Future<Output = T> + Send + 'a) -> Rare<'a, T> {
     Box::pin(future)
 }
 
-/// Dead-letters a job whose envelope does not decode, and records why.
+/// Dead-letters a job whose envelope does not decode, and records why: the reason
+/// reads `undecodable: <what was wrong>`, as other failures read `<kind>: <message>`.
+/// Its attempt is unknown, so the result records 0 attempts.
 async fn poison(shared: &Shared, lease: &Lease, error: &Error) {
-    let reason = format!("undecodable envelope: {error}");
-    tracing::error!(id = %lease.id, queue = %lease.queue, %reason, "dead-lettering a job");
-    if dead_letter(shared, lease, &reason).await {
-        let outcome = TaskOutcome::failed(FailureKind::Undecodable, &reason, 0, None);
+    let message = error.to_string();
+    let kind = FailureKind::Undecodable;
+    tracing::error!(id = %lease.id, queue = %lease.queue, %kind, error = %message, "dead-lettering a job");
+    if dead_letter(shared, lease, &format!("{kind}: {message}")).await {
+        let outcome = TaskOutcome::failed(kind, &message, 0, None);
         store(shared, lease, &outcome).await;
     }
 }
