@@ -189,6 +189,18 @@ impl Manager {
             }
             offset += page.len();
         };
+        self.requeue_letter(queue, &letter, to).await?;
+        Ok(true)
+    }
+
+    /// Enqueues a dead letter's job again from its first attempt, then removes the
+    /// letter.
+    async fn requeue_letter(
+        &self,
+        queue: &str,
+        letter: &DeadLetter,
+        to: Option<&str>,
+    ) -> Result<()> {
         let mut envelope = Envelope::decode(&letter.payload, self.inner.config.max_message_size)?;
         envelope.attempt = 1;
         envelope.eta = None;
@@ -196,8 +208,8 @@ impl Manager {
             to.clone_into(&mut envelope.queue);
         }
         self.enqueue_envelope(envelope).await?;
-        self.inner.broker.take_dead_letter(queue, id).await?;
-        Ok(true)
+        self.inner.broker.take_dead_letter(queue, letter.id).await?;
+        Ok(())
     }
 
     /// Runs every job in `queue`'s dead-letter queue again (see
@@ -215,10 +227,11 @@ impl Manager {
             if page.is_empty() {
                 return Ok(requeued);
             }
+            // Each letter as listed: looking it up again would read the page once per
+            // letter.
             for letter in page {
-                match self.requeue_dead_letter(queue, letter.id, to).await {
-                    Ok(true) => requeued += 1,
-                    Ok(false) => {}
+                match self.requeue_letter(queue, &letter, to).await {
+                    Ok(()) => requeued += 1,
                     Err(Error::Decode(_) | Error::MessageTooLarge { .. }) => skipped += 1,
                     Err(e) => return Err(e),
                 }

@@ -70,7 +70,7 @@ pub struct RedisBroker {
     scripts: Arc<Scripts>,
     blocking: Mutex<Vec<BlockingConnection>>,
     /// Acknowledgements on their way, sent a batch per queue per round trip.
-    acks: Batcher<Lease>,
+    acks: Batcher<Settled>,
     /// This broker's name when it holds the reaper lock.
     reaper_id: String,
     /// Since when this broker's heartbeats have succeeded without a failed command
@@ -486,6 +486,10 @@ struct BlockingConnection {
     client_id: i64,
 }
 
+/// A job to acknowledge, and for how long to remember its completion (zero: not at
+/// all, a plain acknowledgement).
+type Settled = (Lease, u64);
+
 /// The most acknowledgements sent in one batch.
 const MAX_ACK_BATCH: usize = 512;
 
@@ -496,8 +500,8 @@ fn ack_writer(
     keys: Keys,
     scripts: Arc<Scripts>,
     url: String,
-) -> Batcher<Lease> {
-    Batcher::new(MAX_ACK_BATCH, move |leases: Vec<Lease>| {
+) -> Batcher<Settled> {
+    Batcher::new(MAX_ACK_BATCH, move |leases: Vec<Settled>| {
         let shared = Arc::clone(&shared);
         let keys = keys.clone();
         let scripts = Arc::clone(&scripts);
@@ -515,7 +519,7 @@ fn ack_writer(
                 }
             };
             let mut queues: Vec<&str> = Vec::new();
-            for lease in &leases {
+            for (lease, _) in &leases {
                 if !queues.contains(&lease.queue.as_str()) {
                     queues.push(&lease.queue);
                 }
@@ -524,16 +528,17 @@ fn ack_writer(
                 let mut conn = conn.clone();
                 let q = keys.queue(queue);
                 let mut invocation = scripts.ack.prepare_invoke();
-                invocation.key(q.payloads()).key(q.meta()).key(q.in_flight());
-                for lease in leases.iter().filter(|l| l.queue == *queue) {
-                    invocation.arg(lease.id.to_string()).arg(&lease.token);
+                invocation.key(q.payloads()).key(q.meta()).key(q.in_flight()).key(q.completed());
+                for (lease, remember_ms) in leases.iter().filter(|(l, _)| l.queue == *queue) {
+                    invocation.arg(lease.id.to_string()).arg(&lease.token).arg(*remember_ms);
                 }
                 async move { invocation.invoke_async::<Vec<i64>>(&mut conn).await }
             });
             let replies = futures::future::join_all(acks).await;
             let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
             for (queue, reply) in queues.iter().zip(replies) {
-                let positions = leases.iter().enumerate().filter(|(_, l)| l.queue == *queue);
+                let positions =
+                    leases.iter().map(|(l, _)| l).enumerate().filter(|(_, l)| l.queue == *queue);
                 match reply {
                     Ok(acked) => {
                         for (n, (i, lease)) in positions.enumerate() {
@@ -752,7 +757,7 @@ impl Broker for RedisBroker {
     /// Acknowledgements made while an earlier batch is on its way go together in the
     /// next one: one script per queue per round trip.
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        self.acks.submit(lease.clone()).await
+        self.acks.submit((lease.clone(), 0)).await
     }
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
@@ -799,13 +804,10 @@ impl Broker for RedisBroker {
         self.settle("dead-lettering a job", lease, &invocation).await
     }
 
+    /// Goes with the acknowledgements (see [`ack`](Broker::ack)): the ack script
+    /// records the completion of each job that asks for it.
     async fn complete(&self, lease: &Lease, remember: Duration) -> Result<()> {
-        let keys = self.keys.queue(&lease.queue);
-        let mut invocation = self.scripts.complete.prepare_invoke();
-        invocation.key(keys.payloads()).key(keys.meta()).key(keys.in_flight());
-        invocation.key(keys.completed());
-        invocation.arg(lease.id.to_string()).arg(&lease.token).arg(millis(remember).max(1));
-        self.settle("completing a job", lease, &invocation).await
+        self.acks.submit((lease.clone(), millis(remember).max(1))).await
     }
 
     async fn is_complete(&self, queue: &str, id: TaskId) -> Result<bool> {

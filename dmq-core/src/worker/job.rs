@@ -101,15 +101,14 @@ async fn completed_before(
 ) -> bool {
     let broker = shared.manager.broker();
     let backend = shared.manager.backend();
+    // Both reads at once: they cost one round trip, not two.
     let check = || async {
-        if broker.is_complete(&lease.queue, lease.id).await? {
-            return Ok(true);
-        }
+        let recorded = broker.is_complete(&lease.queue, lease.id);
         if registration.ignore_result {
-            return Ok(false);
+            return recorded.await;
         }
-        let stored = backend.get(lease.id).await?;
-        Ok(stored.is_some_and(|o| o.state == TaskState::Succeeded))
+        let (recorded, stored) = tokio::try_join!(recorded, backend.get(lease.id))?;
+        Ok(recorded || stored.is_some_and(|o| o.state == TaskState::Succeeded))
     };
     match persist(shared, lease, check).await {
         Ok(false) => false,
