@@ -28,6 +28,15 @@ fn runs(key: &str) -> u32 {
     runs.as_ref().and_then(|r| r.get(key).copied()).unwrap_or(0)
 }
 
+/// Waits until the job recording its runs under `key` has started.
+async fn started(key: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while runs(key) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A key no other run uses.
 fn fresh_key(scenario: &str) -> String {
     format!("{scenario}-{}", uuid::Uuid::new_v4())
@@ -229,11 +238,7 @@ async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(ba
     let key = fresh_key("running");
     let handle =
         slow_run::call(key.clone(), 1_500, false).enqueue(&manager).await.expect("enqueue");
-    let deadline = std::time::Instant::now() + WAIT;
-    while runs(&key) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    started(&key).await;
     let stats = manager.broker().queue_stats("at-most").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight), (0, 0), "held while running: {stats:?}");
     assert_eq!(handle.result(WAIT).await.expect("result"), 1);
@@ -253,10 +258,7 @@ async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(ba
     let key = fresh_key("cut-off");
     let handle =
         slow_run::call(key.clone(), 60_000, false).enqueue(&manager).await.expect("enqueue");
-    while runs(&key) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    started(&key).await;
     let report = worker.shutdown().await;
     assert_eq!(report.released, 0);
     let stats = manager.broker().queue_stats("at-most").await.expect("stats");
@@ -271,11 +273,7 @@ async fn an_at_least_once_job_is_held_while_it_runs(backing: Backing) {
     let key = fresh_key("held");
     let handle =
         slow_run::call(key.clone(), 1_000, false).enqueue(&manager).await.expect("enqueue");
-    let deadline = std::time::Instant::now() + WAIT;
-    while runs(&key) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    started(&key).await;
     let stats = manager.broker().queue_stats("at-most").await.expect("stats");
     assert_eq!(stats.in_flight, 1, "{stats:?}");
     assert_eq!(handle.result(WAIT).await.expect("result"), 1);
