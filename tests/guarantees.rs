@@ -289,3 +289,55 @@ common::on_both_brokers! {
     an_at_least_once_job_is_held_while_it_runs;
     a_tasks_guarantee_wins_over_the_workers;
 }
+
+/// A result backend whose reads always fail for good, as a corrupt stored result does.
+#[derive(Debug, Default)]
+struct UnreadableBackend(dmq_core::InMemoryBackend);
+
+#[async_trait::async_trait]
+impl dmq_core::ResultBackend for UnreadableBackend {
+    async fn store(
+        &self,
+        id: dmq_core::TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+    ) -> dmq_core::Result<()> {
+        self.0.store(id, outcome, ttl).await
+    }
+
+    async fn get(&self, _id: dmq_core::TaskId) -> dmq_core::Result<Option<TaskOutcome>> {
+        Err(Error::Backend { message: "the stored result is corrupt".to_owned(), transient: false })
+    }
+
+    async fn wait(
+        &self,
+        id: dmq_core::TaskId,
+        timeout: Duration,
+    ) -> dmq_core::Result<Option<TaskOutcome>> {
+        self.0.wait(id, timeout).await
+    }
+}
+
+/// An exactly-once job whose completion cannot be read for good is dead-lettered
+/// with the reason, neither run nor handed back to come straight round again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_job_whose_state_cannot_be_read_is_dead_lettered() {
+    let manager =
+        Manager::builder().backend(UnreadableBackend::default()).build().expect("manager");
+    let worker = manager.worker().queues(["once"]).guarantee(Guarantee::ExactlyOnce).start();
+    let key = fresh_key("unreadable");
+    count_run::call(key.clone()).enqueue(&manager).await.expect("enqueue");
+    let deadline = std::time::Instant::now() + WAIT;
+    let letters = loop {
+        let letters = manager.dead_letters("once", 0, 10).await.expect("dead letters");
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(letters[0].reason.contains("the stored result is corrupt"), "{letters:?}");
+    assert_eq!(runs(&key), 0);
+    drained(&manager, "once").await;
+    worker.shutdown().await;
+}

@@ -281,7 +281,9 @@ pub mod broker {
         let got = b.claim(WORKER, &q, 2, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(got.len(), 2);
         for d in &got {
-            let remember = if d.lease.id == kept_id { LONG } else { Duration::from_millis(300) };
+            // "Forever" saturates; it must not overflow.
+            let remember =
+                if d.lease.id == kept_id { Duration::MAX } else { Duration::from_millis(300) };
             b.complete(&d.lease, remember).await.expect("complete");
         }
         let stats = b.queue_stats("alpha").await.expect("stats");

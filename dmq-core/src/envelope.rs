@@ -209,10 +209,14 @@ pub(crate) fn without_values(message: &str) -> String {
         };
         out.push_str(&rest[..at]);
         let value = &rest[at + prefix.len()..];
-        // A string is printed with `{:?}`, so a quote inside it is escaped.
-        let mut end = None;
+        // A string is printed with `{:?}`, so a quote inside it is escaped; a name is
+        // printed as it is, so it ends at the last "`, expected" (serde's wording).
+        let mut end = if close == '`' { value.rfind("`, expected") } else { None };
         let mut escaped = false;
         for (i, c) in value.char_indices() {
+            if end.is_some() {
+                break;
+            }
             if escaped {
                 escaped = false;
             } else if c == '\\' && close == '"' {
@@ -258,6 +262,9 @@ mod tests {
         assert_eq!(without_values(short), short);
         let long = format!("unknown field `{}`, expected `a`", "x".repeat(100));
         assert_eq!(without_values(&long), "unknown field `<100 bytes>`, expected `a`");
+        // A backtick inside a long name does not end it early.
+        let ticked = format!("unknown variant `ab`{}`, expected `A`", "s".repeat(100));
+        assert_eq!(without_values(&ticked), "unknown variant `<103 bytes>`, expected `A`");
         assert_eq!(without_values("no strings here"), "no strings here");
         assert_eq!(without_values("string \"cut"), "a string");
     }

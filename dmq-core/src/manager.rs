@@ -194,7 +194,8 @@ impl Manager {
     }
 
     /// Enqueues a dead letter's job again from its first attempt, then removes the
-    /// letter.
+    /// letter. A job already queued again (by a requeue running at the same time) is
+    /// not enqueued twice; its letter is removed all the same.
     async fn requeue_letter(
         &self,
         queue: &str,
@@ -207,7 +208,10 @@ impl Manager {
         if let Some(to) = to {
             to.clone_into(&mut envelope.queue);
         }
-        self.enqueue_envelope(envelope).await?;
+        match self.enqueue_envelope(envelope).await {
+            Ok(_) | Err(Error::DuplicateJob { .. }) => {}
+            Err(e) => return Err(e),
+        }
         self.inner.broker.take_dead_letter(queue, letter.id).await?;
         Ok(())
     }

@@ -542,7 +542,7 @@ impl Broker for InMemoryBroker {
     }
 
     async fn complete(&self, lease: &Lease, remember: Duration) -> Result<()> {
-        let until = Instant::now() + remember;
+        let until = crate::clock::deadline(remember);
         let held = self.settle(lease, |queue, held, _| {
             queue.known.remove(&held.stored.id);
             queue.remember_completion(held.stored.id, until);

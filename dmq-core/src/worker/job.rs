@@ -119,9 +119,17 @@ async fn completed_before(
             settle(done, lease, "acknowledge");
             true
         }
-        Err(e) => {
+        Err(e) if e.is_transient() => {
             tracing::error!(error = %e, "could not read whether this exactly-once job already completed; releasing it to try again later");
             release(shared, lease).await;
+            true
+        }
+        Err(e) => {
+            // Released, it would come straight back to fail the same way.
+            let reason =
+                format!("could not read whether this exactly-once job already completed: {e}");
+            tracing::error!(%reason, "dead-lettering a job");
+            dead_letter(shared, lease, &reason).await;
             true
         }
     }
@@ -325,7 +333,17 @@ impl Failed<'_> {
     /// `max_retries`), else the manager's; the backoff likewise; the error filters are
     /// the task policy's, else the manager's.
     async fn settle(self, shared: &Shared, lease: &Lease, failure: RunFailure) {
-        let task_policy = self.registration.retry.map(|policy| policy());
+        // A policy function that panics counts as none: the manager's default applies.
+        let task_policy = self.registration.retry.and_then(|policy| {
+            std::panic::catch_unwind(policy)
+                .inspect_err(|_| {
+                    tracing::error!(
+                        task = self.registration.name,
+                        "the task's retry policy function panicked; using the manager's default"
+                    );
+                })
+                .ok()
+        });
         let default = &shared.manager.config().default_retry;
         let policy = task_policy.as_ref().unwrap_or(default);
         let max_retries = self
