@@ -32,6 +32,7 @@ mod error;
 mod guarantee;
 mod manager;
 mod retry;
+mod schedule;
 mod task;
 mod worker;
 
@@ -53,6 +54,7 @@ pub use error::{Error, Result};
 pub use guarantee::Guarantee;
 pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
+pub use schedule::{MissedFires, Schedule};
 pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
     TaskPanicked, TaskTimedOut,
@@ -71,7 +73,7 @@ pub struct ReadmeDoctests;
 pub mod __private {
     pub use crate::guarantee::Guarantee;
     pub use crate::retry::{Backoff, Jitter, RetryPolicy};
-    pub use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
+    pub use crate::task::registry::{PeriodicSpec, RunError, TaskFuture, TaskRegistration};
     pub use crate::task::{Call, TaskContext, TaskError};
     pub use inventory;
     pub use std::boxed::Box;

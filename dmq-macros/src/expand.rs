@@ -359,6 +359,7 @@ impl<'a> Task<'a> {
                         backoff: #backoff,
                         retry: #retry,
                         guarantee: #guarantee,
+                        periodic: None,
                         timeout: #timeout,
                         ignore_result: #ignore_result,
                         // This module is named after the function, so its path is the

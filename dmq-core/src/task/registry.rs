@@ -59,6 +59,9 @@ pub struct TaskRegistration {
     pub retry: Option<fn() -> RetryPolicy>,
     /// The task's delivery guarantee; `None` for the worker's.
     pub guarantee: Option<Guarantee>,
+    /// When the task fires by itself (`#[task(cron = "...")]` or
+    /// `#[task(every = "...")]`, for tasks without arguments).
+    pub periodic: Option<PeriodicSpec>,
     /// How long one run may take.
     pub timeout: Option<Duration>,
     /// Whether workers skip storing the result.
@@ -74,6 +77,15 @@ pub struct TaskRegistration {
 }
 
 inventory::collect!(TaskRegistration);
+
+/// The schedule a `#[task]` attribute gives its task. Not for hand use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeriodicSpec {
+    /// `cron = "..."`: a cron expression, checked when the manager is built.
+    Cron(&'static str),
+    /// `every = "..."`: a fixed interval.
+    Every(Duration),
+}
 
 impl TaskRegistration {
     fn location(&self) -> String {
@@ -204,6 +216,7 @@ mod tests {
         backoff: None,
         retry: None,
         guarantee: None,
+        periodic: None,
         timeout: None,
         ignore_result: false,
         path: "app::a",
@@ -218,6 +231,7 @@ mod tests {
         backoff: None,
         retry: None,
         guarantee: None,
+        periodic: None,
         timeout: None,
         ignore_result: false,
         path: "app::b",
