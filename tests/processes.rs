@@ -31,7 +31,9 @@ use tokio::time::Instant;
 #[path = "bin/test_worker.rs"]
 mod test_worker;
 
-use test_worker::{count, crash, pids_key, runs_key, second_time, slow, starts_key, triple};
+use test_worker::{
+    count, crash, pids_key, runs_key, second_time, slow, starts_key, tick, ticks_key, triple,
+};
 
 /// How long a test waits for anything before calling it lost: generous, never a
 /// performance bound.
@@ -105,6 +107,11 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     fn start(url: &str, namespace: &str, settings: Settings) -> Self {
+        Self::start_with(url, namespace, settings, &[])
+    }
+
+    /// Starts a worker with `extra` arguments after the usual ones.
+    fn start_with(url: &str, namespace: &str, settings: Settings, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{namespace}-{}.log", uuid::Uuid::new_v4()));
         let stderr = File::create(&log).expect("create the worker's log file");
         let child = Command::new(env!("CARGO_BIN_EXE_dmq-test-worker"))
@@ -113,6 +120,7 @@ impl WorkerProcess {
             .args(["--lease-ms", &settings.lease.as_millis().to_string()])
             .args(["--heartbeat-ms", &settings.heartbeat.as_millis().to_string()])
             .args(["--max-deliveries", &MAX_DELIVERIES.to_string()])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -614,4 +622,53 @@ async fn a_worker_killed_during_a_backoff_wait_loses_nothing() {
     assert_eq!(handle.result(WAIT).await.expect("the retry's result"), 2, "attempt 2 succeeded");
     let status = second.terminate().await;
     assert!(status.success(), "the second worker exited with {status}");
+}
+
+/// Three worker processes run the same every-second schedule: each fire time over 30
+/// ticks is enqueued (and run) exactly once, with none skipped while they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_worker_processes_enqueue_each_tick_of_a_schedule_exactly_once() {
+    let url = redis_url();
+    let ns = Namespace::fresh(&url);
+    let (_broker, manager) = connect(&url, &ns.name).await;
+    let settings = Settings {
+        queue: tick::QUEUE,
+        concurrency: 4,
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_millis(500),
+    };
+    let mut workers: Vec<WorkerProcess> = (0..3)
+        .map(|_| WorkerProcess::start_with(&url, &ns.name, settings, &["--tick-ms", "1000"]))
+        .collect();
+    registered(&manager, &workers).await;
+    let mut conn = records_conn(&url).await;
+    poll("31 ticks to run", || {
+        let mut conn = conn.clone();
+        let key = ticks_key(&ns.name);
+        async move {
+            let ticks: std::collections::HashMap<String, i64> =
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.ok()?;
+            (ticks.len() >= 31).then_some(())
+        }
+    })
+    .await;
+    for worker in &mut workers {
+        let status = worker.terminate().await;
+        assert!(status.success(), "worker {} exited with {status}", worker.pid);
+    }
+    // Read again once every worker stopped: a tick that ran twice shows now.
+    let ticks: std::collections::HashMap<String, i64> =
+        redis::cmd("HGETALL").arg(ticks_key(&ns.name)).query_async(&mut conn).await.expect("ticks");
+    let mut fires: Vec<chrono::DateTime<chrono::Utc>> = ticks
+        .keys()
+        .map(|k| chrono::DateTime::parse_from_rfc3339(k).expect("a fire time").to_utc())
+        .collect();
+    fires.sort();
+    for (fire, runs) in &ticks {
+        assert_eq!(*runs, 1, "tick {fire} ran {runs} times");
+    }
+    for pair in fires.windows(2) {
+        assert_eq!(pair[1] - pair[0], chrono::Duration::seconds(1), "a tick was skipped: {pair:?}");
+    }
+    assert!(fires.len() >= 31, "{} ticks", fires.len());
 }

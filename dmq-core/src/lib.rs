@@ -43,8 +43,8 @@ pub use backend::{
     DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend, TaskFailure, TaskOutcome, TaskState,
 };
 pub use broker::{
-    Broker, DeadLetter, Delivery, InMemoryBroker, Job, Lease, QueueStats, WorkerInfo, WorkerStatus,
-    refuse_keys_in_batches,
+    Broker, DeadLetter, Delivery, InMemoryBroker, Job, Lease, QueueStats, ScheduleState,
+    WorkerInfo, WorkerStatus, refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{
@@ -60,7 +60,8 @@ pub use task::{
     TaskPanicked, TaskTimedOut,
 };
 pub use worker::{
-    DEFAULT_HEARTBEAT, MISSED_HEARTBEATS, ShutdownReport, WorkerBuilder, WorkerHandle,
+    DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, MISSED_HEARTBEATS, SCHEDULE_HEADER, ShutdownReport,
+    WorkerBuilder, WorkerHandle,
 };
 
 /// The README's Rust blocks, run as doctests so the quick start cannot rot.

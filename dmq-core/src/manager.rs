@@ -3,7 +3,7 @@
 
 use crate::retry::{Backoff, RetryPolicy};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -12,8 +12,11 @@ use crate::backend::{DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend};
 use crate::broker::{Broker, DeadLetter, InMemoryBroker, Job};
 use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
 use crate::error::{Error, Result};
+use crate::schedule::Schedule;
+use crate::task::registry::PeriodicSpec;
 use crate::task::{Call, Registry, ResultRef, TaskId};
 use crate::worker::WorkerBuilder;
+use crate::worker::scheduler::{Periodic, Periodics};
 
 /// The entry point: enqueues jobs, reads results and starts workers.
 ///
@@ -36,6 +39,8 @@ struct Inner {
     backend: Arc<dyn ResultBackend>,
     registry: Registry,
     config: Config,
+    /// The periodic schedules, from the tasks' attributes and `periodic`.
+    periodics: Mutex<Periodics>,
 }
 
 /// How long an idempotency key stays known by default: a day.
@@ -88,6 +93,62 @@ impl Manager {
 
     pub(crate) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Runs `call` periodically, as `schedule` says, from every worker of this manager
+    /// whose scheduler is on (each fire time is enqueued once, whatever the number of
+    /// workers). The schedule is named by [`Schedule::named`], or else after the task
+    /// and the schedule (`add@cron "0 * * * *"`); the name is what the broker keeps
+    /// its state under, so keep it stable across deployments.
+    ///
+    /// ```
+    /// use dmq_core::{task, Manager, Schedule, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// #[task]
+    /// async fn report(team: String) -> Result<(), TaskError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # fn main() -> dmq_core::Result<()> {
+    /// let manager = Manager::builder().build()?;
+    /// manager.periodic(report::call("ops".into()), Schedule::cron("0 9 * * 1-5")?)?;
+    /// manager.periodic(
+    ///     report::call("billing".into()),
+    ///     Schedule::every(Duration::from_secs(300))?.starting_after(Duration::from_secs(60)),
+    /// )?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when a schedule of that name is registered already,
+    /// or as [`Call::into_envelope`] for a call that does not encode.
+    pub fn periodic<T>(&self, call: Call<T>, schedule: Schedule) -> Result<()> {
+        let template = call.into_envelope()?;
+        let name = schedule
+            .name()
+            .map_or_else(|| format!("{}@{}", template.task, schedule.describe()), str::to_owned);
+        self.add_periodic(Periodic { name, schedule, template })
+    }
+
+    fn add_periodic(&self, periodic: Periodic) -> Result<()> {
+        let mut periodics = self.inner.periodics.lock().unwrap_or_else(|p| p.into_inner());
+        if periodics.iter().any(|p| p.name == periodic.name) {
+            return Err(Error::InvalidArgument(format!(
+                "a periodic schedule named {:?} is registered already; give this one another \
+                 name with Schedule::named",
+                periodic.name
+            )));
+        }
+        periodics.push(Arc::new(periodic));
+        Ok(())
+    }
+
+    /// The periodic schedules, for a worker's scheduler.
+    pub(crate) fn periodics(&self) -> Periodics {
+        self.inner.periodics.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A builder for a worker that runs this manager's tasks in this process.
@@ -378,13 +439,43 @@ impl ManagerBuilder {
             ));
         }
         let registry = Registry::from_linked()?;
+        let periodics = periodics_of(&registry)?;
         Ok(Manager {
             inner: Arc::new(Inner {
                 broker: self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new())),
                 backend: self.backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
                 registry,
                 config: self.config,
+                periodics: Mutex::new(periodics),
             }),
         })
     }
+}
+
+/// The periodic schedules the tasks' attributes declare (`cron = ...`, `every = ...`),
+/// each named after its task.
+fn periodics_of(registry: &Registry) -> Result<Periodics> {
+    let mut periodics = Vec::new();
+    for reg in registry.registrations() {
+        let Some(spec) = reg.periodic else { continue };
+        let schedule = match spec {
+            PeriodicSpec::Cron(expr) => Schedule::cron(expr),
+            PeriodicSpec::Every(interval) => Schedule::every(interval),
+        }
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the schedule of task {:?} ({}): {e}",
+                reg.name, reg.path
+            ))
+        })?;
+        // A periodic task takes no call arguments: its argument tuple is empty.
+        let args = rmp_serde::to_vec(&()).map_err(|e| Error::Encode {
+            what: "a periodic task's arguments",
+            reason: e.to_string(),
+        })?;
+        let template = Envelope::new(reg.name, reg.queue, args);
+        periodics.push(Arc::new(Periodic { name: reg.name.to_owned(), schedule, template }));
+    }
+    periodics.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(periodics)
 }

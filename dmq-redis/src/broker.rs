@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
-    Broker, DeadLetter, Delivery, Error, Job, Lease, QueueStats, Result, TaskId, WorkerInfo,
-    WorkerStatus,
+    Broker, DeadLetter, Delivery, Error, Job, Lease, QueueStats, Result, ScheduleState, TaskId,
+    WorkerInfo, WorkerStatus,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{Client, ScriptInvocation, Value};
@@ -490,6 +490,16 @@ struct BlockingConnection {
 /// all, a plain acknowledgement).
 type Settled = (Lease, u64);
 
+/// An optional instant as Unix milliseconds, 0 for none.
+fn unix_ms(at: Option<DateTime<Utc>>) -> i64 {
+    at.map_or(0, |t| t.timestamp_millis().max(1))
+}
+
+/// Unix milliseconds as an instant, none for 0.
+fn instant(ms: i64) -> Option<DateTime<Utc>> {
+    if ms > 0 { DateTime::from_timestamp_millis(ms) } else { None }
+}
+
 /// The most acknowledgements sent in one batch.
 const MAX_ACK_BATCH: usize = 512;
 
@@ -824,6 +834,56 @@ impl Broker for RedisBroker {
         #[allow(clippy::cast_precision_loss)]
         let now_ms = Utc::now().timestamp_millis() as f64;
         Ok(forgotten_at.is_some_and(|at| at > now_ms))
+    }
+
+    async fn schedule_begin(
+        &self,
+        name: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<ScheduleState> {
+        let mut invocation = self.scripts.schedule_begin.prepare_invoke();
+        invocation.key(self.keys.schedules()).arg(name).arg(unix_ms(next));
+        let (since, last, next): (i64, i64, i64) =
+            self.run("registering a schedule", &invocation).await?;
+        Ok(ScheduleState::new(
+            name,
+            DateTime::from_timestamp_millis(since).unwrap_or_default(),
+            instant(last),
+            instant(next),
+        ))
+    }
+
+    async fn schedule_fire(
+        &self,
+        name: &str,
+        fire: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let mut invocation = self.scripts.schedule_fire.prepare_invoke();
+        invocation.key(self.keys.schedules()).arg(name).arg(fire.timestamp_millis().max(1));
+        invocation.arg(unix_ms(next));
+        let claimed: i64 = self.run("claiming a schedule's fire time", &invocation).await?;
+        Ok(claimed == 1)
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleState>> {
+        let mut conn = self.conn().await?;
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.keys.schedules())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err("listing schedules", e))?;
+        let mut states: Vec<ScheduleState> = all
+            .into_iter()
+            .filter_map(|(name, state)| {
+                let mut parts = state.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+                let (since, last, next) = (parts.next()??, parts.next()??, parts.next()??);
+                let since = DateTime::from_timestamp_millis(since)?;
+                Some(ScheduleState::new(name, since, instant(last), instant(next)))
+            })
+            .collect();
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(states)
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<()> {

@@ -46,6 +46,12 @@ impl Keys {
         format!("{{{}}}:workers:info", self.namespace)
     }
 
+    /// The hash of periodic schedule name to `since:last:next` (Unix ms; 0 for none).
+    #[must_use]
+    pub fn schedules(&self) -> String {
+        format!("{{{}}}:schedules", self.namespace)
+    }
+
     /// The lock one reaper at a time holds.
     #[must_use]
     pub fn reaper_lock(&self) -> String {

@@ -29,6 +29,8 @@ pub(crate) struct Scripts {
     pub(crate) deregister: Script,
     pub(crate) workers: Script,
     pub(crate) take_dead: Script,
+    pub(crate) schedule_begin: Script,
+    pub(crate) schedule_fire: Script,
     pub(crate) purge_dead: Script,
 }
 
@@ -49,6 +51,8 @@ impl Scripts {
             deregister: script!("deregister"),
             workers: script!("workers"),
             take_dead: script!("take_dead"),
+            schedule_begin: script!("schedule_begin"),
+            schedule_fire: script!("schedule_fire"),
             purge_dead: script!("purge_dead"),
         }
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use dmq_core::{Manager, TaskContext, TaskError, task};
+use dmq_core::{Manager, Schedule, TaskContext, TaskError, task};
 use dmq_redis::{RedisBackend, RedisBroker};
 use redis::aio::ConnectionManager;
 use tokio::signal::unix::{SignalKind, signal};
@@ -53,6 +53,10 @@ struct Args {
     /// Deliveries after which a job that never settles is dead-lettered as poison.
     #[arg(long, env = "DMQ_TEST_WORKER_MAX_DELIVERIES", default_value_t = 5)]
     max_deliveries: u32,
+    /// Runs the periodic schedule "e2e.tick" (task `e2e.tick`) every this many
+    /// milliseconds.
+    #[arg(long, env = "DMQ_TEST_WORKER_TICK_MS")]
+    tick_ms: Option<u64>,
 }
 
 /// The hash of task id to how many times that `count` job ran, in namespace `ns`.
@@ -72,12 +76,19 @@ pub(crate) fn starts_key(ns: &str) -> String {
     format!("{{{ns}}}:e2e:starts")
 }
 
+/// The hash of fire time (as the job's fire-time header says) to how many `tick`
+/// jobs ran for it.
+pub(crate) fn ticks_key(ns: &str) -> String {
+    format!("{{{ns}}}:e2e:ticks")
+}
+
 /// Where the tasks record their runs.
 struct Records {
     conn: ConnectionManager,
     runs: String,
     pids: String,
     starts: String,
+    ticks: String,
 }
 
 static RECORDS: OnceLock<Records> = OnceLock::new();
@@ -149,6 +160,17 @@ pub(crate) async fn second_time(ms: u64, ctx: TaskContext) -> Result<u32, TaskEr
     Ok(ctx.attempt())
 }
 
+/// Records one run for the fire time its periodic schedule enqueued it for.
+#[task(name = "e2e.tick", queue = "e2e-tick")]
+pub(crate) async fn tick(ctx: TaskContext) -> Result<(), TaskError> {
+    let records = records()?;
+    let fire = ctx.headers().get(dmq_core::FIRE_TIME_HEADER).cloned().unwrap_or_default();
+    let mut conn = records.conn.clone();
+    let _: i64 =
+        redis::cmd("HINCRBY").arg(&records.ticks).arg(fire).arg(1).query_async(&mut conn).await?;
+    Ok(())
+}
+
 /// Returns `n * 3` after `ms` milliseconds; touches Redis only through dmq.
 #[task(name = "e2e.triple", queue = "e2e-restart")]
 pub(crate) async fn triple(n: i64, ms: u64) -> Result<i64, TaskError> {
@@ -170,7 +192,13 @@ async fn main() -> anyhow::Result<()> {
 
     let client = redis::Client::open(args.redis.as_str()).context("the Redis URL")?;
     let conn = ConnectionManager::new(client).await.context("connecting to Redis")?;
-    let records = Records { conn, runs: runs_key(ns), pids: pids_key(ns), starts: starts_key(ns) };
+    let records = Records {
+        conn,
+        runs: runs_key(ns),
+        pids: pids_key(ns),
+        starts: starts_key(ns),
+        ticks: ticks_key(ns),
+    };
     if RECORDS.set(records).is_err() {
         anyhow::bail!("the run records were set up twice");
     }
@@ -180,6 +208,10 @@ async fn main() -> anyhow::Result<()> {
         .with_max_deliveries(args.max_deliveries);
     let backend = RedisBackend::connect_with_namespace(&args.redis, ns).await?;
     let manager = Manager::builder().broker(broker).backend(backend).build()?;
+    if let Some(ms) = args.tick_ms {
+        let every = Schedule::every(Duration::from_millis(ms))?.named("e2e.tick");
+        manager.periodic(tick::call(), every)?;
+    }
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let worker = manager

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Broker, DeadLetter, Delivery, Job, Lease, QueueStats, WorkerInfo, WorkerStatus,
+    Broker, DeadLetter, Delivery, Job, Lease, QueueStats, ScheduleState, WorkerInfo, WorkerStatus,
     refuse_keys_in_batches,
 };
 use crate::envelope::MAX_PRIORITY;
@@ -42,6 +42,8 @@ struct State {
     workers: HashMap<String, (WorkerInfo, Instant, DateTime<Utc>, Duration)>,
     /// Idempotency keys per (queue, key): the job they belong to and until when.
     idempotency: HashMap<(String, String), (TaskId, Instant)>,
+    /// Periodic schedules by name.
+    schedules: BTreeMap<String, ScheduleState>,
 }
 
 #[derive(Debug, Default)]
@@ -556,6 +558,45 @@ impl Broker for InMemoryBroker {
         let state = self.lock();
         let until = state.queues.get(queue).and_then(|q| q.completed.get(&id));
         Ok(until.is_some_and(|t| *t > Instant::now()))
+    }
+
+    async fn schedule_begin(
+        &self,
+        name: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<ScheduleState> {
+        let mut state = self.lock();
+        let schedule = state
+            .schedules
+            .entry(name.to_owned())
+            .or_insert_with(|| ScheduleState::new(name, Utc::now(), None, None));
+        if next.is_some() {
+            schedule.next_fire = next;
+        }
+        Ok(schedule.clone())
+    }
+
+    async fn schedule_fire(
+        &self,
+        name: &str,
+        fire: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        let schedule = state
+            .schedules
+            .entry(name.to_owned())
+            .or_insert_with(|| ScheduleState::new(name, Utc::now(), None, None));
+        if schedule.last_fire.is_some_and(|last| fire <= last) {
+            return Ok(false);
+        }
+        schedule.last_fire = Some(fire);
+        schedule.next_fire = next;
+        Ok(true)
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleState>> {
+        Ok(self.lock().schedules.values().cloned().collect())
     }
 
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {

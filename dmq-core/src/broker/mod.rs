@@ -182,6 +182,34 @@ impl fmt::Debug for DeadLetter {
     }
 }
 
+/// What the broker keeps of one periodic schedule, shared by every worker's
+/// scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScheduleState {
+    /// The schedule's name.
+    pub name: String,
+    /// When a scheduler first registered it (the broker's clock).
+    pub since: DateTime<Utc>,
+    /// The last fire time a scheduler claimed, if any.
+    pub last_fire: Option<DateTime<Utc>>,
+    /// The next fire time, as the scheduler that wrote last computed it.
+    pub next_fire: Option<DateTime<Utc>>,
+}
+
+impl ScheduleState {
+    /// A schedule's state (for broker implementations).
+    #[must_use]
+    pub fn new(
+        name: impl Into<String>,
+        since: DateTime<Utc>,
+        last_fire: Option<DateTime<Utc>>,
+        next_fire: Option<DateTime<Utc>>,
+    ) -> Self {
+        ScheduleState { name: name.into(), since, last_fire, next_fire }
+    }
+}
+
 /// How many jobs a queue holds, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -352,6 +380,40 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     ///
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale.
     async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Registers schedule `name` if it is new (its `since` is now, on the broker's
+    /// clock), records `next` as its next fire time when given, and returns its state.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn schedule_begin(
+        &self,
+        name: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<ScheduleState>;
+
+    /// Claims fire time `fire` of schedule `name`, recording it as the last fire and
+    /// `next` as the next one. Of any number of schedulers claiming the same fire time,
+    /// exactly one gets `true`; a fire time at or before the last one claimed is
+    /// refused to all.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn schedule_fire(
+        &self,
+        name: &str,
+        fire: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
+
+    /// Every registered schedule's state, sorted by name.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn schedules(&self) -> Result<Vec<ScheduleState>>;
 
     /// Moves a job to its queue's dead-letter queue with `reason`.
     ///

@@ -160,6 +160,11 @@ impl Registry {
         self.get(name).map(info)
     }
 
+    /// Every registration, in no particular order.
+    pub(crate) fn registrations(&self) -> impl Iterator<Item = &'static TaskRegistration> + '_ {
+        self.by_name.values().copied()
+    }
+
     /// Every registered task, sorted by name.
     #[must_use]
     pub fn tasks(&self) -> Vec<TaskInfo> {

@@ -2,6 +2,9 @@
 //! concurrently, stores their results and settles them with the broker.
 
 mod job;
+pub(crate) mod scheduler;
+
+pub use scheduler::{FIRE_TIME_HEADER, SCHEDULE_HEADER};
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -41,6 +44,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) claim_wait: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) guarantee: Guarantee,
+    pub(crate) scheduler: bool,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -61,6 +65,7 @@ impl WorkerBuilder {
                 claim_wait: Duration::from_secs(5),
                 heartbeat: DEFAULT_HEARTBEAT,
                 guarantee: Guarantee::AtLeastOnce,
+                scheduler: true,
             },
         }
     }
@@ -114,6 +119,14 @@ impl WorkerBuilder {
     /// what each promises.
     pub fn guarantee(mut self, guarantee: Guarantee) -> Self {
         self.config.guarantee = guarantee;
+        self
+    }
+
+    /// Runs the periodic scheduler in this worker (on by default): it enqueues the
+    /// manager's periodic tasks at their fire times. Any number of workers may run it;
+    /// each fire time is claimed in the broker, so each is enqueued once.
+    pub fn scheduler(mut self, on: bool) -> Self {
+        self.config.scheduler = on;
         self
     }
 
@@ -228,7 +241,16 @@ async fn run(shared: Arc<Shared>) {
     }
     let done = CancellationToken::new();
     let heartbeat = tokio::spawn(keep_alive(Arc::clone(&shared), done.clone()));
+    let scheduler = shared
+        .config
+        .scheduler
+        .then(|| tokio::spawn(scheduler::run(shared.manager.clone(), shared.stop.clone())));
     claim_loop(&shared).await;
+    if let Some(scheduler) = scheduler {
+        if let Err(e) = scheduler.await {
+            tracing::error!(error = %e, "the scheduler ended abnormally");
+        }
+    }
     // Heartbeats go on until every job has finished or been released.
     done.cancel();
     if let Err(e) = heartbeat.await {
