@@ -103,15 +103,16 @@ async fn first_due(
 ) -> Result<Option<DateTime<Utc>>> {
     let schedule = &periodic.schedule;
     let state = manager.broker().schedule_begin(&periodic.name, None).await?;
-    let not_before = schedule
-        .first_delay()
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map_or(state.since, |d| state.since + d);
-    let after = match state.last_fire {
-        // Fired before: carry on from the last fire, which may have been missed.
-        Some(last) => last.max(not_before - chrono::Duration::milliseconds(1)),
-        None => now.max(not_before - chrono::Duration::milliseconds(1)),
-    };
+    // With a first delay, nothing fires before it has passed since the schedule was
+    // first registered (by any worker).
+    let not_before = schedule.first_delay().map(|d| {
+        let delay = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        state.since.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC)
+            - chrono::Duration::milliseconds(1)
+    });
+    // Fired before: carry on from the last fire, which may have been missed.
+    let after = state.last_fire.unwrap_or(now);
+    let after = not_before.map_or(after, |t| after.max(t));
     let due = schedule.next_after(after);
     if let Some(due) = due {
         manager.broker().schedule_begin(&periodic.name, Some(due)).await?;

@@ -1,0 +1,168 @@
+//! Periodic schedules end to end, every scenario on both brokers: ticks fired once by
+//! several schedulers, the first delay, missed fires skipped or fired once, and a
+//! worker whose scheduler is off.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{Backing, WAIT};
+use dmq_core::{
+    FIRE_TIME_HEADER, MissedFires, SCHEDULE_HEADER, Schedule, TaskContext, TaskError, task,
+};
+
+/// The fire times each schedule's jobs ran for, by schedule name (each scenario names
+/// its schedules uniquely).
+static FIRED: Mutex<Option<HashMap<String, Vec<DateTime<Utc>>>>> = Mutex::new(None);
+
+/// Records the fire time its schedule enqueued it for.
+#[task(queue = "scheduled")]
+async fn stamp(ctx: TaskContext) -> Result<(), TaskError> {
+    let schedule = ctx.headers().get(SCHEDULE_HEADER).cloned().unwrap_or_default();
+    let fire = ctx
+        .headers()
+        .get(FIRE_TIME_HEADER)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .ok_or_else(|| TaskError::fatal("a fired job carries its fire time"))?;
+    let mut fired = FIRED.lock().unwrap_or_else(|p| p.into_inner());
+    fired.get_or_insert_with(HashMap::new).entry(schedule).or_default().push(fire.to_utc());
+    Ok(())
+}
+
+/// The fire times schedule `name` ran for so far, sorted.
+fn fired(name: &str) -> Vec<DateTime<Utc>> {
+    let fired = FIRED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut times = fired.as_ref().and_then(|f| f.get(name).cloned()).unwrap_or_default();
+    times.sort();
+    times
+}
+
+/// A schedule name no other run uses.
+fn fresh_name(scenario: &str) -> String {
+    format!("{scenario}-{}", uuid::Uuid::new_v4())
+}
+
+/// Waits until schedule `name` has run for at least `n` fire times.
+async fn until_fired(name: &str, n: usize) -> Vec<DateTime<Utc>> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let times = fired(name);
+        if times.len() >= n {
+            return times;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} fired {} times of {n}", times.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The latest whole hour at or before `t`.
+fn hour_floor(t: DateTime<Utc>) -> DateTime<Utc> {
+    let hour = 3_600_000;
+    DateTime::from_timestamp_millis(t.timestamp_millis().div_euclid(hour) * hour).expect("a time")
+}
+
+async fn three_schedulers_fire_each_tick_once(backing: Backing) {
+    let manager = backing.manager().await;
+    let name = fresh_name("three");
+    let every = Schedule::every(Duration::from_millis(200)).expect("a schedule").named(&name);
+    manager.periodic(stamp::call(), every).expect("register");
+    let workers: Vec<_> = (0..3).map(|_| manager.worker().queues(["scheduled"]).start()).collect();
+    until_fired(&name, 15).await;
+    for worker in workers {
+        worker.shutdown().await;
+    }
+    let times = fired(&name);
+    let step = chrono::Duration::milliseconds(200);
+    for pair in times.windows(2) {
+        assert_eq!(pair[1] - pair[0], step, "a tick ran twice or was skipped: {pair:?}");
+    }
+    assert!(times.iter().all(|t| t.timestamp_millis() % 200 == 0), "ticks are aligned: {times:?}");
+}
+
+async fn the_first_fire_waits_for_the_first_delay(backing: Backing) {
+    let manager = backing.manager().await;
+    let name = fresh_name("delayed");
+    let schedule = Schedule::every(Duration::from_millis(100))
+        .expect("a schedule")
+        .starting_after(Duration::from_secs(1))
+        .named(&name);
+    manager.periodic(stamp::call(), schedule).expect("register");
+    let worker = manager.worker().queues(["scheduled"]).start();
+    let times = until_fired(&name, 3).await;
+    worker.shutdown().await;
+    let states = manager.broker().schedules().await.expect("schedules");
+    let state = states.iter().find(|s| s.name == name).expect("the schedule is registered");
+    let not_before = state.since + chrono::Duration::seconds(1);
+    assert!(times[0] >= not_before, "fired at {} before {not_before}", times[0]);
+    assert!(
+        times[0] < not_before + chrono::Duration::milliseconds(500),
+        "the first fire {} came long after {not_before}",
+        times[0]
+    );
+    assert_eq!(state.last_fire, times.last().copied());
+}
+
+/// A schedule whose last fire was two hours ago, as after downtime, with `policy`:
+/// returns what fired within two seconds of a worker starting, and the schedule's
+/// recorded next fire.
+async fn after_downtime(
+    backing: &Backing,
+    policy: MissedFires,
+) -> (Vec<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let manager = backing.manager().await;
+    let name = fresh_name("downtime");
+    let hourly = Schedule::every(Duration::from_secs(3600))
+        .expect("a schedule")
+        .missed_fires(policy)
+        .named(&name);
+    manager.periodic(stamp::call(), hourly).expect("register");
+    let now = Utc::now();
+    let long_ago = hour_floor(now) - chrono::Duration::hours(2);
+    assert!(manager.broker().schedule_fire(&name, long_ago, None).await.expect("seed"));
+    let worker = manager.worker().queues(["scheduled"]).start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.shutdown().await;
+    let states = manager.broker().schedules().await.expect("schedules");
+    let state = states.iter().find(|s| s.name == name).expect("registered");
+    (fired(&name), state.next_fire)
+}
+
+async fn missed_fires_are_skipped_by_default(backing: Backing) {
+    let (times, next) = after_downtime(&backing, MissedFires::Skip).await;
+    assert!(times.is_empty(), "missed fires ran: {times:?}");
+    assert_eq!(next, Some(hour_floor(Utc::now()) + chrono::Duration::hours(1)));
+}
+
+async fn missed_fires_fire_once_when_asked(backing: Backing) {
+    let (times, next) = after_downtime(&backing, MissedFires::FireOnce).await;
+    // Once, for the latest of the missed fire times.
+    assert_eq!(times, [hour_floor(Utc::now())]);
+    assert_eq!(next, Some(hour_floor(Utc::now()) + chrono::Duration::hours(1)));
+}
+
+async fn a_worker_with_its_scheduler_off_fires_nothing(backing: Backing) {
+    let manager = backing.manager().await;
+    let name = fresh_name("off");
+    let every = Schedule::every(Duration::from_millis(100)).expect("a schedule").named(&name);
+    manager.periodic(stamp::call(), every.clone()).expect("register");
+    let err = manager.periodic(stamp::call(), every).expect_err("a second schedule of one name");
+    assert!(err.to_string().contains("registered already"), "{err}");
+    let quiet = manager.worker().queues(["scheduled"]).scheduler(false).start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(fired(&name).is_empty(), "a worker with its scheduler off fired");
+    let firing = manager.worker().queues(["scheduled"]).start();
+    until_fired(&name, 2).await;
+    firing.shutdown().await;
+    quiet.shutdown().await;
+}
+
+common::on_both_brokers! {
+    three_schedulers_fire_each_tick_once;
+    the_first_fire_waits_for_the_first_delay;
+    missed_fires_are_skipped_by_default;
+    missed_fires_fire_once_when_asked;
+    a_worker_with_its_scheduler_off_fires_nothing;
+}
