@@ -1,11 +1,18 @@
 //! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries`, `timeout`,
-//! `backoff`, `jitter`, `retry`, `guarantee` and `ignore_result`.
+//! `backoff`, `jitter`, `retry`, `guarantee`, `ignore_result`, `cron` and `every`.
 //!
 //! Every value is checked here, at compile time, so a mistake is an error on the
 //! user's literal rather than a worker's surprise. `backoff` is a small language of
 //! its own (`"exponential(1s, 2, 10m)"`), checked with the rules of dmq-core's
 //! `Backoff` constructors; this crate cannot name dmq-core (dmq-core depends on it),
 //! so the rules are restated here and the `tests` crate checks that both agree.
+//!
+//! `cron` is checked for its shape only (five, six or seven fields, or a macro such
+//! as `"@hourly"`): parsing the fields would mean a second cron parser, so dmq-core's
+//! `Schedule::cron` reads them when the manager is built. `every` is a duration as
+//! `timeout` writes it, of at least 1 ms and whole milliseconds, as
+//! `Schedule::every` keeps it. Whether the task takes call arguments, which a
+//! periodic task cannot, is the expander's check: it needs the signature.
 
 use std::fmt;
 use std::time::Duration;
@@ -26,11 +33,21 @@ mod kw {
     syn::custom_keyword!(retry);
     syn::custom_keyword!(guarantee);
     syn::custom_keyword!(ignore_result);
+    syn::custom_keyword!(cron);
+    syn::custom_keyword!(every);
 }
 
 /// The keys `#[task]` accepts, as its error messages list them.
-const KEYS: &str =
-    "name, queue, max_retries, timeout, backoff, jitter, retry, guarantee, ignore_result";
+const KEYS: &str = "name, queue, max_retries, timeout, backoff, jitter, retry, guarantee, \
+                    ignore_result, cron, every";
+
+/// The forms `cron` accepts, as its error messages list them.
+const CRON_FORMS: &str = "five fields (minute hour day-of-month month day-of-week, as in \
+     \"0 */4 * * *\"), six or seven (a second first, an optional year last, as in \
+     \"0 0 */4 * * *\"), or one of @yearly, @annually, @monthly, @weekly, @daily, @hourly";
+
+/// The macros `cron` accepts in place of fields.
+const CRON_MACROS: [&str; 6] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"];
 
 /// The forms `backoff` accepts, as its error messages list them.
 const BACKOFF_FORMS: &str = "\"fixed(30s)\", \"linear(1s, 5s, 1m)\" (base, step, max), \
@@ -61,6 +78,42 @@ pub(crate) struct TaskArgs {
     pub(crate) guarantee: Option<Guarantee>,
     /// Whether workers skip storing the task's result.
     pub(crate) ignore_result: bool,
+    /// When the task fires by itself (`cron` or `every`); never when `None`.
+    pub(crate) periodic: Option<Periodic>,
+}
+
+/// `cron = "..."` or `every = "..."`, with the span of the key that set it: a task
+/// with call arguments cannot be periodic, and the expander says so at the key.
+#[derive(Debug)]
+pub(crate) struct Periodic {
+    pub(crate) schedule: Schedule,
+    pub(crate) key: Span,
+}
+
+/// Compares the schedules only: a span has no equality.
+impl PartialEq for Periodic {
+    fn eq(&self, other: &Self) -> bool {
+        self.schedule == other.schedule
+    }
+}
+
+/// dmq-core's `PeriodicSpec` variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Schedule {
+    /// The expression as written, its fields unchecked.
+    Cron(String),
+    /// At least 1 ms, in whole milliseconds.
+    Every(Duration),
+}
+
+impl Schedule {
+    /// The key that sets it.
+    pub(crate) fn key(&self) -> &'static str {
+        match self {
+            Schedule::Cron(_) => "cron",
+            Schedule::Every(_) => "every",
+        }
+    }
 }
 
 /// A backoff as `backoff = "..."` wrote it, in the milliseconds dmq-core's `Backoff`
@@ -118,6 +171,8 @@ enum Key {
     Retry,
     Guarantee,
     IgnoreResult,
+    Cron,
+    Every,
 }
 
 impl Key {
@@ -142,6 +197,10 @@ impl Key {
             Ok((Key::Guarantee, input.parse::<kw::guarantee>()?.span))
         } else if lookahead.peek(kw::ignore_result) {
             Ok((Key::IgnoreResult, input.parse::<kw::ignore_result>()?.span))
+        } else if lookahead.peek(kw::cron) {
+            Ok((Key::Cron, input.parse::<kw::cron>()?.span))
+        } else if lookahead.peek(kw::every) {
+            Ok((Key::Every, input.parse::<kw::every>()?.span))
         } else if input.peek(Ident::peek_any) {
             let unknown = input.call(Ident::parse_any)?;
             Err(syn::Error::new(
@@ -164,6 +223,8 @@ impl Key {
             Key::Retry => "retry",
             Key::Guarantee => "guarantee",
             Key::IgnoreResult => "ignore_result",
+            Key::Cron => "cron",
+            Key::Every => "every",
         }
     }
 }
@@ -173,6 +234,19 @@ impl Parse for TaskArgs {
     /// first one only, then the keys that do not go together. A token that breaks the
     /// `key = value` shape itself stops the parse.
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        match TaskArgs::parse_all(input)? {
+            (args, None) => Ok(args),
+            (_, Some(errors)) => Err(errors),
+        }
+    }
+}
+
+impl TaskArgs {
+    /// Parses as [`TaskArgs::parse`] does, but keeps the keys whose values were good
+    /// beside the errors, so that the expander can still report its own mistakes
+    /// (a periodic task with call arguments) with them. `Err` only for a broken
+    /// `key = value` shape.
+    pub(crate) fn parse_all(input: ParseStream<'_>) -> syn::Result<(Self, Option<syn::Error>)> {
         let mut args = TaskArgs::default();
         let mut seen: Vec<(Key, Span)> = Vec::new();
         let mut errors: Option<syn::Error> = None;
@@ -211,23 +285,25 @@ impl Parse for TaskArgs {
         for error in mismatched(&seen) {
             report(error);
         }
-
-        match errors {
-            Some(errors) => Err(errors),
-            None => Ok(args),
-        }
+        Ok((args, errors))
     }
 }
 
 /// The keys that do not go together, each reported at the key that has to go:
 /// `max_retries`, `backoff` or `jitter` beside `retry` (whose policy already says
-/// them), and `jitter` without a `backoff` to spread. A key whose value was refused
-/// still counts as given, so that its one mistake is not reported twice.
+/// them), `jitter` without a `backoff` to spread, and the second of `cron` and
+/// `every`. A key whose value was refused still counts as given, so that its one
+/// mistake is not reported twice.
 fn mismatched(seen: &[(Key, Span)]) -> Vec<syn::Error> {
     let has = |key: Key| seen.iter().any(|(k, _)| *k == key);
     let mut errors = Vec::new();
-    for &(key, span) in seen {
+    for (index, &(key, span)) in seen.iter().enumerate() {
+        let before = |other: Key| seen[..index].iter().any(|(k, _)| *k == other);
         let message = match key {
+            // `seen` holds no key twice, so this is the second of the two.
+            Key::Cron | Key::Every if before(Key::Cron) || before(Key::Every) => {
+                "a task fires on one schedule: keep `cron` or `every`"
+            }
             Key::MaxRetries if has(Key::Retry) => {
                 "`retry` sets the whole retry policy, so `max_retries` cannot go beside it: \
                  set the limit in the policy that function returns, as in \
@@ -274,6 +350,8 @@ impl TaskArgs {
             Key::Jitter => self.jitter = Some(jitter(value)?),
             Key::Retry => self.retry = Some(policy_fn(value)?),
             Key::Guarantee => self.guarantee = Some(guarantee(value)?),
+            Key::Cron => self.periodic = Some(Periodic { schedule: cron(value)?, key: span }),
+            Key::Every => self.periodic = Some(Periodic { schedule: every(value)?, key: span }),
             Key::IgnoreResult => match literal(value) {
                 Some(Lit::Bool(flag)) => self.ignore_result = flag.value,
                 _ => {
@@ -325,7 +403,7 @@ fn retries(value: &Expr) -> syn::Result<u32> {
     })
 }
 
-/// Reads a duration as `timeout` and `backoff` write them (humantime: `"250ms"`,
+/// Reads a duration as `timeout`, `backoff` and `every` write them (humantime: `"250ms"`,
 /// `"30s"`, `"1h 30m"`); `what` names it in the error.
 fn duration(what: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| {
@@ -350,6 +428,66 @@ fn timeout(value: &Expr) -> syn::Result<Duration> {
         ));
     }
     Ok(duration)
+}
+
+/// `cron = "..."`, checked for its shape: the fields themselves are read by
+/// `Schedule::cron` when the manager is built.
+fn cron(value: &Expr) -> syn::Result<Schedule> {
+    let Some(Lit::Str(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(
+            value,
+            format!("`cron` takes a string, as in `cron = \"0 */4 * * *\"`: {CRON_FORMS}"),
+        ));
+    };
+    let text = lit.value();
+    cron_shape(&text).map_err(|e| syn::Error::new(lit.span(), e))?;
+    Ok(Schedule::Cron(text))
+}
+
+fn cron_shape(text: &str) -> Result<(), String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    match fields[..] {
+        [] => Err(format!("a task's `cron` cannot be empty; write {CRON_FORMS}")),
+        [_, _, _, _, _] | [_, _, _, _, _, _] | [_, _, _, _, _, _, _] => Ok(()),
+        [word] if CRON_MACROS.contains(&word) => Ok(()),
+        [word] if word.starts_with('@') => {
+            Err(format!("unknown cron macro {word:?}; write {CRON_FORMS}"))
+        }
+        [_] => Err(format!("cron {text:?} has 1 field; write {CRON_FORMS}")),
+        _ => Err(format!("cron {text:?} has {} fields; write {CRON_FORMS}", fields.len())),
+    }
+}
+
+/// `every = "..."`: a duration as `timeout` writes it, of at least 1 ms and whole
+/// milliseconds, as `Schedule::every` takes it.
+fn every(value: &Expr) -> syn::Result<Schedule> {
+    let Some(Lit::Str(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`every` takes a duration string, as in `every = \"5m\"`",
+        ));
+    };
+    let text = lit.value();
+    let interval = duration("the interval", &text).map_err(|e| syn::Error::new(lit.span(), e))?;
+    if interval < Duration::from_millis(1) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "a task cannot fire every {text:?}: the interval must be at least 1ms, as in \
+                 `every = \"5m\"`"
+            ),
+        ));
+    }
+    if interval.subsec_nanos() % 1_000_000 != 0 {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "the interval {text:?} is not a whole number of milliseconds, which is what \
+                 a schedule counts in"
+            ),
+        ));
+    }
+    Ok(Schedule::Every(interval))
 }
 
 fn backoff(value: &Expr) -> syn::Result<Backoff> {
@@ -620,6 +758,7 @@ mod tests {
                 retry: None,
                 guarantee: Some(Guarantee::ExactlyOnce),
                 ignore_result: false,
+                periodic: None,
             }
         );
         let args = parse("retry = crate::policies::emails, ignore_result").unwrap();
@@ -869,10 +1008,127 @@ mod tests {
         assert_eq!(
             error(r#"queue = "q", retries = 3"#),
             "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout, \
-             backoff, jitter, retry, guarantee, ignore_result"
+             backoff, jitter, retry, guarantee, ignore_result, cron, every"
         );
         // A Rust keyword is reported as an unknown key too, not as a syntax error.
         assert!(error(r#"type = "x""#).starts_with("unknown #[task] key `type`"));
+    }
+
+    fn schedule(text: &str) -> Schedule {
+        match parse(text) {
+            Ok(args) => args.periodic.expect("a schedule").schedule,
+            Err(e) => panic!("{text:?}: {e}"),
+        }
+    }
+
+    fn cron_of(text: &str) -> Schedule {
+        schedule(&format!("cron = {text:?}"))
+    }
+
+    const FORMS: &str = "write five fields (minute hour day-of-month month day-of-week, as in \
+                         \"0 */4 * * *\"), six or seven (a second first, an optional year \
+                         last, as in \"0 0 */4 * * *\"), or one of @yearly, @annually, \
+                         @monthly, @weekly, @daily, @hourly";
+
+    #[test]
+    fn cron_takes_five_six_or_seven_fields_as_written() {
+        for text in ["0 */4 * * *", "0 0 */4 * * *", "0 0 12 1 JAN-JUN ? 2030", "  0\t9 * * 1-5 "] {
+            assert_eq!(cron_of(text), Schedule::Cron(text.to_owned()), "{text}");
+        }
+        // Only the shape is checked: the fields are read when the manager is built.
+        assert_eq!(cron_of("a b c d e"), Schedule::Cron("a b c d e".to_owned()));
+    }
+
+    #[test]
+    fn cron_takes_the_macros() {
+        for text in ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly", " @daily "]
+        {
+            assert_eq!(cron_of(text), Schedule::Cron(text.to_owned()), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_cron_of_another_shape_lists_the_forms() {
+        assert_eq!(error(r#"cron = "0 */4 *""#), format!("cron \"0 */4 *\" has 3 fields; {FORMS}"));
+        assert_eq!(
+            error(r#"cron = "0 0 0 1 1 ? 2030 x""#),
+            format!("cron \"0 0 0 1 1 ? 2030 x\" has 8 fields; {FORMS}")
+        );
+        assert_eq!(error(r#"cron = "hourly""#), format!("cron \"hourly\" has 1 field; {FORMS}"));
+        assert_eq!(
+            error(r#"cron = "@minutely""#),
+            format!("unknown cron macro \"@minutely\"; {FORMS}")
+        );
+        assert_eq!(
+            error(r#"cron = "@Hourly""#),
+            format!("unknown cron macro \"@Hourly\"; {FORMS}")
+        );
+        assert!(error(r#"cron = "@hourly 5""#).contains("has 2 fields"));
+        for text in ["", "   "] {
+            assert_eq!(
+                error(&format!("cron = {text:?}")),
+                format!("a task's `cron` cannot be empty; {FORMS}")
+            );
+        }
+        assert!(
+            error("cron = 5")
+                .starts_with("`cron` takes a string, as in `cron = \"0 */4 * * *\"`: five fields")
+        );
+        assert!(error("cron = hourly").starts_with("`cron` takes a string"));
+    }
+
+    #[test]
+    fn every_is_a_duration_in_whole_milliseconds() {
+        let every = |text: &str| schedule(&format!("every = {text:?}"));
+        assert_eq!(every("5m"), Schedule::Every(Duration::from_secs(300)));
+        assert_eq!(every("1h 30m"), Schedule::Every(Duration::from_secs(5400)));
+        assert_eq!(every("1ms"), Schedule::Every(Duration::from_millis(1)));
+        assert_eq!(every("1500ms"), Schedule::Every(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn every_refuses_what_a_schedule_cannot_keep() {
+        let e = error(r#"every = "soon""#);
+        assert!(e.starts_with("the interval \"soon\" is not a duration: "), "{e}");
+        assert!(e.ends_with("write one such as \"30s\", \"5m\", \"1h 30m\" or \"250ms\""), "{e}");
+        for text in ["0s", "999us", "0ms"] {
+            assert_eq!(
+                error(&format!("every = {text:?}")),
+                format!(
+                    "a task cannot fire every {text:?}: the interval must be at least 1ms, as \
+                     in `every = \"5m\"`"
+                )
+            );
+        }
+        assert_eq!(
+            error(r#"every = "1500us""#),
+            "the interval \"1500us\" is not a whole number of milliseconds, which is what a \
+             schedule counts in"
+        );
+        assert_eq!(error("every = 300"), "`every` takes a duration string, as in `every = \"5m\"`");
+    }
+
+    #[test]
+    fn a_task_fires_on_one_schedule() {
+        let one = "a task fires on one schedule: keep `cron` or `every`";
+        assert_eq!(error(r#"cron = "@daily", every = "1d""#), one);
+        assert_eq!(error(r#"every = "1d", cron = "@daily""#), one);
+        // Reported once, however the two are spelled, and a refused value still counts.
+        assert_eq!(error(r#"every = "0s", cron = "@daily""#).matches(one).count(), 1);
+        assert_eq!(error(r#"cron = "x", every = "1d""#).matches(" | ").count(), 1);
+        // A key's span is kept for the expander, which knows the arguments.
+        let args = parse(r#"queue = "q", every = "5m""#).unwrap();
+        assert_eq!(args.periodic.map(|p| p.schedule.key()), Some("every"));
+        assert_eq!(parse(r#"cron = "@daily""#).unwrap().periodic.unwrap().schedule.key(), "cron");
+    }
+
+    #[test]
+    fn parse_all_keeps_the_good_keys_beside_the_errors() {
+        let (args, errors) =
+            syn::parse::Parser::parse_str(TaskArgs::parse_all, r#"cron = "@daily", colour = 1"#)
+                .unwrap();
+        assert_eq!(args.periodic.unwrap().schedule, Schedule::Cron("@daily".to_owned()));
+        assert!(errors.unwrap().to_string().starts_with("unknown #[task] key `colour`"));
     }
 
     #[test]

@@ -1,22 +1,35 @@
 //! Expands `#[task]` on an `async fn` into the function, unchanged, and a module of
 //! the same name holding its typed `call`, its registration and compile-time checks.
 
+use std::time::Duration;
+
 use proc_macro2::{Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::parse::Parser;
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, Pat, ReturnType, Signature, Type};
 
-use crate::args::{Backoff, Guarantee, Jitter, TaskArgs};
+use crate::args::{Backoff, Guarantee, Jitter, Periodic, Schedule, TaskArgs};
 
 /// The whole expansion of `#[task(args)] item`. On any error, the item comes back
 /// unchanged with a `compile_error!` for each mistake, so the IDE keeps working.
 pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let args = syn::parse2::<TaskArgs>(args).unwrap_or_else(|e| {
-        errors.push(e);
-        TaskArgs::default()
-    });
+    // The keys that were good are kept beside the errors, for the checks against the
+    // signature below.
+    let args = match TaskArgs::parse_all.parse2(args) {
+        Ok((args, args_errors)) => {
+            if let Some(e) = args_errors {
+                errors.push(e);
+            }
+            args
+        }
+        Err(e) => {
+            errors.push(e);
+            TaskArgs::default()
+        }
+    };
     let func = match syn::parse2::<ItemFn>(item.clone()) {
         Ok(func) => func,
         Err(_) => {
@@ -28,7 +41,11 @@ pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
             return with_errors(item, errors);
         }
     };
-    let task = match Task::read(&func.sig, &mut errors) {
+    let task = Task::read(&func.sig, &mut errors);
+    if let (Some(task), Some(periodic)) = (&task, &args.periodic) {
+        task.check_periodic(periodic, &mut errors);
+    }
+    let task = match task {
         Some(task) if errors.is_empty() => task,
         _ => return with_errors(item, errors),
     };
@@ -177,6 +194,24 @@ impl<'a> Task<'a> {
         Some(Task { ident, inputs: sig.paren_token.span.join(), params, output })
     }
 
+    /// A periodic task is enqueued by the scheduler with no arguments, so one that
+    /// takes call arguments is an error at its `cron` or `every` key.
+    fn check_periodic(&self, periodic: &Periodic, errors: &mut Errors) {
+        if !self.params.iter().any(|p| matches!(p, Param::Arg(..))) {
+            return;
+        }
+        let key = periodic.schedule.key();
+        let task = self.ident.unraw();
+        errors.push(syn::Error::new(
+            periodic.key,
+            format!(
+                "a periodic task runs with no arguments, and `{task}` takes some: remove \
+                 `{key}`, and schedule a call with its arguments from the manager instead, as \
+                 in `manager.periodic({task}::call(args), Schedule::{key}(..)?)`"
+            ),
+        ));
+    }
+
     /// The module named after the function: `NAME`, `QUEUE`, `call`, the runner the
     /// worker calls, the compile-time checks and the registration.
     fn module(&self, func: &ItemFn, args: &TaskArgs) -> TokenStream {
@@ -213,6 +248,16 @@ impl<'a> Task<'a> {
             }
             None => quote!(None),
         };
+        let periodic = match args.periodic.as_ref().map(|p| &p.schedule) {
+            Some(Schedule::Cron(expr)) => {
+                quote!(Some(::dmq_core::__private::PeriodicSpec::Cron(#expr)))
+            }
+            Some(Schedule::Every(interval)) => {
+                let interval = duration_tokens(*interval);
+                quote!(Some(::dmq_core::__private::PeriodicSpec::Every(#interval)))
+            }
+            None => quote!(None),
+        };
         // The policy function is coerced to the type the registration holds in a
         // constant spanned at the user's path, so a function of another signature is
         // a type error on that path.
@@ -228,9 +273,8 @@ impl<'a> Task<'a> {
         };
         let timeout = match args.timeout {
             Some(t) => {
-                let secs = Literal::u64_suffixed(t.as_secs());
-                let nanos = Literal::u32_suffixed(t.subsec_nanos());
-                quote!(Some(::dmq_core::__private::Duration::new(#secs, #nanos)))
+                let t = duration_tokens(t);
+                quote!(Some(#t))
             }
             None => quote!(None),
         };
@@ -359,7 +403,7 @@ impl<'a> Task<'a> {
                         backoff: #backoff,
                         retry: #retry,
                         guarantee: #guarantee,
-                        periodic: None,
+                        periodic: #periodic,
                         timeout: #timeout,
                         ignore_result: #ignore_result,
                         // This module is named after the function, so its path is the
@@ -373,6 +417,13 @@ impl<'a> Task<'a> {
             }
         }
     }
+}
+
+/// A `Duration` as a `const` expression: `Duration::new(secs, nanos)`.
+fn duration_tokens(d: Duration) -> TokenStream {
+    let secs = Literal::u64_suffixed(d.as_secs());
+    let nanos = Literal::u32_suffixed(d.subsec_nanos());
+    quote!(::dmq_core::__private::Duration::new(#secs, #nanos))
 }
 
 /// A `Backoff` built from its variant: the macro checked it as the constructors
@@ -636,6 +687,52 @@ mod tests {
         );
         assert!(out.contains("retry : Some (__RETRY)"), "{out}");
         assert!(out.contains("backoff : None"), "{out}");
+    }
+
+    #[test]
+    fn cron_and_every_fill_the_registration() {
+        let out = expand(r#"cron = "0 */4 * * *""#, "async fn f() -> Result<(), E> { Ok(()) }");
+        assert!(
+            out.contains(
+                "periodic : Some (:: dmq_core :: __private :: PeriodicSpec :: Cron (\"0 */4 * * *\"))"
+            ),
+            "{out}"
+        );
+        let out = expand(
+            r#"every = "1m 1500ms""#,
+            "async fn f(ctx: TaskContext) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(
+            out.contains(
+                "periodic : Some (:: dmq_core :: __private :: PeriodicSpec :: Every (\
+                 :: dmq_core :: __private :: Duration :: new (61u64 , 500000000u32)))"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        let out = expand("", "async fn f() -> Result<(), E> { Ok(()) }");
+        assert!(out.contains("periodic : None"), "{out}");
+    }
+
+    #[test]
+    fn a_periodic_task_with_arguments_is_refused_at_its_key() {
+        for key in ["cron = \"@hourly\"", "every = \"5m\""] {
+            let item = "async fn r#report(day: u32, ctx: TaskContext) -> Result<(), E> { Ok(()) }";
+            let out = expand(key, item);
+            let name = &key[..key.find(' ').unwrap()];
+            let expected = format!(
+                "a periodic task runs with no arguments, and `report` takes some: remove \
+                 `{name}`, and schedule a call with its arguments from the manager instead, as \
+                 in `manager.periodic(report::call(args), Schedule::{name}(..)?)`"
+            );
+            assert!(out.contains(&expected), "{expected}: {out}");
+            assert!(!out.contains("mod r#report"), "{out}");
+        }
+        // Beside another mistake in the attribute, both are reported.
+        let out =
+            expand(r#"every = "5m", colour = 1"#, "async fn f(a: u8) -> Result<(), E> { Ok(()) }");
+        assert!(out.contains("unknown #[task] key `colour`"), "{out}");
+        assert!(out.contains("a periodic task runs with no arguments"), "{out}");
     }
 
     #[test]

@@ -65,6 +65,19 @@ use proc_macro::TokenStream;
 ///   work too). See `Guarantee` for what each promises.
 /// - `ignore_result` (or `ignore_result = true`): workers do not store the task's
 ///   result, saving a write per job; callers cannot await its value.
+/// - `cron = "0 */4 * * *"`: the task fires by itself on this cron schedule: five
+///   fields (minute hour day-of-month month day-of-week), six or seven (a second
+///   first, an optional year last), or one of `@yearly`, `@annually`, `@monthly`,
+///   `@weekly`, `@daily`, `@hourly`. Only that shape is checked at compile time;
+///   the fields are read by `Schedule::cron` when the manager is built, which fails
+///   on a bad one.
+/// - `every = "5m"`: the task fires by itself at this interval, a duration written
+///   as for `timeout`, of at least 1 ms and in whole milliseconds.
+///
+///   `cron` and `every` cannot go together, and only a task without call arguments
+///   (a `TaskContext` is fine) can have either: the scheduler enqueues it with none.
+///   To repeat a call with arguments, schedule it from the manager:
+///   `manager.periodic(task::call(args), Schedule::cron(..)?)`.
 ///
 /// A call can still override the task's retry limit and backoff (`Call::max_retries`,
 /// `Call::backoff`, `Call::retry`); a `retry` policy's error filters stay the task's.
@@ -79,6 +92,9 @@ use proc_macro::TokenStream;
 ///
 /// #[task(max_retries = 8, backoff = "exponential(500ms, 2, 5m)", jitter = "full")]
 /// pub async fn fetch_feed(url: String) -> Result<(), TaskError> { ... }
+///
+/// #[task(cron = "0 */4 * * *")]
+/// pub async fn refresh_feeds(ctx: TaskContext) -> Result<(), TaskError> { ... }
 /// ```
 ///
 /// # The function
