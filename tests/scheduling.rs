@@ -159,7 +159,33 @@ async fn a_worker_with_its_scheduler_off_fires_nothing(backing: Backing) {
     quiet.shutdown().await;
 }
 
+/// Declared periodic by its attribute: every manager of this test binary fires it,
+/// into a queue of its own that only the scenario below works.
+#[task(name = "scheduling.every_half_second", queue = "attribute-periodic", every = "500ms")]
+async fn every_half_second(ctx: TaskContext) -> Result<(), TaskError> {
+    stamp(ctx).await
+}
+
+async fn a_task_declared_periodic_by_its_attribute_fires(backing: Backing) {
+    let manager = backing.manager().await;
+    let worker = manager.worker().queues(["attribute-periodic"]).start();
+    // Its schedule is named after the task. Other scenarios' managers (in this same
+    // process) fire it too, into their own brokers, so the fire times this one ran
+    // must be those its broker recorded.
+    let times = until_fired("scheduling.every_half_second", 1).await;
+    worker.shutdown().await;
+    let states = manager.broker().schedules().await.expect("schedules");
+    let state = states
+        .iter()
+        .find(|s| s.name == "scheduling.every_half_second")
+        .expect("the attribute's schedule is registered under the task's name");
+    let last = state.last_fire.expect("it fired");
+    assert_eq!(last.timestamp_millis() % 500, 0, "fires on multiples of 500 ms: {last}");
+    assert!(times.iter().all(|t| t.timestamp_millis() % 500 == 0), "{times:?}");
+}
+
 common::on_both_brokers! {
+    a_task_declared_periodic_by_its_attribute_fires;
     three_schedulers_fire_each_tick_once;
     the_first_fire_waits_for_the_first_delay;
     missed_fires_are_skipped_by_default;
