@@ -54,7 +54,7 @@ pub use error::{Error, Result};
 pub use guarantee::Guarantee;
 pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
-pub use schedule::{MissedFires, Schedule};
+pub use schedule::{MissedFires, Schedule, Tz};
 pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
     TaskPanicked, TaskTimedOut,

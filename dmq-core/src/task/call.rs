@@ -12,12 +12,13 @@ use crate::backend::{TaskOutcome, TaskState};
 use crate::envelope::{Envelope, MAX_PRIORITY};
 use crate::error::{Error, Result};
 use crate::manager::Manager;
+use crate::schedule::Schedule;
 use crate::task::TaskId;
 
 /// A typed call of one task, ready to enqueue: `add::call(2, 3)`.
 ///
 /// Set where and when it runs with [`queue`](Call::queue), [`delay`](Call::delay),
-/// [`eta`](Call::eta) and [`priority`](Call::priority), then
+/// [`eta`](Call::eta), [`cron`](Call::cron) and [`priority`](Call::priority), then
 /// [`enqueue`](Call::enqueue) it. `T` is the task's success type.
 #[must_use = "a call does nothing until it is enqueued"]
 pub struct Call<T> {
@@ -104,6 +105,63 @@ impl<T> Call<T> {
         self.eta = Some(eta);
         self.delay = None;
         self
+    }
+
+    /// Runs the job once, at the next time after now that the cron expression `expr`
+    /// matches, read in UTC: `add::call(2, 3).cron("0 */4 * * *")?` runs at the next
+    /// 00:00, 04:00, 08:00 ... UTC. This sets the [`eta`](Call::eta) (replacing a
+    /// [`delay`](Call::delay) or an earlier eta); the job runs once, not periodically.
+    /// `expr` takes every form [`Schedule::cron`] does. For another time zone, use
+    /// [`at_next`](Call::at_next) with a [`Schedule`].
+    ///
+    /// ```standalone_crate
+    /// use dmq_core::{task, TaskError};
+    ///
+    /// #[task]
+    /// async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    ///     Ok(x + y)
+    /// }
+    ///
+    /// # fn main() -> Result<(), dmq_core::Error> {
+    /// let call = add::call(2, 3).cron("0 */4 * * *")?;
+    /// let eta = call.into_envelope()?.eta.expect("cron sets the eta");
+    /// assert_eq!(eta.timestamp() % (4 * 3600), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `expr` does not parse (the message names the
+    /// wrong field) or has no match after now.
+    pub fn cron(self, expr: &str) -> Result<Self> {
+        self.at_next(&Schedule::cron(expr)?)
+    }
+
+    /// Runs the job once, at `schedule`'s next fire time after now, in the schedule's
+    /// time zone: with `mondays = Schedule::cron("0 9 * * Mon")?.in_time_zone(Tz::Europe__Paris)`,
+    /// `report::call().at_next(&mondays)?` runs at the next Monday 09:00 in Paris.
+    /// Sets the [`eta`](Call::eta) as [`cron`](Call::cron) does; only the schedule's
+    /// fire times matter, not its name, start delay or missed-fires policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the schedule has no fire time after now.
+    pub fn at_next(self, schedule: &Schedule) -> Result<Self> {
+        self.at_next_after(schedule, Utc::now())
+    }
+
+    /// [`at_next`](Call::at_next) with "now" given, so tests need no clock.
+    fn at_next_after(self, schedule: &Schedule, now: DateTime<Utc>) -> Result<Self> {
+        match schedule.next_after(now) {
+            Some(at) => Ok(self.eta(at)),
+            None => Err(Error::InvalidArgument(format!(
+                "{} has no fire time after {now}, so this call of {:?} would never run; \
+                 check the expression's years",
+                schedule.describe(),
+                self.task
+            ))),
+        }
     }
 
     /// Sets the priority, from 0 (lowest) to 9 (highest); 5 by default. Among due
@@ -353,5 +411,57 @@ impl<T: DeserializeOwned> ResultRef<T> {
             }
             TaskState::Expired => Err(Error::Expired { id: self.id }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add() -> Call<i64> {
+        Call::new("add", "default", &(2_i64, 3_i64))
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    #[test]
+    fn cron_sets_the_eta_to_the_next_match_after_now() {
+        let schedule = Schedule::cron("0 */4 * * *").unwrap();
+        let before = Utc::now();
+        let envelope = add().cron("0 */4 * * *").unwrap().into_envelope().unwrap();
+        let after = Utc::now();
+        let eta = envelope.eta.expect("an eta");
+        // The clock moved during the call: the eta is the next match after some instant
+        // between `before` and `after`.
+        assert!(eta >= schedule.next_after(before).unwrap(), "{eta}");
+        assert!(eta <= schedule.next_after(after).unwrap(), "{eta}");
+        assert_eq!(eta.timestamp() % (4 * 60 * 60), 0, "{eta}");
+    }
+
+    #[test]
+    fn at_next_reads_the_schedule_at_a_given_now() {
+        let paris =
+            Schedule::cron("0 9 * * Mon").unwrap().in_time_zone(crate::schedule::Tz::Europe__Paris);
+        let call =
+            add().delay(Duration::from_secs(5)).at_next_after(&paris, utc("2025-03-28T12:00:00Z"));
+        let envelope = call.unwrap().into_envelope().unwrap();
+        assert_eq!(envelope.eta, Some(utc("2025-03-31T07:00:00Z")));
+
+        let utc_cron = Schedule::cron("0 */4 * * *").unwrap();
+        let call = add().at_next_after(&utc_cron, utc("2025-03-28T12:00:00Z")).unwrap();
+        assert_eq!(call.into_envelope().unwrap().eta, Some(utc("2025-03-28T16:00:00Z")));
+    }
+
+    #[test]
+    fn a_bad_or_finished_expression_is_an_error() {
+        let error = add().cron("0 25 * * *").unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)));
+        assert!(error.to_string().contains("the hour field \"25\""), "{error}");
+
+        let past = Schedule::cron("0 0 0 1 1 * 2020").unwrap();
+        let error = add().at_next_after(&past, utc("2025-01-01T00:00:00Z")).unwrap_err();
+        assert!(error.to_string().contains("has no fire time after"), "{error}");
     }
 }
