@@ -184,7 +184,48 @@ async fn a_task_declared_periodic_by_its_attribute_fires(backing: Backing) {
     assert!(times.iter().all(|t| t.timestamp_millis() % 500 == 0), "{times:?}");
 }
 
+/// When each `once_at` job ran, by key.
+static RAN_AT: Mutex<Option<HashMap<String, Vec<DateTime<Utc>>>>> = Mutex::new(None);
+
+#[task(queue = "one-shot")]
+async fn once_at(key: String) -> Result<(), TaskError> {
+    let mut ran = RAN_AT.lock().unwrap_or_else(|p| p.into_inner());
+    ran.get_or_insert_with(HashMap::new).entry(key).or_default().push(Utc::now());
+    Ok(())
+}
+
+async fn a_one_shot_cron_job_runs_once_at_the_next_match(backing: Backing) {
+    let manager = backing.manager().await;
+    let worker = manager.worker().queues(["one-shot"]).start();
+    let key = fresh_name("one-shot");
+    // Six fields, seconds first: at every second that is a multiple of 2.
+    let call = once_at::call(key.clone()).cron("*/2 * * * * *").expect("a valid cron");
+    let enqueued = Utc::now();
+    call.enqueue(&manager).await.expect("enqueue");
+    let due = Schedule::cron("*/2 * * * * *").expect("a schedule").next_after(enqueued);
+    let due = due.expect("a next match");
+    let deadline = std::time::Instant::now() + WAIT;
+    let ran = loop {
+        let ran = RAN_AT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(times) = ran.as_ref().and_then(|r| r.get(&key)) {
+            break times.clone();
+        }
+        drop(ran);
+        assert!(std::time::Instant::now() < deadline, "the one-shot job never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Let a second match pass: it must not run again.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    worker.shutdown().await;
+    let all = RAN_AT.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| r[&key].len());
+    assert_eq!(all, Some(1), "a one-shot job ran more than once");
+    // Never early (the due time is whole seconds; allow for a rounding of the eta).
+    assert!(ran[0] >= due - chrono::Duration::milliseconds(1), "ran at {} before {due}", ran[0]);
+    assert!(ran[0] < due + chrono::Duration::seconds(2), "ran at {}, long after {due}", ran[0]);
+}
+
 common::on_both_brokers! {
+    a_one_shot_cron_job_runs_once_at_the_next_match;
     a_task_declared_periodic_by_its_attribute_fires;
     three_schedulers_fire_each_tick_once;
     the_first_fire_waits_for_the_first_delay;

@@ -106,15 +106,15 @@ impl Manager {
     /// use std::time::Duration;
     ///
     /// #[task]
-    /// async fn report(team: String) -> Result<(), TaskError> {
+    /// async fn team_report(team: String) -> Result<(), TaskError> {
     ///     Ok(())
     /// }
     ///
     /// # fn main() -> dmq_core::Result<()> {
     /// let manager = Manager::builder().build()?;
-    /// manager.periodic(report::call("ops".into()), Schedule::cron("0 9 * * 1-5")?)?;
+    /// manager.periodic(team_report::call("ops".into()), Schedule::cron("0 9 * * 1-5")?)?;
     /// manager.periodic(
-    ///     report::call("billing".into()),
+    ///     team_report::call("billing".into()),
     ///     Schedule::every(Duration::from_secs(300))?.starting_after(Duration::from_secs(60)),
     /// )?;
     /// # Ok(())
