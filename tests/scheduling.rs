@@ -206,11 +206,13 @@ async fn a_one_shot_cron_job_runs_once_at_the_next_match(backing: Backing) {
     let due = due.expect("a next match");
     let deadline = std::time::Instant::now() + WAIT;
     let ran = loop {
-        let ran = RAN_AT.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(times) = ran.as_ref().and_then(|r| r.get(&key)) {
-            break times.clone();
+        let times = {
+            let ran = RAN_AT.lock().unwrap_or_else(|p| p.into_inner());
+            ran.as_ref().and_then(|r| r.get(&key).cloned())
+        };
+        if let Some(times) = times {
+            break times;
         }
-        drop(ran);
         assert!(std::time::Instant::now() < deadline, "the one-shot job never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
