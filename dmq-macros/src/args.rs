@@ -44,10 +44,11 @@ const KEYS: &str = "name, queue, max_retries, timeout, backoff, jitter, retry, g
 /// The forms `cron` accepts, as its error messages list them.
 const CRON_FORMS: &str = "five fields (minute hour day-of-month month day-of-week, as in \
      \"0 */4 * * *\"), six or seven (a second first, an optional year last, as in \
-     \"0 0 */4 * * *\"), or one of @yearly, @annually, @monthly, @weekly, @daily, @hourly";
+     \"0 0 */4 * * *\"), or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly";
 
 /// The macros `cron` accepts in place of fields.
-const CRON_MACROS: [&str; 6] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"];
+const CRON_MACROS: [&str; 7] =
+    ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
 
 /// The forms `backoff` accepts, as its error messages list them.
 const BACKOFF_FORMS: &str = "\"fixed(30s)\", \"linear(1s, 5s, 1m)\" (base, step, max), \
@@ -1028,7 +1029,7 @@ mod tests {
     const FORMS: &str = "write five fields (minute hour day-of-month month day-of-week, as in \
                          \"0 */4 * * *\"), six or seven (a second first, an optional year \
                          last, as in \"0 0 */4 * * *\"), or one of @yearly, @annually, \
-                         @monthly, @weekly, @daily, @hourly";
+                         @monthly, @weekly, @daily, @midnight, @hourly";
 
     #[test]
     fn cron_takes_five_six_or_seven_fields_as_written() {
@@ -1041,8 +1042,16 @@ mod tests {
 
     #[test]
     fn cron_takes_the_macros() {
-        for text in ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly", " @daily "]
-        {
+        for text in [
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@midnight",
+            "@hourly",
+            " @daily ",
+        ] {
             assert_eq!(cron_of(text), Schedule::Cron(text.to_owned()), "{text}");
         }
     }

@@ -68,7 +68,7 @@ use proc_macro::TokenStream;
 /// - `cron = "0 */4 * * *"`: the task fires by itself on this cron schedule: five
 ///   fields (minute hour day-of-month month day-of-week), six or seven (a second
 ///   first, an optional year last), or one of `@yearly`, `@annually`, `@monthly`,
-///   `@weekly`, `@daily`, `@hourly`. Only that shape is checked at compile time;
+///   `@weekly`, `@daily`, `@midnight`, `@hourly`. Only that shape is checked at compile time;
 ///   the fields are read by `Schedule::cron` when the manager is built, which fails
 ///   on a bad one.
 /// - `every = "5m"`: the task fires by itself at this interval, a duration written
