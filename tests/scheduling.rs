@@ -105,12 +105,14 @@ async fn the_first_fire_waits_for_the_first_delay(backing: Backing) {
     assert_eq!(state.last_fire, times.last().copied());
 }
 
-/// A schedule whose last fire was two hours ago, as after downtime, with `policy`:
-/// returns what fired within two seconds of a worker starting, and the schedule's
-/// recorded next fire.
+/// An hourly schedule that missed the fire time at the top of this hour, as after
+/// downtime, with `policy`: returns what fired within two seconds of a worker
+/// starting, and the schedule's recorded next fire. With `seed_last_fire` its last
+/// fire was an hour before; without, it never fired.
 async fn after_downtime(
     backing: &Backing,
     policy: MissedFires,
+    seed_last_fire: bool,
 ) -> (Vec<DateTime<Utc>>, Option<DateTime<Utc>>) {
     let manager = backing.manager().await;
     let name = fresh_name("downtime");
@@ -119,9 +121,22 @@ async fn after_downtime(
         .missed_fires(policy)
         .named(&name);
     manager.periodic(stamp::call(), hourly).expect("register");
+    // One fire time missed: the one at the top of this hour, at least 40 s ago (a
+    // fire time under 30 s late still fires), and the last fire an hour before.
     let now = Utc::now();
-    let long_ago = hour_floor(now) - chrono::Duration::hours(2);
-    assert!(manager.broker().schedule_fire(&name, long_ago, None).await.expect("seed"));
+    let since_the_hour = now - hour_floor(now);
+    if since_the_hour < chrono::Duration::seconds(40) {
+        let wait = chrono::Duration::seconds(40) - since_the_hour;
+        tokio::time::sleep(wait.to_std().expect("positive")).await;
+    }
+    let last = hour_floor(Utc::now()) - chrono::Duration::hours(1);
+    if seed_last_fire {
+        assert!(manager.broker().schedule_fire(&name, last, None).await.expect("seed"));
+    } else {
+        // Never fired, but registered with the missed fire time as its next.
+        let next = Some(hour_floor(Utc::now()));
+        manager.broker().schedule_begin(&name, next).await.expect("seed");
+    }
     let worker = manager.worker().queues(["scheduled"]).start();
     tokio::time::sleep(Duration::from_secs(2)).await;
     worker.shutdown().await;
@@ -131,16 +146,23 @@ async fn after_downtime(
 }
 
 async fn missed_fires_are_skipped_by_default(backing: Backing) {
-    let (times, next) = after_downtime(&backing, MissedFires::Skip).await;
+    let (times, next) = after_downtime(&backing, MissedFires::Skip, true).await;
     assert!(times.is_empty(), "missed fires ran: {times:?}");
     assert_eq!(next, Some(hour_floor(Utc::now()) + chrono::Duration::hours(1)));
 }
 
 async fn missed_fires_fire_once_when_asked(backing: Backing) {
-    let (times, next) = after_downtime(&backing, MissedFires::FireOnce).await;
+    let (times, next) = after_downtime(&backing, MissedFires::FireOnce, true).await;
     // Once, for the latest of the missed fire times.
     assert_eq!(times, [hour_floor(Utc::now())]);
     assert_eq!(next, Some(hour_floor(Utc::now()) + chrono::Duration::hours(1)));
+}
+
+async fn a_missed_first_fire_is_fired_once_when_asked(backing: Backing) {
+    let (times, _) = after_downtime(&backing, MissedFires::FireOnce, false).await;
+    assert_eq!(times, [hour_floor(Utc::now())]);
+    let (times, _) = after_downtime(&backing, MissedFires::Skip, false).await;
+    assert!(times.is_empty(), "{times:?}");
 }
 
 async fn a_worker_with_its_scheduler_off_fires_nothing(backing: Backing) {
@@ -233,5 +255,6 @@ common::on_both_brokers! {
     the_first_fire_waits_for_the_first_delay;
     missed_fires_are_skipped_by_default;
     missed_fires_fire_once_when_asked;
+    a_missed_first_fire_is_fired_once_when_asked;
     a_worker_with_its_scheduler_off_fires_nothing;
 }

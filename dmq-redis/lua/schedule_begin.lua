@@ -12,5 +12,6 @@ end
 if since == 0 then since = now_ms() end
 local given = tonumber(ARGV[2]) or 0
 if given > 0 then next_fire = given end
-redis.call('HSET', KEYS[1], ARGV[1], since .. ':' .. last .. ':' .. next_fire)
+-- %d, not .., which writes large numbers in scientific notation.
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d:%d:%d', since, last, next_fire))
 return {since, last, next_fire}

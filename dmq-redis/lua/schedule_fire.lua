@@ -12,5 +12,7 @@ end
 local fire = tonumber(ARGV[2])
 if fire <= last then return 0 end
 if since == 0 then since = now_ms() end
-redis.call('HSET', KEYS[1], ARGV[1], since .. ':' .. fire .. ':' .. ARGV[3])
+-- %d, not .., which writes large numbers in scientific notation.
+local next_fire = tonumber(ARGV[3]) or 0
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d:%d:%d', since, fire, next_fire))
 return 1

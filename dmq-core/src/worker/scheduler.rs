@@ -24,7 +24,12 @@ pub const FIRE_TIME_HEADER: &str = "dmq-fire-time";
 /// and for the fires other workers claimed).
 const MAX_NAP: Duration = Duration::from_secs(1);
 
-/// How many fire times the scheduler steps over to find the latest missed one.
+/// How late a fire time may be and still fire: one further in the past counts as
+/// missed (no worker ran the scheduler then), and the schedule's policy decides.
+pub(crate) const MISSED_AFTER: Duration = Duration::from_secs(30);
+
+/// How many fire times the scheduler steps over, at most, to find the latest missed
+/// one within a window it has narrowed down.
 const MAX_STEPS: usize = 100_000;
 
 /// One periodic schedule and the job it enqueues at each fire time.
@@ -36,23 +41,37 @@ pub(crate) struct Periodic {
     pub(crate) template: Envelope,
 }
 
+/// Where this worker's scheduler stands with one schedule.
+#[derive(Clone, Copy)]
+enum Due {
+    /// Not registered by this worker yet.
+    Unknown,
+    /// Its next fire time.
+    At(DateTime<Utc>),
+    /// It has no more fire times.
+    Never,
+}
+
 /// Runs the scheduler until `stop` is cancelled.
 pub(crate) async fn run(manager: Manager, stop: CancellationToken) {
-    let mut next: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut due: HashMap<String, Due> = HashMap::new();
     loop {
         let mut soonest = Utc::now() + chrono::Duration::from_std(MAX_NAP).unwrap_or_default();
         for periodic in manager.periodics() {
-            match step(&manager, &periodic, next.get(&periodic.name).copied()).await {
-                Ok(Some(at)) => {
-                    soonest = soonest.min(at);
-                    next.insert(periodic.name.clone(), at);
-                }
-                Ok(None) => {
-                    next.remove(&periodic.name);
+            let known = due.get(&periodic.name).copied().unwrap_or(Due::Unknown);
+            match step(&manager, &periodic, known, &stop).await {
+                Ok(next) => {
+                    if let Due::At(at) = next {
+                        soonest = soonest.min(at);
+                    }
+                    due.insert(periodic.name.clone(), next);
                 }
                 Err(e) => {
                     tracing::warn!(schedule = %periodic.name, error = %e, "the scheduler could not reach the broker; will try again");
                 }
+            }
+            if stop.is_cancelled() {
+                return;
             }
         }
         let nap = (soonest - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(MAX_NAP);
@@ -63,34 +82,35 @@ pub(crate) async fn run(manager: Manager, stop: CancellationToken) {
     }
 }
 
-/// Fires `periodic` if its fire time `due` has come, and returns the fire time to
-/// wait for next (`None` when the schedule has no more). A schedule this worker has
-/// not seen yet (`due` is `None`) is registered first.
+/// Fires `periodic` if its fire time has come, and returns where it stands next. A
+/// schedule this worker has not seen yet is registered first.
 async fn step(
     manager: &Manager,
     periodic: &Periodic,
-    due: Option<DateTime<Utc>>,
-) -> Result<Option<DateTime<Utc>>> {
+    known: Due,
+    stop: &CancellationToken,
+) -> Result<Due> {
     let now = Utc::now();
-    let due = match due {
-        Some(due) => due,
-        None => match first_due(manager, periodic, now).await? {
+    let due = match known {
+        Due::Never => return Ok(Due::Never),
+        Due::At(due) => due,
+        Due::Unknown => match first_due(manager, periodic, now).await? {
             Some(due) => due,
-            None => return Ok(None),
+            None => return Ok(Due::Never),
         },
     };
     if due > now {
-        return Ok(Some(due));
+        return Ok(Due::At(due));
     }
-    let schedule = &periodic.schedule;
-    let following = schedule.next_after(due);
-    // More than one tick behind: the ticks in between were missed (no worker ran, or
-    // this one stalled).
-    if following.is_some_and(|f| f <= now) {
-        return missed(manager, periodic, due, now).await;
-    }
-    fire(manager, periodic, due, following).await?;
-    Ok(following)
+    let late = (now - due).to_std().unwrap_or(Duration::ZERO);
+    let following = if late > MISSED_AFTER {
+        missed(manager, periodic, due, now, stop).await?
+    } else {
+        let following = periodic.schedule.next_after(due);
+        fire(manager, periodic, due, following, stop).await?;
+        following
+    };
+    Ok(following.map_or(Due::Never, Due::At))
 }
 
 /// Where a schedule this worker has not seen yet stands: registers it with the
@@ -110,8 +130,15 @@ async fn first_due(
         state.since.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC)
             - chrono::Duration::milliseconds(1)
     });
-    // Fired before: carry on from the last fire, which may have been missed.
-    let after = state.last_fire.unwrap_or(now);
+    // Fired before: carry on from the last fire, which may have been missed. Never
+    // fired, but a fire time recorded that has passed: a worker registered it and
+    // went down before it came, so it was missed too.
+    let recorded = state.next_fire.filter(|next| *next <= now);
+    let after = match (state.last_fire, recorded) {
+        (Some(last), _) => last,
+        (None, Some(next)) => next - chrono::Duration::milliseconds(1),
+        (None, None) => now,
+    };
     let after = not_before.map_or(after, |t| after.max(t));
     let due = schedule.next_after(after);
     if let Some(due) = due {
@@ -127,22 +154,17 @@ async fn missed(
     periodic: &Periodic,
     due: DateTime<Utc>,
     now: DateTime<Utc>,
+    stop: &CancellationToken,
 ) -> Result<Option<DateTime<Utc>>> {
     let schedule = &periodic.schedule;
-    // The latest fire time at or before now: every scheduler that gets here finds the
-    // same one, so only one of them can claim it.
-    let mut latest = due;
-    for _ in 0..MAX_STEPS {
-        match schedule.next_after(latest) {
-            Some(next) if next <= now => latest = next,
-            _ => break,
-        }
-    }
+    // Every scheduler that gets here finds the same latest fire time, so only one of
+    // them can claim it.
+    let latest = latest_fire(schedule, due, now);
     let following = schedule.next_after(latest);
     match schedule.missed() {
         MissedFires::FireOnce => {
             tracing::info!(schedule = %periodic.name, from = %due, to = %latest, "fire times were missed; firing once for them");
-            fire(manager, periodic, latest, following).await?;
+            fire(manager, periodic, latest, following, stop).await?;
         }
         MissedFires::Skip => {
             tracing::info!(schedule = %periodic.name, from = %due, to = %latest, "fire times were missed; skipping them");
@@ -154,12 +176,37 @@ async fn missed(
     Ok(following)
 }
 
+/// The latest fire time of `schedule` at or before `now`, given `due`, one such fire
+/// time. It looks back from `now` over a window that doubles until it holds a fire
+/// time, then steps forward through that window only: quick however long ago `due`
+/// was, and whatever the schedule.
+fn latest_fire(schedule: &Schedule, due: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let mut window = chrono::Duration::seconds(1);
+    loop {
+        let from = (now - window).max(due - chrono::Duration::milliseconds(1));
+        if let Some(mut latest) = schedule.next_after(from).filter(|t| *t <= now) {
+            for _ in 0..MAX_STEPS {
+                match schedule.next_after(latest) {
+                    Some(next) if next <= now => latest = next,
+                    _ => break,
+                }
+            }
+            return latest;
+        }
+        if from < due {
+            return due;
+        }
+        window = window * 2;
+    }
+}
+
 /// Claims fire time `at` and, when this worker won it, enqueues the job.
 async fn fire(
     manager: &Manager,
     periodic: &Periodic,
     at: DateTime<Utc>,
     following: Option<DateTime<Utc>>,
+    stop: &CancellationToken,
 ) -> Result<()> {
     if !manager.broker().schedule_fire(&periodic.name, at, following).await? {
         return Ok(());
@@ -178,9 +225,17 @@ async fn fire(
                 tracing::debug!(schedule = %periodic.name, fire = %at, %id, "fired");
                 return Ok(());
             }
+            // An earlier attempt that seemed to fail did reach the broker.
+            Err(crate::Error::DuplicateJob { .. }) => return Ok(()),
             Err(e) if e.is_transient() && attempt < 10 => {
                 tracing::warn!(schedule = %periodic.name, error = %e, "enqueueing a fired job failed; trying again");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        tracing::error!(schedule = %periodic.name, fire = %at, "stopped before the job of this fire time could be enqueued; it is lost");
+                        return Err(e);
+                    }
+                    () = tokio::time::sleep(pause) => {}
+                }
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
             Err(e) => {
@@ -194,3 +249,35 @@ async fn fire(
 
 /// The periodic schedules the manager knows, for a worker's scheduler.
 pub(crate) type Periodics = Vec<Arc<Periodic>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    #[test]
+    fn the_latest_fire_is_found_however_long_ago_the_first_missed_one_was() {
+        let now = at(1_800_000_000_123);
+        let every_ms = Schedule::every(Duration::from_millis(1)).unwrap();
+        // 350 s of 1 ms ticks, without stepping through them all.
+        assert_eq!(latest_fire(&every_ms, now - chrono::Duration::seconds(350), now), now);
+        let hourly = Schedule::every(Duration::from_secs(3600)).unwrap();
+        let hour = 3_600_000;
+        let floor = at(now.timestamp_millis() / hour * hour);
+        assert_eq!(latest_fire(&hourly, floor - chrono::Duration::hours(5), now), floor);
+        // A week of every-second cron ticks.
+        let secondly = Schedule::cron("* * * * * *").unwrap();
+        let week_ago = at(1_800_000_000_000 - 7 * 86_400_000);
+        assert_eq!(latest_fire(&secondly, week_ago, now), at(1_800_000_000_000));
+        // A fire time long ago with none since: that one.
+        let yearly = Schedule::cron("0 0 1 1 *").unwrap();
+        let new_year = yearly.next_after(now - chrono::Duration::days(366)).unwrap();
+        assert!(new_year <= now);
+        assert_eq!(latest_fire(&yearly, new_year, now), new_year);
+        // Due exactly now.
+        assert_eq!(latest_fire(&hourly, floor, floor), floor);
+    }
+}
