@@ -69,6 +69,15 @@ struct Queue {
     completed_order: VecDeque<(Instant, TaskId)>,
 }
 
+impl State {
+    /// Schedule `name`'s state, registered now if it is new.
+    fn schedule(&mut self, name: &str) -> &mut ScheduleState {
+        self.schedules
+            .entry(name.to_owned())
+            .or_insert_with(|| ScheduleState::new(name, Utc::now(), None, None))
+    }
+}
+
 impl Queue {
     /// Records that job `id` completed, until `until`, forgetting the completions
     /// recorded earlier whose time is up.
@@ -566,10 +575,7 @@ impl Broker for InMemoryBroker {
         next: Option<DateTime<Utc>>,
     ) -> Result<ScheduleState> {
         let mut state = self.lock();
-        let schedule = state
-            .schedules
-            .entry(name.to_owned())
-            .or_insert_with(|| ScheduleState::new(name, Utc::now(), None, None));
+        let schedule = state.schedule(name);
         if next.is_some() {
             schedule.next_fire = next;
         }
@@ -583,10 +589,7 @@ impl Broker for InMemoryBroker {
         next: Option<DateTime<Utc>>,
     ) -> Result<bool> {
         let mut state = self.lock();
-        let schedule = state
-            .schedules
-            .entry(name.to_owned())
-            .or_insert_with(|| ScheduleState::new(name, Utc::now(), None, None));
+        let schedule = state.schedule(name);
         if schedule.last_fire.is_some_and(|last| fire <= last) {
             return Ok(false);
         }
