@@ -3,6 +3,7 @@
 //! The binary is a thin `main.rs` over [`main`]; [`Cli`] holds the clap types and
 //! each subcommand lives in its own module under `commands/`.
 
+mod broker_url;
 mod cli;
 mod commands;
 

@@ -11,6 +11,7 @@ use dmq_redis::RedisBroker;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use crate::broker_url::{Target, redact};
 use crate::cli::BenchArgs;
 
 /// The queue every bench job goes to.
@@ -141,41 +142,6 @@ async fn redis_result_backend(
 ) -> anyhow::Result<(Arc<dyn ResultBackend>, &'static str)> {
     let backend = dmq_redis::RedisBackend::connect_with_namespace(url, namespace).await?;
     Ok((Arc::new(backend), "redis"))
-}
-
-/// Where the bench sends jobs.
-#[derive(Debug, PartialEq, Eq)]
-enum Target {
-    Memory,
-    Redis(String),
-}
-
-impl Target {
-    fn parse(url: &str) -> anyhow::Result<Self> {
-        match url.split_once("://") {
-            Some(("memory", "")) => Ok(Target::Memory),
-            Some(("redis" | "rediss" | "redis+unix" | "unix", rest)) if !rest.is_empty() => {
-                Ok(Target::Redis(url.to_owned()))
-            }
-            _ => bail!(
-                "unsupported broker URL {:?}: use redis://host:port[/db], rediss://host:port[/db] or memory://",
-                redact(url)
-            ),
-        }
-    }
-}
-
-/// Hides a password in a URL: `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        None => url.to_owned(),
-    }
 }
 
 /// What was measured against, for the report.
@@ -708,26 +674,6 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(Target::parse("memory://").unwrap(), Target::Memory);
-        assert_eq!(
-            Target::parse("redis://127.0.0.1:6379/2").unwrap(),
-            Target::Redis("redis://127.0.0.1:6379/2".to_owned())
-        );
-        let error = Target::parse("nope://x").unwrap_err().to_string();
-        assert!(error.contains("redis://") && error.contains("memory://"), "{error}");
-        assert!(Target::parse("memory://x").is_err());
-        assert!(Target::parse("127.0.0.1:6379").is_err());
-    }
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(redact("redis://:secret@host:1/0"), "redis://:***@host:1/0");
-        assert_eq!(redact("redis://me:secret@host"), "redis://me:***@host");
-        assert_eq!(redact("redis://host:1"), "redis://host:1");
-    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
