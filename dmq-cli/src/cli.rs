@@ -28,6 +28,75 @@ pub enum Command {
         after_help = "Examples:\n  dmq bench --broker memory://\n  dmq bench --broker redis://127.0.0.1:6379 --jobs 200000 --concurrency 256\n  dmq bench --json > bench.json"
     )]
     Bench(BenchArgs),
+
+    /// Run one worker in this process, with the tasks linked into this binary.
+    ///
+    /// A task binary is any binary whose main calls `dmq_cli::main()`: `app worker`
+    /// runs its tasks. The worker takes jobs from --queues (by default every queue of
+    /// the binary's tasks), runs the periodic scheduler unless --no-scheduler, and on
+    /// SIGINT or SIGTERM stops claiming, lets running jobs finish within --grace,
+    /// releases the rest to their queues and exits 0.
+    #[command(
+        after_help = "Examples:\n  app worker --broker redis://127.0.0.1:6379 --concurrency 32\n  app worker --queues emails,default --guarantee exactly-once --no-scheduler"
+    )]
+    Worker(WorkerArgs),
+
+    /// List the tasks linked into this binary: name, queue and settings.
+    #[command(after_help = "Examples:\n  app tasks\n  app tasks --json")]
+    Tasks(TasksArgs),
+}
+
+/// The options of `worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// The broker: redis://host:port[/db], rediss://... or memory:// (this process
+    /// only, for trying things out).
+    #[arg(
+        long,
+        env = "DMQ_BROKER_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_name = "URL"
+    )]
+    pub broker: String,
+
+    /// The Redis key namespace, to keep several applications apart on one Redis.
+    #[arg(long, env = "DMQ_NAMESPACE", default_value = "dmq", value_name = "NAME")]
+    pub namespace: String,
+
+    /// The queues to take jobs from, in order of preference, comma separated
+    /// [default: every queue of the binary's tasks].
+    #[arg(long, value_delimiter = ',', value_name = "QUEUES")]
+    pub queues: Vec<String>,
+
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+
+    /// The delivery guarantee for tasks that set none: at-most-once, at-least-once or
+    /// exactly-once.
+    #[arg(long, default_value = "at-least-once", value_name = "GUARANTEE")]
+    pub guarantee: dmq_core::Guarantee,
+
+    /// How long running jobs may finish after SIGINT or SIGTERM ("30s", "2m").
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+
+    /// Do not run the periodic scheduler in this worker.
+    #[arg(long)]
+    pub no_scheduler: bool,
+
+    /// The log level: error, warn, info, debug or trace (RUST_LOG, when set, wins).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+}
+
+/// The options of `tasks`.
+#[derive(Debug, Clone, Args)]
+pub struct TasksArgs {
+    /// Print the tasks as JSON, one object per task in an array.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The options of `dmq bench`.
@@ -103,11 +172,41 @@ mod tests {
     #[test]
     fn bench_defaults() {
         let cli = Cli::try_parse_from(["dmq", "bench", "--broker", "memory://"]).unwrap();
-        let Command::Bench(args) = cli.command;
+        let Command::Bench(args) = cli.command else { panic!("not bench") };
         assert_eq!(args.broker, "memory://");
         assert_eq!((args.jobs, args.concurrency, args.batch_size), (100_000, 256, 1000));
         assert_eq!(args.latency_samples, 2000);
         assert!(args.namespace.is_none() && !args.json);
+    }
+
+    #[test]
+    fn worker_defaults_and_options() {
+        let cli = Cli::try_parse_from(["app", "worker"]).unwrap();
+        let Command::Worker(args) = cli.command else { panic!("not worker") };
+        assert_eq!((args.namespace.as_str(), args.concurrency), ("dmq", 10));
+        assert_eq!(args.guarantee, dmq_core::Guarantee::AtLeastOnce);
+        assert_eq!(args.grace, std::time::Duration::from_secs(30));
+        assert!(args.queues.is_empty() && !args.no_scheduler);
+        let cli = Cli::try_parse_from([
+            "app",
+            "worker",
+            "--queues",
+            "a,b",
+            "--guarantee",
+            "exactly-once",
+            "--grace",
+            "2m",
+            "--no-scheduler",
+        ])
+        .unwrap();
+        let Command::Worker(args) = cli.command else { panic!("not worker") };
+        assert_eq!(args.queues, ["a", "b"]);
+        assert_eq!(args.guarantee, dmq_core::Guarantee::ExactlyOnce);
+        assert_eq!(args.grace, std::time::Duration::from_secs(120));
+        assert!(args.no_scheduler);
+        let err = Cli::try_parse_from(["app", "worker", "--guarantee", "twice"]).unwrap_err();
+        assert!(err.to_string().contains("at-most-once, at-least-once or exactly-once"), "{err}");
+        assert!(Cli::try_parse_from(["app", "worker", "--concurrency", "0"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod broker_url;
 mod cli;
 mod commands;
 
-pub use cli::{BenchArgs, Cli, Command};
+pub use cli::{BenchArgs, Cli, Command, TasksArgs, WorkerArgs};
 
 use std::process::ExitCode;
 
@@ -20,7 +20,11 @@ use clap::Parser;
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let level = match &cli.command {
+        Command::Worker(args) => args.log_level.as_str(),
+        _ => "warn",
+    };
+    init_tracing(level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::anyhow!("could not start the tokio runtime: {e}")),
@@ -38,10 +42,10 @@ fn fail(error: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (warnings and errors by default).
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG`, else by `level`.
+fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Fails only when a subscriber is already set, which then keeps logging.
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();

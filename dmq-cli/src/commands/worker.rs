@@ -1,0 +1,70 @@
+//! `worker`: one worker in this process, with the tasks linked into this binary.
+
+use anyhow::{Context as _, ensure};
+use dmq_core::Manager;
+use dmq_redis::{RedisBackend, RedisBroker};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::broker_url::{Target, redact};
+use crate::cli::WorkerArgs;
+
+/// Runs the worker until SIGINT or SIGTERM, then stops it gracefully.
+pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    ensure!(!args.namespace.is_empty(), "--namespace cannot be empty");
+    let target = Target::parse(&args.broker)?;
+    let shown = redact(&args.broker);
+    let manager = match &target {
+        Target::Memory => Manager::builder().build()?,
+        Target::Redis(url) => {
+            let broker = RedisBroker::connect_with_namespace(url, &args.namespace).await?;
+            let backend = RedisBackend::connect_with_namespace(url, &args.namespace).await?;
+            Manager::builder().broker(broker).backend(backend).build()?
+        }
+    };
+    let tasks: Vec<_> =
+        manager.registry().tasks().into_iter().filter(|t| !super::is_dmqs_own(t)).collect();
+    ensure!(
+        !tasks.is_empty(),
+        "this binary links no #[task]: run `worker` from a task binary (one whose main calls \
+         dmq_cli::main() and that links your tasks; add `use my_tasks as _;` if the crate of \
+         tasks is never named)"
+    );
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut builder = manager
+        .worker()
+        .concurrency(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
+        .guarantee(args.guarantee)
+        .grace(args.grace)
+        .scheduler(!args.no_scheduler);
+    let queues = if args.queues.is_empty() {
+        let mut queues: Vec<String> = tasks.iter().map(|t| t.queue.to_owned()).collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    } else {
+        args.queues.clone()
+    };
+    builder = builder.queues(queues);
+    let worker = builder.start();
+    let names: Vec<&str> = tasks.iter().map(|t| t.name).collect();
+    tracing::info!(
+        broker = %shown,
+        namespace = %args.namespace,
+        queues = ?worker.queues(),
+        concurrency = args.concurrency,
+        guarantee = %args.guarantee,
+        scheduler = !args.no_scheduler,
+        tasks = ?names,
+        "dmq worker {} ready",
+        std::process::id(),
+    );
+    let signal = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!("{signal}: stopping; running jobs have {:?} to finish", args.grace);
+    let report = worker.shutdown().await;
+    tracing::info!(released = report.released, "dmq worker {} stopped", std::process::id());
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! `app worker` as a real process against Redis: it runs the jobs enqueued with the
+//! Rust API, logs what it knows, and exits 0 on SIGTERM; `app tasks` lists the tasks;
+//! a bad broker URL is a one-line error.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use dmq_core::Manager;
+use dmq_redis::{Keys, RedisBackend, RedisBroker};
+use tokio::process::Command;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+async fn remove_namespace(url: &str, namespace: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    dmq_redis::delete_namespace(&mut conn, &Keys::new(namespace)).await.expect("delete keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_worker_runs_the_jobs_and_stops_cleanly_on_sigterm() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let log = std::env::temp_dir().join(format!("{namespace}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["worker", "--broker", &url, "--namespace", &namespace, "--grace", "10s"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start app worker");
+
+    let outcome = async {
+        let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+        let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("redis");
+        let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+        let mut sums = Vec::new();
+        for i in 0..200 {
+            sums.push(app::add::call(i, 1).enqueue(&manager).await.expect("enqueue"));
+        }
+        let flaky = app::flaky::call().enqueue(&manager).await.expect("enqueue");
+        let email = app::send_email::call("ada@example.org".into(), "hi".into())
+            .enqueue(&manager)
+            .await
+            .expect("enqueue");
+        for (i, handle) in (0..).zip(&sums) {
+            assert_eq!(handle.result(WAIT).await.expect("a sum"), i + 1);
+        }
+        assert_eq!(flaky.result(WAIT).await.expect("the third attempt succeeds"), 3);
+        assert!(email.result(WAIT).await.expect("sent").ends_with("@example.invalid>"));
+    };
+    let result = tokio::time::timeout(WAIT * 2, outcome).await;
+
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill -TERM");
+    assert!(sent.success());
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    remove_namespace(&url, &namespace).await;
+    result.unwrap_or_else(|_| panic!("the jobs did not complete; the worker logged:\n{logged}"));
+    assert!(status.success(), "app worker exited with {status}; it logged:\n{logged}");
+    // At start it says what it knows: its tasks, queues and broker.
+    for expected in ["ready", "emails.send", "flaky", "\"math\"", "SIGTERM", "stopped"] {
+        assert!(logged.contains(expected), "the log lacks {expected:?}:\n{logged}");
+    }
+    assert!(!logged.contains("dmq.bench"), "dmq's own bench tasks are not the app's:\n{logged}");
+}
+
+#[test]
+fn app_tasks_lists_the_tasks_of_the_binary() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["tasks", "--json"])
+        .output()
+        .expect("run app tasks");
+    assert!(out.status.success());
+    let listed = String::from_utf8(out.stdout).expect("utf-8");
+    for name in ["\"add\"", "\"emails.send\"", "\"flaky\"", "\"heartbeat\"", "\"slow\""] {
+        assert!(listed.contains(name), "{name} missing from {listed}");
+    }
+    assert!(!listed.contains("dmq.bench"), "{listed}");
+}
+
+#[test]
+fn a_bad_broker_url_is_a_one_line_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["worker", "--broker", "nope://x"])
+        .output()
+        .expect("run app worker");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: unsupported broker URL"), "{stderr}");
+    assert!(stderr.contains("redis://"), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["worker", "--broker", "redis://127.0.0.1:1"])
+        .output()
+        .expect("run app worker");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}
