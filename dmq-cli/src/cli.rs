@@ -29,15 +29,18 @@ pub enum Command {
     )]
     Bench(BenchArgs),
 
-    /// Run one worker in this process, with the tasks linked into this binary.
+    /// Run workers: --tasks APP supervises --workers processes of the task binary APP;
+    /// without --tasks, one worker runs in this process with this binary's tasks.
     ///
     /// A task binary is any binary whose main calls `dmq_cli::main()`: `app worker`
-    /// runs its tasks. The worker takes jobs from --queues (by default every queue of
+    /// runs its tasks. A worker takes jobs from --queues (by default every queue of
     /// the binary's tasks), runs the periodic scheduler unless --no-scheduler, and on
     /// SIGINT or SIGTERM stops claiming, lets running jobs finish within --grace,
-    /// releases the rest to their queues and exits 0.
+    /// releases the rest to their queues and exits 0. The supervisor restarts a
+    /// worker process that crashes (with backoff) and passes SIGINT or SIGTERM on to
+    /// every process.
     #[command(
-        after_help = "Examples:\n  app worker --broker redis://127.0.0.1:6379 --concurrency 32\n  app worker --queues emails,default --guarantee exactly-once --no-scheduler"
+        after_help = "Examples:\n  dmq worker --tasks app --workers 4 --broker redis://127.0.0.1:6379\n  app worker --broker redis://127.0.0.1:6379 --concurrency 32\n  app worker --queues emails,default --guarantee exactly-once --no-scheduler"
     )]
     Worker(WorkerArgs),
 
@@ -49,6 +52,17 @@ pub enum Command {
 /// The options of `worker`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
+    /// The task binary whose worker processes to supervise: a path, a name on PATH,
+    /// or a binary or example of that name in this Cargo workspace's target
+    /// directory (release before debug).
+    #[arg(long, value_name = "APP")]
+    pub tasks: Option<String>,
+
+    /// With --tasks: how many worker processes to run [default: the number of CPUs].
+    #[arg(long, value_name = "N", requires = "tasks",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
     /// The broker: redis://host:port[/db], rediss://... or memory:// (this process
     /// only, for trying things out).
     #[arg(

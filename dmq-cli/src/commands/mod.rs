@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod bench;
+mod supervise;
 mod tasks;
 mod worker;
 
@@ -17,7 +18,10 @@ fn is_dmqs_own(task: &dmq_core::TaskInfo) -> bool {
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(args).await,
-        Command::Worker(args) => worker::run(args).await,
+        Command::Worker(args) => match args.tasks.clone() {
+            Some(app) => supervise::run(&app, args).await,
+            None => worker::run(args).await,
+        },
         Command::Tasks(args) => tasks::run(&args),
     }
 }

@@ -108,3 +108,76 @@ fn a_bad_broker_url_is_a_one_line_error() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
 }
+
+/// `app worker --tasks app --workers 2`: a child killed with SIGKILL is restarted and
+/// every job completes; SIGTERM to the supervisor stops everything and it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let log = std::env::temp_dir().join(format!("{namespace}-supervisor.log"));
+    let app = env!("CARGO_BIN_EXE_app");
+    let mut supervisor = Command::new(app)
+        .args(["worker", "--tasks", app, "--workers", "2", "--broker", &url])
+        .args(["--namespace", &namespace, "--grace", "5s", "--log-level", "info"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the supervisor");
+
+    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+    let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("redis");
+    let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+    let pids = |manager: Manager| async move {
+        let workers = manager.broker().workers().await.unwrap_or_default();
+        workers.iter().map(|w| w.info.pid).collect::<std::collections::BTreeSet<u32>>()
+    };
+    let outcome = async {
+        let deadline = std::time::Instant::now() + WAIT;
+        let first = loop {
+            let live = pids(manager.clone()).await;
+            if live.len() >= 2 {
+                break live;
+            }
+            assert!(std::time::Instant::now() < deadline, "two workers never registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let ids =
+            manager.enqueue_batch((0..2000).map(|i| app::add::call(i, i))).await.expect("enqueue");
+        let victim = *first.iter().next().expect("a worker");
+        let killed = Command::new("kill").args(["-KILL", &victim.to_string()]).status().await;
+        assert!(killed.expect("kill -KILL").success());
+        // A third process registers: the supervisor restarted the killed one.
+        loop {
+            let live = pids(manager.clone()).await;
+            if live.iter().any(|p| !first.contains(p)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the killed worker was not restarted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (i, id) in (0..).zip(&ids) {
+            let sum = manager.result::<i64>(*id).wait(WAIT).await.expect("every job completes");
+            assert_eq!(sum, 2 * i);
+        }
+    };
+    let result = tokio::time::timeout(WAIT * 2, outcome).await;
+
+    let pid = supervisor.id().expect("running").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill -TERM");
+    assert!(sent.success());
+    let status = tokio::time::timeout(WAIT, supervisor.wait()).await.expect("exits").expect("wait");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let left = pids(manager.clone()).await;
+    remove_namespace(&url, &namespace).await;
+    result.unwrap_or_else(|_| panic!("the jobs did not complete; the processes logged:\n{logged}"));
+    assert!(status.success(), "the supervisor exited with {status}; logged:\n{logged}");
+    assert!(logged.contains("restarted a worker process"), "{logged}");
+    // Every worker that stopped gracefully deregistered; the killed one may linger
+    // until its heartbeat lapses, but nothing else.
+    assert!(left.len() <= 1, "workers still registered: {left:?}\n{logged}");
+}

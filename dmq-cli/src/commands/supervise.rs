@@ -1,0 +1,244 @@
+//! `worker --tasks APP`: runs and watches worker processes of a task binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::WorkerArgs;
+
+/// The first pause before restarting a crashed worker process; it doubles with each
+/// crash in a row, up to [`MAX_RESTART_PAUSE`].
+const FIRST_RESTART_PAUSE: Duration = Duration::from_millis(500);
+
+/// The longest pause before a restart.
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
+
+/// A process that ran this long counts as healthy: its next crash restarts at once.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// How long after the grace period the supervisor waits before killing a process
+/// that has not exited.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// One supervised worker process.
+struct Slot {
+    child: Option<Child>,
+    started: Instant,
+    pause: Duration,
+    restart_at: Option<Instant>,
+}
+
+/// Supervises `args.workers` processes of the task binary `app` until SIGINT or
+/// SIGTERM, then stops them all gracefully.
+pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
+    let binary = resolve(app)?;
+    let count = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        |n| usize::try_from(n).unwrap_or(1),
+    );
+    let child_args = child_args(&args);
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut slots = Vec::with_capacity(count);
+    for _ in 0..count {
+        let child = spawn(&binary, &child_args)?;
+        slots.push(Slot {
+            child: Some(child),
+            started: Instant::now(),
+            pause: FIRST_RESTART_PAUSE,
+            restart_at: None,
+        });
+    }
+    tracing::info!(binary = %binary.display(), workers = count, "supervising worker processes");
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let signal = loop {
+        tokio::select! {
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            _ = tick.tick() => {}
+        }
+        for (n, slot) in slots.iter_mut().enumerate() {
+            watch(n, slot, &binary, &child_args);
+        }
+    };
+    tracing::info!("{signal}: stopping {count} worker processes");
+    stop_all(&mut slots, args.grace + STOP_MARGIN).await;
+    Ok(())
+}
+
+/// Notices a worker process that exited, and restarts it when its pause is over.
+fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String]) {
+    if let Some(child) = slot.child.as_mut() {
+        match child.try_wait() {
+            Ok(None) => return,
+            Ok(Some(status)) => {
+                if slot.started.elapsed() >= HEALTHY_AFTER {
+                    slot.pause = FIRST_RESTART_PAUSE;
+                }
+                tracing::warn!(worker = n, %status, restart_in = ?slot.pause, "a worker process exited; restarting it");
+                slot.restart_at = Some(Instant::now() + slot.pause);
+                slot.pause = (slot.pause * 2).min(MAX_RESTART_PAUSE);
+                slot.child = None;
+            }
+            Err(e) => {
+                tracing::error!(worker = n, error = %e, "could not check on a worker process");
+                return;
+            }
+        }
+    }
+    if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
+        match spawn(binary, child_args) {
+            Ok(child) => {
+                tracing::info!(worker = n, pid = child.id(), "restarted a worker process");
+                slot.child = Some(child);
+                slot.started = Instant::now();
+                slot.restart_at = None;
+            }
+            Err(e) => {
+                tracing::error!(worker = n, error = %e, "could not restart a worker process; trying again");
+                slot.restart_at = Some(Instant::now() + slot.pause);
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM to every process, waits up to `wait` for them, then kills the rest.
+async fn stop_all(slots: &mut [Slot], wait: Duration) {
+    for slot in slots.iter() {
+        if let Some(pid) = slot.child.as_ref().and_then(Child::id) {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    for slot in slots.iter_mut() {
+        let Some(child) = slot.child.as_mut() else { continue };
+        let waited: Result<std::io::Result<ExitStatus>, _> =
+            tokio::time::timeout_at(deadline, child.wait()).await;
+        match waited {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => tracing::warn!(%status, "a worker process exited uncleanly"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not wait for a worker process"),
+            Err(_) => {
+                tracing::error!(
+                    pid = child.id(),
+                    "a worker process did not stop in time; killing it"
+                );
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Starts `binary worker <child_args>`, its output going to ours.
+fn spawn(binary: &Path, child_args: &[String]) -> anyhow::Result<Child> {
+    Command::new(binary)
+        .arg("worker")
+        .args(child_args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} worker", binary.display()))
+}
+
+/// The options each worker process gets: the supervisor's, but --tasks and --workers.
+fn child_args(args: &WorkerArgs) -> Vec<String> {
+    let mut out = vec![
+        "--broker".to_owned(),
+        args.broker.clone(),
+        "--namespace".to_owned(),
+        args.namespace.clone(),
+        "--concurrency".to_owned(),
+        args.concurrency.to_string(),
+        "--guarantee".to_owned(),
+        args.guarantee.to_string(),
+        "--grace".to_owned(),
+        format!("{}ms", args.grace.as_millis()),
+        "--log-level".to_owned(),
+        args.log_level.clone(),
+    ];
+    if !args.queues.is_empty() {
+        out.push("--queues".to_owned());
+        out.push(args.queues.join(","));
+    }
+    if args.no_scheduler {
+        out.push("--no-scheduler".to_owned());
+    }
+    out
+}
+
+/// Finds the task binary `app`: a path; a name on PATH; or a binary or example of
+/// that name in this Cargo workspace's target directory, release before debug.
+fn resolve(app: &str) -> anyhow::Result<PathBuf> {
+    let mut looked = Vec::new();
+    if app.contains('/') {
+        let path = PathBuf::from(app);
+        if is_executable(&path) {
+            return Ok(path);
+        }
+        bail!("no executable task binary at {app:?}: build it first (cargo build) or fix the path");
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(app);
+            if is_executable(&candidate) {
+                return Ok(candidate);
+            }
+        }
+        looked.push("every directory on PATH".to_owned());
+    }
+    if let Some(target) = target_dir() {
+        for sub in ["release", "debug", "release/examples", "debug/examples"] {
+            let candidate = target.join(sub).join(app);
+            if is_executable(&candidate) {
+                return Ok(candidate);
+            }
+            looked.push(candidate.display().to_string());
+        }
+    } else {
+        looked.push("no Cargo workspace around the current directory".to_owned());
+    }
+    bail!(
+        "no task binary named {app:?}; looked in {}. Build it (cargo build -p {app}) or pass its path",
+        looked.join(", ")
+    )
+}
+
+/// The target directory of the Cargo workspace around the current directory:
+/// `CARGO_TARGET_DIR`, else `target/` beside the outermost `Cargo.toml`.
+fn target_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let cwd = std::env::current_dir().ok()?;
+    let root = cwd.ancestors().filter(|d| d.join("Cargo.toml").is_file()).last()?;
+    Some(root.join("target"))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_says_where_it_looked() {
+        let err = resolve("no-such-dmq-app-binary").unwrap_err().to_string();
+        assert!(err.contains("no task binary named \"no-such-dmq-app-binary\""), "{err}");
+        assert!(err.contains("PATH") && err.contains("release"), "{err}");
+        let err = resolve("./no/such/app").unwrap_err().to_string();
+        assert!(err.contains("no executable task binary at"), "{err}");
+    }
+
+    #[test]
+    fn a_name_on_path_is_found() {
+        // `sh` is on PATH on every machine these tests run on.
+        assert!(resolve("sh").unwrap().ends_with("sh"));
+    }
+}
