@@ -116,6 +116,7 @@ macro_rules! broker_conformance_tests {
             a_wake_up_is_not_lost_when_a_claimer_waits_on_several_queues,
             complete_settles_the_job_and_records_its_completion,
             each_fire_time_of_a_schedule_is_claimed_once,
+            purge_removes_the_waiting_jobs_only,
         );
     };
 }
@@ -348,6 +349,31 @@ pub mod broker {
         assert_eq!(all[1].last_fire.map(|t| t.timestamp_millis()), Some(last.timestamp_millis()));
         let next = last + chrono::Duration::seconds(1);
         assert_eq!(all[1].next_fire.map(|t| t.timestamp_millis()), Some(next.timestamp_millis()));
+    }
+
+    /// `purge` removes ready and delayed jobs, and leaves the job in flight and the
+    /// dead letters; a purged id can be enqueued again.
+    pub async fn purge_removes_the_waiting_jobs_only(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        let running = job("alpha", 5, "running");
+        b.enqueue(running).await.expect("enqueue");
+        let held = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(held.len(), 1);
+        b.enqueue(job("alpha", 5, "dead")).await.expect("enqueue");
+        let dead = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        b.dead_letter(&dead[0].lease, "for the test").await.expect("dead-letter");
+        let ready = job("alpha", 9, "ready");
+        let ready_id = ready.id;
+        b.enqueue_batch(vec![ready, job("alpha", 0, "low")]).await.expect("enqueue");
+        b.enqueue(delayed("alpha", after(LONG), "later")).await.expect("enqueue");
+        assert_eq!(b.purge("alpha").await.expect("purge"), 3);
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 1, 1));
+        assert_eq!(b.purge("alpha").await.expect("purge"), 0);
+        assert_eq!(b.purge("never-used").await.expect("purge"), 0);
+        // The purged id is forgotten, and the job in flight still settles.
+        b.enqueue(Job::new(ready_id, "alpha", 5, None, b"again".to_vec())).await.expect("again");
+        b.ack(&held[0].lease).await.expect("ack");
     }
 
     /// Once a lease expires and another worker claims the job, the first worker's

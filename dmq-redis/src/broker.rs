@@ -1008,6 +1008,14 @@ impl Broker for RedisBroker {
         self.run("purging dead letters", &invocation).await
     }
 
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.purge.prepare_invoke();
+        invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed());
+        add_ready_keys(&mut invocation, &keys);
+        self.run("purging a queue", &invocation).await
+    }
+
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let keys = self.keys.queue(queue);
         let mut pipe = redis::pipe();

@@ -32,6 +32,7 @@ pub(crate) struct Scripts {
     pub(crate) schedule_begin: Script,
     pub(crate) schedule_fire: Script,
     pub(crate) purge_dead: Script,
+    pub(crate) purge: Script,
 }
 
 impl Scripts {
@@ -54,6 +55,7 @@ impl Scripts {
             schedule_begin: script!("schedule_begin"),
             schedule_fire: script!("schedule_fire"),
             purge_dead: script!("purge_dead"),
+            purge: script!("purge"),
         }
     }
 }

@@ -729,6 +729,23 @@ impl Broker for InMemoryBroker {
         Ok(purged)
     }
 
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
+        let mut purged = 0u64;
+        for ready in &mut q.ready {
+            for stored in ready.drain(..) {
+                q.known.remove(&stored.id);
+                purged += 1;
+            }
+        }
+        for (_, stored) in std::mem::take(&mut q.delayed) {
+            q.known.remove(&stored.id);
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let mut state = self.lock();
         let Some(q) = state.queues.get_mut(queue) else {

@@ -415,6 +415,14 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// When the broker cannot be reached.
     async fn schedules(&self) -> Result<Vec<ScheduleState>>;
 
+    /// Removes every job of `queue` that waits, ready or delayed, and returns how many.
+    /// Jobs in flight stay with their workers; dead letters stay too.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn purge(&self, queue: &str) -> Result<u64>;
+
     /// Moves a job to its queue's dead-letter queue with `reason`.
     ///
     /// # Errors
