@@ -14,6 +14,7 @@ struct Listed {
     timeout_ms: Option<u128>,
     ignore_result: bool,
     guarantee: Option<&'static str>,
+    schedule: Option<String>,
     path: &'static str,
 }
 
@@ -31,6 +32,7 @@ pub(crate) fn run(args: &TasksArgs) -> anyhow::Result<()> {
             timeout_ms: t.timeout.map(|d| d.as_millis()),
             ignore_result: t.ignore_result,
             guarantee: t.guarantee.map(|g| g.as_str()),
+            schedule: t.schedule.clone(),
             path: t.path,
         })
         .collect();
@@ -44,9 +46,11 @@ pub(crate) fn run(args: &TasksArgs) -> anyhow::Result<()> {
     }
     let width = tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     let qwidth = tasks.iter().map(|t| t.queue.len()).max().unwrap_or(5).max(5);
-    println!("{:width$}  {:qwidth$}  FUNCTION", "TASK", "QUEUE");
+    let pwidth = tasks.iter().map(|t| t.path.len()).max().unwrap_or(8).max(8);
+    println!("{:width$}  {:qwidth$}  {:pwidth$}  SCHEDULE", "TASK", "QUEUE", "FUNCTION");
     for t in &tasks {
-        println!("{:width$}  {:qwidth$}  {}", t.name, t.queue, t.path);
+        let schedule = t.schedule.as_deref().unwrap_or("-");
+        println!("{:width$}  {:qwidth$}  {:pwidth$}  {schedule}", t.name, t.queue, t.path);
     }
     Ok(())
 }

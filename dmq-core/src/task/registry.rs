@@ -109,6 +109,9 @@ pub struct TaskInfo {
     pub has_retry_policy: bool,
     /// Its delivery guarantee, when the attribute set one.
     pub guarantee: Option<Guarantee>,
+    /// Its schedule, when the attribute declares it periodic: `cron "0 */4 * * *"` or
+    /// `every 5m`.
+    pub schedule: Option<String>,
     /// Its timeout, when the attribute set one.
     pub timeout: Option<Duration>,
     /// Whether workers skip storing its result.
@@ -200,6 +203,10 @@ fn info(reg: &'static TaskRegistration) -> TaskInfo {
         backoff: reg.backoff,
         has_retry_policy: reg.retry.is_some(),
         guarantee: reg.guarantee,
+        schedule: reg.periodic.map(|spec| match spec {
+            PeriodicSpec::Cron(expr) => format!("cron {expr:?}"),
+            PeriodicSpec::Every(d) => format!("every {d:?}"),
+        }),
         timeout: reg.timeout,
         ignore_result: reg.ignore_result,
         path: reg.path,
