@@ -47,6 +47,232 @@ pub enum Command {
     /// List the tasks linked into this binary: name, queue and settings.
     #[command(after_help = "Examples:\n  app tasks\n  app tasks --json")]
     Tasks(TasksArgs),
+
+    /// Show each queue's ready, delayed, in-flight and dead jobs.
+    ///
+    /// With no queue named, lists every queue that has keys in the namespace. A queue
+    /// with nothing in it has no keys, so it shows as all zeros when named and is left
+    /// out of the list otherwise.
+    #[command(
+        after_help = "Examples:\n  dmq queues\n  dmq queues emails reports\n  dmq queues --namespace billing --json"
+    )]
+    Queues(QueuesArgs),
+
+    /// List the live workers: id, host, pid, queues, concurrency, start and the time
+    /// their heartbeat lapses.
+    #[command(after_help = "Examples:\n  dmq workers\n  dmq workers --json")]
+    Workers(WorkersArgs),
+
+    /// Inspect and act on a queue's dead-letter queue: list, requeue, delete, purge.
+    #[command(
+        after_help = "Examples:\n  dmq dlq list emails --limit 50\n  dmq dlq requeue emails 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10\n  dmq dlq requeue emails --all --to emails-retry\n  dmq dlq delete emails 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10\n  dmq dlq purge emails --yes"
+    )]
+    Dlq(DlqArgs),
+
+    /// List the periodic schedules with their last and next fire times.
+    #[command(after_help = "Examples:\n  dmq periodic\n  dmq periodic --json")]
+    Periodic(PeriodicArgs),
+
+    /// Show the stored result of one task: state, attempts, failure and value.
+    ///
+    /// The value is shown as JSON, decoded from its MessagePack encoding. Without
+    /// --wait, a task with no stored result yet is an error.
+    #[command(
+        after_help = "Examples:\n  dmq result 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10\n  dmq result 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10 --wait 30s --json"
+    )]
+    Result(ResultArgs),
+
+    /// Enqueue a job by task name, with its arguments as a JSON array; prints its id.
+    ///
+    /// The array is the task's argument tuple, encoded as MessagePack: a task
+    /// `send(to: String, retries: u32)` takes `'["ann@example.com", 3]'`. The queue
+    /// defaults to the task's own queue when the task is registered in this dmq
+    /// binary, and to `default` otherwise.
+    #[command(
+        after_help = "Examples:\n  dmq enqueue emails.send '[\"ann@example.com\", 3]'\n  dmq enqueue reports.build '[]' --queue reports --delay 10m\n  dmq enqueue cleanup '[7]' --eta 2030-01-01T00:00:00Z --priority 9"
+    )]
+    Enqueue(EnqueueArgs),
+}
+
+/// Where the admin commands find the broker, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// The Redis the workers use: redis://host:port[/db] or rediss://host:port[/db].
+    #[arg(
+        long,
+        env = "DMQ_BROKER_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_name = "URL"
+    )]
+    pub broker: String,
+
+    /// The Redis key namespace the workers use.
+    #[arg(long, env = "DMQ_NAMESPACE", default_value = "dmq", value_name = "NS")]
+    pub namespace: String,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The options of `dmq queues`.
+#[derive(Debug, Clone, Args)]
+pub struct QueuesArgs {
+    /// The queues to show [default: every queue with keys in the namespace].
+    #[arg(value_name = "QUEUE")]
+    pub queues: Vec<String>,
+
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq workers`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkersArgs {
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq periodic`.
+#[derive(Debug, Clone, Args)]
+pub struct PeriodicArgs {
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// `dmq dlq` and its subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    /// What to do with the dead letters.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// The `dmq dlq` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+#[non_exhaustive]
+pub enum DlqCommand {
+    /// List a queue's dead letters, newest first: id, task, when and why.
+    #[command(
+        after_help = "Examples:\n  dmq dlq list emails\n  dmq dlq list emails --offset 20 --limit 20 --json"
+    )]
+    List {
+        /// The queue whose dead letters to list.
+        queue: String,
+        /// How many of the newest letters to skip.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        offset: usize,
+        /// How many letters to show at most.
+        #[arg(long, default_value_t = 20, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        limit: u64,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
+    /// Run dead-lettered jobs again from their first attempt, due at once.
+    #[command(
+        after_help = "Examples:\n  dmq dlq requeue emails 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10\n  dmq dlq requeue emails --all --to emails-slow"
+    )]
+    Requeue {
+        /// The queue whose dead letters to requeue.
+        queue: String,
+        /// The id of the job to requeue.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Requeue every dead letter of the queue.
+        #[arg(long)]
+        all: bool,
+        /// Send the jobs to this queue instead of back to their own.
+        #[arg(long, value_name = "QUEUE")]
+        to: Option<String>,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
+    /// Delete one dead letter for good.
+    #[command(
+        after_help = "Example:\n  dmq dlq delete emails 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10"
+    )]
+    Delete {
+        /// The queue holding the dead letter.
+        queue: String,
+        /// The id of the dead-lettered job.
+        id: String,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
+    /// Delete every dead letter of a queue for good (needs --yes).
+    #[command(after_help = "Example:\n  dmq dlq purge emails --yes")]
+    Purge {
+        /// The queue whose dead letters to delete.
+        queue: String,
+        /// Confirm the deletion; without it nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
+}
+
+/// The options of `dmq result`.
+#[derive(Debug, Clone, Args)]
+pub struct ResultArgs {
+    /// The task id, as `dmq enqueue` printed it.
+    pub id: String,
+
+    /// Wait up to this long for the result to be stored (e.g. 500ms, 10s, 2m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: Option<std::time::Duration>,
+
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq enqueue`.
+#[derive(Debug, Clone, Args)]
+pub struct EnqueueArgs {
+    /// The task's registered name, e.g. emails.send.
+    pub task: String,
+
+    /// The arguments as a JSON array, e.g. `'["ann@example.com", 3]'`, or `'[]'` for none.
+    #[arg(value_name = "JSON_ARGS")]
+    pub args: String,
+
+    /// The queue to send the job to [default: the task's queue if registered in this
+    /// binary, else `default`].
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+
+    /// Make the job due this long from now (e.g. 30s, 10m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          conflicts_with = "eta")]
+    pub delay: Option<std::time::Duration>,
+
+    /// Make the job due at this time, RFC 3339 (e.g. 2030-01-01T09:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_eta)]
+    pub eta: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// The job's priority, 0 (lowest) to 9 (highest) [default: 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub priority: Option<u8>,
+
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// Parses an RFC 3339 time into UTC.
+fn parse_eta(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e}; use RFC 3339, e.g. 2030-01-01T09:00:00Z"))
 }
 
 /// The options of `worker`.

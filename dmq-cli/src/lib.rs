@@ -1,4 +1,6 @@
-//! The `dmq` command line: `dmq bench` measures a broker's throughput and latency.
+//! The `dmq` command line: `dmq bench` measures a broker's throughput and latency;
+//! `dmq queues`, `workers`, `dlq`, `periodic`, `result` and `enqueue` read and act on
+//! a live Redis broker.
 //!
 //! The binary is a thin `main.rs` over [`main`]; [`Cli`] holds the clap types and
 //! each subcommand lives in its own module under `commands/`.
@@ -8,6 +10,10 @@ mod cli;
 mod commands;
 
 pub use cli::{BenchArgs, Cli, Command, TasksArgs, WorkerArgs};
+pub use cli::{
+    BrokerArgs, DlqArgs, DlqCommand, EnqueueArgs, PeriodicArgs, QueuesArgs, ResultArgs, WorkersArgs,
+};
+pub use commands::queues::queue_names;
 
 use std::process::ExitCode;
 

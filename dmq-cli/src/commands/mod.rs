@@ -1,9 +1,16 @@
 //! One module per subcommand.
 
+mod admin;
 mod bench;
+mod dlq;
+mod enqueue;
+mod periodic;
+pub(crate) mod queues;
+mod result;
 mod supervise;
 mod tasks;
 mod worker;
+mod workers;
 
 use crate::cli::{Cli, Command};
 
@@ -23,5 +30,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             None => worker::run(args).await,
         },
         Command::Tasks(args) => tasks::run(&args),
+        Command::Queues(args) => queues::run(args).await,
+        Command::Workers(args) => workers::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
+        Command::Periodic(args) => periodic::run(args).await,
+        Command::Result(args) => result::run(args).await,
+        Command::Enqueue(args) => enqueue::run(args).await,
     }
 }

@@ -1,0 +1,438 @@
+//! The admin commands end to end: the built `dmq` binary against a real Redis.
+//!
+//! Needs a Redis at `REDIS_URL` (default redis://127.0.0.1:6379; `scripts/ensure-redis`
+//! starts one). Each test prepares known state with the Rust API in a fresh namespace
+//! `dmq-test-<uuid>` and deletes that namespace's keys afterwards, also when it fails.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use dmq_core::{
+    Envelope, FailureKind, Manager, ResultBackend as _, TaskId, TaskOutcome, WorkerInfo,
+};
+use dmq_redis::{Keys, RedisBackend, RedisBroker};
+use serde_json::{Value, json};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh namespace on the test Redis, with a manager on it; its keys are deleted on
+/// drop.
+struct Namespace {
+    rt: tokio::runtime::Runtime,
+    name: String,
+    manager: Manager,
+    backend: Arc<RedisBackend>,
+}
+
+impl Namespace {
+    fn new() -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let name = format!("dmq-test-{}", uuid::Uuid::new_v4());
+        let (manager, backend) = rt.block_on(async {
+            let broker = RedisBroker::connect_with_namespace(&redis_url(), &name)
+                .await
+                .expect("the test Redis is up (scripts/ensure-redis)");
+            let backend = Arc::new(
+                RedisBackend::connect_with_namespace(&redis_url(), &name)
+                    .await
+                    .expect("the result backend connects"),
+            );
+            let manager = Manager::builder()
+                .broker(broker)
+                .shared_backend(backend.clone())
+                .build()
+                .expect("a manager");
+            (manager, backend)
+        });
+        Namespace { rt, name, manager, backend }
+    }
+
+    /// Runs `dmq` with `args` in this namespace.
+    fn dmq(&self, args: &[&str]) -> Output {
+        dmq_with(args, &[("DMQ_BROKER_URL", &redis_url()), ("DMQ_NAMESPACE", &self.name)])
+    }
+
+    /// Runs `dmq`, expects success, and returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.dmq(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "dmq {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Runs `dmq ... --json`, expects success, and parses its output.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let stdout = self.ok(&args);
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("dmq {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// Enqueues a job of `task` to `queue`, due at `eta` (now when `None`).
+    fn enqueue(&self, task: &str, queue: &str, eta: Option<DateTime<Utc>>) -> TaskId {
+        let args = rmp_serde::to_vec(&(1u32,)).expect("encodes");
+        let mut envelope = Envelope::new(task, queue, args);
+        envelope.eta = eta;
+        self.rt.block_on(self.manager.enqueue_envelope(envelope)).expect("enqueues")
+    }
+
+    /// Claims up to `n` jobs of `queue` as a worker would.
+    fn claim(&self, queue: &str, n: usize) -> Vec<dmq_core::Delivery> {
+        self.rt
+            .block_on(self.manager.broker().claim(
+                "test-worker",
+                &[queue.to_owned()],
+                n,
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+            ))
+            .expect("claims")
+    }
+
+    /// Dead-letters `n` fresh jobs of `queue` with reasons `boom 0`, `boom 1`, ...;
+    /// returns their ids.
+    fn dead_letters(&self, queue: &str, n: usize) -> Vec<TaskId> {
+        let ids: Vec<TaskId> = (0..n).map(|_| self.enqueue("app.fail", queue, None)).collect();
+        let claimed = self.claim(queue, n);
+        assert_eq!(claimed.len(), n);
+        for (i, delivery) in claimed.iter().enumerate() {
+            self.rt
+                .block_on(self.manager.broker().dead_letter(&delivery.lease, &format!("boom {i}")))
+                .expect("dead-letters");
+        }
+        ids
+    }
+
+    fn stats(&self, queue: &str) -> dmq_core::QueueStats {
+        self.rt.block_on(self.manager.broker().queue_stats(queue)).expect("stats")
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let keys = Keys::new(self.name.clone());
+        let deleted = self.rt.block_on(async {
+            let client = redis::Client::open(redis_url())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            dmq_redis::delete_namespace(&mut conn, &keys)
+                .await
+                .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))
+        });
+        if let Err(e) = deleted {
+            eprintln!("could not delete namespace {}: {e}", self.name);
+        }
+    }
+}
+
+/// Runs `dmq` with `args` and only the environment variables `env` of its own.
+fn dmq_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dmq"));
+    command.args(args).env_remove("DMQ_BROKER_URL").env_remove("DMQ_NAMESPACE");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the dmq binary runs")
+}
+
+/// Checks that `out` failed with one `error: ...` line containing `expected`.
+fn assert_error(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status of a failure; stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[test]
+fn queues_shows_each_queues_depths() {
+    let ns = Namespace::new();
+    // emails: 2 dead, then 1 in flight, 1 ready and 1 delayed; reports: 1 ready.
+    ns.dead_letters("emails", 2);
+    ns.enqueue("app.send", "emails", None);
+    assert_eq!(ns.claim("emails", 1).len(), 1);
+    ns.enqueue("app.send", "emails", None);
+    ns.enqueue("app.send", "emails", Some(Utc::now() + chrono::Duration::hours(1)));
+    ns.enqueue("app.report", "reports", None);
+
+    let list = ns.json(&["queues"]);
+    assert_eq!(
+        list,
+        json!([
+            {"queue": "emails", "ready": 1, "delayed": 1, "in_flight": 1, "dead": 2, "dead_dropped": 0},
+            {"queue": "reports", "ready": 1, "delayed": 0, "in_flight": 0, "dead": 0, "dead_dropped": 0},
+        ])
+    );
+
+    let table = ns.ok(&["queues"]);
+    let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD", "DEAD-DROPPED"],
+            vec!["emails", "1", "1", "1", "2", "0"],
+            vec!["reports", "1", "0", "0", "0", "0"],
+        ],
+        "{table}"
+    );
+
+    // Named queues, one without any keys.
+    let named = ns.json(&["queues", "reports", "nothing-here"]);
+    assert_eq!(named[0]["queue"], "reports");
+    assert_eq!(named[0]["ready"], 1);
+    assert_eq!(
+        named[1],
+        json!({"queue": "nothing-here", "ready": 0, "delayed": 0, "in_flight": 0, "dead": 0, "dead_dropped": 0})
+    );
+}
+
+#[test]
+fn an_empty_namespace_has_no_queues_workers_or_schedules() {
+    let ns = Namespace::new();
+    assert_eq!(ns.json(&["queues"]), json!([]));
+    assert_eq!(ns.json(&["workers"]), json!([]));
+    assert_eq!(ns.json(&["periodic"]), json!([]));
+    assert!(ns.ok(&["queues"]).contains("no queues"));
+    assert!(ns.ok(&["workers"]).contains("no live workers"));
+    assert!(ns.ok(&["periodic"]).contains("no periodic schedules"));
+}
+
+#[test]
+fn workers_and_periodic_schedules() {
+    let ns = Namespace::new();
+    let started = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(5);
+    let info = WorkerInfo::new(
+        "worker-7",
+        "box-1",
+        4242,
+        vec!["emails".to_owned(), "reports".to_owned()],
+        16,
+        started,
+    );
+    ns.rt
+        .block_on(ns.manager.broker().heartbeat(&info, Duration::from_secs(60)))
+        .expect("heartbeat");
+    let next = Utc::now().trunc_subsecs(0) + chrono::Duration::hours(2);
+    ns.rt
+        .block_on(ns.manager.broker().schedule_begin("nightly-report", Some(next)))
+        .expect("schedule");
+
+    let workers = ns.json(&["workers"]);
+    assert_eq!(workers.as_array().map(Vec::len), Some(1), "{workers}");
+    let w = &workers[0];
+    assert_eq!(
+        (&w["id"], &w["hostname"], &w["pid"], &w["concurrency"]),
+        (&json!("worker-7"), &json!("box-1"), &json!(4242), &json!(16))
+    );
+    assert_eq!(w["queues"], json!(["emails", "reports"]));
+    assert_eq!(w["started_at"], rfc3339(started));
+    let lapses: DateTime<Utc> =
+        w["alive_until"].as_str().expect("a time").parse().expect("RFC 3339");
+    assert!(lapses > Utc::now(), "a fresh heartbeat lapses in the future: {lapses}");
+    let table = ns.ok(&["workers"]);
+    assert!(table.starts_with("ID"), "{table}");
+    let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
+    assert_eq!(row[..5], ["worker-7", "box-1", "4242", "emails,reports", "16"], "{table}");
+
+    let schedules = ns.json(&["periodic"]);
+    assert_eq!(schedules.as_array().map(Vec::len), Some(1), "{schedules}");
+    assert_eq!(schedules[0]["name"], "nightly-report");
+    assert_eq!(schedules[0]["last_fire"], Value::Null);
+    assert_eq!(schedules[0]["next_fire"], rfc3339(next));
+    let table = ns.ok(&["periodic"]);
+    let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
+    assert_eq!(
+        (row[0], row[2], row[3]),
+        ("nightly-report", "-", rfc3339(next).as_str()),
+        "{table}"
+    );
+}
+
+#[test]
+fn dlq_list_requeue_delete_and_purge() {
+    let ns = Namespace::new();
+    let ids = ns.dead_letters("emails", 4);
+
+    let listed = ns.json(&["dlq", "list", "emails"]);
+    assert_eq!(listed["total"], 4);
+    let letters = listed["letters"].as_array().expect("letters");
+    let mut listed_ids: Vec<String> =
+        letters.iter().map(|l| l["id"].as_str().unwrap_or("").to_owned()).collect();
+    listed_ids.sort();
+    let mut expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(listed_ids, expected);
+    assert!(letters.iter().all(|l| l["task"] == "app.fail"), "{listed}");
+    assert!(letters.iter().any(|l| l["reason"] == "boom 3"), "{listed}");
+    let page = ns.json(&["dlq", "list", "emails", "--offset", "1", "--limit", "2"]);
+    assert_eq!(page["letters"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["letters"][0], letters[1]);
+    let table = ns.ok(&["dlq", "list", "emails"]);
+    assert!(table.starts_with("ID") && table.contains("boom 0"), "{table}");
+    assert!(table.contains("1-4 of 4 dead letters"), "{table}");
+
+    // Requeue one by id: back to ready.
+    let first = ids[0].to_string();
+    assert!(ns.ok(&["dlq", "requeue", "emails", &first]).contains(&first));
+    let stats = ns.stats("emails");
+    assert_eq!((stats.ready, stats.dead), (1, 3));
+    // It is gone from the dead-letter queue now.
+    let out = ns.dmq(&["dlq", "requeue", "emails", &first]);
+    assert_error(&out, "holds no dead letter");
+    assert_error(&ns.dmq(&["dlq", "delete", "emails", "not-a-uuid"]), "not a task id");
+
+    // Delete one.
+    let second = ids[1].to_string();
+    assert_eq!(ns.json(&["dlq", "delete", "emails", &second])["deleted"], 1);
+    assert_error(&ns.dmq(&["dlq", "delete", "emails", &second]), "holds no dead letter");
+    assert_eq!(ns.stats("emails").dead, 2);
+
+    // Requeue the rest to another queue.
+    let moved = ns.json(&["dlq", "requeue", "emails", "--all", "--to", "emails-retry"]);
+    assert_eq!(moved, json!({"requeued": 2, "to": "emails-retry"}));
+    assert_eq!(ns.stats("emails").dead, 0);
+    assert_eq!(ns.stats("emails-retry").ready, 2);
+
+    // Purge needs --yes.
+    ns.dead_letters("emails", 2);
+    assert_error(&ns.dmq(&["dlq", "purge", "emails"]), "--yes");
+    assert_eq!(ns.stats("emails").dead, 2, "nothing is purged without --yes");
+    assert!(ns.ok(&["dlq", "purge", "emails", "--yes"]).contains("purged 2"));
+    assert_eq!(ns.stats("emails").dead, 0);
+    assert_eq!(ns.json(&["dlq", "list", "emails"])["total"], 0);
+}
+
+#[test]
+fn enqueue_sends_json_arguments_as_a_messagepack_tuple() {
+    let ns = Namespace::new();
+    let out = ns.ok(&[
+        "enqueue",
+        "emails.send",
+        r#"["ann@example.com", 3]"#,
+        "--queue",
+        "mail",
+        "--priority",
+        "9",
+    ]);
+    let id: TaskId = out.trim().parse().expect("prints the task id");
+    let claimed = ns.claim("mail", 1);
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].lease.id, id);
+    let envelope = Envelope::decode(&claimed[0].payload, 1 << 20).expect("decodes");
+    assert_eq!(
+        (envelope.task.as_str(), envelope.queue.as_str(), envelope.priority),
+        ("emails.send", "mail", 9)
+    );
+    let args: (String, u32) = rmp_serde::from_slice(&envelope.args).expect("a (String, u32) tuple");
+    assert_eq!(args, ("ann@example.com".to_owned(), 3));
+
+    // The queue defaults to a registered task's own (the bench's task is linked into
+    // the binary), else to `default`.
+    let sent = ns.json(&["enqueue", "dmq.bench.noop", "[1]"]);
+    assert_eq!(sent["queue"], "dmq-bench");
+    assert_eq!(ns.stats("dmq-bench").ready, 1);
+    let sent = ns.json(&["enqueue", "not.registered", "[]"]);
+    assert_eq!(sent["queue"], "default");
+    assert_eq!(ns.stats("default").ready, 1);
+
+    // --delay and --eta make it delayed.
+    let sent = ns.json(&["enqueue", "later", "[]", "--queue", "later", "--delay", "1h"]);
+    let eta: DateTime<Utc> = sent["eta"].as_str().expect("an eta").parse().expect("RFC 3339");
+    assert!(eta > Utc::now() + chrono::Duration::minutes(59), "{eta}");
+    ns.ok(&["enqueue", "later", "[]", "--queue", "later", "--eta", "2099-01-01T00:00:00Z"]);
+    let stats = ns.stats("later");
+    assert_eq!((stats.ready, stats.delayed), (0, 2));
+
+    assert_error(&ns.dmq(&["enqueue", "t", "[1, 2"]), "not valid JSON");
+    assert_error(&ns.dmq(&["enqueue", "t", r#"{"to": "ann"}"#]), "must be a JSON array");
+    assert_error(&ns.dmq(&["enqueue", "t", "3"]), "must be a JSON array");
+}
+
+#[test]
+fn result_shows_the_stored_outcome() {
+    let ns = Namespace::new();
+    let ttl = Duration::from_secs(600);
+    let ok = TaskId::new();
+    let value = rmp_serde::to_vec(&("done", 42, vec![1.5])).expect("encodes");
+    let outcome = TaskOutcome::succeeded(value, 2, Utc::now());
+    ns.rt.block_on(ns.backend.store(ok, &outcome, ttl)).expect("stores");
+    let failed = TaskId::new();
+    let outcome = TaskOutcome::failed(FailureKind::Fatal, "no such user", 1, None);
+    ns.rt.block_on(ns.backend.store(failed, &outcome, ttl)).expect("stores");
+
+    let shown = ns.json(&["result", &ok.to_string()]);
+    assert_eq!(shown["state"], "succeeded");
+    assert_eq!(shown["attempts"], 2);
+    assert_eq!(shown["value"], json!(["done", 42, [1.5]]));
+    assert_eq!(shown["failure"], Value::Null);
+    let text = ns.ok(&["result", &ok.to_string()]);
+    assert!(text.contains("succeeded") && text.contains(r#"["done",42,[1.5]]"#), "{text}");
+
+    let shown = ns.json(&["result", &failed.to_string()]);
+    assert_eq!(shown["state"], "failed");
+    assert_eq!(shown["failure"], json!({"kind": "fatal", "message": "no such user"}));
+    assert_eq!(shown["value"], Value::Null);
+    let text = ns.ok(&["result", &failed.to_string()]);
+    assert!(text.contains("fatal") && text.contains("no such user"), "{text}");
+
+    let missing = TaskId::new().to_string();
+    assert_error(&ns.dmq(&["result", &missing]), "no result stored");
+    assert_error(&ns.dmq(&["result", &missing, "--wait", "200ms"]), "after waiting 200ms");
+    assert_error(&ns.dmq(&["result", "nope"]), "not a task id");
+
+    // --wait picks up a result stored while it waits.
+    let late = TaskId::new();
+    let backend = ns.backend.clone();
+    let store = ns.rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let outcome =
+            TaskOutcome::succeeded(rmp_serde::to_vec(&7).expect("encodes"), 1, Utc::now());
+        backend.store(late, &outcome, Duration::from_secs(600)).await
+    });
+    let shown = ns.json(&["result", &late.to_string(), "--wait", "20s"]);
+    assert_eq!(shown["value"], 7);
+    ns.rt.block_on(store).expect("joins").expect("stores");
+}
+
+#[test]
+fn errors_are_one_line_and_never_a_panic() {
+    for args in [
+        ["queues", "--broker", "memory://"].as_slice(),
+        ["dlq", "list", "q", "--broker", "memory://"].as_slice(),
+    ] {
+        assert_error(&dmq_with(args, &[]), "need a shared broker");
+    }
+    assert_error(&dmq_with(&["workers", "--broker", "nope://host"], &[]), "unsupported broker URL");
+    assert_error(&dmq_with(&["periodic", "--broker", "redis://127.0.0.1:1"], &[]), "127.0.0.1:1");
+    assert_error(
+        &dmq_with(&["dlq", "purge", "q", "--broker", "redis://127.0.0.1:1"], &[]),
+        "--yes",
+    );
+    let password = dmq_with(&["queues", "--broker", "redis://:hunter2@127.0.0.1:1"], &[]);
+    assert_error(&password, "127.0.0.1:1");
+    assert!(
+        !String::from_utf8_lossy(&password.stderr).contains("hunter2"),
+        "the password is hidden"
+    );
+    assert_error(
+        &dmq_with(&["enqueue", "t", "not json", "--broker", "redis://127.0.0.1:1"], &[]),
+        "not valid JSON",
+    );
+    assert_error(
+        &dmq_with(&["queues", "--namespace", "a b"], &[("DMQ_BROKER_URL", &redis_url())]),
+        "namespace",
+    );
+}
