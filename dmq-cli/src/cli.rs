@@ -92,6 +92,13 @@ pub enum Command {
         after_help = "Examples:\n  dmq enqueue emails.send '[\"ann@example.com\", 3]'\n  dmq enqueue reports.build '[]' --queue reports --delay 10m\n  dmq enqueue cleanup '[7]' --eta 2030-01-01T00:00:00Z --priority 9"
     )]
     Enqueue(EnqueueArgs),
+
+    /// Delete every job waiting in a queue, ready or delayed; asks for --yes.
+    ///
+    /// Jobs being run stay with their workers, and dead letters stay too (see
+    /// `dmq dlq purge`).
+    #[command(after_help = "Examples:\n  dmq purge emails --yes\n  dmq purge emails --yes --json")]
+    Purge(PurgeArgs),
 }
 
 /// Where the admin commands find the broker, and how they print.
@@ -130,6 +137,19 @@ pub struct QueuesArgs {
 /// The options of `dmq workers`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkersArgs {
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq purge`.
+#[derive(Debug, Clone, Args)]
+pub struct PurgeArgs {
+    /// The queue to empty.
+    pub queue: String,
+    /// Confirms that the waiting jobs are to be deleted for good.
+    #[arg(long)]
+    pub yes: bool,
     #[command(flatten)]
     /// Where the broker is, and how to print.
     pub broker: BrokerArgs,
@@ -447,6 +467,45 @@ mod tests {
         let err = Cli::try_parse_from(["app", "worker", "--guarantee", "twice"]).unwrap_err();
         assert!(err.to_string().contains("at-most-once, at-least-once or exactly-once"), "{err}");
         assert!(Cli::try_parse_from(["app", "worker", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn admin_defaults() {
+        let cli = Cli::try_parse_from(["dmq", "queues"]).unwrap();
+        let Command::Queues(args) = cli.command else { panic!("not queues") };
+        assert!(args.queues.is_empty());
+        assert_eq!(args.broker.namespace, "dmq");
+        assert!(!args.broker.json);
+    }
+
+    #[test]
+    fn requeue_takes_an_id_or_all_but_not_both() {
+        assert!(Cli::try_parse_from(["dmq", "dlq", "requeue", "q"]).is_err());
+        assert!(Cli::try_parse_from(["dmq", "dlq", "requeue", "q", "--all"]).is_ok());
+        assert!(Cli::try_parse_from(["dmq", "dlq", "requeue", "q", "some-id"]).is_ok());
+        assert!(Cli::try_parse_from(["dmq", "dlq", "requeue", "q", "some-id", "--all"]).is_err());
+    }
+
+    #[test]
+    fn enqueue_options() {
+        let cli = Cli::try_parse_from([
+            "dmq",
+            "enqueue",
+            "t",
+            "[1]",
+            "--eta",
+            "2030-01-01T09:00:00+02:00",
+            "--priority",
+            "9",
+        ])
+        .unwrap();
+        let Command::Enqueue(args) = cli.command else { panic!("not enqueue") };
+        assert_eq!(args.eta.unwrap().to_rfc3339(), "2030-01-01T07:00:00+00:00");
+        assert_eq!(args.priority, Some(9));
+        assert!(Cli::try_parse_from(["dmq", "enqueue", "t", "[]", "--priority", "10"]).is_err());
+        assert!(Cli::try_parse_from(["dmq", "enqueue", "t", "[]", "--eta", "tomorrow"]).is_err());
+        let both = ["dmq", "enqueue", "t", "[]", "--delay", "1s", "--eta", "2030-01-01T00:00:00Z"];
+        assert!(Cli::try_parse_from(both).is_err());
     }
 
     #[test]

@@ -436,3 +436,19 @@ fn errors_are_one_line_and_never_a_panic() {
         "namespace",
     );
 }
+
+#[test]
+fn purge_deletes_the_waiting_jobs_once_confirmed() {
+    let ns = Namespace::new();
+    for _ in 0..3 {
+        ns.ok(&["enqueue", "reports.build", "[]", "--queue", "reports"]);
+    }
+    ns.ok(&["enqueue", "reports.build", "[]", "--queue", "reports", "--delay", "1h"]);
+    let stats = ns.stats("reports");
+    assert_eq!((stats.ready, stats.delayed), (3, 1));
+    assert_error(&ns.dmq(&["purge", "reports"]), "--yes");
+    assert_eq!(ns.stats("reports").ready, 3, "nothing is purged without --yes");
+    assert_eq!(ns.json(&["purge", "reports", "--yes"])["purged"], 4);
+    let stats = ns.stats("reports");
+    assert_eq!((stats.ready, stats.delayed), (0, 0));
+}

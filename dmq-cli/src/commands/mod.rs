@@ -5,6 +5,7 @@ mod bench;
 mod dlq;
 mod enqueue;
 mod periodic;
+mod purge;
 pub(crate) mod queues;
 mod result;
 mod supervise;
@@ -36,5 +37,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Periodic(args) => periodic::run(args).await,
         Command::Result(args) => result::run(args).await,
         Command::Enqueue(args) => enqueue::run(args).await,
+        Command::Purge(args) => purge::run(args).await,
     }
 }
