@@ -109,8 +109,10 @@ fn a_bad_broker_url_is_a_one_line_error() {
     assert!(stderr.starts_with("error: "), "{stderr}");
 }
 
-/// `app worker --tasks app --workers 2`: a child killed with SIGKILL is restarted and
-/// every job completes; SIGTERM to the supervisor stops everything and it exits 0.
+/// `app worker --tasks app --workers 2`: 2,000 jobs enqueued with the Rust API and 20
+/// with `app enqueue` (which finds the queue from the binary's own task); a child
+/// killed with SIGKILL is restarted and every job completes; SIGTERM to the
+/// supervisor stops everything and it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
     let url = redis_url();
@@ -147,6 +149,20 @@ async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
         };
         let ids =
             manager.enqueue_batch((0..2000).map(|i| app::add::call(i, i))).await.expect("enqueue");
+        // And some through the command line, as an operator would.
+        let mut cli_ids = Vec::new();
+        for i in 0..20i64 {
+            let out = Command::new(app)
+                .args(["enqueue", "add", &format!("[{i}, 100]"), "--broker", &url])
+                .args(["--namespace", &namespace])
+                .output()
+                .await
+                .expect("run app enqueue");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let id: dmq_core::TaskId =
+                String::from_utf8_lossy(&out.stdout).trim().parse().expect("prints the task id");
+            cli_ids.push((i, id));
+        }
         let victim = *first.iter().next().expect("a worker");
         let killed = Command::new("kill").args(["-KILL", &victim.to_string()]).status().await;
         assert!(killed.expect("kill -KILL").success());
@@ -162,6 +178,10 @@ async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
         for (i, id) in (0..).zip(&ids) {
             let sum = manager.result::<i64>(*id).wait(WAIT).await.expect("every job completes");
             assert_eq!(sum, 2 * i);
+        }
+        for (i, id) in cli_ids {
+            let sum = manager.result::<i64>(id).wait(WAIT).await.expect("a CLI job completes");
+            assert_eq!(sum, i + 100);
         }
     };
     let result = tokio::time::timeout(WAIT * 2, outcome).await;
