@@ -29,10 +29,11 @@ pub enum Command {
     )]
     Bench(BenchArgs),
 
-    /// Run workers: --tasks APP supervises --workers processes of the task binary APP;
-    /// without --tasks, one worker runs in this process with this binary's tasks.
+    /// Run workers: one in this process, or --workers processes of --tasks APP.
     ///
-    /// A task binary is any binary whose main calls `dmq_cli::main()`: `app worker`
+    /// With --tasks APP, supervises --workers worker processes of the task binary APP;
+    /// without it, one worker runs in this process with this binary's tasks. A task
+    /// binary is any binary whose main calls `dmq_cli::main()`: `app worker`
     /// runs its tasks. A worker takes jobs from --queues (by default every queue of
     /// the binary's tasks), runs the periodic scheduler unless --no-scheduler, and on
     /// SIGINT or SIGTERM stops claiming, lets running jobs finish within --grace,
@@ -58,8 +59,10 @@ pub enum Command {
     )]
     Queues(QueuesArgs),
 
-    /// List the live workers: id, host, pid, queues, concurrency, start and the time
-    /// their heartbeat lapses.
+    /// List the live workers: id, host, pid, queues, concurrency, heartbeat.
+    ///
+    /// Each worker's id, host, pid, queues, concurrency, start and the time its
+    /// heartbeat lapses.
     #[command(after_help = "Examples:\n  dmq workers\n  dmq workers --json")]
     Workers(WorkersArgs),
 
