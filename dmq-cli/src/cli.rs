@@ -96,6 +96,16 @@ pub enum Command {
     )]
     Enqueue(EnqueueArgs),
 
+    /// Show one job by id: its queue, state, task, attempt and times, and its result.
+    ///
+    /// Looks through every queue of the namespace: ready, delayed (with its due time),
+    /// in flight (with its lease deadline) or dead-lettered (with the reason, among
+    /// each queue's newest 10,000 letters); then the stored result, if any.
+    #[command(
+        after_help = "Examples:\n  dmq job 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10\n  dmq job 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10 --json"
+    )]
+    Job(JobArgs),
+
     /// Delete every job waiting in a queue, ready or delayed; asks for --yes.
     ///
     /// Jobs being run stay with their workers, and dead letters stay too (see
@@ -140,6 +150,16 @@ pub struct QueuesArgs {
 /// The options of `dmq workers`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkersArgs {
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq job`.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// The job's task id.
+    pub id: String,
     #[command(flatten)]
     /// Where the broker is, and how to print.
     pub broker: BrokerArgs,

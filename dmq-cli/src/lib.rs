@@ -11,8 +11,8 @@ mod commands;
 
 pub use cli::{BenchArgs, Cli, Command, TasksArgs, WorkerArgs};
 pub use cli::{
-    BrokerArgs, DlqArgs, DlqCommand, EnqueueArgs, PeriodicArgs, PurgeArgs, QueuesArgs, ResultArgs,
-    WorkersArgs,
+    BrokerArgs, DlqArgs, DlqCommand, EnqueueArgs, JobArgs, PeriodicArgs, PurgeArgs, QueuesArgs,
+    ResultArgs, WorkersArgs,
 };
 pub use commands::queues::queue_names;
 

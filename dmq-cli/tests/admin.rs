@@ -452,3 +452,46 @@ fn purge_deletes_the_waiting_jobs_once_confirmed() {
     let stats = ns.stats("reports");
     assert_eq!((stats.ready, stats.delayed), (0, 0));
 }
+
+#[test]
+fn job_finds_a_job_in_each_state() {
+    let ns = Namespace::new();
+    let ready = ns.enqueue("reports.build", "reports", None);
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let delayed = ns.enqueue("reports.build", "reports", Some(later));
+    let dead = ns.dead_letters("emails", 1)[0];
+    let running = ns.enqueue("app.slow", "slow", None);
+    let held = ns.claim("slow", 1);
+    assert_eq!(held[0].lease.id, running);
+
+    let shown = ns.json(&["job", &ready.to_string()]);
+    assert_eq!(
+        (shown["queue"].as_str(), shown["state"].as_str()),
+        (Some("reports"), Some("ready"))
+    );
+    assert_eq!(shown["task"], "reports.build");
+    assert_eq!(shown["attempt"], 1);
+    let shown = ns.json(&["job", &delayed.to_string()]);
+    assert_eq!(shown["state"], "delayed");
+    assert!(
+        shown["at"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&later.format("%Y-%m-%dT%H").to_string()))
+    );
+    let shown = ns.json(&["job", &dead.to_string()]);
+    assert_eq!(
+        (shown["queue"].as_str(), shown["state"].as_str()),
+        (Some("emails"), Some("dead-lettered"))
+    );
+    assert_eq!(shown["reason"], "boom 0");
+    let shown = ns.json(&["job", &running.to_string()]);
+    assert_eq!(shown["state"], "in flight");
+    let human = ns.ok(&["job", &ready.to_string()]);
+    assert!(
+        human.contains("state:       ready") && human.contains("task:        reports.build"),
+        "{human}"
+    );
+
+    assert_error(&ns.dmq(&["job", &TaskId::new().to_string()]), "no job");
+    assert_error(&ns.dmq(&["job", "nope"]), "not a task id");
+}

@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod dlq;
 mod enqueue;
+mod job;
 mod periodic;
 mod purge;
 pub(crate) mod queues;
@@ -38,5 +39,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Result(args) => result::run(args).await,
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::Purge(args) => purge::run(args).await,
+        Command::Job(args) => job::run(args).await,
     }
 }
