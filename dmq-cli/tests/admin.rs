@@ -495,3 +495,17 @@ fn job_finds_a_job_in_each_state() {
     assert_error(&ns.dmq(&["job", &TaskId::new().to_string()]), "no job");
     assert_error(&ns.dmq(&["job", "nope"]), "not a task id");
 }
+
+#[test]
+fn worker_errors_are_one_line_that_say_what_to_do() {
+    // A task binary that is nowhere: the error lists where it looked.
+    let out = dmq_with(&["worker", "--tasks", "no-such-dmq-app", "--workers", "2"], &[]);
+    assert_error(&out, "no task binary named \"no-such-dmq-app\"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PATH") && stderr.contains("debug"), "{stderr}");
+    // The dmq binary itself links no task of the user's.
+    assert_error(&dmq_with(&["worker", "--broker", "memory://"], &[]), "links no #[task]");
+    // --workers goes with --tasks.
+    let out = dmq_with(&["worker", "--workers", "2"], &[]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+}
