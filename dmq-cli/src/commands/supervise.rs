@@ -173,6 +173,15 @@ fn child_args(args: &WorkerArgs) -> Vec<String> {
 /// Finds the task binary `app`: a path; a name on PATH; or a binary or example of
 /// that name in this Cargo workspace's target directory, release before debug.
 fn resolve(app: &str) -> anyhow::Result<PathBuf> {
+    resolve_with(app, std::env::var_os("PATH"), target_dir())
+}
+
+/// [`resolve`], given the PATH and the target directory.
+fn resolve_with(
+    app: &str,
+    path: Option<std::ffi::OsString>,
+    target: Option<PathBuf>,
+) -> anyhow::Result<PathBuf> {
     let mut looked = Vec::new();
     if app.contains('/') {
         let path = PathBuf::from(app);
@@ -181,7 +190,7 @@ fn resolve(app: &str) -> anyhow::Result<PathBuf> {
         }
         bail!("no executable task binary at {app:?}: build it first (cargo build) or fix the path");
     }
-    if let Some(paths) = std::env::var_os("PATH") {
+    if let Some(paths) = path {
         for dir in std::env::split_paths(&paths) {
             let candidate = dir.join(app);
             if is_executable(&candidate) {
@@ -190,7 +199,7 @@ fn resolve(app: &str) -> anyhow::Result<PathBuf> {
         }
         looked.push("every directory on PATH".to_owned());
     }
-    if let Some(target) = target_dir() {
+    if let Some(target) = target {
         for sub in ["release", "debug", "release/examples", "debug/examples"] {
             let candidate = target.join(sub).join(app);
             if is_executable(&candidate) {
@@ -234,6 +243,31 @@ mod tests {
         assert!(err.contains("PATH") && err.contains("release"), "{err}");
         let err = resolve("./no/such/app").unwrap_err().to_string();
         assert!(err.contains("no executable task binary at"), "{err}");
+    }
+
+    /// An executable file at `path`, with its directories.
+    fn executable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn the_workspace_target_directory_is_searched_release_first() {
+        let target = std::env::temp_dir().join(format!("dmq-resolve-{}", uuid::Uuid::new_v4()));
+        executable(&target.join("debug/app"));
+        executable(&target.join("debug/examples/demo"));
+        let found = |name: &str| resolve_with(name, None, Some(target.clone()));
+        assert_eq!(found("app").unwrap(), target.join("debug/app"));
+        assert_eq!(found("demo").unwrap(), target.join("debug/examples/demo"));
+        executable(&target.join("release/app"));
+        assert_eq!(found("app").unwrap(), target.join("release/app"), "release before debug");
+        // A file that is not executable is not a binary.
+        std::fs::write(target.join("release/notes"), "text").unwrap();
+        let err = found("notes").unwrap_err().to_string();
+        assert!(err.contains(&target.join("release/notes").display().to_string()), "{err}");
+        std::fs::remove_dir_all(&target).unwrap();
     }
 
     #[test]
