@@ -221,7 +221,8 @@ fn workers_and_periodic_schedules() {
         vec!["emails".to_owned(), "reports".to_owned()],
         16,
         started,
-    );
+    )
+    .with_running(5);
     ns.rt
         .block_on(ns.manager.broker().heartbeat(&info, Duration::from_secs(60)))
         .expect("heartbeat");
@@ -238,6 +239,7 @@ fn workers_and_periodic_schedules() {
         (&json!("worker-7"), &json!("box-1"), &json!(4242), &json!(16))
     );
     assert_eq!(w["queues"], json!(["emails", "reports"]));
+    assert_eq!(w["running"], json!(5));
     assert_eq!(w["started_at"], rfc3339(started));
     let lapses: DateTime<Utc> =
         w["alive_until"].as_str().expect("a time").parse().expect("RFC 3339");
@@ -245,7 +247,7 @@ fn workers_and_periodic_schedules() {
     let table = ns.ok(&["workers"]);
     assert!(table.starts_with("ID"), "{table}");
     let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
-    assert_eq!(row[..5], ["worker-7", "box-1", "4242", "emails,reports", "16"], "{table}");
+    assert_eq!(row[..6], ["worker-7", "box-1", "4242", "emails,reports", "16", "5"], "{table}");
 
     let schedules = ns.json(&["periodic"]);
     assert_eq!(schedules.as_array().map(Vec::len), Some(1), "{schedules}");

@@ -613,6 +613,13 @@ pub mod broker {
         let listed = b.workers().await.expect("workers");
         let long = listed.iter().find(|w| w.info.id == "w-long").expect("w-long is listed");
         assert_eq!(long.info.queues, q);
+        assert_eq!(long.info.running, 0, "a fresh description reports no running jobs");
+        // A later heartbeat replaces what the worker reports.
+        b.heartbeat(&worker("w-long", &q).with_running(3), LONG).await.expect("heartbeat");
+        let listed = b.workers().await.expect("workers");
+        let long = listed.iter().find(|w| w.info.id == "w-long").expect("w-long is listed");
+        assert_eq!(long.info.running, 3, "running round-trips");
+        assert_eq!((long.info.concurrency, long.info.queues.as_slice()), (4, q.as_slice()));
         assert!(long.alive_until > Utc::now() + chrono::Duration::seconds(20));
         assert_eq!(ids(listed), ["w-long", "w-short"]);
         tokio::time::sleep(Duration::from_millis(800)).await;

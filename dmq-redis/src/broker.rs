@@ -610,6 +610,10 @@ struct StoredWorker {
     /// The heartbeat ttl the worker registered with.
     #[serde(default)]
     ttl_ms: u64,
+    /// How many jobs the worker was running at this heartbeat (absent in older
+    /// encodings: zero).
+    #[serde(default)]
+    running: u32,
 }
 
 fn encode_worker(info: &WorkerInfo, ttl: Duration) -> Result<Vec<u8>> {
@@ -620,6 +624,7 @@ fn encode_worker(info: &WorkerInfo, ttl: Duration) -> Result<Vec<u8>> {
         queues: info.queues.clone(),
         concurrency: info.concurrency,
         started_at_ms: info.started_at.timestamp_millis(),
+        running: info.running,
     };
     rmp_serde::to_vec_named(&stored)
         .map_err(|e| Error::Encode { what: "a worker description", reason: e.to_string() })
@@ -634,14 +639,17 @@ fn worker_ttl(bytes: &[u8]) -> Duration {
 /// The description stored for worker `id`; `None` when it does not decode.
 fn decode_worker(id: &str, bytes: &[u8]) -> Option<WorkerInfo> {
     let stored: StoredWorker = rmp_serde::from_slice(bytes).ok()?;
-    Some(WorkerInfo::new(
-        id,
-        stored.hostname,
-        stored.pid,
-        stored.queues,
-        stored.concurrency,
-        DateTime::from_timestamp_millis(stored.started_at_ms).unwrap_or_default(),
-    ))
+    Some(
+        WorkerInfo::new(
+            id,
+            stored.hostname,
+            stored.pid,
+            stored.queues,
+            stored.concurrency,
+            DateTime::from_timestamp_millis(stored.started_at_ms).unwrap_or_default(),
+        )
+        .with_running(stored.running),
+    )
 }
 
 /// A dead letter from its list entry `<Unix ms>|<id>|<reason>` and its payload.
@@ -1073,5 +1081,45 @@ impl Broker for RedisBroker {
             letters.extend(parse_dead_entry(queue, &entry, payload.unwrap_or_default()));
         }
         Ok(letters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker description as encoded before it carried `running`.
+    #[derive(serde::Serialize)]
+    struct OldStoredWorker {
+        hostname: String,
+        pid: u32,
+        queues: Vec<String>,
+        concurrency: usize,
+        started_at_ms: i64,
+        ttl_ms: u64,
+    }
+
+    #[test]
+    fn an_old_worker_encoding_decodes_with_no_running_jobs() {
+        let old = OldStoredWorker {
+            hostname: "box".to_owned(),
+            pid: 7,
+            queues: vec!["q".to_owned()],
+            concurrency: 4,
+            started_at_ms: 1_700_000_000_000,
+            ttl_ms: 30_000,
+        };
+        let bytes = rmp_serde::to_vec_named(&old).expect("encode");
+        let info = decode_worker("w", &bytes).expect("an old encoding still decodes");
+        assert_eq!((info.hostname.as_str(), info.concurrency, info.running), ("box", 4, 0));
+        assert_eq!(worker_ttl(&bytes), Duration::from_millis(30_000));
+    }
+
+    #[test]
+    fn running_round_trips_through_the_encoding() {
+        let info =
+            WorkerInfo::new("w", "box", 7, vec!["q".to_owned()], 4, Utc::now()).with_running(3);
+        let bytes = encode_worker(&info, Duration::from_secs(30)).expect("encode");
+        assert_eq!(decode_worker("w", &bytes).expect("decode").running, 3);
     }
 }

@@ -96,6 +96,28 @@ async fn a_delayed_job_starts_at_its_eta_on_an_idle_worker_not_before() {
     common::remove_namespace(&namespace).await;
 }
 
+/// Holds each `redis.held` job until the test adds a permit.
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[task(name = "redis.held", queue = "r-reg")]
+async fn held() -> Result<(), TaskError> {
+    GATE.acquire().await.expect("the gate stays open").forget();
+    Ok(())
+}
+
+/// Polls the registry until its only worker reports `running` jobs running.
+async fn until_running(manager: &Manager, running: u32) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let listed = manager.broker().workers().await.expect("workers");
+        if listed.first().is_some_and(|w| w.info.running == running) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never {running} running: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     let namespace = common::fresh_namespace();
@@ -122,6 +144,16 @@ async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let later = manager.broker().workers().await.expect("workers");
     assert!(later[0].alive_until > first_until, "the heartbeat was not renewed");
+    // An idle worker, waiting in its claim, reports no running jobs; its heartbeats
+    // report the jobs it runs.
+    assert_eq!(later[0].info.running, 0);
+    let first = held::call().enqueue(&manager).await.expect("enqueue");
+    let second = held::call().enqueue(&manager).await.expect("enqueue");
+    until_running(&manager, 2).await;
+    GATE.add_permits(2);
+    first.result(WAIT).await.expect("result");
+    second.result(WAIT).await.expect("result");
+    until_running(&manager, 0).await;
     worker.shutdown().await;
     assert!(manager.broker().workers().await.expect("workers").is_empty());
     common::remove_namespace(&namespace).await;

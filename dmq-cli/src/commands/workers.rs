@@ -19,6 +19,7 @@ pub(crate) async fn run(args: WorkersArgs) -> anyhow::Result<()> {
                     "pid": w.info.pid,
                     "queues": w.info.queues,
                     "concurrency": w.info.concurrency,
+                    "running": w.info.running,
                     "started_at": time(w.info.started_at),
                     "alive_until": time(w.alive_until),
                 })
@@ -39,13 +40,14 @@ pub(crate) async fn run(args: WorkersArgs) -> anyhow::Result<()> {
                 w.info.pid.to_string(),
                 w.info.queues.join(","),
                 w.info.concurrency.to_string(),
+                w.info.running.to_string(),
                 time(w.info.started_at),
                 time(w.alive_until),
             ]
         })
         .collect();
     print_table(
-        &["ID", "HOST", "PID", "QUEUES", "CONCURRENCY", "STARTED", "HEARTBEAT-LAPSES"],
+        &["ID", "HOST", "PID", "QUEUES", "CONCURRENCY", "RUNNING", "STARTED", "HEARTBEAT-LAPSES"],
         &rows,
     );
     Ok(())

@@ -245,6 +245,8 @@ pub struct WorkerInfo {
     pub concurrency: usize,
     /// When it started.
     pub started_at: DateTime<Utc>,
+    /// How many jobs it was running at its last heartbeat.
+    pub running: u32,
 }
 
 impl WorkerInfo {
@@ -265,7 +267,16 @@ impl WorkerInfo {
             queues,
             concurrency,
             started_at,
+            running: 0,
         }
+    }
+
+    /// The same description, reporting `running` jobs running now (as a heartbeat
+    /// does).
+    #[must_use]
+    pub fn with_running(mut self, running: u32) -> Self {
+        self.running = running;
+        self
     }
 }
 

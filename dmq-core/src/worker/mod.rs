@@ -9,7 +9,7 @@ pub use scheduler::{FIRE_TIME_HEADER, SCHEDULE_HEADER};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -160,6 +160,7 @@ impl WorkerBuilder {
             stop: stop.clone(),
             hard_stop: CancellationToken::new(),
             released: AtomicU64::new(0),
+            running: AtomicU32::new(0),
         });
         tracing::info!(
             worker = %shared.info.id,
@@ -184,6 +185,32 @@ pub(crate) struct Shared {
     stop: CancellationToken,
     pub(crate) hard_stop: CancellationToken,
     pub(crate) released: AtomicU64,
+    /// How many jobs are running now, reported at each heartbeat. Counted apart from
+    /// the claim loop's slots, since the loop itself holds a slot while it claims.
+    running: AtomicU32,
+}
+
+impl Shared {
+    /// This worker's description as its next heartbeat reports it.
+    fn heartbeat_info(&self) -> WorkerInfo {
+        self.info.clone().with_running(self.running.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts one running job in [`Shared::running`] while it lives.
+struct RunningJob(Arc<Shared>);
+
+impl RunningJob {
+    fn start(shared: &Arc<Shared>) -> Self {
+        shared.running.fetch_add(1, Ordering::Relaxed);
+        RunningJob(Arc::clone(shared))
+    }
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A running worker. Stop it with [`shutdown`](WorkerHandle::shutdown); dropping the
@@ -236,7 +263,7 @@ async fn run(shared: Arc<Shared>) {
     // ever heartbeated would be unknown to the reaper, and its job would wait for the
     // lease to expire.
     let ttl = shared.config.heartbeat.saturating_mul(MISSED_HEARTBEATS);
-    if let Err(e) = shared.manager.broker().heartbeat(&shared.info, ttl).await {
+    if let Err(e) = shared.manager.broker().heartbeat(&shared.heartbeat_info(), ttl).await {
         tracing::warn!(error = %e, "the first heartbeat failed; retrying at the next one");
     }
     let done = CancellationToken::new();
@@ -278,7 +305,7 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
             () = done.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = broker.heartbeat(&shared.info, ttl).await {
+        if let Err(e) = broker.heartbeat(&shared.heartbeat_info(), ttl).await {
             beats_in_a_row = 0;
             tracing::warn!(error = %e, "heartbeat failed; retrying at the next one");
             continue;
@@ -368,6 +395,7 @@ async fn claim_loop(shared: &Arc<Shared>) {
                     }
                 },
             };
+            let counted = RunningJob::start(shared);
             let shared = Arc::clone(shared);
             // Not a JoinSet: its bookkeeping cost this loop more than the claim did.
             // A job holds its slot until it ends, which is how the stop below knows.
@@ -376,6 +404,7 @@ async fn claim_loop(shared: &Arc<Shared>) {
                 if let Err(panic) = run.await {
                     log_abnormal_end(&*panic);
                 }
+                drop(counted);
                 drop(permit);
             });
         }
