@@ -511,3 +511,22 @@ fn worker_errors_are_one_line_that_say_what_to_do() {
     let out = dmq_with(&["worker", "--workers", "2"], &[]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
 }
+
+#[test]
+fn the_supervisor_gives_up_on_processes_that_exit_at_once() {
+    // The dmq binary links no task of the user's: every worker process it starts as
+    // a task binary exits at once, and the supervisor stops restarting it.
+    let dmq = env!("CARGO_BIN_EXE_dmq");
+    let started = std::time::Instant::now();
+    let out = dmq_with(&["worker", "--tasks", dmq, "--workers", "1", "--broker", "memory://"], &[]);
+    // Its log and the processes' errors come first; its own error is the last line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("exited at once 5 times in a row"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("links no #[task]"), "the processes say why: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "gave up after {:?}", started.elapsed());
+}

@@ -20,6 +20,17 @@ const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
 /// A process that ran this long counts as healthy: its next crash restarts at once.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
+/// A process that exits sooner than this after its start exited "at once".
+const QUICK_EXIT: Duration = Duration::from_secs(5);
+
+/// After this many quick exits in a row of one process, the supervisor gives up: its
+/// options or the binary are wrong, and restarting forever would hide that.
+const QUICK_EXITS_TO_GIVE_UP: u32 = 5;
+
+/// The environment variable that tells a worker process it is supervised: it stops
+/// when its supervisor is gone.
+pub(crate) const SUPERVISED_ENV: &str = "DMQ_SUPERVISED";
+
 /// How long after the grace period the supervisor waits before killing a process
 /// that has not exited.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
@@ -30,12 +41,18 @@ struct Slot {
     started: Instant,
     pause: Duration,
     restart_at: Option<Instant>,
+    /// Exits within [`QUICK_EXIT`] of the start, in a row.
+    quick_exits: u32,
+    last_status: Option<ExitStatus>,
 }
 
 /// Supervises `args.workers` processes of the task binary `app` until SIGINT or
 /// SIGTERM, then stops them all gracefully.
 pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
     let binary = resolve(app)?;
+    // What every process would refuse, refused once, here.
+    crate::broker_url::Target::parse(&args.broker)?;
+    anyhow::ensure!(!args.namespace.is_empty(), "--namespace cannot be empty");
     let count = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         |n| usize::try_from(n).unwrap_or(1),
@@ -45,12 +62,14 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut slots = Vec::with_capacity(count);
     for _ in 0..count {
-        let child = spawn(&binary, &child_args)?;
+        let child = spawn(&binary, &child_args, &args.broker)?;
         slots.push(Slot {
             child: Some(child),
             started: Instant::now(),
             pause: FIRST_RESTART_PAUSE,
             restart_at: None,
+            quick_exits: 0,
+            last_status: None,
         });
     }
     tracing::info!(binary = %binary.display(), workers = count, "supervising worker processes");
@@ -62,7 +81,17 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {}
         }
         for (n, slot) in slots.iter_mut().enumerate() {
-            watch(n, slot, &binary, &child_args);
+            watch(n, slot, &binary, &child_args, &args.broker);
+        }
+        if let Some(slot) = slots.iter().find(|s| s.quick_exits >= QUICK_EXITS_TO_GIVE_UP) {
+            let status = slot.last_status.map_or_else(|| "?".to_owned(), |s| s.to_string());
+            stop_all(&mut slots, args.grace + STOP_MARGIN).await;
+            anyhow::bail!(
+                "a worker process of {} exited at once {QUICK_EXITS_TO_GIVE_UP} times in a row \
+                 (last: {status}); run `{} worker` with the same options to see why",
+                binary.display(),
+                binary.display()
+            );
         }
     };
     tracing::info!("{signal}: stopping {count} worker processes");
@@ -71,7 +100,7 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// Notices a worker process that exited, and restarts it when its pause is over.
-fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String]) {
+fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String], broker: &str) {
     if let Some(child) = slot.child.as_mut() {
         match child.try_wait() {
             Ok(None) => return,
@@ -79,6 +108,12 @@ fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String]) {
                 if slot.started.elapsed() >= HEALTHY_AFTER {
                     slot.pause = FIRST_RESTART_PAUSE;
                 }
+                if slot.started.elapsed() < QUICK_EXIT {
+                    slot.quick_exits += 1;
+                } else {
+                    slot.quick_exits = 0;
+                }
+                slot.last_status = Some(status);
                 tracing::warn!(worker = n, %status, restart_in = ?slot.pause, "a worker process exited; restarting it");
                 slot.restart_at = Some(Instant::now() + slot.pause);
                 slot.pause = (slot.pause * 2).min(MAX_RESTART_PAUSE);
@@ -91,7 +126,7 @@ fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String]) {
         }
     }
     if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
-        match spawn(binary, child_args) {
+        match spawn(binary, child_args, broker) {
             Ok(child) => {
                 tracing::info!(worker = n, pid = child.id(), "restarted a worker process");
                 slot.child = Some(child);
@@ -109,8 +144,11 @@ fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String]) {
 /// Sends SIGTERM to every process, waits up to `wait` for them, then kills the rest.
 async fn stop_all(slots: &mut [Slot], wait: Duration) {
     for slot in slots.iter() {
-        if let Some(pid) = slot.child.as_ref().and_then(Child::id) {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        let Some(pid) = slot.child.as_ref().and_then(Child::id) else { continue };
+        let Ok(pid) = i32::try_from(pid) else { continue };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            tracing::warn!(%pid, error = %e, "could not send SIGTERM to a worker process");
         }
     }
     let deadline = tokio::time::Instant::now() + wait;
@@ -133,22 +171,24 @@ async fn stop_all(slots: &mut [Slot], wait: Duration) {
     }
 }
 
-/// Starts `binary worker <child_args>`, its output going to ours.
-fn spawn(binary: &Path, child_args: &[String]) -> anyhow::Result<Child> {
+/// Starts `binary worker <child_args>`, its output going to ours. The broker URL goes
+/// in the environment, not on the command line, where `ps` would show a password.
+fn spawn(binary: &Path, child_args: &[String], broker: &str) -> anyhow::Result<Child> {
     Command::new(binary)
         .arg("worker")
         .args(child_args)
+        .env("DMQ_BROKER_URL", broker)
+        .env(SUPERVISED_ENV, "1")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {} worker", binary.display()))
 }
 
-/// The options each worker process gets: the supervisor's, but --tasks and --workers.
+/// The options each worker process gets: the supervisor's, but --tasks and --workers,
+/// and --broker, which goes in the environment.
 fn child_args(args: &WorkerArgs) -> Vec<String> {
     let mut out = vec![
-        "--broker".to_owned(),
-        args.broker.clone(),
         "--namespace".to_owned(),
         args.namespace.clone(),
         "--concurrency".to_owned(),

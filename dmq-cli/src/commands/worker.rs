@@ -62,9 +62,26 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let signal = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
+        () = supervisor_gone() => "the supervisor is gone",
     };
     tracing::info!("{signal}: stopping; running jobs have {:?} to finish", args.grace);
     let report = worker.shutdown().await;
     tracing::info!(released = report.released, "dmq worker {} stopped", std::process::id());
     Ok(())
+}
+
+/// For a process started by `worker --tasks`: resolves once its supervisor has died
+/// (it was reparented), so that no worker runs on unsupervised. Never resolves for a
+/// process started otherwise.
+async fn supervisor_gone() {
+    if std::env::var_os(super::supervise::SUPERVISED_ENV).is_none() {
+        return std::future::pending().await;
+    }
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
 }

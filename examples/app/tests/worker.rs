@@ -201,3 +201,42 @@ async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
     // until its heartbeat lapses, but nothing else.
     assert!(left.len() <= 1, "workers still registered: {left:?}\n{logged}");
 }
+
+/// A supervisor killed with SIGKILL leaves no worker behind: each notices it is gone
+/// and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_when_their_supervisor_dies() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let app = env!("CARGO_BIN_EXE_app");
+    let mut supervisor = Command::new(app)
+        .args(["worker", "--tasks", app, "--workers", "1", "--broker", &url])
+        .args(["--namespace", &namespace, "--grace", "2s"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the supervisor");
+    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+    let deadline = std::time::Instant::now() + WAIT;
+    let child = loop {
+        let workers = dmq_core::Broker::workers(&broker).await.unwrap_or_default();
+        if let Some(w) = workers.first() {
+            break w.info.pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    supervisor.start_kill().expect("SIGKILL the supervisor");
+    let _ = supervisor.wait().await;
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let gone_by = std::time::Instant::now() + Duration::from_secs(20);
+    while alive(child) && std::time::Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let still = alive(child);
+    remove_namespace(&url, &namespace).await;
+    assert!(!still, "worker {child} outlived its supervisor");
+}
