@@ -14,7 +14,6 @@ pub use cli::{
     BrokerArgs, DlqArgs, DlqCommand, EnqueueArgs, JobArgs, PeriodicArgs, PurgeArgs, QueuesArgs,
     ResultArgs, WorkersArgs,
 };
-pub use commands::queues::queue_names;
 
 use std::process::ExitCode;
 

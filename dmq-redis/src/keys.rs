@@ -104,6 +104,12 @@ pub struct QueueKeys {
 }
 
 impl QueueKeys {
+    /// What every key of a queue ends with after `{<namespace>:<queue>}:`, one entry
+    /// per builder below (`ready:` is followed by the priority, `idem:` by the user's
+    /// key); tools read queue names back from keys with it.
+    pub const SUFFIXES: &'static [&'static str] =
+        &["ready:", "delayed", "inflight", "jobs", "meta", "dead", "done", "signal", "idem:"];
+
     /// The ready list of priority `p` (0 to 9).
     #[must_use]
     pub fn ready(&self, priority: u8) -> String {

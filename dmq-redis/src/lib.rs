@@ -16,4 +16,4 @@ mod scripts;
 pub use backend::RedisBackend;
 pub use broker::{DEFAULT_DEAD_LETTER_CAP, DEFAULT_MAX_DELIVERIES, RedisBroker};
 pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};
-pub use namespace::delete_namespace;
+pub use namespace::{delete_namespace, queue_names};

@@ -1,10 +1,28 @@
-//! Removing a whole namespace's keys (for tools and tests; never FLUSHDB).
+//! A whole namespace's keys, for tools and tests: removing them (never FLUSHDB), and
+//! reading back which queues have some.
 
 use dmq_core::Result;
 use redis::aio::ConnectionLike;
 
 use crate::error::redis_error;
-use crate::keys::Keys;
+use crate::keys::{Keys, QueueKeys};
+
+/// One page of `SCAN` (never `KEYS`) over the keys matching `pattern`: the next cursor
+/// (0 when done) and the keys found.
+async fn scan_page<C: ConnectionLike + Send>(
+    conn: &mut C,
+    pattern: &str,
+    cursor: u64,
+) -> redis::RedisResult<(u64, Vec<String>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(conn)
+        .await
+}
 
 /// Deletes every key of `keys`' namespace, and no other, with `SCAN` and `UNLINK`;
 /// returns how many keys went.
@@ -19,15 +37,8 @@ pub async fn delete_namespace<C: ConnectionLike + Send>(conn: &mut C, keys: &Key
     for pattern in keys.patterns() {
         let mut cursor = 0u64;
         loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
-                .await
-                .map_err(|e| redis_error(&what(), e))?;
+            let (next, found) =
+                scan_page(conn, &pattern, cursor).await.map_err(|e| redis_error(&what(), e))?;
             if !found.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
                     .arg(&found)
@@ -43,4 +54,89 @@ pub async fn delete_namespace<C: ConnectionLike + Send>(conn: &mut C, keys: &Key
         }
     }
     Ok(deleted)
+}
+
+/// The queues of `keys`' namespace that have at least one key in Redis, sorted and
+/// without duplicates.
+///
+/// A queue with nothing in it has no keys, so it is not found. Names are read back
+/// from the `{<namespace>:<queue>}:...` keys; as with the key layout itself, a
+/// namespace `a` cannot tell its queue `b:c` from queue `c` of a namespace `a:b`.
+///
+/// # Errors
+///
+/// [`dmq_core::Error::Backend`] when Redis fails.
+pub async fn queue_names<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+) -> Result<Vec<String>> {
+    let what = || format!("listing the queues of namespace {:?}", keys.namespace());
+    let prefix = format!("{{{}:", keys.namespace());
+    // The first pattern matches the keys of every queue of the namespace.
+    let pattern = keys.patterns().swap_remove(0);
+    let mut names = std::collections::BTreeSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, found) =
+            scan_page(conn, &pattern, cursor).await.map_err(|e| redis_error(&what(), e))?;
+        for key in found {
+            if let Some(name) = key.strip_prefix(&prefix).and_then(queue_of) {
+                names.insert(name.to_owned());
+            }
+        }
+        if next == 0 {
+            return Ok(names.into_iter().collect());
+        }
+        cursor = next;
+    }
+}
+
+/// The queue name of `rest`, a queue key without its `{<namespace>:` prefix: the text
+/// before the first `}:` that one of [`QueueKeys::SUFFIXES`] follows.
+fn queue_of(rest: &str) -> Option<&str> {
+    rest.match_indices("}:")
+        .map(|(at, _)| at)
+        .find(|&at| {
+            let suffix = &rest[at + 2..];
+            QueueKeys::SUFFIXES.iter().any(|known| suffix.starts_with(known))
+        })
+        .map(|at| &rest[..at])
+        .filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_are_read_back_from_their_keys() {
+        assert_eq!(queue_of("emails}:ready:5"), Some("emails"));
+        assert_eq!(queue_of("emails}:dead:dropped"), Some("emails"));
+        assert_eq!(queue_of("a}:b}:jobs"), Some("a}:b"));
+        assert_eq!(queue_of("emails}:idem:x}:jobs"), Some("emails"));
+        assert_eq!(queue_of("emails}:other"), None);
+        assert_eq!(queue_of("}:jobs"), None);
+        assert_eq!(queue_of("emails"), None);
+    }
+
+    #[test]
+    fn every_key_of_a_queue_ends_with_a_known_suffix() {
+        let keys = Keys::new("ns").queue("q");
+        for key in [
+            keys.ready(3),
+            keys.delayed(),
+            keys.in_flight(),
+            keys.payloads(),
+            keys.meta(),
+            keys.dead(),
+            keys.dead_payloads(),
+            keys.dead_dropped(),
+            keys.completed(),
+            keys.signal(),
+            keys.idempotency("k"),
+        ] {
+            let rest = key.strip_prefix("{ns:").unwrap_or_else(|| panic!("{key}"));
+            assert_eq!(queue_of(rest), Some("q"), "{key}");
+        }
+    }
 }

@@ -6,7 +6,6 @@ use dmq_core::{Envelope, TaskId};
 use serde_json::json;
 
 use super::admin::{Admin, maybe_time, print_json, task_id, time};
-use super::queues::queue_names;
 use crate::cli::JobArgs;
 
 /// How many of a queue's newest dead letters `dmq job` looks through.
@@ -28,7 +27,7 @@ pub(crate) async fn run(args: JobArgs) -> anyhow::Result<()> {
     let id = task_id(&args.id)?;
     let admin = Admin::connect(&args.broker).await?;
     let mut conn = admin.redis().await?;
-    let queues = queue_names(&mut conn, &admin.keys).await?;
+    let queues = dmq_redis::queue_names(&mut conn, &admin.keys).await?;
     let mut found = None;
     for queue in &queues {
         if let Some(hit) = find_in(&admin, &mut conn, queue, id).await? {

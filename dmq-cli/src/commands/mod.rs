@@ -7,7 +7,7 @@ mod enqueue;
 mod job;
 mod periodic;
 mod purge;
-pub(crate) mod queues;
+mod queues;
 mod result;
 mod supervise;
 mod tasks;
