@@ -84,11 +84,12 @@ async fn a_task_failing_twice_succeeds_on_attempt_3_after_the_policy_s_gaps(back
     let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(gaps.len(), 2, "the task ran {} times, not 3", starts.len());
     eprintln!("gaps between the runs: {gaps:?}");
-    // Each retry waited in the broker's delayed set for its delay, give or take 20 %.
+    // Each retry waited in the broker's delayed set for its delay: never much less
+    // (the clock's and the promotion's slack), and not much more on a loaded machine.
     for (gap, want) in gaps.into_iter().zip([s, 2 * s]) {
         assert!(
-            gap >= want.mul_f64(0.8) && gap <= want.mul_f64(1.2),
-            "a retry started {gap:?} after the failed run; the policy says {want:?} (±20 %)"
+            gap >= want.mul_f64(0.8) && gap <= want.mul_f64(1.5),
+            "a retry started {gap:?} after the failed run; the policy says {want:?} (-20 %, +50 %)"
         );
     }
     worker.shutdown().await;

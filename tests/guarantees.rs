@@ -245,14 +245,21 @@ async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(ba
 
     // A retryable failure is stored, never retried nor dead-lettered.
     let key = fresh_key("failing");
-    let handle = slow_run::call(key.clone(), 0, true).enqueue(&manager).await.expect("enqueue");
+    // Retries allowed, 10 ms apart: at least once, the result would come after 4 runs.
+    let gap = Backoff::fixed(Duration::from_millis(10)).expect("a backoff");
+    let handle = slow_run::call(key.clone(), 0, true)
+        .max_retries(3)
+        .backoff(gap)
+        .enqueue(&manager)
+        .await
+        .expect("enqueue");
     let (kind, message) = failure(handle.result(WAIT).await);
     assert_eq!(kind, "error");
     assert!(message.contains("failed, retryable"), "{message}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(runs(&key), 1);
-    assert_eq!(manager.dead_letter_count("at-most").await.expect("count"), 0);
+    let stats = manager.broker().queue_stats("at-most").await.expect("stats");
+    assert_eq!((stats.ready, stats.delayed, stats.dead), (0, 0, 0), "{stats:?}");
     drained(&manager, "at-most").await;
+    assert_eq!(runs(&key), 1);
 
     // Cut off at the end of a shutdown's grace period: lost, not released.
     let key = fresh_key("cut-off");

@@ -122,11 +122,18 @@ async fn after_downtime(
         .named(&name);
     manager.periodic(stamp::call(), hourly).expect("register");
     // One fire time missed: the one at the top of this hour, at least 40 s ago (a
-    // fire time under 30 s late still fires), and the last fire an hour before.
+    // fire time under 30 s late still fires), and the last fire an hour before. The
+    // scenario must not cross into the next hour either: in the last 30 s of an hour,
+    // it waits for the next one.
     let now = Utc::now();
     let since_the_hour = now - hour_floor(now);
-    if since_the_hour < chrono::Duration::seconds(40) {
-        let wait = chrono::Duration::seconds(40) - since_the_hour;
+    let start_at = if since_the_hour > chrono::Duration::seconds(3570) {
+        chrono::Duration::seconds(3600 + 40)
+    } else {
+        chrono::Duration::seconds(40)
+    };
+    if since_the_hour < start_at {
+        let wait = start_at - since_the_hour;
         tokio::time::sleep(wait.to_std().expect("positive")).await;
     }
     let last_seeded = hour_floor(Utc::now()) - chrono::Duration::hours(1);

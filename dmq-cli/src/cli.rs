@@ -39,9 +39,10 @@ pub enum Command {
     /// SIGINT or SIGTERM stops claiming, lets running jobs finish within --grace,
     /// releases the rest to their queues and exits 0. The supervisor restarts a
     /// worker process that crashes (with backoff) and passes SIGINT or SIGTERM on to
-    /// every process.
+    /// every process. With --metrics-addr each worker serves Prometheus metrics at
+    /// /metrics and a health check at /health.
     #[command(
-        after_help = "Examples:\n  dmq worker --tasks app --workers 4 --broker redis://127.0.0.1:6379\n  app worker --broker redis://127.0.0.1:6379 --concurrency 32\n  app worker --queues emails,default --guarantee exactly-once --no-scheduler"
+        after_help = "Examples:\n  dmq worker --tasks app --workers 4 --broker redis://127.0.0.1:6379\n  app worker --broker redis://127.0.0.1:6379 --concurrency 32\n  app worker --queues emails,default --guarantee exactly-once --no-scheduler\n  app worker --metrics-addr 127.0.0.1:9090\n  dmq worker --tasks app --workers 4 --metrics-addr 0.0.0.0:9100   (ports 9100-9103)"
     )]
     Worker(WorkerArgs),
 
@@ -106,6 +107,22 @@ pub enum Command {
     )]
     Job(JobArgs),
 
+    /// Follow the event stream: every job's queued, started, completed, failed, retry,
+    /// dead-lettered, not-found and expired events, from every process.
+    ///
+    /// Prints one line per event as it happens (with --json, one JSON object per
+    /// line), until Ctrl-C, SIGTERM, --count events or --for a while. Starts with
+    /// events that happen from now on, or with the oldest the stream keeps
+    /// (--from-start), or the last N (--last N). --kind, --task and --queue select
+    /// events; each takes a comma-separated list or repeats, and the ones given must
+    /// all match. Says on stderr when it is watching. Workers and producers write the
+    /// stream in batches, so an event shows a few milliseconds after it happened; the
+    /// stream keeps about the last 10,000 events (RedisBroker::with_event_stream_cap).
+    #[command(
+        after_help = "Examples:\n  dmq events\n  dmq events --kind failed,dead_lettered --queue emails\n  dmq events --task emails.send --last 20\n  dmq events --from-start --json --for 10s > events.jsonl"
+    )]
+    Events(EventsArgs),
+
     /// Delete every job waiting in a queue, ready or delayed; asks for --yes.
     ///
     /// Jobs being run stay with their workers, and dead letters stay too (see
@@ -163,6 +180,48 @@ pub struct JobArgs {
     #[command(flatten)]
     /// Where the broker is, and how to print.
     pub broker: BrokerArgs,
+}
+
+/// The options of `dmq events`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Only events of these kinds: queued, started, completed, failed, retry,
+    /// dead_lettered, not_found, expired.
+    #[arg(long = "kind", value_name = "KINDS", value_delimiter = ',', value_parser = parse_event_type)]
+    pub kinds: Vec<dmq_core::EventType>,
+
+    /// Only events of these tasks, by name.
+    #[arg(long = "task", value_name = "TASKS", value_delimiter = ',')]
+    pub tasks: Vec<String>,
+
+    /// Only events of jobs in these queues.
+    #[arg(long = "queue", value_name = "QUEUES", value_delimiter = ',')]
+    pub queues: Vec<String>,
+
+    /// Start with the oldest events the stream keeps, not with new ones.
+    #[arg(long, conflicts_with = "last")]
+    pub from_start: bool,
+
+    /// Start with the last N events the stream keeps that match the filters.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+
+    /// Stop after printing N events.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Stop after this long, e.g. 30s or 5m.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    #[command(flatten)]
+    /// Where the broker is; --json prints one JSON object per event and line.
+    pub broker: BrokerArgs,
+}
+
+/// Parses an event kind, saying which there are.
+fn parse_event_type(text: &str) -> Result<dmq_core::EventType, String> {
+    text.parse().map_err(|e: dmq_core::Error| e.to_string())
 }
 
 /// The options of `dmq purge`.
@@ -369,6 +428,13 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub no_scheduler: bool,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at
+    /// http://ADDR/health (200 while the worker reaches the broker and its loops are
+    /// alive, else 503), e.g. 127.0.0.1:9090. With --tasks, worker process i (from 0)
+    /// listens on the port plus i.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// The log level: error, warn, info, debug or trace (RUST_LOG, when set, wins).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -437,6 +503,22 @@ pub struct BenchArgs {
     #[arg(long)]
     pub deadpool: bool,
 
+    /// Record Prometheus metrics of every job (`Metrics`, as `worker --metrics-addr`
+    /// does), to measure what they cost.
+    #[arg(long)]
+    pub metrics: bool,
+
+    /// Register a callback that sleeps this long on every event (e.g. 5s), to show
+    /// that a slow callback stays off the jobs' path: its events beyond its queue
+    /// are dropped and counted (`events_dropped`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub slow_callback: Option<std::time::Duration>,
+
+    /// Do not write the event stream (`ManagerBuilder::event_stream(false)`), to
+    /// measure what writing it costs.
+    #[arg(long)]
+    pub no_event_stream: bool,
+
     /// Print the figures as one JSON object instead of the human-readable report.
     #[arg(long)]
     pub json: bool,
@@ -490,6 +572,12 @@ mod tests {
         let err = Cli::try_parse_from(["app", "worker", "--guarantee", "twice"]).unwrap_err();
         assert!(err.to_string().contains("at-most-once, at-least-once or exactly-once"), "{err}");
         assert!(Cli::try_parse_from(["app", "worker", "--concurrency", "0"]).is_err());
+        assert!(args.metrics_addr.is_none());
+        let cli =
+            Cli::try_parse_from(["app", "worker", "--metrics-addr", "127.0.0.1:9090"]).unwrap();
+        let Command::Worker(args) = cli.command else { panic!("not worker") };
+        assert_eq!(args.metrics_addr, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(Cli::try_parse_from(["app", "worker", "--metrics-addr", "9090"]).is_err());
     }
 
     #[test]
@@ -529,6 +617,38 @@ mod tests {
         assert!(Cli::try_parse_from(["dmq", "enqueue", "t", "[]", "--eta", "tomorrow"]).is_err());
         let both = ["dmq", "enqueue", "t", "[]", "--delay", "1s", "--eta", "2030-01-01T00:00:00Z"];
         assert!(Cli::try_parse_from(both).is_err());
+    }
+
+    #[test]
+    fn events_options() {
+        let cli = Cli::try_parse_from([
+            "dmq",
+            "events",
+            "--kind",
+            "failed,dead-lettered",
+            "--kind",
+            "retry",
+            "--queue",
+            "emails",
+            "--last",
+            "20",
+            "--for",
+            "2m",
+        ])
+        .unwrap();
+        let Command::Events(args) = cli.command else { panic!("not events") };
+        use dmq_core::EventType;
+        assert_eq!(args.kinds, [EventType::Failed, EventType::DeadLettered, EventType::Retry]);
+        assert_eq!(args.queues, ["emails"]);
+        assert!(args.tasks.is_empty() && !args.from_start && args.count.is_none());
+        assert_eq!(
+            (args.last, args.duration),
+            (Some(20), Some(std::time::Duration::from_secs(120)))
+        );
+        let err = Cli::try_parse_from(["dmq", "events", "--kind", "finished"]).unwrap_err();
+        assert!(err.to_string().contains("expected one of queued, started, completed"), "{err}");
+        assert!(Cli::try_parse_from(["dmq", "events", "--from-start", "--last", "3"]).is_err());
+        assert!(Cli::try_parse_from(["dmq", "events", "--count", "0"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `dmq` command line: `dmq bench` measures a broker's throughput and latency;
-//! `dmq queues`, `workers`, `dlq`, `periodic`, `result` and `enqueue` read and act on
-//! a live Redis broker.
+//! `dmq queues`, `workers`, `dlq`, `periodic`, `result`, `enqueue` and `events` read
+//! and act on a live Redis broker.
 //!
 //! The binary is a thin `main.rs` over [`main`]; [`Cli`] holds the clap types and
 //! each subcommand lives in its own module under `commands/`.
@@ -8,11 +8,12 @@
 mod broker_url;
 mod cli;
 mod commands;
+mod metrics_server;
 
 pub use cli::{BenchArgs, Cli, Command, TasksArgs, WorkerArgs};
 pub use cli::{
-    BrokerArgs, DlqArgs, DlqCommand, EnqueueArgs, JobArgs, PeriodicArgs, PurgeArgs, QueuesArgs,
-    ResultArgs, WorkersArgs,
+    BrokerArgs, DlqArgs, DlqCommand, EnqueueArgs, EventsArgs, JobArgs, PeriodicArgs, PurgeArgs,
+    QueuesArgs, ResultArgs, WorkersArgs,
 };
 
 use std::process::ExitCode;

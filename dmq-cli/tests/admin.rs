@@ -5,52 +5,17 @@
 //! `dmq-test-<uuid>` and deletes that namespace's keys afterwards, also when it fails.
 
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
-use dmq_core::{
-    Envelope, FailureKind, Manager, ResultBackend as _, TaskId, TaskOutcome, WorkerInfo,
-};
-use dmq_redis::{Keys, RedisBackend, RedisBroker};
+use dmq_core::{Envelope, FailureKind, ResultBackend as _, TaskId, TaskOutcome, WorkerInfo};
 use serde_json::{Value, json};
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+mod common;
 
-/// A fresh namespace on the test Redis, with a manager on it; its keys are deleted on
-/// drop.
-struct Namespace {
-    rt: tokio::runtime::Runtime,
-    name: String,
-    manager: Manager,
-    backend: Arc<RedisBackend>,
-}
+use common::{Namespace, redis_url};
 
 impl Namespace {
-    fn new() -> Self {
-        let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-        let name = format!("dmq-test-{}", uuid::Uuid::new_v4());
-        let (manager, backend) = rt.block_on(async {
-            let broker = RedisBroker::connect_with_namespace(&redis_url(), &name)
-                .await
-                .expect("the test Redis is up (scripts/ensure-redis)");
-            let backend = Arc::new(
-                RedisBackend::connect_with_namespace(&redis_url(), &name)
-                    .await
-                    .expect("the result backend connects"),
-            );
-            let manager = Manager::builder()
-                .broker(broker)
-                .shared_backend(backend.clone())
-                .build()
-                .expect("a manager");
-            (manager, backend)
-        });
-        Namespace { rt, name, manager, backend }
-    }
-
     /// Runs `dmq` with `args` in this namespace.
     fn dmq(&self, args: &[&str]) -> Output {
         dmq_with(args, &[("DMQ_BROKER_URL", &redis_url()), ("DMQ_NAMESPACE", &self.name)])
@@ -114,22 +79,6 @@ impl Namespace {
 
     fn stats(&self, queue: &str) -> dmq_core::QueueStats {
         self.rt.block_on(self.manager.broker().queue_stats(queue)).expect("stats")
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let keys = Keys::new(self.name.clone());
-        let deleted = self.rt.block_on(async {
-            let client = redis::Client::open(redis_url())?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            dmq_redis::delete_namespace(&mut conn, &keys)
-                .await
-                .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))
-        });
-        if let Err(e) = deleted {
-            eprintln!("could not delete namespace {}: {e}", self.name);
-        }
     }
 }
 
@@ -395,18 +344,44 @@ fn result_shows_the_stored_outcome() {
     assert_error(&ns.dmq(&["result", &missing, "--wait", "200ms"]), "after waiting 200ms");
     assert_error(&ns.dmq(&["result", "nope"]), "not a task id");
 
-    // --wait picks up a result stored while it waits.
+    // --wait picks up a result stored while it waits: stored only once the dmq
+    // process listens for results (it subscribes to the namespace's results channel).
     let late = TaskId::new();
-    let backend = ns.backend.clone();
-    let store = ns.rt.spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = Command::new(env!("CARGO_BIN_EXE_dmq"))
+        .args(["result", &late.to_string(), "--wait", "20s", "--json"])
+        .env("DMQ_BROKER_URL", redis_url())
+        .env("DMQ_NAMESPACE", &ns.name)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the dmq binary runs");
+    let channel = dmq_redis::Keys::new(ns.name.clone()).results_channel();
+    ns.rt.block_on(async {
+        let client = redis::Client::open(redis_url()).expect("a redis url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connects");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, listeners): (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .expect("PUBSUB NUMSUB");
+            if listeners > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "dmq result never listened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let outcome =
             TaskOutcome::succeeded(rmp_serde::to_vec(&7).expect("encodes"), 1, Utc::now());
-        backend.store(late, &outcome, Duration::from_secs(600)).await
+        ns.backend.store(late, &outcome, Duration::from_secs(600)).await.expect("stores");
     });
-    let shown = ns.json(&["result", &late.to_string(), "--wait", "20s"]);
+    let out = waiting.wait_with_output().expect("dmq result ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert_eq!(shown["value"], 7);
-    ns.rt.block_on(store).expect("joins").expect("stores");
 }
 
 #[test]

@@ -132,6 +132,11 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// The broker or backend does not offer what was asked of it, such as an event
+    /// stream to read.
+    #[error("{0}")]
+    Unsupported(String),
+
     /// The broker or backend failed; `transient` tells whether retrying may help.
     #[error("{message}")]
     Backend {

@@ -29,39 +29,50 @@ mod broker;
 mod clock;
 mod envelope;
 mod error;
+mod events;
 mod guarantee;
 mod manager;
+mod metrics;
 mod retry;
 mod schedule;
 mod task;
+mod trace;
 mod worker;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
 
+pub use async_trait::async_trait;
 pub use backend::{
     DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend, TaskFailure, TaskOutcome, TaskState,
 };
 pub use broker::{
-    Broker, DeadLetter, Delivery, InMemoryBroker, Job, Lease, QueueStats, ScheduleState,
-    WorkerInfo, WorkerStatus, refuse_keys_in_batches,
+    Broker, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom,
+    InMemoryBroker, Job, Lease, QueueStats, ScheduleState, WorkerInfo, WorkerStatus,
+    refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, Envelope, FORMAT_VERSION, MAX_PRIORITY,
 };
 pub use error::{Error, Result};
+pub use events::{
+    Callback, DEFAULT_EVENT_BUFFER, DecodedEvents, Event, EventKind, EventType, ListenerStats,
+    Rules,
+};
 pub use guarantee::Guarantee;
 pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
+pub use metrics::Metrics;
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use schedule::{MissedFires, Schedule, Tz};
 pub use task::{
     Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
     TaskPanicked, TaskTimedOut,
 };
+pub use trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 pub use worker::{
-    DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, MISSED_HEARTBEATS, SCHEDULE_HEADER, ShutdownReport,
-    WorkerBuilder, WorkerHandle,
+    DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, Health, LoopVitals, MISSED_HEARTBEATS, SCHEDULE_HEADER,
+    ShutdownReport, WorkerBuilder, WorkerHandle, WorkerMonitor, WorkerVitals,
 };
 
 /// The README's Rust blocks, run as doctests so the quick start cannot rot.

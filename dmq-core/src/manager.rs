@@ -12,6 +12,9 @@ use crate::backend::{DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend};
 use crate::broker::{Broker, DeadLetter, InMemoryBroker, Job};
 use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
 use crate::error::{Error, Result};
+use crate::events::bus::Bus;
+use crate::events::{Callback, DEFAULT_EVENT_BUFFER, Event, EventKind, ListenerStats};
+use crate::metrics::Metrics;
 use crate::schedule::Schedule;
 use crate::task::registry::PeriodicSpec;
 use crate::task::{Call, Registry, ResultRef, TaskId};
@@ -41,6 +44,9 @@ struct Inner {
     config: Config,
     /// The periodic schedules, from the tasks' attributes and `periodic`.
     periodics: Mutex<Periodics>,
+    /// Where events go: callbacks, the broker's event stream, metrics.
+    events: Bus,
+    metrics: Option<Metrics>,
 }
 
 /// How long an idempotency key stays known by default: a day.
@@ -93,6 +99,32 @@ impl Manager {
 
     pub(crate) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Where this manager's events go.
+    pub(crate) fn events(&self) -> &Bus {
+        &self.inner.events
+    }
+
+    /// The metrics this manager records, if it was given any
+    /// ([`ManagerBuilder::metrics`]).
+    #[must_use]
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
+    /// What each event listener (each callback, and the broker's event stream) has
+    /// been handed and has dropped so far.
+    #[must_use]
+    pub fn event_listeners(&self) -> Vec<ListenerStats> {
+        self.inner.events.stats()
+    }
+
+    /// Waits up to `timeout` for the event listeners to handle the events queued for
+    /// them so far (a short-lived producer calls this before it exits, so that its
+    /// `Queued` events reach the event stream). Returns whether they did.
+    pub async fn flush_events(&self, timeout: Duration) -> bool {
+        self.inner.events.flush(timeout).await
     }
 
     /// Runs `call` periodically, as `schedule` says, from every worker of this manager
@@ -164,13 +196,24 @@ impl Manager {
     /// Enqueues a prepared envelope and returns its id. Most code calls
     /// `task::call(..).enqueue(&manager)` instead.
     ///
+    /// The current span's OpenTelemetry context, if any, goes along in the headers
+    /// ([`TRACEPARENT_HEADER`](crate::TRACEPARENT_HEADER) and
+    /// [`TRACESTATE_HEADER`](crate::TRACESTATE_HEADER)), so that the run continues the
+    /// enqueuer's trace. An envelope that has a `traceparent` header already (set with
+    /// [`Call::header`], say) keeps it: a trace context set explicitly wins.
+    ///
     /// # Errors
     ///
     /// [`Error::MessageTooLarge`] over the size limit, or the broker's error.
-    pub async fn enqueue_envelope(&self, envelope: Envelope) -> Result<TaskId> {
+    pub async fn enqueue_envelope(&self, mut envelope: Envelope) -> Result<TaskId> {
+        crate::trace::TraceContext::current().inject(&mut envelope);
         let job = self.job(&envelope)?;
+        let at = chrono::Utc::now();
         match self.inner.broker.enqueue(job).await {
-            Ok(()) => Ok(envelope.id),
+            Ok(()) => {
+                self.queued(&envelope, at);
+                Ok(envelope.id)
+            }
             // The same work was enqueued already: its job stands for this one.
             Err(Error::IdempotencyKeyTaken { existing, .. }) => Ok(existing),
             Err(e) => Err(e),
@@ -178,6 +221,8 @@ impl Manager {
     }
 
     /// Enqueues many calls in one step, atomically, and returns their ids in order.
+    /// Each carries the current span's trace context, as with
+    /// [`enqueue_envelope`](Manager::enqueue_envelope).
     ///
     /// # Errors
     ///
@@ -189,12 +234,23 @@ impl Manager {
     ) -> Result<Vec<TaskId>> {
         let mut ids = Vec::new();
         let mut jobs = Vec::new();
+        let mut envelopes = Vec::new();
+        let listened = self.inner.events.is_listened();
+        let trace = crate::trace::TraceContext::current();
         for call in calls {
-            let envelope = call.into_envelope()?;
+            let mut envelope = call.into_envelope()?;
+            trace.inject(&mut envelope);
             jobs.push(self.job(&envelope)?);
             ids.push(envelope.id);
+            if listened {
+                envelopes.push(envelope);
+            }
         }
+        let at = chrono::Utc::now();
         self.inner.broker.enqueue_batch(jobs).await?;
+        for envelope in &envelopes {
+            self.queued(envelope, at);
+        }
         Ok(ids)
     }
 
@@ -323,6 +379,23 @@ impl Manager {
         self.inner.broker.purge_dead_letters(queue).await
     }
 
+    /// Emits the `Queued` event of an envelope the broker accepted, dated `at`, just
+    /// before the broker was asked: a quick worker may emit its first events about
+    /// the job before this one, but never dated before it.
+    fn queued(&self, envelope: &Envelope, at: chrono::DateTime<chrono::Utc>) {
+        self.inner.events.emit(|| {
+            let eta = envelope.eta.filter(|eta| *eta > at);
+            Event::new(
+                EventKind::Queued { eta },
+                envelope.id,
+                envelope.task.clone(),
+                envelope.queue.clone(),
+                envelope.attempt,
+            )
+            .with_time(at)
+        });
+    }
+
     fn job(&self, envelope: &Envelope) -> Result<Job> {
         let payload = envelope.encode(self.inner.config.max_message_size)?;
         let job =
@@ -340,6 +413,11 @@ pub struct ManagerBuilder {
     broker: Option<Arc<dyn Broker>>,
     backend: Option<Arc<dyn ResultBackend>>,
     config: Config,
+    callbacks: Vec<Arc<dyn Callback>>,
+    event_buffer: usize,
+    /// `None`: as the broker says ([`Broker::shares_events`]).
+    event_stream: Option<bool>,
+    metrics: Option<Metrics>,
 }
 
 impl fmt::Debug for ManagerBuilder {
@@ -348,7 +426,10 @@ impl fmt::Debug for ManagerBuilder {
             .field("broker", &self.broker)
             .field("backend", &self.backend)
             .field("config", &self.config)
-            .finish()
+            .field("callbacks", &self.callbacks.iter().map(|c| c.name()).collect::<Vec<_>>())
+            .field("event_buffer", &self.event_buffer)
+            .field("event_stream", &self.event_stream)
+            .finish_non_exhaustive()
     }
 }
 
@@ -363,6 +444,10 @@ impl Default for ManagerBuilder {
                 default_retry: RetryPolicy::new(0, Backoff::default()),
                 idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             },
+            callbacks: Vec::new(),
+            event_buffer: DEFAULT_EVENT_BUFFER,
+            event_stream: None,
+            metrics: None,
         }
     }
 }
@@ -426,6 +511,64 @@ impl ManagerBuilder {
         self
     }
 
+    /// Hands the events `callback` selects (by its [`rules`](Callback::rules)) to it,
+    /// off the hot path; see [`Callback`]. Any number of callbacks may be registered.
+    ///
+    /// ```
+    /// use dmq_core::{async_trait, Callback, Event, Manager, Rules};
+    ///
+    /// struct CountCompletions(std::sync::atomic::AtomicU64);
+    ///
+    /// #[async_trait]
+    /// impl Callback for CountCompletions {
+    ///     fn rules(&self) -> Rules {
+    ///         Rules::all().events([dmq_core::EventType::Completed])
+    ///     }
+    ///     async fn on_event(&self, _event: &Event) {
+    ///         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> dmq_core::Result<()> {
+    /// let manager = Manager::builder().callback(CountCompletions(Default::default())).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn callback(self, callback: impl Callback) -> Self {
+        self.shared_callback(Arc::new(callback))
+    }
+
+    /// As [`callback`](ManagerBuilder::callback), for a callback the caller keeps a
+    /// handle on too.
+    pub fn shared_callback(mut self, callback: Arc<dyn Callback>) -> Self {
+        self.callbacks.push(callback);
+        self
+    }
+
+    /// How many events wait for each callback before further ones are dropped and
+    /// counted: [`DEFAULT_EVENT_BUFFER`] by default. The event stream's writer has
+    /// room for this many or 65,536, whichever is more.
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events.max(1);
+        self
+    }
+
+    /// Whether this process appends its events to the broker's event stream, where
+    /// any process can read them (`dmq events`). By default it does when other
+    /// processes can read that stream ([`Broker::shares_events`]: Redis, not the
+    /// in-memory broker). The stream is capped by the broker and written in batches,
+    /// off the hot path.
+    pub fn event_stream(mut self, on: bool) -> Self {
+        self.event_stream = Some(on);
+        self
+    }
+
+    /// Records this process's jobs in `metrics` (see [`Metrics`]).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Builds the manager, collecting every `#[task]` linked into the binary.
     ///
     /// # Errors
@@ -440,13 +583,21 @@ impl ManagerBuilder {
         }
         let registry = Registry::from_linked()?;
         let periodics = periodics_of(&registry)?;
+        let broker = self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new()));
+        let stream = self
+            .event_stream
+            .unwrap_or_else(|| broker.shares_events())
+            .then(|| Arc::clone(&broker));
+        let events = Bus::new(self.callbacks, stream, self.event_buffer, self.metrics.clone());
         Ok(Manager {
             inner: Arc::new(Inner {
-                broker: self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new())),
+                broker,
                 backend: self.backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
                 registry,
                 config: self.config,
                 periodics: Mutex::new(periodics),
+                events,
+                metrics: self.metrics,
             }),
         })
     }

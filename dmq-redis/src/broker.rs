@@ -1,14 +1,17 @@
 //! `RedisBroker`: jobs in Redis lists and sorted sets, every state change one Lua script.
 
+mod events;
+
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
-    Broker, DeadLetter, Delivery, Error, Job, Lease, QueueStats, Result, ScheduleState, TaskId,
-    WorkerInfo, WorkerStatus,
+    Broker, DeadLetter, Delivery, Error, Event, EventPage, EventsFrom, Job, Lease, QueueStats,
+    Result, ScheduleState, TaskId, WorkerInfo, WorkerStatus,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{Client, ScriptInvocation, Value};
@@ -79,6 +82,11 @@ pub struct RedisBroker {
     healthy_since: Mutex<Option<std::time::Instant>>,
     dead_letter_cap: usize,
     max_deliveries: u32,
+    /// About how many events the event stream keeps; 0 for no stream.
+    event_stream_cap: usize,
+    /// About how many events one entry of the event stream holds, as last read: how
+    /// many entries a read asks for. A hint, never a limit.
+    events_per_entry: AtomicUsize,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -88,6 +96,7 @@ impl fmt::Debug for RedisBroker {
             .field("namespace", &self.keys.namespace())
             .field("dead_letter_cap", &self.dead_letter_cap)
             .field("max_deliveries", &self.max_deliveries)
+            .field("event_stream_cap", &self.event_stream_cap)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +174,8 @@ impl RedisBroker {
             healthy_since: Mutex::new(None),
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
+            event_stream_cap: dmq_core::DEFAULT_EVENT_STREAM_CAP,
+            events_per_entry: AtomicUsize::new(events::FIRST_GUESS_PER_ENTRY),
         })
     }
 
@@ -182,6 +193,22 @@ impl RedisBroker {
     #[must_use]
     pub fn with_max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n;
+        self
+    }
+
+    /// Keeps about the last `cap` events in the namespace's event stream
+    /// ([`DEFAULT_EVENT_STREAM_CAP`](dmq_core::DEFAULT_EVENT_STREAM_CAP), 10,000, by
+    /// default; 0 writes no stream at all).
+    ///
+    /// The stream holds one entry per batch of events a process writes (one event
+    /// when it is quiet, up to 512 under load), so each write trims it, with
+    /// `XADD ... MAXLEN ~`, to `cap` divided by the number of events in that write,
+    /// in entries. Redis trims whole nodes of 100 entries only, so the stream may keep
+    /// up to 100 entries more. An event takes about 150 to 250 bytes: the default
+    /// keeps a megabyte or two.
+    #[must_use]
+    pub fn with_event_stream_cap(mut self, cap: usize) -> Self {
+        self.event_stream_cap = cap;
         self
     }
 
@@ -353,40 +380,56 @@ impl RedisBroker {
         Ok(BlockingConnection { conn, client_id })
     }
 
-    /// Blocks until a wake-up arrives on one of `queues` or `timeout` passes. Dropping
-    /// the future drops the connection, so no other call ever waits behind it.
-    ///
-    /// Redis checks blocking timeouts only about every 100 ms (its `hz`), too coarse
-    /// for a delayed job's eta, so the wait is timed here: when `timeout` passes first,
-    /// `CLIENT UNBLOCK` ends the `BLPOP` at once and the connection stays usable.
+    /// Blocks until a wake-up arrives on one of `queues` or `timeout` passes.
     /// Returns the queue whose wake-up it took, if it took one.
     async fn wait_for_signal(
         &self,
         queues: &[String],
         timeout: Duration,
     ) -> Result<Option<String>> {
-        let mut blocking = self.blocking_connection().await?;
         let mut cmd = redis::cmd("BLPOP");
         for queue in queues {
             cmd.arg(self.keys.queue(queue).signal());
         }
         // The server's own timeout is a backstop a little after ours.
         cmd.arg((timeout + Duration::from_millis(500)).as_secs_f64());
+        let popped: Option<Option<(String, String)>> =
+            self.run_blocking(&cmd, timeout, "waiting for jobs").await?;
+        Ok(popped.flatten().and_then(|(key, _)| {
+            queues.iter().find(|queue| self.keys.queue(queue).signal() == key).cloned()
+        }))
+    }
+
+    /// Runs the blocking command `cmd` (`BLPOP`, `XREAD BLOCK`) on a connection of its
+    /// own, for up to `timeout`; `None` when `timeout` passed first. The command's own
+    /// timeout, if it has one, should be a backstop a little after `timeout`.
+    /// Dropping the future drops the connection, so no other call ever waits behind it.
+    ///
+    /// Redis checks blocking timeouts only about every 100 ms (its `hz`), too coarse
+    /// for a delayed job's eta, so the wait is timed here: when `timeout` passes first,
+    /// `CLIENT UNBLOCK` ends the command at once and the connection stays usable.
+    async fn run_blocking<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Option<T>> {
+        let mut blocking = self.blocking_connection().await?;
         let client_id = blocking.client_id;
-        let popped = {
-            let pop = cmd.query_async::<Option<(String, String)>>(&mut blocking.conn);
-            tokio::pin!(pop);
+        let reply = {
+            let query = cmd.query_async::<T>(&mut blocking.conn);
+            tokio::pin!(query);
             tokio::select! {
-            popped = &mut pop => popped,
+            reply = &mut query => reply,
             () = tokio::time::sleep(timeout) => {
                 let mut conn = self.conn().await?;
                 let unblocked: redis::RedisResult<i64> =
                     redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async(&mut conn).await;
                 match unblocked {
-                    // Unblocked, or BLPOP already returned: its reply is on the way.
-                    Ok(_) => match tokio::time::timeout(UNBLOCK_GRACE, &mut pop).await {
-                        Ok(popped) => popped,
-                        // The UNBLOCK overtook the BLPOP; drop this connection rather
+                    // Unblocked, or the command already returned: its reply is on the way.
+                    Ok(_) => match tokio::time::timeout(UNBLOCK_GRACE, &mut query).await {
+                        Ok(reply) => reply,
+                        // The UNBLOCK overtook the command; drop this connection rather
                         // than wait for the server's timeout.
                         Err(_) => return Ok(None),
                     },
@@ -395,21 +438,19 @@ impl RedisBroker {
             }
             }
         };
-        let popped = match popped {
-            Ok(popped) => popped,
+        let reply = match reply {
+            Ok(reply) => reply,
             Err(e) => {
                 // The spare connections likely broke the same way (a Redis restart).
                 self.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                return Err(self.err("waiting for jobs", e));
+                return Err(self.err(what, e));
             }
         };
         let mut spare = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
         if spare.len() < SPARE_BLOCKING_CONNECTIONS {
             spare.push(blocking);
         }
-        Ok(popped.and_then(|(key, _)| {
-            queues.iter().find(|queue| self.keys.queue(queue).signal() == key).cloned()
-        }))
+        Ok(Some(reply))
     }
 
     /// Puts back a wake-up this claimer took but could not act on (its batch filled
@@ -1022,6 +1063,34 @@ impl Broker for RedisBroker {
         invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed());
         add_ready_keys(&mut invocation, &keys);
         self.run("purging a queue", &invocation).await
+    }
+
+    /// One `XADD ... MAXLEN ~` of the whole batch: see
+    /// [`with_event_stream_cap`](RedisBroker::with_event_stream_cap).
+    fn shares_events(&self) -> bool {
+        true
+    }
+
+    async fn publish_events(&self, events: &[Arc<Event>]) -> Result<()> {
+        self.append_events(events).await
+    }
+
+    /// `XREAD`, blocking on a connection of its own as a claim's wait does; the
+    /// cursor's entry is a stream id.
+    async fn read_events(
+        &self,
+        from: &EventsFrom,
+        max: usize,
+        wait: Duration,
+    ) -> Result<EventPage> {
+        self.read_event_stream(from, max, wait).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let _: String =
+            redis::cmd("PING").query_async(&mut conn).await.map_err(|e| self.err("pinging", e))?;
+        Ok(())
     }
 
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {

@@ -52,6 +52,14 @@ impl Keys {
         format!("{{{}}}:schedules", self.namespace)
     }
 
+    /// The capped stream of events every process appends to, one entry per batch of
+    /// events (fields `n`, their number, and `events`, the batch in MessagePack). One
+    /// key, with the registry's hash tag `{<namespace>}`.
+    #[must_use]
+    pub fn events(&self) -> String {
+        format!("{{{}}}:events", self.namespace)
+    }
+
     /// The lock one reaper at a time holds.
     #[must_use]
     pub fn reaper_lock(&self) -> String {
@@ -191,6 +199,13 @@ mod tests {
             assert!(!pattern.starts_with('*'), "{pattern}");
         }
         assert_eq!(Keys::new("a*b").patterns()[0], "{a\\*b:*");
+    }
+
+    #[test]
+    fn the_event_stream_is_found_by_the_clean_up_patterns() {
+        let keys = Keys::new("app");
+        assert_eq!(keys.events(), "{app}:events");
+        assert!(keys.patterns().iter().any(|p| p == "{app}:*"), "delete_namespace removes it");
     }
 
     #[test]

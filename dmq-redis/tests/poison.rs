@@ -11,6 +11,7 @@ use dmq_redis::RedisBroker;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_too_often_is_dead_lettered_as_poison() {
     let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
     let broker = RedisBroker::connect_with_namespace(&common::redis_url(), &namespace)
         .await
         .expect("connect")
@@ -43,5 +44,4 @@ async fn a_job_delivered_too_often_is_dead_lettered_as_poison() {
     assert!(dead[0].reason.starts_with("poison: delivered 2 times"), "{}", dead[0].reason);
     let stats = broker.queue_stats("poison").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 1));
-    common::remove_namespace(&namespace).await;
 }

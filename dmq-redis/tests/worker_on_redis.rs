@@ -31,6 +31,7 @@ async fn manager(namespace: &str) -> Manager {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_jobs_on_two_queues_and_two_workers_each_run_exactly_once() {
     let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
     let manager = manager(&namespace).await;
     let queues = ["r-a", "r-b"];
     let first = manager.worker().concurrency(16).queues(queues).start();
@@ -64,7 +65,6 @@ async fn two_thousand_jobs_on_two_queues_and_two_workers_each_run_exactly_once()
             "{queue}"
         );
     }
-    common::remove_namespace(&namespace).await;
 }
 
 #[task(queue = "r-delay")]
@@ -75,6 +75,7 @@ async fn started_at() -> Result<i64, TaskError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_starts_at_its_eta_on_an_idle_worker_not_before() {
     let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
     let manager = manager(&namespace).await;
     let worker = manager.worker().queues(["r-delay"]).start();
     let mut lateness = Vec::new();
@@ -93,7 +94,6 @@ async fn a_delayed_job_starts_at_its_eta_on_an_idle_worker_not_before() {
     // loaded CI machine from failing the test, while a polling timer would miss it.
     assert!(lateness[2] < 100_000, "median lateness {} µs (all: {lateness:?})", lateness[2]);
     worker.shutdown().await;
-    common::remove_namespace(&namespace).await;
 }
 
 /// Holds each `redis.held` job until the test adds a permit.
@@ -121,6 +121,7 @@ async fn until_running(manager: &Manager, running: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
     let manager = manager(&namespace).await;
     let worker = manager
         .worker()
@@ -141,9 +142,15 @@ async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     assert_eq!(listed[0].info.concurrency, 3);
     assert_eq!(listed[0].info.pid, std::process::id());
     let first_until = listed[0].alive_until;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let later = manager.broker().workers().await.expect("workers");
-    assert!(later[0].alive_until > first_until, "the heartbeat was not renewed");
+    let deadline = std::time::Instant::now() + WAIT;
+    let later = loop {
+        let later = manager.broker().workers().await.expect("workers");
+        if later.first().is_some_and(|w| w.alive_until > first_until) {
+            break later;
+        }
+        assert!(std::time::Instant::now() < deadline, "the heartbeat was not renewed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     // An idle worker, waiting in its claim, reports no running jobs; its heartbeats
     // report the jobs it runs.
     assert_eq!(later[0].info.running, 0);
@@ -156,7 +163,6 @@ async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     until_running(&manager, 0).await;
     worker.shutdown().await;
     assert!(manager.broker().workers().await.expect("workers").is_empty());
-    common::remove_namespace(&namespace).await;
 }
 
 #[task(name = "redis.reaped", queue = "r-reap")]
@@ -167,6 +173,7 @@ async fn reaped(n: i64) -> Result<i64, TaskError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_takes_back_the_jobs_of_a_worker_that_stopped_heartbeating() {
     let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
     let manager = manager(&namespace).await;
     let broker = manager.broker();
     let queues = vec!["r-reap".to_owned()];
@@ -190,5 +197,4 @@ async fn a_worker_takes_back_the_jobs_of_a_worker_that_stopped_heartbeating() {
         broker.workers().await.expect("workers").into_iter().map(|w| w.info.id).collect();
     assert!(!live.contains(&"doomed".to_owned()), "{live:?}");
     worker.shutdown().await;
-    common::remove_namespace(&namespace).await;
 }

@@ -12,6 +12,10 @@ use serde::Serialize;
 use crate::broker_url::{Target, redact};
 use crate::cli::BrokerArgs;
 
+/// How long a one-shot command waits for its events (a requeue's or an enqueue's
+/// `Queued`) to reach the event stream before it exits.
+pub(crate) const FLUSH_EVENTS: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A manager on a live Redis broker and result backend.
 pub(crate) struct Admin {
     /// The manager over both.

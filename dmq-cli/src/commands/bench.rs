@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use dmq_core::{InMemoryBackend, InMemoryBroker, Manager, ResultBackend, TaskError, TaskId, task};
+use dmq_core::{
+    InMemoryBackend, InMemoryBroker, Manager, ManagerBuilder, Metrics, ResultBackend, TaskError,
+    TaskId, task,
+};
 use dmq_redis::RedisBroker;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -57,7 +60,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let out = Output { json: args.json };
     match target {
         Target::Memory => {
-            let manager = Manager::builder()
+            let manager = with_metrics(Manager::builder(), &args)
                 .broker(InMemoryBroker::new())
                 .backend(InMemoryBackend::new())
                 .build()?;
@@ -104,7 +107,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let pattern = keys.patterns().join(" ");
             let stats = RedisStats::connect(&url).await?;
             let (backend, result_backend) = redis_result_backend(&url, &namespace).await?;
-            let manager = Manager::builder().broker(broker).shared_backend(backend).build()?;
+            let manager = with_metrics(Manager::builder(), &args)
+                .broker(broker)
+                .shared_backend(backend)
+                .build()?;
             let setup =
                 Setup { broker: shown, namespace: Some(namespace), result_backend, connections };
             out.header(&setup, &args);
@@ -135,6 +141,31 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The builder, recording metrics when `--metrics` asks for them, without the event
+/// stream for `--no-event-stream`, and with a sleeping callback for `--slow-callback`.
+fn with_metrics(builder: ManagerBuilder, args: &BenchArgs) -> ManagerBuilder {
+    let builder = if args.metrics { builder.metrics(Metrics::new()) } else { builder };
+    let builder = if args.no_event_stream { builder.event_stream(false) } else { builder };
+    match args.slow_callback {
+        Some(sleep) => builder.callback(Sleeper(sleep)),
+        None => builder,
+    }
+}
+
+/// A callback that sleeps on every event: `--slow-callback`.
+struct Sleeper(Duration);
+
+#[dmq_core::async_trait]
+impl dmq_core::Callback for Sleeper {
+    async fn on_event(&self, _event: &dmq_core::Event) {
+        tokio::time::sleep(self.0).await;
+    }
+
+    fn name(&self) -> String {
+        "slow-callback".to_owned()
+    }
+}
+
 /// The result backend for a Redis run.
 async fn redis_result_backend(
     url: &str,
@@ -162,6 +193,14 @@ struct Report {
     concurrency: u64,
     batch_size: u64,
     guarantee: &'static str,
+    /// Whether Prometheus metrics were recorded (`--metrics`).
+    metrics: bool,
+    /// How long the callback of `--slow-callback` slept on each event.
+    slow_callback_ms: Option<u128>,
+    /// Events the callbacks and the event stream had no room for, over the run.
+    events_dropped: u64,
+    /// Whether the run wrote the event stream (`--no-event-stream` turns it off).
+    event_stream: bool,
     enqueue_single: Rate,
     enqueue_batch: Rate,
     drain: Rate,
@@ -245,6 +284,12 @@ impl Output {
         }
         self.line(format_args!("connections        {}", setup.connections));
         self.line(format_args!("results            {}", setup.result_backend));
+        let stream = match (args.no_event_stream, setup.namespace.is_some()) {
+            (true, _) => "off (--no-event-stream)",
+            (false, true) => "on",
+            (false, false) => "off (no other process can read the in-memory broker's)",
+        };
+        self.line(format_args!("event stream       {stream}"));
     }
 
     fn rate(self, label: &str, rate: Rate, detail: &str) {
@@ -325,10 +370,18 @@ async fn measure(
             "drain",
             drain,
             &format!(
-                "1 worker, concurrency {}, {}, end to end {}",
+                "1 worker, concurrency {}, {}, end to end {}{}",
                 args.concurrency,
                 args.guarantee,
-                if quiet { "with ignore_result (no result writes)" } else { "with results stored" }
+                if quiet { "with ignore_result (no result writes)" } else { "with results stored" },
+                match (args.metrics, args.slow_callback) {
+                    (false, None) => String::new(),
+                    (true, None) => ", metrics recorded".to_owned(),
+                    (metrics, Some(sleep)) => format!(
+                        "{}, a callback sleeping {sleep:?} per event",
+                        if metrics { ", metrics recorded" } else { "" }
+                    ),
+                }
             ),
         );
         if !quiet {
@@ -363,6 +416,10 @@ async fn measure(
         concurrency: args.concurrency,
         batch_size: args.batch_size,
         guarantee: args.guarantee.as_str(),
+        metrics: args.metrics,
+        slow_callback_ms: args.slow_callback.map(|d| d.as_millis()),
+        events_dropped: manager.event_listeners().iter().map(|l| l.dropped).sum(),
+        event_stream: !args.no_event_stream && manager.broker().shares_events(),
         enqueue_single: single,
         enqueue_batch: batch,
         drain,

@@ -54,6 +54,7 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
             let dest = to.as_deref().unwrap_or(&queue).to_owned();
             if all {
                 let n = admin.manager.requeue_all_dead_letters(&queue, to.as_deref()).await?;
+                admin.manager.flush_events(crate::commands::admin::FLUSH_EVENTS).await;
                 if admin.json {
                     return print_json(&json!({ "requeued": n, "to": dest }));
                 }
@@ -62,7 +63,9 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
             }
             let Some(id) = id else { bail!("name a dead letter's id, or pass --all") };
             let id = task_id(&id)?;
-            if !admin.manager.requeue_dead_letter(&queue, id, to.as_deref()).await? {
+            let requeued = admin.manager.requeue_dead_letter(&queue, id, to.as_deref()).await?;
+            admin.manager.flush_events(crate::commands::admin::FLUSH_EVENTS).await;
+            if !requeued {
                 bail!(no_letter(&queue, id, admin.namespace()));
             }
             if admin.json {

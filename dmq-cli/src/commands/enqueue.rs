@@ -37,6 +37,8 @@ pub(crate) async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     }
     let eta = envelope.eta;
     let id = admin.manager.enqueue_envelope(envelope).await?;
+    // The Queued event goes to the event stream before this process exits.
+    admin.manager.flush_events(crate::commands::admin::FLUSH_EVENTS).await;
     if admin.json {
         return print_json(&json!({
             "id": id.to_string(),

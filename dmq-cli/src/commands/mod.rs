@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod dlq;
 mod enqueue;
+mod events;
 mod job;
 mod periodic;
 mod purge;
@@ -38,6 +39,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Periodic(args) => periodic::run(args).await,
         Command::Result(args) => result::run(args).await,
         Command::Enqueue(args) => enqueue::run(args).await,
+        Command::Events(args) => events::run(args).await,
         Command::Purge(args) => purge::run(args).await,
         Command::Job(args) => job::run(args).await,
     }

@@ -1,5 +1,6 @@
 //! `worker --tasks APP`: runs and watches worker processes of a task binary.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +38,8 @@ const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// One supervised worker process.
 struct Slot {
+    /// The options it is started with.
+    args: Vec<String>,
     child: Option<Child>,
     started: Instant,
     pause: Duration,
@@ -57,13 +60,15 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
         || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         |n| usize::try_from(n).unwrap_or(1),
     );
-    let child_args = child_args(&args);
+    let metrics_addrs = metrics_addrs(args.metrics_addr, count)?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut slots = Vec::with_capacity(count);
-    for _ in 0..count {
+    for n in 0..count {
+        let child_args = child_args(&args, metrics_addrs.get(n).copied());
         let child = spawn(&binary, &child_args, &args.broker)?;
         slots.push(Slot {
+            args: child_args,
             child: Some(child),
             started: Instant::now(),
             pause: FIRST_RESTART_PAUSE,
@@ -81,7 +86,7 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {}
         }
         for (n, slot) in slots.iter_mut().enumerate() {
-            watch(n, slot, &binary, &child_args, &args.broker);
+            watch(n, slot, &binary, &args.broker);
         }
         if let Some(slot) = slots.iter().find(|s| s.quick_exits >= QUICK_EXITS_TO_GIVE_UP) {
             let status = slot.last_status.map_or_else(|| "?".to_owned(), |s| s.to_string());
@@ -100,7 +105,7 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// Notices a worker process that exited, and restarts it when its pause is over.
-fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String], broker: &str) {
+fn watch(n: usize, slot: &mut Slot, binary: &Path, broker: &str) {
     if let Some(child) = slot.child.as_mut() {
         match child.try_wait() {
             Ok(None) => return,
@@ -126,7 +131,7 @@ fn watch(n: usize, slot: &mut Slot, binary: &Path, child_args: &[String], broker
         }
     }
     if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
-        match spawn(binary, child_args, broker) {
+        match spawn(binary, &slot.args, broker) {
             Ok(child) => {
                 tracing::info!(worker = n, pid = child.id(), "restarted a worker process");
                 slot.child = Some(child);
@@ -185,9 +190,9 @@ fn spawn(binary: &Path, child_args: &[String], broker: &str) -> anyhow::Result<C
         .with_context(|| format!("starting {} worker", binary.display()))
 }
 
-/// The options each worker process gets: the supervisor's, but --tasks and --workers,
-/// and --broker, which goes in the environment.
-fn child_args(args: &WorkerArgs) -> Vec<String> {
+/// The options a worker process gets: the supervisor's, but --tasks and --workers,
+/// --broker, which goes in the environment, and --metrics-addr, which is its own.
+fn child_args(args: &WorkerArgs, metrics_addr: Option<SocketAddr>) -> Vec<String> {
     let mut out = vec![
         "--namespace".to_owned(),
         args.namespace.clone(),
@@ -207,7 +212,49 @@ fn child_args(args: &WorkerArgs) -> Vec<String> {
     if args.no_scheduler {
         out.push("--no-scheduler".to_owned());
     }
+    if let Some(addr) = metrics_addr {
+        out.push("--metrics-addr".to_owned());
+        out.push(addr.to_string());
+    }
     out
+}
+
+/// The metrics address of each of `count` worker processes: `addr` with its port
+/// plus the process's number (from 0); port 0 stays 0 (each picks a free port). Each
+/// address is tried here first, so that a taken one stops the supervisor at once
+/// instead of making its process exit again and again.
+fn metrics_addrs(addr: Option<SocketAddr>, count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let Some(addr) = addr else { return Ok(Vec::new()) };
+    if addr.port() == 0 {
+        return Ok(vec![addr; count]);
+    }
+    let mut out = Vec::with_capacity(count);
+    for n in 0..count {
+        let port = u16::try_from(n)
+            .ok()
+            .and_then(|n| addr.port().checked_add(n))
+            .with_context(|| {
+                format!(
+                    "--metrics-addr {addr} with {count} workers needs ports {} to {}, past 65535; pick a lower port",
+                    addr.port(),
+                    usize::from(addr.port()) + count - 1
+                )
+            })?;
+        let mut each = addr;
+        each.set_port(port);
+        if let Err(e) = std::net::TcpListener::bind(each) {
+            let what = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "address in use".to_owned()
+            } else {
+                e.to_string()
+            };
+            bail!(
+                "could not listen on {each} (the metrics address of worker process {n}, --metrics-addr plus {n}): {what}; pick another --metrics-addr"
+            );
+        }
+        out.push(each);
+    }
+    Ok(out)
 }
 
 /// Finds the task binary `app`: a path; a name on PATH; or a binary or example of
@@ -308,6 +355,43 @@ mod tests {
         let err = found("notes").unwrap_err().to_string();
         assert!(err.contains(&target.join("release/notes").display().to_string()), "{err}");
         std::fs::remove_dir_all(&target).unwrap();
+    }
+
+    #[test]
+    fn each_process_gets_the_metrics_port_plus_its_number() {
+        assert!(metrics_addrs(None, 4).unwrap().is_empty());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(metrics_addrs(Some(any), 3).unwrap(), vec![any; 3]);
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = free.local_addr().unwrap();
+        let err = metrics_addrs(Some(taken), 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("could not listen on {taken}")), "{err}");
+        assert!(err.contains("address in use; pick another --metrics-addr"), "{err}");
+        drop(free);
+        let port = taken.port();
+        if port < u16::MAX - 2 {
+            let addrs = metrics_addrs(Some(taken), 3);
+            // Skipped when a neighbouring port happens to be taken.
+            if let Ok(addrs) = addrs {
+                let ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+                assert_eq!(ports, [port, port + 1, port + 2]);
+            }
+        }
+        let high: SocketAddr = "127.0.0.1:65535".parse().unwrap();
+        let err = metrics_addrs(Some(high), 2).unwrap_err().to_string();
+        assert!(err.contains("needs ports 65535 to 65536, past 65535"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_address_is_passed_on_to_each_process() {
+        use clap::Parser as _;
+        let cli = crate::Cli::try_parse_from(["dmq", "worker", "--tasks", "app"]).unwrap();
+        let crate::Command::Worker(args) = cli.command else { panic!("not worker") };
+        let addr: SocketAddr = "0.0.0.0:9101".parse().unwrap();
+        let passed = child_args(&args, Some(addr));
+        let at = passed.iter().position(|a| a == "--metrics-addr").unwrap();
+        assert_eq!(passed[at + 1], "0.0.0.0:9101");
+        assert!(!child_args(&args, None).iter().any(|a| a == "--metrics-addr"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `worker`: one worker in this process, with the tasks linked into this binary.
 
 use anyhow::{Context as _, ensure};
-use dmq_core::Manager;
+use dmq_core::{Manager, Metrics};
 use dmq_redis::{RedisBackend, RedisBroker};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -13,12 +13,21 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     ensure!(!args.namespace.is_empty(), "--namespace cannot be empty");
     let target = Target::parse(&args.broker)?;
     let shown = redact(&args.broker);
+    // Bound first: a taken address stops the start-up before any job is claimed.
+    let endpoint = match args.metrics_addr {
+        Some(addr) => Some((crate::metrics_server::bind(addr).await?, Metrics::new())),
+        None => None,
+    };
+    let mut manager_builder = Manager::builder();
+    if let Some((_, metrics)) = &endpoint {
+        manager_builder = manager_builder.metrics(metrics.clone());
+    }
     let manager = match &target {
-        Target::Memory => Manager::builder().build()?,
+        Target::Memory => manager_builder.build()?,
         Target::Redis(url) => {
             let broker = RedisBroker::connect_with_namespace(url, &args.namespace).await?;
             let backend = RedisBackend::connect_with_namespace(url, &args.namespace).await?;
-            Manager::builder().broker(broker).backend(backend).build()?
+            manager_builder.broker(broker).backend(backend).build()?
         }
     };
     let tasks: Vec<_> =
@@ -47,6 +56,13 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     builder = builder.queues(queues);
     let worker = builder.start();
+    let server = endpoint.map(|(bound, metrics)| {
+        let addr = bound.addr();
+        tracing::info!(
+            "serving metrics at http://{addr}/metrics and health at http://{addr}/health"
+        );
+        bound.serve(manager.clone(), metrics, worker.monitor())
+    });
     let names: Vec<&str> = tasks.iter().map(|t| t.name).collect();
     tracing::info!(
         broker = %shown,
@@ -66,6 +82,10 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     tracing::info!("{signal}: stopping; running jobs have {:?} to finish", args.grace);
     let report = worker.shutdown().await;
+    // Served until the worker has stopped, so that a scrape sees the drain.
+    if let Some(server) = server {
+        server.stop().await;
+    }
     tracing::info!(released = report.released, "dmq worker {} stopped", std::process::id());
     Ok(())
 }

@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Broker, DeadLetter, Delivery, Job, Lease, QueueStats, ScheduleState, WorkerInfo, WorkerStatus,
-    refuse_keys_in_batches,
+    Broker, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom,
+    Job, Lease, QueueStats, ScheduleState, WorkerInfo, WorkerStatus, refuse_keys_in_batches,
 };
 use crate::envelope::MAX_PRIORITY;
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::task::TaskId;
 
 /// The default cap on each queue's dead-letter queue.
@@ -25,13 +26,17 @@ pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
 /// A [`Broker`] in process memory.
 ///
 /// Several queues, priorities, delayed jobs held until their eta, leases that return
-/// expired jobs to ready, and waiting claimers woken by notification. Everything is
-/// lost when the process exits: use Redis where jobs must survive.
+/// expired jobs to ready, and waiting claimers woken by notification; an event
+/// stream this process can read ([`Broker::read_events`]). Everything is lost when
+/// the process exits: use Redis where jobs must survive.
 #[derive(Debug)]
 pub struct InMemoryBroker {
     state: Mutex<State>,
     notify: Notify,
     dead_letter_cap: usize,
+    events: Mutex<EventLog>,
+    /// Wakes the readers waiting for events.
+    published: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -178,7 +183,27 @@ impl InMemoryBroker {
     /// ones are dropped and counted.
     #[must_use]
     pub fn with_dead_letter_cap(cap: usize) -> Self {
-        InMemoryBroker { state: Mutex::default(), notify: Notify::new(), dead_letter_cap: cap }
+        InMemoryBroker {
+            state: Mutex::default(),
+            notify: Notify::new(),
+            dead_letter_cap: cap,
+            events: Mutex::new(EventLog::new(DEFAULT_EVENT_STREAM_CAP)),
+            published: Notify::new(),
+        }
+    }
+
+    /// The same broker, its event stream keeping about the last `cap` events
+    /// ([`DEFAULT_EVENT_STREAM_CAP`] by default): at least `cap`, less than one batch
+    /// more, as the oldest batches are dropped whole. 0 keeps none.
+    #[must_use]
+    pub fn with_event_stream_cap(self, cap: usize) -> Self {
+        self.event_log().cap = cap;
+        self
+    }
+
+    fn event_log(&self) -> MutexGuard<'_, EventLog> {
+        // Every change to the log completes before anything that could panic.
+        self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -456,6 +481,48 @@ impl State {
 
 #[async_trait]
 impl Broker for InMemoryBroker {
+    async fn publish_events(&self, events: &[Arc<Event>]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let batch = events.to_vec();
+        let dropped = self.event_log().append(batch);
+        // The dropped batches are freed once the lock is released.
+        drop(dropped);
+        self.published.notify_waiters();
+        Ok(())
+    }
+
+    async fn read_events(
+        &self,
+        from: &EventsFrom,
+        max: usize,
+        wait: Duration,
+    ) -> Result<EventPage> {
+        let mut at = self.event_log().position(from)?;
+        if max == 0 {
+            return Ok(EventPage::new(Vec::new(), at.cursor(), 0));
+        }
+        let give_up = crate::clock::deadline(wait);
+        loop {
+            // Register for wake-ups before looking, so a publish between the look and
+            // the wait is not missed.
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let events = self.event_log().read(&mut at, max);
+            if !events.is_empty() || Instant::now() >= give_up {
+                // Copied out once the lock is released.
+                let events = events.iter().map(|event| Event::clone(event)).collect();
+                return Ok(EventPage::new(events, at.cursor(), 0));
+            }
+            tokio::select! {
+                () = &mut published => {}
+                () = tokio::time::sleep_until(give_up) => {}
+            }
+        }
+    }
+
     async fn enqueue(&self, job: Job) -> Result<()> {
         let idempotency = job.idempotency.clone();
         let (id, queue) = (job.id, job.queue.clone());
@@ -776,6 +843,112 @@ impl Broker for InMemoryBroker {
     }
 }
 
+/// The event stream: batches numbered from 1 in the order they were published.
+#[derive(Debug)]
+struct EventLog {
+    batches: VecDeque<(u64, Vec<Arc<Event>>)>,
+    /// How many events `batches` holds.
+    held: usize,
+    /// The number of the last batch published; 0 before the first.
+    last: u64,
+    /// About how many events to keep.
+    cap: usize,
+}
+
+/// A place in the event log: after the first `taken` events of batch `batch` (all of
+/// them when `None`) and every batch before it.
+#[derive(Debug, Clone, Copy)]
+struct LogPosition {
+    batch: u64,
+    taken: Option<usize>,
+}
+
+impl LogPosition {
+    fn cursor(self) -> EventCursor {
+        match self.taken {
+            Some(taken) => EventCursor::within(self.batch.to_string(), taken),
+            None => EventCursor::after(self.batch.to_string()),
+        }
+    }
+}
+
+impl EventLog {
+    fn new(cap: usize) -> Self {
+        EventLog { batches: VecDeque::new(), held: 0, last: 0, cap }
+    }
+
+    /// Appends a batch and drops the oldest batches the cap has no room for; returns
+    /// them, to be freed outside the lock.
+    fn append(&mut self, batch: Vec<Arc<Event>>) -> Vec<Vec<Arc<Event>>> {
+        self.last += 1;
+        self.held += batch.len();
+        self.batches.push_back((self.last, batch));
+        let mut dropped = Vec::new();
+        while let Some((_, oldest)) = self.batches.front() {
+            if self.held - oldest.len() < self.cap {
+                break;
+            }
+            self.held -= oldest.len();
+            dropped.extend(self.batches.pop_front().map(|(_, batch)| batch));
+        }
+        dropped
+    }
+
+    /// Where `from` starts.
+    fn position(&self, from: &EventsFrom) -> Result<LogPosition> {
+        Ok(match from {
+            EventsFrom::Now => LogPosition { batch: self.last, taken: None },
+            EventsFrom::Oldest => LogPosition { batch: 0, taken: None },
+            EventsFrom::Last(n) => {
+                let mut wanted = *n;
+                let mut at = LogPosition { batch: self.last, taken: None };
+                for (number, batch) in self.batches.iter().rev() {
+                    if wanted == 0 {
+                        break;
+                    }
+                    let from_this = wanted.min(batch.len());
+                    wanted -= from_this;
+                    at = LogPosition { batch: *number, taken: Some(batch.len() - from_this) };
+                }
+                at
+            }
+            EventsFrom::After(cursor) => {
+                let batch = cursor.entry().parse().map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "{:?} is not a cursor of the in-memory event stream",
+                        cursor.entry()
+                    ))
+                })?;
+                LogPosition { batch, taken: cursor.taken() }
+            }
+        })
+    }
+
+    /// Up to `max` events from `at` on, moving `at` past them.
+    fn read(&self, at: &mut LogPosition, max: usize) -> Vec<Arc<Event>> {
+        let mut events = Vec::new();
+        let first = self.batches.partition_point(|(number, _)| {
+            *number < at.batch || (*number == at.batch && at.taken.is_none())
+        });
+        for (number, batch) in self.batches.range(first..) {
+            let skip = if *number == at.batch { at.taken.unwrap_or(0) } else { 0 };
+            let room = max - events.len();
+            let rest = batch.get(skip..).unwrap_or_default();
+            let take = rest.len().min(room);
+            events.extend(rest[..take].iter().cloned());
+            *at = if skip + take < batch.len() {
+                LogPosition { batch: *number, taken: Some(skip + take) }
+            } else {
+                LogPosition { batch: *number, taken: None }
+            };
+            if events.len() == max {
+                break;
+            }
+        }
+        events
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,6 +967,28 @@ mod tests {
         let kept: Vec<String> =
             broker.dead_letters("q", 0, 10).await.unwrap().into_iter().map(|d| d.reason).collect();
         assert_eq!(kept, ["bad 4", "bad 3", "bad 2"]);
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_keeps_at_least_its_cap_and_drops_whole_batches() {
+        let event =
+            |n: u32| Arc::new(Event::new(crate::EventKind::Started, TaskId::new(), "t", "q", n));
+        let broker = InMemoryBroker::new().with_event_stream_cap(3);
+        for sizes in [[2, 2], [1, 1]] {
+            for size in sizes {
+                let batch: Vec<Arc<Event>> = (0..size).map(event).collect();
+                broker.publish_events(&batch).await.unwrap();
+            }
+        }
+        // 2+2+1+1 published: the first batch of 2 goes (4 left >= 3), the second
+        // stays (2 would be under the cap).
+        let page = broker.read_events(&EventsFrom::Oldest, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(page.events.iter().map(|e| e.attempt).collect::<Vec<_>>(), [0, 1, 0, 0]);
+
+        let none = InMemoryBroker::new().with_event_stream_cap(0);
+        none.publish_events(&[event(1)]).await.unwrap();
+        let page = none.read_events(&EventsFrom::Oldest, 10, Duration::ZERO).await.unwrap();
+        assert!(page.events.is_empty(), "a cap of 0 keeps nothing");
     }
 
     #[test]

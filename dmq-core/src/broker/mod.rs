@@ -3,15 +3,21 @@
 mod memory;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::task::TaskId;
 
 pub use memory::InMemoryBroker;
+
+/// How many events a broker's event stream keeps by default, about: older ones are
+/// dropped as new ones come (see each broker's `with_event_stream_cap`).
+pub const DEFAULT_EVENT_STREAM_CAP: usize = 10_000;
 
 /// A job handed to a broker: routing facts plus the encoded envelope.
 #[derive(Clone, PartialEq, Eq)]
@@ -298,6 +304,82 @@ impl WorkerStatus {
     }
 }
 
+/// A position in a broker's event stream, as [`Broker::read_events`] returns it:
+/// read on from it with [`EventsFrom::After`].
+///
+/// The stream stores events in entries, one per
+/// [`publish_events`](Broker::publish_events) call; a cursor names an entry (in the
+/// broker's own terms: a Redis stream id, say) and how many of its events were read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventCursor {
+    entry: String,
+    taken: Option<usize>,
+}
+
+impl EventCursor {
+    /// After the whole of entry `entry`, and everything before it (for broker
+    /// implementations).
+    #[must_use]
+    pub fn after(entry: impl Into<String>) -> Self {
+        EventCursor { entry: entry.into(), taken: None }
+    }
+
+    /// After the first `taken` events of entry `entry`, and everything before it
+    /// (for broker implementations).
+    #[must_use]
+    pub fn within(entry: impl Into<String>, taken: usize) -> Self {
+        EventCursor { entry: entry.into(), taken: Some(taken) }
+    }
+
+    /// The entry it names.
+    #[must_use]
+    pub fn entry(&self) -> &str {
+        &self.entry
+    }
+
+    /// How many events of the entry were read; `None` for all of them.
+    #[must_use]
+    pub fn taken(&self) -> Option<usize> {
+        self.taken
+    }
+}
+
+/// Where [`Broker::read_events`] starts reading the event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventsFrom {
+    /// At the end of the stream as it is when the read begins: only events published
+    /// from then on (what a tail follows).
+    Now,
+    /// At the oldest event the stream still keeps.
+    Oldest,
+    /// At the last `n` events the stream keeps (all of them when it keeps fewer).
+    Last(usize),
+    /// Right after `cursor`, which an earlier page returned.
+    After(EventCursor),
+}
+
+/// Events read from a broker's event stream, and where to read on from.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EventPage {
+    /// The events, oldest first, in the order they were published.
+    pub events: Vec<Event>,
+    /// Read on from here ([`EventsFrom::After`]), whether or not events came.
+    pub cursor: EventCursor,
+    /// Events passed over because they could not be read: of a kind this version of
+    /// dmq does not know, say ([`DecodedEvents::skipped`](crate::DecodedEvents)).
+    pub skipped: usize,
+}
+
+impl EventPage {
+    /// A page of events (for broker implementations).
+    #[must_use]
+    pub fn new(events: Vec<Event>, cursor: EventCursor, skipped: usize) -> Self {
+        EventPage { events, cursor, skipped }
+    }
+}
+
 /// Where jobs wait and how workers take them.
 ///
 /// Delivery is at least once with fenced leases: [`claim`](Broker::claim) hands out a
@@ -533,5 +615,89 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// When the broker cannot be reached.
     async fn dead_letter_count(&self, queue: &str) -> Result<u64> {
         Ok(self.queue_stats(queue).await?.dead)
+    }
+
+    /// Checks that the broker can be reached now, for a health check. Brokers that
+    /// live in the process are always reachable (the default).
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether other processes can read this broker's event stream: then every
+    /// manager on it writes its events there unless told not to
+    /// ([`ManagerBuilder::event_stream`](crate::ManagerBuilder::event_stream)). False
+    /// by default and for the in-memory broker, whose stream only its own process
+    /// reads (writing it costs a quarter of that broker's throughput, for nobody).
+    fn shares_events(&self) -> bool {
+        false
+    }
+
+    /// Appends `events` to the broker's event stream, as one entry, which any process
+    /// can read with [`read_events`](Broker::read_events) (`dmq events` tails it). The
+    /// stream is capped: the oldest events are dropped as new ones come. Workers and
+    /// producers call this off the hot path, in batches. A broker without a stream
+    /// keeps nothing (the default).
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached; the events are then lost (and counted as
+    /// dropped by the caller).
+    async fn publish_events(&self, events: &[Arc<Event>]) -> Result<()> {
+        let _ = events;
+        Ok(())
+    }
+
+    /// Reads up to `max` events of the event stream, starting `from` where it says, in
+    /// the order they were published. When none is there yet, waits up to `wait` for
+    /// some (woken by the publish, not by polling) and returns an empty page if none
+    /// came. Read on from the page's cursor with [`EventsFrom::After`]; a `max` of 0
+    /// reads nothing and only turns `from` into a cursor.
+    ///
+    /// The stream is capped, so a reader that falls further behind than the cap
+    /// misses the events dropped meanwhile and reads on from the oldest kept.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dmq_core::{Broker, EventsFrom, InMemoryBroker};
+    ///
+    /// # async fn demo() -> dmq_core::Result<()> {
+    /// let broker = InMemoryBroker::new();
+    /// let mut from = EventsFrom::Now;
+    /// loop {
+    ///     let page = broker.read_events(&from, 1000, Duration::from_secs(5)).await?;
+    ///     for event in &page.events {
+    ///         println!("{event}");
+    ///     }
+    ///     from = EventsFrom::After(page.cursor);
+    /// #   break;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for a broker that keeps no event stream (the default);
+    /// otherwise when the broker cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel safe: reading changes nothing, and the caller
+    /// keeps its cursor, so a dropped read is simply made again.
+    async fn read_events(
+        &self,
+        from: &EventsFrom,
+        max: usize,
+        wait: Duration,
+    ) -> Result<EventPage> {
+        let _ = (from, max, wait);
+        Err(Error::Unsupported(
+            "this broker keeps no event stream to read; RedisBroker and InMemoryBroker do"
+                .to_owned(),
+        ))
     }
 }

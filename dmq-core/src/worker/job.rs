@@ -1,7 +1,6 @@
 //! Running one claimed job: decode, look up, run under timeout and panic guard,
 //! store the result, settle with the broker.
 
-use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -10,11 +9,13 @@ use futures::FutureExt;
 use futures::future::Either;
 use tracing::Instrument;
 
-use super::Shared;
+use super::vitals::Op;
+use super::{Shared, panic_message};
 use crate::backend::{TaskOutcome, TaskState};
 use crate::broker::{Delivery, Lease};
 use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::events::EventKind;
 use crate::guarantee::Guarantee;
 use crate::retry::{Backoff, MAX_BACKOFF};
 use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
@@ -35,13 +36,7 @@ pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output
         Ok(envelope) => envelope,
         Err(e) => return Either::Right(rare(async move { poison(shared, &lease, &e).await })),
     };
-    let span = tracing::info_span!(
-        "task",
-        id = %envelope.id,
-        name = %envelope.task,
-        attempt = envelope.attempt,
-        queue = %envelope.queue,
-    );
+    let span = crate::trace::run_span(&envelope);
     let Some(registration) = shared.manager.registry().get(&envelope.task) else {
         let known: Vec<&str> = shared.manager.registry().tasks().iter().map(|t| t.name).collect();
         let reason = format!(
@@ -52,13 +47,18 @@ pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output
         );
         let attempt = envelope.attempt;
         let kind = FailureKind::UnknownTask;
-        let failed = async move { fail(shared, &lease, attempt, kind, &reason, None).await };
+        let task = envelope.task;
+        // NotFound comes first, with Failed and DeadLettered, once the job is in the
+        // dead-letter queue.
+        let failed =
+            async move { fail(shared, &lease, (&task, attempt), kind, &reason, None).await };
         return Either::Right(rare(failed.instrument(span)));
     };
     if let Some(expires_at) = envelope.expires_at {
         if expires_at <= Utc::now() {
             let attempt = envelope.attempt;
-            let expired = async move { expire(shared, &lease, expires_at, attempt).await };
+            let expired =
+                async move { expire(shared, &lease, registration, expires_at, attempt).await };
             return Either::Right(rare(expired.instrument(span)));
         }
     }
@@ -68,7 +68,7 @@ pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output
         )),
         Guarantee::ExactlyOnce => {
             let once = async move {
-                if completed_before(shared, &lease, registration).await {
+                if completed_before(shared, &lease, registration, envelope.attempt).await {
                     return;
                 }
                 run(shared, lease, registration, envelope, payload, Finish::Complete).await;
@@ -98,24 +98,37 @@ async fn completed_before(
     shared: &Shared,
     lease: &Lease,
     registration: &'static TaskRegistration,
+    attempt: u32,
 ) -> bool {
     let broker = shared.manager.broker();
     let backend = shared.manager.backend();
     // Both reads at once: they cost one round trip, not two.
+    // Whether its completion is recorded, and its stored success if there is one.
     let check = || async {
         let recorded = broker.is_complete(&lease.queue, lease.id);
         if registration.ignore_result {
-            return recorded.await;
+            return Ok((recorded.await?, None));
         }
         let (recorded, stored) = tokio::try_join!(recorded, backend.get(lease.id))?;
-        Ok(recorded || stored.is_some_and(|o| o.state == TaskState::Succeeded))
+        Ok((recorded, stored.filter(|o| o.state == TaskState::Succeeded)))
     };
     match persist(shared, lease, check).await {
-        Ok(false) => false,
-        Ok(true) => {
+        Ok((false, None)) => false,
+        Ok((recorded, stored)) => {
             tracing::info!("this job already completed; acknowledging it without running it again");
             let remember = shared.manager.config().idempotency_ttl;
             let done = persist(shared, lease, || broker.complete(lease, remember)).await;
+            // A run that stored its success but was cut off before it settled the
+            // job emitted no Completed: this is where the job completes.
+            if let (false, Some(outcome), true) = (recorded, &stored, done.is_ok()) {
+                let run_time = outcome
+                    .started_at
+                    .and_then(|at| (outcome.finished_at - at).to_std().ok())
+                    .unwrap_or_default();
+                shared.emit(lease.id, registration.name, &lease.queue, attempt, || {
+                    EventKind::Completed { run_time }
+                });
+            }
             settle(done, lease, "acknowledge");
             true
         }
@@ -129,7 +142,11 @@ async fn completed_before(
             let reason =
                 format!("could not read whether this exactly-once job already completed: {e}");
             tracing::error!(%reason, "dead-lettering a job");
-            dead_letter(shared, lease, &reason).await;
+            if dead_letter(shared, lease, &reason).await {
+                shared.emit(lease.id, registration.name, &lease.queue, attempt, || {
+                    EventKind::DeadLettered { reason }
+                });
+            }
             true
         }
     }
@@ -152,6 +169,8 @@ async fn at_most_once(
     }
     let (started_at, timeout, attempt) =
         (Utc::now(), timeout_of(&envelope, registration), envelope.attempt);
+    let (id, name, queue) = (lease.id, registration.name, lease.queue.as_str());
+    shared.emit(id, name, queue, attempt, || EventKind::Started);
     let task = start(registration, envelope);
     let result = tokio::select! {
         biased;
@@ -161,11 +180,22 @@ async fn at_most_once(
             return;
         }
     };
+    let run_time = since(started_at);
     let outcome = match result {
-        Ok(_) if registration.ignore_result => return,
-        Ok(value) => TaskOutcome::succeeded(value, attempt, started_at),
+        Ok(value) => {
+            shared.emit(id, name, queue, attempt, || EventKind::Completed { run_time });
+            if registration.ignore_result {
+                return;
+            }
+            TaskOutcome::succeeded(value, attempt, started_at)
+        }
         Err(failure) => {
             tracing::error!(kind = %failure.kind, error = %failure.message, "job failed; at most once, it is not retried");
+            shared.emit(id, name, queue, attempt, || EventKind::Failed {
+                failure: failure.kind,
+                error: failure.message.clone(),
+                run_time: Some(run_time),
+            });
             TaskOutcome::failed(failure.kind, &failure.message, attempt, Some(started_at))
         }
     };
@@ -176,6 +206,11 @@ async fn at_most_once(
     if let Err(e) = stored {
         tracing::error!(error = %e, "storing the result of an at-most-once job failed; it is lost");
     }
+}
+
+/// The time since `start`, none when the clock went back.
+fn since(start: chrono::DateTime<Utc>) -> Duration {
+    (Utc::now() - start).to_std().unwrap_or_default()
 }
 
 /// The limit on one run of the job: the call's, else the task's.
@@ -211,17 +246,34 @@ async fn poison(shared: &Shared, lease: &Lease, error: &Error) {
     let message = error.to_string();
     let kind = FailureKind::Undecodable;
     tracing::error!(id = %lease.id, queue = %lease.queue, %kind, error = %message, "dead-lettering a job");
-    if dead_letter(shared, lease, &format!("{kind}: {message}")).await {
+    let reason = format!("{kind}: {message}");
+    if dead_letter(shared, lease, &reason).await {
+        // Its task is unknown: the events name none.
+        shared.emit(lease.id, "", &lease.queue, 0, || EventKind::Failed {
+            failure: kind,
+            error: message.clone(),
+            run_time: None,
+        });
+        shared.emit(lease.id, "", &lease.queue, 0, || EventKind::DeadLettered { reason });
         let outcome = TaskOutcome::failed(kind, &message, 0, None);
         store(shared, lease, &outcome).await;
     }
 }
 
 /// Dead-letters a job whose expiry passed before it started.
-async fn expire(shared: &Shared, lease: &Lease, expires_at: chrono::DateTime<Utc>, attempt: u32) {
+async fn expire(
+    shared: &Shared,
+    lease: &Lease,
+    registration: &'static TaskRegistration,
+    expires_at: chrono::DateTime<Utc>,
+    attempt: u32,
+) {
     let reason = format!("expired at {expires_at} before it started");
     tracing::warn!(%reason, "not running an expired job");
+    let (id, name, queue) = (lease.id, registration.name, lease.queue.as_str());
     if dead_letter(shared, lease, &reason).await {
+        shared.emit(id, name, queue, attempt, || EventKind::Expired { expired_at: expires_at });
+        shared.emit(id, name, queue, attempt, || EventKind::DeadLettered { reason });
         store(shared, lease, &TaskOutcome::expired(attempt)).await;
     }
 }
@@ -243,6 +295,7 @@ fn run<'a>(
     let started_at = Utc::now();
     let timeout = timeout_of(&envelope, registration);
     let (attempt, max_retries) = (envelope.attempt, envelope.max_retries);
+    shared.emit(lease.id, registration.name, &lease.queue, attempt, || EventKind::Started);
     // This only boxes the task's future; it starts running when first polled.
     let task = start(registration, envelope);
     async move {
@@ -264,6 +317,8 @@ fn run<'a>(
                 return;
             }
         };
+        // Measured before the result is stored and the job settled.
+        let run_time = since(started_at);
         match result {
             Ok(value) => {
                 if !registration.ignore_result {
@@ -283,11 +338,22 @@ fn run<'a>(
                         rare(persist(shared, &lease, || broker.complete(&lease, remember))).await
                     }
                 };
+                if acked.is_ok() {
+                    shared.emit(lease.id, registration.name, &lease.queue, attempt, || {
+                        EventKind::Completed { run_time }
+                    });
+                }
                 settle(acked, &lease, "acknowledge");
             }
             Err(failure) => {
-                let failed =
-                    Failed { registration, attempt, max_retries, payload: &payload, started_at };
+                let failed = Failed {
+                    registration,
+                    attempt,
+                    max_retries,
+                    payload: &payload,
+                    started_at,
+                    run_time,
+                };
                 rare(failed.settle(shared, &lease, failure)).await;
             }
         }
@@ -323,6 +389,8 @@ struct Failed<'a> {
     /// The envelope as delivered.
     payload: &'a [u8],
     started_at: chrono::DateTime<Utc>,
+    /// How long the run took.
+    run_time: Duration,
 }
 
 impl Failed<'_> {
@@ -357,7 +425,9 @@ impl Failed<'_> {
             if kind.is_retryable() && !allowed {
                 tracing::info!(error = %message, "the retry policy does not retry this error");
             }
-            fail(shared, lease, self.attempt, kind, &message, Some(self.started_at)).await;
+            let about = (self.registration.name, self.attempt);
+            let ran = Some((self.started_at, self.run_time));
+            fail(shared, lease, about, kind, &message, ran).await;
             return;
         }
         let requested = error.as_ref().and_then(TaskError::requested_delay);
@@ -368,12 +438,14 @@ impl Failed<'_> {
                     .or(task_policy.as_ref().map(|p| p.backoff))
                     .or(self.registration.backoff)
                     .unwrap_or(default.backoff);
-                retry(shared, lease, whole, &message, backoff, requested).await;
+                let failed = (message.as_str(), self.run_time);
+                retry(shared, lease, whole, failed, backoff, requested).await;
             }
             Err(e) => {
                 // Cannot happen: these bytes decoded before the run.
                 let reason = format!("could not decode the job again for a retry: {e}");
-                fail(shared, lease, self.attempt, FailureKind::Undecodable, &reason, None).await;
+                let about = (self.registration.name, self.attempt);
+                fail(shared, lease, about, FailureKind::Undecodable, &reason, None).await;
             }
         }
     }
@@ -424,14 +496,6 @@ async fn execute(
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(a non-string panic payload)")
-}
-
 /// Renews the lease every third of its length; returns only when it is lost.
 async fn keep_lease(shared: &Shared, lease: &Lease) {
     let every = shared.config.lease / 3;
@@ -440,7 +504,10 @@ async fn keep_lease(shared: &Shared, lease: &Lease) {
         match shared.manager.broker().renew(lease, shared.config.lease).await {
             Ok(()) => {}
             Err(Error::LeaseLost { .. }) => return,
-            Err(e) => tracing::warn!(error = %e, "renewing the lease failed; will try again"),
+            Err(e) => {
+                shared.vitals.broker_error(Op::Renew);
+                tracing::warn!(error = %e, "renewing the lease failed; will try again");
+            }
         }
     }
 }
@@ -449,13 +516,14 @@ async fn retry(
     shared: &Shared,
     lease: &Lease,
     mut envelope: Envelope,
-    message: &str,
+    (message, run_time): (&str, Duration),
     backoff: Backoff,
     requested_delay: Option<Duration>,
 ) {
     let delay = requested_delay
         .map_or_else(|| backoff.delay(envelope.attempt, jitter_draw()), |d| d.min(MAX_BACKOFF));
     tracing::info!(error = %message, retry_in = ?delay, "attempt failed; retrying");
+    let failed_attempt = envelope.attempt;
     envelope.attempt += 1;
     let eta = crate::clock::utc_after(delay);
     envelope.eta = Some(eta);
@@ -463,12 +531,17 @@ async fn retry(
         Ok(payload) => {
             let broker = shared.manager.broker();
             let result = persist(shared, lease, || broker.retry(lease, payload.clone(), eta)).await;
+            if result.is_ok() {
+                shared.emit(lease.id, &envelope.task, &lease.queue, failed_attempt, || {
+                    EventKind::Retry { delay, error: message.to_owned(), run_time }
+                });
+            }
             settle(result, lease, "schedule a retry of");
         }
         Err(e) => {
             let reason = format!("could not re-encode the job for a retry: {e}");
             let kind = FailureKind::Undecodable;
-            fail(shared, lease, envelope.attempt, kind, &reason, None).await;
+            fail(shared, lease, (&envelope.task, failed_attempt), kind, &reason, None).await;
         }
     }
 }
@@ -483,20 +556,34 @@ fn jitter_draw() -> f64 {
     draw
 }
 
-/// Records a final failure and dead-letters the job.
+/// Records a final failure of attempt `attempt` of a job of task `task` (the `about`
+/// pair) and dead-letters the job; `ran` is when the run started and how long it
+/// took, if it ran.
 async fn fail(
     shared: &Shared,
     lease: &Lease,
-    attempt: u32,
+    (task, attempt): (&str, u32),
     kind: FailureKind,
     message: &str,
-    started_at: Option<chrono::DateTime<Utc>>,
+    ran: Option<(chrono::DateTime<Utc>, Duration)>,
 ) {
     tracing::error!(%kind, error = %message, "job failed");
+    let (started_at, run_time) = (ran.map(|(at, _)| at), ran.map(|(_, took)| took));
     // Dead-letter first: whoever sees the failed result then finds the job in the
     // dead-letter queue too. A job that could not be dead-lettered stays with its lease
     // and runs again; its result is written then.
-    if dead_letter(shared, lease, &format!("{kind}: {message}")).await {
+    let reason = format!("{kind}: {message}");
+    if dead_letter(shared, lease, &reason).await {
+        let (id, queue) = (lease.id, lease.queue.as_str());
+        if kind == FailureKind::UnknownTask {
+            shared.emit(id, task, queue, attempt, || EventKind::NotFound);
+        }
+        shared.emit(id, task, queue, attempt, || EventKind::Failed {
+            failure: kind,
+            error: message.to_owned(),
+            run_time,
+        });
+        shared.emit(id, task, queue, attempt, || EventKind::DeadLettered { reason });
         let outcome = TaskOutcome::failed(kind, message, attempt, started_at);
         store(shared, lease, &outcome).await;
     }
@@ -510,7 +597,7 @@ const PERSIST_ATTEMPTS: u32 = 10;
 /// it succeeds, fails for good, or fails transiently [`PERSIST_ATTEMPTS`] times,
 /// pausing 50 ms doubling to 2 s in between, and keeping the lease meanwhile: a Redis
 /// restart in the middle of settling a job should cost a short wait, not a second run.
-async fn persist<T, F, Fut>(shared: &Shared, lease: &Lease, op: F) -> crate::Result<T>
+async fn persist<T, F, Fut>(shared: &Shared, lease: &Lease, mut op: F) -> crate::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = crate::Result<T>>,
@@ -519,7 +606,17 @@ where
         keep_lease(shared, lease).await;
         Error::LeaseLost { id: lease.id }
     };
-    write(lease.id, op, keeper).await
+    let counted = || {
+        let attempt = op();
+        async move {
+            let result = attempt.await;
+            if result.as_ref().is_err_and(Error::is_transient) {
+                shared.vitals.broker_error(Op::Settle);
+            }
+            result
+        }
+    };
+    write(lease.id, counted, keeper).await
 }
 
 /// Runs `op` as [`persist`] does, while `keeper` runs beside the retries (the first

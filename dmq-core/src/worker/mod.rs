@@ -3,8 +3,12 @@
 
 mod job;
 pub(crate) mod scheduler;
+mod vitals;
 
 pub use scheduler::{FIRE_TIME_HEADER, SCHEDULE_HEADER};
+pub use vitals::{Health, LoopVitals, WorkerMonitor, WorkerVitals};
+
+use vitals::{Loop, Op, Vitals};
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -18,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::WorkerInfo;
+use crate::events::{Event, EventKind};
 use crate::guarantee::Guarantee;
 use crate::manager::Manager;
 
@@ -26,6 +31,9 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// How many heartbeats in a row a worker may miss before it counts as dead.
 pub const MISSED_HEARTBEATS: u32 = 4;
+
+/// How long a stopping worker waits for event listeners to catch up.
+const FLUSH_EVENTS: Duration = Duration::from_secs(2);
 
 /// Builds and starts an in-process worker: `manager.worker().concurrency(10).start()`.
 #[must_use]
@@ -161,6 +169,7 @@ impl WorkerBuilder {
             hard_stop: CancellationToken::new(),
             released: AtomicU64::new(0),
             running: AtomicU32::new(0),
+            vitals: Vitals::new(),
         });
         tracing::info!(
             worker = %shared.info.id,
@@ -188,9 +197,26 @@ pub(crate) struct Shared {
     /// How many jobs are running now, reported at each heartbeat. Counted apart from
     /// the claim loop's slots, since the loop itself holds a slot while it claims.
     running: AtomicU32,
+    /// Its loops' progress and its broker errors, for health checks and metrics.
+    pub(crate) vitals: Vitals,
 }
 
 impl Shared {
+    /// Emits the event `kind` makes about attempt `attempt` of job `id` of `task` in
+    /// `queue`, as this worker; builds nothing when nobody listens.
+    pub(crate) fn emit(
+        &self,
+        id: crate::TaskId,
+        task: &str,
+        queue: &str,
+        attempt: u32,
+        kind: impl FnOnce() -> EventKind,
+    ) {
+        self.manager.events().emit(|| {
+            Event::new(kind(), id, task, queue, attempt).with_worker(self.info.id.clone())
+        });
+    }
+
     /// This worker's description as its next heartbeat reports it.
     fn heartbeat_info(&self) -> WorkerInfo {
         self.info.clone().with_running(self.running.load(Ordering::Relaxed))
@@ -244,6 +270,13 @@ impl WorkerHandle {
         &self.shared.queues
     }
 
+    /// A monitor of this worker's health and counters, to keep while the worker runs
+    /// (a health endpoint or metrics exporter holds one).
+    #[must_use]
+    pub fn monitor(&self) -> WorkerMonitor {
+        WorkerMonitor { shared: Arc::clone(&self.shared) }
+    }
+
     /// Stops the worker gracefully: it stops claiming, lets running jobs finish within
     /// the grace period, then cancels the rest and releases them to their queues.
     pub async fn shutdown(self) -> ShutdownReport {
@@ -252,6 +285,13 @@ impl WorkerHandle {
             tracing::error!(error = %e, "the worker loop ended abnormally");
         }
         let released = self.shared.released.load(Ordering::Relaxed);
+        // Events still queued (for the event stream, say) get a moment to go out.
+        if !self.shared.manager.flush_events(FLUSH_EVENTS).await {
+            tracing::warn!(
+                ?FLUSH_EVENTS,
+                "some event listeners had not caught up when the worker stopped"
+            );
+        }
         tracing::info!(released, "worker stopped");
         ShutdownReport { released }
     }
@@ -268,10 +308,8 @@ async fn run(shared: Arc<Shared>) {
     }
     let done = CancellationToken::new();
     let heartbeat = tokio::spawn(keep_alive(Arc::clone(&shared), done.clone()));
-    let scheduler = shared
-        .config
-        .scheduler
-        .then(|| tokio::spawn(scheduler::run(shared.manager.clone(), shared.stop.clone())));
+    let scheduler =
+        shared.config.scheduler.then(|| tokio::spawn(scheduler::run(Arc::clone(&shared))));
     claim_loop(&shared).await;
     if let Some(scheduler) = scheduler {
         if let Err(e) = scheduler.await {
@@ -299,13 +337,16 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
     // reap only once this worker has heartbeated MISSED_HEARTBEATS times in a row, long
     // enough for the live workers (reconnecting with backoff) to heartbeat again too.
     let mut beats_in_a_row = 0u32;
+    shared.vitals.starts(Loop::Heartbeat);
     loop {
         tokio::select! {
             biased;
             () = done.cancelled() => return,
             _ = tick.tick() => {}
         }
+        shared.vitals.beat(Loop::Heartbeat);
         if let Err(e) = broker.heartbeat(&shared.heartbeat_info(), ttl).await {
+            shared.vitals.broker_error(Op::Heartbeat);
             beats_in_a_row = 0;
             tracing::warn!(error = %e, "heartbeat failed; retrying at the next one");
             continue;
@@ -320,7 +361,10 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
                 moved,
                 "reaper returned jobs of dead workers or expired leases to their queues"
             ),
-            Err(e) => tracing::warn!(error = %e, "reaping failed; retrying at the next heartbeat"),
+            Err(e) => {
+                shared.vitals.broker_error(Op::Reap);
+                tracing::warn!(error = %e, "reaping failed; retrying at the next heartbeat");
+            }
         }
     }
 }
@@ -346,15 +390,30 @@ fn hostname() -> String {
 async fn claim_loop(shared: &Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.config.concurrency));
     let mut failures = 0u32;
+    let vitals = &shared.vitals;
+    vitals.starts(Loop::Claim);
     loop {
-        let first = tokio::select! {
-            biased;
-            () = shared.stop.cancelled() => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+        vitals.beat(Loop::Claim);
+        let first = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                vitals.waiting_for_slot(true);
+                let permit = tokio::select! {
+                    biased;
+                    () = shared.stop.cancelled() => break,
+                    permit = Arc::clone(&slots).acquire_owned() => permit,
+                };
+                vitals.waiting_for_slot(false);
+                vitals.beat(Loop::Claim);
+                match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                }
+            }
         };
+        if shared.stop.is_cancelled() {
+            break;
+        }
         // A finishing job wakes this loop at once, ahead of the other jobs finishing
         // on this thread: let them run first, so that one claim fills all their slots
         // rather than one claim per slot.
@@ -372,6 +431,7 @@ async fn claim_loop(shared: &Arc<Shared>) {
                 deliveries
             }
             Err(e) => {
+                vitals.broker_error(Op::Claim);
                 failures = failures.saturating_add(1);
                 let pause = backoff(failures);
                 tracing::warn!(error = %e, retry_in = ?pause, "claiming jobs failed");
@@ -436,15 +496,19 @@ async fn all_ended(slots: &Semaphore, concurrency: usize) {
 /// A job's task panicked: a bug in dmq, never in the user's task (whose panics are
 /// caught). Logged so it cannot pass unseen.
 fn log_abnormal_end(panic: &(dyn std::any::Any + Send)) {
-    let message = panic
+    tracing::error!(
+        panic = panic_message(panic),
+        "a job's task ended abnormally; the job returns to its queue when its lease expires"
+    );
+}
+
+/// The message a panic carries, when it is a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(a non-string panic payload)");
-    tracing::error!(
-        panic = message,
-        "a job's task ended abnormally; the job returns to its queue when its lease expires"
-    );
+        .unwrap_or("(a non-string panic payload)")
 }
 
 /// Pause after `failures` failed claims in a row: 100 ms doubling up to 5 s.

@@ -14,6 +14,9 @@ use crate::error::Result;
 use crate::manager::Manager;
 use crate::schedule::{MissedFires, Schedule};
 
+use super::Shared;
+use super::vitals::{Loop, Op};
+
 /// The header a fired job carries: the name of the schedule that fired it.
 pub const SCHEDULE_HEADER: &str = "dmq-schedule";
 
@@ -53,13 +56,16 @@ enum Due {
 }
 
 /// Runs the scheduler until `stop` is cancelled.
-pub(crate) async fn run(manager: Manager, stop: CancellationToken) {
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let (manager, stop, vitals) = (&shared.manager, &shared.stop, &shared.vitals);
+    vitals.starts(Loop::Scheduler);
     let mut due: HashMap<String, Due> = HashMap::new();
     loop {
+        vitals.beat(Loop::Scheduler);
         let mut soonest = Utc::now() + chrono::Duration::from_std(MAX_NAP).unwrap_or_default();
         for periodic in manager.periodics() {
             let known = due.get(&periodic.name).copied().unwrap_or(Due::Unknown);
-            match step(&manager, &periodic, known, &stop).await {
+            match step(manager, &periodic, known, stop).await {
                 Ok(next) => {
                     if let Due::At(at) = next {
                         soonest = soonest.min(at);
@@ -67,6 +73,7 @@ pub(crate) async fn run(manager: Manager, stop: CancellationToken) {
                     due.insert(periodic.name.clone(), next);
                 }
                 Err(e) => {
+                    vitals.broker_error(Op::Schedule);
                     tracing::warn!(schedule = %periodic.name, error = %e, "the scheduler could not reach the broker; will try again");
                 }
             }

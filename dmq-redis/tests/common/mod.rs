@@ -28,6 +28,35 @@ pub async fn remove_namespace(namespace: &str) {
         .expect("delete the test keys");
 }
 
+/// Deletes the keys of its namespace when dropped, also when the test fails: hold one
+/// for the length of a test (`let _cleanup = Cleanup::of(&namespace);`).
+pub struct Cleanup(String);
+
+impl Cleanup {
+    pub fn of(namespace: &str) -> Self {
+        Cleanup(namespace.to_owned())
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // On a thread of its own: the test's runtime may be the current one, and a
+        // runtime cannot block inside another.
+        let namespace = self.0.clone();
+        let removed = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(remove_namespace(&namespace));
+        })
+        .join();
+        if removed.is_err() {
+            eprintln!("could not delete the keys of namespace {}", self.0);
+        }
+    }
+}
+
 /// A `RedisBroker` and a `RedisBackend` in a fresh namespace, removed afterwards: the
 /// fixture both conformance suites run on.
 pub struct RedisFixture {

@@ -2,11 +2,13 @@
 //! Rust API, logs what it knows, and exits 0 on SIGTERM; `app tasks` lists the tasks;
 //! a bad broker URL is a one-line error.
 
+use std::panic::AssertUnwindSafe;
 use std::process::Stdio;
 use std::time::Duration;
 
 use dmq_core::Manager;
 use dmq_redis::{Keys, RedisBackend, RedisBroker};
+use futures::FutureExt as _;
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,6 +21,34 @@ async fn remove_namespace(url: &str, namespace: &str) {
     let client = redis::Client::open(url).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
     dmq_redis::delete_namespace(&mut conn, &Keys::new(namespace)).await.expect("delete keys");
+}
+
+/// Panics as the test's jobs did, or with what the processes logged when they did not
+/// finish in time.
+fn finished(result: Result<std::thread::Result<()>, tokio::time::error::Elapsed>, logged: &str) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => {
+            eprintln!("the processes logged:\n{logged}");
+            std::panic::resume_unwind(panic);
+        }
+        Err(_) => panic!("the jobs did not complete; the processes logged:\n{logged}"),
+    }
+}
+
+/// Sends SIGTERM to `child`, waits for it to exit, and returns its status and what it
+/// logged to `log` (which is removed).
+async fn terminate(
+    child: &mut tokio::process::Child,
+    log: &std::path::Path,
+) -> (std::process::ExitStatus, String) {
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill -TERM");
+    assert!(sent.success());
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");
+    let logged = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    (status, logged)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,16 +85,12 @@ async fn app_worker_runs_the_jobs_and_stops_cleanly_on_sigterm() {
         assert_eq!(flaky.result(WAIT).await.expect("the third attempt succeeds"), 3);
         assert!(email.result(WAIT).await.expect("sent").ends_with("@example.invalid>"));
     };
-    let result = tokio::time::timeout(WAIT * 2, outcome).await;
+    // A failed assertion in `outcome` must not skip the cleanup below.
+    let result = tokio::time::timeout(WAIT * 2, AssertUnwindSafe(outcome).catch_unwind()).await;
 
-    let pid = child.id().expect("running").to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill -TERM");
-    assert!(sent.success());
-    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
+    let (status, logged) = terminate(&mut child, &log).await;
     remove_namespace(&url, &namespace).await;
-    result.unwrap_or_else(|_| panic!("the jobs did not complete; the worker logged:\n{logged}"));
+    finished(result, &logged);
     assert!(status.success(), "app worker exited with {status}; it logged:\n{logged}");
     // At start it says what it knows: its tasks, queues and broker.
     for expected in ["ready", "emails.send", "flaky", "\"math\"", "SIGTERM", "stopped"] {
@@ -184,17 +210,13 @@ async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
             assert_eq!(sum, i + 100);
         }
     };
-    let result = tokio::time::timeout(WAIT * 2, outcome).await;
+    // A failed assertion in `outcome` must not skip the cleanup below.
+    let result = tokio::time::timeout(WAIT * 2, AssertUnwindSafe(outcome).catch_unwind()).await;
 
-    let pid = supervisor.id().expect("running").to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill -TERM");
-    assert!(sent.success());
-    let status = tokio::time::timeout(WAIT, supervisor.wait()).await.expect("exits").expect("wait");
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
+    let (status, logged) = terminate(&mut supervisor, &log).await;
     let left = pids(manager.clone()).await;
     remove_namespace(&url, &namespace).await;
-    result.unwrap_or_else(|_| panic!("the jobs did not complete; the processes logged:\n{logged}"));
+    finished(result, &logged);
     assert!(status.success(), "the supervisor exited with {status}; logged:\n{logged}");
     assert!(logged.contains("restarted a worker process"), "{logged}");
     // Every worker that stopped gracefully deregistered; the killed one may linger

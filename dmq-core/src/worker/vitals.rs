@@ -1,0 +1,272 @@
+//! What a worker's health check and metrics read: when each of its loops last made
+//! progress, how many jobs it runs, and how often the broker failed it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::Shared;
+
+/// A loop every worker runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Loop {
+    /// Claims jobs and starts them.
+    Claim,
+    /// Heartbeats and reaps.
+    Heartbeat,
+    /// Enqueues periodic jobs (when the worker runs the scheduler).
+    Scheduler,
+}
+
+impl Loop {
+    const ALL: [Loop; 3] = [Loop::Claim, Loop::Heartbeat, Loop::Scheduler];
+
+    fn name(self) -> &'static str {
+        match self {
+            Loop::Claim => "claim",
+            Loop::Heartbeat => "heartbeat",
+            Loop::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// A kind of broker operation a worker counts failures of.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    /// Claiming jobs.
+    Claim,
+    /// Acknowledging, retrying, dead-lettering or releasing a job, or storing or
+    /// reading its result.
+    Settle,
+    /// Renewing a lease.
+    Renew,
+    /// Heartbeating.
+    Heartbeat,
+    /// Reaping the jobs of dead workers.
+    Reap,
+    /// The periodic scheduler's reads and writes.
+    Schedule,
+}
+
+impl Op {
+    const ALL: [Op; 6] = [Op::Claim, Op::Settle, Op::Renew, Op::Heartbeat, Op::Reap, Op::Schedule];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Claim => "claim",
+            Op::Settle => "settle",
+            Op::Renew => "renew",
+            Op::Heartbeat => "heartbeat",
+            Op::Reap => "reap",
+            Op::Schedule => "schedule",
+        }
+    }
+}
+
+/// A worker's counters, updated as it goes.
+pub(crate) struct Vitals {
+    origin: Instant,
+    /// Per loop: milliseconds from `origin` to its last beat, plus one; 0 before its
+    /// first beat.
+    beats: [AtomicU64; Loop::ALL.len()],
+    /// Per loop: whether it runs in this worker at all.
+    runs: [AtomicBool; Loop::ALL.len()],
+    /// The claim loop waits for a free slot: it is busy, not stuck.
+    waiting_for_slot: AtomicBool,
+    errors: [AtomicU64; Op::ALL.len()],
+}
+
+impl Vitals {
+    pub(crate) fn new() -> Self {
+        Vitals {
+            origin: Instant::now(),
+            beats: Default::default(),
+            runs: Default::default(),
+            waiting_for_slot: AtomicBool::new(false),
+            errors: Default::default(),
+        }
+    }
+
+    /// Records that `which` runs in this worker, and that it is alive now.
+    pub(crate) fn starts(&self, which: Loop) {
+        self.runs[which as usize].store(true, Ordering::Relaxed);
+        self.beat(which);
+    }
+
+    /// Records that `which` is making progress now.
+    pub(crate) fn beat(&self, which: Loop) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.beats[which as usize].store(ms.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Records whether the claim loop waits for a job to end before it can claim.
+    pub(crate) fn waiting_for_slot(&self, waiting: bool) {
+        self.waiting_for_slot.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Counts a failed broker operation.
+    pub(crate) fn broker_error(&self, op: Op) {
+        self.errors[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn since_beat(&self, which: Loop) -> Option<Duration> {
+        let stored = self.beats[which as usize].load(Ordering::Relaxed);
+        let at = Duration::from_millis(stored.checked_sub(1)?);
+        Some(self.origin.elapsed().saturating_sub(at))
+    }
+}
+
+/// A way to watch a running worker, for health checks and metrics; cheap to clone,
+/// and usable while the [`WorkerHandle`](super::WorkerHandle) is kept elsewhere.
+#[derive(Clone)]
+pub struct WorkerMonitor {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for WorkerMonitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerMonitor").field("worker", &self.shared.info.id).finish()
+    }
+}
+
+/// A snapshot of a worker's loops and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerVitals {
+    /// The worker's id.
+    pub worker: String,
+    /// The queues it takes jobs from.
+    pub queues: Vec<String>,
+    /// How many jobs it may run at once.
+    pub concurrency: usize,
+    /// How many jobs it runs now.
+    pub running: u32,
+    /// Whether it is shutting down.
+    pub stopping: bool,
+    /// Each of its loops.
+    pub loops: Vec<LoopVitals>,
+    /// Failed broker operations since it started, by kind of operation: `claim`,
+    /// `settle` (acknowledge, retry, dead-letter, release, store a result), `renew`,
+    /// `heartbeat`, `reap` and `schedule`.
+    pub broker_errors: Vec<(&'static str, u64)>,
+}
+
+impl WorkerVitals {
+    /// Whether every loop is alive.
+    #[must_use]
+    pub fn loops_alive(&self) -> bool {
+        self.loops.iter().all(|l| l.alive)
+    }
+
+    /// Failed broker operations since the worker started, of every kind.
+    #[must_use]
+    pub fn broker_error_count(&self) -> u64 {
+        self.broker_errors.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// One loop of a worker: `claim`, `heartbeat` or `scheduler`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoopVitals {
+    /// The loop's name.
+    pub name: &'static str,
+    /// How long ago it last made progress; `None` before it first did.
+    pub since_beat: Option<Duration>,
+    /// Whether it made progress recently enough (or, for the claim loop, waits for a
+    /// running job to end), or the worker is stopping.
+    pub alive: bool,
+}
+
+/// The outcome of [`WorkerMonitor::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// Whether the broker answered, and its error when it did not.
+    pub broker: Result<(), String>,
+    /// The worker's loops and counters.
+    pub vitals: WorkerVitals,
+}
+
+impl Health {
+    /// Healthy: the broker answered and every loop is alive.
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        self.broker.is_ok() && self.vitals.loops_alive()
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.broker {
+            Ok(()) => writeln!(f, "broker: ok")?,
+            Err(e) => writeln!(f, "broker: unreachable: {e}")?,
+        }
+        for l in &self.vitals.loops {
+            let state = if l.alive { "alive" } else { "stalled" };
+            match l.since_beat {
+                Some(ago) => writeln!(f, "{} loop: {state} (last progress {ago:.1?} ago)", l.name)?,
+                None => writeln!(f, "{} loop: {state} (no progress yet)", l.name)?,
+            }
+        }
+        writeln!(f, "running: {} of {}", self.vitals.running, self.vitals.concurrency)
+    }
+}
+
+impl WorkerMonitor {
+    /// The worker's loops and counters now.
+    #[must_use]
+    pub fn vitals(&self) -> WorkerVitals {
+        let shared = &self.shared;
+        let vitals = &shared.vitals;
+        let stopping = shared.stop.is_cancelled();
+        let loops = Loop::ALL
+            .into_iter()
+            .filter(|l| vitals.runs[*l as usize].load(Ordering::Relaxed))
+            .map(|l| {
+                let since_beat = vitals.since_beat(l);
+                let waiting =
+                    matches!(l, Loop::Claim) && vitals.waiting_for_slot.load(Ordering::Relaxed);
+                let fresh = since_beat.is_some_and(|ago| ago <= self.stall_limit(l));
+                LoopVitals { name: l.name(), since_beat, alive: stopping || waiting || fresh }
+            })
+            .collect();
+        WorkerVitals {
+            worker: shared.info.id.clone(),
+            queues: shared.queues.clone(),
+            concurrency: shared.config.concurrency,
+            running: shared.running.load(Ordering::Relaxed),
+            stopping,
+            loops,
+            broker_errors: Op::ALL
+                .into_iter()
+                .map(|op| (op.name(), vitals.errors[op as usize].load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+
+    /// Checks the worker's health: asks the broker to answer within `timeout`, and
+    /// reads whether its loops are alive.
+    pub async fn health(&self, timeout: Duration) -> Health {
+        let broker = self.shared.manager.broker();
+        let broker = match tokio::time::timeout(timeout, broker.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the broker did not answer within {timeout:?}")),
+        };
+        Health { broker, vitals: self.vitals() }
+    }
+
+    /// How long a loop may go without progress before it counts as stalled: well
+    /// beyond the longest wait its own work holds it in.
+    fn stall_limit(&self, which: Loop) -> Duration {
+        let config = &self.shared.config;
+        let slack = Duration::from_secs(30);
+        match which {
+            Loop::Claim => config.claim_wait + slack,
+            Loop::Heartbeat => config.heartbeat.saturating_mul(super::MISSED_HEARTBEATS) + slack,
+            Loop::Scheduler => slack,
+        }
+    }
+}
