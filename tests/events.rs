@@ -8,13 +8,13 @@
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dmq_core::{
     Backoff, Callback, DEFAULT_PRIORITY, Envelope, Event, EventKind, EventType, FailureKind,
-    Guarantee, Job, Manager, Rules, TaskError, TaskId, async_trait, task,
+    Guarantee, Job, Manager, Rules, TaskError, TaskId, TaskState, async_trait, task,
 };
 
 use common::{Backing, WAIT, encode_args};
@@ -32,6 +32,7 @@ common::on_both_brokers! {
     rules_select_by_task_and_queue;
     a_callback_sleeping_for_seconds_does_not_hold_up_ten_thousand_jobs;
     a_panicking_callback_leaves_the_worker_and_the_other_callbacks_running;
+    a_callback_finds_stored_the_result_an_ending_event_reports;
 }
 
 const QUEUE: &str = "events";
@@ -78,11 +79,16 @@ impl Recorder {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// The events about job `id`, in the order they happened (the producer's Queued
-    /// may come after a quick worker's first events, but is dated before them).
+    /// The events about job `id`, in the order the callback received them, but for
+    /// the producer's Queued, which may arrive after a quick worker's first events:
+    /// it goes first, where its time (taken before the job reached the broker) puts it.
     fn of(&self, id: TaskId) -> Vec<Event> {
-        let mut events: Vec<Event> = self.all().into_iter().filter(|e| e.id == id).collect();
-        events.sort_by_key(|e| e.at);
+        let (mut events, rest): (Vec<Event>, Vec<Event>) = self
+            .all()
+            .into_iter()
+            .filter(|e| e.id == id)
+            .partition(|e| e.event_type() == EventType::Queued);
+        events.extend(rest);
         events
     }
 
@@ -498,4 +504,86 @@ async fn a_panicking_callback_leaves_the_worker_and_the_other_callbacks_running(
     assert_eq!(recorder.all().len(), 45);
     assert!(monitor.vitals().loops_alive(), "{:?}", monitor.vitals());
     worker.shutdown().await;
+}
+
+/// Reads the result of a job the moment an event says it ended, as a callback that
+/// reacts to `Failed` by fetching the failure would.
+#[derive(Default)]
+struct ResultReader {
+    manager: OnceLock<Manager>,
+    /// Each ending event's kind, with the state of the result found on receiving it.
+    seen: Mutex<Vec<(EventType, TaskId, Option<TaskState>)>>,
+}
+
+#[async_trait]
+impl Callback for ResultReader {
+    fn rules(&self) -> Rules {
+        use EventType::{Completed, DeadLettered, Expired, Failed, NotFound};
+        Rules::all().events([Completed, Failed, DeadLettered, NotFound, Expired])
+    }
+
+    async fn on_event(&self, event: &Event) {
+        let manager = self.manager.get().expect("the manager, set before any job");
+        let found = manager.backend().get(event.id).await.expect("reading the result");
+        let state = found.map(|outcome| outcome.state);
+        let entry = (event.event_type(), event.id, state);
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).push(entry);
+    }
+}
+
+/// Runs jobs of every ending under `guarantee` and waits for `expected` ending events.
+async fn read_results_on_ending_events(backing: &Backing, guarantee: Guarantee, expected: usize) {
+    let reader = Arc::new(ResultReader::default());
+    let callback: Arc<dyn Callback> = reader.clone();
+    let manager = backing.builder().await.shared_callback(callback).build().expect("manager");
+    reader.manager.set(manager.clone()).expect("set once");
+    let worker = manager.worker().queues([QUEUE]).guarantee(guarantee).start();
+    for i in 0..10 {
+        succeed::call(i).enqueue(&manager).await.expect("enqueue");
+        if guarantee == Guarantee::AtMostOnce {
+            always_fails::call().enqueue(&manager).await.expect("enqueue");
+        } else {
+            fatal::call().enqueue(&manager).await.expect("enqueue");
+        }
+    }
+    if guarantee != Guarantee::AtMostOnce {
+        let expired_at = Utc::now() - chrono::Duration::seconds(1);
+        for i in 0..5 {
+            succeed::call(i).expires_at(expired_at).enqueue(&manager).await.expect("enqueue");
+            let envelope = Envelope::new("events.nobody_home", QUEUE, encode_args(&()));
+            manager.enqueue_envelope(envelope).await.expect("enqueue");
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    let seen = loop {
+        manager.flush_events(WAIT).await;
+        let seen = reader.seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if seen.len() >= expected {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "{} of {expected} ending events: {seen:#?}", seen.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    worker.shutdown().await;
+    assert_eq!(seen.len(), expected, "{seen:#?}");
+    for (kind, id, state) in &seen {
+        let want = match kind {
+            EventType::Completed => TaskState::Succeeded,
+            EventType::Expired => TaskState::Expired,
+            EventType::DeadLettered => {
+                let expired = seen.iter().any(|(k, i, _)| i == id && *k == EventType::Expired);
+                if expired { TaskState::Expired } else { TaskState::Failed }
+            }
+            _ => TaskState::Failed,
+        };
+        assert_eq!(*state, Some(want), "{kind} of {id} came before its result was stored");
+    }
+}
+
+async fn a_callback_finds_stored_the_result_an_ending_event_reports(backing: Backing) {
+    // At least once: 10 Completed; 10 fatal failures, Failed + DeadLettered each; 5
+    // expired, Expired + DeadLettered; 5 unknown, NotFound + Failed + DeadLettered.
+    read_results_on_ending_events(&backing, Guarantee::AtLeastOnce, 10 + 20 + 10 + 15).await;
+    // At most once: 10 Completed, 10 Failed.
+    read_results_on_ending_events(&backing, Guarantee::AtMostOnce, 20).await;
 }

@@ -67,7 +67,14 @@ struct Listener {
     /// Events its task has finished with (handled, or failed to write).
     handled: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+    /// When `send` last warned of a drop, in milliseconds after `created`
+    /// ([`NEVER`] before the first): drops are logged at most every [`WARN_EVERY`].
+    warned_at: AtomicU64,
+    created: Instant,
 }
+
+/// `warned_at` before any warning.
+const NEVER: u64 = u64::MAX;
 
 /// The listeners of one manager.
 pub(crate) struct Bus {
@@ -182,6 +189,8 @@ impl Listener {
             delivered: AtomicU64::new(0),
             handled: Arc::new(AtomicU64::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
+            warned_at: AtomicU64::new(NEVER),
+            created: Instant::now(),
         }
     }
 
@@ -193,22 +202,36 @@ impl Listener {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Err(refused) => {
-                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
-                if dropped > 0 {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if !self.time_to_warn() {
                     return;
                 }
                 match refused {
                     mpsc::error::TrySendError::Full(_) => tracing::warn!(
                         listener = %self.name,
+                        dropped,
                         "an event listener's queue is full; dropping the events it has no room for (counted in its stats)"
                     ),
                     mpsc::error::TrySendError::Closed(_) => tracing::warn!(
                         listener = %self.name,
+                        dropped,
                         "an event listener's task ended with the tokio runtime that started it; its events are dropped (counted in its stats): use one manager per runtime"
                     ),
                 }
             }
         }
+    }
+
+    /// Whether a drop now should be logged: the first, then one every [`WARN_EVERY`]
+    /// at most. Takes no lock: it runs on the job's path.
+    fn time_to_warn(&self) -> bool {
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(NEVER - 1);
+        let last = self.warned_at.load(Ordering::Relaxed);
+        let due = last == NEVER || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        due && self
+            .warned_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Starts the task that serves this listener, once, on the current runtime.
@@ -310,5 +333,36 @@ async fn serve_stream(
                 handled.fetch_add(count, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Deaf;
+
+    #[async_trait::async_trait]
+    impl Callback for Deaf {
+        async fn on_event(&self, _event: &Event) {}
+    }
+
+    fn listener() -> Listener {
+        Listener::new("deaf".to_owned(), Rules::all(), 1, Sink::Callback(Arc::new(Deaf)))
+    }
+
+    #[test]
+    fn drops_are_logged_at_first_then_at_most_once_a_minute() {
+        let mut listener = listener();
+        assert!(listener.time_to_warn(), "the first drop is logged");
+        assert!(!listener.time_to_warn(), "not again at once");
+        // As if the listener were two minutes old and last warned a minute and a
+        // half ago, then a second ago.
+        listener.created = Instant::now().checked_sub(Duration::from_secs(120)).expect("uptime");
+        listener.warned_at.store(30_000, Ordering::Relaxed);
+        assert!(listener.time_to_warn(), "logged again after a minute");
+        assert!(!listener.time_to_warn(), "then quiet again");
+        listener.warned_at.store(119_000, Ordering::Relaxed);
+        assert!(!listener.time_to_warn(), "a second after the last warning");
     }
 }

@@ -34,6 +34,10 @@ pub use wire::DecodedEvents;
 /// in the same process may have emitted its first events by then. Its `at` is taken
 /// before the job reached the broker, so ordering by `at` puts it first.
 ///
+/// An event comes only once what it reports is written: a job's result is stored
+/// before its `Completed`, `Failed`, `NotFound` or `Expired`, the retry scheduled
+/// before its `Retry`, and the dead letter written before its `DeadLettered`.
+///
 /// ```
 /// use dmq_core::{Event, EventKind};
 ///

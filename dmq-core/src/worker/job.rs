@@ -181,22 +181,24 @@ async fn at_most_once(
         }
     };
     let run_time = since(started_at);
-    let outcome = match result {
-        Ok(value) => {
+    let (outcome, event) = match result {
+        Ok(_) if registration.ignore_result => {
             shared.emit(id, name, queue, attempt, || EventKind::Completed { run_time });
-            if registration.ignore_result {
-                return;
-            }
-            TaskOutcome::succeeded(value, attempt, started_at)
+            return;
+        }
+        Ok(value) => {
+            (TaskOutcome::succeeded(value, attempt, started_at), EventKind::Completed { run_time })
         }
         Err(failure) => {
             tracing::error!(kind = %failure.kind, error = %failure.message, "job failed; at most once, it is not retried");
-            shared.emit(id, name, queue, attempt, || EventKind::Failed {
+            let outcome =
+                TaskOutcome::failed(failure.kind, &failure.message, attempt, Some(started_at));
+            let event = EventKind::Failed {
                 failure: failure.kind,
-                error: failure.message.clone(),
+                error: failure.message,
                 run_time: Some(run_time),
-            });
-            TaskOutcome::failed(failure.kind, &failure.message, attempt, Some(started_at))
+            };
+            (outcome, event)
         }
     };
     let ttl = shared.manager.config().result_ttl;
@@ -206,6 +208,8 @@ async fn at_most_once(
     if let Err(e) = stored {
         tracing::error!(error = %e, "storing the result of an at-most-once job failed; it is lost");
     }
+    // After the store: a callback that reads the result finds it (unless it was lost).
+    shared.emit(id, name, queue, attempt, || event);
 }
 
 /// The time since `start`, none when the clock went back.
@@ -248,15 +252,15 @@ async fn poison(shared: &Shared, lease: &Lease, error: &Error) {
     tracing::error!(id = %lease.id, queue = %lease.queue, %kind, error = %message, "dead-lettering a job");
     let reason = format!("{kind}: {message}");
     if dead_letter(shared, lease, &reason).await {
+        let outcome = TaskOutcome::failed(kind, &message, 0, None);
+        store(shared, lease, &outcome).await;
         // Its task is unknown: the events name none.
         shared.emit(lease.id, "", &lease.queue, 0, || EventKind::Failed {
             failure: kind,
-            error: message.clone(),
+            error: message,
             run_time: None,
         });
         shared.emit(lease.id, "", &lease.queue, 0, || EventKind::DeadLettered { reason });
-        let outcome = TaskOutcome::failed(kind, &message, 0, None);
-        store(shared, lease, &outcome).await;
     }
 }
 
@@ -272,9 +276,9 @@ async fn expire(
     tracing::warn!(%reason, "not running an expired job");
     let (id, name, queue) = (lease.id, registration.name, lease.queue.as_str());
     if dead_letter(shared, lease, &reason).await {
+        store(shared, lease, &TaskOutcome::expired(attempt)).await;
         shared.emit(id, name, queue, attempt, || EventKind::Expired { expired_at: expires_at });
         shared.emit(id, name, queue, attempt, || EventKind::DeadLettered { reason });
-        store(shared, lease, &TaskOutcome::expired(attempt)).await;
     }
 }
 
@@ -574,6 +578,11 @@ async fn fail(
     // and runs again; its result is written then.
     let reason = format!("{kind}: {message}");
     if dead_letter(shared, lease, &reason).await {
+        let outcome = TaskOutcome::failed(kind, message, attempt, started_at);
+        store(shared, lease, &outcome).await;
+        // The events go after both writes: whoever reads the result or the dead-letter
+        // queue on hearing of them finds what they report. A result that could not be
+        // stored is lost (the job is already dead-lettered), and logged by `store`.
         let (id, queue) = (lease.id, lease.queue.as_str());
         if kind == FailureKind::UnknownTask {
             shared.emit(id, task, queue, attempt, || EventKind::NotFound);
@@ -584,8 +593,6 @@ async fn fail(
             run_time,
         });
         shared.emit(id, task, queue, attempt, || EventKind::DeadLettered { reason });
-        let outcome = TaskOutcome::failed(kind, message, attempt, started_at);
-        store(shared, lease, &outcome).await;
     }
 }
 
