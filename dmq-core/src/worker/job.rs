@@ -253,7 +253,7 @@ async fn poison(shared: &Shared, lease: &Lease, error: &Error) {
     let reason = format!("{kind}: {message}");
     if dead_letter(shared, lease, &reason).await {
         let outcome = TaskOutcome::failed(kind, &message, 0, None);
-        store(shared, lease, &outcome).await;
+        store(shared, lease, &outcome, DEAD_WITHOUT_RESULT).await;
         // Its task is unknown: the events name none.
         shared.emit(lease.id, "", &lease.queue, 0, || EventKind::Failed {
             failure: kind,
@@ -276,7 +276,7 @@ async fn expire(
     tracing::warn!(%reason, "not running an expired job");
     let (id, name, queue) = (lease.id, registration.name, lease.queue.as_str());
     if dead_letter(shared, lease, &reason).await {
-        store(shared, lease, &TaskOutcome::expired(attempt)).await;
+        store(shared, lease, &TaskOutcome::expired(attempt), DEAD_WITHOUT_RESULT).await;
         shared.emit(id, name, queue, attempt, || EventKind::Expired { expired_at: expires_at });
         shared.emit(id, name, queue, attempt, || EventKind::DeadLettered { reason });
     }
@@ -327,7 +327,9 @@ fn run<'a>(
             Ok(value) => {
                 if !registration.ignore_result {
                     let outcome = TaskOutcome::succeeded(value, attempt, started_at);
-                    if !store(shared, &lease, &outcome).await {
+                    if !store(shared, &lease, &outcome, "the job runs again once its lease expires")
+                        .await
+                    {
                         // Acknowledging now would lose the result for good; the job
                         // runs again once its lease expires, and its result is written
                         // then.
@@ -579,7 +581,7 @@ async fn fail(
     let reason = format!("{kind}: {message}");
     if dead_letter(shared, lease, &reason).await {
         let outcome = TaskOutcome::failed(kind, message, attempt, started_at);
-        store(shared, lease, &outcome).await;
+        store(shared, lease, &outcome, DEAD_WITHOUT_RESULT).await;
         // The events go after both writes: whoever reads the result or the dead-letter
         // queue on hearing of them finds what they report. A result that could not be
         // stored is lost (the job is already dead-lettered), and logged by `store`.
@@ -666,18 +668,22 @@ where
     }
 }
 
-/// Stores a job's outcome; false when it could not be stored.
-async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome) -> bool {
+/// Stores a job's outcome; false when it could not be stored, which is logged with
+/// `then`, what becomes of the job.
+async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome, then: &str) -> bool {
     let ttl = shared.manager.config().result_ttl;
     let backend = shared.manager.backend();
     match persist(shared, lease, || backend.store(lease.id, outcome, ttl)).await {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!(id = %lease.id, error = %e, "storing the result failed; the job runs again once its lease expires");
+            tracing::error!(id = %lease.id, error = %e, "storing the result failed; {then}");
             false
         }
     }
 }
+
+/// What becomes of a dead-lettered job whose result could not be stored.
+const DEAD_WITHOUT_RESULT: &str = "the job stays in the dead-letter queue with no result";
 
 /// Dead-letters a job; false when that failed.
 async fn dead_letter(shared: &Shared, lease: &Lease, reason: &str) -> bool {
