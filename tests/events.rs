@@ -1,6 +1,8 @@
 //! Lifecycle events and callbacks end to end, on both brokers: which events each
 //! path of a job emits, in which order and with which facts; callbacks that select
-//! by rules; a slow callback that must not hold up the jobs, and one that panics.
+//! by rules; a slow callback that must not hold up the jobs, and one that panics; the
+//! result an ending event reports, stored before it comes; a burst of events written
+//! whole to the broker's event stream; and what flushing waits for.
 //!
 //! Each scenario builds its own manager with its own recording callbacks, so the
 //! in-memory and Redis variants, which run in parallel, never see each other's events.
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dmq_core::{
-    Backoff, Callback, DEFAULT_PRIORITY, Envelope, Event, EventKind, EventType, FailureKind,
-    Guarantee, Job, Manager, Rules, TaskError, TaskId, TaskState, async_trait, task,
+    Backoff, Callback, DEFAULT_PRIORITY, Envelope, Event, EventKind, EventType, EventsFrom,
+    FailureKind, Guarantee, Job, Manager, Rules, TaskError, TaskId, TaskState, async_trait, task,
 };
 
 use common::{Backing, WAIT, encode_args};
@@ -33,6 +35,8 @@ common::on_both_brokers! {
     a_callback_sleeping_for_seconds_does_not_hold_up_ten_thousand_jobs;
     a_panicking_callback_leaves_the_worker_and_the_other_callbacks_running;
     a_callback_finds_stored_the_result_an_ending_event_reports;
+    a_burst_of_events_reaches_the_event_stream_whole_and_in_order;
+    flushing_waits_for_a_callback_to_handle_what_it_was_sent;
 }
 
 const QUEUE: &str = "events";
@@ -401,9 +405,13 @@ struct Sleepy {
 impl Callback for Sleepy {
     async fn on_event(&self, _event: &Event) {
         self.handled.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(SLEEPY_NAP).await;
     }
 }
+
+/// How long `Sleepy` sleeps on each event: longer than the whole drain may take, so
+/// that a single nap on the path of a single job fails the test.
+const SLEEPY_NAP: Duration = Duration::from_secs(60);
 
 /// How long a worker takes to run `jobs` no-op jobs enqueued up front on `manager`.
 async fn drain(manager: &Manager, jobs: usize) -> Duration {
@@ -442,19 +450,23 @@ async fn a_callback_sleeping_for_seconds_does_not_hold_up_ten_thousand_jobs(back
         .expect("manager");
     let slowed = drain(&manager, JOBS).await;
     // A generous bound (the two runs share the machine with the other tests) that
-    // still fails if the callback were on the jobs' path: one 5 s sleep per event
-    // would take hours, and even one in the path of a single job adds 5 s. The cost
-    // itself is measured by `dmq bench --slow-callback`.
+    // still fails if the callback were on the jobs' path: one nap per event would take
+    // days, and even one in the path of a single job adds a minute. The cost itself is
+    // measured by `dmq bench --slow-callback`.
     let bound = baseline * 2 + Duration::from_secs(4);
+    assert!(bound < SLEEPY_NAP, "the drain without a callback took {baseline:?}");
     assert!(slowed <= bound, "with a sleeping callback {slowed:?}, without {baseline:?}");
     // Queued, Started and Completed for each job; the callback took one and slept.
     let stats = manager.event_listeners();
     let callback_stats = stats.iter().find(|s| s.name.ends_with("Sleepy")).expect("its stats");
     let events = 3 * JOBS as u64;
     assert_eq!(callback_stats.delivered + callback_stats.dropped, events, "{stats:?}");
-    // It takes one event per 5 s: all it was handed is its queue and what it took.
+    // It takes one event per nap: all it was handed is its queue and what it took.
     let handled = sleepy.handled.load(Ordering::Relaxed);
-    assert!(handled <= 2 + slowed.as_secs() / 5, "{handled} events handled in {slowed:?}");
+    assert!(
+        handled <= 1 + slowed.as_secs() / SLEEPY_NAP.as_secs(),
+        "{handled} handled in {slowed:?}"
+    );
     assert!(callback_stats.delivered <= buffer as u64 + handled, "{stats:?}");
     assert!(callback_stats.dropped >= events - buffer as u64 - handled, "{stats:?}");
 }
@@ -584,6 +596,68 @@ async fn a_callback_finds_stored_the_result_an_ending_event_reports(backing: Bac
     // At least once: 10 Completed; 10 fatal failures, Failed + DeadLettered each; 5
     // expired, Expired + DeadLettered; 5 unknown, NotFound + Failed + DeadLettered.
     read_results_on_ending_events(&backing, Guarantee::AtLeastOnce, 10 + 20 + 10 + 15).await;
+    // Exactly once ends its jobs the same way, through the broker's completion record.
+    read_results_on_ending_events(&backing, Guarantee::ExactlyOnce, 10 + 20 + 10 + 15).await;
     // At most once: 10 Completed, 10 Failed.
     read_results_on_ending_events(&backing, Guarantee::AtMostOnce, 20).await;
+}
+
+async fn a_burst_of_events_reaches_the_event_stream_whole_and_in_order(backing: Backing) {
+    // Three batches' worth and more (the writer takes up to 512 events a write), all
+    // queued at once by one batch enqueue.
+    const JOBS: usize = 1_500;
+    let manager = backing.builder().await.event_stream(true).build().expect("manager");
+    let ids = manager.enqueue_batch((0..JOBS).map(|_| noop::call())).await.expect("enqueue");
+    assert!(manager.flush_events(WAIT).await, "the stream writer did not catch up");
+    let mut read = Vec::new();
+    let mut from = EventsFrom::Oldest;
+    loop {
+        let page = manager.broker().read_events(&from, 1_000, Duration::ZERO).await.expect("read");
+        assert_eq!(page.skipped, 0);
+        if page.events.is_empty() {
+            break;
+        }
+        read.extend(page.events);
+        from = EventsFrom::After(page.cursor);
+    }
+    assert!(read.iter().all(|e| e.event_type() == EventType::Queued), "{read:#?}");
+    let read_ids: Vec<TaskId> = read.iter().map(|e| e.id).collect();
+    assert_eq!(read_ids, ids, "the stream holds {} of the {JOBS} Queued events", read.len());
+    let stats = manager.event_listeners();
+    let stream = stats.iter().find(|s| s.name == "event-stream").expect("the stream's stats");
+    assert_eq!((stream.delivered, stream.dropped), (JOBS as u64, 0), "{stats:?}");
+}
+
+/// Takes a while over each event, and counts those it finished.
+#[derive(Default)]
+struct Dawdler {
+    finished: AtomicU64,
+}
+
+#[async_trait]
+impl Callback for Dawdler {
+    async fn on_event(&self, _event: &Event) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn flushing_waits_for_a_callback_to_handle_what_it_was_sent(backing: Backing) {
+    let dawdler = Arc::new(Dawdler::default());
+    let callback: Arc<dyn Callback> = dawdler.clone();
+    let manager = backing.builder().await.shared_callback(callback).build().expect("manager");
+    for i in 0..3 {
+        succeed::call(i).enqueue(&manager).await.expect("enqueue");
+    }
+    // Three Queued events, 100 ms each: all done once the flush returns.
+    assert!(manager.flush_events(WAIT).await, "the flush timed out");
+    assert_eq!(dawdler.finished.load(Ordering::Relaxed), 3);
+    // And one that times out says so.
+    for i in 0..5 {
+        succeed::call(i).enqueue(&manager).await.expect("enqueue");
+    }
+    assert!(
+        !manager.flush_events(Duration::from_millis(50)).await,
+        "500 ms of work flushed in 50 ms"
+    );
 }

@@ -487,7 +487,9 @@ mod tests {
         let failures = Rules::failures();
         let selected: Vec<EventType> =
             EventType::ALL.into_iter().filter(|kind| failures.selects(*kind, "t", "q")).collect();
-        assert_eq!(selected, EventType::FAILURES);
+        use EventType::{DeadLettered, Expired, Failed, NotFound, Retry};
+        assert_eq!(selected, [Failed, Retry, DeadLettered, NotFound, Expired]);
+        assert_eq!(EventType::FAILURES, [Failed, Retry, DeadLettered, NotFound, Expired]);
     }
 
     #[test]
