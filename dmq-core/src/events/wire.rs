@@ -728,6 +728,64 @@ mod tests {
         assert_eq!((plain[0].at, plain[0].run_time_us), (1_700_000_000_000, 1500));
     }
 
+    /// Every kind writes the fields `docs/wire-format.md` lists for it, by those names.
+    #[test]
+    fn each_kind_writes_the_fields_documented_for_it() {
+        let (ms, error) = (Duration::from_millis(3), "boom".to_owned());
+        let cases = [
+            (EventKind::Queued { eta: Some(at(1_700_000_000_000)) }, "queued", &["eta"][..]),
+            (EventKind::Queued { eta: None }, "queued", &[][..]),
+            (EventKind::Started, "started", &[][..]),
+            (EventKind::Completed { run_time: ms }, "completed", &["run_time_us"][..]),
+            (
+                EventKind::Failed {
+                    failure: FailureKind::Timeout,
+                    error: error.clone(),
+                    run_time: Some(ms),
+                },
+                "failed",
+                &["error", "failure", "run_time_us"][..],
+            ),
+            (
+                EventKind::Failed {
+                    failure: FailureKind::UnknownTask,
+                    error: error.clone(),
+                    run_time: None,
+                },
+                "failed",
+                &["error", "failure"][..],
+            ),
+            (
+                EventKind::Retry { delay: ms, error: error.clone(), run_time: ms },
+                "retry",
+                &["delay_ms", "error", "run_time_us"][..],
+            ),
+            (EventKind::DeadLettered { reason: error.clone() }, "dead_lettered", &["reason"][..]),
+            (EventKind::NotFound, "not_found", &[][..]),
+            (
+                EventKind::Expired { expired_at: at(1_700_000_000_000) },
+                "expired",
+                &["expired_at"][..],
+            ),
+        ];
+        let common = ["at", "attempt", "id", "kind", "queue", "task", "worker"];
+        for (kind, name, own) in cases {
+            let event = Event::new(kind, TaskId::new(), "add", "math", 1).with_worker("w-1");
+            let bytes = Event::encode_batch(std::slice::from_ref(&event)).unwrap();
+            let maps: Vec<std::collections::BTreeMap<String, IgnoredAny>> =
+                rmp_serde::from_slice(&bytes).unwrap();
+            let mut want: Vec<&str> = common.iter().chain(own).copied().collect();
+            want.sort_unstable();
+            assert_eq!(maps[0].keys().map(String::as_str).collect::<Vec<_>>(), want, "{name}");
+            #[derive(Deserialize)]
+            struct Kind {
+                kind: String,
+            }
+            let kinds: Vec<Kind> = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(kinds[0].kind, name);
+        }
+    }
+
     #[derive(Serialize)]
     struct Foreign {
         kind: &'static str,
