@@ -416,7 +416,65 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::TaskId;
+    use crate::broker::{InMemoryBroker, Job};
+    use crate::events::Callback;
+    use crate::task::registry::{TaskFuture, TaskRegistration};
+    use crate::task::{TaskContext, TaskId};
+    use tokio::sync::Notify;
+
+    /// Lets the one job of `metrics.unit.held` end.
+    static RELEASE_HELD: Notify = Notify::const_new();
+
+    fn held(_: Vec<u8>, _: TaskContext) -> TaskFuture {
+        Box::pin(async {
+            RELEASE_HELD.notified().await;
+            Ok(Vec::new())
+        })
+    }
+
+    // Linked into every unit test's manager; only a worker of `metrics-held` runs it.
+    inventory::submit! {
+        TaskRegistration {
+            name: "metrics.unit.held",
+            queue: "metrics-held",
+            max_retries: None,
+            backoff: None,
+            retry: None,
+            guarantee: None,
+            periodic: None,
+            timeout: None,
+            ignore_result: true,
+            path: "dmq_core::metrics::tests::held",
+            file: file!(),
+            line: line!(),
+            run: held,
+        }
+    }
+
+    /// A callback that handles nothing until it is told to, so its queue fills.
+    struct Blocked(Arc<Notify>);
+
+    #[async_trait::async_trait]
+    impl Callback for Blocked {
+        async fn on_event(&self, _event: &Event) {
+            self.0.notified().await;
+        }
+
+        fn name(&self) -> String {
+            "blocked".to_owned()
+        }
+    }
+
+    /// Waits up to 5 s for `done`.
+    async fn until(mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("still not done after 5 s");
+    }
 
     fn event(kind: EventKind, task: &str, queue: &str) -> Event {
         Event::new(kind, TaskId::new(), task, queue, 1)
@@ -545,6 +603,83 @@ mod tests {
             at(r#"dmq_jobs_enqueued_total{queue="metrics-unit",task="metrics.unit.later"}"#),
             Some(1.0)
         );
+        worker.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_running_job_is_in_flight_until_it_ends() {
+        let metrics = Metrics::new();
+        let manager = Manager::builder().metrics(metrics.clone()).build().unwrap();
+        let worker = manager.worker().queues(["metrics-held"]).start();
+        let monitor = worker.monitor();
+        crate::Call::<()>::new("metrics.unit.held", "metrics-held", &())
+            .enqueue(&manager)
+            .await
+            .unwrap();
+        until(|| monitor.vitals().running == 1).await;
+        let text = metrics.render(&manager, Some(&monitor)).await;
+        assert_eq!(value(&text, "dmq_jobs_in_flight"), Some(1.0), "{text}");
+
+        RELEASE_HELD.notify_one();
+        until(|| monitor.vitals().running == 0).await;
+        let text = metrics.render(&manager, Some(&monitor)).await;
+        assert_eq!(value(&text, "dmq_jobs_in_flight"), Some(0.0), "{text}");
+        worker.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn events_a_full_callback_had_no_room_for_are_counted() {
+        let release = Arc::new(Notify::new());
+        let manager = Manager::builder()
+            .callback(Blocked(Arc::clone(&release)))
+            .event_buffer(1)
+            .build()
+            .unwrap();
+        // Each enqueue emits a Queued event. The callback blocks on the first it takes
+        // and its queue holds one more: at least three of the five are dropped.
+        for _ in 0..5 {
+            crate::Call::<()>::new("metrics.unit.later", "metrics-drops", &())
+                .delay(Duration::from_secs(3600))
+                .enqueue(&manager)
+                .await
+                .unwrap();
+        }
+        let listeners = manager.event_listeners();
+        let blocked = listeners.iter().find(|l| l.name == "blocked").expect("the callback");
+        assert!(blocked.dropped >= 3, "{listeners:?}");
+        let text = Metrics::new().render(&manager, None).await;
+        assert_eq!(
+            value(&text, r#"dmq_events_dropped_total{listener="blocked"}"#),
+            Some(blocked.dropped as f64),
+            "{text}"
+        );
+        release.notify_waiters();
+    }
+
+    #[tokio::test]
+    async fn dead_letters_a_full_dead_letter_queue_dropped_are_counted() {
+        let metrics = Metrics::new();
+        let manager =
+            Manager::builder().broker(InMemoryBroker::with_dead_letter_cap(1)).build().unwrap();
+        let broker = manager.broker();
+        let queues = vec!["metrics-dead".to_owned()];
+        for i in 0..3u8 {
+            broker
+                .enqueue(Job::new(TaskId::new(), "metrics-dead", 5, None, vec![i]))
+                .await
+                .unwrap();
+            let got = broker.claim("w", &queues, 1, Duration::from_secs(30), Duration::ZERO).await;
+            broker.dead_letter(&got.unwrap()[0].lease, "bad").await.unwrap();
+        }
+        let worker = manager.worker().queues(["metrics-dead"]).scheduler(false).start();
+        let text = metrics.render(&manager, Some(&worker.monitor())).await;
+        let at = |series: &str| value(&text, series);
+        assert_eq!(
+            at(r#"dmq_queue_depth{queue="metrics-dead",state="dead"}"#),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(at(r#"dmq_dead_letters_dropped_total{queue="metrics-dead"}"#), Some(2.0));
         worker.shutdown().await;
     }
 }

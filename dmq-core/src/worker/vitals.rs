@@ -270,3 +270,143 @@ impl WorkerMonitor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::WorkerInfo;
+    use std::sync::atomic::AtomicU32;
+    use tokio_util::sync::CancellationToken;
+
+    /// How long ago the test worker started.
+    const AGE: Duration = Duration::from_secs(120);
+
+    /// Vitals of a worker started [`AGE`] ago, whose `loops` last made progress the
+    /// given time ago (`None`: never).
+    fn vitals(loops: &[(Loop, Option<Duration>)]) -> Vitals {
+        let mut vitals = Vitals::new();
+        vitals.origin = Instant::now().checked_sub(AGE).expect("uptime");
+        for &(l, ago) in loops {
+            vitals.runs[l as usize].store(true, Ordering::Relaxed);
+            let beat = ago.map_or(0, |ago| (AGE - ago).as_millis() as u64 + 1);
+            vitals.beats[l as usize].store(beat, Ordering::Relaxed);
+        }
+        vitals
+    }
+
+    /// A monitor of a worker with the default settings (a 5 s claim wait and
+    /// heartbeat, so stall limits of 35 s for the claim loop, 50 s for the heartbeat
+    /// loop and 30 s for the scheduler) and these `vitals`.
+    fn monitor(vitals: Vitals, stopping: bool) -> WorkerMonitor {
+        let manager = crate::Manager::builder().build().unwrap();
+        let config = manager.worker().config;
+        let queues = vec!["default".to_owned()];
+        let info = WorkerInfo::new("w", "host", 1, queues.clone(), 10, chrono::Utc::now());
+        let stop = CancellationToken::new();
+        if stopping {
+            stop.cancel();
+        }
+        let shared = Shared {
+            info,
+            manager,
+            config,
+            queues,
+            stop,
+            hard_stop: CancellationToken::new(),
+            released: AtomicU64::new(0),
+            running: AtomicU32::new(0),
+            vitals,
+        };
+        WorkerMonitor { shared: Arc::new(shared) }
+    }
+
+    fn alive(vitals: &WorkerVitals) -> Vec<(&'static str, bool)> {
+        vitals.loops.iter().map(|l| (l.name, l.alive)).collect()
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn a_loop_stalls_once_its_progress_is_older_than_its_limit() {
+        let ago = Some(40 * SECOND);
+        let monitor = monitor(
+            vitals(&[(Loop::Claim, ago), (Loop::Heartbeat, ago), (Loop::Scheduler, ago)]),
+            false,
+        );
+        let vitals = monitor.vitals();
+        assert_eq!(
+            alive(&vitals),
+            [("claim", false), ("heartbeat", true), ("scheduler", false)],
+            "{vitals:?}"
+        );
+        assert!(!vitals.loops_alive());
+        let health = monitor.health(SECOND).await;
+        assert_eq!(health.broker, Ok(()));
+        assert!(!health.is_ok(), "{health}");
+        let text = health.to_string();
+        assert!(text.contains("claim loop: stalled (last progress 40"), "{text}");
+        assert!(text.contains("heartbeat loop: alive"), "{text}");
+        assert!(text.contains("scheduler loop: stalled"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_never_made_progress_is_stalled() {
+        let monitor =
+            monitor(vitals(&[(Loop::Claim, Some(SECOND)), (Loop::Heartbeat, None)]), false);
+        let vitals = monitor.vitals();
+        // The scheduler does not run in this worker: it is not listed.
+        assert_eq!(alive(&vitals), [("claim", true), ("heartbeat", false)], "{vitals:?}");
+        assert_eq!(vitals.loops[1].since_beat, None);
+        let health = monitor.health(SECOND).await;
+        assert!(!health.is_ok(), "{health}");
+        assert!(
+            health.to_string().contains("heartbeat loop: stalled (no progress yet)"),
+            "{health}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fresh_progress_is_alive() {
+        let vitals = Vitals::new();
+        for l in Loop::ALL {
+            vitals.starts(l);
+        }
+        let monitor = monitor(vitals, false);
+        let vitals = monitor.vitals();
+        assert_eq!(
+            alive(&vitals),
+            [("claim", true), ("heartbeat", true), ("scheduler", true)],
+            "{vitals:?}"
+        );
+        let health = monitor.health(SECOND).await;
+        assert!(health.is_ok(), "{health}");
+        assert!(!health.to_string().contains("stalled"), "{health}");
+    }
+
+    #[test]
+    fn a_claim_loop_waiting_for_a_slot_is_alive_however_long_ago_it_claimed() {
+        let ago = Some(100 * SECOND);
+        let vitals = vitals(&[(Loop::Claim, ago), (Loop::Heartbeat, ago)]);
+        vitals.waiting_for_slot(true);
+        let monitor = monitor(vitals, false);
+        // Only the claim loop waits for a slot.
+        assert_eq!(alive(&monitor.vitals()), [("claim", true), ("heartbeat", false)]);
+        monitor.shared.vitals.waiting_for_slot(false);
+        assert_eq!(alive(&monitor.vitals()), [("claim", false), ("heartbeat", false)]);
+    }
+
+    #[tokio::test]
+    async fn every_loop_of_a_stopping_worker_is_alive() {
+        let ago = Some(100 * SECOND);
+        let vitals = vitals(&[(Loop::Claim, ago), (Loop::Heartbeat, None), (Loop::Scheduler, ago)]);
+        let monitor = monitor(vitals, true);
+        let vitals = monitor.vitals();
+        assert!(vitals.stopping);
+        assert_eq!(
+            alive(&vitals),
+            [("claim", true), ("heartbeat", true), ("scheduler", true)],
+            "{vitals:?}"
+        );
+        assert!(monitor.health(SECOND).await.is_ok());
+    }
+}
