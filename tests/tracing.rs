@@ -1,6 +1,7 @@
 //! Traces across the broker, every scenario on both brokers: the run's `task` span is
-//! a child of the span that enqueued the job (one enqueue or a batch); a call's own
-//! `traceparent` wins, and a garbage one is ignored without harming the run; without
+//! a child of the span that enqueued the job (one enqueue or a batch), and the task's
+//! body runs inside it; a call's own `traceparent` wins, with none of the current
+//! span's `tracestate`, and a garbage one is ignored without harming the run; without
 //! an OpenTelemetry context nothing is sent.
 //!
 //! The test binary installs, once, a global subscriber with an OpenTelemetry layer over
@@ -16,7 +17,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use dmq_core::{TRACEPARENT_HEADER, TRACESTATE_HEADER, TaskContext, TaskError, TaskId, task};
-use opentelemetry::trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -26,6 +29,7 @@ use common::{Backing, WAIT};
 
 common::on_both_brokers! {
     a_run_s_span_is_a_child_of_the_span_that_enqueued_it;
+    the_task_s_body_runs_inside_the_run_s_span;
     each_run_of_a_batch_is_a_child_of_the_span_that_enqueued_the_batch;
     a_traceparent_set_by_the_call_wins_over_the_current_span;
     a_garbage_traceparent_is_passed_on_untouched_and_the_run_succeeds_in_a_trace_of_its_own;
@@ -36,6 +40,14 @@ common::on_both_brokers! {
 #[task(name = "tracing.headers", queue = "tracing")]
 async fn headers(ctx: TaskContext) -> Result<BTreeMap<String, String>, TaskError> {
     Ok(ctx.headers().clone())
+}
+
+/// Returns the OpenTelemetry trace and span ids of the span its body runs in.
+#[task(name = "tracing.current_span", queue = "tracing")]
+async fn current_span() -> Result<(String, String), TaskError> {
+    let context = tracing::Span::current().context();
+    let ids = context.span().span_context().clone();
+    Ok((ids.trace_id().to_string(), ids.span_id().to_string()))
 }
 
 /// The exporter behind this binary's global subscriber, installed on first use.
@@ -60,6 +72,24 @@ fn enqueuing_span() -> (tracing::Span, TraceId, SpanId) {
     let ids = context.span().span_context().clone();
     assert!(ids.is_valid(), "the enqueuing span has an OpenTelemetry context");
     (span, ids.trace_id(), ids.span_id())
+}
+
+/// A new span to enqueue in whose OpenTelemetry context has a `tracestate`
+/// (`vendor=opaque`), as a run's span has when its job arrived with one; with its trace
+/// id.
+fn enqueuing_span_with_tracestate() -> (tracing::Span, TraceId) {
+    exporter();
+    let state = TraceState::from_key_value([("vendor", "opaque")]).expect("a valid tracestate");
+    let trace_id = TraceId::from(uuid::Uuid::new_v4().as_u128());
+    let remote = SpanContext::new(trace_id, SpanId::from(9), TraceFlags::SAMPLED, true, state);
+    let span = tracing::info_span!("enqueue");
+    span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+        .expect("the span has not started yet");
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    assert_eq!(ids.trace_id(), trace_id);
+    assert_eq!(ids.trace_state().header(), "vendor=opaque", "the span inherits the tracestate");
+    (span, trace_id)
 }
 
 /// The exported `task` span of job `id`'s run, waiting up to [`WAIT`] for it to end.
@@ -113,6 +143,23 @@ async fn a_run_s_span_is_a_child_of_the_span_that_enqueued_it(backing: Backing) 
     worker.shutdown().await;
 }
 
+async fn the_task_s_body_runs_inside_the_run_s_span(backing: Backing) {
+    let manager = backing.manager().await;
+    let worker = manager.worker().queues(["tracing"]).start();
+    let (span, trace_id, _) = enqueuing_span();
+
+    let handle = current_span::call().enqueue(&manager).instrument(span).await.expect("enqueue");
+    let (inside_trace_id, inside_span_id) = handle.result(WAIT).await.expect("the run succeeds");
+    let run = run_span(handle.id()).await;
+    assert_eq!(inside_trace_id, trace_id.to_string(), "the body runs in the enqueuer's trace");
+    assert_eq!(
+        inside_span_id,
+        run.span_context.span_id().to_string(),
+        "the body's current span is the run's `task` span"
+    );
+    worker.shutdown().await;
+}
+
 async fn each_run_of_a_batch_is_a_child_of_the_span_that_enqueued_the_batch(backing: Backing) {
     let manager = backing.manager().await;
     let worker = manager.worker().queues(["tracing"]).start();
@@ -133,7 +180,9 @@ async fn each_run_of_a_batch_is_a_child_of_the_span_that_enqueued_the_batch(back
 async fn a_traceparent_set_by_the_call_wins_over_the_current_span(backing: Backing) {
     let manager = backing.manager().await;
     let worker = manager.worker().queues(["tracing"]).start();
-    let (span, enqueuer_trace_id, _) = enqueuing_span();
+    // The current span has a tracestate, which must not be mixed with the call's
+    // traceparent.
+    let (span, enqueuer_trace_id) = enqueuing_span_with_tracestate();
     // As a producer in another language would write it, with ids of its own.
     let (theirs, their_span) = (TraceId::from(uuid::Uuid::new_v4().as_u128()), SpanId::from(7));
     let traceparent = format!("00-{theirs}-{their_span}-01");
@@ -145,16 +194,17 @@ async fn a_traceparent_set_by_the_call_wins_over_the_current_span(backing: Backi
         .await
         .expect("enqueue");
     let sent = handle.result(WAIT).await.expect("the run succeeds");
-    assert_eq!(sent.get(TRACEPARENT_HEADER), Some(&traceparent));
-    assert!(
-        !sent.contains_key(TRACESTATE_HEADER),
-        "nothing of the current span is added: {sent:?}"
+    assert_eq!(
+        sent,
+        BTreeMap::from([(TRACEPARENT_HEADER.to_owned(), traceparent)]),
+        "nothing of the current span is added, not even its tracestate"
     );
 
     let run = run_span(handle.id()).await;
     assert_ne!(theirs, enqueuer_trace_id);
     assert_eq!(run.span_context.trace_id(), theirs, "the run continues the call's trace");
     assert_eq!(run.parent_span_id, their_span);
+    assert_eq!(run.span_context.trace_state().header(), "", "nor has the run its tracestate");
     worker.shutdown().await;
 }
 

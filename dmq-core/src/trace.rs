@@ -219,11 +219,20 @@ mod tests {
     }
 
     #[test]
-    fn a_traceparent_set_by_the_call_wins() {
+    fn a_traceparent_set_by_the_call_wins_with_none_of_the_current_span_s_tracestate() {
         let mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        // The current span is the run of a job that arrived with a tracestate.
+        let mut received = envelope();
+        let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        received.headers.insert(TRACEPARENT_HEADER.into(), theirs.into());
+        received.headers.insert(TRACESTATE_HEADER.into(), "vendor=opaque".into());
         let envelope = with_otel(|| {
-            let span = tracing::info_span!("enqueue");
+            let span = run_span(&received);
             let _entered = span.enter();
+            assert_eq!(
+                span.context().span().span_context().trace_state().header(),
+                "vendor=opaque"
+            );
             let mut envelope = envelope();
             envelope.headers.insert(TRACEPARENT_HEADER.into(), mine.into());
             TraceContext::current().inject(&mut envelope);
