@@ -11,11 +11,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dmq_core::{TaskError, TaskId, task};
+use dmq_core::{EventsFrom, TaskError, TaskId, task};
 use serde_json::Value;
 
 /// The queue of this file's tasks, which only this file's workers take jobs from.
 const QUEUE: &str = "events-test";
+
+/// A second queue this file's workers take jobs from, for jobs sent away from `QUEUE`.
+const OTHER_QUEUE: &str = "events-test-other";
 
 #[task(name = "events_test.ok", queue = "events-test")]
 async fn events_test_ok(n: u32) -> Result<u32, TaskError> {
@@ -32,11 +35,12 @@ mod common;
 use common::{Namespace, redis_url};
 
 impl Namespace {
-    /// A fresh namespace with a worker on it, in this process, for this file's queue.
+    /// A fresh namespace with a worker on it, in this process, for this file's queues.
     fn with_worker() -> Self {
         let mut ns = Namespace::new();
         let worker = ns.rt.block_on(async {
-            ns.manager.worker().queues([QUEUE]).concurrency(4).scheduler(false).start()
+            let queues = [QUEUE, OTHER_QUEUE];
+            ns.manager.worker().queues(queues).concurrency(4).scheduler(false).start()
         });
         ns.worker = Some(worker);
         ns
@@ -44,8 +48,14 @@ impl Namespace {
 
     /// Runs one `events_test.ok` job to its end; returns its id.
     fn run_ok(&self, n: u32) -> TaskId {
+        self.run_ok_on(QUEUE, n)
+    }
+
+    /// Runs one `events_test.ok` job to its end on `queue`; returns its id.
+    fn run_ok_on(&self, queue: &str, n: u32) -> TaskId {
         self.rt.block_on(async {
-            let handle = events_test_ok::call(n).enqueue(&self.manager).await.expect("enqueues");
+            let call = events_test_ok::call(n).queue(queue);
+            let handle = call.enqueue(&self.manager).await.expect("enqueues");
             assert_eq!(handle.result(Duration::from_secs(20)).await.expect("runs"), n);
             handle.id()
         })
@@ -65,6 +75,25 @@ impl Namespace {
     fn flush(&self) {
         let flushed = self.rt.block_on(self.manager.flush_events(Duration::from_secs(10)));
         assert!(flushed, "the events reached the stream");
+    }
+
+    /// Waits until the event stream holds all three events (queued, started,
+    /// completed) of job `id`. Its result is stored before it completes, so the job's
+    /// handle may return, and [`flush`](Namespace::flush) with it, before its last
+    /// event is even sent.
+    fn wait_in_stream(&self, id: TaskId) {
+        self.rt.block_on(async {
+            let broker = self.manager.broker();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let (mut from, mut seen) = (EventsFrom::Oldest, 0);
+            while seen < 3 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(!left.is_zero(), "{seen} of the 3 events of {id} reached the stream");
+                let page = broker.read_events(&from, 1_000, left).await.expect("reads events");
+                seen += page.events.iter().filter(|event| event.id == id).count();
+                from = EventsFrom::After(page.cursor);
+            }
+        });
     }
 
     /// Starts `dmq events` with `args` in this namespace, and waits until it says it
@@ -242,11 +271,16 @@ fn dmq_events_filters_by_kind() {
     let expected = [("dead_lettered", failed), ("failed", failed)];
     assert_eq!(seen, expected.map(|(kind, id)| (kind.to_owned(), id.to_string())));
 
-    // The last event of a kind, by task and queue: the filters apply to --last too.
+    // The last event of a kind, by task and queue: the filters apply to --last too, and
+    // of two jobs that match, it is the newer one's (this process sent its queued event
+    // after the older one's, and sends them to the stream in order).
+    let newer = ns.run_ok(8);
+    ns.flush();
     let args = ["--last", "1", "--kind", "queued", "--task", "events_test.ok", "--queue", QUEUE];
-    let args = [&args[..], &["--json", "--count", "1", "--for", "30s"]].concat();
-    let lines = ns.watch(&args).success(Duration::from_secs(60));
-    assert_eq!(kinds_and_ids(&lines), [("queued".to_owned(), ok.to_string())]);
+    let args = [&args[..], &["--json", "--for", "2s"]].concat();
+    let lines = ns.watch(&args).success(Duration::from_secs(30));
+    let newest = [("queued".to_owned(), newer.to_string())];
+    assert_eq!(kinds_and_ids(&lines), newest, "the newer, not {ok}");
     let args = ["--from-start", "--task", "nobody", "--json", "--for", "1s"];
     assert!(ns.watch(&args).success(Duration::from_secs(30)).is_empty());
 }
@@ -267,4 +301,68 @@ fn dmq_events_stops_cleanly_on_sigterm_and_on_a_closed_stdout() {
     ns.flush();
     let watcher = ns.watch_with(&["--from-start", "--for", "60s"], true);
     watcher.success(Duration::from_secs(30));
+}
+
+/// The `kind` and `id` of the three events (queued, started, completed) of each
+/// `events_test.ok` job in `ids`, sorted, to compare with sorted `kinds_and_ids`.
+fn events_of(ids: &[TaskId]) -> Vec<(String, String)> {
+    let mut events: Vec<(String, String)> = ids
+        .iter()
+        .flat_map(|id| {
+            ["queued", "started", "completed"].map(|kind| (kind.to_owned(), id.to_string()))
+        })
+        .collect();
+    events.sort();
+    events
+}
+
+/// `--queue` shows the events of jobs on that queue and of no other, also with `--last`.
+#[test]
+fn dmq_events_filters_by_queue() {
+    let ns = Namespace::with_worker();
+    // One job on each queue, the second sent after the first: the same task, so the
+    // queue alone tells them apart.
+    let here = ns.run_ok(1);
+    let there = ns.run_ok_on(OTHER_QUEUE, 2);
+    ns.wait_in_stream(here);
+    ns.wait_in_stream(there);
+
+    // From the start, each queue's job's events and nothing else, however long it waits.
+    for (queue, id) in [(QUEUE, here), (OTHER_QUEUE, there)] {
+        let args = ["--from-start", "--queue", queue, "--json", "--for", "2s"];
+        let lines = ns.watch(&args).success(Duration::from_secs(30));
+        let mut seen = kinds_and_ids(&lines);
+        seen.sort();
+        assert_eq!(seen, events_of(&[id]), "--queue {queue}: {lines:#?}");
+    }
+
+    // --last with --queue: the last queued on this queue, though the other queue's
+    // came after it.
+    let args = ["--last", "1", "--kind", "queued", "--queue", QUEUE, "--json", "--for", "2s"];
+    let lines = ns.watch(&args).success(Duration::from_secs(30));
+    assert_eq!(kinds_and_ids(&lines), [("queued".to_owned(), here.to_string())]);
+}
+
+/// Unfiltered `--last N` shows exactly the stream's last N events, then follows it.
+#[test]
+fn dmq_events_shows_the_last_n_events() {
+    let ns = Namespace::with_worker();
+    // All the first job's events are in the stream before the second is sent.
+    let first = ns.run_ok(1);
+    ns.wait_in_stream(first);
+    let second = ns.run_ok(2);
+    ns.wait_in_stream(second);
+
+    let lines =
+        ns.watch(&["--last", "3", "--json", "--for", "2s"]).success(Duration::from_secs(30));
+    let mut seen = kinds_and_ids(&lines);
+    seen.sort();
+    assert_eq!(seen, events_of(&[second]), "not {first}'s: {lines:#?}");
+
+    // More than the stream keeps: all of it.
+    let lines =
+        ns.watch(&["--last", "100", "--json", "--for", "2s"]).success(Duration::from_secs(30));
+    let mut seen = kinds_and_ids(&lines);
+    seen.sort();
+    assert_eq!(seen, events_of(&[first, second]), "{lines:#?}");
 }
