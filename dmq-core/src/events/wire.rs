@@ -375,80 +375,14 @@ impl Field {
 }
 
 impl<'de> Deserialize<'de> for Field {
+    /// Any key is read as a [`Scalar`]: a text names a field (or [`Field::Unknown`]),
+    /// and a key of any other type, which a foreign writer might use, is no field of
+    /// ours.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct FieldVisitor;
-
-        impl<'de> Visitor<'de> for FieldVisitor {
-            type Value = Field;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-
-            fn visit_str<E: de::Error>(self, name: &str) -> std::result::Result<Field, E> {
-                Ok(Field::named(name.as_bytes()))
-            }
-
-            fn visit_bytes<E: de::Error>(self, name: &[u8]) -> std::result::Result<Field, E> {
-                Ok(Field::named(name))
-            }
-
-            // A key of any other type is no field of ours.
-            fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Field, E> {
-                Ok(Field::Unknown)
-            }
-
-            fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Field, E> {
-                Ok(Field::Unknown)
-            }
-
-            fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Field, E> {
-                Ok(Field::Unknown)
-            }
-
-            fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Field, E> {
-                Ok(Field::Unknown)
-            }
-
-            fn visit_none<E: de::Error>(self) -> std::result::Result<Field, E> {
-                Ok(Field::Unknown)
-            }
-
-            fn visit_unit<E: de::Error>(self) -> std::result::Result<Field, E> {
-                Ok(Field::Unknown)
-            }
-
-            fn visit_some<D: Deserializer<'de>>(
-                self,
-                deserializer: D,
-            ) -> std::result::Result<Field, D::Error> {
-                IgnoredAny::deserialize(deserializer).map(|_| Field::Unknown)
-            }
-
-            fn visit_newtype_struct<D: Deserializer<'de>>(
-                self,
-                deserializer: D,
-            ) -> std::result::Result<Field, D::Error> {
-                IgnoredAny::deserialize(deserializer).map(|_| Field::Unknown)
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Field, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| Field::Unknown)
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Field, A::Error> {
-                IgnoredAny.visit_map(map).map(|_| Field::Unknown)
-            }
-
-            fn visit_enum<A: de::EnumAccess<'de>>(
-                self,
-                data: A,
-            ) -> std::result::Result<Field, A::Error> {
-                IgnoredAny.visit_enum(data).map(|_| Field::Unknown)
-            }
-        }
-
-        deserializer.deserialize_any(FieldVisitor)
+        Ok(match Scalar::deserialize(deserializer)? {
+            Scalar::Text(name) => Field::named(name.as_bytes()),
+            _ => Field::Unknown,
+        })
     }
 }
 
@@ -815,6 +749,46 @@ mod tests {
         assert_eq!(event.kind, EventKind::Completed { run_time: Duration::ZERO });
         assert_eq!((event.task.as_str(), event.queue.as_str(), event.attempt), ("", "", 1));
         assert_eq!(event.worker, None);
+    }
+
+    /// A key or value of any type, for maps a foreign writer might produce.
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Any {
+        Text(&'static str),
+        Int(i64),
+        List(Vec<u8>),
+        Nil(Option<u8>),
+    }
+
+    /// A map written as these pairs, whatever their types.
+    struct Pairs(Vec<(Any, Any)>);
+
+    impl Serialize for Pairs {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        }
+    }
+
+    #[test]
+    fn keys_that_are_no_text_are_passed_over() {
+        let id = TaskId::new().to_string();
+        let id: &'static str = Box::leak(id.into_boxed_str());
+        let event = Pairs(vec![
+            (Any::Int(7), Any::Text("an integer key")),
+            (Any::Text("kind"), Any::Text("started")),
+            (Any::List(vec![1, 2]), Any::Int(3)),
+            (Any::Text("id"), Any::Text(id)),
+            (Any::Nil(None), Any::List(vec![9])),
+            (Any::Text("at"), Any::Int(1_700_000_000_000)),
+            (Any::Text("task"), Any::Text("add")),
+        ]);
+        let decoded = Event::decode_batch(&rmp_serde::to_vec(&[event]).unwrap()).unwrap();
+        assert_eq!(decoded.skipped, 0);
+        let event = &decoded.events[0];
+        assert_eq!((&event.kind, event.id.to_string().as_str()), (&EventKind::Started, id));
+        assert_eq!(event.task, "add");
+        assert_eq!(event.at, at(1_700_000_000_000));
     }
 
     #[test]

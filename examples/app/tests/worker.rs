@@ -113,25 +113,25 @@ fn app_tasks_lists_the_tasks_of_the_binary() {
     assert!(!listed.contains("dmq.bench"), "{listed}");
 }
 
+/// Runs `app worker --broker url`, expects it to exit 1 with one line on stderr, and
+/// returns that line.
+fn worker_error(url: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["worker", "--broker", url])
+        .output()
+        .expect("run app worker");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_bad_broker_url_is_a_one_line_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
-        .args(["worker", "--broker", "nope://x"])
-        .output()
-        .expect("run app worker");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).expect("utf-8");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = worker_error("nope://x");
     assert!(stderr.starts_with("error: unsupported broker URL"), "{stderr}");
     assert!(stderr.contains("redis://"), "{stderr}");
-
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
-        .args(["worker", "--broker", "redis://127.0.0.1:1"])
-        .output()
-        .expect("run app worker");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).expect("utf-8");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = worker_error("redis://127.0.0.1:1");
     assert!(stderr.starts_with("error: "), "{stderr}");
 }
 
