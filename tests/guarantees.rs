@@ -312,6 +312,16 @@ impl dmq_core::ResultBackend for UnreadableBackend {
         self.0.store(id, outcome, ttl).await
     }
 
+    async fn store_fenced(
+        &self,
+        id: dmq_core::TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+        fence: u64,
+    ) -> dmq_core::Result<bool> {
+        self.0.store_fenced(id, outcome, ttl, fence).await
+    }
+
     async fn get(&self, _id: dmq_core::TaskId) -> dmq_core::Result<Option<TaskOutcome>> {
         Err(Error::Backend { message: "the stored result is corrupt".to_owned(), transient: false })
     }

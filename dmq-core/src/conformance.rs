@@ -122,6 +122,9 @@ macro_rules! broker_conformance_tests {
             an_event_cursor_reads_on_where_its_page_ended,
             a_waiting_event_read_is_woken_by_a_publish,
             the_event_stream_cap_drops_the_oldest_events,
+            fences_grow_with_every_claim_of_a_job,
+            jobs_taken_back_come_one_at_a_time_to_run_alone,
+            a_job_lost_while_running_alone_strikes_out_and_spares_its_neighbours,
         );
     };
 }
@@ -147,6 +150,7 @@ macro_rules! backend_conformance_tests {
             wait_gives_none_after_its_timeout,
             outcome_expires_after_its_ttl,
             many_waiters_are_all_woken,
+            a_fenced_store_replaces_no_success_and_no_later_run,
         );
     };
 }
@@ -602,6 +606,115 @@ pub mod broker {
         }
     }
 
+    /// Every claim of a job carries a greater fence than the claims before it: after a
+    /// release, and after a lost lease.
+    pub async fn fences_grow_with_every_claim_of_a_job(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        b.enqueue_batch(vec![job("alpha", 5, "x"), job("alpha", 5, "y")]).await.expect("enqueue");
+        let first = b.claim(WORKER, &q, 2, LONG, Duration::ZERO).await.expect("claim");
+        assert_ne!(first[0].lease.fence, first[1].lease.fence, "two jobs of one claim");
+        let x = first[0].lease.clone();
+        b.ack(&first[1].lease).await.expect("ack");
+        b.release(&x).await.expect("release");
+        let second = b.claim(WORKER, &q, 1, Duration::from_millis(200), Duration::ZERO).await;
+        let second = second.expect("claim").remove(0);
+        assert_eq!(second.lease.id, x.id);
+        assert!(second.lease.fence > x.fence, "{} after {}", second.lease.fence, x.fence);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let third = b.claim(WORKER, &q, 1, LONG, Duration::from_secs(5)).await.expect("claim");
+        assert_eq!(third[0].lease.id, x.id, "the lease expired");
+        assert!(third[0].lease.fence > second.lease.fence);
+        assert!(third[0].lease.fence < 1 << 53, "a fence fits any language's number");
+    }
+
+    /// Jobs whose lease was lost come back suspect: one per claim, flagged to run
+    /// alone, before any other ready job, and a release keeps them so.
+    pub async fn jobs_taken_back_come_one_at_a_time_to_run_alone(b: Arc<dyn Broker>) {
+        let q = queues(&["alpha"]);
+        let batch: Vec<Job> = (0..3).map(|i| job("alpha", 5, &format!("lost {i}"))).collect();
+        b.enqueue_batch(batch).await.expect("enqueue");
+        let lost = b.claim(WORKER, &q, 10, Duration::from_millis(200), Duration::ZERO).await;
+        let lost = lost.expect("claim");
+        assert_eq!(lost.len(), 3);
+        assert!(lost.iter().all(|d| !d.isolated), "a first delivery runs with others");
+        b.enqueue(job("alpha", 9, "fresh")).await.expect("enqueue");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(reap_until_something_moves(&b, &q).await, 3, "the three expired leases");
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!((stats.ready, stats.suspect, stats.in_flight), (4, 3, 0), "{stats:?}");
+        let mut seen = Vec::new();
+        for round in 0..3 {
+            let got = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+            assert_eq!(got.len(), 1, "round {round}: a suspect job comes alone");
+            assert!(got[0].isolated, "round {round}");
+            assert_eq!(got[0].deliveries, 2);
+            if round == 0 {
+                // Handed back (its worker was busy): still suspect, first in line.
+                b.release(&got[0].lease).await.expect("release");
+                let again = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+                assert_eq!((again.len(), again[0].isolated), (1, true));
+                assert_eq!(again[0].lease.id, got[0].lease.id);
+                assert_eq!(again[0].deliveries, 2, "a release counts no delivery");
+                b.ack(&again[0].lease).await.expect("ack");
+            } else {
+                b.ack(&got[0].lease).await.expect("ack");
+            }
+            seen.push(got[0].lease.id);
+        }
+        let mut expected: Vec<TaskId> = lost.iter().map(|d| d.lease.id).collect();
+        expected.sort();
+        seen.sort();
+        assert_eq!(seen, expected, "oldest first, each once");
+        let fresh = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(payloads(&fresh), ["fresh"]);
+        assert!(!fresh[0].isolated);
+    }
+
+    /// A job whose worker is lost while it runs alone gets a strike; with as many
+    /// strikes as the broker allows (5 by default) it is dead-lettered as poison. The
+    /// jobs that were lost beside it the first time run alone and are spared.
+    pub async fn a_job_lost_while_running_alone_strikes_out_and_spares_its_neighbours(
+        b: Arc<dyn Broker>,
+    ) {
+        let q = queues(&["alpha"]);
+        let pill = job("alpha", 5, "pill");
+        let pill_id = pill.id;
+        let neighbours: Vec<Job> = (0..4).map(|i| job("alpha", 5, &format!("good {i}"))).collect();
+        let mut batch = vec![pill];
+        batch.extend(neighbours);
+        b.enqueue_batch(batch).await.expect("enqueue");
+        let short = Duration::from_millis(150);
+        let first = b.claim(WORKER, &q, 10, short, Duration::ZERO).await.expect("claim");
+        assert_eq!(first.len(), 5, "all five run together, and their worker dies");
+        let mut strikes = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let got = b.claim(WORKER, &q, 10, short, Duration::from_secs(2)).await;
+            let Some(delivery) = got.expect("claim").pop() else { break };
+            assert!(delivery.isolated);
+            if delivery.lease.id == pill_id {
+                strikes += 1; // it kills its worker again: never settled
+            } else {
+                b.ack(&delivery.lease).await.expect("a good job runs alone and succeeds");
+            }
+        }
+        assert_eq!(
+            strikes,
+            crate::DEFAULT_MAX_DELIVERIES,
+            "the pill ran alone until it struck out"
+        );
+        let dead = b.dead_letters("alpha", 0, 10).await.expect("dead letters");
+        assert_eq!(dead.len(), 1, "only the pill: {dead:?}");
+        assert_eq!(dead[0].id, pill_id);
+        assert!(
+            dead[0].reason.starts_with("poison: its worker was lost 5 times"),
+            "{}",
+            dead[0].reason
+        );
+        let stats = b.queue_stats("alpha").await.expect("stats");
+        assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 1), "{stats:?}");
+    }
+
     /// A claim waiting on an empty queue takes a job retried to be due now.
     pub async fn a_retry_wakes_a_waiting_claim(b: Arc<dyn Broker>) {
         b.enqueue(job("alpha", 5, "attempt 1")).await.expect("enqueue");
@@ -984,6 +1097,28 @@ pub mod backend {
         b.store(id, &outcome(1), LONG).await.expect("store");
         b.store(id, &outcome(2), LONG).await.expect("store");
         assert_eq!(b.get(id).await.expect("get"), Some(outcome(2)));
+    }
+
+    /// A fenced store never replaces a success, nor what a later run (a greater fence)
+    /// stored; it replaces a failure of its own run or an earlier one.
+    pub async fn a_fenced_store_replaces_no_success_and_no_later_run(b: Arc<dyn ResultBackend>) {
+        let id = TaskId::new();
+        let failed = |attempts| TaskOutcome::failed(FailureKind::Error, "boom", attempts, None);
+        assert!(b.store_fenced(id, &failed(1), LONG, 10).await.expect("store"), "nothing there");
+        assert!(!b.store_fenced(id, &outcome(1), LONG, 9).await.expect("store"), "an earlier run");
+        assert_eq!(b.get(id).await.expect("get").map(|o| o.attempts), Some(1));
+        assert!(b.store_fenced(id, &failed(2), LONG, 10).await.expect("store"), "the same run");
+        assert!(b.store_fenced(id, &outcome(2), LONG, 12).await.expect("store"), "a later run");
+        assert_eq!(b.get(id).await.expect("get"), Some(outcome(2)));
+        assert!(!b.store_fenced(id, &outcome(3), LONG, 13).await.expect("store"), "a later run");
+        assert!(!b.store_fenced(id, &failed(3), LONG, 14).await.expect("store"));
+        assert!(b.store_fenced(id, &outcome(2), LONG, 12).await.expect("store"), "its own again");
+        assert_eq!(b.get(id).await.expect("get"), Some(outcome(2)), "the success stays");
+        // A plain store's success is a success too.
+        let plain = TaskId::new();
+        b.store(plain, &outcome(5), LONG).await.expect("store");
+        assert!(!b.store_fenced(plain, &outcome(6), LONG, 1).await.expect("store"));
+        assert_eq!(b.get(plain).await.expect("get"), Some(outcome(5)));
     }
 
     /// A waiter returns soon after the outcome is stored.

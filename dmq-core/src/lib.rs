@@ -45,11 +45,12 @@ pub mod conformance;
 pub use async_trait::async_trait;
 pub use backend::{
     DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend, TaskFailure, TaskOutcome, TaskState,
+    may_replace,
 };
 pub use broker::{
-    Broker, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom,
-    InMemoryBroker, Job, Lease, QueueStats, ScheduleState, WorkerInfo, WorkerStatus,
-    refuse_keys_in_batches,
+    Broker, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter, Delivery, EventCursor,
+    EventPage, EventsFrom, InMemoryBroker, Job, Lease, QueueCheckup, QueueStats, ScheduleState,
+    WorkerInfo, WorkerStatus, refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{

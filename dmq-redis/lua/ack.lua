@@ -6,6 +6,8 @@
 -- ARGV: id1, token1, remember1 (ms; 0 records nothing), id2, token2, remember2, ...
 -- Returns: one integer per job: 1 when acknowledged, 0 when the lease is no longer
 -- the caller's (nothing changed for that job, nothing recorded)
+expect('hash', 1, 2)
+expect('zset', 3, 4)
 local ids = {}
 for i = 1, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
 local metas = hmget(KEYS[2], ids)

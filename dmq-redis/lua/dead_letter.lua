@@ -4,6 +4,11 @@
 -- ARGV: 1 id, 2 token, 3 reason, 4 cap
 -- Returns: 1 when dead-lettered, 0 when the lease is no longer the caller's (nothing changed)
 -- A dead-list entry is "<Unix ms>|<id>|<reason>"; its payload is in the dead payloads hash.
+expect('hash', 1, 2)
+expect('zset', 3)
+expect('list', 4)
+expect('hash', 5)
+expect('string', 6)
 if not holds(KEYS[2], ARGV[1], ARGV[2]) then return 0 end
 local payload = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -10,6 +10,13 @@
 local n = tonumber(ARGV[1])
 local idem_ttl = tonumber(ARGV[2 + n * 5])
 local idem_key = idem_ttl and KEYS[#KEYS]
+local queue_keys = idem_key and #KEYS - 1 or #KEYS
+for base = 0, queue_keys - 1, 14 do
+  expect('hash', base + 1, base + 2)
+  expect('zset', base + 3)
+  expect('list', base + 4, base + 14)
+end
+if idem_key then expect('string', #KEYS) end
 if idem_key then
   local existing = redis.call('GET', idem_key)
   if existing then return {'existing', existing} end

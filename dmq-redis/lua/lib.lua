@@ -1,9 +1,28 @@
 -- Shared helpers, prepended to every script when it is loaded (see src/scripts.rs).
 --
--- A job's meta ("priority:deliveries:token") is in the queue's meta hash while it is
--- delayed, in flight or back in ready after a lost lease; a job enqueued ready has
--- none (priority from its list, no deliveries). A lease token is
--- "<seq>.<n>.<claimed at, Unix ms>@<worker>".
+-- A job's meta is "<priority>:<deliveries>[/<strikes>[i]]:<token>". It is in the queue's
+-- meta hash while the job is delayed, in flight, suspect, or back in ready after a
+-- release; a job enqueued ready has none (priority from its list, no deliveries, no
+-- strikes). Strikes count the times the job's worker was lost while it ran alone
+-- (isolated: the "i" flag, set while such a run holds the lease); a job whose strikes
+-- reach max-deliveries is dead-lettered as a poison pill. A lease token is
+-- "<seq>.<n>.<claimed at, Unix ms>.<claim tag>@<worker>".
+
+-- A task id as dmq writes it in Redis: a UUID in its hyphenated form.
+local TASK_ID = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+
+-- Fails, before this script changes anything, when one of KEYS[first..last] holds
+-- another type than `kind` (a missing key is fine): Redis does not roll a script back,
+-- so a WRONGTYPE error halfway through would leave its first changes in place.
+local function expect(kind, first, last)
+  for i = first, last or first do
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= kind and t ~= 'none' then
+      error({err = 'WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ' where dmq keeps a ' ..
+        kind .. '; nothing was changed. It was not written by dmq: delete or rename it'})
+    end
+  end
+end
 
 -- Redis's own clock, in Unix milliseconds.
 local function now_ms()
@@ -11,16 +30,25 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Priority and deliveries from a meta value (defaults when there is none).
+-- Priority, deliveries, strikes and whether it runs isolated, from a meta value
+-- (defaults when there is none, or it does not parse).
 local function parse_meta(m, default_priority)
-  if not m then return default_priority, 0 end
-  local p, d = string.match(m, '^(%d+):(%d+):')
-  return tonumber(p) or default_priority, tonumber(d) or 0
+  if not m then return default_priority, 0, 0, false end
+  local p, d, s, i = string.match(m, '^(%d+):(%d+)/?(%d*)(i?):')
+  if not p then return default_priority, 0, 0, false end
+  return tonumber(p), tonumber(d), tonumber(s) or 0, i == 'i'
+end
+
+-- A meta value; `token` nil or '' for a job that is not leased.
+local function make_meta(p, d, s, isolated, token)
+  local m = p .. ':' .. d
+  if s > 0 or isolated then m = m .. '/' .. s .. (isolated and 'i' or '') end
+  return m .. ':' .. (token or '')
 end
 
 -- The token in a meta value ('' when the job is not leased).
 local function token_of(m)
-  return string.match(m, '^%d+:%d+:(.*)$') or ''
+  return string.match(m, '^%d+:%d+/?%d*i?:(.*)$') or ''
 end
 
 -- Whether `token` holds the lease on job `id`. Every change that ends or moves a
@@ -71,33 +99,44 @@ local function signal(signal_key)
   if redis.call('LLEN', signal_key) == 0 then redis.call('LPUSH', signal_key, '1') end
 end
 
--- Takes the in-flight jobs `ids` (with their `metas`) off their leases: back to the
--- front of their ready list, or, once delivered `max_deliveries` times (0: no limit),
--- to the dead-letter list as a poison pill. Uses the claim/reap KEYS layout:
--- 1 payloads, 2 meta, 4 in-flight, 5..14 ready lists, 15 dead, 16 dead payloads,
--- 17 dead-dropped, 18 signal. Returns how many jobs it moved.
+-- The KEYS layout of the claim, reap and doctor scripts: 1 payloads, 2 meta,
+-- 3 delayed, 4 in-flight, 5..14 ready lists, 15 dead, 16 dead payloads,
+-- 17 dead-dropped, 18 signal, 19 suspect list, 20 bad-entries counter.
+local function expect_queue_keys()
+  expect('hash', 1, 2)
+  expect('zset', 3, 4)
+  expect('list', 5, 15)
+  expect('hash', 16)
+  expect('string', 17)
+  expect('list', 18, 19)
+  expect('string', 20)
+end
+
+-- Takes the in-flight jobs `ids` (with their `metas`) off their leases, into the
+-- queue's suspect list, whose jobs are claimed one at a time by a worker that runs
+-- nothing else beside them: a job that crashes its worker then takes no other job
+-- with it. A job that was running alone when its lease was lost gets a strike, and
+-- once it has `max_deliveries` strikes (0: no limit) it goes to the dead-letter list
+-- as a poison pill instead. Uses the claim/reap KEYS layout (expect_queue_keys).
+-- Returns how many jobs it moved.
 local function give_back(ids, metas, why, now, max_deliveries, dead_cap)
   if #ids == 0 then return 0 end
   each_chunk('ZREM', KEYS[4], ids)
-  local moved = 0
-  -- Backwards, so that after the LPUSHes the longest-waiting job is at the front.
-  for i = #ids, 1, -1 do
-    local id = ids[i]
-    local p, d = parse_meta(metas[i], 5)
-    if max_deliveries > 0 and d >= max_deliveries then
+  for i, id in ipairs(ids) do
+    local p, d, s, isolated = parse_meta(metas[i], 5)
+    if isolated then s = s + 1 end
+    if isolated and max_deliveries > 0 and s >= max_deliveries then
       local payload = redis.call('HGET', KEYS[1], id) or ''
       redis.call('HDEL', KEYS[1], id)
       redis.call('HDEL', KEYS[2], id)
-      local reason = 'poison: delivered ' .. d .. ' times and never settled (' .. why ..
-        '); it may crash or hang its worker'
+      local reason = 'poison: its worker was lost ' .. s .. ' times while it ran alone (' ..
+        why .. '; ' .. d .. ' deliveries); it may crash or hang its worker'
       bury(KEYS[15], KEYS[16], KEYS[17], id, payload, reason, now, dead_cap)
     else
-      redis.call('HSET', KEYS[2], id, p .. ':' .. d .. ':')
-      redis.call('LPUSH', KEYS[5 + p], id)
+      redis.call('HSET', KEYS[2], id, make_meta(p, d, s, false))
+      redis.call('RPUSH', KEYS[19], id)
     end
-    moved = moved + 1
   end
   signal(KEYS[18])
-  return moved
+  return #ids
 end
-

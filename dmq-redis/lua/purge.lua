@@ -1,10 +1,14 @@
--- Empties a queue of its waiting jobs: ready and delayed, with their payloads and
--- metas. Jobs in flight stay (their workers settle them), and so do dead letters.
--- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4..13 ready lists (priority 0..9)
+-- Empties a queue of its waiting jobs: ready, suspect and delayed, with their payloads
+-- and metas. Jobs in flight stay (their workers settle them), and so do dead letters.
+-- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4..13 ready lists (priority 0..9),
+--       14 suspect list
 -- ARGV: none
 -- Returns: how many jobs it removed
+expect('hash', 1, 2)
+expect('zset', 3)
+expect('list', 4, 14)
 local ids = {}
-for i = 4, 13 do
+for i = 4, 14 do
   for _, id in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do ids[#ids + 1] = id end
 end
 for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do ids[#ids + 1] = id end
@@ -12,5 +16,5 @@ if #ids > 0 then
   each_chunk('HDEL', KEYS[1], ids)
   each_chunk('HDEL', KEYS[2], ids)
 end
-redis.call('DEL', KEYS[3], unpack(KEYS, 4, 13))
+redis.call('DEL', KEYS[3], unpack(KEYS, 4, 14))
 return #ids

@@ -1,14 +1,23 @@
--- Returns a leased job to the front of its ready list at once, if the caller's token
--- still holds the lease, and wakes a blocked claimer.
--- KEYS: 1 meta hash, 2 in-flight zset, 3 signal list, 4..13 ready lists (priority 0..9)
+-- Returns a leased job to the front of its ready list at once (a suspect job that was
+-- to run alone: to the front of the suspect list, with no strike), if the caller's
+-- token still holds the lease, and wakes a blocked claimer.
+-- KEYS: 1 meta hash, 2 in-flight zset, 3 signal list, 4..13 ready lists (priority 0..9),
+--       14 suspect list
 -- ARGV: 1 id, 2 token
 -- Returns: 1 when released, 0 when the lease is no longer the caller's (nothing changed)
+expect('hash', 1)
+expect('zset', 2)
+expect('list', 3, 14)
 local m = holds(KEYS[1], ARGV[1], ARGV[2])
 if not m then return 0 end
--- A release is a settle, not a lost delivery: it does not count toward the poison limit.
-local p, d = parse_meta(m, 5)
+-- A release is a settle, not a lost delivery: it counts as neither.
+local p, d, s, isolated = parse_meta(m, 5)
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], p .. ':' .. math.max(d - 1, 0) .. ':')
-redis.call('LPUSH', KEYS[4 + p], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], make_meta(p, math.max(d - 1, 0), s, false))
+if isolated then
+  redis.call('LPUSH', KEYS[14], ARGV[1])
+else
+  redis.call('LPUSH', KEYS[4 + p], ARGV[1])
+end
 signal(KEYS[3])
 return 1

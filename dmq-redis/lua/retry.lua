@@ -1,9 +1,13 @@
 -- Puts a leased job back with a new payload, due at an eta, if the caller's token
--- still holds the lease. Its delivery count starts again. Wakes a blocked claimer,
+-- still holds the lease. Its delivery count and strikes start again: the run failed,
+-- it did not crash its worker. Wakes a blocked claimer,
 -- which then times its wait to the new eta.
 -- KEYS: 1 payloads hash, 2 meta hash, 3 in-flight zset, 4 delayed zset, 5 signal list
 -- ARGV: 1 id, 2 token, 3 new payload, 4 eta (Unix ms)
 -- Returns: 1 when done, 0 when the lease is no longer the caller's (nothing changed)
+expect('hash', 1, 2)
+expect('zset', 3, 4)
+expect('list', 5)
 local m = holds(KEYS[2], ARGV[1], ARGV[2])
 if not m then return 0 end
 local p = parse_meta(m, 5)

@@ -81,7 +81,7 @@ struct Inner {
     hub: Arc<Hub>,
     /// Writes results in batches: each batch is one round trip, its `SET`s followed
     /// by one `PUBLISH` naming every task in it.
-    writer: Batcher<StoredResult>,
+    writer: Batcher<StoredResult, bool>,
     /// The subscriber task, once a wait has started it.
     subscriber: Mutex<Option<AbortHandle>>,
 }
@@ -212,6 +212,22 @@ impl RedisBackend {
         }
     }
 
+    /// Stores `outcome`, under `fence` if given (see [`ResultBackend::store_fenced`]);
+    /// returns whether it stored.
+    async fn put(
+        &self,
+        id: TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+        fence: Option<u64>,
+    ) -> Result<bool> {
+        let value = rmp_serde::to_vec_named(&Fenced { outcome, fence: fence.unwrap_or(0) })
+            .map_err(|e| Error::Encode { what: "a task outcome", reason: e.to_string() })?;
+        let key = self.inner.keys.result(id);
+        let ttl_ms = ttl_millis(ttl);
+        self.inner.writer.submit(StoredResult { id, key, value, ttl_ms, fence }).await
+    }
+
     fn fail(&self, what: &str, e: redis::RedisError) -> Error {
         redis_error(&format!("{what} redis at {}", self.inner.addr), e)
     }
@@ -220,10 +236,21 @@ impl RedisBackend {
 #[async_trait]
 impl ResultBackend for RedisBackend {
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
-        let value = rmp_serde::to_vec_named(outcome)
-            .map_err(|e| Error::Encode { what: "a task outcome", reason: e.to_string() })?;
-        let key = self.inner.keys.result(id);
-        self.inner.writer.submit(StoredResult { id, key, value, ttl_ms: ttl_millis(ttl) }).await
+        self.put(id, outcome, ttl, None).await.map(|_| ())
+    }
+
+    /// The common case, a job's first result, costs what a plain store does: a
+    /// `SET ... NX` in the batch. Only when a result is there already does one more
+    /// round trip run `lua/store_result.lua`, which decides by
+    /// [`may_replace`](dmq_core::may_replace) and writes in one step.
+    async fn store_fenced(
+        &self,
+        id: TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+        fence: u64,
+    ) -> Result<bool> {
+        self.put(id, outcome, ttl, Some(fence)).await
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {
@@ -485,47 +512,112 @@ struct StoredResult {
     key: String,
     value: Vec<u8>,
     ttl_ms: u64,
+    /// The fence of a fenced store; `None` for a plain one, which replaces whatever is
+    /// there.
+    fence: Option<u64>,
+}
+
+/// An outcome as stored: the fence of the run that stored it (0 for a plain store),
+/// then the outcome's fields, `state` first. `lua/store_result.lua` reads the first
+/// two; readers of the outcome pass over `fence`.
+#[derive(serde::Serialize)]
+struct Fenced<'a> {
+    fence: u64,
+    #[serde(flatten)]
+    outcome: &'a TaskOutcome,
 }
 
 /// The most results written in one round trip.
 const MAX_RESULT_BATCH: usize = 512;
 
 /// Starts the task that writes results in batches: one pipeline of `SET ... PX` per
-/// result, then one `PUBLISH` of the batch's task ids, so a waiter told of its id
-/// finds the result stored.
-fn result_writer(conn: ConnectionManager, channel: String, addr: String) -> Batcher<StoredResult> {
+/// result (`NX` for a fenced one), then one `PUBLISH` of the batch's task ids, so a
+/// waiter told of its id finds the result stored. A fenced result that found one
+/// stored already is decided by `lua/store_result.lua` in a second round trip, and
+/// announced again if it replaced it.
+fn result_writer(
+    conn: ConnectionManager,
+    channel: String,
+    addr: String,
+) -> Batcher<StoredResult, bool> {
+    let script = Arc::new(redis::Script::new(include_str!("../lua/store_result.lua")));
     Batcher::new(MAX_RESULT_BATCH, move |batch: Vec<StoredResult>| {
         let mut conn = conn.clone();
         let channel = channel.clone();
         let addr = addr.clone();
+        let script = Arc::clone(&script);
         async move {
+            let failed = |e| {
+                let e = redis_error(
+                    &format!("could not store {} task results in redis at {addr}", batch.len()),
+                    e,
+                );
+                batch.iter().map(|_| Err(copy_error(&e))).collect()
+            };
             let mut pipe = redis::pipe();
             let mut ids = String::with_capacity(batch.len() * 37);
             for result in &batch {
-                pipe.cmd("SET")
-                    .arg(&result.key)
-                    .arg(&result.value)
-                    .arg("PX")
-                    .arg(result.ttl_ms)
-                    .ignore();
-                if !ids.is_empty() {
-                    ids.push(',');
+                let set = pipe.cmd("SET").arg(&result.key).arg(&result.value);
+                set.arg("PX").arg(result.ttl_ms);
+                if result.fence.is_some() {
+                    set.arg("NX");
                 }
-                ids.push_str(&result.id.to_string());
+                push_id(&mut ids, result.id);
             }
             pipe.cmd("PUBLISH").arg(&channel).arg(ids).ignore();
-            match pipe.query_async::<()>(&mut conn).await {
-                Ok(()) => batch.iter().map(|_| Ok(())).collect(),
-                Err(e) => {
-                    let e = redis_error(
-                        &format!("could not store {} task results in redis at {addr}", batch.len()),
-                        e,
-                    );
-                    batch.iter().map(|_| Err(copy_error(&e))).collect()
+            let set: Vec<Option<String>> = match pipe.query_async(&mut conn).await {
+                Ok(set) => set,
+                Err(e) => return failed(e),
+            };
+            let mut stored: Vec<Result<bool>> = set.iter().map(|ok| Ok(ok.is_some())).collect();
+            // Fenced results that found one stored already: decided by the script.
+            let contested: Vec<usize> = (0..batch.len())
+                .filter(|&i| batch[i].fence.is_some() && set.get(i).is_some_and(Option::is_none))
+                .collect();
+            if contested.is_empty() {
+                return stored;
+            }
+            // Sent together on the multiplexed connection; rare, so not batched further.
+            let decided = contested.iter().map(|&i| {
+                let result = &batch[i];
+                let mut conn = conn.clone();
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&result.key).arg(&result.value).arg(result.ttl_ms);
+                invocation.arg(result.fence.unwrap_or(0));
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
+            });
+            let mut replaced = Vec::with_capacity(contested.len());
+            for decision in futures::future::join_all(decided).await {
+                match decision {
+                    Ok(n) => replaced.push(n),
+                    Err(e) => return failed(e),
                 }
             }
+            let mut ids = String::new();
+            for (&i, replaced) in contested.iter().zip(replaced) {
+                stored[i] = Ok(replaced == 1);
+                if replaced == 1 {
+                    push_id(&mut ids, batch[i].id);
+                }
+            }
+            if !ids.is_empty() {
+                let published: redis::RedisResult<i64> =
+                    redis::cmd("PUBLISH").arg(&channel).arg(ids).query_async(&mut conn).await;
+                if let Err(e) = published {
+                    return failed(e);
+                }
+            }
+            stored
         }
     })
+}
+
+/// Appends `id` to a comma-separated list of task ids.
+fn push_id(ids: &mut String, id: TaskId) {
+    if !ids.is_empty() {
+        ids.push(',');
+    }
+    ids.push_str(&id.to_string());
 }
 
 /// The pause before reconnection attempt `failures + 1`: doubling from

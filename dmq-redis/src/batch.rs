@@ -11,36 +11,37 @@ use dmq_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
 /// One call waiting for its batch.
-type Pending<T> = (T, oneshot::Sender<Result<()>>);
+type Pending<T, R> = (T, oneshot::Sender<Result<R>>);
 
 /// Writes a batch; returns one result per item, in order.
-type Write<T> =
-    Arc<dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Vec<Result<()>>> + Send>> + Send + Sync>;
+type Write<T, R> =
+    Arc<dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Vec<Result<R>>> + Send>> + Send + Sync>;
 
-/// Feeds items to a background task that writes them in batches of up to `max`.
+/// Feeds items to a background task that writes them in batches of up to `max`, each
+/// item's write answering with an `R`.
 ///
 /// The task starts with the first item, on the caller's runtime, and starts again on
 /// the next caller's runtime if the one it ran on has shut down.
-pub(crate) struct Batcher<T> {
+pub(crate) struct Batcher<T, R = ()> {
     max: usize,
-    write: Write<T>,
-    tx: Mutex<Option<mpsc::UnboundedSender<Pending<T>>>>,
+    write: Write<T, R>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Pending<T, R>>>>,
 }
 
-impl<T> fmt::Debug for Batcher<T> {
+impl<T, R> fmt::Debug for Batcher<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batcher").field("max", &self.max).finish_non_exhaustive()
     }
 }
 
-impl<T: Send + 'static> Batcher<T> {
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// A batcher that writes with `write`.
     pub(crate) fn new<F, Fut>(max: usize, write: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Result<()>>> + Send + 'static,
+        Fut: Future<Output = Vec<Result<R>>> + Send + 'static,
     {
-        let write: Write<T> = Arc::new(move |batch| Box::pin(write(batch)));
+        let write: Write<T, R> = Arc::new(move |batch| Box::pin(write(batch)));
         Batcher { max, write, tx: Mutex::new(None) }
     }
 
@@ -49,19 +50,19 @@ impl<T: Send + 'static> Batcher<T> {
     /// # Cancel safety
     ///
     /// Once called, the write happens even if the returned future is dropped.
-    pub(crate) async fn submit(&self, item: T) -> Result<()> {
+    pub(crate) async fn submit(&self, item: T) -> Result<R> {
         let (reply, result) = oneshot::channel();
         self.sender().send((item, reply)).map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
 
     /// The writer task's channel, starting the task when none runs.
-    fn sender(&self) -> mpsc::UnboundedSender<Pending<T>> {
+    fn sender(&self) -> mpsc::UnboundedSender<Pending<T, R>> {
         let mut tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(running) = tx.as_ref().filter(|running| !running.is_closed()) {
             return running.clone();
         }
-        let (sender, mut rx) = mpsc::unbounded_channel::<Pending<T>>();
+        let (sender, mut rx) = mpsc::unbounded_channel::<Pending<T, R>>();
         let write = Arc::clone(&self.write);
         let max = self.max;
         tokio::spawn(async move {

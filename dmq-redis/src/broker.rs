@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
-    Broker, DeadLetter, Delivery, Error, Event, EventPage, EventsFrom, Job, Lease, QueueStats,
-    Result, ScheduleState, TaskId, WorkerInfo, WorkerStatus,
+    Broker, DeadLetter, Delivery, Error, Event, EventPage, EventsFrom, Job, Lease, QueueCheckup,
+    QueueStats, Result, ScheduleState, TaskId, WorkerInfo, WorkerStatus,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{Client, ScriptInvocation, Value};
@@ -26,9 +26,7 @@ use crate::scripts::Scripts;
 /// The default cap on each queue's dead-letter list.
 pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
 
-/// The default number of deliveries after which a job whose lease expires again is
-/// dead-lettered as a poison pill.
-pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+pub use dmq_core::DEFAULT_MAX_DELIVERIES;
 
 /// How long a BLPOP may take to answer after `CLIENT UNBLOCK`.
 const UNBLOCK_GRACE: Duration = Duration::from_millis(50);
@@ -44,6 +42,13 @@ const REAPER_LOCK: Duration = Duration::from_secs(2);
 
 /// Idle blocking connections kept for reuse.
 const SPARE_BLOCKING_CONNECTIONS: usize = 8;
+
+/// How often a reaper also looks for stranded jobs (see [`Broker::doctor`]).
+const DOCTOR_EVERY: Duration = Duration::from_secs(60);
+
+/// How a claim's token number becomes its lease's fence: the claim's sequence number
+/// times this, plus the job's place in the claim (at most [`MAX_CLAIM`]).
+const FENCE_STRIDE: u64 = 1024;
 
 /// A [`Broker`] on Redis 7: ready jobs in one list per priority, delayed jobs and
 /// retries in a sorted set scored by due time, in-flight jobs under leases whose
@@ -87,6 +92,20 @@ pub struct RedisBroker {
     /// About how many events one entry of the event stream holds, as last read: how
     /// many entries a read asks for. A hint, never a limit.
     events_per_entry: AtomicUsize,
+    /// Claims whose reply was lost (the connection broke, or the claim was dropped,
+    /// while the script may have run): the worker, queue and tag of each, to give back
+    /// what they took before the next claim.
+    lost_claims: Mutex<Vec<LostClaim>>,
+    /// When this broker's reaper last looked for stranded jobs.
+    last_doctor: Mutex<Option<std::time::Instant>>,
+}
+
+/// A claim whose caller never learned what it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LostClaim {
+    worker: String,
+    queue: String,
+    tag: String,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -176,6 +195,8 @@ impl RedisBroker {
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             event_stream_cap: dmq_core::DEFAULT_EVENT_STREAM_CAP,
             events_per_entry: AtomicUsize::new(events::FIRST_GUESS_PER_ENTRY),
+            lost_claims: Mutex::new(Vec::new()),
+            last_doctor: Mutex::new(None),
         })
     }
 
@@ -187,9 +208,13 @@ impl RedisBroker {
         self
     }
 
-    /// Dead-letters a job whose lease expires after it was delivered `n` times (5 by
-    /// default), instead of handing it out again: a job that kills or hangs every
+    /// Dead-letters a job whose worker was lost `n` times while the job ran alone (5
+    /// by default), instead of handing it out again: a job that kills or hangs every
     /// worker that takes it must not take them all down in turn. 0 means no limit.
+    ///
+    /// A job taken back after its worker was lost is suspect: it is claimed alone
+    /// ([`Delivery::isolated`]) and its worker runs nothing beside it, so a poison pill
+    /// is dead-lettered on its own, never the jobs that ran beside it when it struck.
     #[must_use]
     pub fn with_max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n;
@@ -236,6 +261,7 @@ impl RedisBroker {
         Ok(token.filter(|t| !t.is_empty()).map(|token| Lease {
             id,
             queue: queue.to_owned(),
+            fence: fence_of(&token),
             token,
         }))
     }
@@ -338,15 +364,22 @@ impl RedisBroker {
         }
     }
 
-    /// Claims from one queue; returns the jobs and how long until the next change.
+    /// Claims from one queue (a suspect job too, when `suspect` allows); returns the
+    /// jobs and how long until the next change.
+    ///
+    /// The claim carries a fresh tag in its tokens. Until its reply is read, it is
+    /// listed among the lost claims: if the reply never comes (the connection broke,
+    /// or this future was dropped), the next claim gives back what it took, rather
+    /// than leave those jobs in flight for a whole lease.
     async fn claim_queue(
         &self,
         worker: &str,
         queue: &str,
-        max: usize,
+        (max, suspect): (usize, bool),
         lease: Duration,
     ) -> Result<(Vec<Delivery>, Option<Duration>)> {
         let keys = self.keys.queue(queue);
+        let tag = format!("{:x}", rand_u64());
         let mut invocation = self.scripts.claim.prepare_invoke();
         add_lease_keys(&mut invocation, &keys);
         invocation
@@ -354,12 +387,90 @@ impl RedisBroker {
             .arg(millis(lease).max(1))
             .arg(self.max_deliveries)
             .arg(self.dead_letter_cap)
-            .arg(worker);
-        let reply: Vec<Value> = self.run("claiming jobs", &invocation).await?;
-        parse_claim(queue, reply).ok_or_else(|| Error::Backend {
+            .arg(worker)
+            .arg(&tag)
+            .arg(u8::from(suspect));
+        let pending = PendingClaim::new(
+            &self.lost_claims,
+            LostClaim { worker: worker.to_owned(), queue: queue.to_owned(), tag },
+        );
+        let reply: Vec<Value> = match self.run("claiming jobs", &invocation).await {
+            Ok(reply) => reply,
+            // Redis refused the script (a key of the wrong type, say): it changed nothing.
+            Err(e) if !e.is_transient() => {
+                pending.settled();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        pending.settled();
+        let claim = parse_claim(queue, reply).ok_or_else(|| Error::Backend {
             message: "unexpected reply from the claim script".to_owned(),
             transient: false,
-        })
+        })?;
+        for (entry, why) in &claim.bad {
+            tracing::error!(
+                queue,
+                entry = %String::from_utf8_lossy(entry),
+                why,
+                "dropped a bad entry from a ready list: it is no job of dmq's (another program \
+                 or a bug wrote it); the jobs claimed beside it run as usual"
+            );
+        }
+        Ok((claim.deliveries, claim.next_change))
+    }
+
+    /// Gives back what the claims whose reply was lost took. Returns an error, with
+    /// the claims still listed, when Redis cannot be reached yet.
+    async fn recover_lost_claims(&self) -> Result<()> {
+        let lost: Vec<LostClaim> =
+            self.lost_claims.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for claim in lost {
+            let keys = self.keys.queue(&claim.queue);
+            let mut invocation = self.scripts.recover.prepare_invoke();
+            invocation.key(keys.meta()).key(keys.in_flight()).key(keys.signal());
+            add_ready_keys(&mut invocation, &keys);
+            invocation.key(keys.suspect());
+            invocation.arg(&claim.worker).arg(&claim.tag);
+            let given: u64 =
+                self.run("giving back a claim whose reply was lost", &invocation).await?;
+            if given > 0 {
+                tracing::warn!(
+                    queue = %claim.queue,
+                    jobs = given,
+                    "gave back the jobs of a claim whose reply was lost (the connection broke); they are claimed again now"
+                );
+            }
+            self.lost_claims.lock().unwrap_or_else(|p| p.into_inner()).retain(|c| *c != claim);
+        }
+        Ok(())
+    }
+
+    /// Looks for stranded jobs in `queues` and puts them back, at most once every
+    /// [`DOCTOR_EVERY`]; part of a reap.
+    async fn doctor_now_and_then(&self, queues: &[String]) {
+        {
+            let mut last = self.last_doctor.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < DOCTOR_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.doctor(queues, true).await {
+            Ok(checkups) => {
+                for checkup in checkups.iter().filter(|c| !c.stranded.is_empty()) {
+                    tracing::warn!(
+                        queue = %checkup.queue,
+                        jobs = checkup.stranded.len(),
+                        ids = ?checkup.stranded,
+                        "put back stranded jobs: their envelope was stored but they waited nowhere (a write cut off halfway)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for stranded jobs failed; trying again at a later reap")
+            }
+        }
     }
 
     async fn blocking_connection(&self) -> Result<BlockingConnection> {
@@ -627,7 +738,7 @@ fn add_lease_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
     invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed()).key(keys.in_flight());
     add_ready_keys(invocation, keys);
     invocation.key(keys.dead()).key(keys.dead_payloads()).key(keys.dead_dropped());
-    invocation.key(keys.signal());
+    invocation.key(keys.signal()).key(keys.suspect()).key(keys.bad_entries());
 }
 
 fn add_ready_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
@@ -702,14 +813,37 @@ fn parse_dead_entry(queue: &str, entry: &str, payload: Vec<u8>) -> Option<DeadLe
     Some(DeadLetter::new(id, queue, payload, reason, at))
 }
 
-fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<Duration>)> {
+/// What one run of the claim script returned.
+struct ClaimReply {
+    deliveries: Vec<Delivery>,
+    /// How long until a delayed job falls due or a lease expires, when none was
+    /// claimed.
+    next_change: Option<Duration>,
+    /// The bad entries it dropped, and why.
+    bad: Vec<(Vec<u8>, String)>,
+}
+
+fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
     let mut items = reply.into_iter();
     let next_change = match items.next()? {
         Value::Int(ms) if ms >= 0 => Some(Duration::from_millis(ms.unsigned_abs())),
         Value::Int(_) => None,
         _ => return None,
     };
-    let mut deliveries = Vec::with_capacity(items.len() / 4);
+    let mut bad = Vec::new();
+    match items.next()? {
+        Value::Array(entries) => {
+            let mut entries = entries.into_iter();
+            while let (Some(Value::BulkString(entry)), Some(Value::BulkString(why))) =
+                (entries.next(), entries.next())
+            {
+                bad.push((entry, String::from_utf8_lossy(&why).into_owned()));
+            }
+        }
+        Value::Nil => {}
+        _ => return None,
+    }
+    let mut deliveries = Vec::with_capacity(items.len() / 5);
     loop {
         let Some(id) = items.next() else { break };
         let (
@@ -717,16 +851,66 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<(Vec<Delivery>, Option<
             Value::BulkString(payload),
             Value::Int(count),
             Value::BulkString(token),
-        ) = (id, items.next()?, items.next()?, items.next()?)
+            Value::Int(isolated),
+        ) = (id, items.next()?, items.next()?, items.next()?, items.next()?)
         else {
             return None;
         };
         let id: TaskId = std::str::from_utf8(&id).ok()?.parse().ok()?;
         let token = String::from_utf8(token).ok()?;
-        let lease = Lease { id, queue: queue.to_owned(), token };
-        deliveries.push(Delivery::new(lease, payload, u32::try_from(count).unwrap_or(u32::MAX)));
+        let lease = Lease { id, queue: queue.to_owned(), fence: fence_of(&token), token };
+        let delivery = Delivery::new(lease, payload, u32::try_from(count).unwrap_or(u32::MAX));
+        deliveries.push(if isolated == 1 { delivery.to_run_alone() } else { delivery });
     }
-    Some((deliveries, next_change))
+    Some(ClaimReply { deliveries, next_change, bad })
+}
+
+/// The fence of a lease token `<seq>.<n>.<ms>.<tag>@<worker>`: grows with every claim
+/// of the queue, so with every claim of a job. 0 for a token that does not parse.
+fn fence_of(token: &str) -> u64 {
+    let mut parts = token.splitn(3, '.');
+    let seq = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let n = parts.next().and_then(|p| p.parse::<u64>().ok());
+    match (seq, n) {
+        (Some(seq), Some(n)) => seq.saturating_mul(FENCE_STRIDE).saturating_add(n),
+        _ => 0,
+    }
+}
+
+/// A random number, for claim tags.
+fn rand_u64() -> u64 {
+    #[allow(clippy::cast_possible_truncation)]
+    let bits = uuid::Uuid::new_v4().as_u128() as u64;
+    bits
+}
+
+/// A claim on its way: unless its reply is read ([`settled`]), dropping it (the
+/// reply failed, or the claim's future was dropped) lists the claim among the lost
+/// ones, whose jobs the next claim gives back.
+///
+/// [`settled`]: PendingClaim::settled
+struct PendingClaim<'a> {
+    lost: &'a Mutex<Vec<LostClaim>>,
+    claim: Option<LostClaim>,
+}
+
+impl<'a> PendingClaim<'a> {
+    fn new(lost: &'a Mutex<Vec<LostClaim>>, claim: LostClaim) -> Self {
+        PendingClaim { lost, claim: Some(claim) }
+    }
+
+    /// The reply came: nothing to give back.
+    fn settled(mut self) {
+        self.claim = None;
+    }
+}
+
+impl Drop for PendingClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            self.lost.lock().unwrap_or_else(|p| p.into_inner()).push(claim);
+        }
+    }
 }
 
 #[async_trait]
@@ -754,6 +938,9 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let max = max.min(MAX_CLAIM);
+        if !self.lost_claims.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            self.recover_lost_claims().await?;
+        }
         let give_up = Instant::now()
             .checked_add(wait)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
@@ -768,8 +955,11 @@ impl Broker for RedisBroker {
                 if claimed.len() >= max {
                     break;
                 }
-                match self.claim_queue(worker, queue, max - claimed.len(), lease).await {
+                // A suspect job goes alone: only to a claim that has nothing yet.
+                let limits = (max - claimed.len(), claimed.is_empty());
+                match self.claim_queue(worker, queue, limits, lease).await {
                     Ok((mut got, change)) => {
+                        let alone = got.iter().any(|d| d.isolated);
                         if woken.as_deref() == Some(queue.as_str()) {
                             woken = None;
                         }
@@ -778,6 +968,9 @@ impl Broker for RedisBroker {
                             (Some(a), Some(b)) => Some(a.min(b)),
                             (a, b) => a.or(b),
                         };
+                        if alone {
+                            break;
+                        }
                     }
                     Err(e) => {
                         failure = Some((queue, e));
@@ -841,6 +1034,7 @@ impl Broker for RedisBroker {
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation.key(keys.meta()).key(keys.in_flight()).key(keys.signal());
         add_ready_keys(&mut invocation, &keys);
+        invocation.key(keys.suspect());
         invocation.arg(lease.id.to_string()).arg(&lease.token);
         self.settle("releasing a job", lease, &invocation).await
     }
@@ -1027,6 +1221,9 @@ impl Broker for RedisBroker {
             }
         }
         self.run::<i64>("ending a reap", &end).await?;
+        if failed.is_none() {
+            self.doctor_now_and_then(&all_queues).await;
+        }
         if !dead.is_empty() && failed.is_none() {
             let workers: Vec<&str> = dead.iter().map(|(id, _)| id.as_str()).collect();
             tracing::warn!(
@@ -1062,6 +1259,7 @@ impl Broker for RedisBroker {
         let mut invocation = self.scripts.purge.prepare_invoke();
         invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed());
         add_ready_keys(&mut invocation, &keys);
+        invocation.key(keys.suspect());
         self.run("purging a queue", &invocation).await
     }
 
@@ -1102,18 +1300,57 @@ impl Broker for RedisBroker {
         pipe.zcard(keys.delayed())
             .zcard(keys.in_flight())
             .llen(keys.dead())
-            .get(keys.dead_dropped());
+            .get(keys.dead_dropped())
+            .llen(keys.suspect())
+            .get(keys.bad_entries());
         let mut conn = self.conn().await?;
         let counts: Vec<Option<u64>> =
             pipe.query_async(&mut conn).await.map_err(|e| self.err("reading queue sizes", e))?;
         let at = |i: usize| counts.get(i).copied().flatten().unwrap_or(0);
         let mut stats = QueueStats::default();
-        stats.ready = (0..10).map(at).sum();
+        stats.suspect = at(14);
+        stats.ready = (0..10).map(at).sum::<u64>() + stats.suspect;
         stats.delayed = at(10);
         stats.in_flight = at(11);
         stats.dead = at(12);
         stats.dead_dropped = at(13);
+        stats.bad_entries = at(15);
         Ok(stats)
+    }
+
+    /// One script per queue: a few counts, and only when they do not add up a pass
+    /// over the queue's lists and sets (see docs/redis-layout.md).
+    async fn doctor(&self, queues: &[String], fix: bool) -> Result<Vec<QueueCheckup>> {
+        let mut checkups = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let keys = self.keys.queue(queue);
+            let mut invocation = self.scripts.doctor.prepare_invoke();
+            add_lease_keys(&mut invocation, &keys);
+            invocation.arg(u8::from(fix));
+            let reply: Vec<Value> = self.run("looking for stranded jobs", &invocation).await?;
+            let mut items = reply.into_iter();
+            let mut count = || match items.next() {
+                Some(Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
+                _ => Err(Error::Backend {
+                    message: "unexpected reply from the doctor script".to_owned(),
+                    transient: false,
+                }),
+            };
+            let (_stored, _placed, suspect, bad_entries) = (count()?, count()?, count()?, count()?);
+            let stranded: Vec<String> = items
+                .filter_map(|v| match v {
+                    Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            let mut checkup = QueueCheckup::healthy(queue.clone());
+            checkup.fixed = fix && !stranded.is_empty();
+            checkup.stranded = stranded;
+            checkup.suspect = suspect;
+            checkup.bad_entries = bad_entries;
+            checkups.push(checkup);
+        }
+        Ok(checkups)
     }
 
     async fn dead_letters(

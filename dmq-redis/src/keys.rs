@@ -115,8 +115,10 @@ impl QueueKeys {
     /// What every key of a queue ends with after `{<namespace>:<queue>}:`, one entry
     /// per builder below (`ready:` is followed by the priority, `idem:` by the user's
     /// key); tools read queue names back from keys with it.
-    pub const SUFFIXES: &'static [&'static str] =
-        &["ready:", "delayed", "inflight", "jobs", "meta", "dead", "done", "signal", "idem:"];
+    pub const SUFFIXES: &'static [&'static str] = &[
+        "ready:", "delayed", "inflight", "jobs", "meta", "dead", "done", "signal", "idem:",
+        "suspect", "bad",
+    ];
 
     /// The ready list of priority `p` (0 to 9).
     #[must_use]
@@ -142,7 +144,8 @@ impl QueueKeys {
         format!("{}:jobs", self.prefix)
     }
 
-    /// The hash of job id to "priority:deliveries:token".
+    /// The hash of job id to "priority:deliveries[/strikes[i]]:token" (see
+    /// docs/redis-layout.md).
     #[must_use]
     pub fn meta(&self) -> String {
         format!("{}:meta", self.prefix)
@@ -179,6 +182,20 @@ impl QueueKeys {
         format!("{}:done", self.prefix)
     }
 
+    /// The list of suspect jobs, oldest first: taken back after their worker was lost
+    /// while running them, each waits to be claimed alone.
+    #[must_use]
+    pub fn suspect(&self) -> String {
+        format!("{}:suspect", self.prefix)
+    }
+
+    /// How many bad entries (an id that is not a task id, or has no envelope) claims
+    /// found in the queue's lists and dropped.
+    #[must_use]
+    pub fn bad_entries(&self) -> String {
+        format!("{}:bad", self.prefix)
+    }
+
     /// The list idle claimers block on: holds at most one wake-up, pushed when jobs
     /// arrive in an empty ready list, or a delayed job or retry is added.
     #[must_use]
@@ -211,9 +228,17 @@ mod tests {
     #[test]
     fn a_queue_keys_share_one_hash_tag() {
         let q = Keys::new("app").queue("emails");
-        for key in
-            [q.ready(9), q.delayed(), q.in_flight(), q.payloads(), q.meta(), q.dead(), q.signal()]
-        {
+        for key in [
+            q.ready(9),
+            q.delayed(),
+            q.in_flight(),
+            q.payloads(),
+            q.meta(),
+            q.dead(),
+            q.signal(),
+            q.suspect(),
+            q.bad_entries(),
+        ] {
             assert!(key.starts_with("{app:emails}:"), "{key}");
         }
     }

@@ -33,6 +33,8 @@ pub(crate) struct Scripts {
     pub(crate) schedule_fire: Script,
     pub(crate) purge_dead: Script,
     pub(crate) purge: Script,
+    pub(crate) recover: Script,
+    pub(crate) doctor: Script,
 }
 
 impl Scripts {
@@ -56,6 +58,8 @@ impl Scripts {
             schedule_fire: script!("schedule_fire"),
             purge_dead: script!("purge_dead"),
             purge: script!("purge"),
+            recover: script!("recover"),
+            doctor: script!("doctor"),
         }
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{ResultBackend, TaskOutcome};
+use super::{ResultBackend, TaskOutcome, may_replace};
 use crate::error::Result;
 use crate::task::TaskId;
 
@@ -20,7 +20,8 @@ pub struct InMemoryBackend {
 
 #[derive(Debug, Default)]
 struct State {
-    outcomes: HashMap<TaskId, (TaskOutcome, Instant)>,
+    /// Each outcome, when it expires, and the fence it was stored under (0 for none).
+    outcomes: HashMap<TaskId, (TaskOutcome, Instant, u64)>,
     waiters: HashMap<TaskId, Arc<Notify>>,
     stores_since_sweep: usize,
 }
@@ -35,13 +36,43 @@ impl InMemoryBackend {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Stores `outcome`, under `fence` if given and only where [`may_replace`] allows;
+    /// returns whether it stored.
+    fn put(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration, fence: Option<u64>) -> bool {
+        // Copied before the lock is taken, so that other callers do not wait for it.
+        let entry = (outcome.clone(), crate::clock::deadline(ttl), fence.unwrap_or(0));
+        let replaced = {
+            let mut state = self.lock();
+            if let Some(fence) = fence {
+                let now = Instant::now();
+                let stored = state.outcomes.get(&id).filter(|(_, expires, _)| *expires > now);
+                if !may_replace(stored.map(|(outcome, _, fenced)| (outcome.state, *fenced)), fence)
+                {
+                    return false;
+                }
+            }
+            let replaced = state.outcomes.insert(id, entry);
+            // Most results are stored before anyone waits for them: skip the look-up.
+            if !state.waiters.is_empty() {
+                if let Some(notify) = state.waiters.remove(&id) {
+                    notify.notify_waiters();
+                }
+            }
+            state.sweep();
+            replaced
+        };
+        // A replaced outcome is freed once the lock is released.
+        drop(replaced);
+        true
+    }
 }
 
 impl State {
     fn live(&mut self, id: TaskId) -> Option<TaskOutcome> {
         let now = Instant::now();
         match self.outcomes.get(&id) {
-            Some((outcome, expires)) if *expires > now => Some(outcome.clone()),
+            Some((outcome, expires, _)) if *expires > now => Some(outcome.clone()),
             Some(_) => {
                 self.outcomes.remove(&id);
                 None
@@ -58,7 +89,7 @@ impl State {
         }
         self.stores_since_sweep = 0;
         let now = Instant::now();
-        self.outcomes.retain(|_, (_, expires)| *expires > now);
+        self.outcomes.retain(|_, (_, expires, _)| *expires > now);
         self.waiters.retain(|_, notify| Arc::strong_count(notify) > 1);
     }
 }
@@ -66,23 +97,18 @@ impl State {
 #[async_trait]
 impl ResultBackend for InMemoryBackend {
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
-        // Copied before the lock is taken, so that other callers do not wait for it.
-        let entry = (outcome.clone(), crate::clock::deadline(ttl));
-        let replaced = {
-            let mut state = self.lock();
-            let replaced = state.outcomes.insert(id, entry);
-            // Most results are stored before anyone waits for them: skip the look-up.
-            if !state.waiters.is_empty() {
-                if let Some(notify) = state.waiters.remove(&id) {
-                    notify.notify_waiters();
-                }
-            }
-            state.sweep();
-            replaced
-        };
-        // A replaced outcome is freed once the lock is released.
-        drop(replaced);
+        self.put(id, outcome, ttl, None);
         Ok(())
+    }
+
+    async fn store_fenced(
+        &self,
+        id: TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+        fence: u64,
+    ) -> Result<bool> {
+        Ok(self.put(id, outcome, ttl, Some(fence)))
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {

@@ -120,6 +120,25 @@ impl fmt::Debug for TaskOutcome {
     }
 }
 
+/// Whether a run's outcome, stored under fence `fence`, may replace the outcome
+/// already stored for the job (its state and the fence it was stored under, 0 for a
+/// plain [`store`](ResultBackend::store)), for
+/// [`store_fenced`](ResultBackend::store_fenced): the one rule every backend applies.
+///
+/// - nothing stored yet: yes;
+/// - a success is stored: only by the very run that stored it (the same fence), so a
+///   write repeated after a lost reply changes nothing;
+/// - a failure or an expiry is stored: by that run or a later one (a job taken from
+///   the dead-letter queue and run again), never by an earlier one.
+#[must_use]
+pub fn may_replace(stored: Option<(TaskState, u64)>, fence: u64) -> bool {
+    match stored {
+        None => true,
+        Some((TaskState::Succeeded, stored_fence)) => stored_fence == fence,
+        Some((_, stored_fence)) => stored_fence <= fence,
+    }
+}
+
 /// Where task outcomes are kept, by task id, for a limited time.
 ///
 /// The trait is object safe; dmq holds backends as `Arc<dyn ResultBackend>`.
@@ -132,6 +151,27 @@ pub trait ResultBackend: Send + Sync + fmt::Debug + 'static {
     ///
     /// When the backend cannot be reached.
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()>;
+
+    /// Stores the outcome of the run that held the lease with fence `fence`
+    /// ([`Lease::fence`](crate::Lease::fence)) as [`store`](ResultBackend::store)
+    /// does, unless [`may_replace`] says no: a success once stored is never replaced
+    /// by another run, and nothing replaces what a later run (a greater fence) stored.
+    /// The check and the write are one atomic step. Returns whether it stored.
+    ///
+    /// Workers store every result this way, so a run that lost its lease (it stalled
+    /// past it, and another worker took the job over and finished it) cannot change
+    /// the result its successor stored.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot be reached.
+    async fn store_fenced(
+        &self,
+        id: TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+        fence: u64,
+    ) -> Result<bool>;
 
     /// The outcome stored under `id`, if any. Never waits.
     ///
@@ -151,4 +191,28 @@ pub trait ResultBackend: Send + Sync + fmt::Debug + 'static {
     ///
     /// Cancel safe: dropping the future only stops the wait.
     async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Option<TaskOutcome>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_success_is_replaced_only_by_the_run_that_stored_it() {
+        let success = Some((TaskState::Succeeded, 7));
+        assert!(may_replace(success, 7));
+        assert!(!may_replace(success, 6), "an earlier run");
+        assert!(!may_replace(success, 8), "a later run");
+        assert!(!may_replace(Some((TaskState::Succeeded, 0)), 8), "a plain store's success");
+    }
+
+    #[test]
+    fn a_failure_is_replaced_by_the_same_or_a_later_run_only() {
+        for state in [TaskState::Failed, TaskState::Expired] {
+            assert!(may_replace(Some((state, 7)), 7));
+            assert!(may_replace(Some((state, 8)), 9));
+            assert!(!may_replace(Some((state, 8)), 7), "an earlier run");
+        }
+        assert!(may_replace(None, 1));
+    }
 }

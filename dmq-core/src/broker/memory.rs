@@ -23,6 +23,10 @@ use crate::task::TaskId;
 /// The default cap on each queue's dead-letter queue.
 pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
 
+/// How many times, by default, a job's worker may be lost while the job runs alone
+/// before the job is dead-lettered as a poison pill (see [`Delivery::isolated`]).
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+
 /// A [`Broker`] in process memory.
 ///
 /// Several queues, priorities, delayed jobs held until their eta, leases that return
@@ -33,7 +37,6 @@ pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
 pub struct InMemoryBroker {
     state: Mutex<State>,
     notify: Notify,
-    dead_letter_cap: usize,
     events: Mutex<EventLog>,
     /// Wakes the readers waiting for events.
     published: Notify,
@@ -43,6 +46,7 @@ pub struct InMemoryBroker {
 struct State {
     queues: HashMap<String, Queue>,
     next_seq: u64,
+    limits: Limits,
     /// Registered workers and when their heartbeat lapses.
     workers: HashMap<String, (WorkerInfo, Instant, DateTime<Utc>, Duration)>,
     /// Idempotency keys per (queue, key): the job they belong to and until when.
@@ -51,10 +55,27 @@ struct State {
     schedules: BTreeMap<String, ScheduleState>,
 }
 
+/// What decides when a job is dead-lettered without running.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    dead_letter_cap: usize,
+    /// Strikes that make a job a poison pill; 0 for no limit.
+    max_deliveries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { dead_letter_cap: DEFAULT_DEAD_LETTER_CAP, max_deliveries: DEFAULT_MAX_DELIVERIES }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Queue {
     /// One list per priority, index 0 the lowest.
     ready: [VecDeque<Stored>; MAX_PRIORITY as usize + 1],
+    /// Jobs taken back after their worker was lost while running them, oldest first:
+    /// each is claimed alone.
+    suspect: VecDeque<Stored>,
     delayed: BTreeMap<(Instant, u64), Stored>,
     in_flight: HashMap<TaskId, InFlight>,
     /// The in-flight jobs' leases, the soonest to expire on top, so that expired ones
@@ -110,6 +131,8 @@ struct Stored {
     /// released.
     payload: Arc<[u8]>,
     deliveries: u32,
+    /// How many times its worker was lost while it ran alone.
+    strikes: u32,
 }
 
 /// A job about to be added, made before the lock is taken.
@@ -126,6 +149,7 @@ impl From<Job> for NewJob {
             priority: job.priority.min(MAX_PRIORITY),
             payload: job.payload.into(),
             deliveries: 0,
+            strikes: 0,
         };
         NewJob { queue: job.queue, eta: job.eta, stored }
     }
@@ -139,13 +163,15 @@ struct Claimed<'a> {
     token: u64,
     payload: Arc<[u8]>,
     deliveries: u32,
+    isolated: bool,
 }
 
 impl Claimed<'_> {
     fn into_delivery(self) -> Delivery {
-        let lease =
-            Lease { id: self.id, queue: self.queue.to_owned(), token: token_of(self.token) };
-        Delivery::new(lease, self.payload.to_vec(), self.deliveries)
+        let token = token_of(self.token);
+        let lease = Lease { id: self.id, queue: self.queue.to_owned(), token, fence: self.token };
+        let delivery = Delivery::new(lease, self.payload.to_vec(), self.deliveries);
+        if self.isolated { delivery.to_run_alone() } else { delivery }
     }
 }
 
@@ -164,6 +190,8 @@ struct InFlight {
     /// When it was claimed: a worker presumed dead loses only the jobs it claimed
     /// before its heartbeat lapsed.
     claimed_at: Instant,
+    /// Whether it runs alone (it was suspect): losing it counts a strike.
+    isolated: bool,
 }
 
 impl Default for InMemoryBroker {
@@ -183,10 +211,10 @@ impl InMemoryBroker {
     /// ones are dropped and counted.
     #[must_use]
     pub fn with_dead_letter_cap(cap: usize) -> Self {
+        let limits = Limits { dead_letter_cap: cap, ..Limits::default() };
         InMemoryBroker {
-            state: Mutex::default(),
+            state: Mutex::new(State { limits, ..State::default() }),
             notify: Notify::new(),
-            dead_letter_cap: cap,
             events: Mutex::new(EventLog::new(DEFAULT_EVENT_STREAM_CAP)),
             published: Notify::new(),
         }
@@ -198,6 +226,15 @@ impl InMemoryBroker {
     #[must_use]
     pub fn with_event_stream_cap(self, cap: usize) -> Self {
         self.event_log().cap = cap;
+        self
+    }
+
+    /// Dead-letters a job whose worker was lost `n` times while it ran alone (5 by
+    /// default), instead of handing it out again: a job that kills or hangs every
+    /// worker that takes it must not take them all down in turn. 0 means no limit.
+    #[must_use]
+    pub fn with_max_deliveries(self, n: u32) -> Self {
+        self.lock().limits.max_deliveries = n;
         self
     }
 
@@ -264,8 +301,8 @@ impl Queue {
         self.ready[usize::from(stored.priority.min(MAX_PRIORITY))].push_back(stored);
     }
 
-    /// Moves due delayed jobs and expired leases back to ready.
-    fn promote(&mut self, now: Instant) {
+    /// Moves due delayed jobs to ready, and takes back expired leases.
+    fn promote(&mut self, name: &str, now: Instant, limits: Limits) {
         while let Some(entry) = self.delayed.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -273,12 +310,12 @@ impl Queue {
             let stored = entry.remove();
             self.push_ready(stored);
         }
-        self.expire_leases(now);
+        self.expire_leases(name, now, limits);
     }
 
-    /// Returns the jobs whose lease expired by `now` to the front of ready, the one
-    /// that expired first frontmost; returns how many.
-    fn expire_leases(&mut self, now: Instant) -> u64 {
+    /// Takes back the jobs whose lease expired by `now` (see [`Queue::give_back`]), the
+    /// one that expired first first; returns how many.
+    fn expire_leases(&mut self, name: &str, now: Instant, limits: Limits) -> u64 {
         let mut expired = Vec::new();
         while let Some(&Reverse((deadline, token, id))) = self.leases.peek() {
             if deadline > now {
@@ -292,8 +329,8 @@ impl Queue {
             }
         }
         let moved = expired.len() as u64;
-        for held in expired.into_iter().rev() {
-            self.return_to_ready(held);
+        for held in expired {
+            self.give_back(name, held, "lease expired", limits);
         }
         moved
     }
@@ -303,9 +340,11 @@ impl Queue {
     /// many.
     fn return_jobs_of(
         &mut self,
+        name: &str,
         dead: &HashMap<String, Duration>,
         now: Instant,
         holding: &mut HashSet<String>,
+        limits: Limits,
     ) -> u64 {
         if dead.is_empty() {
             return 0;
@@ -323,16 +362,42 @@ impl Queue {
         let moved = lapsed.len() as u64;
         for id in lapsed {
             if let Some(held) = self.in_flight.remove(&id) {
-                self.return_to_ready(held);
+                self.give_back(name, held, "its worker stopped heartbeating", limits);
             }
         }
         moved
     }
 
-    /// A lapsed lease's job goes back to the front of its priority's ready list.
-    fn return_to_ready(&mut self, held: InFlight) {
-        let priority = usize::from(held.stored.priority.min(MAX_PRIORITY));
-        self.ready[priority].push_front(held.stored);
+    /// A lapsed lease's job becomes suspect: it waits in the suspect list to be
+    /// claimed alone. One that was running alone gets a strike, and with
+    /// `max_deliveries` strikes it is dead-lettered as a poison pill instead.
+    fn give_back(&mut self, name: &str, held: InFlight, why: &str, limits: Limits) {
+        let mut stored = held.stored;
+        if held.isolated {
+            stored.strikes += 1;
+            if limits.max_deliveries > 0 && stored.strikes >= limits.max_deliveries {
+                let reason = format!(
+                    "poison: its worker was lost {} times while it ran alone ({why}; {} \
+                     deliveries); it may crash or hang its worker",
+                    stored.strikes, stored.deliveries
+                );
+                self.known.remove(&stored.id);
+                let letter =
+                    DeadLetter::new(stored.id, name, stored.payload.to_vec(), reason, Utc::now());
+                self.bury(letter, limits.dead_letter_cap);
+                return;
+            }
+        }
+        self.suspect.push_back(stored);
+    }
+
+    /// Pushes a dead letter, dropping (and counting) the oldest beyond `cap`.
+    fn bury(&mut self, letter: DeadLetter, cap: usize) {
+        self.dead.push_front(letter);
+        while self.dead.len() > cap {
+            self.dead.pop_back();
+            self.dead_dropped += 1;
+        }
     }
 
     /// Takes the job `lease` holds out of flight; `None`, changing nothing, when the
@@ -373,6 +438,31 @@ impl Queue {
         }
     }
 
+    /// Leases `job` (a stored job, its token, whether it runs alone) to `worker`, from
+    /// `at` until `deadline` (the `lease` pair).
+    fn hold<'a>(
+        &mut self,
+        name: &'a str,
+        (mut stored, token, isolated): (Stored, u64, bool),
+        (at, deadline): (Instant, Instant),
+        worker: &Arc<str>,
+    ) -> Claimed<'a> {
+        stored.deliveries += 1;
+        let claimed = Claimed {
+            id: stored.id,
+            queue: name,
+            token,
+            payload: Arc::clone(&stored.payload),
+            deliveries: stored.deliveries,
+            isolated,
+        };
+        self.add_lease(deadline, token, stored.id);
+        let worker = Arc::clone(worker);
+        let held = InFlight { stored, token, deadline, worker, claimed_at: at, isolated };
+        self.in_flight.insert(held.stored.id, held);
+        claimed
+    }
+
     fn pop_ready(&mut self) -> Option<Stored> {
         self.ready.iter_mut().rev().find_map(VecDeque::pop_front)
     }
@@ -390,7 +480,7 @@ impl Queue {
     }
 
     fn ready_len(&self) -> usize {
-        self.ready.iter().map(VecDeque::len).sum()
+        self.ready.iter().map(VecDeque::len).sum::<usize>() + self.suspect.len()
     }
 }
 
@@ -447,29 +537,28 @@ impl State {
         let now = Instant::now();
         let deadline = crate::clock::instant_after(now, lease);
         let mut next_change: Option<Instant> = None;
+        let limits = self.limits;
         for name in queues {
             let Some(queue) = self.queues.get_mut(name) else {
                 continue;
             };
-            queue.promote(now);
+            queue.promote(name, now, limits);
+            // A suspect job goes alone, to a claim that has nothing else.
+            if claimed.is_empty() {
+                if let Some(stored) = queue.suspect.pop_front() {
+                    self.next_seq += 1;
+                    let job = (stored, self.next_seq, true);
+                    claimed.push(queue.hold(name, job, (now, deadline), worker));
+                    return None;
+                }
+            }
             while claimed.len() < max {
-                let Some(mut stored) = queue.pop_ready() else {
+                let Some(stored) = queue.pop_ready() else {
                     break;
                 };
-                stored.deliveries += 1;
                 self.next_seq += 1;
-                let token = self.next_seq;
-                claimed.push(Claimed {
-                    id: stored.id,
-                    queue: name,
-                    token,
-                    payload: Arc::clone(&stored.payload),
-                    deliveries: stored.deliveries,
-                });
-                queue.add_lease(deadline, token, stored.id);
-                let worker = Arc::clone(worker);
-                let held = InFlight { stored, token, deadline, worker, claimed_at: now };
-                queue.in_flight.insert(held.stored.id, held);
+                let job = (stored, self.next_seq, false);
+                claimed.push(queue.hold(name, job, (now, deadline), worker));
             }
             if let Some(at) = queue.next_change() {
                 next_change = Some(next_change.map_or(at, |n| n.min(at)));
@@ -672,7 +761,7 @@ impl Broker for InMemoryBroker {
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
         let payload: Arc<[u8]> = payload.into();
         self.settle(lease, |queue, held, seq| {
-            let stored = Stored { payload, deliveries: 0, ..held.stored };
+            let stored = Stored { payload, deliveries: 0, strikes: 0, ..held.stored };
             *seq += 1;
             if eta > Utc::now() {
                 queue.delayed.insert((due_instant(eta), *seq), stored);
@@ -687,17 +776,21 @@ impl Broker for InMemoryBroker {
     async fn release(&self, lease: &Lease) -> Result<()> {
         self.settle(lease, |queue, held, _| {
             let priority = usize::from(held.stored.priority.min(MAX_PRIORITY));
-            // A release is a settle, not a lost delivery.
+            // A release is a settle, not a lost delivery: it counts as neither.
             let stored =
                 Stored { deliveries: held.stored.deliveries.saturating_sub(1), ..held.stored };
-            queue.ready[priority].push_front(stored);
+            if held.isolated {
+                queue.suspect.push_front(stored);
+            } else {
+                queue.ready[priority].push_front(stored);
+            }
         })?;
         self.notify.notify_waiters();
         Ok(())
     }
 
     async fn dead_letter(&self, lease: &Lease, reason: &str) -> Result<()> {
-        let cap = self.dead_letter_cap;
+        let cap = self.lock().limits.dead_letter_cap;
         self.settle(lease, |queue, held, _| {
             let letter = DeadLetter::new(
                 held.stored.id,
@@ -707,11 +800,7 @@ impl Broker for InMemoryBroker {
                 Utc::now(),
             );
             queue.known.remove(&letter.id);
-            queue.dead.push_front(letter);
-            while queue.dead.len() > cap {
-                queue.dead.pop_back();
-                queue.dead_dropped += 1;
-            }
+            queue.bury(letter, cap);
         })
     }
 
@@ -769,8 +858,10 @@ impl Broker for InMemoryBroker {
                 .collect();
             // One process holds every queue here, so every queue is reaped.
             let mut holding = HashSet::new();
-            for queue in state.queues.values_mut() {
-                moved += queue.expire_leases(now) + queue.return_jobs_of(&dead, now, &mut holding);
+            let limits = state.limits;
+            for (name, queue) in &mut state.queues {
+                moved += queue.expire_leases(name, now, limits)
+                    + queue.return_jobs_of(name, &dead, now, &mut holding, limits);
             }
             // A lapsed worker that still holds a fresh claim may be alive: it stays
             // registered, and a later reap takes the job back if it is not.
@@ -806,6 +897,10 @@ impl Broker for InMemoryBroker {
                 purged += 1;
             }
         }
+        for stored in q.suspect.drain(..) {
+            q.known.remove(&stored.id);
+            purged += 1;
+        }
         for (_, stored) in std::mem::take(&mut q.delayed) {
             q.known.remove(&stored.id);
             purged += 1;
@@ -815,12 +910,15 @@ impl Broker for InMemoryBroker {
 
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let mut state = self.lock();
+        let limits = state.limits;
         let Some(q) = state.queues.get_mut(queue) else {
             return Ok(QueueStats::default());
         };
-        q.promote(Instant::now());
+        q.promote(queue, Instant::now(), limits);
         Ok(QueueStats {
             ready: q.ready_len() as u64,
+            suspect: q.suspect.len() as u64,
+            bad_entries: 0,
             delayed: q.delayed.len() as u64,
             in_flight: q.in_flight.len() as u64,
             dead: q.dead.len() as u64,

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::task::TaskId;
 
-pub use memory::InMemoryBroker;
+pub use memory::{DEFAULT_MAX_DELIVERIES, InMemoryBroker};
 
 /// How many events a broker's event stream keeps by default, about: older ones are
 /// dropped as new ones come (see each broker's `with_event_stream_cap`).
@@ -76,7 +76,10 @@ impl fmt::Debug for Job {
 ///
 /// Every settling call (ack, retry, release, dead-letter, renew) presents it; once
 /// the lease has passed to another worker, the token no longer matches and the call
-/// fails with [`Error::LeaseLost`](crate::Error::LeaseLost), changing nothing.
+/// fails with [`Error::LeaseLost`](crate::Error::LeaseLost), changing nothing. The
+/// result of a run is stored under its lease's [`fence`](Lease::fence)
+/// ([`ResultBackend::store_fenced`](crate::ResultBackend::store_fenced)), so a run
+/// that lost its lease cannot replace what a later one stored either.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Lease {
     /// The job's id.
@@ -85,6 +88,10 @@ pub struct Lease {
     pub queue: String,
     /// The lease token, fresh for every claim.
     pub token: String,
+    /// A number that grows with every claim of the job: a later delivery of it has a
+    /// greater fence than any earlier one (below 2^53, so that any language's number
+    /// holds it).
+    pub fence: u64,
 }
 
 /// A claimed job.
@@ -98,13 +105,25 @@ pub struct Delivery {
     /// How many times this job has been claimed since it was last enqueued or retried,
     /// this claim included.
     pub deliveries: u32,
+    /// Whether the job must run alone: it came back after its worker was lost while
+    /// running it (it may be what killed that worker), so the worker runs nothing
+    /// else beside it, and should release it at once if it cannot. A broker hands such
+    /// a job out on its own, never in a batch with others.
+    pub isolated: bool,
 }
 
 impl Delivery {
     /// A delivery (for broker implementations).
     #[must_use]
     pub fn new(lease: Lease, payload: Vec<u8>, deliveries: u32) -> Self {
-        Delivery { lease, payload, deliveries }
+        Delivery { lease, payload, deliveries, isolated: false }
+    }
+
+    /// The same delivery, to run alone (see [`isolated`](Delivery::isolated)).
+    #[must_use]
+    pub fn to_run_alone(mut self) -> Self {
+        self.isolated = true;
+        self
     }
 }
 
@@ -114,6 +133,7 @@ impl fmt::Debug for Delivery {
             .field("lease", &self.lease)
             .field("payload_bytes", &self.payload.len())
             .field("deliveries", &self.deliveries)
+            .field("isolated", &self.isolated)
             .finish()
     }
 }
@@ -220,8 +240,14 @@ impl ScheduleState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueStats {
-    /// Due and waiting to be claimed.
+    /// Due and waiting to be claimed, suspect jobs included.
     pub ready: u64,
+    /// Of the ready jobs, those that came back after their worker was lost while
+    /// running them, and wait to be run alone ([`Delivery::isolated`]).
+    pub suspect: u64,
+    /// Entries the broker found in the queue that were no job of dmq's (an id that is
+    /// not a task id, or one with no envelope): dropped and counted, never run.
+    pub bad_entries: u64,
     /// Waiting for their eta (delayed jobs and retries).
     pub delayed: u64,
     /// Claimed and under a lease.
@@ -283,6 +309,33 @@ impl WorkerInfo {
     pub fn with_running(mut self, running: u32) -> Self {
         self.running = running;
         self
+    }
+}
+
+/// What [`Broker::doctor`] found in one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueCheckup {
+    /// The queue.
+    pub queue: String,
+    /// Jobs whose envelope is stored but which wait nowhere (in no ready, suspect,
+    /// delayed or in-flight list), so that nothing would ever run them: left behind
+    /// by a write that was cut off halfway. Put back at the front of their ready list
+    /// when the doctor was asked to fix them.
+    pub stranded: Vec<String>,
+    /// Whether the stranded jobs were put back.
+    pub fixed: bool,
+    /// Jobs waiting to be run alone ([`QueueStats::suspect`]).
+    pub suspect: u64,
+    /// Bad entries dropped so far ([`QueueStats::bad_entries`]).
+    pub bad_entries: u64,
+}
+
+impl QueueCheckup {
+    /// A check-up of `queue` that found nothing wrong (for broker implementations).
+    #[must_use]
+    pub fn healthy(queue: impl Into<String>) -> Self {
+        QueueCheckup { queue: queue.into(), ..QueueCheckup::default() }
     }
 }
 
@@ -415,6 +468,10 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// lease of `lease` with a fresh token, held by `worker` (a [`WorkerInfo::id`]). When
     /// none is due, waits up to `wait` for one (woken by notification, not by polling)
     /// and returns an empty list if none came.
+    ///
+    /// A suspect job (one taken back after its worker was lost) comes first, and
+    /// alone, flagged [`Delivery::isolated`]: the caller runs it with nothing beside
+    /// it, or releases it.
     ///
     /// # Errors
     ///
@@ -554,9 +611,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// When the broker cannot be reached.
     async fn workers(&self) -> Result<Vec<WorkerStatus>>;
 
-    /// Returns to ready the jobs in `queues` (and in the queues of dead workers) whose
-    /// lease expired or whose worker's heartbeat lapsed, and dead-letters a job
-    /// delivered more often than the broker allows. One reaper runs at a time; a call
+    /// Takes back the jobs in `queues` (and in the queues of dead workers) whose
+    /// lease expired or whose worker's heartbeat lapsed. Such a job is suspect: it
+    /// waits to be claimed alone ([`Delivery::isolated`]); one whose worker was lost
+    /// while it ran alone as many times as the broker allows is dead-lettered as a
+    /// poison pill. One reaper runs at a time; a call
     /// while another runs returns `Ok(0)` at once. Returns how many jobs it moved.
     ///
     /// # Errors
@@ -615,6 +674,28 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// When the broker cannot be reached.
     async fn dead_letter_count(&self, queue: &str) -> Result<u64> {
         Ok(self.queue_stats(queue).await?.dead)
+    }
+
+    /// Looks for jobs of `queues` that are stored but wait nowhere, so that nothing
+    /// would ever run them (a write cut off halfway leaves such a job), and with `fix`
+    /// puts them back in their queue. Workers' reapers run it now and then with `fix`.
+    /// A broker whose every change is atomic in the process cannot strand a job: the
+    /// default finds nothing.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn doctor(&self, queues: &[String], fix: bool) -> Result<Vec<QueueCheckup>> {
+        let _ = fix;
+        let mut checkups = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let stats = self.queue_stats(queue).await?;
+            let mut checkup = QueueCheckup::healthy(queue.clone());
+            checkup.suspect = stats.suspect;
+            checkup.bad_entries = stats.bad_entries;
+            checkups.push(checkup);
+        }
+        Ok(checkups)
     }
 
     /// Checks that the broker can be reached now, for a health check. Brokers that

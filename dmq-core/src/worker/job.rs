@@ -203,10 +203,13 @@ async fn at_most_once(
     };
     let ttl = shared.manager.config().result_ttl;
     let backend = shared.manager.backend();
-    let stored =
-        write(lease.id, || backend.store(lease.id, &outcome, ttl), std::future::pending()).await;
-    if let Err(e) = stored {
-        tracing::error!(error = %e, "storing the result of an at-most-once job failed; it is lost");
+    let store = || backend.store_fenced(lease.id, &outcome, ttl, lease.fence);
+    match write(lease.id, store, std::future::pending()).await {
+        Ok(true) => {}
+        Ok(false) => kept_stored(),
+        Err(e) => {
+            tracing::error!(error = %e, "storing the result of an at-most-once job failed; it is lost");
+        }
     }
     // After the store: a callback that reads the result finds it (unless it was lost).
     shared.emit(id, name, queue, attempt, || event);
@@ -668,18 +671,34 @@ where
     }
 }
 
-/// Stores a job's outcome; false when it could not be stored, which is logged with
-/// `then`, what becomes of the job.
+/// Stores a job's outcome under its lease's fence, so that it replaces neither a
+/// success nor the outcome of a later run of the job (see
+/// [`ResultBackend::store_fenced`](crate::ResultBackend::store_fenced)): true when it
+/// was stored or such an outcome stands; false when it could not be stored, which is
+/// logged with `then`, what becomes of the job.
 async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome, then: &str) -> bool {
     let ttl = shared.manager.config().result_ttl;
     let backend = shared.manager.backend();
-    match persist(shared, lease, || backend.store(lease.id, outcome, ttl)).await {
-        Ok(()) => true,
+    match persist(shared, lease, || backend.store_fenced(lease.id, outcome, ttl, lease.fence)).await
+    {
+        Ok(true) => true,
+        Ok(false) => {
+            kept_stored();
+            true
+        }
         Err(e) => {
             tracing::error!(id = %lease.id, error = %e, "storing the result failed; {then}");
             false
         }
     }
+}
+
+/// Logs that a run's outcome was not stored because another run's stands.
+fn kept_stored() {
+    tracing::warn!(
+        "not storing this run's outcome: a success, or the outcome of a later run of this \
+         job, is stored already and stays"
+    );
 }
 
 /// What becomes of a dead-lettered job whose result could not be stored.

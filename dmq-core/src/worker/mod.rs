@@ -388,12 +388,25 @@ fn hostname() -> String {
 
 /// The claim loop, then the graceful stop of the running jobs.
 async fn claim_loop(shared: &Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(shared.config.concurrency));
+    let concurrency = shared.config.concurrency;
+    let slots = Arc::new(Semaphore::new(concurrency));
     let mut failures = 0u32;
+    // A job that must run alone was handed back: let the running jobs end, so that
+    // this worker can take it with nothing beside it.
+    let mut drain = false;
     let vitals = &shared.vitals;
     vitals.starts(Loop::Claim);
     loop {
         vitals.beat(Loop::Claim);
+        if std::mem::take(&mut drain) {
+            vitals.waiting_for_slot(true);
+            tokio::select! {
+                biased;
+                () = shared.stop.cancelled() => break,
+                () = all_ended(&slots, concurrency) => {}
+            }
+            vitals.waiting_for_slot(false);
+        }
         let first = match Arc::clone(&slots).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -441,8 +454,31 @@ async fn claim_loop(shared: &Arc<Shared>) {
                 }
             }
         };
+        // A job to run alone (it may have killed its last worker) runs only in a
+        // worker that runs nothing else; it holds every slot until it ends.
+        let alone = free == concurrency && deliveries.len() == 1;
         let mut first = Some(first);
         for delivery in deliveries {
+            if delivery.isolated && !alone {
+                tracing::info!(
+                    id = %delivery.lease.id,
+                    "a job whose last worker was lost while running it must run alone; \
+                     handing it back until this worker's running jobs have ended"
+                );
+                let broker = shared.manager.broker();
+                if let Err(e) = broker.release(&delivery.lease).await {
+                    tracing::warn!(id = %delivery.lease.id, error = %e, "could not hand back a job to run alone; it returns when its lease expires");
+                }
+                drain = true;
+                continue;
+            }
+            let rest = if delivery.isolated {
+                Arc::clone(&slots)
+                    .try_acquire_many_owned(u32::try_from(concurrency - 1).unwrap_or(u32::MAX))
+                    .ok()
+            } else {
+                None
+            };
             let permit = match first.take() {
                 Some(permit) => permit,
                 None => match Arc::clone(&slots).try_acquire_owned() {
@@ -466,10 +502,10 @@ async fn claim_loop(shared: &Arc<Shared>) {
                 }
                 drop(counted);
                 drop(permit);
+                drop(rest);
             });
         }
     }
-    let concurrency = shared.config.concurrency;
     let grace = shared.config.grace;
     if tokio::time::timeout(grace, all_ended(&slots, concurrency)).await.is_err() {
         let running = concurrency.saturating_sub(slots.available_permits());
