@@ -125,7 +125,7 @@ impl RedisBroker {
     pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
         let url = RedisUrl::parse(url)?;
         let shown = url.shown().to_owned();
-        Self::from_source(Source::Client(url.into_client()), shown, namespace).await
+        Self::from_source(Source::Client(Box::new(url.into_client())), shown, namespace).await
     }
 
     /// A broker on the connections of a deadpool-redis pool the application already

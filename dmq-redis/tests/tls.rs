@@ -76,7 +76,7 @@ async fn a_missing_certificate_file_is_named() {
     let url = "rediss://:hunter2@127.0.0.1:1/?tls_ca=/nonexistent/dmq/ca.pem";
     for e in [
         refused(url).await,
-        RedisBackend::connect(url).await.err().expect("the backend refuses it too"),
+        RedisBackend::connect(url).await.expect_err("the backend refuses it too"),
     ] {
         assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
         let text = e.to_string();
@@ -102,7 +102,7 @@ async fn acl_users_authenticate() {
     // A wrong password, for the broker and the backend alike: refused, saying why,
     // without showing the password.
     let wrong = redis.plain_url("dmq-app:wrong-pw@");
-    let backend = RedisBackend::connect(&wrong).await.err().expect("the backend is refused");
+    let backend = RedisBackend::connect(&wrong).await.expect_err("the backend is refused");
     for e in [refused(&wrong).await, backend] {
         let text = e.to_string();
         assert!(text.contains("authentication failed"), "{text}");
@@ -113,7 +113,7 @@ async fn acl_users_authenticate() {
     // No user at all: the default user is off, so Redis refuses every command.
     let anonymous = RedisBroker::connect(&redis.plain_url("")).await;
     let e = match anonymous {
-        Ok(broker) => broker.queue_stats("tls").await.err().expect("no command runs"),
+        Ok(broker) => broker.queue_stats("tls").await.expect_err("no command runs"),
         Err(e) => e,
     };
     assert!(e.to_string().contains("NOAUTH"), "{e}");

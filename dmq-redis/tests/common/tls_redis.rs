@@ -168,11 +168,23 @@ impl TlsRedis {
         cmd.query(&mut conn).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
-    /// Adds an ACL user with every permission, and turns the default user off, so that
+    /// Adds an ACL user with every command but only the keys and channel of the
+    /// namespace `dmq`, as the README tells, and turns the default user off, so that
     /// only a connection that authenticates gets in.
     pub fn only_user(&self, user: &str, password: &str) {
         let password = format!(">{password}");
-        self.command(&["ACL", "SETUSER", user, "on", &password, "~*", "&*", "+@all"]);
+        self.command(&[
+            "ACL",
+            "SETUSER",
+            user,
+            "on",
+            &password,
+            "~{dmq:*",
+            "~{dmq}:*",
+            "~dmq:result:*",
+            "&dmq:results",
+            "+@all",
+        ]);
         self.command(&["ACL", "SETUSER", "default", "off"]);
     }
 }
