@@ -134,7 +134,7 @@ pub enum Command {
 /// Where the admin commands find the broker, and how they print.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// The Redis the workers use: redis://[user:password@]host:port[/db], or rediss://
+    /// The Redis the workers use: redis://host:port[/db], or rediss://
     /// for TLS.
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
@@ -398,7 +398,7 @@ pub struct WorkerArgs {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
-    /// The broker: redis://[user:password@]host:port[/db], rediss://... (TLS) or
+    /// The broker: redis://host:port[/db], rediss://... (TLS) or
     /// memory:// (this process only, for trying things out).
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
@@ -464,7 +464,7 @@ pub struct TasksArgs {
 /// The options of `dmq bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Broker to measure: redis://[user:password@]host:port[/db], rediss://... (TLS),
+    /// Broker to measure: redis://host:port[/db], rediss://... (TLS),
     /// or memory:// for the in-process broker.
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
