@@ -29,17 +29,7 @@ impl Target {
 }
 
 /// Hides a password in a URL: `redis://user:***@host`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        None => url.to_owned(),
-    }
-}
+pub(crate) use dmq_redis::redact;
 
 #[cfg(test)]
 mod tests {

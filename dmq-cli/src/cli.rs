@@ -134,7 +134,14 @@ pub enum Command {
 /// Where the admin commands find the broker, and how they print.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// The Redis the workers use: redis://host:port[/db] or rediss://host:port[/db].
+    /// The Redis the workers use: redis://host:port[/db], or rediss://
+    /// for TLS.
+    ///
+    /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
+    /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
+    /// certificate (mutual TLS); rediss://host:port/#insecure skips the server's
+    /// certificate check (tests only). An ACL user logs in with
+    /// redis://user:password@host:port; the password is never printed.
     #[arg(
         long,
         env = "DMQ_BROKER_URL",
@@ -391,8 +398,14 @@ pub struct WorkerArgs {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
-    /// The broker: redis://host:port[/db], rediss://... or memory:// (this process
-    /// only, for trying things out).
+    /// The broker: redis://host:port[/db], rediss://... (TLS) or
+    /// memory:// (this process only, for trying things out).
+    ///
+    /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
+    /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
+    /// certificate (mutual TLS); rediss://host:port/#insecure skips the server's
+    /// certificate check (tests only). An ACL user logs in with
+    /// redis://user:password@host:port; the password is never printed.
     #[arg(
         long,
         env = "DMQ_BROKER_URL",
@@ -451,8 +464,14 @@ pub struct TasksArgs {
 /// The options of `dmq bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Broker to measure: redis://host:port[/db], rediss://host:port[/db], or
-    /// memory:// for the in-process broker.
+    /// Broker to measure: redis://host:port[/db], rediss://... (TLS),
+    /// or memory:// for the in-process broker.
+    ///
+    /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
+    /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
+    /// certificate (mutual TLS); rediss://host:port/#insecure skips the server's
+    /// certificate check (tests only). An ACL user logs in with
+    /// redis://user:password@host:port; the password is never printed.
     #[arg(
         long,
         env = "DMQ_BROKER_URL",

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::batch::Batcher;
 use crate::error::{copy_error, redis_error};
 use crate::keys::{DEFAULT_NAMESPACE, Keys};
+use crate::redis_url::RedisUrl;
 
 /// How long connecting and subscribing the pub/sub connection may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,13 +115,15 @@ enum Link {
 }
 
 impl RedisBackend {
-    /// Connects to the Redis at `url` (`redis://[[user]:password@]host[:port][/db]`),
-    /// keeping results under the default namespace, [`DEFAULT_NAMESPACE`].
+    /// Connects to the Redis at `url` (`redis://[[user]:password@]host[:port][/db]`, or
+    /// `rediss://` with the TLS options of [`RedisUrl`]), keeping results under the
+    /// default namespace, [`DEFAULT_NAMESPACE`].
     ///
     /// # Errors
     ///
-    /// [`Error::Backend`] when the URL is not valid or Redis cannot be reached
-    /// (transient in the latter case).
+    /// [`Error::InvalidArgument`] when the URL is not valid (see [`RedisUrl::parse`]),
+    /// [`Error::Backend`] when Redis cannot be reached (transient) or refuses the
+    /// credentials or the TLS handshake.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with_namespace(url, DEFAULT_NAMESPACE).await
     }
@@ -131,12 +134,11 @@ impl RedisBackend {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] when `namespace` is empty or holds whitespace,
-    /// braces or glob characters; [`Error::Backend`] when the URL is not valid or
-    /// Redis cannot be reached (transient in the latter case).
+    /// braces or glob characters, or the URL is not valid; otherwise as
+    /// [`connect`](RedisBackend::connect).
     pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
         check_namespace(namespace)?;
-        let client = redis::Client::open(url)
-            .map_err(|e| redis_error("could not use the redis URL for the result backend", e))?;
+        let client = RedisUrl::parse(url)?.into_client();
         let addr = client.get_connection_info().addr().to_string();
         // Few quick retries: `connect` to a Redis that is down fails within a second
         // or so, and a lost connection is retried again by the next command anyway.

@@ -14,13 +14,14 @@ use dmq_core::{
     QueueStats, Result, ScheduleState, TaskId, WorkerInfo, WorkerStatus,
 };
 use redis::aio::MultiplexedConnection;
-use redis::{Client, ScriptInvocation, Value};
+use redis::{ScriptInvocation, Value};
 use tokio::time::Instant;
 
 use crate::batch::Batcher;
 use crate::conn::{Conn, Shared, Source};
-use crate::error::{copy_error, redact, redis_error};
+use crate::error::{copy_error, redis_error};
 use crate::keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};
+use crate::redis_url::RedisUrl;
 use crate::scripts::Scripts;
 
 /// The default cap on each queue's dead-letter list.
@@ -121,12 +122,15 @@ impl fmt::Debug for RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connects to the Redis at `url` (`redis://` or `rediss://`), namespace `dmq`.
+    /// Connects to the Redis at `url`, namespace `dmq`: `redis://[[user]:password@]host[:port][/db]`,
+    /// or `rediss://` for TLS, with the options [`RedisUrl`] lists (a CA file, a client
+    /// certificate).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for a URL that does not parse, [`Error::Backend`]
-    /// when Redis cannot be reached.
+    /// [`Error::InvalidArgument`] for a URL that does not parse or names a certificate
+    /// file that cannot be read, [`Error::Backend`] when Redis cannot be reached or
+    /// refuses the credentials or the TLS handshake.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with_namespace(url, DEFAULT_NAMESPACE).await
     }
@@ -138,13 +142,9 @@ impl RedisBroker {
     ///
     /// As [`connect`](RedisBroker::connect).
     pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
-        let shown = redact(url);
-        let client = Client::open(url).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "{shown} is not a Redis URL ({e}); use redis://host:port/db or rediss://..."
-            ))
-        })?;
-        Self::from_source(Source::Client(client), shown, namespace).await
+        let url = RedisUrl::parse(url)?;
+        let shown = url.shown().to_owned();
+        Self::from_source(Source::Client(Box::new(url.into_client())), shown, namespace).await
     }
 
     /// A broker on the connections of a deadpool-redis pool the application already

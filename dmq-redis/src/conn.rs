@@ -22,7 +22,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where new connections come from.
 pub(crate) enum Source {
-    Client(Client),
+    /// Boxed: a client with TLS settings is large.
+    Client(Box<Client>),
     Pool(deadpool_redis::Pool),
 }
 

@@ -8,7 +8,15 @@ use dmq_core::Error;
 pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
     use redis::{ErrorKind, RetryMethod, ServerErrorKind};
 
-    let (advice, transient) = if e.is_connection_refusal() {
+    let (advice, transient) = if let Some(tls) = tls_failure(&e) {
+        let advice = format!(
+            "the TLS handshake failed ({tls}); check that the port serves TLS, that tls_ca names \
+             the authority that signed the server's certificate, that the host is one the \
+             certificate names, and that a server asking for a client certificate gets one \
+             (tls_cert, tls_key)"
+        );
+        return Error::Backend { message: format!("{context}: {advice}"), transient: false };
+    } else if e.is_connection_refusal() {
         ("the connection was refused; is redis-server running and listening there?", true)
     } else if e.is_timeout() {
         ("redis did not answer in time; is it overloaded, or the network down?", true)
@@ -41,6 +49,28 @@ pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
     Error::Backend { message: format!("{context}: {advice} ({e})"), transient }
 }
 
+/// The TLS error behind `e`, if a TLS handshake or record failed: rustls's error sits
+/// in an `io::Error`, which redis-rs keeps behind an `Arc`.
+fn tls_failure(e: &redis::RedisError) -> Option<&rustls::Error> {
+    std::error::Error::source(e).and_then(find_tls)
+}
+
+fn find_tls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner: Option<&(dyn std::error::Error + 'static)> =
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io.get_ref().map(|i| i as &(dyn std::error::Error + 'static))
+        } else if let Some(shared) = e.downcast_ref::<Shared>() {
+            Some(&**shared as &(dyn std::error::Error + 'static))
+        } else {
+            None
+        };
+    inner.and_then(find_tls).or_else(|| e.source().and_then(find_tls))
+}
+
 /// A copy of `e` for each caller of a batch that failed as a whole.
 pub(crate) fn copy_error(e: &Error) -> Error {
     match e {
@@ -48,31 +78,5 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             Error::Backend { message: message.clone(), transient: *transient }
         }
         other => Error::Backend { message: other.to_string(), transient: other.is_transient() },
-    }
-}
-
-/// `url` with any password replaced by `***`, for logs and messages.
-pub(crate) fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((auth, host)) => match auth.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => format!("{scheme}://***@{host}"),
-            },
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(redact("redis://:secret@db:6379/0"), "redis://:***@db:6379/0");
-        assert_eq!(redact("rediss://app:secret@db:6379"), "rediss://app:***@db:6379");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

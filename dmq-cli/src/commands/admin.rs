@@ -6,10 +6,10 @@ use std::sync::Arc;
 use anyhow::{bail, ensure};
 use chrono::{DateTime, SecondsFormat, Utc};
 use dmq_core::Manager;
-use dmq_redis::{Keys, RedisBackend, RedisBroker};
+use dmq_redis::{Keys, RedisBackend, RedisBroker, RedisUrl};
 use serde::Serialize;
 
-use crate::broker_url::{Target, redact};
+use crate::broker_url::Target;
 use crate::cli::BrokerArgs;
 
 /// How long a one-shot command waits for its events (a requeue's or an enqueue's
@@ -50,10 +50,9 @@ impl Admin {
 
     /// A plain connection to the same Redis, for reads the broker has no call for.
     pub(crate) async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        let shown = redact(&self.url);
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| anyhow::anyhow!("{shown} is not a Redis URL: {e}"))?;
-        client.get_multiplexed_async_connection().await.map_err(|e| {
+        let url = RedisUrl::parse(&self.url)?;
+        let shown = url.shown();
+        url.client().get_multiplexed_async_connection().await.map_err(|e| {
             anyhow::anyhow!("could not connect to redis at {shown}: {e}; is redis-server running?")
         })
     }

@@ -83,8 +83,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let shown = redact(&url);
             // Its error already names the URL and what to check.
             let (broker, connections) = if args.deadpool {
-                let pool = deadpool_redis::Config::from_url(url.clone())
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                // The pool's connections use the URL's TLS options too.
+                let info = dmq_redis::RedisUrl::parse(&url)?.client().get_connection_info().clone();
+                let manager = deadpool_redis::Manager::new(info).map_err(|e| {
+                    anyhow!("could not make a deadpool-redis pool for {shown}: {e}")
+                })?;
+                let pool = deadpool_redis::Pool::builder(manager)
+                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .build()
                     .map_err(|e| {
                         anyhow!("could not make a deadpool-redis pool for {shown}: {e}")
                     })?;
@@ -646,10 +652,10 @@ struct Snapshot {
 
 impl RedisStats {
     async fn connect(url: &str) -> anyhow::Result<Self> {
-        let shown = redact(url);
-        let client =
-            redis::Client::open(url).with_context(|| format!("{shown} is not a Redis URL"))?;
-        let conn = client
+        let url = dmq_redis::RedisUrl::parse(url)?;
+        let shown = url.shown().to_owned();
+        let conn = url
+            .client()
             .get_multiplexed_async_connection()
             .await
             .with_context(|| format!("connecting to Redis at {shown}"))?;

@@ -1,0 +1,373 @@
+//! Redis URLs, read in one place for the broker, the result backend and the `dmq`
+//! command: `redis://`, `rediss://` (TLS) with dmq's TLS options, ACL users, and how to
+//! show a URL without its password.
+
+use std::fmt;
+use std::path::Path;
+
+use dmq_core::{Error, Result};
+use redis::{Client, ClientTlsConfig, TlsCertificates};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The query parameters dmq reads from a `rediss://` URL (and takes out of it before
+/// redis-rs sees it).
+const TLS_CA: &str = "tls_ca";
+const TLS_CERT: &str = "tls_cert";
+const TLS_KEY: &str = "tls_key";
+
+/// How a Redis URL is written, for error messages.
+const FORMS: &str = "write it as redis://[[user]:password@]host[:port][/db] or \
+                     rediss://[[user]:password@]host[:port][/db][?tls_ca=FILE][&tls_cert=FILE&tls_key=FILE]";
+
+/// A Redis URL, read and checked: the redis-rs client it makes, and the URL as it may
+/// be shown (without its password).
+///
+/// [`RedisBroker::connect`](crate::RedisBroker::connect) and
+/// [`RedisBackend::connect`](crate::RedisBackend::connect) read their URL through this;
+/// tools that need a plain connection to the same Redis use it too, so that every
+/// option below works everywhere.
+///
+/// | URL | meaning |
+/// | --- | --- |
+/// | `redis://host:6379/0` | plain TCP, database 0 |
+/// | `redis://user:password@host:6379` | authenticate as the ACL user `user` (`redis://:password@host` for the `default` user) |
+/// | `rediss://host:6380` | TLS, checking the server's certificate against the system's trusted roots |
+/// | `rediss://host:6380?tls_ca=/etc/dmq/ca.pem` | TLS, trusting the certificate authorities in this PEM file instead |
+/// | `rediss://host:6380?tls_ca=ca.pem&tls_cert=client.pem&tls_key=client.key` | mutual TLS: also present this client certificate and its private key (PEM) |
+/// | `rediss://host:6380/#insecure` | TLS without checking the server's certificate at all: for tests only |
+///
+/// Paths may be relative to the working directory; percent-encode characters such as
+/// `&`, `#` or spaces in them, and in passwords.
+///
+/// ```
+/// let url = dmq_redis::RedisUrl::parse("redis://app:secret@127.0.0.1:6379/0")?;
+/// assert_eq!(url.shown(), "redis://app:***@127.0.0.1:6379/0");
+/// # Ok::<(), dmq_core::Error>(())
+/// ```
+pub struct RedisUrl {
+    shown: String,
+    client: Client,
+    insecure: bool,
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisUrl")
+            .field("url", &self.shown)
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisUrl {
+    /// Reads `url`, and the certificate and key files its TLS options name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a URL that does not parse, an unknown `tls_*`
+    /// option, TLS options on a URL that is not `rediss://`, `tls_cert` without
+    /// `tls_key` (or the reverse), and a file that cannot be read or holds no PEM
+    /// certificate or key; each message names the option and the file.
+    pub fn parse(url: &str) -> Result<Self> {
+        let shown = redact(url);
+        let invalid = |what: String| Error::InvalidArgument(format!("{shown}: {what}"));
+        let parsed =
+            url::Url::parse(url).map_err(|e| invalid(format!("not a Redis URL ({e}); {FORMS}")))?;
+        let tls = scheme_is_tls(parsed.scheme());
+        let insecure = tls && parsed.fragment() == Some("insecure");
+
+        let mut options = TlsOptions::default();
+        let mut others = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            let slot = match key.as_ref() {
+                TLS_CA => &mut options.ca,
+                TLS_CERT => &mut options.cert,
+                TLS_KEY => &mut options.key,
+                unknown if unknown.starts_with("tls_") => {
+                    return Err(invalid(format!(
+                        "unknown TLS option {unknown:?}; dmq reads {TLS_CA}, {TLS_CERT} and {TLS_KEY}"
+                    )));
+                }
+                _ => {
+                    others.push((key.into_owned(), value.into_owned()));
+                    continue;
+                }
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(invalid(format!("{key} is given twice")));
+            }
+        }
+
+        let client = if options.is_empty() {
+            Client::open(url)
+        } else {
+            if !tls {
+                return Err(invalid(format!(
+                    "TLS options ({}) need a rediss:// URL; this one is {}://",
+                    options.names(),
+                    parsed.scheme()
+                )));
+            }
+            let certificates = options.read().map_err(&invalid)?;
+            // redis-rs ignores query parameters it does not know; take dmq's out anyway,
+            // so that none of them can ever mean something else to it.
+            let mut stripped = parsed.clone();
+            if others.is_empty() {
+                stripped.set_query(None);
+            } else {
+                stripped.query_pairs_mut().clear().extend_pairs(&others);
+            }
+            Client::build_with_tls(stripped.as_str(), certificates)
+        }
+        .map_err(|e| invalid(format!("not a Redis URL ({e}); {FORMS}")))?;
+
+        if tls {
+            install_crypto_provider();
+        }
+        if insecure {
+            tracing::warn!(
+                url = %shown,
+                "TLS without certificate checks (#insecure): anyone on the network path can \
+                 read and change the traffic; use it for tests only"
+            );
+        }
+        Ok(RedisUrl { shown, client, insecure })
+    }
+
+    /// The redis-rs client for this URL, with its TLS settings.
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The redis-rs client for this URL.
+    #[must_use]
+    pub fn into_client(self) -> Client {
+        self.client
+    }
+
+    /// The URL as it may be shown in logs and messages: its password is `***`.
+    #[must_use]
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Whether the server's certificate goes unchecked (`rediss://...#insecure`).
+    #[must_use]
+    pub fn is_insecure(&self) -> bool {
+        self.insecure
+    }
+}
+
+/// `rediss://` and its Valkey spelling, as redis-rs reads them.
+fn scheme_is_tls(scheme: &str) -> bool {
+    matches!(scheme, "rediss" | "valkeys")
+}
+
+/// The paths a URL's TLS options name.
+#[derive(Default)]
+struct TlsOptions {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsOptions {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    fn names(&self) -> String {
+        [(TLS_CA, &self.ca), (TLS_CERT, &self.cert), (TLS_KEY, &self.key)]
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Reads the files, checking that each holds what its option says.
+    fn read(&self) -> std::result::Result<TlsCertificates, String> {
+        let root_cert = match &self.ca {
+            Some(path) => Some(read_certificates(
+                TLS_CA,
+                path,
+                "the certificate of the authority that signed the Redis server's certificate",
+            )?),
+            None => None,
+        };
+        let client_tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: read_certificates(
+                    TLS_CERT,
+                    cert,
+                    "this client's certificate (and any intermediates)",
+                )?,
+                client_key: read_key(key)?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(format!(
+                    "{TLS_CERT} needs {TLS_KEY}, the file of the client certificate's private key"
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "{TLS_KEY} needs {TLS_CERT}, the file of the client certificate it belongs to"
+                ));
+            }
+        };
+        Ok(TlsCertificates { client_tls, root_cert })
+    }
+}
+
+fn read_file(option: &str, path: &str, holding: &str) -> std::result::Result<Vec<u8>, String> {
+    std::fs::read(Path::new(path)).map_err(|e| {
+        format!("cannot read {path} ({option}): {e}; give the path of a PEM file holding {holding}")
+    })
+}
+
+/// The PEM file at `path`, checked to hold at least one certificate.
+fn read_certificates(
+    option: &str,
+    path: &str,
+    holding: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    let pem = read_file(option, path, holding)?;
+    let found = CertificateDer::pem_slice_iter(&pem).collect::<std::result::Result<Vec<_>, _>>();
+    match found {
+        Ok(certificates) if !certificates.is_empty() => Ok(pem),
+        Ok(_) => Err(format!(
+            "{path} ({option}) holds no PEM certificate (-----BEGIN CERTIFICATE-----); it \
+             should hold {holding}"
+        )),
+        Err(e) => Err(format!(
+            "{path} ({option}) is not a valid PEM file ({e}); it should hold {holding}"
+        )),
+    }
+}
+
+/// The PEM file at `path`, checked to hold a private key.
+fn read_key(path: &str) -> std::result::Result<Vec<u8>, String> {
+    let holding = "the private key of the client certificate (PKCS#8, PKCS#1 or SEC1)";
+    let pem = read_file(TLS_KEY, path, holding)?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(pem),
+        Err(e) => Err(format!(
+            "{path} ({TLS_KEY}) holds no PEM private key ({e}); it should hold {holding}"
+        )),
+    }
+}
+
+/// rustls needs a process-wide crypto provider. It picks one by itself when exactly
+/// one is built in; an application that also links another (aws-lc-rs, say) would
+/// panic at the first TLS connection, so dmq installs aws-lc-rs (rustls's default) unless one was installed.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // An error means another thread installed one first, which serves as well.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and messages: `redis://user:***@host`.
+/// User information without a `:` is hidden whole, in case it was meant as a password.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => format!("{scheme}://***{}", &rest[at..]),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(url: &str) -> String {
+        match RedisUrl::parse(url) {
+            Ok(parsed) => panic!("{url} was accepted: {parsed:?}"),
+            Err(Error::InvalidArgument(message)) => message,
+            Err(other) => panic!("{url}: not an InvalidArgument: {other}"),
+        }
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("redis://:secret@db:6379/0"), "redis://:***@db:6379/0");
+        assert_eq!(redact("rediss://app:secret@db:6379"), "rediss://app:***@db:6379");
+        assert_eq!(redact("redis://me:s@cret@host"), "redis://me:***@host");
+        assert_eq!(redact("redis://secret@host"), "redis://***@host");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("rediss://a:pw@h:1/0?tls_ca=/x@y/ca.pem#insecure"),
+            "rediss://a:***@h:1/0?tls_ca=/x@y/ca.pem#insecure"
+        );
+        assert_eq!(redact("rediss://h:1?tls_ca=/x@y"), "rediss://h:1?tls_ca=/x@y");
+    }
+
+    #[test]
+    fn plain_and_tls_urls_parse() {
+        for url in [
+            "redis://127.0.0.1:6379/0",
+            "redis://app:secret@127.0.0.1:6379",
+            "rediss://127.0.0.1:6380",
+            "rediss://127.0.0.1:6380/#insecure",
+            "redis+unix:///tmp/redis.sock",
+        ] {
+            let parsed = RedisUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(parsed.is_insecure(), url.ends_with("#insecure"), "{url}");
+        }
+    }
+
+    #[test]
+    fn acl_users_reach_the_client() {
+        let url = RedisUrl::parse("redis://app%40x:p%40ss@127.0.0.1:6379").expect("parses");
+        let info = url.client().get_connection_info().redis_settings();
+        assert_eq!(info.username(), Some("app@x"));
+        assert_eq!(info.password(), Some("p@ss"));
+        assert!(!format!("{url:?}").contains("p%40ss"), "{url:?}");
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let message = refused("rediss://:pw@127.0.0.1:6380?tls_ca=/nonexistent/ca.pem");
+        assert!(message.contains("/nonexistent/ca.pem") && message.contains("tls_ca"), "{message}");
+        assert!(message.contains("give the path of a PEM file"), "{message}");
+        assert!(!message.contains("pw@"), "{message}");
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("dmq-url-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").expect("writes");
+        let not_pem = not_pem.display();
+
+        let cases = [
+            (format!("rediss://h:1?tls_ca={not_pem}"), "holds no PEM certificate"),
+            (
+                format!("rediss://h:1?tls_cert={not_pem}&tls_key={not_pem}"),
+                "holds no PEM certificate",
+            ),
+            (format!("rediss://h:1?tls_cert={not_pem}"), "tls_cert needs tls_key"),
+            (format!("rediss://h:1?tls_key={not_pem}"), "tls_key needs tls_cert"),
+            (format!("redis://h:1?tls_ca={not_pem}"), "need a rediss:// URL"),
+            ("rediss://h:1?tls_cafile=x".to_owned(), "unknown TLS option \"tls_cafile\""),
+            ("rediss://h:1?tls_ca=a&tls_ca=b".to_owned(), "tls_ca is given twice"),
+            ("rediss://h:1/#secure".to_owned(), "#insecure"),
+            ("nonsense".to_owned(), "redis://"),
+        ];
+        for (url, expected) in cases {
+            let message = refused(&url);
+            assert!(message.contains(expected), "{url}: expected {expected:?} in {message}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
