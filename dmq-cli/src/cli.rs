@@ -437,6 +437,22 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub grace: std::time::Duration,
 
+    /// The lease on each claimed job, renewed while it runs: a job whose worker stops
+    /// renewing it (a stalled process) goes to another worker once it runs out.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
+
+    /// How often the worker heartbeats; one that misses 4 heartbeats in a row counts
+    /// as dead, and the reaper takes its jobs back.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub heartbeat: std::time::Duration,
+
+    /// How many times a job's worker may be lost while the job runs alone (a job taken
+    /// back from a lost worker runs with nothing beside it) before the job is
+    /// dead-lettered as a poison pill; 0 for no limit.
+    #[arg(long, default_value_t = dmq_core::DEFAULT_MAX_DELIVERIES, value_name = "N")]
+    pub max_deliveries: u32,
+
     /// Do not run the periodic scheduler in this worker.
     #[arg(long)]
     pub no_scheduler: bool,

@@ -202,6 +202,12 @@ fn child_args(args: &WorkerArgs, metrics_addr: Option<SocketAddr>) -> Vec<String
         args.guarantee.to_string(),
         "--grace".to_owned(),
         format!("{}ms", args.grace.as_millis()),
+        "--lease".to_owned(),
+        format!("{}ms", args.lease.as_millis()),
+        "--heartbeat".to_owned(),
+        format!("{}ms", args.heartbeat.as_millis()),
+        "--max-deliveries".to_owned(),
+        args.max_deliveries.to_string(),
         "--log-level".to_owned(),
         args.log_level.clone(),
     ];
@@ -380,6 +386,24 @@ mod tests {
         let high: SocketAddr = "127.0.0.1:65535".parse().unwrap();
         let err = metrics_addrs(Some(high), 2).unwrap_err().to_string();
         assert!(err.contains("needs ports 65535 to 65536, past 65535"), "{err}");
+    }
+
+    #[test]
+    fn the_lease_heartbeat_and_poison_limit_are_passed_on_to_each_process() {
+        use clap::Parser as _;
+        let given = ["dmq", "worker", "--tasks", "app", "--lease", "2s", "--heartbeat", "200ms"];
+        let cli =
+            crate::Cli::try_parse_from(given.iter().chain(&["--max-deliveries", "1"])).unwrap();
+        let crate::Command::Worker(args) = cli.command else { panic!("not worker") };
+        let passed = child_args(&args, None);
+        let child = crate::Cli::try_parse_from(
+            ["app", "worker"].into_iter().chain(passed.iter().map(String::as_str)),
+        )
+        .unwrap();
+        let crate::Command::Worker(child) = child.command else { panic!("not worker") };
+        assert_eq!(child.lease, Duration::from_secs(2));
+        assert_eq!(child.heartbeat, Duration::from_millis(200));
+        assert_eq!(child.max_deliveries, 1);
     }
 
     #[test]

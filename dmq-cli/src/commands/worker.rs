@@ -23,9 +23,13 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         manager_builder = manager_builder.metrics(metrics.clone());
     }
     let manager = match &target {
-        Target::Memory => manager_builder.build()?,
+        Target::Memory => manager_builder
+            .broker(dmq_core::InMemoryBroker::new().with_max_deliveries(args.max_deliveries))
+            .build()?,
         Target::Redis(url) => {
-            let broker = RedisBroker::connect_with_namespace(url, &args.namespace).await?;
+            let broker = RedisBroker::connect_with_namespace(url, &args.namespace)
+                .await?
+                .with_max_deliveries(args.max_deliveries);
             let backend = RedisBackend::connect_with_namespace(url, &args.namespace).await?;
             manager_builder.broker(broker).backend(backend).build()?
         }
@@ -45,6 +49,8 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .concurrency(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
         .guarantee(args.guarantee)
         .grace(args.grace)
+        .lease(args.lease)
+        .heartbeat(args.heartbeat)
         .scheduler(!args.no_scheduler);
     let queues = if args.queues.is_empty() {
         let mut queues: Vec<String> = tasks.iter().map(|t| t.queue.to_owned()).collect();

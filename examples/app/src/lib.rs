@@ -44,3 +44,12 @@ pub async fn slow(ms: u64) -> Result<u64, TaskError> {
 pub async fn heartbeat() -> Result<(), TaskError> {
     Ok(())
 }
+
+/// A poison pill, to watch what dmq does with one: it kills the worker process that
+/// runs it, as a segfault in a native library or an out-of-memory kill would. dmq takes
+/// it back from the dead worker, runs it alone, and dead-letters it once it has killed
+/// its worker `--max-deliveries` times alone; the jobs that ran beside it are spared.
+#[task(queue = "poison")]
+pub async fn crash_worker() -> Result<(), TaskError> {
+    std::process::abort()
+}

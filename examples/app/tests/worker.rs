@@ -262,3 +262,75 @@ async fn workers_stop_when_their_supervisor_dies() {
     remove_namespace(&url, &namespace).await;
     assert!(!still, "worker {child} outlived its supervisor");
 }
+
+/// A poison pill among 500 good jobs, under `app worker --tasks app --workers 4`: it
+/// kills the worker process that runs it, and the ten-odd jobs claimed beside it die
+/// with it. Whatever `--max-deliveries` is (1, the strictest, takes one death alone),
+/// every good job completes and the pill alone is dead-lettered: the jobs taken back
+/// from a dead worker run one at a time, alone.
+async fn a_poison_pill_is_dead_lettered_alone(max_deliveries: u32) {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let log = std::env::temp_dir().join(format!("{namespace}-poison.log"));
+    let app = env!("CARGO_BIN_EXE_app");
+    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+    let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("redis");
+    let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+    // Enqueued before the workers start, so that the first claims take the pill in a
+    // batch with good jobs.
+    let mut calls: Vec<_> = (0..250).map(|i| app::add::call(i, 1).queue("math")).collect();
+    let good_first = manager.enqueue_batch(calls.drain(..)).await.expect("enqueue");
+    let pill = app::crash_worker::call().queue("math").enqueue(&manager).await.expect("pill");
+    let good_then =
+        manager.enqueue_batch((250..500).map(|i| app::add::call(i, 1))).await.expect("enqueue");
+    let mut supervisor = Command::new(app)
+        .args(["worker", "--tasks", app, "--workers", "4", "--broker", &url])
+        .args(["--namespace", &namespace, "--queues", "math", "--concurrency", "10"])
+        .args(["--heartbeat", "200ms", "--max-deliveries", &max_deliveries.to_string()])
+        .args(["--grace", "5s", "--log-level", "warn"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the supervisor");
+
+    let outcome = async {
+        for (i, id) in (0..).zip(good_first.iter().chain(&good_then)) {
+            let sum = manager.result::<i64>(*id).wait(WAIT * 3).await.expect("a good job's result");
+            assert_eq!(sum, i + 1);
+        }
+        let deadline = std::time::Instant::now() + WAIT * 3;
+        loop {
+            let stats = manager.broker().queue_stats("math").await.expect("stats");
+            if stats.dead == 1 && stats.ready == 0 && stats.in_flight == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the pill never settled: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let letters = manager.dead_letters("math", 0, 10).await.expect("dead letters");
+        assert_eq!(letters.len(), 1, "only the pill: {letters:?}");
+        assert_eq!(letters[0].id, pill.id());
+        let reason = &letters[0].reason;
+        let expected =
+            format!("poison: its worker was lost {max_deliveries} times while it ran alone");
+        assert!(reason.starts_with(&expected), "{reason}");
+    };
+    let result = tokio::time::timeout(WAIT * 4, AssertUnwindSafe(outcome).catch_unwind()).await;
+    let (status, logged) = terminate(&mut supervisor, &log).await;
+    remove_namespace(&url, &namespace).await;
+    finished(result, &logged);
+    assert!(status.success(), "the supervisor exited with {status}; logged:\n{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_pill_is_dead_lettered_alone_even_at_one_delivery() {
+    a_poison_pill_is_dead_lettered_alone(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_pill_is_dead_lettered_alone_after_three_deaths() {
+    a_poison_pill_is_dead_lettered_alone(3).await;
+}
