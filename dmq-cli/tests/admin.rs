@@ -312,6 +312,27 @@ fn enqueue_sends_json_arguments_as_a_messagepack_tuple() {
     assert_error(&ns.dmq(&["enqueue", "t", "3"]), "must be a JSON array");
 }
 
+/// A task without arguments, run by the test's own in-process worker.
+#[dmq_core::task(name = "admin.ping", queue = "ping")]
+async fn ping() -> Result<String, dmq_core::TaskError> {
+    Ok("pong".to_owned())
+}
+
+#[test]
+fn enqueue_runs_a_task_without_arguments_given_an_empty_array() {
+    let mut ns = Namespace::new();
+    let worker = {
+        let _runtime = ns.rt.enter();
+        ns.manager.worker().queues(["ping"]).start()
+    };
+    ns.worker = Some(worker);
+    // `dmq` does not know the task: the worker alone decodes the `[]`.
+    let out = ns.ok(&["enqueue", "admin.ping", "[]", "--queue", "ping"]);
+    let id: TaskId = out.trim().parse().expect("prints the task id");
+    let value = ns.rt.block_on(ns.manager.result::<String>(id).wait(Duration::from_secs(30)));
+    assert_eq!(value.expect("the worker ran it and stored its value"), "pong");
+}
+
 #[test]
 fn result_shows_the_stored_outcome() {
     let ns = Namespace::new();

@@ -339,8 +339,14 @@ impl<'a> Task<'a> {
         let encode = quote_spanned! {tuple_span=>
             ::dmq_core::__private::Call::new(NAME, QUEUE, &(#(#call_names,)*))
         };
-        let decode = quote_spanned! {tuple_span=>
-            ::dmq_core::__private::decode_args::<(#(#arg_types,)*)>(NAME, &args)
+        // A task without arguments takes the wire format's empty array as well as the
+        // nil that `()` encodes to.
+        let decode = if arg_types.is_empty() {
+            quote!(::dmq_core::__private::decode_no_args(NAME, &args))
+        } else {
+            quote_spanned! {tuple_span=>
+                ::dmq_core::__private::decode_args::<(#(#arg_types,)*)>(NAME, &args)
+            }
         };
         // The call of the function is the macro's own code (so no lint about how it
         // is written fires at the user's name) ...

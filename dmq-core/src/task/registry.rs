@@ -2,10 +2,15 @@
 //! `inventory`.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::envelope::without_values;
 use crate::error::{Error, Result};
 use crate::guarantee::Guarantee;
 use crate::retry::{Backoff, RetryPolicy};
@@ -77,6 +82,93 @@ pub struct TaskRegistration {
 }
 
 inventory::collect!(TaskRegistration);
+
+/// Decodes the argument tuple of task `task`, which takes `A`. For generated code.
+///
+/// # Errors
+///
+/// [`RunError::BadArgs`] saying which types were expected.
+pub fn decode_args<A: DeserializeOwned>(task: &str, bytes: &[u8]) -> Result<A, RunError> {
+    rmp_serde::from_slice(bytes).map_err(|e| {
+        let takes = short_type_name(std::any::type_name::<A>());
+        RunError::BadArgs(format!(
+            "the arguments do not fit task {task:?}, which takes {takes}: {}",
+            without_values(&e.to_string())
+        ))
+    })
+}
+
+/// Decodes the arguments of task `task`, which takes none: an empty array, as the wire
+/// format documents (and `dmq enqueue t '[]'` sends), or nil, which is what `()`
+/// encodes to and what dmq's own producers write. For generated code.
+///
+/// # Errors
+///
+/// [`RunError::BadArgs`] for anything else.
+pub fn decode_no_args(task: &str, bytes: &[u8]) -> Result<(), RunError> {
+    rmp_serde::from_slice::<NoArgs>(bytes).map(|NoArgs| ()).map_err(|e| {
+        RunError::BadArgs(format!(
+            "the arguments do not fit task {task:?}, which takes no arguments: {}",
+            without_values(&e.to_string())
+        ))
+    })
+}
+
+/// The arguments of a task that takes none.
+struct NoArgs;
+
+impl<'de> Deserialize<'de> for NoArgs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoArgs)
+    }
+}
+
+impl<'de> Visitor<'de> for NoArgs {
+    type Value = NoArgs;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an empty array")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<NoArgs, E> {
+        Ok(NoArgs)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<NoArgs, E> {
+        Ok(NoArgs)
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<NoArgs, S::Error> {
+        let mut items = 0;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            items += 1;
+        }
+        if items == 0 { Ok(NoArgs) } else { Err(serde::de::Error::invalid_length(items, &self)) }
+    }
+}
+
+/// A type's name as `std::any::type_name` gives it, without the module paths:
+/// `(alloc::string::String, app::Order)` becomes `(String, Order)`.
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            // A path separator: what came before it was a module.
+            chars.next();
+            segment.clear();
+        } else if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else {
+            out.push_str(&segment);
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&segment);
+    out
+}
 
 /// The schedule a `#[task]` attribute gives its task. Not for hand use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +343,36 @@ mod tests {
         line: 7,
         run: never,
     };
+
+    #[test]
+    fn type_names_lose_their_module_paths() {
+        assert_eq!(short_type_name("(alloc::string::String, i64)"), "(String, i64)");
+        assert_eq!(short_type_name("(u32,)"), "(u32,)");
+        assert_eq!(
+            short_type_name("(alloc::vec::Vec<app::orders::Order>, core::option::Option<[u8; 4]>)"),
+            "(Vec<Order>, Option<[u8; 4]>)"
+        );
+        assert_eq!(short_type_name("()"), "()");
+    }
+
+    #[test]
+    fn no_arguments_are_an_empty_array_or_nil() {
+        for bytes in [&[0x90][..], &[0xdc, 0, 0], &[0xdd, 0, 0, 0, 0], &[0xc0]] {
+            assert!(decode_no_args("t", bytes).is_ok(), "{bytes:?}");
+        }
+        assert_eq!(rmp_serde::to_vec(&()).unwrap(), [0xc0], "what dmq writes for none");
+        for (bytes, expected) in [
+            (&[0x91, 0x01][..], "invalid length 1, expected an empty array"),
+            (&[0x80], "invalid type: map, expected an empty array"),
+            (&[0xa1, b'x'], "invalid type: a string of 1 bytes, expected an empty array"),
+            (&[], "the arguments do not fit task \"t\", which takes no arguments: "),
+        ] {
+            let Err(RunError::BadArgs(message)) = decode_no_args("t", bytes) else {
+                panic!("{bytes:?} decoded");
+            };
+            assert!(message.contains(expected), "{expected:?} in {message}");
+        }
+    }
 
     #[test]
     fn duplicate_names_are_refused_naming_both_places() {

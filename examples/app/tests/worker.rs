@@ -262,3 +262,46 @@ async fn workers_stop_when_their_supervisor_dies() {
     remove_namespace(&url, &namespace).await;
     assert!(!still, "worker {child} outlived its supervisor");
 }
+
+/// Runs `app` with `args` against the test Redis in `namespace`.
+fn app(args: &[&str], namespace: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(args)
+        .args(["--broker", &redis_url(), "--namespace", namespace])
+        .output()
+        .expect("run app")
+}
+
+/// `app enqueue flaky '[]'`: a task without arguments, enqueued from the command line
+/// as `--help` and the wire format say, runs in `app worker` and stores its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_without_arguments_enqueued_as_an_empty_array_runs() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let log = std::env::temp_dir().join(format!("{namespace}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["worker", "--broker", &url, "--namespace", &namespace, "--no-scheduler"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start app worker");
+    let outcome = async {
+        let out = app(&["enqueue", "flaky", "[]"], &namespace);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let id: dmq_core::TaskId =
+            String::from_utf8_lossy(&out.stdout).trim().parse().expect("prints the task id");
+        let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("redis");
+        let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+        let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+        let attempt = manager.result::<u32>(id).wait(WAIT).await.expect("flaky succeeds");
+        assert_eq!(attempt, 3, "it failed twice, then ran");
+    };
+    let result = tokio::time::timeout(WAIT * 2, AssertUnwindSafe(outcome).catch_unwind()).await;
+    let (status, logged) = terminate(&mut child, &log).await;
+    remove_namespace(&url, &namespace).await;
+    finished(result, &logged);
+    assert!(status.success(), "app worker exited with {status}; it logged:\n{logged}");
+}
