@@ -2,10 +2,12 @@
 //! array the wire format documents, and names no queue or task can have are refused
 //! before anything reaches the broker.
 
-use dmq_core::{Envelope, TaskError, task};
+use std::time::Duration;
+
+use dmq_core::{Envelope, Error, TaskError, TaskId, task};
 
 mod common;
-use common::{Backing, WAIT, encode_args, failure};
+use common::{Backing, WAIT, encode_args, failure, queue_counts};
 
 #[task(name = "input.ping", queue = "input")]
 async fn ping() -> Result<String, TaskError> {
@@ -19,6 +21,7 @@ async fn echo(text: String) -> Result<String, TaskError> {
 
 common::on_both_brokers! {
     a_task_without_arguments_takes_an_empty_array_or_nil;
+    names_no_queue_or_task_can_have_are_refused_at_enqueue;
 }
 
 /// An envelope of `ping` whose `args` are these bytes.
@@ -48,4 +51,52 @@ async fn a_task_without_arguments_takes_an_empty_array_or_nil(backing: Backing) 
         assert!(message.contains("takes no arguments"), "{args:?}: {message}");
     }
     worker.shutdown().await;
+}
+
+async fn names_no_queue_or_task_can_have_are_refused_at_enqueue(backing: Backing) {
+    let manager = backing.manager().await;
+    let refused = |result: dmq_core::Result<TaskId>, expected: &str| match result {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains(expected), "expected {expected:?} in: {message}");
+        }
+        other => panic!("expected {expected:?} refused, got {other:?}"),
+    };
+    for queue in ["", "  ", "a b", "{q}", "q}", "a,b", "bell\u{7}", &"q".repeat(256)] {
+        let call = echo::call("x".into()).queue(queue);
+        refused(call.enqueue(&manager).await.map(|h| h.id()), "queue name");
+        let envelope = Envelope::new(echo::NAME, queue, encode_args(&("x",)));
+        refused(manager.enqueue_envelope(envelope).await, "queue name");
+    }
+    for task in ["", " input.echo", "a,b", "new\nline", "{t}"] {
+        let envelope = Envelope::new(task, "input", encode_args(&("x",)));
+        refused(manager.enqueue_envelope(envelope).await, "task name");
+    }
+    // A batch with one bad name enqueues nothing.
+    let batch = [echo::call("a".into()), echo::call("b".into()).queue("")];
+    let result = manager.enqueue_batch(batch).await;
+    assert!(matches!(result, Err(Error::InvalidArgument(_))), "{result:?}");
+    // Nor does a requeue of a dead letter to a bad queue.
+    let id = manager
+        .enqueue_envelope(Envelope::new("input.unknown", "input", encode_args(&())))
+        .await
+        .expect("enqueues");
+    let worker = manager.worker().queues(["input"]).start();
+    let deadline = std::time::Instant::now() + WAIT;
+    while manager.dead_letters("input", 0, 10).await.expect("reads").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the unknown task was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await;
+    let requeued = manager.requeue_dead_letter("input", id, Some("")).await;
+    assert!(matches!(requeued, Err(Error::InvalidArgument(_))), "{requeued:?}");
+    assert_eq!(queue_counts(&manager, "input").await, (0, 0, 0, 1));
+    assert_eq!(queue_counts(&manager, "").await, (0, 0, 0, 0));
+    // The longest name there may be, and names with dots, dashes, colons and
+    // non-ASCII letters, are fine.
+    for queue in ["q".repeat(255), "emails.high-priority".into(), "team:a".into(), "écrits".into()]
+    {
+        let handle = echo::call("x".into()).queue(queue.clone()).enqueue(&manager).await;
+        handle.unwrap_or_else(|e| panic!("{queue:?} refused: {e}"));
+        assert_eq!(queue_counts(&manager, &queue).await.0, 1, "{queue:?}");
+    }
 }

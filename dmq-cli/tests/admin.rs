@@ -80,6 +80,30 @@ impl Namespace {
     fn stats(&self, queue: &str) -> dmq_core::QueueStats {
         self.rt.block_on(self.manager.broker().queue_stats(queue)).expect("stats")
     }
+    /// Every queue key of the namespace, found by `SCAN`, whatever its queue's name.
+    fn queue_keys(&self) -> Vec<String> {
+        let pattern = dmq_redis::Keys::new(self.name.clone()).patterns().swap_remove(0);
+        self.rt.block_on(async {
+            let client = redis::Client::open(redis_url()).expect("a redis url");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("connects");
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SCAN");
+                keys.extend(page);
+                if next == 0 {
+                    return keys;
+                }
+                cursor = next;
+            }
+        })
+    }
 }
 
 /// Runs `dmq` with `args` and only the environment variables `env` of its own.
@@ -331,6 +355,25 @@ fn enqueue_runs_a_task_without_arguments_given_an_empty_array() {
     let id: TaskId = out.trim().parse().expect("prints the task id");
     let value = ns.rt.block_on(ns.manager.result::<String>(id).wait(Duration::from_secs(30)));
     assert_eq!(value.expect("the worker ran it and stored its value"), "pong");
+}
+
+#[test]
+fn enqueue_refuses_names_a_queue_or_task_cannot_have() {
+    let ns = Namespace::new();
+    for queue in ["", " ", "a b", "{emails}", "em}ails", "a,b", "tab\there"] {
+        let out = ns.dmq(&["enqueue", "t", "[]", "--queue", queue]);
+        assert_error(&out, &format!("queue name {queue:?} is not usable"));
+    }
+    let out = ns.dmq(&["enqueue", "t", "[]", "--queue", &"q".repeat(256)]);
+    assert_error(&out, "is 256 bytes long");
+    for task in ["", " t", "a,b", "new\nline"] {
+        let out = ns.dmq(&["enqueue", task, "[]", "--queue", "q"]);
+        assert_error(&out, &format!("task name {task:?} is not usable"));
+    }
+    assert!(ns.queue_keys().is_empty(), "nothing reached Redis: {:?}", ns.queue_keys());
+    // The longest name there may be is fine.
+    ns.ok(&["enqueue", "t", "[]", "--queue", &"q".repeat(255)]);
+    assert_eq!(ns.stats(&"q".repeat(255)).ready, 1);
 }
 
 #[test]

@@ -33,6 +33,7 @@ mod events;
 mod guarantee;
 mod manager;
 mod metrics;
+mod names;
 mod retry;
 mod schedule;
 mod task;
@@ -63,6 +64,7 @@ pub use events::{
 pub use guarantee::Guarantee;
 pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
 pub use metrics::Metrics;
+pub use names::{MAX_NAME_LEN, check_queue_name, check_task_name};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use schedule::{MissedFires, Schedule, Tz};
 pub use task::{

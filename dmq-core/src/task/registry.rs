@@ -224,6 +224,8 @@ impl Registry {
     /// # Errors
     ///
     /// [`Error::DuplicateTask`] when two tasks share a name; the message names both.
+    /// [`Error::InvalidArgument`] for a task whose name or queue is not usable (see
+    /// [`check_queue_name`](crate::check_queue_name)), naming where it is defined.
     pub fn from_linked() -> Result<Self> {
         Self::from_registrations(inventory::iter::<TaskRegistration>)
     }
@@ -233,6 +235,11 @@ impl Registry {
     ) -> Result<Self> {
         let mut by_name: HashMap<&'static str, &'static TaskRegistration> = HashMap::new();
         for reg in regs {
+            crate::names::check_task_name(reg.name)
+                .and_then(|()| crate::names::check_queue_name(reg.queue))
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("the #[task] {}: {e}", reg.location()))
+                })?;
             if let Some(first) = by_name.insert(reg.name, reg) {
                 let (a, b) = order(first, reg);
                 return Err(Error::DuplicateTask {
@@ -372,6 +379,27 @@ mod tests {
             };
             assert!(message.contains(expected), "{expected:?} in {message}");
         }
+    }
+
+    #[test]
+    fn a_task_with_an_unusable_queue_is_refused_naming_its_place() {
+        static SPACED: TaskRegistration = TaskRegistration {
+            name: "report",
+            queue: "daily reports",
+            path: "app::report",
+            file: "src/report.rs",
+            line: 12,
+            ..A
+        };
+        let err = Registry::from_registrations([&A, &SPACED]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert!(
+            text.starts_with(
+                "the #[task] app::report (src/report.rs:12): queue name \"daily reports\""
+            ),
+            "{text}"
+        );
     }
 
     #[test]
