@@ -89,11 +89,13 @@ pub enum Command {
     /// Enqueue a job by task name, with its arguments as a JSON array; prints its id.
     ///
     /// The array is the task's argument tuple, encoded as MessagePack: a task
-    /// `send(to: String, retries: u32)` takes `'["ann@example.com", 3]'`. The queue
-    /// defaults to the task's own queue when the task is registered in this dmq
-    /// binary, and to `default` otherwise.
+    /// `send(to: String, retries: u32)` takes `'["ann@example.com", 3]'`, a task without
+    /// arguments `'[]'`. `-` reads the array from standard input, `@FILE` from a file.
+    /// The queue defaults to the task's own queue when the task is registered in this
+    /// dmq binary, and to `default` otherwise. A task or queue name is 1 to 255 bytes
+    /// without whitespace, control characters, braces or commas.
     #[command(
-        after_help = "Examples:\n  dmq enqueue emails.send '[\"ann@example.com\", 3]'\n  dmq enqueue reports.build '[]' --queue reports --delay 10m\n  dmq enqueue cleanup '[7]' --eta 2030-01-01T00:00:00Z --priority 9"
+        after_help = "Examples:\n  dmq enqueue emails.send '[\"ann@example.com\", 3]'\n  dmq enqueue reports.build '[]' --queue reports --delay 10m\n  dmq enqueue cleanup '[7]' --eta 2030-01-01T00:00:00Z --priority 9\n  dmq enqueue thumbnails.make @batch.json --queue images\n  jq -c '[.url, .size]' order.json | dmq enqueue fetch - --queue web"
     )]
     Enqueue(EnqueueArgs),
 
@@ -343,7 +345,9 @@ pub struct EnqueueArgs {
     /// The task's registered name, e.g. emails.send.
     pub task: String,
 
-    /// The arguments as a JSON array, e.g. `'["ann@example.com", 3]'`, or `'[]'` for none.
+    /// The arguments as a JSON array, e.g. `'["ann@example.com", 3]'`, or `'[]'` for none;
+    /// `-` reads them from standard input and `@FILE` from a file, for arguments larger
+    /// than a command line holds (128 KiB on Linux).
     #[arg(value_name = "JSON_ARGS")]
     pub args: String,
 

@@ -377,6 +377,59 @@ fn enqueue_refuses_names_a_queue_or_task_cannot_have() {
 }
 
 #[test]
+fn enqueue_reads_the_arguments_from_stdin_or_a_file() {
+    use std::io::Write as _;
+    let ns = Namespace::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmq"))
+        .args(["enqueue", "emails.send", "-", "--queue", "mail"])
+        .env("DMQ_BROKER_URL", redis_url())
+        .env("DMQ_NAMESPACE", &ns.name)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the dmq binary runs");
+    let mut stdin = child.stdin.take().expect("a pipe");
+    stdin.write_all(br#"["ann@example.com", 3]"#).expect("writes the arguments");
+    drop(stdin);
+    let out = child.wait_with_output().expect("dmq enqueue ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_stdin: TaskId =
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("prints the task id");
+
+    // Over the 128 KiB one argument of a command line can hold on Linux.
+    let body = "x".repeat(200 * 1024);
+    let path = std::env::temp_dir().join(format!("{}.json", ns.name));
+    std::fs::write(&path, json!([body, 7]).to_string()).expect("writes the file");
+    let out =
+        ns.dmq(&["enqueue", "emails.send", &format!("@{}", path.display()), "--queue", "mail"]);
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_file: TaskId =
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("prints the task id");
+
+    let claimed = ns.claim("mail", 2);
+    assert_eq!(claimed.len(), 2);
+    for delivery in claimed {
+        let envelope = Envelope::decode(&delivery.payload, 1 << 20).expect("decodes");
+        let args: (String, u32) = rmp_serde::from_slice(&envelope.args).expect("a (String, u32)");
+        if envelope.id == from_stdin {
+            assert_eq!(args, ("ann@example.com".to_owned(), 3));
+        } else {
+            assert_eq!(envelope.id, from_file);
+            assert_eq!((args.0.len(), args.1), (body.len(), 7));
+        }
+    }
+
+    let missing = std::env::temp_dir().join(format!("{}-missing.json", ns.name));
+    let out = ns.dmq(&["enqueue", "t", &format!("@{}", missing.display())]);
+    assert_error(&out, &format!("could not read the arguments from {}", missing.display()));
+    assert_error(&ns.dmq(&["enqueue", "t", "@"]), "name the file");
+    let out = ns.dmq(&["enqueue", "t", &format!("@{}", std::env::temp_dir().display())]);
+    assert_error(&out, "could not read the arguments from");
+}
+
+#[test]
 fn result_shows_the_stored_outcome() {
     let ns = Namespace::new();
     let ttl = Duration::from_secs(600);
