@@ -430,6 +430,40 @@ fn enqueue_reads_the_arguments_from_stdin_or_a_file() {
 }
 
 #[test]
+fn usage_errors_are_one_error_line_with_status_1() {
+    for (args, expected) in [
+        (&["enqueue"][..], "<TASK>"),
+        (&["enqueue", "t"][..], "<JSON_ARGS>"),
+        (&["enqueue", "t", "[]", "--priority", "10"][..], "10"),
+        (&["enqueue", "t", "[]", "--colour", "red"][..], "--colour"),
+        (&["nope"][..], "nope"),
+        (&[][..], "bench, worker, tasks"),
+        (&["dlq"][..], "list, requeue, delete, purge"),
+        (&["worker", "--workers", "2"][..], "--tasks"),
+    ] {
+        let out = dmq_with(args, &[]);
+        assert_error(&out, expected);
+        assert!(out.stdout.is_empty(), "dmq {args:?} printed {:?}", out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("usage: dmq"), "dmq {args:?}: {stderr}");
+    }
+    // Help and the version are no errors: on stdout, status 0, as clap prints them.
+    for args in [&["--help"][..], &["enqueue", "--help"][..], &["help", "enqueue"][..]] {
+        let out = dmq_with(args, &[]);
+        assert_eq!(out.status.code(), Some(0), "dmq {args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("Usage: dmq") && stdout.lines().count() > 5, "{stdout}");
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = dmq_with(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("dmq {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
 fn result_shows_the_stored_outcome() {
     let ns = Namespace::new();
     let ttl = Duration::from_secs(600);
@@ -600,8 +634,7 @@ fn worker_errors_are_one_line_that_say_what_to_do() {
     // The dmq binary itself links no task of the user's.
     assert_error(&dmq_with(&["worker", "--broker", "memory://"], &[]), "links no #[task]");
     // --workers goes with --tasks.
-    let out = dmq_with(&["worker", "--workers", "2"], &[]);
-    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert_error(&dmq_with(&["worker", "--workers", "2"], &[]), "--tasks");
 }
 
 #[test]

@@ -305,3 +305,25 @@ async fn a_task_without_arguments_enqueued_as_an_empty_array_runs() {
     finished(result, &logged);
     assert!(status.success(), "app worker exited with {status}; it logged:\n{logged}");
 }
+
+/// A task binary's usage errors are one `error:` line with status 1, as `dmq`'s are.
+#[test]
+fn app_usage_errors_are_one_line_with_status_1() {
+    for args in [&["enqueue"][..], &["worker", "--concurrency", "0"][..], &["nope"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+            .args(args)
+            .output()
+            .expect("run app");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "app {args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("usage: app"), "{stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .arg("--help")
+        .output()
+        .expect("run app");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: app"));
+}
