@@ -142,8 +142,10 @@ pub enum Command {
     /// The array is the task's argument tuple, encoded as MessagePack: a task
     /// `send(to: String, retries: u32)` takes `'["ann@example.com", 3]'`, a task without
     /// arguments `'[]'`. `-` reads the array from standard input, `@FILE` from a file.
-    /// The queue defaults to the task's own queue when the task is registered in this
-    /// dmq binary, and to `default` otherwise. A task or queue name is 1 to 255 bytes
+    /// A task binary (`app enqueue`) checks the arguments against the types of its own
+    /// tasks before it enqueues, and sends the job to the task's own queue; `dmq`
+    /// knows none of the user's tasks, so it sends them to `default` unless told
+    /// --queue, and a worker checks them. A task or queue name is 1 to 255 bytes
     /// without whitespace, control characters, braces or commas.
     #[command(
         after_help = "Examples:\n  dmq enqueue emails.send '[\"ann@example.com\", 3]'\n  dmq enqueue reports.build '[]' --queue reports --delay 10m\n  dmq enqueue cleanup '[7]' --eta 2030-01-01T00:00:00Z --priority 9\n  dmq enqueue thumbnails.make @batch.json --queue images\n  jq -c '[.url, .size]' order.json | dmq enqueue fetch - --queue web"

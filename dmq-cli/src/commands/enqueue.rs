@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::io::Read;
 
 use anyhow::{Context as _, bail, ensure};
-use dmq_core::Envelope;
+use dmq_core::{Envelope, Registry};
 use serde_json::{Value, json};
 
 use super::admin::{Admin, print_json, time};
@@ -23,15 +23,19 @@ const MAX_ARGS_TEXT: u64 = 16 * dmq_core::DEFAULT_MAX_MESSAGE_SIZE as u64;
 pub(crate) async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let text = args_text(&args.args, || std::io::stdin().lock())?;
     let payload = encode_args(&text)?;
-    let admin = Admin::connect(&args.broker).await?;
-    let queue = match &args.queue {
-        Some(queue) => queue.clone(),
-        None => admin
-            .manager
-            .registry()
-            .task(&args.task)
-            .map_or_else(|| DEFAULT_QUEUE.to_owned(), |info| info.queue.to_owned()),
+    // A task of this binary: its arguments are checked against its parameter types
+    // now, before anything is enqueued, and its queue is known.
+    let registry = Registry::from_linked()?;
+    let known = registry.task(&args.task);
+    if known.is_some() {
+        registry.check_args(&args.task, &payload)?;
+    }
+    let queue = match (&args.queue, known) {
+        (Some(queue), _) => queue.clone(),
+        (None, Some(info)) => info.queue.to_owned(),
+        (None, None) => DEFAULT_QUEUE.to_owned(),
     };
+    let admin = Admin::connect(&args.broker).await?;
     let mut envelope = Envelope::new(args.task.clone(), queue.clone(), payload);
     envelope.eta = match (args.eta, args.delay) {
         (Some(eta), _) => Some(eta),

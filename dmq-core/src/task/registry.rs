@@ -79,6 +79,9 @@ pub struct TaskRegistration {
     pub line: u32,
     /// Decodes the arguments, runs the function and encodes its value.
     pub run: fn(Vec<u8>, TaskContext) -> TaskFuture,
+    /// Decodes the arguments as `run` does, without running the function: whether a
+    /// job's arguments fit the task.
+    pub check_args: fn(&[u8]) -> Result<(), RunError>,
 }
 
 inventory::collect!(TaskRegistration);
@@ -262,6 +265,25 @@ impl Registry {
         self.get(name).map(info)
     }
 
+    /// Checks that `args`, an encoded argument tuple, decode into the parameter types of
+    /// the task registered as `name`, as a worker would decode them before a run,
+    /// without running it. A producer that knows the task (`app enqueue`) refuses
+    /// arguments that do not fit at once, rather than have the job dead-lettered later.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when no task `name` is registered in this binary, or
+    /// when `args` do not fit its parameters; the message names their types.
+    pub fn check_args(&self, name: &str, args: &[u8]) -> Result<()> {
+        let Some(reg) = self.get(name) else {
+            return Err(Error::InvalidArgument(format!(
+                "no task named {name:?} is registered in this binary, so its arguments \
+                 cannot be checked"
+            )));
+        };
+        (reg.check_args)(args).map_err(|e| Error::InvalidArgument(e.message()))
+    }
+
     /// Every registration, in no particular order.
     pub(crate) fn registrations(&self) -> impl Iterator<Item = &'static TaskRegistration> + '_ {
         self.by_name.values().copied()
@@ -320,6 +342,10 @@ mod tests {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    fn two_numbers(args: &[u8]) -> Result<(), RunError> {
+        decode_args::<(i64, i64)>("same", args).map(|_| ())
+    }
+
     static A: TaskRegistration = TaskRegistration {
         name: "same",
         queue: "default",
@@ -334,6 +360,7 @@ mod tests {
         file: "src/a.rs",
         line: 3,
         run: never,
+        check_args: two_numbers,
     };
     static B: TaskRegistration = TaskRegistration {
         name: "same",
@@ -349,6 +376,7 @@ mod tests {
         file: "src/b.rs",
         line: 7,
         run: never,
+        check_args: two_numbers,
     };
 
     #[test]
@@ -400,6 +428,21 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn arguments_are_checked_against_the_registered_types() {
+        let registry = Registry::from_registrations([&A]).unwrap();
+        assert!(registry.check_args("same", &rmp_serde::to_vec(&(2, 3)).unwrap()).is_ok());
+        let err = registry.check_args("same", &rmp_serde::to_vec(&(2,)).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "the arguments do not fit task \"same\", which takes (i64, i64): invalid length 1, \
+             expected a tuple of size 2"
+        );
+        let err = registry.check_args("other", &[0x90]).unwrap_err();
+        assert!(err.to_string().contains("no task named \"other\" is registered"), "{err}");
     }
 
     #[test]

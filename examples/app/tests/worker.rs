@@ -272,6 +272,44 @@ fn app(args: &[&str], namespace: &str) -> std::process::Output {
         .expect("run app")
 }
 
+/// `app enqueue` knows its tasks' parameter types: arguments that do not fit are refused
+/// at once, naming the types, and nothing is enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_enqueue_refuses_arguments_that_do_not_fit_the_task() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let outcome = std::panic::catch_unwind(|| {
+        for (task, args, expected) in [
+            ("add", "[2]", "(i64, i64)"),
+            ("add", r#"[2, "3"]"#, "(i64, i64)"),
+            ("add", "[2, 3.5]", "(i64, i64)"),
+            ("emails.send", r#"["ann@example.com", 3]"#, "(String, String)"),
+            ("slow", "[-1]", "(u64,)"),
+            ("heartbeat", "[1]", "takes no arguments"),
+        ] {
+            let out = app(&["enqueue", task, args], &namespace);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "app enqueue {task} {args}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+            assert!(stderr.starts_with("error: "), "{stderr}");
+            assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+            assert!(stderr.contains(&format!("{task:?}")), "names the task: {stderr}");
+        }
+        // Arguments that fit are enqueued, and a task without arguments takes `[]`.
+        for (task, args) in [("add", "[2, 3]"), ("heartbeat", "[]"), ("flaky", "[]")] {
+            let out = app(&["enqueue", task, args], &namespace);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+    let stats = dmq_core::Broker::queue_stats(&broker, "math").await.expect("stats");
+    remove_namespace(&url, &namespace).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(stats.ready, 1, "only the call that fits was enqueued");
+}
+
 /// `app enqueue flaky '[]'`: a task without arguments, enqueued from the command line
 /// as `--help` and the wire format say, runs in `app worker` and stores its result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
