@@ -1,6 +1,10 @@
-//! The clap types: every command, option and its help text.
+//! The clap types: every command, option and its help text, and how a usage error
+//! reads.
 
-use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 /// dmq: a Celery-style task queue for Rust.
 #[derive(Debug, Parser)]
@@ -9,6 +13,53 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A usage error clap found in `argv` (the whole command line, the program first), as
+/// one line without the `error: ` prefix: clap's message, its tip if any, and the usage
+/// of the command it is about. clap's own output is several lines (message, tip, usage,
+/// a hint); dmq keeps every error to one line.
+pub(crate) fn usage_error(error: &clap::Error, argv: &[OsString]) -> String {
+    let program = argv
+        .first()
+        .and_then(|arg0| std::path::Path::new(arg0).file_name())
+        .map_or_else(|| "dmq".to_owned(), |name| name.to_string_lossy().into_owned());
+    let mut root = Cli::command().bin_name(program);
+    root.build();
+    // The subcommand the error is about: the deepest one named in `argv`.
+    let mut command = &root;
+    for arg in argv.iter().skip(1) {
+        if let Some(sub) = command.find_subcommand(arg) {
+            command = sub;
+        }
+    }
+    let usage = one_line(command.clone().render_usage().to_string().trim_start_matches("Usage:"));
+    let message = if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap would print the whole help here.
+        let names: Vec<&str> = command
+            .get_subcommands()
+            .map(clap::Command::get_name)
+            .filter(|n| *n != "help")
+            .collect();
+        format!("a command is missing, one of: {}", names.join(", "))
+    } else {
+        // clap's text: "error: <message>", then "tip: ..." paragraphs, the usage and
+        // "For more information, try '--help'."
+        let rendered = error.render().to_string();
+        let mut paragraphs = rendered.split("\n\n").map(str::trim);
+        let first = paragraphs.next().unwrap_or_default();
+        let mut message = one_line(first.strip_prefix("error:").unwrap_or(first));
+        for tip in paragraphs.filter(|p| p.starts_with("tip:")) {
+            message.push_str(&format!(" ({})", one_line(tip)));
+        }
+        message
+    };
+    format!("{message}; usage: {usage}")
+}
+
+/// `text` with every run of whitespace, line breaks included, as one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The `dmq` subcommands.
@@ -89,11 +140,15 @@ pub enum Command {
     /// Enqueue a job by task name, with its arguments as a JSON array; prints its id.
     ///
     /// The array is the task's argument tuple, encoded as MessagePack: a task
-    /// `send(to: String, retries: u32)` takes `'["ann@example.com", 3]'`. The queue
-    /// defaults to the task's own queue when the task is registered in this dmq
-    /// binary, and to `default` otherwise.
+    /// `send(to: String, retries: u32)` takes `'["ann@example.com", 3]'`, a task without
+    /// arguments `'[]'`. `-` reads the array from standard input, `@FILE` from a file.
+    /// A task binary (`app enqueue`) checks the arguments against the types of its own
+    /// tasks before it enqueues, and sends the job to the task's own queue; `dmq`
+    /// knows none of the user's tasks, so it sends them to `default` unless told
+    /// --queue, and a worker checks them. A task or queue name is 1 to 255 bytes
+    /// without whitespace, control characters, braces or commas.
     #[command(
-        after_help = "Examples:\n  dmq enqueue emails.send '[\"ann@example.com\", 3]'\n  dmq enqueue reports.build '[]' --queue reports --delay 10m\n  dmq enqueue cleanup '[7]' --eta 2030-01-01T00:00:00Z --priority 9"
+        after_help = "Examples:\n  dmq enqueue emails.send '[\"ann@example.com\", 3]'\n  dmq enqueue reports.build '[]' --queue reports --delay 10m\n  dmq enqueue cleanup '[7]' --eta 2030-01-01T00:00:00Z --priority 9\n  dmq enqueue thumbnails.make @batch.json --queue images\n  jq -c '[.url, .size]' order.json | dmq enqueue fetch - --queue web"
     )]
     Enqueue(EnqueueArgs),
 
@@ -350,7 +405,9 @@ pub struct EnqueueArgs {
     /// The task's registered name, e.g. emails.send.
     pub task: String,
 
-    /// The arguments as a JSON array, e.g. `'["ann@example.com", 3]'`, or `'[]'` for none.
+    /// The arguments as a JSON array, e.g. `'["ann@example.com", 3]'`, or `'[]'` for none;
+    /// `-` reads them from standard input and `@FILE` from a file, for arguments larger
+    /// than a command line holds (128 KiB on Linux).
     #[arg(value_name = "JSON_ARGS")]
     pub args: String,
 
@@ -684,6 +741,39 @@ mod tests {
         assert!(err.to_string().contains("expected one of queued, started, completed"), "{err}");
         assert!(Cli::try_parse_from(["dmq", "events", "--from-start", "--last", "3"]).is_err());
         assert!(Cli::try_parse_from(["dmq", "events", "--count", "0"]).is_err());
+    }
+
+    /// The one line `usage_error` makes of the error parsing `args` gives.
+    fn usage_line(args: &[&str]) -> String {
+        let error = Cli::try_parse_from(args).expect_err("a usage error");
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        usage_error(&error, &argv)
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_with_the_commands_usage() {
+        assert_eq!(
+            usage_line(&["dmq", "enqueue", "t"]),
+            "the following required arguments were not provided: <JSON_ARGS>; \
+             usage: dmq enqueue [OPTIONS] <TASK> <JSON_ARGS>"
+        );
+        assert_eq!(
+            usage_line(&["/usr/local/bin/app", "dlq", "list", "q", "--limit", "0"]),
+            "invalid value '0' for '--limit <N>': 0 is not in 1..=100000; \
+             usage: app dlq list [OPTIONS] <QUEUE>"
+        );
+        let line = usage_line(&["dmq", "queus"]);
+        assert!(line.starts_with("unrecognized subcommand 'queus' (tip: "), "{line}");
+        assert!(line.contains("'queues'") && line.ends_with("; usage: dmq <COMMAND>"), "{line}");
+        let line = usage_line(&["dmq", "enqueue", "t", "[]", "--colour"]);
+        assert!(line.starts_with("unexpected argument '--colour' found"), "{line}");
+        assert_eq!(
+            usage_line(&["dmq", "dlq"]),
+            "a command is missing, one of: list, requeue, delete, purge; usage: dmq dlq <COMMAND>"
+        );
+        let line = usage_line(&["dmq"]);
+        assert!(line.starts_with("a command is missing, one of: bench, worker, tasks"), "{line}");
+        assert!(!line.contains("help") && !line.contains('\n'), "{line}");
     }
 
     #[test]

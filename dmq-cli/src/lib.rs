@@ -18,15 +18,27 @@ pub use cli::{
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 /// Runs the `dmq` command line with the process's arguments.
 ///
-/// An error prints one line, `error: ...`, on stderr and exits with status 1; a
-/// usage error is reported by clap (status 2).
+/// An error, a usage error included, prints one line, `error: ...`, on stderr and
+/// exits with status 1. `--help` and `--version` print to stdout and exit 0.
 #[must_use]
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // Help or the version, asked for.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {}", cli::usage_error(&e, &argv));
+            return ExitCode::FAILURE;
+        }
+    };
     let level = match &cli.command {
         Command::Worker(args) => args.log_level.as_str(),
         _ => "warn",

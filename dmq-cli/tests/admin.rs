@@ -80,6 +80,30 @@ impl Namespace {
     fn stats(&self, queue: &str) -> dmq_core::QueueStats {
         self.rt.block_on(self.manager.broker().queue_stats(queue)).expect("stats")
     }
+    /// Every queue key of the namespace, found by `SCAN`, whatever its queue's name.
+    fn queue_keys(&self) -> Vec<String> {
+        let pattern = dmq_redis::Keys::new(self.name.clone()).patterns().swap_remove(0);
+        self.rt.block_on(async {
+            let client = redis::Client::open(redis_url()).expect("a redis url");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("connects");
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SCAN");
+                keys.extend(page);
+                if next == 0 {
+                    return keys;
+                }
+                cursor = next;
+            }
+        })
+    }
 }
 
 /// Runs `dmq` with `args` and only the environment variables `env` of its own.
@@ -312,6 +336,133 @@ fn enqueue_sends_json_arguments_as_a_messagepack_tuple() {
     assert_error(&ns.dmq(&["enqueue", "t", "3"]), "must be a JSON array");
 }
 
+/// A task without arguments, run by the test's own in-process worker.
+#[dmq_core::task(name = "admin.ping", queue = "ping")]
+async fn ping() -> Result<String, dmq_core::TaskError> {
+    Ok("pong".to_owned())
+}
+
+#[test]
+fn enqueue_runs_a_task_without_arguments_given_an_empty_array() {
+    let mut ns = Namespace::new();
+    let worker = {
+        let _runtime = ns.rt.enter();
+        ns.manager.worker().queues(["ping"]).start()
+    };
+    ns.worker = Some(worker);
+    // `dmq` does not know the task: the worker alone decodes the `[]`.
+    let out = ns.ok(&["enqueue", "admin.ping", "[]", "--queue", "ping"]);
+    let id: TaskId = out.trim().parse().expect("prints the task id");
+    let value = ns.rt.block_on(ns.manager.result::<String>(id).wait(Duration::from_secs(30)));
+    assert_eq!(value.expect("the worker ran it and stored its value"), "pong");
+}
+
+#[test]
+fn enqueue_refuses_names_a_queue_or_task_cannot_have() {
+    let ns = Namespace::new();
+    for queue in ["", " ", "a b", "{emails}", "em}ails", "a,b", "tab\there"] {
+        let out = ns.dmq(&["enqueue", "t", "[]", "--queue", queue]);
+        assert_error(&out, &format!("queue name {queue:?} is not usable"));
+    }
+    let out = ns.dmq(&["enqueue", "t", "[]", "--queue", &"q".repeat(256)]);
+    assert_error(&out, "is 256 bytes long");
+    for task in ["", " t", "a,b", "new\nline"] {
+        let out = ns.dmq(&["enqueue", task, "[]", "--queue", "q"]);
+        assert_error(&out, &format!("task name {task:?} is not usable"));
+    }
+    assert!(ns.queue_keys().is_empty(), "nothing reached Redis: {:?}", ns.queue_keys());
+    // The longest name there may be is fine.
+    ns.ok(&["enqueue", "t", "[]", "--queue", &"q".repeat(255)]);
+    assert_eq!(ns.stats(&"q".repeat(255)).ready, 1);
+}
+
+#[test]
+fn enqueue_reads_the_arguments_from_stdin_or_a_file() {
+    use std::io::Write as _;
+    let ns = Namespace::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmq"))
+        .args(["enqueue", "emails.send", "-", "--queue", "mail"])
+        .env("DMQ_BROKER_URL", redis_url())
+        .env("DMQ_NAMESPACE", &ns.name)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the dmq binary runs");
+    let mut stdin = child.stdin.take().expect("a pipe");
+    stdin.write_all(br#"["ann@example.com", 3]"#).expect("writes the arguments");
+    drop(stdin);
+    let out = child.wait_with_output().expect("dmq enqueue ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_stdin: TaskId =
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("prints the task id");
+
+    // Over the 128 KiB one argument of a command line can hold on Linux.
+    let body = "x".repeat(200 * 1024);
+    let path = std::env::temp_dir().join(format!("{}.json", ns.name));
+    std::fs::write(&path, json!([body, 7]).to_string()).expect("writes the file");
+    let out =
+        ns.dmq(&["enqueue", "emails.send", &format!("@{}", path.display()), "--queue", "mail"]);
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_file: TaskId =
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("prints the task id");
+
+    let claimed = ns.claim("mail", 2);
+    assert_eq!(claimed.len(), 2);
+    for delivery in claimed {
+        let envelope = Envelope::decode(&delivery.payload, 1 << 20).expect("decodes");
+        let args: (String, u32) = rmp_serde::from_slice(&envelope.args).expect("a (String, u32)");
+        if envelope.id == from_stdin {
+            assert_eq!(args, ("ann@example.com".to_owned(), 3));
+        } else {
+            assert_eq!(envelope.id, from_file);
+            assert_eq!((args.0.len(), args.1), (body.len(), 7));
+        }
+    }
+
+    let missing = std::env::temp_dir().join(format!("{}-missing.json", ns.name));
+    let out = ns.dmq(&["enqueue", "t", &format!("@{}", missing.display())]);
+    assert_error(&out, &format!("could not read the arguments from {}", missing.display()));
+    assert_error(&ns.dmq(&["enqueue", "t", "@"]), "name the file");
+    let out = ns.dmq(&["enqueue", "t", &format!("@{}", std::env::temp_dir().display())]);
+    assert_error(&out, "could not read the arguments from");
+}
+
+#[test]
+fn usage_errors_are_one_error_line_with_status_1() {
+    for (args, expected) in [
+        (&["enqueue"][..], "<TASK>"),
+        (&["enqueue", "t"][..], "<JSON_ARGS>"),
+        (&["enqueue", "t", "[]", "--priority", "10"][..], "10"),
+        (&["enqueue", "t", "[]", "--colour", "red"][..], "--colour"),
+        (&["nope"][..], "nope"),
+        (&[][..], "bench, worker, tasks"),
+        (&["dlq"][..], "list, requeue, delete, purge"),
+        (&["worker", "--workers", "2"][..], "--tasks"),
+    ] {
+        let out = dmq_with(args, &[]);
+        assert_error(&out, expected);
+        assert!(out.stdout.is_empty(), "dmq {args:?} printed {:?}", out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("usage: dmq"), "dmq {args:?}: {stderr}");
+    }
+    // Help and the version are no errors: on stdout, status 0, as clap prints them.
+    for args in [&["--help"][..], &["enqueue", "--help"][..], &["help", "enqueue"][..]] {
+        let out = dmq_with(args, &[]);
+        assert_eq!(out.status.code(), Some(0), "dmq {args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("Usage: dmq") && stdout.lines().count() > 5, "{stdout}");
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = dmq_with(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("dmq {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 #[test]
 fn result_shows_the_stored_outcome() {
     let ns = Namespace::new();
@@ -483,8 +634,7 @@ fn worker_errors_are_one_line_that_say_what_to_do() {
     // The dmq binary itself links no task of the user's.
     assert_error(&dmq_with(&["worker", "--broker", "memory://"], &[]), "links no #[task]");
     // --workers goes with --tasks.
-    let out = dmq_with(&["worker", "--workers", "2"], &[]);
-    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert_error(&dmq_with(&["worker", "--workers", "2"], &[]), "--tasks");
 }
 
 #[test]

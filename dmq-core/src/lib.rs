@@ -33,6 +33,7 @@ mod events;
 mod guarantee;
 mod manager;
 mod metrics;
+mod names;
 mod retry;
 mod schedule;
 mod task;
@@ -64,6 +65,7 @@ pub use events::{
 pub use guarantee::Guarantee;
 pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
 pub use metrics::Metrics;
+pub use names::{MAX_NAME_LEN, check_queue_name, check_task_name};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use schedule::{MissedFires, Schedule, Tz};
 pub use task::{
@@ -86,7 +88,9 @@ pub struct ReadmeDoctests;
 pub mod __private {
     pub use crate::guarantee::Guarantee;
     pub use crate::retry::{Backoff, Jitter, RetryPolicy};
-    pub use crate::task::registry::{PeriodicSpec, RunError, TaskFuture, TaskRegistration};
+    pub use crate::task::registry::{
+        PeriodicSpec, RunError, TaskFuture, TaskRegistration, decode_args, decode_no_args,
+    };
     pub use crate::task::{Call, TaskContext, TaskError};
     pub use inventory;
     pub use std::boxed::Box;
@@ -128,21 +132,6 @@ pub mod __private {
         fn into_task_result(self) -> Result<T, TaskError> {
             self.map_err(Into::into)
         }
-    }
-
-    /// Decodes the argument tuple of task `task`.
-    ///
-    /// # Errors
-    ///
-    /// [`RunError::BadArgs`] saying which types were expected.
-    pub fn decode_args<A: DeserializeOwned>(task: &str, bytes: &[u8]) -> Result<A, RunError> {
-        rmp_serde::from_slice(bytes).map_err(|e| {
-            RunError::BadArgs(format!(
-                "the arguments do not fit task {task:?}, which takes {}: {}",
-                std::any::type_name::<A>(),
-                crate::envelope::without_values(&e.to_string())
-            ))
-        })
     }
 
     /// Turns a task function's return into the encoded value or the error.

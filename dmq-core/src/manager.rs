@@ -155,10 +155,14 @@ impl Manager {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] when a schedule of that name is registered already,
-    /// or as [`Call::into_envelope`] for a call that does not encode.
+    /// [`Error::InvalidArgument`] when a schedule of that name is registered already
+    /// or the call's task or queue name is not usable (see
+    /// [`check_queue_name`](crate::check_queue_name)), or as [`Call::into_envelope`]
+    /// for a call that does not encode.
     pub fn periodic<T>(&self, call: Call<T>, schedule: Schedule) -> Result<()> {
         let template = call.into_envelope()?;
+        // Refused now, not at every fire time.
+        check_names(&template)?;
         let name = schedule
             .name()
             .map_or_else(|| format!("{}@{}", template.task, schedule.describe()), str::to_owned);
@@ -204,6 +208,8 @@ impl Manager {
     ///
     /// # Errors
     ///
+    /// [`Error::InvalidArgument`] when the task or queue name is not one a job can
+    /// have (see [`check_queue_name`](crate::check_queue_name)), nothing enqueued;
     /// [`Error::MessageTooLarge`] over the size limit, or the broker's error.
     pub async fn enqueue_envelope(&self, mut envelope: Envelope) -> Result<TaskId> {
         crate::trace::TraceContext::current().inject(&mut envelope);
@@ -288,7 +294,8 @@ impl Manager {
     /// # Errors
     ///
     /// [`Error::Decode`] (or [`Error::MessageTooLarge`]) for a letter whose envelope
-    /// does not decode (it stays in the dead-letter queue), or the broker's error.
+    /// does not decode (it stays in the dead-letter queue), [`Error::InvalidArgument`]
+    /// when `to` is not a usable queue name, or the broker's error.
     pub async fn requeue_dead_letter(
         &self,
         queue: &str,
@@ -396,7 +403,10 @@ impl Manager {
         });
     }
 
+    /// The job that enqueues `envelope`: every enqueue comes through here, so this is
+    /// where its names are checked.
     fn job(&self, envelope: &Envelope) -> Result<Job> {
+        check_names(envelope)?;
         let payload = envelope.encode(self.inner.config.max_message_size)?;
         let job =
             Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);
@@ -405,6 +415,12 @@ impl Manager {
             None => job,
         })
     }
+}
+
+/// Checks the task and queue names of a job about to be enqueued.
+fn check_names(envelope: &Envelope) -> Result<()> {
+    crate::names::check_task_name(&envelope.task)?;
+    crate::names::check_queue_name(&envelope.queue)
 }
 
 /// Builds a [`Manager`].
@@ -574,7 +590,8 @@ impl ManagerBuilder {
     /// # Errors
     ///
     /// [`Error::DuplicateTask`] when two tasks share a name, [`Error::InvalidArgument`]
-    /// for a zero size limit.
+    /// for a task whose name or queue is not usable (see
+    /// [`check_queue_name`](crate::check_queue_name)) or a zero size limit.
     pub fn build(self) -> Result<Manager> {
         if self.config.max_message_size == 0 {
             return Err(Error::InvalidArgument(

@@ -448,6 +448,7 @@ mod tests {
             file: file!(),
             line: line!(),
             run: held,
+            check_args: |_| Ok(()),
         }
     }
 

@@ -339,8 +339,14 @@ impl<'a> Task<'a> {
         let encode = quote_spanned! {tuple_span=>
             ::dmq_core::__private::Call::new(NAME, QUEUE, &(#(#call_names,)*))
         };
-        let decode = quote_spanned! {tuple_span=>
-            ::dmq_core::__private::decode_args::<(#(#arg_types,)*)>(NAME, &args)
+        // A task without arguments takes the wire format's empty array as well as the
+        // nil that `()` encodes to.
+        let decode = if arg_types.is_empty() {
+            quote!(::dmq_core::__private::decode_no_args(NAME, args))
+        } else {
+            quote_spanned! {tuple_span=>
+                ::dmq_core::__private::decode_args::<(#(#arg_types,)*)>(NAME, args)
+            }
         };
         // The call of the function is the macro's own code (so no lint about how it
         // is written fires at the user's name) ...
@@ -350,7 +356,7 @@ impl<'a> Task<'a> {
         // ... but a future that is not `Send` is reported at the function's name.
         let run = quote_spanned! {ident.span()=>
             ::dmq_core::__private::Box::pin(async move {
-                let (#(#decoded,)*) = #decode?;
+                let (#(#decoded,)*) = __decode(&args)?;
                 let returned: #output = #call_function.await;
                 #finish
             })
@@ -393,6 +399,24 @@ impl<'a> Task<'a> {
                     #run
                 }
 
+                /// The argument tuple, decoded as a worker does before a run.
+                fn __decode(
+                    args: &[u8],
+                ) -> ::dmq_core::__private::Result<
+                    (#(#arg_types,)*),
+                    ::dmq_core::__private::RunError,
+                > {
+                    #(#checks)*
+                    #decode
+                }
+
+                /// Whether `args` decode into the argument tuple, without a run.
+                fn __check_args(
+                    args: &[u8],
+                ) -> ::dmq_core::__private::Result<(), ::dmq_core::__private::RunError> {
+                    __decode(args).map(|_| ())
+                }
+
                 #retry_fn
 
                 ::dmq_core::__private::inventory::submit! {
@@ -412,6 +436,7 @@ impl<'a> Task<'a> {
                         file: file!(),
                         line: #line,
                         run: __run,
+                        check_args: __check_args,
                     }
                 }
             }
@@ -648,6 +673,17 @@ mod tests {
         assert!(out.contains("send_email (__arg0 , ctx , __arg1) . await"), "{out}");
         assert!(out.contains("Duration :: new (1u64 , 500000000u32)"), "{out}");
         assert!(!out.contains("compile_error"), "{out}");
+        // The arguments decode in one place, for a run and for a check alone.
+        assert!(out.contains("decode_args :: < (String , String ,) > (NAME , args)"), "{out}");
+        assert!(out.contains("__decode (& args) ?"), "{out}");
+        assert!(out.contains("check_args : __check_args"), "{out}");
+    }
+
+    #[test]
+    fn a_task_without_arguments_decodes_none() {
+        let out = expand("", "async fn tick(ctx: TaskContext) -> Result<(), E> { Ok(()) }");
+        assert!(out.contains("decode_no_args (NAME , args)"), "{out}");
+        assert!(!out.contains("decode_args"), "{out}");
     }
 
     #[test]

@@ -292,7 +292,9 @@ impl<T: DeserializeOwned> Call<T> {
     /// # Errors
     ///
     /// [`Error::MessageTooLarge`] over the manager's size limit, [`Error::Encode`]
-    /// when an argument did not encode, or the broker's error.
+    /// when an argument did not encode, [`Error::InvalidArgument`] when the queue
+    /// (set with [`queue`](Call::queue)) is not a usable name (see
+    /// [`check_queue_name`](crate::check_queue_name)), or the broker's error.
     pub async fn enqueue(self, manager: &Manager) -> Result<TaskHandle<T>> {
         let id = manager.enqueue_envelope(self.into_envelope()?).await?;
         Ok(TaskHandle { result: manager.result::<T>(id) })

@@ -334,3 +334,106 @@ async fn a_poison_pill_is_dead_lettered_alone_even_at_one_delivery() {
 async fn a_poison_pill_is_dead_lettered_alone_after_three_deaths() {
     a_poison_pill_is_dead_lettered_alone(3).await;
 }
+
+/// Runs `app` with `args` against the test Redis in `namespace`.
+fn app(args: &[&str], namespace: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(args)
+        .args(["--broker", &redis_url(), "--namespace", namespace])
+        .output()
+        .expect("run app")
+}
+
+/// `app enqueue` knows its tasks' parameter types: arguments that do not fit are refused
+/// at once, naming the types, and nothing is enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_enqueue_refuses_arguments_that_do_not_fit_the_task() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let outcome = std::panic::catch_unwind(|| {
+        for (task, args, expected) in [
+            ("add", "[2]", "(i64, i64)"),
+            ("add", r#"[2, "3"]"#, "(i64, i64)"),
+            ("add", "[2, 3.5]", "(i64, i64)"),
+            ("emails.send", r#"["ann@example.com", 3]"#, "(String, String)"),
+            ("slow", "[-1]", "(u64,)"),
+            ("heartbeat", "[1]", "takes no arguments"),
+        ] {
+            let out = app(&["enqueue", task, args], &namespace);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "app enqueue {task} {args}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+            assert!(stderr.starts_with("error: "), "{stderr}");
+            assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+            assert!(stderr.contains(&format!("{task:?}")), "names the task: {stderr}");
+        }
+        // Arguments that fit are enqueued, and a task without arguments takes `[]`.
+        for (task, args) in [("add", "[2, 3]"), ("heartbeat", "[]"), ("flaky", "[]")] {
+            let out = app(&["enqueue", task, args], &namespace);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+    let stats = dmq_core::Broker::queue_stats(&broker, "math").await.expect("stats");
+    remove_namespace(&url, &namespace).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(stats.ready, 1, "only the call that fits was enqueued");
+}
+
+/// `app enqueue flaky '[]'`: a task without arguments, enqueued from the command line
+/// as `--help` and the wire format say, runs in `app worker` and stores its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_without_arguments_enqueued_as_an_empty_array_runs() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let log = std::env::temp_dir().join(format!("{namespace}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["worker", "--broker", &url, "--namespace", &namespace, "--no-scheduler"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start app worker");
+    let outcome = async {
+        let out = app(&["enqueue", "flaky", "[]"], &namespace);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let id: dmq_core::TaskId =
+            String::from_utf8_lossy(&out.stdout).trim().parse().expect("prints the task id");
+        let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("redis");
+        let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
+        let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+        let attempt = manager.result::<u32>(id).wait(WAIT).await.expect("flaky succeeds");
+        assert_eq!(attempt, 3, "it failed twice, then ran");
+    };
+    let result = tokio::time::timeout(WAIT * 2, AssertUnwindSafe(outcome).catch_unwind()).await;
+    let (status, logged) = terminate(&mut child, &log).await;
+    remove_namespace(&url, &namespace).await;
+    finished(result, &logged);
+    assert!(status.success(), "app worker exited with {status}; it logged:\n{logged}");
+}
+
+/// A task binary's usage errors are one `error:` line with status 1, as `dmq`'s are.
+#[test]
+fn app_usage_errors_are_one_line_with_status_1() {
+    for args in [&["enqueue"][..], &["worker", "--concurrency", "0"][..], &["nope"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+            .args(args)
+            .output()
+            .expect("run app");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "app {args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("usage: app"), "{stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_app"))
+        .arg("--help")
+        .output()
+        .expect("run app");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: app"));
+}
