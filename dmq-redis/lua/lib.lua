@@ -8,8 +8,11 @@
 -- reach max-deliveries is dead-lettered as a poison pill. A lease token is
 -- "<seq>.<n>.<claimed at, Unix ms>.<claim tag>@<worker>".
 
--- A task id as dmq writes it in Redis: a UUID in its hyphenated form.
-local TASK_ID = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+-- A task id as dmq writes it in Redis: a UUID in its lowercase hyphenated form (the
+-- only form whose later writes find the same keys).
+local H = '[0-9a-f]'
+local TASK_ID = '^' .. string.rep(H, 8) .. '%-' .. string.rep(H, 4) .. '%-' .. string.rep(H, 4) ..
+  '%-' .. string.rep(H, 4) .. '%-' .. string.rep(H, 12) .. '$'
 
 -- Fails, before this script changes anything, when one of KEYS[first..last] holds
 -- another type than `kind` (a missing key is fine): Redis does not roll a script back,

@@ -47,8 +47,8 @@ const SPARE_BLOCKING_CONNECTIONS: usize = 8;
 /// How often a reaper also looks for stranded jobs (see [`Broker::doctor`]).
 const DOCTOR_EVERY: Duration = Duration::from_secs(60);
 
-/// How a claim's token number becomes its lease's fence: the claim's sequence number
-/// times this, plus the job's place in the claim (at most [`MAX_CLAIM`]).
+/// How a claim's time becomes its leases' fences: the claim's Unix millisecond times
+/// this, plus each job's place in the claim (at most [`MAX_CLAIM`]).
 const FENCE_STRIDE: u64 = 1024;
 
 /// A [`Broker`] on Redis 7: ready jobs in one list per priority, delayed jobs and
@@ -865,14 +865,21 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
     Some(ClaimReply { deliveries, next_change, bad })
 }
 
-/// The fence of a lease token `<seq>.<n>.<ms>.<tag>@<worker>`: grows with every claim
-/// of the queue, so with every claim of a job. 0 for a token that does not parse.
+/// The fence of a lease token `<seq>.<n>.<claimed at, Unix ms>.<tag>@<worker>`: the
+/// claim's time on Redis's clock, in milliseconds, times [`FENCE_STRIDE`], plus the
+/// job's place in its claim. It grows with every claim of a job, whatever queue it is
+/// in: a lease is lost only after it expired or its worker's heartbeat lapsed, both
+/// many milliseconds after the claim. (A job released, or given back from a lost
+/// claim, may be claimed again within the same millisecond, with a fence no greater;
+/// but such a run never stores a result.) Below 2^53 for the next 200,000 years.
+/// 0 for a token that does not parse.
 fn fence_of(token: &str) -> u64 {
-    let mut parts = token.splitn(3, '.');
-    let seq = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let mut parts = token.splitn(4, '.');
+    let _seq = parts.next();
     let n = parts.next().and_then(|p| p.parse::<u64>().ok());
-    match (seq, n) {
-        (Some(seq), Some(n)) => seq.saturating_mul(FENCE_STRIDE).saturating_add(n),
+    let at = parts.next().and_then(|p| p.parse::<u64>().ok());
+    match (n, at) {
+        (Some(n), Some(at)) => at.saturating_mul(FENCE_STRIDE).saturating_add(n % FENCE_STRIDE),
         _ => 0,
     }
 }
@@ -1419,6 +1426,16 @@ mod tests {
         let info = decode_worker("w", &bytes).expect("an old encoding still decodes");
         assert_eq!((info.hostname.as_str(), info.concurrency, info.running), ("box", 4, 0));
         assert_eq!(worker_ttl(&bytes), Duration::from_millis(30_000));
+    }
+
+    #[test]
+    fn a_fence_grows_with_the_claims_time_and_the_jobs_place_in_it() {
+        let at = |ms: u64, n: u64| fence_of(&format!("7.{n}.{ms}.ab12@host-1-x"));
+        assert_eq!(at(1_700_000_000_000, 3), 1_700_000_000_000 * FENCE_STRIDE + 3);
+        assert!(at(1_700_000_000_001, 1) > at(1_700_000_000_000, 1000));
+        assert!(at(1_700_000_000_000, 2) > at(1_700_000_000_000, 1));
+        assert!(at(1_700_000_000_000, 1000) < 1 << 53);
+        assert_eq!(fence_of("not a token"), 0);
     }
 
     #[test]
