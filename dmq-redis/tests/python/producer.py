@@ -31,6 +31,14 @@ ENQUEUE = """
 --       4 {<ns>:<q>}:signal, 5 {<ns>:<q>}:ready:<p>
 -- ARGV: 1 id, 2 envelope (MessagePack), 3 priority, 4 due (Unix ms; 0 for now)
 -- Returns 1, or 0 when a job of this id is already queued (nothing changed).
+-- Checks every key's type before it changes anything: Redis does not roll back a
+-- script that fails halfway.
+for i, kind in ipairs({'hash', 'hash', 'zset', 'list', 'list'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= kind and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t)
+  end
+end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 local wake
 if tonumber(ARGV[4]) > 0 then
