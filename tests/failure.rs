@@ -29,6 +29,7 @@ common::on_both_brokers! {
     a_full_dead_letter_queue_drops_the_oldest_and_counts_them;
     bad_input_among_a_thousand_good_jobs_is_dead_lettered_at_once_and_the_worker_carries_on;
     an_envelope_of_the_wrong_shape_is_dead_lettered_without_echoing_its_contents;
+    a_job_whose_envelope_names_another_id_is_dead_lettered_unrun;
     an_expired_job_never_runs;
     a_second_enqueue_with_the_same_idempotency_key_enqueues_nothing;
     a_worker_stopped_during_a_backoff_wait_loses_nothing;
@@ -355,6 +356,31 @@ async fn an_envelope_of_the_wrong_shape_is_dead_lettered_without_echoing_its_con
         assert!(!letters[0].reason.contains(MARKER), "copies the payload: {}", letters[0].reason);
     }
     worker.shutdown().await;
+}
+
+/// The broker keeps a job under one id and its envelope names another (a producer in
+/// another language that wrote two different ids): the worker refuses it rather than
+/// run a task whose context gives an id its result is not stored under.
+async fn a_job_whose_envelope_names_another_id_is_dead_lettered_unrun(backing: Backing) {
+    const QUEUE: &str = "failure-other-id";
+    let manager = backing.manager().await;
+    let worker = manager.worker().queues([QUEUE]).start();
+    let envelope = Envelope::new(tally::call(1).task_name(), QUEUE, encode_args(&(1u32,)));
+    let (queued_as, named) = (TaskId::new(), envelope.id);
+    let bytes = envelope.encode(dmq_core::DEFAULT_MAX_MESSAGE_SIZE).expect("encode");
+    let job = Job::new(queued_as, QUEUE, DEFAULT_PRIORITY, None, bytes);
+    manager.broker().enqueue(job).await.expect("enqueue");
+    let outcome = manager.backend().wait(queued_as, WAIT).await.expect("wait").expect("a result");
+    let failed = outcome.failure.expect("a failure");
+    assert_eq!(failed.kind, FailureKind::Undecodable);
+    let expected =
+        format!("its envelope names the id {named}, but it was queued under the id {queued_as}");
+    assert!(failed.message.ends_with(&expected), "{}", failed.message);
+    let letters = manager.dead_letters(QUEUE, 0, 1).await.expect("dead letters");
+    assert_eq!(letters[0].id, queued_as);
+    assert!(letters[0].reason.ends_with(&expected), "{}", letters[0].reason);
+    worker.shutdown().await;
+    assert_eq!((runs(queued_as), runs(named)), (0, 0), "the task never ran");
 }
 
 #[task(name = "failure.too_late", queue = "failure-expiry")]

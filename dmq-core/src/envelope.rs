@@ -328,6 +328,44 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_written_as_docs_wire_format_says_decodes() {
+        // The Python example of docs/wire-format.md: the id as hyphenated text.
+        #[derive(Serialize)]
+        struct Documented<'a> {
+            version: u32,
+            id: &'a str,
+            task: &'a str,
+            queue: &'a str,
+            #[serde(with = "serde_bytes")]
+            args: Vec<u8>,
+            priority: u8,
+            created_at: i64,
+        }
+        let id = TaskId::new();
+        let text = id.to_string();
+        let documented = Documented {
+            version: 1,
+            id: &text,
+            task: "add",
+            queue: "default",
+            args: rmp_serde::to_vec(&(2, 3)).unwrap(),
+            priority: 5,
+            created_at: 1_700_000_000_000,
+        };
+        let bytes = rmp_serde::to_vec_named(&documented).unwrap();
+        let e = Envelope::decode(&bytes, DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        assert_eq!((e.id, e.task.as_str(), e.args), (id, "add", documented.args));
+        // dmq itself writes the 16 bytes, which take 20 fewer than the text.
+        let mut ours = Envelope::new("add", "default", rmp_serde::to_vec(&(2, 3)).unwrap());
+        ours.id = id;
+        ours.created_at = e.created_at;
+        let ours = ours.encode(DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let as_bytes = format!("a26964c410{}", hex(id.as_uuid().as_bytes()));
+        assert!(hex(&ours).contains(&as_bytes), "{}", hex(&ours));
+    }
+
+    #[test]
     fn the_size_hint_covers_the_encoding_so_the_buffer_never_grows() {
         let mut e = sample();
         e.idempotency_key = Some("order-42".into());

@@ -74,8 +74,9 @@ pub use task::{
 };
 pub use trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 pub use worker::{
-    DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, Health, LoopVitals, MISSED_HEARTBEATS, SCHEDULE_HEADER,
-    ShutdownReport, WorkerBuilder, WorkerHandle, WorkerMonitor, WorkerVitals,
+    CLAIMS_FAILING_LIMIT, DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, Health, LoopFailure, LoopVitals,
+    MISSED_HEARTBEATS, SCHEDULE_HEADER, ShutdownReport, WorkerBuilder, WorkerHandle, WorkerMonitor,
+    WorkerVitals,
 };
 
 /// The README's Rust blocks, run as doctests so the quick start cannot rot.

@@ -62,7 +62,7 @@ const RUN_TIME_BUCKETS: [f64; 18] = [
 /// | `dmq_dead_letters_dropped_total` | counter | `queue` | dead letters the broker dropped because the queue's dead-letter queue was full |
 /// | `dmq_broker_up` | gauge | | 1 when the broker answered this scrape's reads, else 0 |
 /// | `dmq_broker_errors_total` | counter | `operation` | failed broker operations: `claim`, `settle`, `renew`, `heartbeat`, `reap`, `schedule`, and `queue_stats` (this endpoint's own reads) |
-/// | `dmq_worker_loop_alive` | gauge | `loop` | 1 while the worker's `claim`, `heartbeat` or `scheduler` loop makes progress |
+/// | `dmq_worker_loop_alive` | gauge | `loop` | 1 while the worker's `claim`, `heartbeat` or `scheduler` loop makes progress (and, for `claim`, its claims have not all failed for over [`CLAIMS_FAILING_LIMIT`](crate::CLAIMS_FAILING_LIMIT)) |
 /// | `dmq_worker_loop_last_progress_seconds` | gauge | `loop` | how long ago the loop last made progress |
 /// | `dmq_events_dropped_total` | counter | `listener` | events a callback (or the event stream) had no room for |
 ///
@@ -335,7 +335,7 @@ impl Metrics {
         let alive = gauge_vec(
             registry,
             "worker_loop_alive",
-            "1 while the worker's loop makes progress (or the worker is stopping), else 0.",
+            "1 while the worker's loop is alive as /health judges it (or the worker is stopping), else 0.",
             &["loop"],
         );
         let since = gauge_vec_f64(

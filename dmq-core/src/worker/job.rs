@@ -36,6 +36,15 @@ pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output
         Ok(envelope) => envelope,
         Err(e) => return Either::Right(rare(async move { poison(shared, &lease, &e).await })),
     };
+    if envelope.id != lease.id {
+        // A producer's mistake: the result would be stored under one id while the task
+        // saw the other.
+        let e = Error::Decode(format!(
+            "its envelope names the id {}, but it was queued under the id {}",
+            envelope.id, lease.id
+        ));
+        return Either::Right(rare(async move { poison(shared, &lease, &e).await }));
+    }
     let span = crate::trace::run_span(&envelope);
     let Some(registration) = shared.manager.registry().get(&envelope.task) else {
         let known: Vec<&str> = shared.manager.registry().tasks().iter().map(|t| t.name).collect();

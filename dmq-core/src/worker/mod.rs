@@ -6,7 +6,9 @@ pub(crate) mod scheduler;
 mod vitals;
 
 pub use scheduler::{FIRE_TIME_HEADER, SCHEDULE_HEADER};
-pub use vitals::{Health, LoopVitals, WorkerMonitor, WorkerVitals};
+pub use vitals::{
+    CLAIMS_FAILING_LIMIT, Health, LoopFailure, LoopVitals, WorkerMonitor, WorkerVitals,
+};
 
 use vitals::{Loop, Op, Vitals};
 
@@ -441,10 +443,12 @@ async fn claim_loop(shared: &Arc<Shared>) {
         let deliveries = match claimed {
             Ok(deliveries) => {
                 failures = 0;
+                vitals.claim_succeeded();
                 deliveries
             }
             Err(e) => {
                 vitals.broker_error(Op::Claim);
+                vitals.claim_failed(&e);
                 failures = failures.saturating_add(1);
                 let pause = backoff(failures);
                 tracing::warn!(error = %e, retry_in = ?pause, "claiming jobs failed");

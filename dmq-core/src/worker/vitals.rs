@@ -2,11 +2,20 @@
 //! progress, how many jobs it runs, and how often the broker failed it.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::Shared;
+
+/// How long a worker's claims may all fail before its claim loop counts as failing, no
+/// longer alive: its health check then says so, with the last claim's error, and
+/// `/health` answers 503, until a claim succeeds. A blip (a Redis failover, one
+/// dropped connection) is retried well within it.
+pub const CLAIMS_FAILING_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest error message a health report repeats.
+const ERROR_SHOWN: usize = 500;
 
 /// A loop every worker runs.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +83,11 @@ pub(crate) struct Vitals {
     runs: [AtomicBool; Loop::ALL.len()],
     /// The claim loop waits for a free slot: it is busy, not stuck.
     waiting_for_slot: AtomicBool,
+    /// Milliseconds from `origin` to the first of the failed claims in a row, plus one;
+    /// 0 while the last claim succeeded.
+    claims_failing_since: AtomicU64,
+    /// The last failed claim's error.
+    claim_error: Mutex<String>,
     errors: [AtomicU64; Op::ALL.len()],
 }
 
@@ -84,6 +98,8 @@ impl Vitals {
             beats: Default::default(),
             runs: Default::default(),
             waiting_for_slot: AtomicBool::new(false),
+            claims_failing_since: AtomicU64::new(0),
+            claim_error: Mutex::new(String::new()),
             errors: Default::default(),
         }
     }
@@ -96,8 +112,52 @@ impl Vitals {
 
     /// Records that `which` is making progress now.
     pub(crate) fn beat(&self, which: Loop) {
+        self.beats[which as usize].store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since `origin`, plus one (so that 0 can mean "never").
+    fn now(&self) -> u64 {
         let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.beats[which as usize].store(ms.saturating_add(1), Ordering::Relaxed);
+        ms.saturating_add(1)
+    }
+
+    /// Records that a claim failed with `error`: the first of a run of failures starts
+    /// the clock [`CLAIMS_FAILING_LIMIT`] is measured on.
+    pub(crate) fn claim_failed(&self, error: &dyn fmt::Display) {
+        let mut message = error.to_string().replace(['\n', '\r'], " ");
+        if message.len() > ERROR_SHOWN {
+            let mut end = ERROR_SHOWN;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("...");
+        }
+        *self.claim_error.lock().unwrap_or_else(PoisonError::into_inner) = message;
+        let now = self.now();
+        let _ = self.claims_failing_since.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records that a claim succeeded (it may have found no job): the claim loop is no
+    /// longer failing. One load on the path every claim takes.
+    pub(crate) fn claim_succeeded(&self) {
+        if self.claims_failing_since.load(Ordering::Relaxed) != 0 {
+            self.claims_failing_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long every claim has failed, and the last one's error; `None` while the last
+    /// claim succeeded.
+    fn claims_failing(&self) -> Option<LoopFailure> {
+        let since = self.claims_failing_since.load(Ordering::Relaxed);
+        let at = Duration::from_millis(since.checked_sub(1)?);
+        let error = self.claim_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Some(LoopFailure { duration: self.origin.elapsed().saturating_sub(at), error })
     }
 
     /// Records whether the claim loop waits for a job to end before it can claim.
@@ -174,9 +234,23 @@ pub struct LoopVitals {
     pub name: &'static str,
     /// How long ago it last made progress; `None` before it first did.
     pub since_beat: Option<Duration>,
+    /// For the claim loop: since when its claims have all failed, and why; `None`
+    /// while the last one succeeded.
+    pub failing: Option<LoopFailure>,
     /// Whether it made progress recently enough (or, for the claim loop, waits for a
-    /// running job to end), or the worker is stopping.
+    /// running job to end) and, for the claim loop, its claims have not all failed
+    /// for longer than [`CLAIMS_FAILING_LIMIT`]; or the worker is stopping.
     pub alive: bool,
+}
+
+/// A loop whose broker calls have all failed for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoopFailure {
+    /// How long since the first of the failures in a row.
+    pub duration: Duration,
+    /// The last failure's error message.
+    pub error: String,
 }
 
 /// The outcome of [`WorkerMonitor::health`].
@@ -204,10 +278,22 @@ impl fmt::Display for Health {
             Err(e) => writeln!(f, "broker: unreachable: {e}")?,
         }
         for l in &self.vitals.loops {
+            if let (false, Some(failing)) = (l.alive, &l.failing) {
+                let (duration, error) = (failing.duration, &failing.error);
+                writeln!(f, "{} loop: failing for {duration:.1?}: {error}", l.name)?;
+                continue;
+            }
             let state = if l.alive { "alive" } else { "stalled" };
             match l.since_beat {
-                Some(ago) => writeln!(f, "{} loop: {state} (last progress {ago:.1?} ago)", l.name)?,
-                None => writeln!(f, "{} loop: {state} (no progress yet)", l.name)?,
+                Some(ago) => write!(f, "{} loop: {state} (last progress {ago:.1?} ago", l.name)?,
+                None => write!(f, "{} loop: {state} (no progress yet", l.name)?,
+            }
+            match &l.failing {
+                Some(failing) => {
+                    let (duration, error) = (failing.duration, &failing.error);
+                    writeln!(f, "; failing for {duration:.1?}: {error})")?;
+                }
+                None => writeln!(f, ")")?,
             }
         }
         writeln!(f, "running: {} of {}", self.vitals.running, self.vitals.concurrency)
@@ -229,7 +315,13 @@ impl WorkerMonitor {
                 let waiting =
                     matches!(l, Loop::Claim) && vitals.waiting_for_slot.load(Ordering::Relaxed);
                 let fresh = since_beat.is_some_and(|ago| ago <= self.stall_limit(l));
-                LoopVitals { name: l.name(), since_beat, alive: stopping || waiting || fresh }
+                let failing = match l {
+                    Loop::Claim => vitals.claims_failing(),
+                    Loop::Heartbeat | Loop::Scheduler => None,
+                };
+                let failed = failing.as_ref().is_some_and(|f| f.duration > CLAIMS_FAILING_LIMIT);
+                let alive = stopping || (!failed && (waiting || fresh));
+                LoopVitals { name: l.name(), since_beat, failing, alive }
             })
             .collect();
         WorkerVitals {
@@ -395,10 +487,95 @@ mod tests {
         assert_eq!(alive(&monitor.vitals()), [("claim", false), ("heartbeat", false)]);
     }
 
+    /// Vitals whose claim and heartbeat loops beat a second ago, and whose claims
+    /// have all failed since `ago`, the last with `error`.
+    fn failing_claims(ago: Duration, error: &str) -> Vitals {
+        let vitals = vitals(&[(Loop::Claim, Some(SECOND)), (Loop::Heartbeat, Some(SECOND))]);
+        vitals.claim_failed(&error);
+        let since = (AGE - ago).as_millis() as u64 + 1;
+        vitals.claims_failing_since.store(since, Ordering::Relaxed);
+        vitals
+    }
+
+    #[tokio::test]
+    async fn a_claim_loop_whose_claims_all_failed_past_the_limit_is_failing() {
+        let error =
+            "claiming jobs failed: WRONGTYPE Operation against a key\nholding the wrong kind";
+        let monitor = monitor(failing_claims(12 * SECOND, error), false);
+        let vitals = monitor.vitals();
+        // It beats (it tries again and again), but it is not alive.
+        assert_eq!(alive(&vitals), [("claim", false), ("heartbeat", true)], "{vitals:?}");
+        let failing = vitals.loops[0].failing.clone().expect("failing");
+        assert!(failing.duration >= 12 * SECOND && failing.duration < 13 * SECOND, "{failing:?}");
+        let health = monitor.health(SECOND).await;
+        assert!(!health.is_ok(), "{health}");
+        let text = health.to_string();
+        // One line, saying for how long (12.0s, or a little more on a slow machine) and
+        // what fails.
+        let line = text.lines().find(|l| l.starts_with("claim loop: ")).expect("a claim line");
+        assert!(line.starts_with("claim loop: failing for 12."), "{text}");
+        assert!(
+            line.ends_with(
+                "s: claiming jobs failed: WRONGTYPE Operation against a key holding the wrong kind"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("heartbeat loop: alive"), "{text}");
+
+        // A claim that succeeds (finding a job or not) ends it.
+        monitor.shared.vitals.claim_succeeded();
+        let vitals = monitor.vitals();
+        assert_eq!(alive(&vitals), [("claim", true), ("heartbeat", true)], "{vitals:?}");
+        assert_eq!(vitals.loops[0].failing, None);
+        let health = monitor.health(SECOND).await;
+        assert!(health.is_ok(), "{health}");
+        assert!(!health.to_string().contains("failing"), "{health}");
+    }
+
+    #[tokio::test]
+    async fn claims_failing_within_the_limit_leave_the_loop_alive_and_say_so() {
+        let within = monitor(failing_claims(3 * SECOND, "connection reset"), false);
+        let vitals = within.vitals();
+        assert_eq!(alive(&vitals), [("claim", true), ("heartbeat", true)], "{vitals:?}");
+        let health = within.health(SECOND).await;
+        assert!(health.is_ok(), "{health}");
+        let text = health.to_string();
+        let line = text.lines().find(|l| l.starts_with("claim loop: ")).expect("a claim line");
+        assert!(line.starts_with("claim loop: alive (last progress 1."), "{text}");
+        assert!(line.contains("; failing for 3."), "{text}");
+        assert!(line.ends_with("s: connection reset)"), "{text}");
+        // Just past the limit, it is failing.
+        let past = CLAIMS_FAILING_LIMIT + Duration::from_millis(100);
+        let past = monitor(failing_claims(past, "connection reset"), false);
+        assert_eq!(alive(&past.vitals())[0], ("claim", false));
+    }
+
+    #[test]
+    fn the_first_failure_in_a_row_starts_the_clock_and_the_last_one_names_the_error() {
+        let vitals = vitals(&[(Loop::Claim, Some(SECOND))]);
+        assert_eq!(vitals.claims_failing(), None);
+        vitals.claim_failed(&"first");
+        let first = vitals.claims_failing_since.load(Ordering::Relaxed);
+        assert_ne!(first, 0);
+        std::thread::sleep(Duration::from_millis(20));
+        vitals.claim_failed(&"x".repeat(2 * ERROR_SHOWN));
+        assert_eq!(vitals.claims_failing_since.load(Ordering::Relaxed), first, "not restarted");
+        let failing = vitals.claims_failing().expect("failing");
+        assert!(failing.duration >= Duration::from_millis(20), "{failing:?}");
+        assert_eq!(failing.error, format!("{}...", "x".repeat(ERROR_SHOWN)), "cut short");
+        vitals.claim_succeeded();
+        assert_eq!(vitals.claims_failing(), None);
+        vitals.claim_failed(&"again");
+        assert!(vitals.claims_failing_since.load(Ordering::Relaxed) > first, "a new run");
+        assert_eq!(vitals.claims_failing().expect("failing").error, "again");
+    }
+
     #[tokio::test]
     async fn every_loop_of_a_stopping_worker_is_alive() {
         let ago = Some(100 * SECOND);
         let vitals = vitals(&[(Loop::Claim, ago), (Loop::Heartbeat, None), (Loop::Scheduler, ago)]);
+        vitals.claim_failed(&"redis is gone");
+        vitals.claims_failing_since.store(1, Ordering::Relaxed);
         let monitor = monitor(vitals, true);
         let vitals = monitor.vitals();
         assert!(vitals.stopping);

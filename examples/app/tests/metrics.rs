@@ -1,6 +1,7 @@
 //! `app worker --metrics-addr` as a real process: `/metrics` parses as Prometheus
-//! text and counts exactly the jobs it ran; `/health` turns 503 when its Redis stops
-//! and 200 again when Redis is back.
+//! text and counts exactly the jobs it ran; `/health` turns 503 when its Redis stops,
+//! or when every claim fails for a few seconds (a broken key), and 200 again when
+//! Redis is back or the key repaired.
 //!
 //! The metrics test needs the Redis at `REDIS_URL` (default redis://127.0.0.1:6379)
 //! and works in a fresh namespace it deletes afterwards, also when it fails. The
@@ -457,6 +458,48 @@ fn health_follows_the_broker_down_and_back_up() {
     assert_eq!(value(&scrape, "dmq_broker_up", "", false), Some(1.0));
     assert!(sum(&scrape, "dmq_broker_errors_total") >= 1.0);
 
+    assert!(worker.stop(), "the worker exits 0 on SIGTERM:\n{}", worker.logged());
+}
+
+/// `/health` turns 503 once every claim has failed for over `CLAIMS_FAILING_LIMIT`
+/// while the broker still answers PING, saying what fails, and 200 again once claims
+/// succeed: a key of the wrong type in the worker's queue (written by another
+/// program) makes each claim fail.
+#[test]
+fn health_says_the_claim_loop_is_failing_while_every_claim_fails() {
+    let url = redis_url();
+    let ns = Namespace {
+        rt: tokio::runtime::Runtime::new().expect("a runtime"),
+        name: format!("dmq-test-{}", uuid::Uuid::new_v4()),
+    };
+    let mut worker = Worker::start(&url, &ns.name, &["--queues", "math"]);
+    let up = worker.get_until("/health", WAIT, |r| r.status == 200);
+    assert_eq!(up.status, 200, "{}", up.body);
+    assert!(up.body.contains("claim loop: alive"), "{}", up.body);
+
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let mut conn = client.get_connection().expect("connect to redis");
+    let broken = Keys::new(ns.name.as_str()).queue("math").ready(5);
+    redis::cmd("SET").arg(&broken).arg("not a list").query::<()>(&mut conn).expect("SET");
+    let started = Instant::now();
+    let down = worker.get_until("/health", WAIT, |r| r.status == 503);
+    let after = started.elapsed();
+    assert_eq!(down.status, 503, "{}\nthe worker logged:\n{}", down.body, worker.logged());
+    // The broker answers: the claims fail, and the report says how.
+    assert!(down.body.starts_with("unhealthy\nbroker: ok\n"), "{}", down.body);
+    let claim = down.body.lines().find(|l| l.starts_with("claim loop: ")).expect("a claim line");
+    assert!(claim.starts_with("claim loop: failing for "), "{}", down.body);
+    assert!(claim.contains("WRONGTYPE"), "names the error: {}", down.body);
+    assert!(
+        after >= dmq_core::CLAIMS_FAILING_LIMIT && after < Duration::from_secs(30),
+        "503 came after {after:?}"
+    );
+
+    redis::cmd("DEL").arg(&broken).query::<()>(&mut conn).expect("DEL");
+    let back = worker.get_until("/health", WAIT, |r| r.status == 200);
+    assert_eq!(back.status, 200, "{}\nthe worker logged:\n{}", back.body, worker.logged());
+    assert!(back.body.contains("claim loop: alive"), "{}", back.body);
+    assert!(!back.body.contains("failing"), "{}", back.body);
     assert!(worker.stop(), "the worker exits 0 on SIGTERM:\n{}", worker.logged());
 }
 

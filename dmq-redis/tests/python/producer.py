@@ -1,0 +1,150 @@
+"""A producer in another language, written from the documents alone.
+
+Enqueues dmq jobs into Redis exactly as docs/wire-format.md ("Producing a job from
+another language") and docs/redis-layout.md ("Enqueueing from another language")
+say, waits for their results as docs/redis-layout.md ("Reading a result from
+another language") says, and prints one line per job:
+
+    <label> <state> <value as JSON, or the failure's kind and message>
+
+The worker is dmq-redis/tests/python_producer.rs, which runs this script:
+
+    python producer.py REDIS_URL NAMESPACE
+
+It exits 0 once every result is in, 1 when some did not come within 60 s.
+"""
+
+import json
+import sys
+import time
+import uuid
+
+import msgpack
+import redis
+
+QUEUE = "py"
+WAIT_S = 60
+
+# docs/redis-layout.md, "Enqueueing from another language", word for word.
+ENQUEUE = """
+-- KEYS: 1 {<ns>:<q>}:jobs, 2 {<ns>:<q>}:meta, 3 {<ns>:<q>}:delayed,
+--       4 {<ns>:<q>}:signal, 5 {<ns>:<q>}:ready:<p>
+-- ARGV: 1 id, 2 envelope (MessagePack), 3 priority, 4 due (Unix ms; 0 for now)
+-- Returns 1, or 0 when a job of this id is already queued (nothing changed).
+-- Checks every key's type before it changes anything: Redis does not roll back a
+-- script that fails halfway.
+for i, kind in ipairs({'hash', 'hash', 'zset', 'list', 'list'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= kind and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t)
+  end
+end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local wake
+if tonumber(ARGV[4]) > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. ':0:')
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  wake = true
+else
+  wake = redis.call('RPUSH', KEYS[5], ARGV[1]) == 1
+end
+if wake and redis.call('LLEN', KEYS[4]) == 0 then redis.call('LPUSH', KEYS[4], '1') end
+return 1
+"""
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False):
+    """Enqueues one job on QUEUE; returns its id (lowercase hyphenated text)."""
+    job = uuid.uuid4()
+    job_id = str(job)
+    envelope = {
+        "version": 1,
+        # docs/wire-format.md, "The task id": its text, or its 16 bytes as bin.
+        "id": job.bytes if id_as_bytes else job_id,
+        "task": task,
+        "queue": QUEUE,
+        "args": msgpack.packb(args),
+        "priority": priority,
+        "created_at": now_ms(),
+    }
+    due_ms = 0
+    if delay_ms:
+        due_ms = now_ms() + delay_ms
+        envelope["eta"] = due_ms
+    payload = msgpack.packb(envelope, use_bin_type=True)
+    tag = "{%s:%s}" % (namespace, QUEUE)
+    keys = [tag + ":jobs", tag + ":meta", tag + ":delayed", tag + ":signal",
+            "%s:ready:%d" % (tag, priority)]
+    added = r.eval(ENQUEUE, len(keys), *keys, job_id, payload, priority, due_ms)
+    if added != 1:
+        sys.exit("enqueueing %s refused: a job of id %s is already queued" % (task, job_id))
+    return job_id
+
+
+def wait_for_results(r, namespace, ids):
+    """The outcome of each of `ids`, decoded, once all are stored (or the time is up)."""
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(namespace + ":results")
+    outcomes = {}
+
+    def read(job_ids):
+        for job_id in job_ids:
+            raw = r.get(namespace + ":result:" + job_id)
+            if raw is not None:
+                outcomes[job_id] = msgpack.unpackb(raw, raw=False)
+
+    read(ids)
+    deadline = time.monotonic() + WAIT_S
+    while len(outcomes) < len(ids) and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+        if message is None:
+            continue
+        announced = message["data"].decode().split(",")
+        read([i for i in announced if i in ids and i not in outcomes])
+    pubsub.close()
+    return outcomes
+
+
+def describe(outcome):
+    if outcome["state"] == "succeeded":
+        return json.dumps(msgpack.unpackb(outcome["value"], raw=False), sort_keys=True)
+    failure = outcome["failure"] or {}
+    return "%s: %s" % (failure.get("kind"), failure.get("message"))
+
+
+def main():
+    url, namespace = sys.argv[1], sys.argv[2]
+    r = redis.Redis.from_url(url)
+    enqueued_at = now_ms()
+    jobs = {
+        "add": enqueue(r, namespace, "py.add", [2, 3]),
+        "add-negative": enqueue(r, namespace, "py.add", [-40, -2]),
+        "greet-urgent": enqueue(r, namespace, "py.greet", ["Ada"], priority=9),
+        "area-of-a-struct": enqueue(r, namespace, "py.area", [{"width": 3, "height": 4}]),
+        "add-delayed": enqueue(r, namespace, "py.add", [20, 22], delay_ms=1500),
+        "add-id-as-bytes": enqueue(r, namespace, "py.add", [1, 1], id_as_bytes=True),
+        "divide-by-zero": enqueue(r, namespace, "py.divide", [1, 0]),
+    }
+    outcomes = wait_for_results(r, namespace, list(jobs.values()))
+    missing = 0
+    for label, job_id in jobs.items():
+        outcome = outcomes.get(job_id)
+        if outcome is None:
+            print("%s missing (no result within %d s)" % (label, WAIT_S))
+            missing += 1
+            continue
+        print("%s %s %s" % (label, outcome["state"], describe(outcome)))
+        if label == "add-delayed":
+            # Not before its eta: it started at least 1.5 s after it was enqueued.
+            early = outcome["started_at"] is None or outcome["started_at"] < enqueued_at + 1500
+            print("add-delayed started %s its eta" % ("before" if early else "after"))
+    sys.stdout.flush()
+    sys.exit(1 if missing else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+//! The documents are true for a producer in another language: `python/producer.py`,
+//! written from docs/wire-format.md and docs/redis-layout.md alone, enqueues jobs into
+//! Redis (task ids as text and as bytes, a struct argument, a priority, a delay), a
+//! worker on `RedisBroker` and `RedisBackend` runs them, and the script reads their
+//! results back as the documents say.
+//!
+//! The script needs Python 3 with `msgpack` and `redis`: `scripts/ensure-python`
+//! installs them in a virtual environment and prints its interpreter, which
+//! `scripts/test` passes in `DMQ_PYTHON`; without it this test runs that script itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dmq_core::{Manager, TaskError, task};
+use dmq_redis::{RedisBackend, RedisBroker};
+use serde::{Deserialize, Serialize};
+
+#[task(name = "py.add", queue = "py")]
+async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    Ok(x + y)
+}
+
+#[task(name = "py.greet", queue = "py")]
+async fn greet(name: String) -> Result<String, TaskError> {
+    Ok(format!("hello, {name}"))
+}
+
+/// A struct argument: a map with its field names on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct Rect {
+    width: u32,
+    height: u32,
+}
+
+/// A struct result: stored as a map with its field names.
+#[derive(Debug, Serialize, Deserialize)]
+struct Area {
+    area: u32,
+    unit: String,
+}
+
+#[task(name = "py.area", queue = "py")]
+async fn area(rect: Rect) -> Result<Area, TaskError> {
+    Ok(Area { area: rect.width * rect.height, unit: "px²".to_owned() })
+}
+
+#[task(name = "py.divide", queue = "py")]
+async fn divide(a: i64, b: i64) -> Result<i64, TaskError> {
+    if b == 0 {
+        return Err(TaskError::fatal("division by zero"));
+    }
+    Ok(a / b)
+}
+
+/// The Python interpreter to run the script with: `DMQ_PYTHON`, else the one
+/// `scripts/ensure-python` sets up (and prints).
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("DMQ_PYTHON") {
+        return python.into();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-python");
+    let out = Command::new(&script).output().expect("run scripts/ensure-python");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{} failed: {stderr}", script.display());
+    let stdout = String::from_utf8(out.stdout).expect("a path in UTF-8");
+    stdout.lines().last().expect("ensure-python prints the interpreter's path").into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_producer_following_the_documents_gets_its_results() {
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
+    let url = common::redis_url();
+    let hint = "connect to redis (scripts/ensure-redis starts one)";
+    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect(hint);
+    let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect(hint);
+    let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+    let worker = manager.worker().queues(["py"]).start();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/producer.py");
+    let (python, args) = (python(), [script.into_os_string(), url.into(), namespace.into()]);
+    let ran = tokio::task::spawn_blocking(move || Command::new(&python).args(args).output())
+        .await
+        .expect("the script's thread")
+        .expect("run the Python producer");
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    let dead = manager.broker().dead_letters("py", 0, 10).await.expect("dead letters");
+    let dead: Vec<_> = dead.iter().map(|d| d.reason.clone()).collect();
+    worker.shutdown().await;
+
+    let said = format!("stdout:\n{stdout}\nstderr:\n{stderr}\ndead letters: {dead:?}");
+    assert!(ran.status.success(), "the Python producer failed ({}): {said}", ran.status);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "add succeeded 5",
+            "add-negative succeeded -42",
+            r#"greet-urgent succeeded "hello, Ada""#,
+            r#"area-of-a-struct succeeded {"area": 12, "unit": "px\u00b2"}"#,
+            "add-delayed succeeded 42",
+            "add-delayed started after its eta",
+            "add-id-as-bytes succeeded 2",
+            "divide-by-zero failed fatal: division by zero",
+        ],
+        "{said}"
+    );
+    // The fatal failure is the only dead letter.
+    assert_eq!(dead.len(), 1, "{said}");
+}
