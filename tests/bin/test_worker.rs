@@ -53,6 +53,9 @@ struct Args {
     /// Deliveries after which a job that never settles is dead-lettered as poison.
     #[arg(long, env = "DMQ_TEST_WORKER_MAX_DELIVERIES", default_value_t = 5)]
     max_deliveries: u32,
+    /// The delivery guarantee: at-most-once, at-least-once or exactly-once.
+    #[arg(long, env = "DMQ_TEST_WORKER_GUARANTEE", default_value = "at-least-once")]
+    guarantee: dmq_core::Guarantee,
     /// Runs the periodic schedule "e2e.tick" (task `e2e.tick`) every this many
     /// milliseconds.
     #[arg(long, env = "DMQ_TEST_WORKER_TICK_MS")]
@@ -76,6 +79,11 @@ pub(crate) fn starts_key(ns: &str) -> String {
     format!("{{{ns}}}:e2e:starts")
 }
 
+/// The list with one `task-id pid` entry each time a `stamp` job starts.
+pub(crate) fn stamps_key(ns: &str) -> String {
+    format!("{{{ns}}}:e2e:stamps")
+}
+
 /// The hash of fire time (as the job's fire-time header says) to how many `tick`
 /// jobs ran for it.
 pub(crate) fn ticks_key(ns: &str) -> String {
@@ -88,6 +96,7 @@ struct Records {
     runs: String,
     pids: String,
     starts: String,
+    stamps: String,
     ticks: String,
 }
 
@@ -149,6 +158,23 @@ pub(crate) async fn crash(ctx: TaskContext) -> Result<(), TaskError> {
     std::process::abort()
 }
 
+/// Records that it started in this process, sleeps `ms` milliseconds, and returns a
+/// stamp of this very run: `n`, the pid, and a random number, so that two runs of one
+/// job store different results.
+#[task(name = "e2e.stamp", queue = "e2e-stamp")]
+pub(crate) async fn stamp(n: u64, ms: u64, ctx: TaskContext) -> Result<String, TaskError> {
+    let records = records()?;
+    let mut conn = records.conn.clone();
+    let pid = std::process::id();
+    let _: u64 = redis::cmd("RPUSH")
+        .arg(&records.stamps)
+        .arg(format!("{} {pid}", ctx.id()))
+        .query_async(&mut conn)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(format!("{n}:{pid}:{}", uuid::Uuid::new_v4().simple()))
+}
+
 /// Fails its first attempt, asking to be retried after `ms` milliseconds, and
 /// returns the attempt that succeeded.
 #[task(name = "e2e.second_time", queue = "e2e-backoff", max_retries = 3)]
@@ -197,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         runs: runs_key(ns),
         pids: pids_key(ns),
         starts: starts_key(ns),
+        stamps: stamps_key(ns),
         ticks: ticks_key(ns),
     };
     if RECORDS.set(records).is_err() {
@@ -221,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
         .lease(Duration::from_millis(args.lease_ms))
         .heartbeat(Duration::from_millis(args.heartbeat_ms))
         .grace(Duration::from_millis(args.grace_ms))
+        .guarantee(args.guarantee)
         .start();
 
     tokio::select! {
