@@ -101,9 +101,12 @@ pub enum Command {
     #[command(after_help = "Examples:\n  app tasks\n  app tasks --json")]
     Tasks(TasksArgs),
 
-    /// Show each queue's ready, delayed, in-flight and dead jobs.
+    /// Show each queue's ready, delayed, in-flight and dead jobs, and its suspect jobs
+    /// and bad entries.
     ///
-    /// With no queue named, lists every queue that has keys in the namespace. A queue
+    /// SUSPECT counts the ready jobs taken back from a worker that died or stalled while
+    /// running them, each waiting to run alone; BAD-ENTRIES counts the entries claims
+    /// dropped from the ready lists because they were no dmq job. With no queue named, lists every queue that has keys in the namespace. A queue
     /// with nothing in it has no keys, so it shows as all zeros when named and is left
     /// out of the list otherwise.
     #[command(
@@ -154,9 +157,11 @@ pub enum Command {
 
     /// Show one job by id: its queue, state, task, attempt and times, and its result.
     ///
-    /// Looks through every queue of the namespace: ready, delayed (with its due time),
-    /// in flight (with its lease deadline) or dead-lettered (with the reason, among
-    /// each queue's newest 10,000 letters); then the stored result, if any.
+    /// Looks through every queue of the namespace: ready (or suspect: waiting to run
+    /// alone), delayed (with its due time), in flight (with its lease deadline),
+    /// stranded (stored but waiting nowhere: `dmq doctor --fix` puts it back) or
+    /// dead-lettered (with the reason, among each queue's newest 10,000 letters); then
+    /// the stored result, if any.
     #[command(
         after_help = "Examples:\n  dmq job 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10\n  dmq job 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10 --json"
     )]
@@ -184,6 +189,22 @@ pub enum Command {
     /// `dmq dlq purge`).
     #[command(after_help = "Examples:\n  dmq purge emails --yes\n  dmq purge emails --yes --json")]
     Purge(PurgeArgs),
+
+    /// Find stranded jobs (stored, but waiting in no list) and, with --fix, put them
+    /// back.
+    ///
+    /// A stranded job has its envelope stored but waits in no ready, suspect, delayed
+    /// or in-flight list, so nothing would ever run it: a write cut off halfway leaves
+    /// one behind. --fix puts each back at the front of its ready list. Also shows each
+    /// queue's suspect jobs (taken back from a lost worker, waiting to run alone) and
+    /// the bad entries dropped so far. With no queue named, checks every queue that has
+    /// keys in the namespace. Workers run it with --fix on their queues once a minute
+    /// by themselves. Exits 0 when nothing is stranded or everything stranded was put
+    /// back, 1 when stranded jobs were found and left where they are.
+    #[command(
+        after_help = "Examples:\n  dmq doctor\n  dmq doctor emails reports --fix\n  dmq doctor --json"
+    )]
+    Doctor(DoctorArgs),
 }
 
 /// Where the admin commands find the broker, and how they print.
@@ -220,6 +241,22 @@ pub struct QueuesArgs {
     /// The queues to show [default: every queue with keys in the namespace].
     #[arg(value_name = "QUEUE")]
     pub queues: Vec<String>,
+
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The queues to check [default: every queue with keys in the namespace].
+    #[arg(value_name = "QUEUE")]
+    pub queues: Vec<String>,
+
+    /// Put the stranded jobs back at the front of their ready lists.
+    #[arg(long)]
+    pub fix: bool,
 
     #[command(flatten)]
     /// Where the broker is, and how to print.

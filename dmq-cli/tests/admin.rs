@@ -77,6 +77,21 @@ impl Namespace {
         ids
     }
 
+    /// Runs one raw Redis command, as another program (or a write cut off halfway)
+    /// would.
+    fn redis<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        self.rt.block_on(async {
+            let client = redis::Client::open(redis_url()).expect("a redis url");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("connects");
+            command.query_async(&mut conn).await.expect("the raw redis command")
+        })
+    }
+
+    /// The Redis keys of `queue`.
+    fn keys(&self, queue: &str) -> dmq_redis::QueueKeys {
+        dmq_redis::Keys::new(self.name.clone()).queue(queue)
+    }
+
     fn stats(&self, queue: &str) -> dmq_core::QueueStats {
         self.rt.block_on(self.manager.broker().queue_stats(queue)).expect("stats")
     }
@@ -145,8 +160,10 @@ fn queues_shows_each_queues_depths() {
     assert_eq!(
         list,
         json!([
-            {"queue": "emails", "ready": 1, "delayed": 1, "in_flight": 1, "dead": 2, "dead_dropped": 0},
-            {"queue": "reports", "ready": 1, "delayed": 0, "in_flight": 0, "dead": 0, "dead_dropped": 0},
+            {"queue": "emails", "ready": 1, "suspect": 0, "delayed": 1, "in_flight": 1, "dead": 2,
+             "dead_dropped": 0, "bad_entries": 0},
+            {"queue": "reports", "ready": 1, "suspect": 0, "delayed": 0, "in_flight": 0, "dead": 0,
+             "dead_dropped": 0, "bad_entries": 0},
         ])
     );
 
@@ -155,9 +172,18 @@ fn queues_shows_each_queues_depths() {
     assert_eq!(
         lines,
         [
-            vec!["QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD", "DEAD-DROPPED"],
-            vec!["emails", "1", "1", "1", "2", "0"],
-            vec!["reports", "1", "0", "0", "0", "0"],
+            vec![
+                "QUEUE",
+                "READY",
+                "SUSPECT",
+                "DELAYED",
+                "IN-FLIGHT",
+                "DEAD",
+                "DEAD-DROPPED",
+                "BAD-ENTRIES"
+            ],
+            vec!["emails", "1", "0", "1", "1", "2", "0", "0"],
+            vec!["reports", "1", "0", "0", "0", "0", "0", "0"],
         ],
         "{table}"
     );
@@ -168,7 +194,8 @@ fn queues_shows_each_queues_depths() {
     assert_eq!(named[0]["ready"], 1);
     assert_eq!(
         named[1],
-        json!({"queue": "nothing-here", "ready": 0, "delayed": 0, "in_flight": 0, "dead": 0, "dead_dropped": 0})
+        json!({"queue": "nothing-here", "ready": 0, "suspect": 0, "delayed": 0, "in_flight": 0,
+               "dead": 0, "dead_dropped": 0, "bad_entries": 0})
     );
 }
 
@@ -654,4 +681,140 @@ fn the_supervisor_gives_up_on_processes_that_exit_at_once() {
     );
     assert!(stderr.contains("links no #[task]"), "the processes say why: {stderr}");
     assert!(started.elapsed() < Duration::from_secs(60), "gave up after {:?}", started.elapsed());
+}
+
+/// Runs `dmq doctor` with `args` and `--json`, expecting exit status `code`; returns
+/// the JSON it printed and its stderr.
+fn doctor_json(ns: &Namespace, args: &[&str], code: i32) -> (Value, String) {
+    let mut all = vec!["doctor"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = ns.dmq(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "dmq {all:?}: {stdout}{stderr}");
+    let value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("dmq {all:?} printed no JSON ({e}): {stdout}"));
+    (value, stderr)
+}
+
+#[test]
+fn doctor_finds_stranded_jobs_and_puts_them_back_with_fix() {
+    let ns = Namespace::new();
+    // An empty namespace, then a healthy queue: nothing to do, exit 0.
+    assert_eq!(ns.json(&["doctor"]), json!({"queues": [], "stranded": 0, "put_back": 0}));
+    let kept = ns.enqueue("reports.build", "reports", None);
+    ns.enqueue("app.send", "emails", None);
+    let healthy = ns.ok(&["doctor"]);
+    assert!(healthy.contains("2 queues checked: no stranded jobs"), "{healthy}");
+
+    // A job whose envelope is stored but which is in no list: stranded.
+    let stranded = ns.enqueue("reports.build", "reports", None);
+    let removed: i64 = ns.redis(
+        redis::cmd("LREM").arg(ns.keys("reports").ready(5)).arg(0).arg(stranded.to_string()),
+    );
+    assert_eq!(removed, 1, "the job was in the ready list of priority 5");
+    let shown = ns.json(&["job", &stranded.to_string()]);
+    assert_eq!(shown["state"], "stranded", "{shown}");
+    assert!(
+        ns.ok(&["job", &stranded.to_string()]).contains("`dmq doctor --fix` puts it back"),
+        "dmq job says how to repair it"
+    );
+
+    // Found and named, not fixed without --fix: exit 1, saying to run with --fix.
+    let out = ns.dmq(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_error(&out, "1 stranded job found and not put back");
+    assert_error(&out, "--fix");
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("reports "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row, ["reports", "1", "0", "0", "0"], "{stdout}");
+    assert!(
+        stdout.contains(&format!("stranded in reports: {stranded} (not put back)")),
+        "{stdout}"
+    );
+    let (report, stderr) = doctor_json(&ns, &[], 1);
+    assert!(stderr.starts_with("error: ") && stderr.contains("--fix"), "{stderr}");
+    assert_eq!(
+        report,
+        json!({
+            "queues": [
+                {"queue": "emails", "stranded": [], "fixed": false, "suspect": 0, "bad_entries": 0},
+                {"queue": "reports", "stranded": [stranded.to_string()], "fixed": false,
+                 "suspect": 0, "bad_entries": 0},
+            ],
+            "stranded": 1,
+            "put_back": 0,
+        })
+    );
+    assert_eq!(ns.stats("reports").ready, 1, "only looking changes nothing");
+    // A queue named alone: only it is checked.
+    let (report, _) = doctor_json(&ns, &["emails"], 0);
+    assert_eq!(report["queues"].as_array().map(Vec::len), Some(1), "{report}");
+
+    // --fix puts it back at the front of its ready list: exit 0.
+    let (report, _) = doctor_json(&ns, &["reports", "--fix"], 0);
+    assert_eq!(report["queues"][0]["stranded"], json!([stranded.to_string()]));
+    assert_eq!((&report["queues"][0]["fixed"], &report["put_back"]), (&json!(true), &json!(1)));
+    assert_eq!(ns.json(&["job", &stranded.to_string()])["state"], "ready");
+    let fixed = ns.ok(&["doctor"]);
+    assert!(fixed.contains("no stranded jobs"), "{fixed}");
+    let claimed: Vec<TaskId> = ns.claim("reports", 2).iter().map(|d| d.lease.id).collect();
+    assert_eq!(claimed, [stranded, kept], "the job put back is claimed, first");
+}
+
+#[test]
+fn queues_doctor_and_job_show_suspect_jobs_and_bad_entries() {
+    let ns = Namespace::new();
+    let suspect = ns.enqueue("app.crash", "crashy", None);
+    ns.enqueue("app.send", "crashy", None);
+    // A worker claims it with a short lease and is lost: the reaper takes it back as
+    // suspect.
+    let broker = ns.manager.broker();
+    let queues = ["crashy".to_owned()];
+    let claimed = ns
+        .rt
+        .block_on(broker.claim("w", &queues, 1, Duration::from_millis(100), Duration::from_secs(1)))
+        .expect("claims");
+    assert_eq!(claimed.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [suspect]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ns.rt.block_on(broker.reap(&queues)).expect("reaps"), 1);
+    // An entry another program wrote into the ready list: dropped and counted by a claim.
+    let _: i64 = ns.redis(redis::cmd("RPUSH").arg(ns.keys("bad").ready(5)).arg("not a job"));
+    ns.enqueue("app.send", "bad", None);
+    assert_eq!(ns.claim("bad", 10).len(), 1, "the good job is claimed");
+
+    let list = ns.json(&["queues"]);
+    assert_eq!((&list[0]["queue"], &list[0]["bad_entries"]), (&json!("bad"), &json!(1)), "{list}");
+    assert_eq!(
+        list[1],
+        json!({"queue": "crashy", "ready": 2, "suspect": 1, "delayed": 0, "in_flight": 0,
+               "dead": 0, "dead_dropped": 0, "bad_entries": 0})
+    );
+    let table = ns.ok(&["queues"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0][2], "SUSPECT", "{table}");
+    assert_eq!(rows[1], ["bad", "0", "0", "0", "1", "0", "0", "1"], "{table}");
+    assert_eq!(rows[2], ["crashy", "2", "1", "0", "0", "0", "0", "0"], "{table}");
+
+    let report = ns.json(&["doctor"]);
+    assert_eq!(
+        (&report["queues"][0]["bad_entries"], &report["queues"][1]["suspect"]),
+        (&json!(1), &json!(1))
+    );
+    let table = ns.ok(&["doctor"]);
+    assert!(
+        table.lines().any(|l| l.split_whitespace().eq(["crashy", "0", "0", "1", "0"])),
+        "{table}"
+    );
+
+    let shown = ns.json(&["job", &suspect.to_string()]);
+    assert_eq!((&shown["state"], &shown["suspect"]), (&json!("ready"), &json!(true)), "{shown}");
+    let human = ns.ok(&["job", &suspect.to_string()]);
+    assert!(human.contains("state:       ready (suspect: runs alone)"), "{human}");
+    let other = ns.enqueue("app.send", "crashy", None);
+    assert_eq!(ns.json(&["job", &other.to_string()])["suspect"], false);
 }

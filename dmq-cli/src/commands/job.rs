@@ -14,7 +14,12 @@ const DEAD_LETTERS_SEARCHED: usize = 10_000;
 /// Where a job was found.
 struct Found {
     queue: String,
+    /// `ready`, `delayed`, `in flight`, `dead-lettered`, or `stranded`: stored but in
+    /// no list, so that nothing would run it (see `dmq doctor`).
     state: &'static str,
+    /// Ready, and taken back after its worker was lost: it waits in the suspect list
+    /// to run alone.
+    suspect: bool,
     /// The due time (delayed), the lease deadline (in flight) or when it was
     /// dead-lettered.
     at: Option<DateTime<Utc>>,
@@ -64,6 +69,7 @@ pub(crate) async fn run(args: JobArgs) -> anyhow::Result<()> {
             "id": id.to_string(),
             "queue": found.queue,
             "state": found.state,
+            "suspect": found.suspect,
             "at": found.at.map(time),
             "reason": found.reason,
             "task": envelope.as_ref().map(|e| e.task.clone()),
@@ -76,7 +82,14 @@ pub(crate) async fn run(args: JobArgs) -> anyhow::Result<()> {
     }
     println!("id:          {id}");
     println!("queue:       {}", found.queue);
-    println!("state:       {}", found.state);
+    match found.state {
+        "ready" if found.suspect => println!("state:       ready (suspect: runs alone)"),
+        "stranded" => println!(
+            "state:       stranded (stored, but waits in no list, so nothing will run it; \
+             `dmq doctor --fix` puts it back)"
+        ),
+        state => println!("state:       {state}"),
+    }
     match found.state {
         "delayed" => println!("due:         {}", maybe_time(found.at)),
         "in flight" => println!("lease until: {}", maybe_time(found.at)),
@@ -125,12 +138,24 @@ async fn find_in(
         DateTime::from_timestamp_millis(ms as i64)
     };
     if let Some(payload) = payload {
-        let (state, at) = match (due, lease) {
-            (_, Some(ms)) => ("in flight", at(ms)),
-            (Some(ms), None) => ("delayed", at(ms)),
-            (None, None) => ("ready", None),
+        let found = |state, at, suspect| Found {
+            queue: queue.to_owned(),
+            state,
+            suspect,
+            at,
+            reason: None,
+            payload,
         };
-        return Ok(Some(Found { queue: queue.to_owned(), state, at, reason: None, payload }));
+        return Ok(Some(match (due, lease) {
+            (_, Some(ms)) => found("in flight", at(ms), false),
+            (Some(ms), None) => found("delayed", at(ms), false),
+            (None, None) => match waiting_in(conn, &keys, &field).await? {
+                // Claimed or moved since the first look: ready a moment ago.
+                Waiting::Elsewhere | Waiting::Ready => found("ready", None, false),
+                Waiting::Suspect => found("ready", None, true),
+                Waiting::Nowhere => found("stranded", None, false),
+            },
+        }));
     }
     let mut offset = 0;
     while offset < DEAD_LETTERS_SEARCHED {
@@ -142,6 +167,7 @@ async fn find_in(
             return Ok(Some(Found {
                 queue: queue.to_owned(),
                 state: "dead-lettered",
+                suspect: false,
                 at: Some(letter.at),
                 reason: Some(letter.reason.clone()),
                 payload: letter.payload.clone(),
@@ -150,4 +176,56 @@ async fn find_in(
         offset += page.len();
     }
     Ok(None)
+}
+
+/// Which list a stored job that is neither delayed nor in flight waits in.
+enum Waiting {
+    /// The suspect list: it runs alone.
+    Suspect,
+    /// A ready list.
+    Ready,
+    /// No list, though stored: stranded.
+    Nowhere,
+    /// Its envelope is gone, or it is delayed or in flight now.
+    Elsewhere,
+}
+
+/// Looks for `field`, a job id, in the suspect and ready lists of `keys`' queue, in
+/// one transaction with its envelope and sorted sets, so that a job claimed meanwhile
+/// is not taken for stranded. Each `LPOS` reads its list to the end when the id is not
+/// in it; this runs only for the queue whose envelope hash holds the job. A key of
+/// another type (not written by dmq) holds no job.
+async fn waiting_in(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &dmq_redis::QueueKeys,
+    field: &str,
+) -> anyhow::Result<Waiting> {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .ignore_errors()
+        .hexists(keys.payloads(), field)
+        .zscore(keys.delayed(), field)
+        .zscore(keys.in_flight(), field)
+        .cmd("LPOS")
+        .arg(keys.suspect())
+        .arg(field);
+    for priority in 0..=9 {
+        pipe.cmd("LPOS").arg(keys.ready(priority)).arg(field);
+    }
+    let reply: Vec<redis::Value> = pipe.query_async(conn).await?;
+    // A reply that is neither nil nor an error (a wrong-type key's): a score, a position.
+    let held = |v: &redis::Value| !matches!(v, redis::Value::Nil | redis::Value::ServerError(_));
+    let [stored, due, lease, suspect, ready @ ..] = reply.as_slice() else {
+        bail!("unexpected reply from redis looking for job {field} in queue lists");
+    };
+    let stored: bool = redis::from_redis_value_ref(stored)?;
+    Ok(if !stored || held(due) || held(lease) {
+        Waiting::Elsewhere
+    } else if held(suspect) {
+        Waiting::Suspect
+    } else if ready.iter().any(held) {
+        Waiting::Ready
+    } else {
+        Waiting::Nowhere
+    })
 }

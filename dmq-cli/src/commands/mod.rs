@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod dlq;
+mod doctor;
 mod enqueue;
 mod events;
 mod job;
@@ -42,5 +43,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::run(args).await,
         Command::Purge(args) => purge::run(args).await,
         Command::Job(args) => job::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
     }
 }

@@ -1,4 +1,5 @@
-//! `dmq queues`: each queue's ready, delayed, in-flight and dead jobs.
+//! `dmq queues`: each queue's ready, suspect, delayed, in-flight and dead jobs, and the
+//! bad entries dropped from it.
 
 use serde_json::json;
 
@@ -8,12 +9,7 @@ use crate::cli::QueuesArgs;
 /// Runs `dmq queues`.
 pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(&args.broker).await?;
-    let queues = if args.queues.is_empty() {
-        let mut conn = admin.redis().await?;
-        dmq_redis::queue_names(&mut conn, &admin.keys).await?
-    } else {
-        args.queues.clone()
-    };
+    let queues = named_or_all(&admin, &args.queues).await?;
     let broker = admin.manager.broker();
     let mut stats = Vec::with_capacity(queues.len());
     for queue in &queues {
@@ -26,10 +22,12 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
                 json!({
                     "queue": queue,
                     "ready": s.ready,
+                    "suspect": s.suspect,
                     "delayed": s.delayed,
                     "in_flight": s.in_flight,
                     "dead": s.dead,
                     "dead_dropped": s.dead_dropped,
+                    "bad_entries": s.bad_entries,
                 })
             })
             .collect();
@@ -45,13 +43,38 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
             vec![
                 (*queue).clone(),
                 s.ready.to_string(),
+                s.suspect.to_string(),
                 s.delayed.to_string(),
                 s.in_flight.to_string(),
                 s.dead.to_string(),
                 s.dead_dropped.to_string(),
+                s.bad_entries.to_string(),
             ]
         })
         .collect();
-    print_table(&["QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD", "DEAD-DROPPED"], &rows);
+    print_table(
+        &[
+            "QUEUE",
+            "READY",
+            "SUSPECT",
+            "DELAYED",
+            "IN-FLIGHT",
+            "DEAD",
+            "DEAD-DROPPED",
+            "BAD-ENTRIES",
+        ],
+        &rows,
+    );
     Ok(())
+}
+
+/// The queues `named` on the command line, or when none is named every queue of the
+/// namespace that has keys in Redis (a queue with nothing in it has none, so it is
+/// left out), sorted.
+pub(super) async fn named_or_all(admin: &Admin, named: &[String]) -> anyhow::Result<Vec<String>> {
+    if !named.is_empty() {
+        return Ok(named.to_vec());
+    }
+    let mut conn = admin.redis().await?;
+    Ok(dmq_redis::queue_names(&mut conn, &admin.keys).await?)
 }
