@@ -144,7 +144,7 @@ impl QueueKeys {
         format!("{}:jobs", self.prefix)
     }
 
-    /// The hash of job id to "priority:deliveries[/strikes[i]]:token" (see
+    /// The hash of job id to `priority:deliveries[/strikes[i]]:token` (see
     /// docs/redis-layout.md).
     #[must_use]
     pub fn meta(&self) -> String {

@@ -152,7 +152,7 @@ async fn the_doctor_finds_a_stranded_job_and_puts_it_back() {
     assert_eq!(removed, 1);
 
     let report = b.doctor(&q, false).await.expect("doctor");
-    assert_eq!(report[0].stranded, [stranded.clone()]);
+    assert_eq!(report[0].stranded, std::slice::from_ref(&stranded));
     assert!(!report[0].fixed);
     assert_eq!(b.queue_stats("q").await.expect("stats").ready, 2, "a report changes nothing");
     let fixed = b.doctor(&q, true).await.expect("doctor --fix");
