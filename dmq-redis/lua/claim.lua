@@ -40,9 +40,15 @@ local n = 0
 local deadline = now + lease
 local meta_args, lease_args = {}, {}
 
--- Whether `id` can be handed out: a task id with an envelope. One that cannot is
--- dropped with its leftovers, and reported.
-local function usable(id, payload)
+-- Whether `id` can be handed out: a task id with an envelope, not in flight already
+-- (a copy of an id pushed twice), not claimed twice by this claim. One that cannot is
+-- dropped (with its leftovers, unless it is a copy), and reported.
+local taken = {}
+local function usable(id, payload, meta)
+  if taken[id] or (meta and token_of(meta) ~= '') then
+    bad[#bad + 1], bad[#bad + 2] = id, 'a copy of a job already claimed'
+    return false
+  end
   if not string.match(id, TASK_ID) then
     redis.call('HDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[2], id)
@@ -54,6 +60,7 @@ local function usable(id, payload)
     bad[#bad + 1], bad[#bad + 2] = id, 'no envelope stored for it'
     return false
   end
+  taken[id] = true
   return true
 end
 
@@ -75,8 +82,9 @@ end
 while ARGV[7] == '1' and redis.call('LLEN', KEYS[19]) > 0 do
   local id = redis.call('LPOP', KEYS[19])
   local payload = redis.call('HGET', KEYS[1], id)
-  if usable(id, payload) then
-    local p, d, s = parse_meta(redis.call('HGET', KEYS[2], id), 5)
+  local meta = redis.call('HGET', KEYS[2], id)
+  if usable(id, payload, meta) then
+    local p, d, s = parse_meta(meta, 5)
     local token = next_token()
     redis.call('HSET', KEYS[2], id, make_meta(p, d + 1, s, true, token))
     redis.call('ZADD', KEYS[4], deadline, id)
@@ -101,7 +109,7 @@ while left > 0 do
   local o, m, l = #out, #meta_args, #lease_args
   for i, id in ipairs(ids) do
     local payload = payloads[i]
-    if usable(id, payload) then
+    if usable(id, payload, metas[i]) then
       local d, s = 0, 0
       if metas[i] then
         local _

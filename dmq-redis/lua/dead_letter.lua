@@ -8,7 +8,7 @@ expect('hash', 1, 2)
 expect('zset', 3)
 expect('list', 4)
 expect('hash', 5)
-expect('string', 6)
+expect_counter(6)
 if not holds(KEYS[2], ARGV[1], ARGV[2]) then return 0 end
 local payload = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -10,11 +10,22 @@
 local n = tonumber(ARGV[1])
 local idem_ttl = tonumber(ARGV[2 + n * 5])
 local idem_key = idem_ttl and KEYS[#KEYS]
-local queue_keys = idem_key and #KEYS - 1 or #KEYS
-for base = 0, queue_keys - 1, 14 do
-  expect('hash', base + 1, base + 2)
-  expect('zset', base + 3)
-  expect('list', base + 4, base + 14)
+-- The keys these jobs write, checked before anything changes: each queue's payloads
+-- hash and signal list, and the lists, set and hash its jobs go to.
+local checked = {}
+local function need(kind, i)
+  if not checked[i] then checked[i] = true; expect(kind, i) end
+end
+for i = 0, n - 1 do
+  local b = 2 + i * 5
+  local base = tonumber(ARGV[b]) * 14
+  need('hash', base + 1)
+  need('list', base + 4)
+  if tonumber(ARGV[b + 3]) > 0 then
+    need('hash', base + 2)
+    need('zset', base + 3)
+  end
+  need('list', base + 5 + tonumber(ARGV[b + 2]))
 end
 if idem_key then expect('string', #KEYS) end
 if idem_key then

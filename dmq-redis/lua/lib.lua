@@ -33,11 +33,23 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Priority, deliveries, strikes and whether it runs isolated, from a meta value
--- (defaults when there is none, or it does not parse).
+-- Fails, before this script changes anything, when a counter this script increments
+-- holds something other than an integer (KEYS[i], or field `field` of hash KEYS[i]).
+local function expect_counter(i, field)
+  local v
+  if field then v = redis.call('HGET', KEYS[i], field) else v = redis.call('GET', KEYS[i]) end
+  if v and not string.match(v, '^%-?%d+$') then
+    error({err = 'ERR key ' .. KEYS[i] .. (field and (' field ' .. field) or '') ..
+      ' holds ' .. string.format('%q', string.sub(v, 1, 40)) .. ' where dmq keeps a count;' ..
+      ' nothing was changed. It was not written by dmq: delete it'})
+  end
+end
+
+-- Priority (0 to 9), deliveries, strikes and whether it runs isolated, from a meta
+-- value (defaults when there is none, or it does not parse).
 local function parse_meta(m, default_priority)
   if not m then return default_priority, 0, 0, false end
-  local p, d, s, i = string.match(m, '^(%d+):(%d+)/?(%d*)(i?):')
+  local p, d, s, i = string.match(m, '^(%d):(%d+)/?(%d*)(i?):')
   if not p then return default_priority, 0, 0, false end
   return tonumber(p), tonumber(d), tonumber(s) or 0, i == 'i'
 end
@@ -107,12 +119,13 @@ end
 -- 17 dead-dropped, 18 signal, 19 suspect list, 20 bad-entries counter.
 local function expect_queue_keys()
   expect('hash', 1, 2)
+  expect_counter(2, '~seq')
   expect('zset', 3, 4)
   expect('list', 5, 15)
   expect('hash', 16)
-  expect('string', 17)
+  expect_counter(17)
   expect('list', 18, 19)
-  expect('string', 20)
+  expect_counter(20)
 end
 
 -- Takes the in-flight jobs `ids` (with their `metas`) off their leases, into the

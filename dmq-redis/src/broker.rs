@@ -367,17 +367,18 @@ impl RedisBroker {
     /// Claims from one queue (a suspect job too, when `suspect` allows); returns the
     /// jobs and how long until the next change.
     ///
-    /// The claim carries a fresh tag in its tokens. Until its reply is read, it is
-    /// listed among the lost claims: if the reply never comes (the connection broke,
-    /// or this future was dropped), the next claim gives back what it took, rather
-    /// than leave those jobs in flight for a whole lease.
+    /// The claim carries a fresh tag in its tokens, and comes back with its
+    /// [`PendingClaim`]: until the caller settles it (once the jobs are handed to the
+    /// worker), dropping it lists the claim among the lost ones, whose jobs the next
+    /// claim gives back, rather than leave them in flight for a whole lease. So does a
+    /// reply that never comes (the connection broke, or this future was dropped).
     async fn claim_queue(
         &self,
         worker: &str,
         queue: &str,
         (max, suspect): (usize, bool),
         lease: Duration,
-    ) -> Result<(Vec<Delivery>, Option<Duration>)> {
+    ) -> Result<(Vec<Delivery>, Option<Duration>, PendingClaim<'_>)> {
         let keys = self.keys.queue(queue);
         let tag = format!("{:x}", rand_u64());
         let mut invocation = self.scripts.claim.prepare_invoke();
@@ -403,7 +404,6 @@ impl RedisBroker {
             }
             Err(e) => return Err(e),
         };
-        pending.settled();
         let claim = parse_claim(queue, reply).ok_or_else(|| Error::Backend {
             message: "unexpected reply from the claim script".to_owned(),
             transient: false,
@@ -417,7 +417,7 @@ impl RedisBroker {
                  or a bug wrote it); the jobs claimed beside it run as usual"
             );
         }
-        Ok((claim.deliveries, claim.next_change))
+        Ok((claim.deliveries, claim.next_change, pending))
     }
 
     /// Gives back what the claims whose reply was lost took. Returns an error, with
@@ -956,6 +956,8 @@ impl Broker for RedisBroker {
         let mut woken: Option<String> = None;
         loop {
             let mut claimed = Vec::new();
+            // Settled once `claimed` is handed out; dropped before, they give it back.
+            let mut pending = Vec::new();
             let mut next_change: Option<Duration> = None;
             let mut failure = None;
             for queue in queues {
@@ -965,7 +967,8 @@ impl Broker for RedisBroker {
                 // A suspect job goes alone: only to a claim that has nothing yet.
                 let limits = (max - claimed.len(), claimed.is_empty());
                 match self.claim_queue(worker, queue, limits, lease).await {
-                    Ok((mut got, change)) => {
+                    Ok((mut got, change, claim)) => {
+                        pending.push(claim);
                         let alone = got.iter().any(|d| d.isolated);
                         if woken.as_deref() == Some(queue.as_str()) {
                             woken = None;
@@ -979,27 +982,26 @@ impl Broker for RedisBroker {
                             break;
                         }
                     }
+                    // One broken queue (a key of the wrong type, say) holds up no other:
+                    // the next queues are claimed from as usual.
                     Err(e) => {
-                        failure = Some((queue, e));
-                        break;
+                        tracing::warn!(error = %e, queue, "claiming from one queue failed");
+                        failure = Some(e);
                     }
                 }
             }
             if let Some(queue) = woken.take() {
                 self.pass_on_signal(&queue).await;
             }
-            match failure {
-                // Jobs already leased from another queue are handed out, not stranded
-                // until their lease runs out; the error shows again on the next claim.
-                Some((queue, e)) if !claimed.is_empty() => {
-                    tracing::warn!(error = %e, queue, "claiming from one queue failed");
-                    return Ok(claimed);
-                }
-                Some((_, e)) => return Err(e),
-                None => {}
-            }
+            // Jobs leased are handed out even when another queue failed; the error
+            // shows again at the next claim that finds nothing.
             if !claimed.is_empty() {
+                pending.into_iter().for_each(PendingClaim::settled);
                 return Ok(claimed);
+            }
+            pending.into_iter().for_each(PendingClaim::settled);
+            if let Some(e) = failure {
+                return Err(e);
             }
             let now = Instant::now();
             if now >= give_up {
@@ -1155,7 +1157,20 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    /// Gives back first what this worker's claims whose reply was lost took (a claim
+    /// cut off by the stop, say), so that it does not wait out its lease.
     async fn deregister(&self, worker: &str) -> Result<()> {
+        let lost = self
+            .lost_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|c| c.worker == worker);
+        if lost {
+            if let Err(e) = self.recover_lost_claims().await {
+                tracing::warn!(error = %e, "could not give back the jobs of a claim whose reply was lost; they return when their lease expires");
+            }
+        }
         let mut invocation = self.registry_invocation(&self.scripts.deregister);
         invocation.arg(worker);
         self.run::<i64>("deregistering a worker", &invocation).await.map(|_| ())
@@ -1311,9 +1326,17 @@ impl Broker for RedisBroker {
             .llen(keys.suspect())
             .get(keys.bad_entries());
         let mut conn = self.conn().await?;
-        let counts: Vec<Option<u64>> =
+        // Read as plain values: a counter another program overwrote with text counts 0
+        // here rather than failing the read.
+        let counts: Vec<Value> =
             pipe.query_async(&mut conn).await.map_err(|e| self.err("reading queue sizes", e))?;
-        let at = |i: usize| counts.get(i).copied().flatten().unwrap_or(0);
+        let at = |i: usize| match counts.get(i) {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(Value::BulkString(text)) => {
+                std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).unwrap_or(0)
+            }
+            _ => 0,
+        };
         let mut stats = QueueStats::default();
         stats.suspect = at(14);
         stats.ready = (0..10).map(at).sum::<u64>() + stats.suspect;

@@ -263,3 +263,91 @@ async fn a_claim_whose_reply_was_lost_is_given_back_at_the_next_claim() {
         b.ack(&delivery.lease).await.expect("ack");
     }
 }
+
+/// Counters another program overwrote with text: the claim refuses to run before it
+/// changes anything (it would fail halfway, incrementing them), and the queue's stats
+/// still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything() {
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
+    let b = broker(&namespace).await;
+    let keys = b.keys().queue("q");
+    let one = jobs("q", 1);
+    b.enqueue_batch(one.clone()).await.expect("enqueue");
+    let mut conn = raw().await;
+    let q = vec!["q".to_owned()];
+    for (key, field) in [(keys.bad_entries(), None), (keys.meta(), Some("~seq"))] {
+        let mut garbage = match field {
+            Some(field) => redis::cmd("HSET").arg(&key).arg(field).clone(),
+            None => redis::cmd("SET").arg(&key).clone(),
+        };
+        let () = garbage.arg("garbage").query_async(&mut conn).await.expect("write garbage");
+        let err = b.claim("w", &q, 10, LONG, Duration::ZERO).await.unwrap_err();
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+        let stats = b.queue_stats("q").await.expect("stats read despite the garbage");
+        assert_eq!((stats.ready, stats.in_flight), (1, 0), "{key}: {stats:?}");
+        let mut repair = match field {
+            Some(field) => redis::cmd("HDEL").arg(&key).arg(field).clone(),
+            None => redis::cmd("DEL").arg(&key).clone(),
+        };
+        let _: i64 = repair.query_async(&mut conn).await.expect("repair");
+    }
+    let got = b.claim("w", &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(got.len(), 1);
+}
+
+/// A worker on two queues, one of them broken (a key of the wrong type), still claims
+/// the other's jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_queue_holds_up_none_of_the_others() {
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
+    let b = broker(&namespace).await;
+    let mut conn = raw().await;
+    let () = redis::cmd("SET")
+        .arg(b.keys().queue("a").ready(5))
+        .arg("str")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let job = jobs("b", 1);
+    b.enqueue_batch(job.clone()).await.expect("enqueue");
+    let both = ["a".to_owned(), "b".to_owned()];
+    let got = b.claim("w", &both, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(got.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [job[0].id]);
+    let err = b.claim("w", &both, 10, LONG, Duration::ZERO).await.unwrap_err();
+    assert!(
+        err.to_string().contains("WRONGTYPE"),
+        "with nothing to claim, the failure shows: {err}"
+    );
+}
+
+/// The same id pushed twice into a ready list (a producer that replayed its push) is
+/// handed out once: the copy is dropped as a bad entry, whether it comes in the same
+/// claim or a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_pushed_twice_is_claimed_once() {
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
+    let b = broker(&namespace).await;
+    let keys = b.keys().queue("q");
+    let one = jobs("q", 1);
+    b.enqueue_batch(one.clone()).await.expect("enqueue");
+    let mut conn = raw().await;
+    let id = one[0].id.to_string();
+    let () = redis::cmd("RPUSH")
+        .arg(keys.ready(5))
+        .arg(&id)
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .expect("push");
+    let q = vec!["q".to_owned()];
+    let got = b.claim("w", &q, 2, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(got.len(), 1, "one copy in this claim");
+    let again = b.claim("w", &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert!(again.is_empty(), "the copy left is no second delivery: {again:?}");
+    b.ack(&got[0].lease).await.expect("the one lease is intact");
+    assert_eq!(b.queue_stats("q").await.expect("stats").bad_entries, 2);
+}

@@ -29,7 +29,14 @@ use crate::task::{FailureKind, TaskContext, TaskError, TaskPanicked, TaskTimedOu
 /// starting the task) happens before it is built, it holds only what the rest of the
 /// run needs, and the paths a job rarely takes (a failure, a poison message, an
 /// expired job, a task that does not finish at once) box what they await.
-pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output = ()> + Send + '_ {
+///
+/// `claimed` is when the claim that delivered the job was sent: its lease started no
+/// earlier.
+pub(super) fn process(
+    shared: &Shared,
+    delivery: Delivery,
+    claimed: std::time::Instant,
+) -> impl Future<Output = ()> + Send + '_ {
     let Delivery { lease, payload, .. } = delivery;
     let limit = shared.manager.config().max_message_size;
     let envelope = match Envelope::decode(&payload, limit) {
@@ -80,12 +87,14 @@ pub(super) fn process(shared: &Shared, delivery: Delivery) -> impl Future<Output
                 if completed_before(shared, &lease, registration, envelope.attempt).await {
                     return;
                 }
-                run(shared, lease, registration, envelope, payload, Finish::Complete).await;
+                run(shared, (lease, claimed), registration, envelope, payload, Finish::Complete)
+                    .await;
             };
             Either::Right(rare(once.instrument(span)))
         }
         Guarantee::AtLeastOnce => Either::Left(
-            run(shared, lease, registration, envelope, payload, Finish::Ack).instrument(span),
+            run(shared, (lease, claimed), registration, envelope, payload, Finish::Ack)
+                .instrument(span),
         ),
     }
 }
@@ -302,7 +311,7 @@ type Guarded = futures::future::CatchUnwind<AssertUnwindSafe<TaskFuture>>;
 /// the envelope as delivered, which a retry decodes again.
 fn run<'a>(
     shared: &'a Shared,
-    lease: Lease,
+    (lease, claimed): (Lease, std::time::Instant),
     registration: &'static TaskRegistration,
     envelope: Envelope,
     payload: Vec<u8>,
@@ -338,6 +347,9 @@ fn run<'a>(
         match result {
             Ok(value) => {
                 if !registration.ignore_result {
+                    if !shared.surely_holds(claimed) && !rare(still_holds(shared, &lease)).await {
+                        return;
+                    }
                     let outcome = TaskOutcome::succeeded(value, attempt, started_at);
                     if !store(shared, &lease, &outcome, "the job runs again once its lease expires")
                         .await
@@ -705,9 +717,31 @@ async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome, then: &str
 /// Logs that a run's outcome was not stored because another run's stands.
 fn kept_stored() {
     tracing::warn!(
-        "not storing this run's outcome: a success, or the outcome of a later run of this \
+        "storing nothing from this run: a success, or the outcome of a later run of this \
          job, is stored already and stays"
     );
+}
+
+/// Asks the broker whether this worker still holds `lease` (renewing it), before a
+/// run that may have stalled past it stores its result: a run that lost its lease
+/// stores nothing. False, logged, when the lease is lost or cannot be confirmed (the
+/// job then runs again once its lease expires).
+async fn still_holds(shared: &Shared, lease: &Lease) -> bool {
+    let broker = shared.manager.broker();
+    match persist(shared, lease, || broker.renew(lease, shared.config.lease)).await {
+        Ok(()) => true,
+        Err(Error::LeaseLost { .. }) => {
+            tracing::warn!(
+                "storing nothing from this run: it lost its lease (this worker stalled past \
+                 it), and the worker that holds it now runs the job"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not confirm the lease before storing the result; the job runs again once its lease expires");
+            false
+        }
+    }
 }
 
 /// What becomes of a dead-lettered job whose result could not be stored.

@@ -172,6 +172,8 @@ impl WorkerBuilder {
             released: AtomicU64::new(0),
             running: AtomicU32::new(0),
             vitals: Vitals::new(),
+            epoch: std::time::Instant::now(),
+            alive_since: AtomicU64::new(0),
         });
         tracing::info!(
             worker = %shared.info.id,
@@ -201,6 +203,12 @@ pub(crate) struct Shared {
     running: AtomicU32,
     /// Its loops' progress and its broker errors, for health checks and metrics.
     pub(crate) vitals: Vitals,
+    /// The instant `alive_since` counts from.
+    epoch: std::time::Instant,
+    /// When the last successful heartbeat was sent, in milliseconds since `epoch`,
+    /// plus one; 0 before the first. Until then plus the heartbeat ttl the broker
+    /// counts this worker alive, so no reaper takes its jobs.
+    alive_since: AtomicU64,
 }
 
 impl Shared {
@@ -217,6 +225,33 @@ impl Shared {
         self.manager.events().emit(|| {
             Event::new(kind(), id, task, queue, attempt).with_worker(self.info.id.clone())
         });
+    }
+
+    /// Records that a heartbeat sent at `sent` succeeded.
+    fn heartbeat_succeeded(&self, sent: std::time::Instant) {
+        let ms = u64::try_from(sent.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
+        self.alive_since.fetch_max(ms.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Whether this worker surely still holds a lease it claimed with a request sent
+    /// at `claimed`, without asking the broker: the lease (taken at or after that
+    /// instant) has not run out, nor has this worker's registration, which a reaper
+    /// needs lapsed to take its jobs; each with a fifth to spare. A worker that stalled
+    /// (SIGSTOP, a frozen machine) past either finds out here, and asks the broker.
+    pub(crate) fn surely_holds(&self, claimed: std::time::Instant) -> bool {
+        let lease = self.config.lease;
+        if claimed.elapsed() >= lease - lease / 5 {
+            return false;
+        }
+        let ttl = self.config.heartbeat.saturating_mul(MISSED_HEARTBEATS);
+        match self.alive_since.load(Ordering::Relaxed) {
+            0 => true,
+            since => {
+                let sent = self.epoch + Duration::from_millis(since - 1);
+                sent.elapsed() < ttl - ttl / 5
+            }
+        }
     }
 
     /// This worker's description as its next heartbeat reports it.
@@ -347,12 +382,14 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
             _ = tick.tick() => {}
         }
         shared.vitals.beat(Loop::Heartbeat);
+        let sent = std::time::Instant::now();
         if let Err(e) = broker.heartbeat(&shared.heartbeat_info(), ttl).await {
             shared.vitals.broker_error(Op::Heartbeat);
             beats_in_a_row = 0;
             tracing::warn!(error = %e, "heartbeat failed; retrying at the next one");
             continue;
         }
+        shared.heartbeat_succeeded(sent);
         beats_in_a_row = beats_in_a_row.saturating_add(1);
         if beats_in_a_row < MISSED_HEARTBEATS {
             continue;
@@ -435,6 +472,7 @@ async fn claim_loop(shared: &Arc<Shared>) {
         tokio::task::yield_now().await;
         let free = 1 + slots.available_permits();
         let broker = shared.manager.broker();
+        let claimed_at = std::time::Instant::now();
         let claimed = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
@@ -500,7 +538,8 @@ async fn claim_loop(shared: &Arc<Shared>) {
             // Not a JoinSet: its bookkeeping cost this loop more than the claim did.
             // A job holds its slot until it ends, which is how the stop below knows.
             tokio::spawn(async move {
-                let run = AssertUnwindSafe(job::process(&shared, delivery)).catch_unwind();
+                let run =
+                    AssertUnwindSafe(job::process(&shared, delivery, claimed_at)).catch_unwind();
                 if let Err(panic) = run.await {
                     log_abnormal_end(&*panic);
                 }
