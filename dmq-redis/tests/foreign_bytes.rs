@@ -287,7 +287,7 @@ async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything(
         assert!(err.to_string().contains("nothing was changed"), "{err}");
         let stats = b.queue_stats("q").await.expect("stats read despite the garbage");
         assert_eq!((stats.ready, stats.in_flight), (1, 0), "{key}: {stats:?}");
-        let mut repair = match field {
+        let repair = match field {
             Some(field) => redis::cmd("HDEL").arg(&key).arg(field).clone(),
             None => redis::cmd("DEL").arg(&key).clone(),
         };

@@ -408,8 +408,31 @@ mod tests {
             released: AtomicU64::new(0),
             running: AtomicU32::new(0),
             vitals,
+            epoch: Instant::now().checked_sub(AGE).expect("uptime"),
+            alive_since: AtomicU64::new(0),
         };
         WorkerMonitor { shared: Arc::new(shared) }
+    }
+
+    /// A worker surely holds a lease while its claim is younger than the lease and its
+    /// last heartbeat younger than the heartbeat ttl (each less a fifth); past either
+    /// (a stalled worker), it must ask the broker.
+    #[test]
+    fn a_lease_is_surely_held_only_while_the_claim_and_the_heartbeat_are_fresh() {
+        let monitor = monitor(vitals(&[]), false);
+        let shared = &monitor.shared;
+        // Defaults: a 30 s lease, a 5 s heartbeat, so a 20 s ttl.
+        let ago = |d: Duration| Instant::now().checked_sub(d).expect("uptime");
+        assert!(shared.surely_holds(Instant::now()), "no heartbeat yet: the lease decides");
+        assert!(!shared.surely_holds(ago(Duration::from_secs(25))), "past 4/5 of the lease");
+        shared.heartbeat_succeeded(Instant::now());
+        assert!(shared.surely_holds(ago(Duration::from_secs(20))));
+        // The last heartbeat that succeeded was sent 17 s ago: past 4/5 of the ttl.
+        shared.alive_since.store(0, Ordering::Relaxed);
+        shared.heartbeat_succeeded(ago(Duration::from_secs(17)));
+        assert!(!shared.surely_holds(Instant::now()), "a stalled worker asks the broker");
+        shared.heartbeat_succeeded(ago(Duration::from_secs(1)));
+        assert!(shared.surely_holds(Instant::now()), "the latest heartbeat counts");
     }
 
     fn alive(vitals: &WorkerVitals) -> Vec<(&'static str, bool)> {
