@@ -693,9 +693,13 @@ async fn signal(pid: u32, signal: &str) {
 
 /// A worker stalled (SIGSTOP) past its heartbeat while it runs a job loses the job to
 /// another worker, which runs it, stores its result and settles it. Resumed, the
-/// stalled worker finishes its run too, but the fence holds: it stores nothing over the
-/// result, and cannot settle the job. For every guarantee that stores results.
-async fn a_stalled_worker_stores_nothing_over_its_successors_result(guarantee: &str) {
+/// stalled worker finishes its run too, but the fence holds: it stores nothing, and
+/// cannot settle the job, whether it resumes after its successor stored the result or
+/// while the successor still runs. For every guarantee that stores results.
+async fn a_stalled_worker_stores_nothing_over_its_successors_result(
+    guarantee: &str,
+    resume_early: bool,
+) {
     let url = redis_url();
     let ns = Namespace::fresh(&url);
     let (_broker, manager) = connect(&url, &ns.name).await;
@@ -721,9 +725,21 @@ async fn a_stalled_worker_stores_nothing_over_its_successors_result(guarantee: &
     signal(stalled.pid, "STOP").await;
 
     let successor = WorkerProcess::start_with(&url, &ns.name, settings, &extra);
+    if resume_early {
+        // Resumed once the successor started the job, before it stores its result.
+        poll("the successor to start the job", || {
+            let conn = conn.clone();
+            let ns = ns.name.clone();
+            async move { (starts(conn, &ns).await.len() == 2).then_some(()) }
+        })
+        .await;
+        signal(stalled.pid, "CONT").await;
+    }
     let stored = manager.result::<u32>(id).wait(WAIT).await.expect("the successor's result");
     assert_eq!(stored, successor.pid, "the successor ran the job to the end");
-    signal(stalled.pid, "CONT").await;
+    if !resume_early {
+        signal(stalled.pid, "CONT").await;
+    }
     // The resumed run finishes (its sleep is over) and tries to store its own pid:
     // wait until it says it gave that up, or until the stored result changed.
     let log = stalled.log.clone();
@@ -751,12 +767,17 @@ async fn a_stalled_worker_stores_nothing_over_its_successors_result(guarantee: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_stores_nothing_over_its_successors_result_at_least_once() {
-    a_stalled_worker_stores_nothing_over_its_successors_result("at-least-once").await;
+    a_stalled_worker_stores_nothing_over_its_successors_result("at-least-once", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_stores_nothing_over_its_successors_result_exactly_once() {
-    a_stalled_worker_stores_nothing_over_its_successors_result("exactly-once").await;
+    a_stalled_worker_stores_nothing_over_its_successors_result("exactly-once", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_resumed_before_its_successor_finishes_stores_nothing() {
+    a_stalled_worker_stores_nothing_over_its_successors_result("at-least-once", true).await;
 }
 
 const STORM_JOBS: u64 = 5_000;

@@ -174,6 +174,7 @@ impl WorkerBuilder {
             vitals: Vitals::new(),
             epoch: std::time::Instant::now(),
             alive_since: AtomicU64::new(0),
+            lapsed_before: AtomicU64::new(0),
         });
         tracing::info!(
             worker = %shared.info.id,
@@ -209,6 +210,10 @@ pub(crate) struct Shared {
     /// plus one; 0 before the first. Until then plus the heartbeat ttl the broker
     /// counts this worker alive, so no reaper takes its jobs.
     alive_since: AtomicU64,
+    /// When the first successful heartbeat after a gap of nearly the ttl or more was
+    /// sent (same units): the registration may have lapsed before it, and a reaper
+    /// taken the jobs claimed before it.
+    lapsed_before: AtomicU64,
 }
 
 impl Shared {
@@ -230,27 +235,46 @@ impl Shared {
     /// Records that a heartbeat sent at `sent` succeeded.
     fn heartbeat_succeeded(&self, sent: std::time::Instant) {
         let ms = u64::try_from(sent.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u64::MAX);
-        self.alive_since.fetch_max(ms.saturating_add(1), Ordering::Relaxed);
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let before = self.alive_since.fetch_max(ms, Ordering::Relaxed);
+        let ttl = self.ttl();
+        let gap = Duration::from_millis(ms.saturating_sub(before));
+        if before != 0 && gap >= ttl - ttl / 5 {
+            self.lapsed_before.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the broker counts this worker alive after a heartbeat.
+    fn ttl(&self) -> Duration {
+        self.config.heartbeat.saturating_mul(MISSED_HEARTBEATS)
+    }
+
+    /// The instant `ms` (milliseconds since `epoch`, plus one) stands for.
+    fn instant(&self, ms: u64) -> std::time::Instant {
+        self.epoch + Duration::from_millis(ms.saturating_sub(1))
     }
 
     /// Whether this worker surely still holds a lease it claimed with a request sent
     /// at `claimed`, without asking the broker: the lease (taken at or after that
-    /// instant) has not run out, nor has this worker's registration, which a reaper
-    /// needs lapsed to take its jobs; each with a fifth to spare. A worker that stalled
-    /// (SIGSTOP, a frozen machine) past either finds out here, and asks the broker.
+    /// instant) has not run out, and this worker's registration, which a reaper needs
+    /// lapsed to take its jobs, has not lapsed since the claim (its heartbeats came
+    /// within the ttl of each other, and of now); each with a fifth to spare. A worker
+    /// that stalled (SIGSTOP, a frozen machine) past either finds out here, and asks
+    /// the broker.
     pub(crate) fn surely_holds(&self, claimed: std::time::Instant) -> bool {
         let lease = self.config.lease;
         if claimed.elapsed() >= lease - lease / 5 {
             return false;
         }
-        let ttl = self.config.heartbeat.saturating_mul(MISSED_HEARTBEATS);
+        let ttl = self.ttl();
+        let lapsed = self.lapsed_before.load(Ordering::Relaxed);
+        if lapsed != 0 && self.instant(lapsed) >= claimed {
+            return false;
+        }
         match self.alive_since.load(Ordering::Relaxed) {
             0 => true,
-            since => {
-                let sent = self.epoch + Duration::from_millis(since - 1);
-                sent.elapsed() < ttl - ttl / 5
-            }
+            since => self.instant(since).elapsed() < ttl - ttl / 5,
         }
     }
 

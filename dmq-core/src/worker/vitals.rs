@@ -410,6 +410,7 @@ mod tests {
             vitals,
             epoch: Instant::now().checked_sub(AGE).expect("uptime"),
             alive_since: AtomicU64::new(0),
+            lapsed_before: AtomicU64::new(0),
         };
         WorkerMonitor { shared: Arc::new(shared) }
     }
@@ -431,8 +432,11 @@ mod tests {
         shared.alive_since.store(0, Ordering::Relaxed);
         shared.heartbeat_succeeded(ago(Duration::from_secs(17)));
         assert!(!shared.surely_holds(Instant::now()), "a stalled worker asks the broker");
+        // A heartbeat after that gap: the registration may have lapsed in between, so
+        // only a claim made since is surely held.
         shared.heartbeat_succeeded(ago(Duration::from_secs(1)));
-        assert!(shared.surely_holds(Instant::now()), "the latest heartbeat counts");
+        assert!(!shared.surely_holds(ago(Duration::from_secs(2))), "claimed before the gap");
+        assert!(shared.surely_holds(Instant::now()), "claimed after it");
     }
 
     fn alive(vitals: &WorkerVitals) -> Vec<(&'static str, bool)> {
