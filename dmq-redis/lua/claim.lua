@@ -49,7 +49,7 @@ local function usable(id, payload, meta)
     bad[#bad + 1], bad[#bad + 2] = id, 'a copy of a job already claimed'
     return false
   end
-  if not string.match(id, TASK_ID) then
+  if not is_task_id(id) then
     redis.call('HDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[2], id)
     bad[#bad + 1], bad[#bad + 2] = id, 'not a task id'
