@@ -125,6 +125,7 @@ macro_rules! broker_conformance_tests {
             fences_grow_with_every_claim_of_a_job,
             jobs_taken_back_come_one_at_a_time_to_run_alone,
             a_job_lost_while_running_alone_strikes_out_and_spares_its_neighbours,
+            a_suspect_in_a_later_queue_is_not_kept_waiting_by_earlier_ones,
         );
     };
 }
@@ -668,6 +669,37 @@ pub mod broker {
         let fresh = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
         assert_eq!(payloads(&fresh), ["fresh"]);
         assert!(!fresh[0].isolated);
+    }
+
+    /// A claimer busy with an earlier queue is still offered a suspect job of a later
+    /// queue (flagged, after the earlier queue's jobs; the worker hands it back and
+    /// comes for it alone), so that busy earlier queues do not keep it waiting.
+    pub async fn a_suspect_in_a_later_queue_is_not_kept_waiting_by_earlier_ones(
+        b: Arc<dyn Broker>,
+    ) {
+        b.enqueue(job("beta", 5, "lost")).await.expect("enqueue");
+        let short = Duration::from_millis(150);
+        let lost = b.claim(WORKER, &queues(&["beta"]), 1, short, Duration::ZERO).await;
+        assert_eq!(lost.expect("claim").len(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(reap_until_something_moves(&b, &queues(&["beta"])).await, 1);
+        b.enqueue_batch(vec![job("alpha", 5, "a1"), job("alpha", 5, "a2")]).await.expect("enqueue");
+        let both = queues(&["alpha", "beta"]);
+        let got = b.claim(WORKER, &both, 10, LONG, Duration::ZERO).await.expect("claim");
+        let seen: Vec<(String, bool)> = got
+            .iter()
+            .map(|d| (String::from_utf8_lossy(&d.payload).into_owned(), d.isolated))
+            .collect();
+        assert_eq!(
+            seen,
+            [("a1".to_owned(), false), ("a2".to_owned(), false), ("lost".to_owned(), true)]
+        );
+        // Handed back, it comes alone to a claim of its own queue.
+        let suspect = got.last().expect("the suspect");
+        b.release(&suspect.lease).await.expect("release");
+        let alone = b.claim(WORKER, &queues(&["beta"]), 10, LONG, Duration::ZERO).await;
+        let alone = alone.expect("claim");
+        assert_eq!((alone.len(), alone[0].isolated), (1, true));
     }
 
     /// A job whose worker is lost while it runs alone gets a strike; with as many

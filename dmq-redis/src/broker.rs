@@ -964,8 +964,11 @@ impl Broker for RedisBroker {
                 if claimed.len() >= max {
                     break;
                 }
-                // A suspect job goes alone: only to a claim that has nothing yet.
-                let limits = (max - claimed.len(), claimed.is_empty());
+                // A queue with a suspect job hands out that job alone. Offered even to
+                // a claim that has jobs of earlier queues already, so that a suspect
+                // in a later queue is not kept waiting by busy earlier ones: the
+                // worker hands it back, lets its jobs end, and comes for it alone.
+                let limits = (max - claimed.len(), true);
                 match self.claim_queue(worker, queue, limits, lease).await {
                     Ok((mut got, change, claim)) => {
                         pending.push(claim);

@@ -543,14 +543,14 @@ impl State {
                 continue;
             };
             queue.promote(name, now, limits);
-            // A suspect job goes alone, to a claim that has nothing else.
-            if claimed.is_empty() {
-                if let Some(stored) = queue.suspect.pop_front() {
-                    self.next_seq += 1;
-                    let job = (stored, self.next_seq, true);
-                    claimed.push(queue.hold(name, job, (now, deadline), worker));
-                    return None;
-                }
+            // A queue with a suspect job hands out that job alone (after whatever
+            // earlier queues gave: the worker then hands it back and comes for it
+            // with nothing else running).
+            if let Some(stored) = queue.suspect.pop_front() {
+                self.next_seq += 1;
+                let job = (stored, self.next_seq, true);
+                claimed.push(queue.hold(name, job, (now, deadline), worker));
+                return None;
             }
             while claimed.len() < max {
                 let Some(stored) = queue.pop_ready() else {

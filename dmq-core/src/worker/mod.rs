@@ -455,13 +455,14 @@ async fn claim_loop(shared: &Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut failures = 0u32;
     // A job that must run alone was handed back: let the running jobs end, so that
-    // this worker can take it with nothing beside it.
-    let mut drain = false;
+    // this worker can take it, from its queue, with nothing beside it.
+    let mut drain: Option<String> = None;
     let vitals = &shared.vitals;
     vitals.starts(Loop::Claim);
     loop {
         vitals.beat(Loop::Claim);
-        if std::mem::take(&mut drain) {
+        let alone_from = drain.take();
+        if alone_from.is_some() {
             vitals.waiting_for_slot(true);
             tokio::select! {
                 biased;
@@ -497,10 +498,15 @@ async fn claim_loop(shared: &Arc<Shared>) {
         let free = 1 + slots.available_permits();
         let broker = shared.manager.broker();
         let claimed_at = std::time::Instant::now();
+        // After a drain, the queue of the job to run alone first, without waiting.
+        let (queues, wait) = match &alone_from {
+            Some(queue) => (std::slice::from_ref(queue), Duration::ZERO),
+            None => (shared.queues.as_slice(), shared.config.claim_wait),
+        };
         let claimed = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
-            claimed = broker.claim(&shared.info.id, &shared.queues, free, shared.config.lease, shared.config.claim_wait) => claimed,
+            claimed = broker.claim(&shared.info.id, queues, free, shared.config.lease, wait) => claimed,
         };
         let deliveries = match claimed {
             Ok(deliveries) => {
@@ -535,7 +541,7 @@ async fn claim_loop(shared: &Arc<Shared>) {
                 if let Err(e) = broker.release(&delivery.lease).await {
                     tracing::warn!(id = %delivery.lease.id, error = %e, "could not hand back a job to run alone; it returns when its lease expires");
                 }
-                drain = true;
+                drain = Some(delivery.lease.queue.clone());
                 continue;
             }
             let rest = if delivery.isolated {
