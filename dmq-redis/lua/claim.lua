@@ -40,12 +40,12 @@ local n = 0
 local deadline = now + lease
 local meta_args, lease_args = {}, {}
 
--- Whether `id` can be handed out: a task id with an envelope, not in flight already
--- (a copy of an id pushed twice), not claimed twice by this claim. One that cannot is
--- dropped (with its leftovers, unless it is a copy), and reported.
-local taken = {}
+-- Whether `id` can be handed out: shaped like a task id, with an envelope, and not
+-- in flight already (a copy of an id pushed twice). One that cannot is dropped (with
+-- its leftovers, unless it is a copy), and reported. (The worker drops the rest: ids
+-- with other characters than lowercase hex digits, and copies within one claim.)
 local function usable(id, payload, meta)
-  if taken[id] or (meta and token_of(meta) ~= '') then
+  if meta and token_of(meta) ~= '' then
     bad[#bad + 1], bad[#bad + 2] = id, 'a copy of a job already claimed'
     return false
   end
@@ -60,7 +60,6 @@ local function usable(id, payload, meta)
     bad[#bad + 1], bad[#bad + 2] = id, 'no envelope stored for it'
     return false
   end
-  taken[id] = true
   return true
 end
 

@@ -408,6 +408,9 @@ impl RedisBroker {
             message: "unexpected reply from the claim script".to_owned(),
             transient: false,
         })?;
+        if !claim.rejected.is_empty() {
+            self.drop_rejected(&keys, &claim.rejected).await?;
+        }
         for (entry, why) in &claim.bad {
             tracing::error!(
                 queue,
@@ -418,6 +421,23 @@ impl RedisBroker {
             );
         }
         Ok((claim.deliveries, claim.next_change, pending))
+    }
+
+    /// Takes back the leases of entries a claim handed out that are no job of dmq's,
+    /// and counts them as bad entries.
+    async fn drop_rejected(&self, keys: &QueueKeys, rejected: &[(String, String)]) -> Result<()> {
+        let mut invocation = self.scripts.drop_bad.prepare_invoke();
+        invocation
+            .key(keys.payloads())
+            .key(keys.meta())
+            .key(keys.in_flight())
+            .key(keys.bad_entries());
+        invocation.arg(rejected.len());
+        for (id, token) in rejected {
+            // A copy's stale token holds nothing: it is only counted.
+            invocation.arg(id).arg(token);
+        }
+        self.run::<i64>("dropping bad entries", &invocation).await.map(|_| ())
     }
 
     /// Gives back what the claims whose reply was lost took. Returns an error, with
@@ -821,6 +841,10 @@ struct ClaimReply {
     next_change: Option<Duration>,
     /// The bad entries it dropped, and why.
     bad: Vec<(Vec<u8>, String)>,
+    /// Entries it leased that are no task id as dmq writes them (another character
+    /// than a lowercase hex digit), with their tokens, and copies of a job within the
+    /// claim (stale tokens): to drop with `drop_bad.lua`.
+    rejected: Vec<(String, String)>,
 }
 
 fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
@@ -843,7 +867,9 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
         Value::Nil => {}
         _ => return None,
     }
-    let mut deliveries = Vec::with_capacity(items.len() / 5);
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(items.len() / 5);
+    let mut rejected = Vec::new();
+    let mut seen: std::collections::HashMap<TaskId, usize> = std::collections::HashMap::new();
     loop {
         let Some(id) = items.next() else { break };
         let (
@@ -856,13 +882,29 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
         else {
             return None;
         };
-        let id: TaskId = std::str::from_utf8(&id).ok()?.parse().ok()?;
-        let token = String::from_utf8(token).ok()?;
+        let token = String::from_utf8_lossy(&token).into_owned();
+        let raw = String::from_utf8_lossy(&id).into_owned();
+        // Only the form dmq writes: any other (upper case, say) names keys that no
+        // later write of this job would find.
+        let Some(id) = raw.parse::<TaskId>().ok().filter(|id| id.to_string() == raw) else {
+            bad.push((raw.clone().into_bytes(), "not a task id".to_owned()));
+            rejected.push((raw, token));
+            continue;
+        };
         let lease = Lease { id, queue: queue.to_owned(), fence: fence_of(&token), token };
         let delivery = Delivery::new(lease, payload, u32::try_from(count).unwrap_or(u32::MAX));
-        deliveries.push(if isolated == 1 { delivery.to_run_alone() } else { delivery });
+        let delivery = if isolated == 1 { delivery.to_run_alone() } else { delivery };
+        // A copy within the claim: the last one's lease is the one kept.
+        if let Some(&at) = seen.get(&id) {
+            let stale = std::mem::replace(&mut deliveries[at], delivery);
+            bad.push((raw.into_bytes(), "a copy of a job already claimed".to_owned()));
+            rejected.push((stale.lease.id.to_string(), stale.lease.token));
+            continue;
+        }
+        seen.insert(id, deliveries.len());
+        deliveries.push(delivery);
     }
-    Some(ClaimReply { deliveries, next_change, bad })
+    Some(ClaimReply { deliveries, next_change, bad, rejected })
 }
 
 /// The fence of a lease token `<seq>.<n>.<claimed at, Unix ms>.<tag>@<worker>`: the

@@ -35,6 +35,7 @@ pub(crate) struct Scripts {
     pub(crate) purge: Script,
     pub(crate) recover: Script,
     pub(crate) doctor: Script,
+    pub(crate) drop_bad: Script,
 }
 
 impl Scripts {
@@ -60,6 +61,7 @@ impl Scripts {
             purge: script!("purge"),
             recover: script!("recover"),
             doctor: script!("doctor"),
+            drop_bad: script!("drop_bad"),
         }
     }
 }
