@@ -223,8 +223,7 @@ impl RedisBackend {
         ttl: Duration,
         fence: Option<u64>,
     ) -> Result<bool> {
-        let value = rmp_serde::to_vec_named(&Fenced { outcome, fence: fence.unwrap_or(0) })
-            .map_err(|e| Error::Encode { what: "a task outcome", reason: e.to_string() })?;
+        let value = encode_fenced(outcome, fence.unwrap_or(0))?;
         let key = self.inner.keys.result(id);
         let ttl_ms = ttl_millis(ttl);
         self.inner.writer.submit(StoredResult { id, key, value, ttl_ms, fence }).await
@@ -519,14 +518,30 @@ struct StoredResult {
     fence: Option<u64>,
 }
 
-/// An outcome as stored: the fence of the run that stored it (0 for a plain store),
-/// then the outcome's fields, `state` first. `lua/store_result.lua` reads the first
-/// two; readers of the outcome pass over `fence`.
-#[derive(serde::Serialize)]
-struct Fenced<'a> {
-    fence: u64,
-    #[serde(flatten)]
-    outcome: &'a TaskOutcome,
+/// An outcome as stored: a map of the fence of the run that stored it (0 for a plain
+/// store), then the outcome's own fields, `state` first. `lua/store_result.lua` reads
+/// the first two; readers of the outcome pass over `fence`.
+///
+/// Written as the outcome's own encoding, a map of a few fields (MessagePack's fixmap,
+/// one byte of header), with one more entry spliced in front, rather than through
+/// serde's `flatten`, whose map of unknown length rmp-serde buffers: this runs for
+/// every result.
+fn encode_fenced(outcome: &TaskOutcome, fence: u64) -> Result<Vec<u8>> {
+    let encode_error =
+        |e: &dyn std::fmt::Display| Error::Encode { what: "a task outcome", reason: e.to_string() };
+    let fields = rmp_serde::to_vec_named(outcome).map_err(|e| encode_error(&e))?;
+    match fields.first() {
+        // A fixmap with room for one more entry.
+        Some(&header @ 0x80..=0x8e) => {
+            let mut out = Vec::with_capacity(fields.len() + 16);
+            out.push(header + 1);
+            rmp::encode::write_str(&mut out, "fence").map_err(|e| encode_error(&e))?;
+            rmp::encode::write_uint(&mut out, fence).map_err(|e| encode_error(&e))?;
+            out.extend_from_slice(&fields[1..]);
+            Ok(out)
+        }
+        _ => Err(encode_error(&"the outcome did not encode as a small map")),
+    }
 }
 
 /// The most results written in one round trip.
@@ -655,6 +670,27 @@ fn check_namespace(namespace: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fenced_outcome_is_the_outcome_with_its_fence_first() {
+        let outcome = TaskOutcome::succeeded(vec![1, 2], 3, chrono::Utc::now());
+        for fence in [0, 7, 200, 70_000, 1_700_000_000_000 * 1024] {
+            let bytes = encode_fenced(&outcome, fence).expect("encode");
+            let back: TaskOutcome = rmp_serde::from_slice(&bytes).expect("readers pass over fence");
+            let plain = rmp_serde::to_vec_named(&outcome).expect("encode");
+            let expected: TaskOutcome = rmp_serde::from_slice(&plain).expect("decode");
+            assert_eq!(back, expected, "times are kept to the millisecond, as before");
+            #[derive(serde::Deserialize)]
+            struct Front {
+                fence: u64,
+                state: String,
+            }
+            let front: Front = rmp_serde::from_slice(&bytes).expect("decode");
+            assert_eq!((front.fence, front.state.as_str()), (fence, "succeeded"));
+            // The order store_result.lua reads: fence, then state.
+            assert_eq!(&bytes[1..7], b"\xa5fence");
+        }
+    }
 
     #[test]
     fn ttls_are_whole_milliseconds_redis_accepts() {

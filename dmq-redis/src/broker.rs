@@ -883,11 +883,11 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
             return None;
         };
         let token = String::from_utf8_lossy(&token).into_owned();
-        let raw = String::from_utf8_lossy(&id).into_owned();
         // Only the form dmq writes: any other (upper case, say) names keys that no
         // later write of this job would find.
-        let Some(id) = raw.parse::<TaskId>().ok().filter(|id| id.to_string() == raw) else {
-            bad.push((raw.clone().into_bytes(), "not a task id".to_owned()));
+        let Some(id) = canonical_task_id(&id) else {
+            let raw = String::from_utf8_lossy(&id).into_owned();
+            bad.push((id, "not a task id".to_owned()));
             rejected.push((raw, token));
             continue;
         };
@@ -897,7 +897,7 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
         // A copy within the claim: the last one's lease is the one kept.
         if let Some(&at) = seen.get(&id) {
             let stale = std::mem::replace(&mut deliveries[at], delivery);
-            bad.push((raw.into_bytes(), "a copy of a job already claimed".to_owned()));
+            bad.push((id.to_string().into_bytes(), "a copy of a job already claimed".to_owned()));
             rejected.push((stale.lease.id.to_string(), stale.lease.token));
             continue;
         }
@@ -905,6 +905,20 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
         deliveries.push(delivery);
     }
     Some(ClaimReply { deliveries, next_change, bad, rejected })
+}
+
+/// The task id `bytes` spell in the one form dmq writes in Redis, lowercase and
+/// hyphenated; `None` for any other bytes.
+fn canonical_task_id(bytes: &[u8]) -> Option<TaskId> {
+    let hyphen = |i: usize| matches!(i, 8 | 13 | 18 | 23);
+    let canonical = bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, &b)| {
+            if hyphen(i) { b == b'-' } else { b.is_ascii_digit() || (b'a'..=b'f').contains(&b) }
+        });
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// The fence of a lease token `<seq>.<n>.<claimed at, Unix ms>.<tag>@<worker>`: the
@@ -1504,6 +1518,21 @@ mod tests {
         assert!(at(1_700_000_000_000, 2) > at(1_700_000_000_000, 1));
         assert!(at(1_700_000_000_000, 1000) < 1 << 53);
         assert_eq!(fence_of("not a token"), 0);
+    }
+
+    #[test]
+    fn only_the_lowercase_hyphenated_form_is_a_task_id_here() {
+        let id = TaskId::new();
+        assert_eq!(canonical_task_id(id.to_string().as_bytes()), Some(id));
+        for other in [
+            id.to_string().to_uppercase(),
+            id.to_string().replace('-', ""),
+            format!("{{{id}}}"),
+            "not-a-task-id".to_owned(),
+            "0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a1g".to_owned(),
+        ] {
+            assert_eq!(canonical_task_id(other.as_bytes()), None, "{other}");
+        }
     }
 
     #[test]
