@@ -17,8 +17,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 const LONG: Duration = Duration::from_secs(30);
 
-async fn broker(namespace: &str) -> RedisBroker {
-    RedisBroker::connect_with_namespace(&common::redis_url(), namespace).await.expect("connect")
+/// A broker in a fresh namespace, whose keys the guard deletes.
+async fn fresh() -> (common::Cleanup, RedisBroker) {
+    let namespace = common::fresh_namespace();
+    let cleanup = common::Cleanup::of(&namespace);
+    let broker = RedisBroker::connect_with_namespace(&common::redis_url(), &namespace)
+        .await
+        .expect("connect");
+    (cleanup, broker)
 }
 
 async fn raw() -> redis::aio::MultiplexedConnection {
@@ -37,9 +43,7 @@ fn jobs(queue: &str, n: usize) -> Vec<Job> {
 /// and hands out the nine good jobs beside them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_entry_in_a_ready_list_is_dropped_alone_and_the_good_jobs_are_claimed() {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
-    let b = broker(&namespace).await;
+    let (_cleanup, b) = fresh().await;
     let keys = b.keys().queue("q");
     let good = jobs("q", 9);
     let ids: Vec<TaskId> = good.iter().map(|j| j.id).collect();
@@ -89,9 +93,7 @@ async fn a_bad_entry_in_a_ready_list_is_dropped_alone_and_the_good_jobs_are_clai
 /// behind. Once the key is gone, the job is claimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_of_the_wrong_type_fails_a_script_before_it_changes_anything() {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
-    let b = broker(&namespace).await;
+    let (_cleanup, b) = fresh().await;
     let keys = b.keys().queue("q");
     let high = Job::new(TaskId::new(), "q", 9, None, b"high".to_vec());
     b.enqueue(high.clone()).await.expect("enqueue");
@@ -130,9 +132,7 @@ async fn a_key_of_the_wrong_type_fails_a_script_before_it_changes_anything() {
 /// off halfway) is reported by the doctor, put back by it when asked, then claimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_doctor_finds_a_stranded_job_and_puts_it_back() {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
-    let b = broker(&namespace).await;
+    let (_cleanup, b) = fresh().await;
     let keys = b.keys().queue("q");
     let all = jobs("q", 3);
     b.enqueue_batch(all.clone()).await.expect("enqueue");
@@ -269,9 +269,7 @@ async fn a_claim_whose_reply_was_lost_is_given_back_at_the_next_claim() {
 /// still read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything() {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
-    let b = broker(&namespace).await;
+    let (_cleanup, b) = fresh().await;
     let keys = b.keys().queue("q");
     let one = jobs("q", 1);
     b.enqueue_batch(one.clone()).await.expect("enqueue");
@@ -301,9 +299,7 @@ async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything(
 /// the other's jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_queue_holds_up_none_of_the_others() {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
-    let b = broker(&namespace).await;
+    let (_cleanup, b) = fresh().await;
     let mut conn = raw().await;
     let () = redis::cmd("SET")
         .arg(b.keys().queue("a").ready(5))
@@ -328,9 +324,7 @@ async fn a_broken_queue_holds_up_none_of_the_others() {
 /// claim or a later one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_pushed_twice_is_claimed_once() {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
-    let b = broker(&namespace).await;
+    let (_cleanup, b) = fresh().await;
     let keys = b.keys().queue("q");
     let one = jobs("q", 1);
     b.enqueue_batch(one.clone()).await.expect("enqueue");
