@@ -6,11 +6,13 @@
 -- ARGV: id1, token1, remember1 (ms; 0 records nothing), id2, token2, remember2, ...
 -- Returns: one integer per job: 1 when acknowledged, 0 when the lease is no longer
 -- the caller's (nothing changed for that job, nothing recorded)
-expect('hash', 1, 2)
-expect('zset', 3, 4)
+-- A key of the wrong type fails the script before it changes anything: the reads
+-- (meta, payloads, and the completed set when it is written) come first, and the
+-- first write (the in-flight set's) fails before it changes anything.
 local ids = {}
 for i = 1, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
-local metas = hmget(KEYS[2], ids)
+local metas = hmget(2, ids)
+checked(redis.pcall('HLEN', KEYS[1]), nil, 'hash', 1)
 local done, out = {}, {}
 local completed = {}
 for i, id in ipairs(ids) do
@@ -26,8 +28,13 @@ for i, id in ipairs(ids) do
     out[i] = 0
   end
 end
+if #completed > 0 then checked(redis.pcall('ZCARD', KEYS[4]), nil, 'zset', 4) end
 if #done > 0 then
-  each_chunk('ZREM', KEYS[3], done)
+  for f = 1, #done, 4000 do
+    -- The first chunk proves the set for the rest.
+    checked(redis.pcall('ZREM', KEYS[3], unpack(done, f, math.min(f + 3999, #done))),
+      nil, 'zset', 3)
+  end
   each_chunk('HDEL', KEYS[1], done)
   each_chunk('HDEL', KEYS[2], done)
 end

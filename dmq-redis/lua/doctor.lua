@@ -33,7 +33,7 @@ for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
   if not seen[id] then stranded[#stranded + 1] = id end
 end
 if ARGV[1] == '1' and #stranded > 0 then
-  local metas = hmget(KEYS[2], stranded)
+  local metas = hmget(2, stranded)
   for i = #stranded, 1, -1 do
     local p, d, s = parse_meta(metas[i], 5)
     redis.call('HSET', KEYS[2], stranded[i], make_meta(p, d, s, false))

@@ -7,40 +7,38 @@
 --       due (Unix ms, 0 for now), payload; then, with an idempotency key, its ttl (ms)
 -- Returns: {"ok"}, {"duplicate", id, queue index} or {"existing", id of the job the
 --          idempotency key belongs to} (nothing added)
+-- A key of the wrong type fails the script with nothing added: its first write fails
+-- before it changes anything, and a later one takes back what came before it (see
+-- `checked` in lib.lua).
 local n = tonumber(ARGV[1])
 local idem_ttl = tonumber(ARGV[2 + n * 5])
 local idem_key = idem_ttl and KEYS[#KEYS]
--- The keys these jobs write, checked before anything changes: each queue's payloads
--- hash and signal list, and the lists, set and hash its jobs go to.
-local checked = {}
-local function need(kind, i)
-  if not checked[i] then checked[i] = true; expect(kind, i) end
-end
-for i = 0, n - 1 do
-  local b = 2 + i * 5
-  local base = tonumber(ARGV[b]) * 14
-  need('hash', base + 1)
-  need('list', base + 4)
-  if tonumber(ARGV[b + 3]) > 0 then
-    need('hash', base + 2)
-    need('zset', base + 3)
-  end
-  need('list', base + 5 + tonumber(ARGV[b + 2]))
-end
-if idem_key then expect('string', #KEYS) end
 if idem_key then
-  local existing = redis.call('GET', idem_key)
+  local existing = checked(redis.pcall('GET', idem_key), nil, 'string', #KEYS)
   if existing then return {'existing', existing} end
 end
-local added = {}
+-- How to take back each write made so far.
+local made = {}
+local function undo()
+  for i = #made, 1, -1 do redis.call(unpack(made[i])) end
+end
+-- Wakes one blocked claimer of the queue whose signal list is KEYS[i], unless a
+-- wake-up is already waiting.
+local function wake(i)
+  if checked(redis.pcall('LLEN', KEYS[i]), undo, 'list', i) == 0 then
+    redis.call('LPUSH', KEYS[i], '1')
+    made[#made + 1] = {'LPOP', KEYS[i]}
+  end
+end
 for i = 0, n - 1 do
   local b = 2 + i * 5
-  local payloads = KEYS[tonumber(ARGV[b]) * 14 + 1]
-  if redis.call('HSETNX', payloads, ARGV[b + 1], ARGV[b + 4]) == 0 then
-    for _, a in ipairs(added) do redis.call('HDEL', a[1], a[2]) end
-    return {'duplicate', ARGV[b + 1], ARGV[b]}
+  local k = tonumber(ARGV[b]) * 14 + 1
+  local id = ARGV[b + 1]
+  if checked(redis.pcall('HSETNX', KEYS[k], id, ARGV[b + 4]), undo, 'hash', k) == 0 then
+    undo()
+    return {'duplicate', id, ARGV[b]}
   end
-  added[#added + 1] = {payloads, ARGV[b + 1]}
+  made[#made + 1] = {'HDEL', KEYS[k], id}
 end
 local now = nil
 local ready = {}
@@ -51,9 +49,11 @@ for i = 0, n - 1 do
   local id, priority, due = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   if due > 0 and not now then now = now_ms() end
   if due > 0 and due > now then
-    redis.call('HSET', KEYS[base + 2], id, priority .. ':0:')
-    redis.call('ZADD', KEYS[base + 3], due, id)
-    signal(KEYS[base + 4])
+    checked(redis.pcall('HSET', KEYS[base + 2], id, priority .. ':0:'), undo, 'hash', base + 2)
+    made[#made + 1] = {'HDEL', KEYS[base + 2], id}
+    checked(redis.pcall('ZADD', KEYS[base + 3], due, id), undo, 'zset', base + 3)
+    made[#made + 1] = {'ZREM', KEYS[base + 3], id}
+    wake(base + 4)
   else
     local key = base + 5 + priority
     if not ready[key] then ready[key] = {}; order[#order + 1] = key end
@@ -65,14 +65,13 @@ for _, key in ipairs(order) do
   local ids = ready[key]
   local len = 0
   for i = 1, #ids, 4000 do
-    len = redis.call('RPUSH', KEYS[key], unpack(ids, i, math.min(i + 3999, #ids)))
+    local last = math.min(i + 3999, #ids)
+    len = checked(redis.pcall('RPUSH', KEYS[key], unpack(ids, i, last)), undo, 'list', key)
+    made[#made + 1] = {'RPOP', KEYS[key], last - i + 1}
   end
   -- A list that was empty may have claimers blocked on it; one that was not has
   -- claimers busy with it.
-  if len == #ids then
-    local base = key - 5 - ((key - 5) % 14)
-    signal(KEYS[base + 4])
-  end
+  if len == #ids then wake(key - 5 - ((key - 5) % 14) + 4) end
 end
 if idem_key then redis.call('SET', idem_key, ARGV[3], 'PX', idem_ttl) end
 return {'ok'}

@@ -30,6 +30,21 @@ local function expect(kind, first, last)
   end
 end
 
+-- Returns `r`, the reply of a redis.pcall on KEYS[first..last] (keys that hold a
+-- `kind`), unless it is an error: then runs `undo` (if any), which takes back what the
+-- script wrote so far, and fails, naming the key when one holds the wrong type.
+-- A hot script checks its keys this way instead of with `expect`, for nothing: its
+-- reads come before its first write, its first write fails before it changes anything,
+-- and a later write either is proven by an earlier read of the same key or is undone.
+local function checked(r, undo, kind, first, last)
+  if type(r) == 'table' and r.err then
+    if undo then undo() end
+    expect(kind, first, last)
+    error(r)
+  end
+  return r
+end
+
 -- Redis's own clock, in Unix milliseconds.
 local function now_ms()
   local t = redis.call('TIME')
@@ -38,10 +53,14 @@ end
 
 -- Fails, before this script changes anything, when a counter this script increments
 -- holds something other than an integer (KEYS[i], or field `field` of hash KEYS[i]).
-local function expect_counter(i, field)
-  local v
-  if field then v = redis.call('HGET', KEYS[i], field) else v = redis.call('GET', KEYS[i]) end
+-- `v` is the counter's value, when the caller has read it already; `undo` as in
+-- `checked`.
+local function expect_counter(i, field, v, undo)
+  if v == nil then
+    if field then v = redis.call('HGET', KEYS[i], field) else v = redis.call('GET', KEYS[i]) end
+  end
   if v and not string.match(v, '^%-?%d+$') then
+    if undo then undo() end
     error({err = 'ERR key ' .. KEYS[i] .. (field and (' field ' .. field) or '') ..
       ' holds ' .. string.format('%q', string.sub(v, 1, 40)) .. ' where dmq keeps a count;' ..
       ' nothing was changed. It was not written by dmq: delete it'})
@@ -86,14 +105,14 @@ local function each_chunk(cmd, key, items, step)
   end
 end
 
--- HMGET of many fields, in chunks; returns one value (or false) per field.
-local function hmget(key, fields)
-  if #fields == 0 then return {} end
-  if #fields <= 4000 then return redis.call('HMGET', key, unpack(fields)) end
+-- HMGET of many fields of hash KEYS[i], in chunks; returns one value (or false) per
+-- field. Fails, naming the key, when it is no hash (see `checked`).
+local function hmget(i, fields)
   local out = {}
-  for i = 1, #fields, 4000 do
-    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 3999, #fields)))
-    for _, v in ipairs(part) do out[#out + 1] = v end
+  for f = 1, #fields, 4000 do
+    local part = checked(redis.pcall('HMGET', KEYS[i], unpack(fields, f,
+      math.min(f + 3999, #fields))), nil, 'hash', i)
+    if f == 1 then out = part else for _, v in ipairs(part) do out[#out + 1] = v end end
   end
   return out
 end

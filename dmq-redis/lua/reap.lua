@@ -16,12 +16,12 @@ expect_queue_keys()
 local now = now_ms()
 local max_deliveries, dead_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 10000)
-local moved = give_back(expired, hmget(KEYS[2], expired), 'lease expired', now, max_deliveries, dead_cap)
+local moved = give_back(expired, hmget(2, expired), 'lease expired', now, max_deliveries, dead_cap)
 if #ARGV < 3 then return {moved} end
 local dead = {}
 for i = 3, #ARGV, 2 do dead[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local held = redis.call('ZRANGE', KEYS[4], 0, -1)
-local metas = hmget(KEYS[2], held)
+local metas = hmget(2, held)
 local lost, lost_metas = {}, {}
 local still_holding, out = {}, {}
 for i, id in ipairs(held) do

@@ -12,7 +12,7 @@ expect('zset', 2)
 expect('list', 3, 14)
 local marker = '.' .. ARGV[2] .. '@' .. ARGV[1]
 local held = redis.call('ZRANGE', KEYS[2], 0, -1)
-local metas = hmget(KEYS[1], held)
+local metas = hmget(1, held)
 local given = 0
 -- Backwards, so that after the LPUSHes the claim's first job is at the front again.
 for i = #held, 1, -1 do

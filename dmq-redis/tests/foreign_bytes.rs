@@ -264,35 +264,99 @@ async fn a_claim_whose_reply_was_lost_is_given_back_at_the_next_claim() {
     }
 }
 
-/// Counters another program overwrote with text: the claim refuses to run before it
-/// changes anything (it would fail halfway, incrementing them), and the queue's stats
-/// still read.
+/// Asserts that queue `q` holds two ready entries and nothing in flight, as before a
+/// claim that failed; returns the ready list's entries.
+async fn untouched(b: &RedisBroker, what: &str) -> Vec<String> {
+    let stats = b.queue_stats("q").await.expect("stats read despite the garbage");
+    assert_eq!((stats.ready, stats.in_flight), (2, 0), "{what}: {stats:?}");
+    let mut conn = raw().await;
+    let entries: Vec<String> = redis::cmd("LRANGE")
+        .arg(b.keys().queue("q").ready(5))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("lrange");
+    entries
+}
+
+/// Counters another program overwrote with text: a claim that would increment one
+/// fails before it changes anything (it would fail halfway), and the queue's stats
+/// still read. The token counter is incremented by every claim that takes a job; the
+/// bad-entries counter only by one that meets a bad entry, so a claim without one runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything() {
     let (_cleanup, b) = fresh().await;
     let keys = b.keys().queue("q");
+    let q = vec!["q".to_owned()];
+    let mut conn = raw().await;
+    // The token counter: every claim that takes a job increments it.
+    b.enqueue_batch(jobs("q", 2)).await.expect("enqueue");
+    let before: Vec<String> = redis::cmd("LRANGE")
+        .arg(keys.ready(5))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("lrange");
+    let () = redis::cmd("HSET")
+        .arg(keys.meta())
+        .arg("~seq")
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let err = b.claim("w", &q, 10, LONG, Duration::ZERO).await.unwrap_err();
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert!(err.to_string().contains("~seq"), "the error names the field: {err}");
+    assert_eq!(untouched(&b, "token counter").await, before, "the popped jobs are back in order");
+    let _: i64 = redis::cmd("HDEL")
+        .arg(keys.meta())
+        .arg("~seq")
+        .query_async(&mut conn)
+        .await
+        .expect("repair");
+    let got = b.claim("w", &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(got.len(), 2);
+    for d in &got {
+        b.ack(&d.lease).await.expect("ack");
+    }
+
+    // The bad-entries counter: garbage in it stops only a claim that must count one.
+    let () = redis::cmd("SET")
+        .arg(keys.bad_entries())
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
     let one = jobs("q", 1);
     b.enqueue_batch(one.clone()).await.expect("enqueue");
-    let mut conn = raw().await;
-    let q = vec!["q".to_owned()];
-    for (key, field) in [(keys.bad_entries(), None), (keys.meta(), Some("~seq"))] {
-        let mut garbage = match field {
-            Some(field) => redis::cmd("HSET").arg(&key).arg(field).clone(),
-            None => redis::cmd("SET").arg(&key).clone(),
-        };
-        let () = garbage.arg("garbage").query_async(&mut conn).await.expect("write garbage");
-        let err = b.claim("w", &q, 10, LONG, Duration::ZERO).await.unwrap_err();
-        assert!(err.to_string().contains("nothing was changed"), "{err}");
-        let stats = b.queue_stats("q").await.expect("stats read despite the garbage");
-        assert_eq!((stats.ready, stats.in_flight), (1, 0), "{key}: {stats:?}");
-        let repair = match field {
-            Some(field) => redis::cmd("HDEL").arg(&key).arg(field).clone(),
-            None => redis::cmd("DEL").arg(&key).clone(),
-        };
-        let _: i64 = repair.query_async(&mut conn).await.expect("repair");
-    }
+    let got =
+        b.claim("w", &q, 10, LONG, Duration::ZERO).await.expect("a claim with no bad entry runs");
+    assert_eq!(got.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [one[0].id]);
+    b.ack(&got[0].lease).await.expect("ack");
+    let two = jobs("q", 1);
+    b.enqueue_batch(two.clone()).await.expect("enqueue");
+    let () = redis::cmd("LPUSH")
+        .arg(keys.ready(5))
+        .arg("not-a-task-id")
+        .query_async(&mut conn)
+        .await
+        .expect("lpush");
+    let err = b.claim("w", &q, 10, LONG, Duration::ZERO).await.unwrap_err();
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert!(err.to_string().contains(&keys.bad_entries()), "the error names the key: {err}");
+    assert_eq!(
+        untouched(&b, "bad-entries counter").await,
+        ["not-a-task-id".to_owned(), two[0].id.to_string()]
+    );
+    let _: i64 =
+        redis::cmd("DEL").arg(keys.bad_entries()).query_async(&mut conn).await.expect("repair");
     let got = b.claim("w", &q, 10, LONG, Duration::ZERO).await.expect("claim");
-    assert_eq!(got.len(), 1);
+    assert_eq!(got.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [two[0].id]);
+    let bad: i64 =
+        redis::cmd("GET").arg(keys.bad_entries()).query_async(&mut conn).await.expect("get");
+    assert_eq!(bad, 1, "the bad entry is counted once the counter is a number again");
 }
 
 /// A worker on two queues, one of them broken (a key of the wrong type), still claims
@@ -344,4 +408,204 @@ async fn an_id_pushed_twice_is_claimed_once() {
     assert!(again.is_empty(), "the copy left is no second delivery: {again:?}");
     b.ack(&got[0].lease).await.expect("the one lease is intact");
     assert_eq!(b.queue_stats("q").await.expect("stats").bad_entries, 2);
+}
+
+/// Everything under the broker's namespace, read by type (not `DUMP`, whose bytes
+/// depend on the encoding), sorted: two snapshots are equal when nothing changed.
+async fn snapshot(b: &RedisBroker) -> Vec<(String, String)> {
+    let mut conn = raw().await;
+    let mut keys = Vec::new();
+    for pattern in b.keys().patterns() {
+        let found: Vec<String> =
+            redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("keys");
+        keys.extend(found);
+    }
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut conn).await.expect("type");
+        let body = match kind.as_str() {
+            "string" => {
+                let v: Vec<u8> =
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("get");
+                format!("{v:?}")
+            }
+            "list" => {
+                let v: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("lrange");
+                format!("{v:?}")
+            }
+            "hash" => {
+                let mut v: Vec<(Vec<u8>, Vec<u8>)> =
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.expect("hgetall");
+                v.sort();
+                format!("{v:?}")
+            }
+            "zset" => {
+                let v: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("zrange");
+                format!("{v:?}")
+            }
+            other => other.to_owned(),
+        };
+        out.push((key, format!("{kind} {body}")));
+    }
+    out
+}
+
+/// Replaces `key` with a string, keeping what it held under `<key>~kept` (outside the
+/// queue's keys, but inside the namespace, so snapshots see it unchanged).
+async fn spoil(key: &str) {
+    let mut conn = raw().await;
+    let exists: bool = redis::cmd("EXISTS").arg(key).query_async(&mut conn).await.expect("exists");
+    if exists {
+        let () = redis::cmd("RENAME")
+            .arg(key)
+            .arg(format!("{key}~kept"))
+            .query_async(&mut conn)
+            .await
+            .expect("rename");
+    }
+    let () = redis::cmd("SET").arg(key).arg("not dmq's").query_async(&mut conn).await.expect("set");
+}
+
+/// Puts back what `spoil` replaced.
+async fn mend(key: &str) {
+    let mut conn = raw().await;
+    let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await.expect("del");
+    let _: Result<(), _> =
+        redis::cmd("RENAME").arg(format!("{key}~kept")).arg(key).query_async(&mut conn).await;
+}
+
+/// Asserts that `err` is a wrong-type failure naming `key`, and that the namespace is
+/// as `before`.
+async fn refused_unchanged(
+    b: &RedisBroker,
+    what: &str,
+    err: dmq_core::Error,
+    key: &str,
+    before: &[(String, String)],
+) {
+    let text = err.to_string();
+    assert!(
+        text.contains("WRONGTYPE") && text.contains(key),
+        "{what}: the error names {key}: {text}"
+    );
+    assert!(text.contains("nothing was changed"), "{what}: {text}");
+    assert_eq!(snapshot(b).await, before, "{what}: the failed script changed nothing");
+}
+
+/// A script whose later step meets a key of the wrong type (after it already wrote:
+/// pushed one queue's jobs, popped jobs, added an envelope) takes back what it wrote
+/// and fails naming the key: the namespace is exactly as before, key by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_fails_after_writing_takes_back_every_write() {
+    let (_cleanup, b) = fresh().await;
+    let later = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+
+    // Enqueue: a batch over two queues, the second's ready list spoiled.
+    b.enqueue_batch(jobs("a", 2)).await.expect("enqueue");
+    let a_then_b = vec![jobs("a", 1).remove(0), jobs("b", 1).remove(0)];
+    let key = b.keys().queue("b").ready(5);
+    spoil(&key).await;
+    let before = snapshot(&b).await;
+    let err = b.enqueue_batch(a_then_b).await.unwrap_err();
+    refused_unchanged(&b, "enqueue over two queues", err, &key, &before).await;
+    mend(&key).await;
+
+    // Enqueue: ready jobs first, then a delayed one whose set is spoiled.
+    let mut batch = jobs("c", 2);
+    batch.push(Job::new(TaskId::new(), "c", 5, later, b"later".to_vec()));
+    let key = b.keys().queue("c").delayed();
+    spoil(&key).await;
+    let before = snapshot(&b).await;
+    let err = b.enqueue_batch(batch).await.unwrap_err();
+    refused_unchanged(&b, "enqueue with a delayed job", err, &key, &before).await;
+    mend(&key).await;
+
+    // Enqueue: one job into an empty queue whose wake-up list is spoiled.
+    let key = b.keys().queue("d").signal();
+    spoil(&key).await;
+    let before = snapshot(&b).await;
+    let err = b.enqueue(jobs("d", 1).remove(0)).await.unwrap_err();
+    refused_unchanged(&b, "enqueue that wakes claimers", err, &key, &before).await;
+    mend(&key).await;
+
+    let e = vec!["e".to_owned()];
+    b.enqueue_batch(jobs("e", 3)).await.expect("enqueue");
+    // Claim: the envelopes' hash spoiled after the pop.
+    let key = b.keys().queue("e").payloads();
+    spoil(&key).await;
+    let before = snapshot(&b).await;
+    let err = b.claim("w", &e, 10, LONG, Duration::ZERO).await.unwrap_err();
+    refused_unchanged(&b, "claim reading envelopes", err, &key, &before).await;
+    mend(&key).await;
+    // Claim: fewer jobs than ready, so it passes the wake-up on: that list spoiled.
+    let key = b.keys().queue("e").signal();
+    spoil(&key).await;
+    let before = snapshot(&b).await;
+    let err = b.claim("w", &e, 2, LONG, Duration::ZERO).await.unwrap_err();
+    refused_unchanged(&b, "claim passing the wake-up on", err, &key, &before).await;
+    mend(&key).await;
+
+    // Ack and complete: the envelopes' hash, then the completed set, spoiled.
+    let got = b.claim("w", &e, 2, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(got.len(), 2);
+    let key = b.keys().queue("e").payloads();
+    spoil(&key).await;
+    let before = snapshot(&b).await;
+    let err = b.ack(&got[0].lease).await.unwrap_err();
+    refused_unchanged(&b, "ack", err, &key, &before).await;
+    mend(&key).await;
+    let key = b.keys().queue("e").completed();
+    spoil(&key).await;
+    let before = snapshot(&b).await;
+    let err = b.complete(&got[1].lease, LONG).await.unwrap_err();
+    refused_unchanged(&b, "complete", err, &key, &before).await;
+    mend(&key).await;
+
+    // Mended, every job of the scenarios above is still there to run.
+    b.ack(&got[0].lease).await.expect("ack once mended");
+    b.complete(&got[1].lease, LONG).await.expect("complete once mended");
+    let rest = b.claim("w", &e, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(rest.len(), 1);
+    let stats = b.queue_stats("a").await.expect("stats");
+    assert_eq!(stats.ready, 2, "queue a kept its two jobs and took none of the refused batch");
+}
+
+/// A claim that met only bad entries, with good jobs behind them, says so (next
+/// change: now), so the claimer comes back at once instead of waiting for a wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_jobs_behind_a_claims_worth_of_bad_entries_are_claimed_at_once() {
+    let (_cleanup, b) = fresh().await;
+    let keys = b.keys().queue("q");
+    let mut conn = raw().await;
+    for i in 0..4 {
+        let () = redis::cmd("RPUSH")
+            .arg(keys.ready(5))
+            .arg(format!("junk {i}"))
+            .query_async(&mut conn)
+            .await
+            .expect("rpush");
+    }
+    let good = jobs("q", 1);
+    b.enqueue_batch(good.clone()).await.expect("enqueue");
+    // Drop the wake-up the enqueue left: the claimer must not need it.
+    let _: i64 = redis::cmd("DEL").arg(keys.signal()).query_async(&mut conn).await.expect("del");
+    let started = std::time::Instant::now();
+    let got = b.claim("w", &["q".to_owned()], 4, LONG, LONG).await.expect("claim");
+    assert_eq!(got.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [good[0].id]);
+    assert!(started.elapsed() < Duration::from_secs(10), "claimed after {:?}", started.elapsed());
 }
