@@ -130,7 +130,7 @@ while left > 0 do
     unpop, 'list', 5, 14)
   if not got then break end
   popped[#popped + 1] = got
-  local p = tonumber(string.match(got[1], ':(%d)$'))
+  local p = string.match(got[1], ':(%d)$')
   for _, id in ipairs(got[2]) do ids[#ids + 1], priorities[#priorities + 1] = id, p end
   left = left - #got[2]
 end
@@ -145,18 +145,24 @@ if #ids > 0 then
   -- More may be ready: the wake-up passes on to another blocked claimer.
   local wake = left <= 0 and checked(redis.pcall('LLEN', KEYS[18]), unpop, 'list', 18) == 0
   local m, l, o = 0, 0, #out
+  -- Strings made once: Lua turns a number into a string with sprintf at every use.
+  local until_ms = tostring(deadline)
   for i, id in ipairs(ids) do
     local payload, meta, p = payloads[i], metas[i], priorities[i]
-    if usable(id, payload, meta) then
-      local d, s = 0, 0
-      if meta then
-        local _
-        _, d, s = parse_meta(meta, p)
-      end
-      local token = next_token()
+    local token
+    if payload and not meta and is_task_id(id) then
+      -- A job enqueued ready (most): first delivery, no meta yet.
+      token = next_token()
+      meta_args[m + 1], meta_args[m + 2] = id, p .. ':1:' .. token
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, payload, 1, token, 0
+    elseif usable(id, payload, meta) then
+      local _, d, s = parse_meta(meta, tonumber(p))
+      token = next_token()
       meta_args[m + 1], meta_args[m + 2] = id, make_meta(p, d + 1, s, false, token)
-      lease_args[l + 1], lease_args[l + 2] = deadline, id
       out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, payload, d + 1, token, 0
+    end
+    if token then
+      lease_args[l + 1], lease_args[l + 2] = until_ms, id
       m, l, o = m + 2, l + 2, o + 5
     end
   end
