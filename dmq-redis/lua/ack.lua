@@ -4,8 +4,8 @@
 -- completions whose time is up are dropped when one is recorded.
 -- KEYS: 1 payloads hash, 2 meta hash, 3 in-flight zset, 4 completed zset
 -- ARGV: id1, token1, remember1 (ms; 0 records nothing), id2, token2, remember2, ...
--- Returns: one integer per job: 1 when acknowledged, 0 when the lease is no longer
--- the caller's (nothing changed for that job, nothing recorded)
+-- Returns: one character per job, in one string: 1 when acknowledged, 0 when the lease
+-- is no longer the caller's (nothing changed for that job, nothing recorded)
 -- A key of the wrong type fails the script before it changes anything: the reads
 -- (meta, payloads, and the completed set when it is written) come first, and the
 -- first write (the in-flight set's) fails before it changes anything.
@@ -19,13 +19,13 @@ for i, id in ipairs(ids) do
   local token = ARGV[3 * i - 1]
   if metas[i] and token ~= '' and token_of(metas[i]) == token then
     done[#done + 1] = id
-    out[i] = 1
+    out[i] = '1'
     local remember = tonumber(ARGV[3 * i])
     if remember and remember > 0 then
       completed[#completed + 1] = {id, remember}
     end
   else
-    out[i] = 0
+    out[i] = '0'
   end
 end
 if #completed > 0 then checked(redis.pcall('ZCARD', KEYS[4]), nil, 'zset', 4) end
@@ -45,4 +45,4 @@ if #completed > 0 then
     redis.call('ZADD', KEYS[4], now + c[2], c[1])
   end
 end
-return out
+return table.concat(out)

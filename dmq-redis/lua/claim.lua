@@ -10,10 +10,11 @@
 --       17 dead-dropped counter, 18 signal list, 19 suspect list, 20 bad-entries counter
 -- ARGV: 1 max jobs, 2 lease (ms), 3 max deliveries (0 for no limit), 4 dead-letter cap,
 --       5 worker id, 6 claim tag, 7 whether a suspect job may be taken (1 or 0)
--- Returns: {next_change_ms, {bad entry 1, why 1, ...}, id1, payload1, deliveries1,
--- token1, isolated1 (1 or 0), id2, ...}; when no job was claimed, next_change_ms is how
--- long until a delayed job falls due or a lease expires (-1 for never, 0 when it
--- dropped bad entries and more may be ready, and always -1 when jobs were claimed).
+-- Returns: {next_change_ms, {bad entry 1, why 1, ...}, isolated (1 when the one job
+-- claimed must run alone, else 0), id1, payload1, deliveries1, token1, id2, ...}; when
+-- no job was claimed, next_change_ms is how long until a delayed job falls due or a
+-- lease expires (-1 for never, 0 when it dropped bad entries and more may be ready,
+-- and always -1 when jobs were claimed).
 -- A key of the wrong type fails the claim before it changes anything: most claims
 -- (no upkeep) prove their keys by reads they make anyway and by their first write,
 -- and put back what they popped when a later step fails (see `checked` in lib.lua).
@@ -46,7 +47,7 @@ if #expired > 0 then
 end
 
 local bad = {}
-local out = {-1, bad}
+local out = {-1, bad, 0}
 local seq, suffix = nil, nil
 local n = 0
 local deadline = now + lease
@@ -111,7 +112,7 @@ while upkeep and ARGV[7] == '1' and redis.call('LLEN', KEYS[19]) > 0 do
     local token = next_token()
     redis.call('HSET', KEYS[2], id, make_meta(p, d + 1, s, true, token))
     redis.call('ZADD', KEYS[4], deadline, id)
-    out[3], out[4], out[5], out[6], out[7] = id, payload, d + 1, token, 1
+    out[3], out[4], out[5], out[6], out[7] = 1, id, payload, d + 1, token
     -- Another idle claimer may take the next one.
     if redis.call('LLEN', KEYS[19]) > 0 then signal(KEYS[18]) end
     return report()
@@ -154,16 +155,16 @@ if #ids > 0 then
       -- A job enqueued ready (most): first delivery, no meta yet.
       token = next_token()
       meta_args[m + 1], meta_args[m + 2] = id, p .. ':1:' .. token
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, payload, 1, token, 0
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, payload, 1, token
     elseif usable(id, payload, meta) then
       local _, d, s = parse_meta(meta, tonumber(p))
       token = next_token()
       meta_args[m + 1], meta_args[m + 2] = id, make_meta(p, d + 1, s, false, token)
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, payload, d + 1, token, 0
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, payload, d + 1, token
     end
     if token then
       lease_args[l + 1], lease_args[l + 2] = until_ms, id
-      m, l, o = m + 2, l + 2, o + 5
+      m, l, o = m + 2, l + 2, o + 4
     end
   end
   if n > 0 then

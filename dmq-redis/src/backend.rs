@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dmq_core::{Error, Result, ResultBackend, TaskId, TaskOutcome};
 use futures::StreamExt;
+use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
@@ -529,20 +530,33 @@ struct StoredResult {
 fn encode_fenced(outcome: &TaskOutcome, fence: u64) -> Result<Vec<u8>> {
     let encode_error =
         |e: &dyn std::fmt::Display| Error::Encode { what: "a task outcome", reason: e.to_string() };
-    let fields = rmp_serde::to_vec_named(outcome).map_err(|e| encode_error(&e))?;
-    match fields.first() {
-        // A fixmap with room for one more entry.
-        Some(&header @ 0x80..=0x8e) => {
-            let mut out = Vec::with_capacity(fields.len() + 16);
-            out.push(header + 1);
-            rmp::encode::write_str(&mut out, "fence").map_err(|e| encode_error(&e))?;
-            rmp::encode::write_uint(&mut out, fence).map_err(|e| encode_error(&e))?;
-            out.extend_from_slice(&fields[1..]);
-            Ok(out)
-        }
-        _ => Err(encode_error(&"the outcome did not encode as a small map")),
-    }
+    // One buffer: the outcome is encoded after room for the fence's entry, which is
+    // then written in front of the outcome's fields, over the old header.
+    let mut out = Vec::with_capacity(FENCE_ROOM + 128);
+    out.resize(FENCE_ROOM, 0);
+    rmp_serde::encode::write_named(&mut out, outcome).map_err(|e| encode_error(&e))?;
+    // A fixmap with room for one more entry.
+    let Some(&header @ 0x80..=0x8e) = out.get(FENCE_ROOM) else {
+        return Err(encode_error(&"the outcome did not encode as a small map"));
+    };
+    let mut entry = [0u8; FENCE_ROOM + 1];
+    entry[0] = header + 1;
+    let unused = {
+        let mut rest: &mut [u8] = &mut entry[1..];
+        rmp::encode::write_str(&mut rest, "fence").map_err(|e| encode_error(&e))?;
+        rmp::encode::write_uint(&mut rest, fence).map_err(|e| encode_error(&e))?;
+        rest.len()
+    };
+    let len = entry.len() - unused;
+    let start = FENCE_ROOM + 1 - len;
+    out[start..=FENCE_ROOM].copy_from_slice(&entry[..len]);
+    out.drain(..start);
+    Ok(out)
 }
+
+/// Room for a fence's entry in front of an outcome's fields: the key `fence` (a
+/// fixstr, 6 bytes) and its value (a uint64 at most, 9 bytes).
+const FENCE_ROOM: usize = 15;
 
 /// The most results written in one round trip.
 const MAX_RESULT_BATCH: usize = 512;
@@ -582,15 +596,17 @@ fn result_writer(
                 push_id(&mut ids, result.id);
             }
             pipe.cmd("PUBLISH").arg(&channel).arg(ids).ignore();
-            let set: Vec<Option<String>> = match pipe.query_async(&mut conn).await {
+            // Each `SET` answers OK, or nil when `NX` found a result there: read as
+            // values, not as strings made for every job.
+            let set: Vec<Value> = match pipe.query_async(&mut conn).await {
                 Ok(set) => set,
                 Err(e) => return failed(e),
             };
-            let mut stored: Vec<Result<bool>> = set.iter().map(|ok| Ok(ok.is_some())).collect();
+            let found = |i: usize| matches!(set.get(i), Some(Value::Nil));
+            let mut stored: Vec<Result<bool>> = (0..batch.len()).map(|i| Ok(!found(i))).collect();
             // Fenced results that found one stored already: decided by the script.
-            let contested: Vec<usize> = (0..batch.len())
-                .filter(|&i| batch[i].fence.is_some() && set.get(i).is_some_and(Option::is_none))
-                .collect();
+            let contested: Vec<usize> =
+                (0..batch.len()).filter(|&i| batch[i].fence.is_some() && found(i)).collect();
             if contested.is_empty() {
                 return stored;
             }
@@ -634,7 +650,7 @@ fn push_id(ids: &mut String, id: TaskId) {
     if !ids.is_empty() {
         ids.push(',');
     }
-    ids.push_str(&id.to_string());
+    ids.push_str(id.as_uuid().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
 }
 
 /// The pause before reconnection attempt `failures + 1`: doubling from

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::batch::Batcher;
 use crate::conn::{Conn, Shared, Source};
 use crate::error::{copy_error, redis_error};
-use crate::keys::{DEFAULT_NAMESPACE, Keys, QueueKeys};
+use crate::keys::{DEFAULT_NAMESPACE, Keys, QueueKeys, id_text};
 use crate::redis_url::RedisUrl;
 use crate::scripts::Scripts;
 
@@ -327,7 +327,7 @@ impl RedisBroker {
             let due = job.eta.map_or(0, |eta| eta.timestamp_millis().max(1));
             invocation
                 .arg(index)
-                .arg(job.id.to_string())
+                .arg(id_text(job.id))
                 .arg(job.priority.min(dmq_core::MAX_PRIORITY))
                 .arg(due)
                 .arg(&job.payload);
@@ -712,9 +712,9 @@ fn ack_writer(
                 let mut invocation = scripts.ack.prepare_invoke();
                 invocation.key(q.payloads()).key(q.meta()).key(q.in_flight()).key(q.completed());
                 for (lease, remember_ms) in leases.iter().filter(|(l, _)| l.queue == *queue) {
-                    invocation.arg(lease.id.to_string()).arg(&lease.token).arg(*remember_ms);
+                    invocation.arg(id_text(lease.id)).arg(&lease.token).arg(*remember_ms);
                 }
-                async move { invocation.invoke_async::<Vec<i64>>(&mut conn).await }
+                async move { invocation.invoke_async::<Vec<u8>>(&mut conn).await }
             });
             let replies = futures::future::join_all(acks).await;
             let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
@@ -725,7 +725,7 @@ fn ack_writer(
                     Ok(acked) => {
                         for (n, (i, lease)) in positions.enumerate() {
                             results[i] = Some(match acked.get(n) {
-                                Some(1) => Ok(()),
+                                Some(b'1') => Ok(()),
                                 _ => Err(Error::LeaseLost { id: lease.id }),
                             });
                         }
@@ -867,9 +867,12 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
         Value::Nil => {}
         _ => return None,
     }
-    let mut deliveries: Vec<Delivery> = Vec::with_capacity(items.len() / 5);
+    // Said once for the claim: only a claim of one suspect job has it set.
+    let Value::Int(isolated) = items.next()? else { return None };
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(items.len() / 4);
     let mut rejected = Vec::new();
-    let mut seen: std::collections::HashMap<TaskId, usize> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<TaskId, usize, IdHash> =
+        std::collections::HashMap::with_capacity_and_hasher(items.len() / 4, IdHash::default());
     loop {
         let Some(id) = items.next() else { break };
         let (
@@ -877,12 +880,14 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
             Value::BulkString(payload),
             Value::Int(count),
             Value::BulkString(token),
-            Value::Int(isolated),
-        ) = (id, items.next()?, items.next()?, items.next()?, items.next()?)
+        ) = (id, items.next()?, items.next()?, items.next()?)
         else {
             return None;
         };
-        let token = String::from_utf8_lossy(&token).into_owned();
+        // Made of digits, the claim's hex tag and the worker's id (a Rust string):
+        // UTF-8, taken over without a copy.
+        let token = String::from_utf8(token)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         // Only the form dmq writes: any other (upper case, say) names keys that no
         // later write of this job would find.
         let Some(id) = canonical_task_id(&id) else {
@@ -905,6 +910,32 @@ fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
         deliveries.push(delivery);
     }
     Some(ClaimReply { deliveries, next_change, bad, rejected })
+}
+
+/// Hashes a [`TaskId`] by folding its 128 bits and one multiply (which spreads
+/// them over the high bits the map also uses): the map it is for holds one claim's
+/// jobs, a few hundred at most, so neither SipHash's cost nor its defence against
+/// chosen keys is worth paying per job.
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    #[allow(clippy::cast_possible_truncation)]
+    fn write_u128(&mut self, n: u128) {
+        self.0 = ((n as u64) ^ ((n >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// The task id `bytes` spell in the one form dmq writes in Redis, lowercase and

@@ -69,7 +69,12 @@ impl Keys {
     /// Where the result of task `id` is stored.
     #[must_use]
     pub fn result(&self, id: TaskId) -> String {
-        format!("{}:result:{id}", self.namespace)
+        // Made for every result stored: without the formatting machinery.
+        let mut key = String::with_capacity(self.namespace.len() + 8 + 36);
+        key.push_str(&self.namespace);
+        key.push_str(":result:");
+        key.push_str(id.as_uuid().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+        key
     }
 
     /// The channel on which stored results are announced: each message is the task ids
@@ -204,9 +209,35 @@ impl QueueKeys {
     }
 }
 
+/// A task id's text as dmq writes it in Redis (lowercase, hyphenated), made on the
+/// stack: ids are written for every job, several times.
+pub(crate) fn id_text(id: TaskId) -> IdText {
+    let mut text = [0; 36];
+    id.as_uuid().hyphenated().encode_lower(&mut text);
+    IdText(text)
+}
+
+/// See [`id_text`].
+#[derive(Clone, Copy)]
+pub(crate) struct IdText([u8; 36]);
+
+impl redis::ToRedisArgs for IdText {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_written_as_their_lowercase_hyphenated_text() {
+        let id: TaskId = "0A1B2C3D-4E5F-4a6b-8c7d-9e0f1a2b3c4d".parse().unwrap();
+        let text = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        assert_eq!(redis::ToRedisArgs::to_redis_args(&id_text(id)), vec![text.as_bytes().to_vec()]);
+        assert_eq!(Keys::new("app").result(id), format!("app:result:{text}"));
+    }
 
     #[test]
     fn clean_up_patterns_match_only_their_own_namespace() {
