@@ -612,7 +612,13 @@ async fn a_burst_of_events_reaches_the_event_stream_whole_and_in_order(backing: 
     let mut read = Vec::new();
     let mut from = EventsFrom::Oldest;
     loop {
-        let page = manager.broker().read_events(&from, 1_000, Duration::ZERO).await.expect("read");
+        let page = manager
+            .broker()
+            .event_stream()
+            .expect("stream")
+            .read_events(&from, 1_000, Duration::ZERO)
+            .await
+            .expect("read");
         assert_eq!(page.skipped, 0);
         if page.events.is_empty() {
             break;

@@ -210,13 +210,13 @@ async fn a_full_dead_letter_queue_drops_the_oldest_and_counts_them(backing: Back
         assert_eq!(failure(handle.result(WAIT).await).0, "fatal");
         ids.push(handle.id());
     }
-    let stats = manager.broker().queue_stats(CAPPED).await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats(CAPPED).await.expect("stats");
     assert_eq!((stats.dead, stats.dead_dropped), (3, 2), "{stats:?}");
     assert_eq!(letter_ids(&manager, CAPPED, 0, 10).await, [ids[4], ids[3], ids[2]], "the newest");
 
     // Purging empties the dead-letter queue and keeps the count of drops.
     assert_eq!(manager.purge_dead_letters(CAPPED).await.expect("purge"), 3);
-    let stats = manager.broker().queue_stats(CAPPED).await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats(CAPPED).await.expect("stats");
     assert_eq!((stats.dead, stats.dead_dropped), (0, 2), "{stats:?}");
     worker.shutdown().await;
 }
@@ -436,7 +436,7 @@ async fn a_second_enqueue_with_the_same_idempotency_key_enqueues_nothing(backing
     let again =
         charge::call(700).idempotency_key("order-42").enqueue(&manager).await.expect("enqueue");
     assert_eq!(again.id(), first.id(), "the second enqueue names the first job");
-    assert_eq!(manager.broker().queue_len(QUEUE).await.expect("len"), 1);
+    assert_eq!(manager.admin().expect("admin").queue_len(QUEUE).await.expect("len"), 1);
 
     let worker = manager.worker().queues([QUEUE]).start();
     assert_eq!(again.result(WAIT).await.expect("result"), 500, "the first call's work");

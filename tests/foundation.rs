@@ -39,7 +39,7 @@ async fn the_design_example_returns_5() -> Result<(), Box<dyn std::error::Error>
 
     add::call(2, 3).delay(Duration::from_secs(30)).enqueue(&manager).await?;
     add::call(2, 3).eta(chrono::Utc::now() + chrono::Duration::hours(1)).enqueue(&manager).await?;
-    assert_eq!(manager.broker().queue_stats("default").await?.delayed, 2);
+    assert_eq!(manager.admin().expect("admin").queue_stats("default").await?.delayed, 2);
 
     send_email::call("a@example.com".into(), "hi".into())
         .enqueue(&manager)
@@ -84,7 +84,7 @@ async fn ten_thousand_jobs_on_four_queues_and_two_workers_each_run_exactly_once(
         );
     }
     for queue in queues {
-        let stats = manager.broker().queue_stats(queue).await.expect("stats");
+        let stats = manager.admin().expect("admin").queue_stats(queue).await.expect("stats");
         assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0), "{queue}");
     }
 }
@@ -110,7 +110,10 @@ async fn a_panicking_task_fails_and_the_next_job_still_runs() {
     assert_eq!(kind, "panic");
     assert!(message.contains("kaboom"), "{message}");
     assert_eq!(after.result(WAIT).await.expect("next job"), "still here");
-    assert_eq!(manager.broker().dead_letter_count("panics").await.expect("count"), 1);
+    assert_eq!(
+        manager.admin().expect("admin").dead_letter_count("panics").await.expect("count"),
+        1
+    );
     worker.shutdown().await;
 }
 
@@ -168,7 +171,7 @@ async fn shutdown_lets_running_jobs_finish_within_the_grace_period_and_releases_
             completed += 1;
         }
     }
-    let stats = manager.broker().queue_stats("shutdown").await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats("shutdown").await.expect("stats");
     assert_eq!(stats.in_flight, 0, "no job may stay leased after shutdown");
     assert_eq!(completed, 2, "only the short jobs finished");
     assert_eq!(stats.ready, 18, "every unfinished job is back in the queue");
@@ -195,7 +198,7 @@ async fn a_job_longer_than_its_lease_keeps_it_and_runs_once() {
     first.shutdown().await;
     second.shutdown().await;
     assert_eq!(LONG_RUNS.load(Ordering::SeqCst), 1, "the job ran more than once");
-    let stats = manager.broker().queue_stats("renewal").await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats("renewal").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0));
 }
 
@@ -242,7 +245,10 @@ async fn a_job_over_the_size_limit_is_refused_at_enqueue() {
     let err = echo::call("x".repeat(4096)).enqueue(&manager).await.expect_err("too large");
     assert!(matches!(err, Error::MessageTooLarge { limit: 1024, .. }), "{err}");
     assert!(err.to_string().contains("max_message_size"), "{err}");
-    assert_eq!(manager.broker().queue_stats("panics").await.expect("stats").ready, 0);
+    assert_eq!(
+        manager.admin().expect("admin").queue_stats("panics").await.expect("stats").ready,
+        0
+    );
 }
 
 static QUIET_RUNS: AtomicU32 = AtomicU32::new(0);
@@ -265,7 +271,7 @@ async fn an_ignore_result_task_runs_and_stores_no_result() {
     worker.shutdown().await;
     assert_eq!(QUIET_RUNS.load(Ordering::SeqCst), 1);
     assert_eq!(manager.result::<u32>(ignored.id()).get().await.expect("get"), None);
-    let stats = manager.broker().queue_stats("quiet").await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats("quiet").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 0), "the job was acknowledged");
 }
 

@@ -134,7 +134,7 @@ async fn count_run(key: String) -> Result<u32, TaskError> {
 async fn drained(manager: &Manager, queue: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let s = manager.broker().queue_stats(queue).await.expect("stats");
+        let s = manager.admin().expect("admin").queue_stats(queue).await.expect("stats");
         if s.ready + s.delayed + s.in_flight == 0 {
             return;
         }
@@ -239,7 +239,7 @@ async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(ba
     let handle =
         slow_run::call(key.clone(), 1_500, false).enqueue(&manager).await.expect("enqueue");
     started(&key).await;
-    let stats = manager.broker().queue_stats("at-most").await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats("at-most").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight), (0, 0), "held while running: {stats:?}");
     assert_eq!(handle.result(WAIT).await.expect("result"), 1);
 
@@ -256,7 +256,7 @@ async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(ba
     let (kind, message) = failure(handle.result(WAIT).await);
     assert_eq!(kind, "error");
     assert!(message.contains("failed, retryable"), "{message}");
-    let stats = manager.broker().queue_stats("at-most").await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats("at-most").await.expect("stats");
     assert_eq!((stats.ready, stats.delayed, stats.dead), (0, 0, 0), "{stats:?}");
     drained(&manager, "at-most").await;
     assert_eq!(runs(&key), 1);
@@ -268,7 +268,7 @@ async fn an_at_most_once_job_is_acknowledged_before_it_runs_and_never_retried(ba
     started(&key).await;
     let report = worker.shutdown().await;
     assert_eq!(report.released, 0);
-    let stats = manager.broker().queue_stats("at-most").await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats("at-most").await.expect("stats");
     assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
     assert!(handle.result(Duration::from_millis(200)).await.is_err(), "no result: it was lost");
 }
@@ -281,7 +281,7 @@ async fn an_at_least_once_job_is_held_while_it_runs(backing: Backing) {
     let handle =
         slow_run::call(key.clone(), 1_000, false).enqueue(&manager).await.expect("enqueue");
     started(&key).await;
-    let stats = manager.broker().queue_stats("at-most").await.expect("stats");
+    let stats = manager.admin().expect("admin").queue_stats("at-most").await.expect("stats");
     assert_eq!(stats.in_flight, 1, "{stats:?}");
     assert_eq!(handle.result(WAIT).await.expect("result"), 1);
     let outcome = manager.result::<u32>(handle.id()).outcome().await.expect("read");

@@ -19,7 +19,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dmq_core::{Broker, Error, Manager};
+use dmq_core::{Broker, BrokerAdmin, Error, Manager, WorkerRegistry};
 use dmq_redis::{Keys, QueueKeys, RedisBackend, RedisBroker};
 use futures::{StreamExt, TryStreamExt};
 use tokio::process::{Child, Command};
@@ -222,7 +222,7 @@ where
 async fn registered(manager: &Manager, workers: &[WorkerProcess]) {
     let pids: HashSet<u32> = workers.iter().map(|w| w.pid).collect();
     poll("the worker processes to register", || async {
-        let listed = manager.broker().workers().await.ok()?;
+        let listed = manager.broker().worker_registry().expect("registry").workers().await.ok()?;
         let live: HashSet<u32> = listed.iter().map(|w| w.info.pid).collect();
         pids.is_subset(&live).then_some(())
     })
@@ -315,9 +315,20 @@ async fn four_worker_processes_drain_twenty_thousand_jobs_each_run_exactly_once(
     assert!(by_pid.keys().all(|pid| pids.contains(pid)), "runs by unknown processes");
     assert!(by_pid.len() > 1, "only one process did any work: {by_pid:?}");
 
-    let stats = manager.broker().queue_stats(count::QUEUE).await.expect("queue stats");
+    let stats =
+        manager.admin().expect("admin").queue_stats(count::QUEUE).await.expect("queue stats");
     assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
-    assert!(manager.broker().workers().await.expect("workers").is_empty(), "left registered");
+    assert!(
+        manager
+            .broker()
+            .worker_registry()
+            .expect("registry")
+            .workers()
+            .await
+            .expect("workers")
+            .is_empty(),
+        "left registered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +379,8 @@ async fn a_job_killed_mid_run_is_run_again_by_another_process_and_the_dead_lease
 
     let status = second.terminate().await;
     assert!(status.success(), "the second process exited with {status} after SIGTERM");
-    let stats = manager.broker().queue_stats(slow::QUEUE).await.expect("queue stats");
+    let stats =
+        manager.admin().expect("admin").queue_stats(slow::QUEUE).await.expect("queue stats");
     assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0));
 }
 
@@ -482,7 +494,7 @@ async fn worker_processes_carry_on_through_a_redis_restart_and_lose_no_job() {
         ids.extend(manager.enqueue_batch(batch).await.expect("enqueue a batch"));
     }
     let at_kill = poll("the workers to take a tenth of the jobs", || async {
-        let stats = manager.broker().queue_stats(triple::QUEUE).await.ok()?;
+        let stats = manager.admin().expect("admin").queue_stats(triple::QUEUE).await.ok()?;
         (stats.ready <= 2_700).then_some(stats)
     })
     .await;

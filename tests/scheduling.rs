@@ -93,7 +93,8 @@ async fn the_first_fire_waits_for_the_first_delay(backing: Backing) {
     let worker = manager.worker().queues(["scheduled"]).start();
     let times = until_fired(&name, 3).await;
     worker.shutdown().await;
-    let states = manager.broker().schedules().await.expect("schedules");
+    let states =
+        manager.broker().schedule_store().expect("schedules").schedules().await.expect("schedules");
     let state = states.iter().find(|s| s.name == name).expect("the schedule is registered");
     let not_before = state.since + chrono::Duration::seconds(1);
     assert!(times[0] >= not_before, "fired at {} before {not_before}", times[0]);
@@ -138,12 +139,23 @@ async fn after_downtime(
     }
     let last_seeded = hour_floor(Utc::now()) - chrono::Duration::hours(1);
     if seed_last_fire {
-        let seeded = manager.broker().schedule_fire(&name, last_seeded, None).await;
+        let seeded = manager
+            .broker()
+            .schedule_store()
+            .expect("schedules")
+            .schedule_fire(&name, last_seeded, None)
+            .await;
         assert!(seeded.expect("seed"));
     } else {
         // Never fired, but registered with the missed fire time as its next.
         let next = Some(hour_floor(Utc::now()));
-        manager.broker().schedule_begin(&name, next).await.expect("seed");
+        manager
+            .broker()
+            .schedule_store()
+            .expect("schedules")
+            .schedule_begin(&name, next)
+            .await
+            .expect("seed");
     }
     let worker = manager.worker().queues(["scheduled"]).start();
     // The scheduler has dealt with the missed fire time once it records the next one,
@@ -151,7 +163,13 @@ async fn after_downtime(
     let next_hour = hour_floor(Utc::now()) + chrono::Duration::hours(1);
     let deadline = std::time::Instant::now() + WAIT;
     let (next, last) = loop {
-        let states = manager.broker().schedules().await.expect("schedules");
+        let states = manager
+            .broker()
+            .schedule_store()
+            .expect("schedules")
+            .schedules()
+            .await
+            .expect("schedules");
         let state = states.iter().find(|s| s.name == name);
         let (next, last) = (state.and_then(|s| s.next_fire), state.and_then(|s| s.last_fire));
         let ran = policy == MissedFires::Skip || !fired(&name).is_empty();
@@ -224,7 +242,8 @@ async fn a_task_declared_periodic_by_its_attribute_fires(backing: Backing) {
     // must be those its broker recorded.
     let times = until_fired("scheduling.every_half_second", 1).await;
     worker.shutdown().await;
-    let states = manager.broker().schedules().await.expect("schedules");
+    let states =
+        manager.broker().schedule_store().expect("schedules").schedules().await.expect("schedules");
     let state = states
         .iter()
         .find(|s| s.name == "scheduling.every_half_second")

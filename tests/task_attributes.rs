@@ -217,6 +217,7 @@ async fn the_workers_keep_the_attributes_guarantee() {
     worker.shutdown().await;
     // At most once: max_retries = 3 notwithstanding, the failure is final.
     assert_eq!(AT_MOST_ONCE_RUNS.load(Ordering::SeqCst), 1);
-    let stats = manager.broker().queue_stats("attrs-at-most-once").await.expect("stats");
+    let stats =
+        manager.admin().expect("admin").queue_stats("attrs-at-most-once").await.expect("stats");
     assert_eq!((stats.ready, stats.delayed, stats.dead), (0, 0, 0));
 }

@@ -93,7 +93,7 @@ impl Namespace {
     }
 
     fn stats(&self, queue: &str) -> dmq_core::QueueStats {
-        self.rt.block_on(self.manager.broker().queue_stats(queue)).expect("stats")
+        self.rt.block_on(self.manager.admin().expect("admin").queue_stats(queue)).expect("stats")
     }
     /// Every queue key of the namespace, found by `SCAN`, whatever its queue's name.
     fn queue_keys(&self) -> Vec<String> {
@@ -224,11 +224,23 @@ fn workers_and_periodic_schedules() {
     )
     .with_running(5);
     ns.rt
-        .block_on(ns.manager.broker().heartbeat(&info, Duration::from_secs(60)))
+        .block_on(
+            ns.manager
+                .broker()
+                .worker_registry()
+                .expect("registry")
+                .heartbeat(&info, Duration::from_secs(60)),
+        )
         .expect("heartbeat");
     let next = Utc::now().trunc_subsecs(0) + chrono::Duration::hours(2);
     ns.rt
-        .block_on(ns.manager.broker().schedule_begin("nightly-report", Some(next)))
+        .block_on(
+            ns.manager
+                .broker()
+                .schedule_store()
+                .expect("schedules")
+                .schedule_begin("nightly-report", Some(next)),
+        )
         .expect("schedule");
 
     let workers = ns.json(&["workers"]);
@@ -781,7 +793,10 @@ fn queues_doctor_and_job_show_suspect_jobs_and_bad_entries() {
         .expect("claims");
     assert_eq!(claimed.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [suspect]);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ns.rt.block_on(broker.reap(&queues)).expect("reaps"), 1);
+    assert_eq!(
+        ns.rt.block_on(broker.worker_registry().expect("registry").reap(&queues)).expect("reaps"),
+        1
+    );
     // An entry another program wrote into the ready list: dropped and counted by a claim.
     let _: i64 = ns.redis(redis::cmd("RPUSH").arg(ns.keys("bad").ready(5)).arg("not a job"));
     ns.enqueue("app.send", "bad", None);

@@ -89,7 +89,12 @@ impl Namespace {
             while seen < 3 {
                 let left = deadline.saturating_duration_since(Instant::now());
                 assert!(!left.is_zero(), "{seen} of the 3 events of {id} reached the stream");
-                let page = broker.read_events(&from, 1_000, left).await.expect("reads events");
+                let page = broker
+                    .event_stream()
+                    .expect("stream")
+                    .read_events(&from, 1_000, left)
+                    .await
+                    .expect("reads events");
                 seen += page.events.iter().filter(|event| event.id == id).count();
                 from = EventsFrom::After(page.cursor);
             }

@@ -49,9 +49,10 @@ pub use backend::{
     may_replace,
 };
 pub use broker::{
-    Broker, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter, Delivery, EventCursor,
-    EventPage, EventsFrom, InMemoryBroker, Job, Lease, QueueCheckup, QueueStats, ScheduleState,
-    WorkerInfo, WorkerStatus, refuse_keys_in_batches,
+    Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter, Delivery,
+    EventCursor, EventPage, EventStream, EventsFrom, FoundJob, InMemoryBroker, Job, JobState,
+    Lease, QueueCheckup, QueueStats, ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry,
+    WorkerStatus, refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend};
-use crate::broker::{Broker, DeadLetter, InMemoryBroker, Job};
+use crate::broker::{Broker, BrokerAdmin, DeadLetter, EventStream, InMemoryBroker, Job};
 use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
 use crate::error::{Error, Result};
 use crate::events::bus::Bus;
@@ -260,6 +260,22 @@ impl Manager {
         Ok(ids)
     }
 
+    /// The broker's admin capability: queues and their figures, dead letters, purges,
+    /// finding a job by id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for a broker without one ([`Broker::admin`]).
+    pub fn admin(&self) -> Result<&dyn BrokerAdmin> {
+        self.inner.broker.admin().ok_or_else(|| {
+            Error::Unsupported(
+                "this broker has no admin capability (BrokerAdmin): it cannot list queues, \
+                 dead letters or jobs"
+                    .to_owned(),
+            )
+        })
+    }
+
     /// A page of `queue`'s dead-letter queue, newest first.
     ///
     /// # Errors
@@ -271,7 +287,7 @@ impl Manager {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<DeadLetter>> {
-        self.inner.broker.dead_letters(queue, offset, limit).await
+        self.admin()?.dead_letters(queue, offset, limit).await
     }
 
     /// How many jobs `queue`'s dead-letter queue holds.
@@ -280,7 +296,7 @@ impl Manager {
     ///
     /// When the broker cannot be reached.
     pub async fn dead_letter_count(&self, queue: &str) -> Result<u64> {
-        self.inner.broker.dead_letter_count(queue).await
+        self.admin()?.dead_letter_count(queue).await
     }
 
     /// Runs dead-lettered job `id` of `queue` again: its attempts start over, it is due
@@ -304,7 +320,7 @@ impl Manager {
     ) -> Result<bool> {
         let mut offset = 0;
         let letter = loop {
-            let page = self.inner.broker.dead_letters(queue, offset, 500).await?;
+            let page = self.admin()?.dead_letters(queue, offset, 500).await?;
             if page.is_empty() {
                 return Ok(false);
             }
@@ -336,7 +352,7 @@ impl Manager {
             Ok(_) | Err(Error::DuplicateJob { .. }) => {}
             Err(e) => return Err(e),
         }
-        self.inner.broker.take_dead_letter(queue, letter.id).await?;
+        self.admin()?.take_dead_letter(queue, letter.id).await?;
         Ok(())
     }
 
@@ -351,7 +367,7 @@ impl Manager {
         let mut requeued = 0;
         let mut skipped = 0;
         loop {
-            let page = self.inner.broker.dead_letters(queue, skipped, 500).await?;
+            let page = self.admin()?.dead_letters(queue, skipped, 500).await?;
             if page.is_empty() {
                 return Ok(requeued);
             }
@@ -373,7 +389,7 @@ impl Manager {
     ///
     /// When the broker cannot be reached.
     pub async fn delete_dead_letter(&self, queue: &str, id: TaskId) -> Result<bool> {
-        Ok(self.inner.broker.take_dead_letter(queue, id).await?.is_some())
+        Ok(self.admin()?.take_dead_letter(queue, id).await?.is_some())
     }
 
     /// Deletes every dead letter of `queue`; returns how many. The count of letters the
@@ -383,7 +399,7 @@ impl Manager {
     ///
     /// When the broker cannot be reached.
     pub async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
-        self.inner.broker.purge_dead_letters(queue).await
+        self.admin()?.purge_dead_letters(queue).await
     }
 
     /// Emits the `Queued` event of an envelope the broker accepted, dated `at`, just
@@ -431,7 +447,7 @@ pub struct ManagerBuilder {
     config: Config,
     callbacks: Vec<Arc<dyn Callback>>,
     event_buffer: usize,
-    /// `None`: as the broker says ([`Broker::shares_events`]).
+    /// `None`: as the broker says ([`EventStream::shares_events`](crate::EventStream::shares_events)).
     event_stream: Option<bool>,
     metrics: Option<Metrics>,
 }
@@ -571,7 +587,7 @@ impl ManagerBuilder {
 
     /// Whether this process appends its events to the broker's event stream, where
     /// any process can read them (`dmq events`). By default it does when other
-    /// processes can read that stream ([`Broker::shares_events`]: Redis, not the
+    /// processes can read that stream ([`EventStream::shares_events`](crate::EventStream::shares_events): Redis, not the
     /// in-memory broker). The stream is capped by the broker and written in batches,
     /// off the hot path.
     pub fn event_stream(mut self, on: bool) -> Self {
@@ -603,7 +619,7 @@ impl ManagerBuilder {
         let broker = self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new()));
         let stream = self
             .event_stream
-            .unwrap_or_else(|| broker.shares_events())
+            .unwrap_or_else(|| broker.event_stream().is_some_and(EventStream::shares_events))
             .then(|| Arc::clone(&broker));
         let events = Bus::new(self.callbacks, stream, self.event_buffer, self.metrics.clone());
         Ok(Manager {

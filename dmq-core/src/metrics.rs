@@ -261,7 +261,9 @@ impl Metrics {
     async fn scrape_worker(&self, registry: &Registry, manager: &Manager, worker: &WorkerMonitor) {
         let vitals = worker.vitals();
         let reads = vitals.queues.iter().map(|queue| async move {
-            let read = tokio::time::timeout(QUEUE_STATS_TIMEOUT, manager.broker().queue_stats(queue));
+            let read = tokio::time::timeout(QUEUE_STATS_TIMEOUT, async move {
+                manager.admin()?.queue_stats(queue).await
+            });
             match read.await {
                 Ok(Ok(stats)) => Some(stats),
                 Ok(Err(e)) => {

@@ -60,6 +60,13 @@ impl Keys {
         format!("{{{}}}:events", self.namespace)
     }
 
+    /// The set of the namespace's queues: each queue a job was enqueued to or a worker
+    /// took jobs from (`dmq queues` lists them without scanning keys).
+    #[must_use]
+    pub fn queues(&self) -> String {
+        format!("{{{}}}:queues", self.namespace)
+    }
+
     /// The lock one reaper at a time holds.
     #[must_use]
     pub fn reaper_lock(&self) -> String {
@@ -226,6 +233,8 @@ impl redis::ToRedisArgs for IdText {
         out.write_arg(&self.0);
     }
 }
+
+impl redis::ToSingleRedisArg for IdText {}
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dmq_core::{Broker, Job, TaskId};
+use dmq_core::{Broker, BrokerAdmin, Job, TaskId};
 use dmq_redis::RedisBroker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use dmq_core::{Broker, Job, TaskId};
+use dmq_core::{Broker, BrokerAdmin, Job, TaskId};
 use dmq_redis::{Keys, RedisBroker};
 
 async fn one_job_in(namespace: &str) -> RedisBroker {

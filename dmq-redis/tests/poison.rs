@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use dmq_core::{Broker, Job, TaskId};
+use dmq_core::{Broker, BrokerAdmin, Job, TaskId};
 use dmq_redis::RedisBroker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

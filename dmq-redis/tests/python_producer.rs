@@ -87,7 +87,8 @@ async fn a_python_producer_following_the_documents_gets_its_results() {
         .expect("run the Python producer");
     let stdout = String::from_utf8_lossy(&ran.stdout);
     let stderr = String::from_utf8_lossy(&ran.stderr);
-    let dead = manager.broker().dead_letters("py", 0, 10).await.expect("dead letters");
+    let dead =
+        manager.admin().expect("admin").dead_letters("py", 0, 10).await.expect("dead letters");
     let dead: Vec<_> = dead.iter().map(|d| d.reason.clone()).collect();
     worker.shutdown().await;
 

@@ -115,7 +115,7 @@ async fn carries_on_after_a_restart(mut redis: PrivateRedis, broker: RedisBroker
     // their own kind (batched) that must have come back too.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stats = manager.broker().queue_stats("restart").await.expect("stats");
+        let stats = manager.admin().expect("admin").queue_stats("restart").await.expect("stats");
         if (stats.ready, stats.in_flight, stats.delayed) == (0, 0, 0) {
             break;
         }
@@ -157,7 +157,7 @@ fn broker_and_backend_outlive_the_runtime_that_made_them() {
         let worker = manager.worker().queues(["restart"]).start();
         assert_eq!(handle.result(Duration::from_secs(30)).await.expect("result"), 9);
         worker.shutdown().await;
-        let stats = manager.broker().queue_stats("restart").await.expect("stats");
+        let stats = manager.admin().expect("admin").queue_stats("restart").await.expect("stats");
         assert_eq!((stats.ready, stats.in_flight), (0, 0), "the ack went through: {stats:?}");
         let client = redis::Client::open(url.as_str()).expect("url");
         let mut conn = client.get_multiplexed_async_connection().await.expect("connect");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dmq_core::{Broker as _, Error, Manager, TaskError, task};
+use dmq_core::{BrokerAdmin, Error, Manager, TaskError, task};
 use dmq_redis::{RedisBackend, RedisBroker};
 
 #[path = "common/tls_redis.rs"]

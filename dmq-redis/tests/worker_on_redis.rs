@@ -58,7 +58,7 @@ async fn two_thousand_jobs_on_two_queues_and_two_workers_each_run_exactly_once()
         );
     }
     for queue in queues {
-        let stats = manager.broker().queue_stats(queue).await.expect("stats");
+        let stats = manager.admin().expect("admin").queue_stats(queue).await.expect("stats");
         assert_eq!(
             (stats.ready, stats.delayed, stats.in_flight, stats.dead),
             (0, 0, 0, 0),
@@ -109,7 +109,8 @@ async fn held() -> Result<(), TaskError> {
 async fn until_running(manager: &Manager, running: u32) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let listed = manager.broker().workers().await.expect("workers");
+        let listed =
+            manager.broker().worker_registry().expect("registry").workers().await.expect("workers");
         if listed.first().is_some_and(|w| w.info.running == running) {
             return;
         }
@@ -131,7 +132,8 @@ async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
         .start();
     let deadline = std::time::Instant::now() + WAIT;
     let listed = loop {
-        let listed = manager.broker().workers().await.expect("workers");
+        let listed =
+            manager.broker().worker_registry().expect("registry").workers().await.expect("workers");
         if !listed.is_empty() || std::time::Instant::now() > deadline {
             break listed;
         }
@@ -144,7 +146,8 @@ async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     let first_until = listed[0].alive_until;
     let deadline = std::time::Instant::now() + WAIT;
     let later = loop {
-        let later = manager.broker().workers().await.expect("workers");
+        let later =
+            manager.broker().worker_registry().expect("registry").workers().await.expect("workers");
         if later.first().is_some_and(|w| w.alive_until > first_until) {
             break later;
         }
@@ -162,7 +165,16 @@ async fn a_running_worker_is_registered_and_deregisters_on_shutdown() {
     second.result(WAIT).await.expect("result");
     until_running(&manager, 0).await;
     worker.shutdown().await;
-    assert!(manager.broker().workers().await.expect("workers").is_empty());
+    assert!(
+        manager
+            .broker()
+            .worker_registry()
+            .expect("registry")
+            .workers()
+            .await
+            .expect("workers")
+            .is_empty()
+    );
 }
 
 #[task(name = "redis.reaped", queue = "r-reap")]
@@ -182,7 +194,12 @@ async fn a_worker_takes_back_the_jobs_of_a_worker_that_stopped_heartbeating() {
     // heartbeats again.
     let doomed =
         dmq_core::WorkerInfo::new("doomed", "nowhere", 1, queues.clone(), 1, chrono::Utc::now());
-    broker.heartbeat(&doomed, Duration::from_millis(200)).await.expect("heartbeat");
+    broker
+        .worker_registry()
+        .expect("registry")
+        .heartbeat(&doomed, Duration::from_millis(200))
+        .await
+        .expect("heartbeat");
     let held = broker
         .claim("doomed", &queues, 1, Duration::from_secs(600), Duration::ZERO)
         .await
@@ -193,8 +210,15 @@ async fn a_worker_takes_back_the_jobs_of_a_worker_that_stopped_heartbeating() {
     // WAIT (60 s) is far shorter than the lease: only the reaper can hand the job on.
     assert_eq!(handle.result(WAIT).await.expect("the job was taken back and run"), 42);
     assert!(matches!(broker.ack(&held[0].lease).await, Err(Error::LeaseLost { .. })));
-    let live: Vec<String> =
-        broker.workers().await.expect("workers").into_iter().map(|w| w.info.id).collect();
+    let live: Vec<String> = broker
+        .worker_registry()
+        .expect("registry")
+        .workers()
+        .await
+        .expect("workers")
+        .into_iter()
+        .map(|w| w.info.id)
+        .collect();
     assert!(!live.contains(&"doomed".to_owned()), "{live:?}");
     worker.shutdown().await;
 }

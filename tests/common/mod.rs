@@ -210,6 +210,6 @@ pub async fn letter_ids(
 
 /// How many jobs `queue` holds: (ready, delayed, in flight, dead).
 pub async fn queue_counts(manager: &Manager, queue: &str) -> (u64, u64, u64, u64) {
-    let stats = manager.broker().queue_stats(queue).await.expect("queue stats");
+    let stats = manager.admin().expect("admin").queue_stats(queue).await.expect("queue stats");
     (stats.ready, stats.delayed, stats.in_flight, stats.dead)
 }

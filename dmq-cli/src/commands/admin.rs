@@ -1,29 +1,26 @@
 //! What the admin commands share: connecting to the broker and result backend of a
 //! namespace, and printing tables, times and JSON.
 
-use std::sync::Arc;
-
 use anyhow::{bail, ensure};
 use chrono::{DateTime, SecondsFormat, Utc};
-use dmq_core::Manager;
-use dmq_redis::{Keys, RedisBackend, RedisBroker, RedisUrl};
+use dmq_core::{BrokerAdmin, Manager, ScheduleStore, WorkerRegistry};
 use serde::Serialize;
 
-use crate::broker_url::Target;
+use crate::broker_url::{Connected, Options, scheme_of};
 use crate::cli::BrokerArgs;
 
 /// How long a one-shot command waits for its events (a requeue's or an enqueue's
 /// `Queued`) to reach the event stream before it exits.
 pub(crate) const FLUSH_EVENTS: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A manager on a live Redis broker and result backend.
+/// A manager on a live, shared broker and result backend. The admin commands reach
+/// the broker only through its admin capability and the manager, never by its own
+/// commands, so they work on any backend the scheme table knows.
 pub(crate) struct Admin {
     /// The manager over both.
     pub(crate) manager: Manager,
-    /// The key names of the namespace.
-    pub(crate) keys: Keys,
-    /// The broker URL, as given.
-    pub(crate) url: String,
+    /// The namespace.
+    namespace: String,
     /// Print JSON rather than tables.
     pub(crate) json: bool,
 }
@@ -31,35 +28,42 @@ pub(crate) struct Admin {
 impl Admin {
     /// Connects to the broker and result backend that `args` name.
     pub(crate) async fn connect(args: &BrokerArgs) -> anyhow::Result<Self> {
-        let url = match Target::parse(&args.broker)? {
-            Target::Redis(url) => url,
-            Target::Memory => bail!(
+        if !scheme_of(&args.broker)?.shared {
+            bail!(
                 "the admin commands need a shared broker, and memory:// lives only inside one \
                  process: pass --broker redis://host:port (or set DMQ_BROKER_URL)"
-            ),
-        };
+            );
+        }
         ensure!(!args.namespace.is_empty(), "--namespace cannot be empty");
-        // Their errors name the URL (without its password) and what to check.
-        let broker = RedisBroker::connect_with_namespace(&url, &args.namespace).await?;
-        let keys = broker.keys().clone();
-        let backend = RedisBackend::connect_with_namespace(&url, &args.namespace).await?;
-        let manager =
-            Manager::builder().broker(broker).shared_backend(Arc::new(backend)).build()?;
-        Ok(Admin { manager, keys, url, json: args.json })
+        let options =
+            Options { url: &args.broker, namespace: &args.namespace, max_deliveries: None };
+        let Connected { broker, backend } = crate::broker_url::connect(options).await?;
+        let manager = Manager::builder().shared_broker(broker).shared_backend(backend).build()?;
+        Ok(Admin { manager, namespace: args.namespace.clone(), json: args.json })
     }
 
-    /// A plain connection to the same Redis, for reads the broker has no call for.
-    pub(crate) async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        let url = RedisUrl::parse(&self.url)?;
-        let shown = url.shown();
-        url.client().get_multiplexed_async_connection().await.map_err(|e| {
-            anyhow::anyhow!("could not connect to redis at {shown}: {e}; is redis-server running?")
+    /// The broker's admin capability.
+    pub(crate) fn admin(&self) -> anyhow::Result<&dyn BrokerAdmin> {
+        Ok(self.manager.admin()?)
+    }
+
+    /// The broker's worker registry.
+    pub(crate) fn workers(&self) -> anyhow::Result<&dyn WorkerRegistry> {
+        self.manager.broker().worker_registry().ok_or_else(|| {
+            anyhow::anyhow!("this broker keeps no worker registry, so it cannot list workers")
+        })
+    }
+
+    /// The broker's schedule store.
+    pub(crate) fn schedules(&self) -> anyhow::Result<&dyn ScheduleStore> {
+        self.manager.broker().schedule_store().ok_or_else(|| {
+            anyhow::anyhow!("this broker keeps no schedule store, so it has no schedules to list")
         })
     }
 
     /// The namespace.
     pub(crate) fn namespace(&self) -> &str {
-        self.keys.namespace()
+        &self.namespace
     }
 }
 

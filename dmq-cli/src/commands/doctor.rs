@@ -9,12 +9,12 @@ use super::admin::{Admin, print_json, print_table};
 use super::queues::named_or_all;
 use crate::cli::DoctorArgs;
 
-/// Runs `dmq doctor`: one check-up per queue through [`dmq_core::Broker::doctor`],
+/// Runs `dmq doctor`: one check-up per queue through [`dmq_core::BrokerAdmin::doctor`],
 /// printed; an error (exit status 1) when stranded jobs were found and not put back.
 pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(&args.broker).await?;
     let queues = named_or_all(&admin, &args.queues).await?;
-    let checkups = admin.manager.broker().doctor(&queues, args.fix).await?;
+    let checkups = admin.admin()?.doctor(&queues, args.fix).await?;
     let stranded: usize = checkups.iter().map(|c| c.stranded.len()).sum();
     let put_back: usize = checkups.iter().filter(|c| c.fixed).map(|c| c.stranded.len()).sum();
     if admin.json {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use dmq_core::{Broker, Event, EventKind, EventPage, EventsFrom, Rules};
+use dmq_core::{Event, EventKind, EventPage, EventStream, EventsFrom, Rules};
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
@@ -29,6 +29,9 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
     let mut stop = Stop::new(&args)?;
     let admin = Admin::connect(&args.broker).await?;
     let broker = Arc::clone(admin.manager.broker());
+    let stream = broker.event_stream().ok_or_else(|| {
+        anyhow::anyhow!("this broker keeps no event stream, so there are no events to watch")
+    })?;
     let rules = rules_of(&args);
     let filtered = rules != Rules::all();
     let mut out = Printer { json: admin.json, printed: 0, limit: args.count };
@@ -42,7 +45,7 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
     };
     // Where to start, fixed before saying so: a test (or a script) may start jobs as
     // soon as it reads the line below.
-    let placed = broker.read_events(&start, 0, Duration::ZERO).await?;
+    let placed = stream.read_events(&start, 0, Duration::ZERO).await?;
     let mut from = EventsFrom::After(placed.cursor);
     eprintln!("watching the events of namespace {:?} {told}; Ctrl-C to stop", admin.namespace());
 
@@ -50,7 +53,7 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
         // Up to the end of the stream as it is now, keeping the last n that match.
         let mut kept: VecDeque<Event> = VecDeque::with_capacity(n.min(PAGE));
         loop {
-            let Some(page) = stop.read(&*broker, &from, Duration::ZERO).await? else {
+            let Some(page) = stop.read(stream, &from, Duration::ZERO).await? else {
                 return Ok(());
             };
             from = EventsFrom::After(page.cursor.clone());
@@ -77,7 +80,7 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
 
     loop {
         let Some(wait) = stop.wait() else { return Ok(()) };
-        let Some(page) = stop.read(&*broker, &from, wait).await? else { return Ok(()) };
+        let Some(page) = stop.read(stream, &from, wait).await? else { return Ok(()) };
         from = EventsFrom::After(page.cursor.clone());
         out.warn_skipped(&page);
         if out.print(page.events.iter().filter(|e| rules.matches(e)))? == Flow::Stop {
@@ -133,7 +136,7 @@ impl Stop {
     /// backoff, until it can.
     async fn read(
         &mut self,
-        broker: &dyn Broker,
+        stream: &dyn EventStream,
         from: &EventsFrom,
         wait: Duration,
     ) -> anyhow::Result<Option<EventPage>> {
@@ -149,7 +152,7 @@ impl Stop {
             };
             // A read is cancel safe: dropping it loses nothing.
             let read = tokio::select! {
-                read = broker.read_events(from, PAGE, wait) => read,
+                read = stream.read_events(from, PAGE, wait) => read,
                 _ = self.interrupt.recv() => return Ok(None),
                 _ = self.terminate.recv() => return Ok(None),
                 () = ended => return Ok(None),

@@ -8,7 +8,7 @@ use crate::cli::PeriodicArgs;
 /// Runs `dmq periodic`.
 pub(crate) async fn run(args: PeriodicArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(&args.broker).await?;
-    let schedules = admin.manager.broker().schedules().await?;
+    let schedules = admin.schedules()?.schedules().await?;
     if admin.json {
         let list: Vec<_> = schedules
             .iter()

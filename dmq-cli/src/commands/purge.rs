@@ -16,7 +16,7 @@ pub(crate) async fn run(args: PurgeArgs) -> anyhow::Result<()> {
         );
     }
     let admin = Admin::connect(&args.broker).await?;
-    let n = admin.manager.broker().purge(queue).await?;
+    let n = admin.admin()?.purge(queue).await?;
     if admin.json {
         return print_json(&json!({ "purged": n, "queue": queue }));
     }

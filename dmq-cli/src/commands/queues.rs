@@ -10,7 +10,7 @@ use crate::cli::QueuesArgs;
 pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(&args.broker).await?;
     let queues = named_or_all(&admin, &args.queues).await?;
-    let broker = admin.manager.broker();
+    let broker = admin.admin()?;
     let mut stats = Vec::with_capacity(queues.len());
     for queue in &queues {
         stats.push((queue, broker.queue_stats(queue).await?));
@@ -68,13 +68,11 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The queues `named` on the command line, or when none is named every queue of the
-/// namespace that has keys in Redis (a queue with nothing in it has none, so it is
-/// left out), sorted.
+/// The queues `named` on the command line, or when none is named every queue the
+/// broker's queue registry holds, sorted.
 pub(super) async fn named_or_all(admin: &Admin, named: &[String]) -> anyhow::Result<Vec<String>> {
     if !named.is_empty() {
         return Ok(named.to_vec());
     }
-    let mut conn = admin.redis().await?;
-    Ok(dmq_redis::queue_names(&mut conn, &admin.keys).await?)
+    Ok(admin.admin()?.queues().await?)
 }

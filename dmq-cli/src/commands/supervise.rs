@@ -54,7 +54,7 @@ struct Slot {
 pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
     let binary = resolve(app)?;
     // What every process would refuse, refused once, here.
-    crate::broker_url::Target::parse(&args.broker)?;
+    crate::broker_url::scheme_of(&args.broker)?;
     anyhow::ensure!(!args.namespace.is_empty(), "--namespace cannot be empty");
     let count = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),

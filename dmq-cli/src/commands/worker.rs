@@ -2,16 +2,15 @@
 
 use anyhow::{Context as _, ensure};
 use dmq_core::{Manager, Metrics};
-use dmq_redis::{RedisBackend, RedisBroker};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::broker_url::{Target, redact};
+use crate::broker_url::{Connected, Options, redact, scheme_of};
 use crate::cli::WorkerArgs;
 
 /// Runs the worker until SIGINT or SIGTERM, then stops it gracefully.
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     ensure!(!args.namespace.is_empty(), "--namespace cannot be empty");
-    let target = Target::parse(&args.broker)?;
+    scheme_of(&args.broker)?;
     let shown = redact(&args.broker);
     // Bound first: a taken address stops the start-up before any job is claimed.
     let endpoint = match args.metrics_addr {
@@ -22,18 +21,13 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some((_, metrics)) = &endpoint {
         manager_builder = manager_builder.metrics(metrics.clone());
     }
-    let manager = match &target {
-        Target::Memory => manager_builder
-            .broker(dmq_core::InMemoryBroker::new().with_max_deliveries(args.max_deliveries))
-            .build()?,
-        Target::Redis(url) => {
-            let broker = RedisBroker::connect_with_namespace(url, &args.namespace)
-                .await?
-                .with_max_deliveries(args.max_deliveries);
-            let backend = RedisBackend::connect_with_namespace(url, &args.namespace).await?;
-            manager_builder.broker(broker).backend(backend).build()?
-        }
+    let options = Options {
+        url: &args.broker,
+        namespace: &args.namespace,
+        max_deliveries: Some(args.max_deliveries),
     };
+    let Connected { broker, backend } = crate::broker_url::connect(options).await?;
+    let manager = manager_builder.shared_broker(broker).shared_backend(backend).build()?;
     let tasks: Vec<_> =
         manager.registry().tasks().into_iter().filter(|t| !super::is_dmqs_own(t)).collect();
     ensure!(

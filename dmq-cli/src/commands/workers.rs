@@ -8,7 +8,7 @@ use crate::cli::WorkersArgs;
 /// Runs `dmq workers`.
 pub(crate) async fn run(args: WorkersArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(&args.broker).await?;
-    let workers = admin.manager.broker().workers().await?;
+    let workers = admin.workers()?.workers().await?;
     if admin.json {
         let list: Vec<_> = workers
             .iter()

@@ -318,7 +318,10 @@ async fn serve_stream(
                 }
                 let broker = Arc::clone(&broker);
                 writes.push(async move {
-                    let written = broker.publish_events(&batch).await;
+                    let written = match broker.event_stream() {
+                        Some(stream) => stream.publish_events(&batch).await,
+                        None => Ok(()),
+                    };
                     (batch.len() as u64, written)
                 });
             }

@@ -364,8 +364,10 @@ async fn run(shared: Arc<Shared>) {
     // ever heartbeated would be unknown to the reaper, and its job would wait for the
     // lease to expire.
     let ttl = shared.config.heartbeat.saturating_mul(MISSED_HEARTBEATS);
-    if let Err(e) = shared.manager.broker().heartbeat(&shared.heartbeat_info(), ttl).await {
-        tracing::warn!(error = %e, "the first heartbeat failed; retrying at the next one");
+    if let Some(registry) = shared.manager.broker().worker_registry() {
+        if let Err(e) = registry.heartbeat(&shared.heartbeat_info(), ttl).await {
+            tracing::warn!(error = %e, "the first heartbeat failed; retrying at the next one");
+        }
     }
     let done = CancellationToken::new();
     let heartbeat = tokio::spawn(keep_alive(Arc::clone(&shared), done.clone()));
@@ -382,8 +384,10 @@ async fn run(shared: Arc<Shared>) {
     if let Err(e) = heartbeat.await {
         tracing::error!(error = %e, "the heartbeat task ended abnormally");
     }
-    if let Err(e) = shared.manager.broker().deregister(&shared.info.id).await {
-        tracing::warn!(error = %e, "could not deregister the worker; it lapses on its own");
+    if let Some(registry) = shared.manager.broker().worker_registry() {
+        if let Err(e) = registry.deregister(&shared.info.id).await {
+            tracing::warn!(error = %e, "could not deregister the worker; it lapses on its own");
+        }
     }
 }
 
@@ -391,7 +395,13 @@ async fn run(shared: Arc<Shared>) {
 async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
     let every = shared.config.heartbeat;
     let ttl = every.saturating_mul(MISSED_HEARTBEATS);
-    let broker = shared.manager.broker();
+    let Some(registry) = shared.manager.broker().worker_registry() else {
+        tracing::info!(
+            "the broker has no worker registry: this worker neither heartbeats nor reaps, \
+             and the jobs of a worker that dies come back when their leases expire"
+        );
+        return;
+    };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // After the broker was out of reach, every worker's heartbeat may have lapsed:
@@ -407,7 +417,7 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
         }
         shared.vitals.beat(Loop::Heartbeat);
         let sent = std::time::Instant::now();
-        if let Err(e) = broker.heartbeat(&shared.heartbeat_info(), ttl).await {
+        if let Err(e) = registry.heartbeat(&shared.heartbeat_info(), ttl).await {
             shared.vitals.broker_error(Op::Heartbeat);
             beats_in_a_row = 0;
             tracing::warn!(error = %e, "heartbeat failed; retrying at the next one");
@@ -418,7 +428,7 @@ async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
         if beats_in_a_row < MISSED_HEARTBEATS {
             continue;
         }
-        match broker.reap(&shared.queues).await {
+        match registry.reap(&shared.queues).await {
             Ok(0) => {}
             Ok(moved) => tracing::info!(
                 moved,

@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::ScheduleStore;
 use crate::envelope::Envelope;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manager::Manager;
 use crate::schedule::{MissedFires, Schedule};
 
@@ -34,6 +35,18 @@ pub(crate) const MISSED_AFTER: Duration = Duration::from_secs(30);
 /// How many fire times the scheduler steps over, at most, to find the latest missed
 /// one within a window it has narrowed down.
 const MAX_STEPS: usize = 100_000;
+
+/// The broker's schedule store, which every step of the scheduler needs.
+fn store(manager: &Manager) -> Result<&dyn ScheduleStore> {
+    manager.broker().schedule_store().ok_or_else(|| {
+        Error::Unsupported(
+            "this broker has no schedule store (ScheduleStore), so periodic schedules \
+             cannot run on it; run them on a broker that has one, or start the worker \
+             with .scheduler(false)"
+                .to_owned(),
+        )
+    })
+}
 
 /// One periodic schedule and the job it enqueues at each fire time.
 #[derive(Debug)]
@@ -129,7 +142,7 @@ async fn first_due(
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>> {
     let schedule = &periodic.schedule;
-    let state = manager.broker().schedule_begin(&periodic.name, None).await?;
+    let state = store(manager)?.schedule_begin(&periodic.name, None).await?;
     // With a first delay, nothing fires before it has passed since the schedule was
     // first registered (by any worker).
     let not_before = schedule.first_delay().map(|d| {
@@ -149,7 +162,7 @@ async fn first_due(
     let after = not_before.map_or(after, |t| after.max(t));
     let due = schedule.next_after(after);
     if let Some(due) = due {
-        manager.broker().schedule_begin(&periodic.name, Some(due)).await?;
+        store(manager)?.schedule_begin(&periodic.name, Some(due)).await?;
     }
     Ok(due)
 }
@@ -176,7 +189,7 @@ async fn missed(
         MissedFires::Skip => {
             tracing::info!(schedule = %periodic.name, from = %due, to = %latest, "fire times were missed; skipping them");
             if let Some(next) = following {
-                manager.broker().schedule_begin(&periodic.name, Some(next)).await?;
+                store(manager)?.schedule_begin(&periodic.name, Some(next)).await?;
             }
         }
     }
@@ -215,7 +228,7 @@ async fn fire(
     following: Option<DateTime<Utc>>,
     stop: &CancellationToken,
 ) -> Result<()> {
-    if !manager.broker().schedule_fire(&periodic.name, at, following).await? {
+    if !store(manager)?.schedule_fire(&periodic.name, at, following).await? {
         return Ok(());
     }
     let mut envelope = periodic.template.clone();

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dmq_core::{Error, Event, EventCursor, EventPage, EventsFrom, Result};
+use async_trait::async_trait;
+use dmq_core::{Error, Event, EventCursor, EventPage, EventStream, EventsFrom, Result};
 use redis::Value;
 
 use super::RedisBroker;
@@ -373,6 +374,30 @@ fn bytes(value: Value) -> Option<Vec<u8>> {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
+    }
+}
+
+#[async_trait]
+impl EventStream for RedisBroker {
+    /// One `XADD ... MAXLEN ~` of the whole batch: see
+    /// [`with_event_stream_cap`](RedisBroker::with_event_stream_cap).
+    fn shares_events(&self) -> bool {
+        true
+    }
+
+    async fn publish_events(&self, events: &[Arc<Event>]) -> Result<()> {
+        self.append_events(events).await
+    }
+
+    /// `XREAD`, blocking on a connection of its own as a claim's wait does; the
+    /// cursor's entry is a stream id.
+    async fn read_events(
+        &self,
+        from: &EventsFrom,
+        max: usize,
+        wait: Duration,
+    ) -> Result<EventPage> {
+        self.read_event_stream(from, max, wait).await
     }
 }
 

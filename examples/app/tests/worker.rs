@@ -160,7 +160,13 @@ async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
     let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("redis");
     let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
     let pids = |manager: Manager| async move {
-        let workers = manager.broker().workers().await.unwrap_or_default();
+        let workers = manager
+            .broker()
+            .worker_registry()
+            .expect("registry")
+            .workers()
+            .await
+            .unwrap_or_default();
         workers.iter().map(|w| w.info.pid).collect::<std::collections::BTreeSet<u32>>()
     };
     let outcome = async {
@@ -244,7 +250,7 @@ async fn workers_stop_when_their_supervisor_dies() {
     let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
     let deadline = std::time::Instant::now() + WAIT;
     let child = loop {
-        let workers = dmq_core::Broker::workers(&broker).await.unwrap_or_default();
+        let workers = dmq_core::WorkerRegistry::workers(&broker).await.unwrap_or_default();
         if let Some(w) = workers.first() {
             break w.info.pid;
         }
@@ -303,7 +309,7 @@ async fn a_poison_pill_is_dead_lettered_alone(max_deliveries: u32) {
         }
         let deadline = std::time::Instant::now() + WAIT * 3;
         loop {
-            let stats = manager.broker().queue_stats("math").await.expect("stats");
+            let stats = manager.admin().expect("admin").queue_stats("math").await.expect("stats");
             if stats.dead == 1 && stats.ready == 0 && stats.in_flight == 0 {
                 break;
             }
@@ -374,7 +380,7 @@ async fn app_enqueue_refuses_arguments_that_do_not_fit_the_task() {
         }
     });
     let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
-    let stats = dmq_core::Broker::queue_stats(&broker, "math").await.expect("stats");
+    let stats = dmq_core::BrokerAdmin::queue_stats(&broker, "math").await.expect("stats");
     remove_namespace(&url, &namespace).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);

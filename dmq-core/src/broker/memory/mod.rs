@@ -1,4 +1,13 @@
 //! A broker held in process memory: for tests, examples and single-process use.
+//!
+//! The job lifecycle is here; each capability is a file of its own: `workers.rs` (the
+//! worker registry and reaper), `schedules.rs`, `events.rs` (the event stream) and
+//! `admin.rs`.
+
+mod admin;
+mod events;
+mod schedules;
+mod workers;
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
@@ -11,13 +20,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use self::events::EventLog;
 use super::{
-    Broker, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom,
-    Job, Lease, QueueStats, ScheduleState, WorkerInfo, WorkerStatus, refuse_keys_in_batches,
+    Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventStream, Job, Lease,
+    ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry, refuse_keys_in_batches,
 };
 use crate::envelope::MAX_PRIORITY;
 use crate::error::{Error, Result};
-use crate::events::Event;
 use crate::task::TaskId;
 
 /// The default cap on each queue's dead-letter queue.
@@ -31,7 +40,7 @@ pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 ///
 /// Several queues, priorities, delayed jobs held until their eta, leases that return
 /// expired jobs to ready, and waiting claimers woken by notification; an event
-/// stream this process can read ([`Broker::read_events`]). Everything is lost when
+/// stream this process can read ([`EventStream::read_events`]). Everything is lost when
 /// the process exits: use Redis where jobs must survive.
 #[derive(Debug)]
 pub struct InMemoryBroker {
@@ -570,48 +579,6 @@ impl State {
 
 #[async_trait]
 impl Broker for InMemoryBroker {
-    async fn publish_events(&self, events: &[Arc<Event>]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let batch = events.to_vec();
-        let dropped = self.event_log().append(batch);
-        // The dropped batches are freed once the lock is released.
-        drop(dropped);
-        self.published.notify_waiters();
-        Ok(())
-    }
-
-    async fn read_events(
-        &self,
-        from: &EventsFrom,
-        max: usize,
-        wait: Duration,
-    ) -> Result<EventPage> {
-        let mut at = self.event_log().position(from)?;
-        if max == 0 {
-            return Ok(EventPage::new(Vec::new(), at.cursor(), 0));
-        }
-        let give_up = crate::clock::deadline(wait);
-        loop {
-            // Register for wake-ups before looking, so a publish between the look and
-            // the wait is not missed.
-            let published = self.published.notified();
-            tokio::pin!(published);
-            published.as_mut().enable();
-            let events = self.event_log().read(&mut at, max);
-            if !events.is_empty() || Instant::now() >= give_up {
-                // Copied out once the lock is released.
-                let events = events.iter().map(|event| Event::clone(event)).collect();
-                return Ok(EventPage::new(events, at.cursor(), 0));
-            }
-            tokio::select! {
-                () = &mut published => {}
-                () = tokio::time::sleep_until(give_up) => {}
-            }
-        }
-    }
-
     async fn enqueue(&self, job: Job) -> Result<()> {
         let idempotency = job.idempotency.clone();
         let (id, queue) = (job.id, job.queue.clone());
@@ -725,39 +692,6 @@ impl Broker for InMemoryBroker {
         Ok(until.is_some_and(|t| *t > Instant::now()))
     }
 
-    async fn schedule_begin(
-        &self,
-        name: &str,
-        next: Option<DateTime<Utc>>,
-    ) -> Result<ScheduleState> {
-        let mut state = self.lock();
-        let schedule = state.schedule(name);
-        if next.is_some() {
-            schedule.next_fire = next;
-        }
-        Ok(schedule.clone())
-    }
-
-    async fn schedule_fire(
-        &self,
-        name: &str,
-        fire: DateTime<Utc>,
-        next: Option<DateTime<Utc>>,
-    ) -> Result<bool> {
-        let mut state = self.lock();
-        let schedule = state.schedule(name);
-        if schedule.last_fire.is_some_and(|last| fire <= last) {
-            return Ok(false);
-        }
-        schedule.last_fire = Some(fire);
-        schedule.next_fire = next;
-        Ok(true)
-    }
-
-    async fn schedules(&self) -> Result<Vec<ScheduleState>> {
-        Ok(self.lock().schedules.values().cloned().collect())
-    }
-
     async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
         let payload: Arc<[u8]> = payload.into();
         self.settle(lease, |queue, held, seq| {
@@ -820,236 +754,28 @@ impl Broker for InMemoryBroker {
         Ok(())
     }
 
-    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<()> {
-        let until = crate::clock::deadline(ttl);
-        let until_utc =
-            Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        self.lock().workers.insert(worker.id.clone(), (worker.clone(), until, until_utc, ttl));
-        Ok(())
+    fn worker_registry(&self) -> Option<&dyn WorkerRegistry> {
+        Some(self)
     }
 
-    async fn deregister(&self, worker: &str) -> Result<()> {
-        self.lock().workers.remove(worker);
-        Ok(())
+    fn schedule_store(&self) -> Option<&dyn ScheduleStore> {
+        Some(self)
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerStatus>> {
-        let now = Instant::now();
-        let state = self.lock();
-        Ok(state
-            .workers
-            .values()
-            .filter(|(_, until, _, _)| *until > now)
-            .map(|(info, _, until, _)| WorkerStatus::new(info.clone(), *until))
-            .collect())
+    fn event_stream(&self) -> Option<&dyn EventStream> {
+        Some(self)
     }
 
-    async fn reap(&self, _queues: &[String]) -> Result<u64> {
-        let now = Instant::now();
-        let mut moved = 0;
-        {
-            let mut state = self.lock();
-            let state = &mut *state;
-            let dead: HashMap<String, Duration> = state
-                .workers
-                .iter()
-                .filter(|(_, (_, until, _, _))| *until <= now)
-                .map(|(id, (_, _, _, ttl))| (id.clone(), *ttl))
-                .collect();
-            // One process holds every queue here, so every queue is reaped.
-            let mut holding = HashSet::new();
-            let limits = state.limits;
-            for (name, queue) in &mut state.queues {
-                moved += queue.expire_leases(name, now, limits)
-                    + queue.return_jobs_of(name, &dead, now, &mut holding, limits);
-            }
-            // A lapsed worker that still holds a fresh claim may be alive: it stays
-            // registered, and a later reap takes the job back if it is not.
-            state.workers.retain(|id, _| !dead.contains_key(id) || holding.contains(id));
-        }
-        if moved > 0 {
-            self.notify.notify_waiters();
-        }
-        Ok(moved)
-    }
-
-    async fn take_dead_letter(&self, queue: &str, id: TaskId) -> Result<Option<DeadLetter>> {
-        let mut state = self.lock();
-        let Some(q) = state.queues.get_mut(queue) else { return Ok(None) };
-        Ok(q.dead.iter().position(|letter| letter.id == id).and_then(|at| q.dead.remove(at)))
-    }
-
-    async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
-        let mut state = self.lock();
-        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
-        let purged = q.dead.len() as u64;
-        q.dead.clear();
-        Ok(purged)
-    }
-
-    async fn purge(&self, queue: &str) -> Result<u64> {
-        let mut state = self.lock();
-        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
-        let mut purged = 0u64;
-        for ready in &mut q.ready {
-            for stored in ready.drain(..) {
-                q.known.remove(&stored.id);
-                purged += 1;
-            }
-        }
-        for stored in q.suspect.drain(..) {
-            q.known.remove(&stored.id);
-            purged += 1;
-        }
-        for (_, stored) in std::mem::take(&mut q.delayed) {
-            q.known.remove(&stored.id);
-            purged += 1;
-        }
-        Ok(purged)
-    }
-
-    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
-        let mut state = self.lock();
-        let limits = state.limits;
-        let Some(q) = state.queues.get_mut(queue) else {
-            return Ok(QueueStats::default());
-        };
-        q.promote(queue, Instant::now(), limits);
-        Ok(QueueStats {
-            ready: q.ready_len() as u64,
-            suspect: q.suspect.len() as u64,
-            bad_entries: 0,
-            delayed: q.delayed.len() as u64,
-            in_flight: q.in_flight.len() as u64,
-            dead: q.dead.len() as u64,
-            dead_dropped: q.dead_dropped,
-        })
-    }
-
-    async fn dead_letters(
-        &self,
-        queue: &str,
-        offset: usize,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>> {
-        let state = self.lock();
-        Ok(state
-            .queues
-            .get(queue)
-            .map(|q| q.dead.iter().skip(offset).take(limit).cloned().collect())
-            .unwrap_or_default())
-    }
-}
-
-/// The event stream: batches numbered from 1 in the order they were published.
-#[derive(Debug)]
-struct EventLog {
-    batches: VecDeque<(u64, Vec<Arc<Event>>)>,
-    /// How many events `batches` holds.
-    held: usize,
-    /// The number of the last batch published; 0 before the first.
-    last: u64,
-    /// About how many events to keep.
-    cap: usize,
-}
-
-/// A place in the event log: after the first `taken` events of batch `batch` (all of
-/// them when `None`) and every batch before it.
-#[derive(Debug, Clone, Copy)]
-struct LogPosition {
-    batch: u64,
-    taken: Option<usize>,
-}
-
-impl LogPosition {
-    fn cursor(self) -> EventCursor {
-        match self.taken {
-            Some(taken) => EventCursor::within(self.batch.to_string(), taken),
-            None => EventCursor::after(self.batch.to_string()),
-        }
-    }
-}
-
-impl EventLog {
-    fn new(cap: usize) -> Self {
-        EventLog { batches: VecDeque::new(), held: 0, last: 0, cap }
-    }
-
-    /// Appends a batch and drops the oldest batches the cap has no room for; returns
-    /// them, to be freed outside the lock.
-    fn append(&mut self, batch: Vec<Arc<Event>>) -> Vec<Vec<Arc<Event>>> {
-        self.last += 1;
-        self.held += batch.len();
-        self.batches.push_back((self.last, batch));
-        let mut dropped = Vec::new();
-        while let Some((_, oldest)) = self.batches.front() {
-            if self.held - oldest.len() < self.cap {
-                break;
-            }
-            self.held -= oldest.len();
-            dropped.extend(self.batches.pop_front().map(|(_, batch)| batch));
-        }
-        dropped
-    }
-
-    /// Where `from` starts.
-    fn position(&self, from: &EventsFrom) -> Result<LogPosition> {
-        Ok(match from {
-            EventsFrom::Now => LogPosition { batch: self.last, taken: None },
-            EventsFrom::Oldest => LogPosition { batch: 0, taken: None },
-            EventsFrom::Last(n) => {
-                let mut wanted = *n;
-                let mut at = LogPosition { batch: self.last, taken: None };
-                for (number, batch) in self.batches.iter().rev() {
-                    if wanted == 0 {
-                        break;
-                    }
-                    let from_this = wanted.min(batch.len());
-                    wanted -= from_this;
-                    at = LogPosition { batch: *number, taken: Some(batch.len() - from_this) };
-                }
-                at
-            }
-            EventsFrom::After(cursor) => {
-                let batch = cursor.entry().parse().map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "{:?} is not a cursor of the in-memory event stream",
-                        cursor.entry()
-                    ))
-                })?;
-                LogPosition { batch, taken: cursor.taken() }
-            }
-        })
-    }
-
-    /// Up to `max` events from `at` on, moving `at` past them.
-    fn read(&self, at: &mut LogPosition, max: usize) -> Vec<Arc<Event>> {
-        let mut events = Vec::new();
-        let first = self.batches.partition_point(|(number, _)| {
-            *number < at.batch || (*number == at.batch && at.taken.is_none())
-        });
-        for (number, batch) in self.batches.range(first..) {
-            let skip = if *number == at.batch { at.taken.unwrap_or(0) } else { 0 };
-            let room = max - events.len();
-            let rest = batch.get(skip..).unwrap_or_default();
-            let take = rest.len().min(room);
-            events.extend(rest[..take].iter().cloned());
-            *at = if skip + take < batch.len() {
-                LogPosition { batch: *number, taken: Some(skip + take) }
-            } else {
-                LogPosition { batch: *number, taken: None }
-            };
-            if events.len() == max {
-                break;
-            }
-        }
-        events
+    fn admin(&self) -> Option<&dyn BrokerAdmin> {
+        Some(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::EventsFrom;
+    use crate::events::Event;
 
     #[tokio::test]
     async fn the_dead_letter_cap_drops_the_oldest_and_counts_them() {

@@ -1,0 +1,139 @@
+//! The in-memory broker's admin capability: queues, their figures, dead letters,
+//! purges, and finding a job.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use super::InMemoryBroker;
+use crate::broker::{BrokerAdmin, DeadLetter, FoundJob, JobState, QueueStats};
+use crate::error::Result;
+use crate::task::TaskId;
+
+#[async_trait]
+impl BrokerAdmin for InMemoryBroker {
+    async fn queues(&self) -> Result<Vec<String>> {
+        let mut queues: Vec<String> = self.lock().queues.keys().cloned().collect();
+        queues.sort();
+        Ok(queues)
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let mut state = self.lock();
+        let limits = state.limits;
+        let Some(q) = state.queues.get_mut(queue) else {
+            return Ok(QueueStats::default());
+        };
+        q.promote(queue, Instant::now(), limits);
+        Ok(QueueStats {
+            ready: q.ready_len() as u64,
+            suspect: q.suspect.len() as u64,
+            bad_entries: 0,
+            delayed: q.delayed.len() as u64,
+            in_flight: q.in_flight.len() as u64,
+            dead: q.dead.len() as u64,
+            dead_dropped: q.dead_dropped,
+        })
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
+        let mut purged = 0u64;
+        for ready in &mut q.ready {
+            for stored in ready.drain(..) {
+                q.known.remove(&stored.id);
+                purged += 1;
+            }
+        }
+        for stored in q.suspect.drain(..) {
+            q.known.remove(&stored.id);
+            purged += 1;
+        }
+        for (_, stored) in std::mem::take(&mut q.delayed) {
+            q.known.remove(&stored.id);
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let state = self.lock();
+        Ok(state
+            .queues
+            .get(queue)
+            .map(|q| q.dead.iter().skip(offset).take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn take_dead_letter(&self, queue: &str, id: TaskId) -> Result<Option<DeadLetter>> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(None) };
+        Ok(q.dead.iter().position(|letter| letter.id == id).and_then(|at| q.dead.remove(at)))
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
+        let purged = q.dead.len() as u64;
+        q.dead.clear();
+        Ok(purged)
+    }
+
+    async fn find_job(&self, id: TaskId, queues: &[String]) -> Result<Option<FoundJob>> {
+        let state = self.lock();
+        let mut names: Vec<&String> = if queues.is_empty() {
+            state.queues.keys().collect()
+        } else {
+            queues.iter().filter(|name| state.queues.contains_key(*name)).collect()
+        };
+        names.sort();
+        let now = (Instant::now(), Utc::now());
+        for name in names {
+            let Some(q) = state.queues.get(name) else { continue };
+            let found = |state, at, payload: &[u8]| {
+                Some(FoundJob::new(id, name.clone(), state, at, payload.to_vec()))
+            };
+            if let Some(held) = q.in_flight.get(&id) {
+                return Ok(found(
+                    JobState::InFlight,
+                    Some(wall(held.deadline, now)),
+                    &held.stored.payload,
+                ));
+            }
+            if let Some(stored) = q.suspect.iter().find(|s| s.id == id) {
+                return Ok(found(JobState::Suspect, None, &stored.payload));
+            }
+            if let Some(stored) = q.ready.iter().flatten().find(|s| s.id == id) {
+                return Ok(found(JobState::Ready, None, &stored.payload));
+            }
+            if let Some(((due, _), stored)) = q.delayed.iter().find(|(_, s)| s.id == id) {
+                return Ok(found(JobState::Delayed, Some(wall(*due, now)), &stored.payload));
+            }
+            if let Some(letter) = q.dead.iter().find(|letter| letter.id == id) {
+                let job = FoundJob::new(
+                    id,
+                    name.clone(),
+                    JobState::DeadLettered,
+                    Some(letter.at),
+                    letter.payload.clone(),
+                );
+                return Ok(Some(job.with_reason(letter.reason.clone())));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The wall-clock time of `at`, given an instant and the wall-clock time of the same
+/// moment.
+fn wall(at: Instant, (now, now_utc): (Instant, DateTime<Utc>)) -> DateTime<Utc> {
+    let ahead = chrono::Duration::from_std(at.saturating_duration_since(now)).unwrap_or_default();
+    let behind = chrono::Duration::from_std(now.saturating_duration_since(at)).unwrap_or_default();
+    now_utc + ahead - behind
+}

@@ -1,0 +1,355 @@
+//! The admin capability: the queue registry, queue figures, dead letters, purges,
+//! the doctor, and finding a job by id.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dmq_core::{
+    BrokerAdmin, DeadLetter, Error, FoundJob, JobState, QueueCheckup, QueueStats, Result, TaskId,
+};
+use redis::Value;
+
+use crate::keys::id_text;
+
+use super::*;
+
+/// How often a reaper also looks for stranded jobs (see [`Broker::doctor`]).
+pub(super) const DOCTOR_EVERY: Duration = Duration::from_secs(60);
+
+/// A dead letter from its list entry `<Unix ms>|<id>|<reason>` and its payload.
+pub(super) fn parse_dead_entry(queue: &str, entry: &str, payload: Vec<u8>) -> Option<DeadLetter> {
+    let mut parts = entry.splitn(3, '|');
+    let (at, id, reason) = (parts.next()?, parts.next()?, parts.next()?);
+    let id = id.parse::<TaskId>().ok()?;
+    let at = at.parse().ok().and_then(DateTime::from_timestamp_millis).unwrap_or_default();
+    Some(DeadLetter::new(id, queue, payload, reason, at))
+}
+
+/// How long a broker trusts that a queue it wrote to the queue registry is still
+/// there before it writes it again (an operator may have deleted the registry).
+pub(super) const REGISTRY_REFRESH: Duration = Duration::from_secs(60);
+
+/// How many of a queue's newest dead letters `find_job` looks through.
+const DEAD_LETTERS_SEARCHED: usize = 10_000;
+
+/// The queues a broker wrote to the queue registry, and since when.
+#[derive(Debug, Default)]
+pub(super) struct Registered {
+    queues: std::collections::HashSet<String>,
+    since: Option<std::time::Instant>,
+}
+
+impl RedisBroker {
+    /// Adds the queues to the namespace's queue registry, those this broker has not
+    /// added within [`REGISTRY_REFRESH`]: one `SADD` per new queue per minute, not one
+    /// per job.
+    pub(super) async fn register_queues<'a>(
+        &self,
+        queues: impl Iterator<Item = &'a str>,
+    ) -> Result<()> {
+        let new: Vec<&str> = {
+            let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+            if registered.since.is_none_or(|at| at.elapsed() >= REGISTRY_REFRESH) {
+                registered.queues.clear();
+                registered.since = Some(std::time::Instant::now());
+            }
+            let mut new: Vec<&str> = queues.filter(|q| !registered.queues.contains(*q)).collect();
+            new.sort_unstable();
+            new.dedup();
+            new
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        redis::cmd("SADD")
+            .arg(self.keys.queues())
+            .arg(&new)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.err("registering queues", e))?;
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        registered.queues.extend(new.into_iter().map(str::to_owned));
+        Ok(())
+    }
+
+    /// Looks for job `id` in `queue`: waiting or in flight, else among its newest dead
+    /// letters.
+    async fn find_in(&self, queue: &str, id: TaskId) -> Result<Option<FoundJob>> {
+        let keys = self.keys.queue(queue);
+        let field = id_text(id);
+        let what = || format!("looking for job {id} in queue {queue:?}");
+        let mut conn = self.conn().await?;
+        // One transaction reads the envelope and every place the job can wait, so that
+        // a job claimed meanwhile is not taken for stranded. Each `LPOS` reads its list
+        // to the end when the id is not in it; a key of another type (not written by
+        // dmq) holds no job.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .ignore_errors()
+            .hget(keys.payloads(), field)
+            .zscore(keys.delayed(), field)
+            .zscore(keys.in_flight(), field)
+            .cmd("LPOS")
+            .arg(keys.suspect())
+            .arg(field);
+        for priority in 0..=9 {
+            pipe.cmd("LPOS").arg(keys.ready(priority)).arg(field);
+        }
+        let reply: Vec<Value> =
+            pipe.query_async(&mut conn).await.map_err(|e| self.err(&what(), e))?;
+        let held = |v: &Value| !matches!(v, Value::Nil | Value::ServerError(_));
+        let [payload, due, lease, suspect, ready @ ..] = reply.as_slice() else {
+            return Err(Error::Backend {
+                message: format!("{}: unexpected reply {reply:?}", what()),
+                transient: false,
+            });
+        };
+        let payload: Option<Vec<u8>> = match payload {
+            Value::ServerError(_) => None,
+            v => redis::from_redis_value_ref(v).map_err(|e| Error::Backend {
+                message: format!("{}: the envelope is no string: {e}", what()),
+                transient: false,
+            })?,
+        };
+        let score = |v: &Value| -> Option<DateTime<Utc>> {
+            let ms: f64 = redis::from_redis_value_ref(v).ok()?;
+            // Scores are whole Unix milliseconds.
+            #[allow(clippy::cast_possible_truncation)]
+            DateTime::from_timestamp_millis(ms as i64)
+        };
+        if let Some(payload) = payload {
+            let (state, at) = if held(lease) {
+                (JobState::InFlight, score(lease))
+            } else if held(due) {
+                (JobState::Delayed, score(due))
+            } else if held(suspect) {
+                (JobState::Suspect, None)
+            } else if ready.iter().any(held) {
+                (JobState::Ready, None)
+            } else {
+                (JobState::Stranded, None)
+            };
+            return Ok(Some(FoundJob::new(id, queue, state, at, payload)));
+        }
+        let mut offset = 0;
+        while offset < DEAD_LETTERS_SEARCHED {
+            let page = self.dead_letters(queue, offset, 500).await?;
+            if page.is_empty() {
+                break;
+            }
+            if let Some(letter) = page.iter().find(|letter| letter.id == id) {
+                let job = FoundJob::new(
+                    id,
+                    queue,
+                    JobState::DeadLettered,
+                    Some(letter.at),
+                    letter.payload.clone(),
+                );
+                return Ok(Some(job.with_reason(letter.reason.clone())));
+            }
+            offset += page.len();
+        }
+        Ok(None)
+    }
+
+    /// Looks for stranded jobs in `queues` and puts them back, at most once every
+    /// [`DOCTOR_EVERY`]; part of a reap.
+    pub(super) async fn doctor_now_and_then(&self, queues: &[String]) {
+        {
+            let mut last = self.last_doctor.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < DOCTOR_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.doctor(queues, true).await {
+            Ok(checkups) => {
+                for checkup in checkups.iter().filter(|c| !c.stranded.is_empty()) {
+                    tracing::warn!(
+                        queue = %checkup.queue,
+                        jobs = checkup.stranded.len(),
+                        ids = ?checkup.stranded,
+                        "put back stranded jobs: their envelope was stored but they waited nowhere (a write cut off halfway)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for stranded jobs failed; trying again at a later reap")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BrokerAdmin for RedisBroker {
+    /// The queue registry's members. A namespace written by a dmq older than the
+    /// registry has none: its queues are then found once by their keys (`SCAN`, on a
+    /// single Redis) and registered.
+    async fn queues(&self) -> Result<Vec<String>> {
+        let what = "listing the queues";
+        let mut conn = self.conn().await?;
+        let (exists, mut queues): (bool, Vec<String>) = redis::pipe()
+            .exists(self.keys.queues())
+            .smembers(self.keys.queues())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        if !exists {
+            queues = crate::namespace::queue_names(&mut conn, &self.keys).await?;
+            if !queues.is_empty() {
+                self.register_queues(queues.iter().map(String::as_str)).await?;
+            }
+        }
+        queues.sort();
+        Ok(queues)
+    }
+
+    async fn find_job(&self, id: TaskId, queues: &[String]) -> Result<Option<FoundJob>> {
+        let all;
+        let queues = if queues.is_empty() {
+            all = self.queues().await?;
+            &all
+        } else {
+            queues
+        };
+        for queue in queues {
+            if let Some(found) = self.find_in(queue, id).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let keys = self.keys.queue(queue);
+        let mut pipe = redis::pipe();
+        for priority in 0..=9 {
+            pipe.llen(keys.ready(priority));
+        }
+        pipe.zcard(keys.delayed())
+            .zcard(keys.in_flight())
+            .llen(keys.dead())
+            .get(keys.dead_dropped())
+            .llen(keys.suspect())
+            .get(keys.bad_entries());
+        let mut conn = self.conn().await?;
+        // Read as plain values: a counter another program overwrote with text counts 0
+        // here rather than failing the read.
+        let counts: Vec<Value> =
+            pipe.query_async(&mut conn).await.map_err(|e| self.err("reading queue sizes", e))?;
+        let at = |i: usize| match counts.get(i) {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(Value::BulkString(text)) => {
+                std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let mut stats = QueueStats::default();
+        stats.suspect = at(14);
+        stats.ready = (0..10).map(at).sum::<u64>() + stats.suspect;
+        stats.delayed = at(10);
+        stats.in_flight = at(11);
+        stats.dead = at(12);
+        stats.dead_dropped = at(13);
+        stats.bad_entries = at(15);
+        Ok(stats)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.purge.prepare_invoke();
+        invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed());
+        add_ready_keys(&mut invocation, &keys);
+        invocation.key(keys.suspect());
+        self.run("purging a queue", &invocation).await
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = self.keys.queue(queue);
+        let mut conn = self.conn().await?;
+        let last = isize::try_from(offset.saturating_add(limit) - 1).unwrap_or(isize::MAX);
+        let start = isize::try_from(offset).unwrap_or(isize::MAX);
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(keys.dead())
+            .arg(start)
+            .arg(last)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err("listing dead letters", e))?;
+        let mut letters = Vec::new();
+        for entry in entries {
+            let Some((at, id)) = entry.split('|').next().zip(entry.split('|').nth(1)) else {
+                continue;
+            };
+            let payload: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(keys.dead_payloads())
+                .arg(format!("{at}|{id}"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err("reading a dead letter", e))?;
+            letters.extend(parse_dead_entry(queue, &entry, payload.unwrap_or_default()));
+        }
+        Ok(letters)
+    }
+
+    async fn take_dead_letter(&self, queue: &str, id: TaskId) -> Result<Option<DeadLetter>> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.take_dead.prepare_invoke();
+        invocation.key(keys.dead()).key(keys.dead_payloads()).arg(id.to_string());
+        let taken: Option<(String, Vec<u8>)> =
+            self.run("taking a dead letter", &invocation).await?;
+        Ok(taken.and_then(|(entry, payload)| parse_dead_entry(queue, &entry, payload)))
+    }
+
+    async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.purge_dead.prepare_invoke();
+        invocation.key(keys.dead()).key(keys.dead_payloads());
+        self.run("purging dead letters", &invocation).await
+    }
+
+    /// One script per queue: a few counts, and only when they do not add up a pass
+    /// over the queue's lists and sets (see docs/redis-layout.md).
+    async fn doctor(&self, queues: &[String], fix: bool) -> Result<Vec<QueueCheckup>> {
+        let mut checkups = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let keys = self.keys.queue(queue);
+            let mut invocation = self.scripts.doctor.prepare_invoke();
+            add_lease_keys(&mut invocation, &keys);
+            invocation.arg(u8::from(fix));
+            let reply: Vec<Value> = self.run("looking for stranded jobs", &invocation).await?;
+            let mut items = reply.into_iter();
+            let mut count = || match items.next() {
+                Some(Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
+                _ => Err(Error::Backend {
+                    message: "unexpected reply from the doctor script".to_owned(),
+                    transient: false,
+                }),
+            };
+            let (_stored, _placed, suspect, bad_entries) = (count()?, count()?, count()?, count()?);
+            let stranded: Vec<String> = items
+                .filter_map(|v| match v {
+                    Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            let mut checkup = QueueCheckup::healthy(queue.clone());
+            checkup.fixed = fix && !stranded.is_empty();
+            checkup.stranded = stranded;
+            checkup.suspect = suspect;
+            checkup.bad_entries = bad_entries;
+            checkups.push(checkup);
+        }
+        Ok(checkups)
+    }
+}
