@@ -323,7 +323,7 @@ impl dmq_core::ResultBackend for UnreadableBackend {
     }
 
     async fn get(&self, _id: dmq_core::TaskId) -> dmq_core::Result<Option<TaskOutcome>> {
-        Err(Error::Backend { message: "the stored result is corrupt".to_owned(), transient: false })
+        Err(Error::backend("the stored result is corrupt".to_owned(), false))
     }
 
     async fn wait(

@@ -54,10 +54,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Prints `error: ...` as one line, the causes joined with `: `.
+/// Prints `error: ...` as one line, the causes joined with `: `; a cause whose text
+/// the message already holds (a backend error that names its source) is not repeated.
 fn fail(error: &anyhow::Error) -> ExitCode {
-    let message = format!("{error:#}").replace('\n', " ");
-    eprintln!("error: {message}");
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    eprintln!("error: {}", message.replace('\n', " "));
     ExitCode::FAILURE
 }
 

@@ -138,20 +138,68 @@ pub enum Error {
     Unsupported(String),
 
     /// The broker or backend failed; `transient` tells whether retrying may help.
+    /// Make one with [`Error::backend`] or [`Error::backend_caused_by`].
     #[error("{message}")]
+    #[non_exhaustive]
     Backend {
         /// What failed and what to do about it.
         message: String,
         /// Whether the same call may succeed later (a lost connection, say).
         transient: bool,
+        /// The backend's own error, when there is one (a `redis::RedisError` behind
+        /// `dmq_redis::RedisFailure`, say): what [`source`](std::error::Error::source)
+        /// returns.
+        #[source]
+        source: Option<BackendSource>,
     },
 }
 
+/// A backend's own error, kept as the source of an [`Error::Backend`].
+pub type BackendSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 impl Error {
+    /// A backend failure that says what failed and what to do (`message`), and whether
+    /// the same call may succeed later.
+    #[must_use]
+    pub fn backend(message: impl Into<String>, transient: bool) -> Self {
+        Error::Backend { message: message.into(), transient, source: None }
+    }
+
+    /// A backend failure caused by the backend's own error `source`, which
+    /// [`source`](std::error::Error::source) returns.
+    #[must_use]
+    pub fn backend_caused_by(
+        message: impl Into<String>,
+        transient: bool,
+        source: BackendSource,
+    ) -> Self {
+        Error::Backend { message: message.into(), transient, source: Some(source) }
+    }
+
+    /// The backend's own error behind a [`Backend`](Error::Backend) failure, to
+    /// downcast to the backend's type (`dmq_redis::RedisFailure`, say). The same error
+    /// is the next link of [`source`](std::error::Error::source)'s chain.
+    #[must_use]
+    pub fn backend_source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            Error::Backend { source: Some(source), .. } => Some(&**source),
+            _ => None,
+        }
+    }
+
     /// Whether the same operation may succeed if tried again later, as after a lost
     /// connection; `false` for errors that retrying cannot fix, like a bad argument.
     #[must_use]
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Backend { transient: true, .. } | Error::Timeout { .. })
     }
+}
+
+/// The message a panic carries, when it is a string (a task's panic, a callback's).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a non-string panic payload)")
 }

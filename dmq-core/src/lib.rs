@@ -27,6 +27,7 @@
 mod backend;
 mod broker;
 mod clock;
+mod core;
 mod envelope;
 mod error;
 mod events;
@@ -34,6 +35,7 @@ mod guarantee;
 mod manager;
 mod metrics;
 mod names;
+mod registry;
 mod retry;
 mod schedule;
 mod task;
@@ -58,21 +60,19 @@ pub use dmq_macros::task;
 pub use envelope::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, Envelope, FORMAT_VERSION, MAX_PRIORITY,
 };
-pub use error::{Error, Result};
+pub use error::{BackendSource, Error, Result};
 pub use events::{
     Callback, DEFAULT_EVENT_BUFFER, DecodedEvents, Event, EventKind, EventType, ListenerStats,
     Rules,
 };
 pub use guarantee::Guarantee;
-pub use manager::{DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder};
+pub use manager::{Call, DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder, ResultRef, TaskHandle};
 pub use metrics::Metrics;
 pub use names::{MAX_NAME_LEN, check_queue_name, check_task_name};
+pub use registry::{Registry, TaskInfo};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use schedule::{MissedFires, Schedule, Tz};
-pub use task::{
-    Call, FailureKind, Registry, ResultRef, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
-    TaskPanicked, TaskTimedOut,
-};
+pub use task::{FailureKind, TaskContext, TaskError, TaskId, TaskPanicked, TaskTimedOut};
 pub use trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 pub use worker::{
     CLAIMS_FAILING_LIMIT, DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, Health, LoopFailure, LoopVitals,
@@ -89,11 +89,12 @@ pub struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::guarantee::Guarantee;
-    pub use crate::retry::{Backoff, Jitter, RetryPolicy};
-    pub use crate::task::registry::{
+    pub use crate::manager::Call;
+    pub use crate::registry::{
         PeriodicSpec, RunError, TaskFuture, TaskRegistration, decode_args, decode_no_args,
     };
-    pub use crate::task::{Call, TaskContext, TaskError};
+    pub use crate::retry::{Backoff, Jitter, RetryPolicy};
+    pub use crate::task::{TaskContext, TaskError};
     pub use inventory;
     pub use std::boxed::Box;
     pub use std::result::Result;

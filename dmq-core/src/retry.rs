@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::task::TaskError;
 
 /// The longest a retry ever waits, whatever the policy or the task asks for: a week.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(dmq_rules::MAX_BACKOFF_MS);
 
 /// How the delay before a retry grows with each attempt.
 ///
@@ -78,7 +78,12 @@ pub enum Jitter {
 impl Default for Backoff {
     /// 1 s, doubling with each retry, up to ten minutes, without jitter.
     fn default() -> Self {
-        Backoff::Exponential { base_ms: 1_000, factor: 2.0, max_ms: 600_000, jitter: Jitter::None }
+        Backoff::Exponential {
+            base_ms: dmq_rules::DEFAULT_BACKOFF_BASE_MS,
+            factor: dmq_rules::DEFAULT_BACKOFF_FACTOR,
+            max_ms: dmq_rules::DEFAULT_BACKOFF_MAX_MS,
+            jitter: Jitter::None,
+        }
     }
 }
 

@@ -46,17 +46,13 @@ const CRON_FORMS: &str = "five fields (minute hour day-of-month month day-of-wee
      \"0 */4 * * *\"), six or seven (a second first, an optional year last, as in \
      \"0 0 */4 * * *\"), or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly";
 
-/// The macros `cron` accepts in place of fields.
-const CRON_MACROS: [&str; 7] =
-    ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
-
 /// The forms `backoff` accepts, as its error messages list them.
 const BACKOFF_FORMS: &str = "\"fixed(30s)\", \"linear(1s, 5s, 1m)\" (base, step, max), \
      \"exponential(1s, 2, 10m)\" (base, factor, max), or \"exponential\" alone \
      (1s, doubling up to 10m)";
 
 /// The longest delay a backoff may have: dmq-core's `MAX_BACKOFF`, a week.
-const MAX_BACKOFF: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+const MAX_BACKOFF: Duration = Duration::from_millis(dmq_rules::MAX_BACKOFF_MS);
 
 /// What `#[task(...)]` said; `None` for a key it left out.
 #[derive(Debug, Default, PartialEq)]
@@ -445,17 +441,24 @@ fn cron(value: &Expr) -> syn::Result<Schedule> {
     Ok(Schedule::Cron(text))
 }
 
+/// Checks the shape of a cron expression with the rules `Schedule::cron` applies
+/// ([`dmq_rules::cron_shape`]).
 fn cron_shape(text: &str) -> Result<(), String> {
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    match fields[..] {
-        [] => Err(format!("a task's `cron` cannot be empty; write {CRON_FORMS}")),
-        [_, _, _, _, _] | [_, _, _, _, _, _] | [_, _, _, _, _, _, _] => Ok(()),
-        [word] if CRON_MACROS.contains(&word) => Ok(()),
-        [word] if word.starts_with('@') => {
+    use dmq_rules::CronShapeError;
+    match dmq_rules::cron_shape(text) {
+        Ok(_) => Ok(()),
+        Err(CronShapeError::FieldCount(0)) => {
+            Err(format!("a task's `cron` cannot be empty; write {CRON_FORMS}"))
+        }
+        Err(CronShapeError::UnknownShorthand(word)) => {
             Err(format!("unknown cron macro {word:?}; write {CRON_FORMS}"))
         }
-        [_] => Err(format!("cron {text:?} has 1 field; write {CRON_FORMS}")),
-        _ => Err(format!("cron {text:?} has {} fields; write {CRON_FORMS}", fields.len())),
+        Err(CronShapeError::FieldCount(1)) => {
+            Err(format!("cron {text:?} has 1 field; write {CRON_FORMS}"))
+        }
+        Err(CronShapeError::FieldCount(n)) => {
+            Err(format!("cron {text:?} has {n} fields; write {CRON_FORMS}"))
+        }
     }
 }
 
@@ -503,8 +506,11 @@ fn backoff(value: &Expr) -> syn::Result<Backoff> {
 
 impl Backoff {
     /// dmq-core's `Backoff::default()`, which `"exponential"` alone stands for.
-    pub(crate) const DEFAULT: Backoff =
-        Backoff::Exponential { base_ms: 1_000, factor: 2.0, max_ms: 600_000 };
+    pub(crate) const DEFAULT: Backoff = Backoff::Exponential {
+        base_ms: dmq_rules::DEFAULT_BACKOFF_BASE_MS,
+        factor: dmq_rules::DEFAULT_BACKOFF_FACTOR,
+        max_ms: dmq_rules::DEFAULT_BACKOFF_MAX_MS,
+    };
 
     /// Reads `"fixed(30s)"`, `"linear(1s, 5s, 1m)"`, `"exponential(1s, 2, 10m)"` or
     /// `"exponential"`, refusing what dmq-core's constructors refuse: a factor below 1
@@ -1051,8 +1057,18 @@ mod tests {
             "@midnight",
             "@hourly",
             " @daily ",
+            // In any case, as `Schedule::cron` reads them (the two used to disagree).
+            "@Hourly",
         ] {
             assert_eq!(cron_of(text), Schedule::Cron(text.to_owned()), "{text}");
+        }
+    }
+
+    /// The forms the error messages list name every shorthand `Schedule::cron` takes.
+    #[test]
+    fn the_listed_forms_name_every_shorthand() {
+        for (name, _) in dmq_rules::CRON_SHORTHANDS {
+            assert!(CRON_FORMS.contains(name), "{name} missing from {CRON_FORMS}");
         }
     }
 
@@ -1067,10 +1083,6 @@ mod tests {
         assert_eq!(
             error(r#"cron = "@minutely""#),
             format!("unknown cron macro \"@minutely\"; {FORMS}")
-        );
-        assert_eq!(
-            error(r#"cron = "@Hourly""#),
-            format!("unknown cron macro \"@Hourly\"; {FORMS}")
         );
         assert!(error(r#"cron = "@hourly 5""#).contains("has 2 fields"));
         for text in ["", "   "] {

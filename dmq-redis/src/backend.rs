@@ -112,7 +112,7 @@ enum Link {
     /// Subscribed: every result stored from now on is announced.
     Up,
     /// The last attempt to subscribe failed; the subscriber keeps trying.
-    Failed { message: String, transient: bool },
+    Failed { message: String, transient: bool, source: Option<dmq_core::BackendSource> },
 }
 
 impl RedisBackend {
@@ -203,15 +203,20 @@ impl RedisBackend {
     async fn subscribed(&self, link: &mut watch::Receiver<Link>) -> Result<()> {
         let state = link.wait_for(|l| !matches!(l, Link::Connecting)).await.map(|l| l.clone());
         match state {
-            Ok(Link::Failed { message, transient }) => Err(Error::Backend { message, transient }),
+            Ok(Link::Failed { message, transient, source: Some(source) }) => {
+                Err(Error::backend_caused_by(message, transient, source))
+            }
+            Ok(Link::Failed { message, transient, source: None }) => {
+                Err(Error::backend(message, transient))
+            }
             Ok(_) => Ok(()),
-            Err(_closed) => Err(Error::Backend {
-                message: format!(
+            Err(_closed) => Err(Error::backend(
+                format!(
                     "the subscription to {} on redis at {} has stopped; connect a new RedisBackend",
                     self.inner.channel, self.inner.addr
                 ),
-                transient: false,
-            }),
+                false,
+            )),
         }
     }
 
@@ -264,13 +269,15 @@ impl ResultBackend for RedisBackend {
             .map_err(|e| self.fail(&format!("could not read the result of task {id} from"), e))?;
         bytes
             .map(|bytes| {
-                rmp_serde::from_slice(&bytes).map_err(|e| Error::Backend {
-                    message: format!(
-                        "the result of task {id} in redis at {} does not decode ({e}); it was \
+                rmp_serde::from_slice(&bytes).map_err(|e| {
+                    Error::backend(
+                        format!(
+                            "the result of task {id} in redis at {} does not decode ({e}); it was \
                          written by an incompatible version of dmq or by another program",
-                        self.inner.addr
-                    ),
-                    transient: false,
+                            self.inner.addr
+                        ),
+                        false,
+                    )
                 })
             })
             .transpose()
@@ -417,16 +424,18 @@ impl Subscriber {
                         "could not subscribe to {} on redis at {}",
                         self.channel, self.addr
                     );
-                    let (message, transient) = match redis_error(&context, e) {
-                        Error::Backend { message, transient } => (message, transient),
-                        other => (other.to_string(), true),
+                    let (message, transient, source) = match redis_error(&context, e) {
+                        Error::Backend { message, transient, source, .. } => {
+                            (message, transient, source)
+                        }
+                        other => (other.to_string(), true, None),
                     };
                     if failures == 0 {
                         tracing::warn!("{message}; retrying with backoff");
                     } else {
                         tracing::debug!(attempt = failures + 1, "{message}");
                     }
-                    self.hub.link.send_replace(Link::Failed { message, transient });
+                    self.hub.link.send_replace(Link::Failed { message, transient, source });
                     failures = failures.saturating_add(1);
                 }
             }

@@ -82,8 +82,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 }
 
 fn stopped() -> Error {
-    Error::Backend {
-        message: "the redis writer task stopped (its runtime shut down); try again".to_owned(),
-        transient: true,
-    }
+    Error::backend(
+        "the redis writer task stopped (its runtime shut down); try again".to_owned(),
+        true,
+    )
 }

@@ -2,21 +2,100 @@
 
 use dmq_core::Error;
 
-/// `e`, met while doing `context` (which names the operation and the server, as in
-/// "could not read the result of task X from redis at 127.0.0.1:6379"), as a dmq
-/// error that says what to do; transient when trying again may help.
+/// A Redis call that failed: what dmq was doing, what to do about it, and the
+/// `redis::RedisError` itself, which [`source`](std::error::Error::source) returns.
+///
+/// dmq's calls return [`dmq_core::Error`]; its [`Backend`](dmq_core::Error::Backend)
+/// variant keeps this as its source, so a caller can still reach the Redis error:
+///
+/// ```
+/// fn redis_cause(e: &dmq_core::Error) -> Option<&redis::RedisError> {
+///     let failure = e.backend_source()?.downcast_ref::<dmq_redis::RedisFailure>()?;
+///     Some(failure.redis_error())
+/// }
+/// # let _ = redis_cause;
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {advice}")]
+pub struct RedisFailure {
+    context: String,
+    advice: String,
+    transient: bool,
+    /// Whether the message dmq shows names the Redis error too (a TLS failure's advice
+    /// already does).
+    detailed: bool,
+    #[source]
+    source: redis::RedisError,
+}
+
+impl RedisFailure {
+    /// `e`, met while doing `context` (which names the operation and the server, as in
+    /// "could not read the result of task X from redis at 127.0.0.1:6379"), with advice
+    /// on what to do; transient when trying again may help.
+    #[must_use]
+    pub fn new(context: &str, e: redis::RedisError) -> Self {
+        let (advice, transient, detailed) = advice(&e);
+        RedisFailure { context: context.to_owned(), advice, transient, detailed, source: e }
+    }
+
+    /// What dmq was doing, and on which server.
+    #[must_use]
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// What to do about it.
+    #[must_use]
+    pub fn advice(&self) -> &str {
+        &self.advice
+    }
+
+    /// Whether the same call may succeed later (a lost connection, say).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// The Redis error.
+    #[must_use]
+    pub fn redis_error(&self) -> &redis::RedisError {
+        &self.source
+    }
+}
+
+impl From<RedisFailure> for Error {
+    fn from(failure: RedisFailure) -> Self {
+        let message = if failure.detailed {
+            format!("{failure} ({})", failure.source)
+        } else {
+            failure.to_string()
+        };
+        let transient = failure.transient;
+        Error::backend_caused_by(message, transient, std::sync::Arc::new(failure))
+    }
+}
+
+/// `e`, met while doing `context`, as a dmq error that says what to do and keeps the
+/// Redis error as its source.
 pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
+    RedisFailure::new(context, e).into()
+}
+
+/// What to do about `e`, whether trying again may help, and whether the message should
+/// name `e` too.
+fn advice(e: &redis::RedisError) -> (String, bool, bool) {
     use redis::{ErrorKind, RetryMethod, ServerErrorKind};
 
-    let (advice, transient) = if let Some(tls) = tls_failure(&e) {
+    if let Some(tls) = tls_failure(e) {
         let advice = format!(
             "the TLS handshake failed ({tls}); check that the port serves TLS, that tls_ca names \
              the authority that signed the server's certificate, that the host is one the \
              certificate names, and that a server asking for a client certificate gets one \
              (tls_cert, tls_key)"
         );
-        return Error::Backend { message: format!("{context}: {advice}"), transient: false };
-    } else if e.is_connection_refusal() {
+        return (advice, false, false);
+    }
+    let (advice, transient) = if e.is_connection_refusal() {
         ("the connection was refused; is redis-server running and listening there?", true)
     } else if e.is_timeout() {
         ("redis did not answer in time; is it overloaded, or the network down?", true)
@@ -46,7 +125,7 @@ pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
             },
         }
     };
-    Error::Backend { message: format!("{context}: {advice} ({e})"), transient }
+    (advice.to_owned(), transient, true)
 }
 
 /// The TLS error behind `e`, if a TLS handshake or record failed: rustls's error sits
@@ -74,9 +153,44 @@ fn find_tls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::
 /// A copy of `e` for each caller of a batch that failed as a whole.
 pub(crate) fn copy_error(e: &Error) -> Error {
     match e {
-        Error::Backend { message, transient } => {
-            Error::Backend { message: message.clone(), transient: *transient }
+        Error::Backend { message, transient, source: Some(source), .. } => {
+            Error::backend_caused_by(message.clone(), *transient, std::sync::Arc::clone(source))
         }
-        other => Error::Backend { message: other.to_string(), transient: other.is_transient() },
+        other => Error::backend(other.to_string(), other.is_transient()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_keeps_the_redis_error_as_its_source() {
+        // Port 1: nothing listens there.
+        let client = redis::Client::open("redis://127.0.0.1:1").expect("a valid URL");
+        let refused = client.get_multiplexed_async_connection().await.expect_err("refused");
+        let e = redis_error("connecting to redis at 127.0.0.1:1", refused);
+        assert!(e.is_transient(), "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with("connecting to redis at 127.0.0.1:1: the connection was refused"));
+        let failure = e.backend_source().expect("a source");
+        let failure = failure.downcast_ref::<RedisFailure>().expect("the RedisFailure");
+        assert!(failure.redis_error().is_connection_refusal(), "{failure:?}");
+        assert!(failure.is_transient());
+        assert_eq!(failure.context(), "connecting to redis at 127.0.0.1:1");
+        // The redis error is a link of the source chain, as anyhow and the like walk it.
+        let chain_holds_redis = |e: &Error| {
+            let mut at = std::error::Error::source(e);
+            while let Some(cause) = at {
+                if cause.downcast_ref::<redis::RedisError>().is_some() {
+                    return true;
+                }
+                at = cause.source();
+            }
+            false
+        };
+        assert!(chain_holds_redis(&e));
+        // A copy for a batch's callers keeps it too.
+        assert!(chain_holds_redis(&copy_error(&e)));
     }
 }

@@ -10,7 +10,6 @@
 //! (`Broker::publish_events`), which any process reads with `Broker::read_events`
 //! (`dmq events`); `wire.rs` holds the format a batch is stored in.
 
-pub(crate) mod bus;
 mod wire;
 
 use std::collections::BTreeSet;
@@ -24,7 +23,6 @@ use chrono::{DateTime, Utc};
 use crate::error::Error;
 use crate::task::{FailureKind, TaskId};
 
-pub use bus::{DEFAULT_EVENT_BUFFER, ListenerStats};
 pub use wire::DecodedEvents;
 
 /// One state change of one job.
@@ -459,6 +457,30 @@ impl<C: Callback + ?Sized> Callback for std::sync::Arc<C> {
     fn name(&self) -> String {
         (**self).name()
     }
+}
+
+/// How many events each callback's queue holds by default.
+pub const DEFAULT_EVENT_BUFFER: usize = 10_000;
+
+/// What one listener has received and dropped, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerStats {
+    /// The callback's [`name`](Callback::name), or `event-stream` for the broker's
+    /// event stream.
+    pub name: String,
+    /// Events handed to it.
+    pub delivered: u64,
+    /// Events dropped because its queue was full (or, for the event stream, because
+    /// the broker could not be written).
+    pub dropped: u64,
+}
+
+/// Sees every event as it is emitted, before any callback: how the metrics count
+/// jobs.
+pub(crate) trait EventObserver: Send + Sync {
+    /// Takes note of `event`; must not block.
+    fn observe(&self, event: &Event);
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use chrono::{NaiveDateTime, TimeZone, Utc};
+use dmq_rules::{CronShape, CronShapeError};
 
 use crate::error::{Error, Result};
 
@@ -25,24 +26,19 @@ impl CronExpr {
     /// Parses `expr`: five fields (crontab), six or seven (the `cron` crate's), or a
     /// shorthand such as `@daily`.
     pub(super) fn parse(expr: &str) -> Result<Self> {
-        let fields: Vec<&str> = expr.split_whitespace().collect();
-        match fields.as_slice() {
-            [shorthand] if shorthand.starts_with('@') => match expand_shorthand(shorthand) {
-                Some(five) => parse_five(expr, five),
-                None => Err(invalid(
-                    expr,
-                    format_args!(
-                        "{shorthand:?} is not a shorthand dmq knows; use @hourly, @daily \
-                         (or @midnight), @weekly, @monthly or @yearly (or @annually)"
-                    ),
-                )),
-            },
-            &[minute, hour, dom, month, dow] => parse_five(expr, [minute, hour, dom, month, dow]),
-            six_or_seven @ ([_, _, _, _, _, _] | [_, _, _, _, _, _, _]) => {
-                parse_six_or_seven(expr, six_or_seven)
-            }
-            other => {
-                let count = match other.len() {
+        match dmq_rules::cron_shape(expr) {
+            Ok(CronShape::Shorthand(_, five)) => parse_five(expr, five),
+            Ok(CronShape::Five(five)) => parse_five(expr, five),
+            Ok(CronShape::SixOrSeven(fields)) => parse_six_or_seven(expr, &fields),
+            Err(CronShapeError::UnknownShorthand(shorthand)) => Err(invalid(
+                expr,
+                format_args!(
+                    "{shorthand:?} is not a shorthand dmq knows; use @hourly, @daily \
+                     (or @midnight), @weekly, @monthly or @yearly (or @annually)"
+                ),
+            )),
+            Err(CronShapeError::FieldCount(n)) => {
+                let count = match n {
                     0 => "it has no fields".to_owned(),
                     1 => "it has 1 field, not 5, 6 or 7".to_owned(),
                     n => format!("it has {n} fields, not 5, 6 or 7"),
@@ -77,18 +73,6 @@ impl CronExpr {
 /// `cron expression "...": <reason>`, as an [`Error::InvalidArgument`].
 fn invalid(expr: &str, reason: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("cron expression {:?}: {reason}", expr.trim()))
-}
-
-/// The five fields of a crontab shorthand.
-fn expand_shorthand(shorthand: &str) -> Option<[&'static str; 5]> {
-    Some(match shorthand.to_ascii_lowercase().as_str() {
-        "@hourly" => ["0", "*", "*", "*", "*"],
-        "@daily" | "@midnight" => ["0", "0", "*", "*", "*"],
-        "@weekly" => ["0", "0", "*", "*", "0"],
-        "@monthly" => ["0", "0", "1", "*", "*"],
-        "@yearly" | "@annually" => ["0", "0", "1", "1", "*"],
-        _ => return None,
-    })
 }
 
 /// Minute hour day-of-month month day-of-week, as in crontab: day-of-week 0 and 7 are

@@ -11,6 +11,7 @@
 
 mod cron;
 mod interval;
+mod periodic;
 
 use std::fmt;
 use std::time::Duration;
@@ -21,6 +22,8 @@ use chrono::{DateTime, NaiveDateTime, Offset, TimeZone, Utc};
 /// A time zone of the IANA database (`Tz::Europe__Paris`, `Tz::UTC`), from the
 /// `chrono-tz` crate, for [`Schedule::in_time_zone`].
 pub use chrono_tz::Tz;
+
+pub(crate) use periodic::{Periodic, Periodics};
 
 use self::cron::CronExpr;
 use crate::error::{Error, Result};

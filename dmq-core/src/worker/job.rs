@@ -9,16 +9,17 @@ use futures::FutureExt;
 use futures::future::Either;
 use tracing::Instrument;
 
+use super::Shared;
 use super::vitals::Op;
-use super::{Shared, panic_message};
 use crate::backend::{TaskOutcome, TaskState};
 use crate::broker::{Delivery, Lease};
 use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::error::panic_message;
 use crate::events::EventKind;
 use crate::guarantee::Guarantee;
+use crate::registry::{RunError, TaskFuture, TaskRegistration};
 use crate::retry::{Backoff, MAX_BACKOFF};
-use crate::task::registry::{RunError, TaskFuture, TaskRegistration};
 use crate::task::{FailureKind, TaskContext, TaskError, TaskPanicked, TaskTimedOut};
 
 /// Runs one delivery to the end: it is acknowledged, retried, dead-lettered or
@@ -38,7 +39,7 @@ pub(super) fn process(
     claimed: std::time::Instant,
 ) -> impl Future<Output = ()> + Send + '_ {
     let Delivery { lease, payload, .. } = delivery;
-    let limit = shared.manager.config().max_message_size;
+    let limit = shared.core.config().max_message_size;
     let envelope = match Envelope::decode(&payload, limit) {
         Ok(envelope) => envelope,
         Err(e) => return Either::Right(rare(async move { poison(shared, &lease, &e).await })),
@@ -53,8 +54,8 @@ pub(super) fn process(
         return Either::Right(rare(async move { poison(shared, &lease, &e).await }));
     }
     let span = crate::trace::run_span(&envelope);
-    let Some(registration) = shared.manager.registry().get(&envelope.task) else {
-        let known: Vec<&str> = shared.manager.registry().tasks().iter().map(|t| t.name).collect();
+    let Some(registration) = shared.core.registry().get(&envelope.task) else {
+        let known: Vec<&str> = shared.core.registry().tasks().iter().map(|t| t.name).collect();
         let reason = format!(
             "no task named {:?} is registered in this worker (it knows: {}); \
              is the task's crate linked into the worker binary?",
@@ -118,8 +119,8 @@ async fn completed_before(
     registration: &'static TaskRegistration,
     attempt: u32,
 ) -> bool {
-    let broker = shared.manager.broker();
-    let backend = shared.manager.backend();
+    let broker = shared.core.broker();
+    let backend = shared.core.backend();
     // Both reads at once: they cost one round trip, not two.
     // Whether its completion is recorded, and its stored success if there is one.
     let check = || async {
@@ -134,7 +135,7 @@ async fn completed_before(
         Ok((false, None)) => false,
         Ok((recorded, stored)) => {
             tracing::info!("this job already completed; acknowledging it without running it again");
-            let remember = shared.manager.config().idempotency_ttl;
+            let remember = shared.core.config().idempotency_ttl;
             let done = persist(shared, lease, || broker.complete(lease, remember)).await;
             // A run that stored its success but was cut off before it settled the
             // job emitted no Completed: this is where the job completes.
@@ -178,7 +179,7 @@ async fn at_most_once(
     registration: &'static TaskRegistration,
     envelope: Envelope,
 ) {
-    let broker = shared.manager.broker();
+    let broker = shared.core.broker();
     let acked = persist(shared, &lease, || broker.ack(&lease)).await;
     if acked.is_err() {
         // Not run: it is still the broker's, and returns to its queue.
@@ -219,8 +220,8 @@ async fn at_most_once(
             (outcome, event)
         }
     };
-    let ttl = shared.manager.config().result_ttl;
-    let backend = shared.manager.backend();
+    let ttl = shared.core.config().result_ttl;
+    let backend = shared.core.backend();
     let store = || backend.store_fenced(lease.id, &outcome, ttl, lease.fence);
     match write(lease.id, store, std::future::pending()).await {
         Ok(true) => {}
@@ -360,11 +361,11 @@ fn run<'a>(
                         return;
                     }
                 }
-                let broker = shared.manager.broker();
+                let broker = shared.core.broker();
                 let acked = match finish {
                     Finish::Ack => persist(shared, &lease, || broker.ack(&lease)).await,
                     Finish::Complete => {
-                        let remember = shared.manager.config().idempotency_ttl;
+                        let remember = shared.core.config().idempotency_ttl;
                         rare(persist(shared, &lease, || broker.complete(&lease, remember))).await
                     }
                 };
@@ -442,7 +443,7 @@ impl Failed<'_> {
                 })
                 .ok()
         });
-        let default = &shared.manager.config().default_retry;
+        let default = &shared.core.config().default_retry;
         let policy = task_policy.as_ref().unwrap_or(default);
         let max_retries = self
             .max_retries
@@ -461,7 +462,7 @@ impl Failed<'_> {
             return;
         }
         let requested = error.as_ref().and_then(TaskError::requested_delay);
-        match Envelope::decode(self.payload, shared.manager.config().max_message_size) {
+        match Envelope::decode(self.payload, shared.core.config().max_message_size) {
             Ok(whole) => {
                 let backoff = whole
                     .backoff
@@ -531,7 +532,7 @@ async fn keep_lease(shared: &Shared, lease: &Lease) {
     let every = shared.config.lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        match shared.manager.broker().renew(lease, shared.config.lease).await {
+        match shared.core.broker().renew(lease, shared.config.lease).await {
             Ok(()) => {}
             Err(Error::LeaseLost { .. }) => return,
             Err(e) => {
@@ -557,9 +558,9 @@ async fn retry(
     envelope.attempt += 1;
     let eta = crate::clock::utc_after(delay);
     envelope.eta = Some(eta);
-    match envelope.encode(shared.manager.config().max_message_size) {
+    match envelope.encode(shared.core.config().max_message_size) {
         Ok(payload) => {
-            let broker = shared.manager.broker();
+            let broker = shared.core.broker();
             let result = persist(shared, lease, || broker.retry(lease, payload.clone(), eta)).await;
             if result.is_ok() {
                 shared.emit(lease.id, &envelope.task, &lease.queue, failed_attempt, || {
@@ -698,8 +699,8 @@ where
 /// was stored or such an outcome stands; false when it could not be stored, which is
 /// logged with `then`, what becomes of the job.
 async fn store(shared: &Shared, lease: &Lease, outcome: &TaskOutcome, then: &str) -> bool {
-    let ttl = shared.manager.config().result_ttl;
-    let backend = shared.manager.backend();
+    let ttl = shared.core.config().result_ttl;
+    let backend = shared.core.backend();
     match persist(shared, lease, || backend.store_fenced(lease.id, outcome, ttl, lease.fence)).await
     {
         Ok(true) => true,
@@ -727,7 +728,7 @@ fn kept_stored() {
 /// stores nothing. False, logged, when the lease is lost or cannot be confirmed (the
 /// job then runs again once its lease expires).
 async fn still_holds(shared: &Shared, lease: &Lease) -> bool {
-    let broker = shared.manager.broker();
+    let broker = shared.core.broker();
     match persist(shared, lease, || broker.renew(lease, shared.config.lease)).await {
         Ok(()) => true,
         Err(Error::LeaseLost { .. }) => {
@@ -749,7 +750,7 @@ const DEAD_WITHOUT_RESULT: &str = "the job stays in the dead-letter queue with n
 
 /// Dead-letters a job; false when that failed.
 async fn dead_letter(shared: &Shared, lease: &Lease, reason: &str) -> bool {
-    let broker = shared.manager.broker();
+    let broker = shared.core.broker();
     let result = persist(shared, lease, || broker.dead_letter(lease, reason)).await;
     let done = result.is_ok();
     settle(result, lease, "dead-letter");
@@ -757,7 +758,7 @@ async fn dead_letter(shared: &Shared, lease: &Lease, reason: &str) -> bool {
 }
 
 pub(super) async fn release(shared: &Shared, lease: &Lease) {
-    let broker = shared.manager.broker();
+    let broker = shared.core.broker();
     let result = persist(shared, lease, || broker.release(lease)).await;
     if result.is_ok() {
         shared.released.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -24,9 +24,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::WorkerInfo;
+use crate::core::Core;
 use crate::events::{Event, EventKind};
 use crate::guarantee::Guarantee;
-use crate::manager::Manager;
 
 /// How often a worker heartbeats by default.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -40,7 +40,7 @@ const FLUSH_EVENTS: Duration = Duration::from_secs(2);
 /// Builds and starts an in-process worker: `manager.worker().concurrency(10).start()`.
 #[must_use]
 pub struct WorkerBuilder {
-    manager: Manager,
+    core: Arc<Core>,
     config: WorkerConfig,
 }
 
@@ -64,9 +64,9 @@ impl fmt::Debug for WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    pub(crate) fn new(manager: Manager) -> Self {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
         WorkerBuilder {
-            manager,
+            core,
             config: WorkerConfig {
                 concurrency: 10,
                 queues: None,
@@ -147,7 +147,7 @@ impl WorkerBuilder {
     /// When called outside a tokio runtime.
     pub fn start(self) -> WorkerHandle {
         let queues = self.config.queues.clone().unwrap_or_else(|| {
-            let mut queues = self.manager.registry().queues();
+            let mut queues = self.core.registry().queues();
             if queues.is_empty() {
                 queues.push("default".to_owned());
             }
@@ -164,7 +164,7 @@ impl WorkerBuilder {
         );
         let shared = Arc::new(Shared {
             info,
-            manager: self.manager,
+            core: self.core,
             config: self.config,
             queues,
             stop: stop.clone(),
@@ -181,7 +181,7 @@ impl WorkerBuilder {
             queues = ?shared.queues,
             concurrency = shared.config.concurrency,
             guarantee = %shared.config.guarantee,
-            tasks = shared.manager.registry().tasks().len(),
+            tasks = shared.core.registry().tasks().len(),
             "worker started"
         );
         let task = tokio::spawn(run(Arc::clone(&shared)));
@@ -193,7 +193,7 @@ impl WorkerBuilder {
 pub(crate) struct Shared {
     /// Who this worker is, as registered with the broker.
     pub(crate) info: WorkerInfo,
-    pub(crate) manager: Manager,
+    pub(crate) core: Arc<Core>,
     pub(crate) config: WorkerConfig,
     pub(crate) queues: Vec<String>,
     stop: CancellationToken,
@@ -227,7 +227,7 @@ impl Shared {
         attempt: u32,
         kind: impl FnOnce() -> EventKind,
     ) {
-        self.manager.events().emit(|| {
+        self.core.events().emit(|| {
             Event::new(kind(), id, task, queue, attempt).with_worker(self.info.id.clone())
         });
     }
@@ -347,7 +347,7 @@ impl WorkerHandle {
         }
         let released = self.shared.released.load(Ordering::Relaxed);
         // Events still queued (for the event stream, say) get a moment to go out.
-        if !self.shared.manager.flush_events(FLUSH_EVENTS).await {
+        if !self.shared.core.flush_events(FLUSH_EVENTS).await {
             tracing::warn!(
                 ?FLUSH_EVENTS,
                 "some event listeners had not caught up when the worker stopped"
@@ -364,7 +364,7 @@ async fn run(shared: Arc<Shared>) {
     // ever heartbeated would be unknown to the reaper, and its job would wait for the
     // lease to expire.
     let ttl = shared.config.heartbeat.saturating_mul(MISSED_HEARTBEATS);
-    if let Some(registry) = shared.manager.broker().worker_registry() {
+    if let Some(registry) = shared.core.broker().worker_registry() {
         if let Err(e) = registry.heartbeat(&shared.heartbeat_info(), ttl).await {
             tracing::warn!(error = %e, "the first heartbeat failed; retrying at the next one");
         }
@@ -384,7 +384,7 @@ async fn run(shared: Arc<Shared>) {
     if let Err(e) = heartbeat.await {
         tracing::error!(error = %e, "the heartbeat task ended abnormally");
     }
-    if let Some(registry) = shared.manager.broker().worker_registry() {
+    if let Some(registry) = shared.core.broker().worker_registry() {
         if let Err(e) = registry.deregister(&shared.info.id).await {
             tracing::warn!(error = %e, "could not deregister the worker; it lapses on its own");
         }
@@ -395,7 +395,7 @@ async fn run(shared: Arc<Shared>) {
 async fn keep_alive(shared: Arc<Shared>, done: CancellationToken) {
     let every = shared.config.heartbeat;
     let ttl = every.saturating_mul(MISSED_HEARTBEATS);
-    let Some(registry) = shared.manager.broker().worker_registry() else {
+    let Some(registry) = shared.core.broker().worker_registry() else {
         tracing::info!(
             "the broker has no worker registry: this worker neither heartbeats nor reaps, \
              and the jobs of a worker that dies come back when their leases expire"
@@ -506,7 +506,7 @@ async fn claim_loop(shared: &Arc<Shared>) {
         // rather than one claim per slot.
         tokio::task::yield_now().await;
         let free = 1 + slots.available_permits();
-        let broker = shared.manager.broker();
+        let broker = shared.core.broker();
         let claimed_at = std::time::Instant::now();
         // After a drain, the queue of the job to run alone first, without waiting.
         let (queues, wait) = match &alone_from {
@@ -547,7 +547,7 @@ async fn claim_loop(shared: &Arc<Shared>) {
                     "a job whose last worker was lost while running it must run alone; \
                      handing it back until this worker's running jobs have ended"
                 );
-                let broker = shared.manager.broker();
+                let broker = shared.core.broker();
                 if let Err(e) = broker.release(&delivery.lease).await {
                     tracing::warn!(id = %delivery.lease.id, error = %e, "could not hand back a job to run alone; it returns when its lease expires");
                 }
@@ -616,18 +616,9 @@ async fn all_ended(slots: &Semaphore, concurrency: usize) {
 /// caught). Logged so it cannot pass unseen.
 fn log_abnormal_end(panic: &(dyn std::any::Any + Send)) {
     tracing::error!(
-        panic = panic_message(panic),
+        panic = crate::error::panic_message(panic),
         "a job's task ended abnormally; the job returns to its queue when its lease expires"
     );
-}
-
-/// The message a panic carries, when it is a string.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(a non-string panic payload)")
 }
 
 /// Pause after `failures` failed claims in a row: 100 ms doubling up to 5 s.

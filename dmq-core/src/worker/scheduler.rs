@@ -10,10 +10,9 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::ScheduleStore;
-use crate::envelope::Envelope;
+use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::manager::Manager;
-use crate::schedule::{MissedFires, Schedule};
+use crate::schedule::{MissedFires, Periodic, Schedule};
 
 use super::Shared;
 use super::vitals::{Loop, Op};
@@ -37,8 +36,8 @@ pub(crate) const MISSED_AFTER: Duration = Duration::from_secs(30);
 const MAX_STEPS: usize = 100_000;
 
 /// The broker's schedule store, which every step of the scheduler needs.
-fn store(manager: &Manager) -> Result<&dyn ScheduleStore> {
-    manager.broker().schedule_store().ok_or_else(|| {
+fn store(core: &Core) -> Result<&dyn ScheduleStore> {
+    core.broker().schedule_store().ok_or_else(|| {
         Error::Unsupported(
             "this broker has no schedule store (ScheduleStore), so periodic schedules \
              cannot run on it; run them on a broker that has one, or start the worker \
@@ -46,15 +45,6 @@ fn store(manager: &Manager) -> Result<&dyn ScheduleStore> {
                 .to_owned(),
         )
     })
-}
-
-/// One periodic schedule and the job it enqueues at each fire time.
-#[derive(Debug)]
-pub(crate) struct Periodic {
-    pub(crate) name: String,
-    pub(crate) schedule: Schedule,
-    /// The job to enqueue, but for its id and times, set at each fire.
-    pub(crate) template: Envelope,
 }
 
 /// Where this worker's scheduler stands with one schedule.
@@ -70,15 +60,15 @@ enum Due {
 
 /// Runs the scheduler until `stop` is cancelled.
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let (manager, stop, vitals) = (&shared.manager, &shared.stop, &shared.vitals);
+    let (core, stop, vitals) = (&shared.core, &shared.stop, &shared.vitals);
     vitals.starts(Loop::Scheduler);
     let mut due: HashMap<String, Due> = HashMap::new();
     loop {
         vitals.beat(Loop::Scheduler);
         let mut soonest = Utc::now() + chrono::Duration::from_std(MAX_NAP).unwrap_or_default();
-        for periodic in manager.periodics() {
+        for periodic in core.periodics() {
             let known = due.get(&periodic.name).copied().unwrap_or(Due::Unknown);
-            match step(manager, &periodic, known, stop).await {
+            match step(core, &periodic, known, stop).await {
                 Ok(next) => {
                     if let Due::At(at) = next {
                         soonest = soonest.min(at);
@@ -105,7 +95,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// Fires `periodic` if its fire time has come, and returns where it stands next. A
 /// schedule this worker has not seen yet is registered first.
 async fn step(
-    manager: &Manager,
+    core: &Core,
     periodic: &Periodic,
     known: Due,
     stop: &CancellationToken,
@@ -114,7 +104,7 @@ async fn step(
     let due = match known {
         Due::Never => return Ok(Due::Never),
         Due::At(due) => due,
-        Due::Unknown => match first_due(manager, periodic, now).await? {
+        Due::Unknown => match first_due(core, periodic, now).await? {
             Some(due) => due,
             None => return Ok(Due::Never),
         },
@@ -124,10 +114,10 @@ async fn step(
     }
     let late = (now - due).to_std().unwrap_or(Duration::ZERO);
     let following = if late > MISSED_AFTER {
-        missed(manager, periodic, due, now, stop).await?
+        missed(core, periodic, due, now, stop).await?
     } else {
         let following = periodic.schedule.next_after(due);
-        fire(manager, periodic, due, following, stop).await?;
+        fire(core, periodic, due, following, stop).await?;
         following
     };
     Ok(following.map_or(Due::Never, Due::At))
@@ -137,12 +127,12 @@ async fn step(
 /// broker, applies its first delay, and deals with the fires missed since the last
 /// one any worker claimed.
 async fn first_due(
-    manager: &Manager,
+    core: &Core,
     periodic: &Periodic,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>> {
     let schedule = &periodic.schedule;
-    let state = store(manager)?.schedule_begin(&periodic.name, None).await?;
+    let state = store(core)?.schedule_begin(&periodic.name, None).await?;
     // With a first delay, nothing fires before it has passed since the schedule was
     // first registered (by any worker).
     let not_before = schedule.first_delay().map(|d| {
@@ -162,7 +152,7 @@ async fn first_due(
     let after = not_before.map_or(after, |t| after.max(t));
     let due = schedule.next_after(after);
     if let Some(due) = due {
-        store(manager)?.schedule_begin(&periodic.name, Some(due)).await?;
+        store(core)?.schedule_begin(&periodic.name, Some(due)).await?;
     }
     Ok(due)
 }
@@ -170,7 +160,7 @@ async fn first_due(
 /// Deals with the fire times from `due` to `now`, all past: skips them, or fires
 /// once for them all, as the schedule says. Returns the next fire time after now.
 async fn missed(
-    manager: &Manager,
+    core: &Core,
     periodic: &Periodic,
     due: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -184,12 +174,12 @@ async fn missed(
     match schedule.missed() {
         MissedFires::FireOnce => {
             tracing::info!(schedule = %periodic.name, from = %due, to = %latest, "fire times were missed; firing once for them");
-            fire(manager, periodic, latest, following, stop).await?;
+            fire(core, periodic, latest, following, stop).await?;
         }
         MissedFires::Skip => {
             tracing::info!(schedule = %periodic.name, from = %due, to = %latest, "fire times were missed; skipping them");
             if let Some(next) = following {
-                store(manager)?.schedule_begin(&periodic.name, Some(next)).await?;
+                store(core)?.schedule_begin(&periodic.name, Some(next)).await?;
             }
         }
     }
@@ -222,13 +212,13 @@ fn latest_fire(schedule: &Schedule, due: DateTime<Utc>, now: DateTime<Utc>) -> D
 
 /// Claims fire time `at` and, when this worker won it, enqueues the job.
 async fn fire(
-    manager: &Manager,
+    core: &Core,
     periodic: &Periodic,
     at: DateTime<Utc>,
     following: Option<DateTime<Utc>>,
     stop: &CancellationToken,
 ) -> Result<()> {
-    if !store(manager)?.schedule_fire(&periodic.name, at, following).await? {
+    if !store(core)?.schedule_fire(&periodic.name, at, following).await? {
         return Ok(());
     }
     let mut envelope = periodic.template.clone();
@@ -240,7 +230,7 @@ async fn fire(
     // or the tick would be lost.
     let mut pause = Duration::from_millis(50);
     for attempt in 1.. {
-        match manager.enqueue_envelope(envelope.clone()).await {
+        match core.enqueue_envelope(envelope.clone()).await {
             Ok(id) => {
                 tracing::debug!(schedule = %periodic.name, fire = %at, %id, "fired");
                 return Ok(());
@@ -266,9 +256,6 @@ async fn fire(
     }
     Ok(())
 }
-
-/// The periodic schedules the manager knows, for a worker's scheduler.
-pub(crate) type Periodics = Vec<Arc<Periodic>>;
 
 #[cfg(test)]
 mod tests {

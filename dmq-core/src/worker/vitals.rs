@@ -341,7 +341,7 @@ impl WorkerMonitor {
     /// Checks the worker's health: asks the broker to answer within `timeout`, and
     /// reads whether its loops are alive.
     pub async fn health(&self, timeout: Duration) -> Health {
-        let broker = self.shared.manager.broker();
+        let broker = self.shared.core.broker();
         let broker = match tokio::time::timeout(timeout, broker.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -390,8 +390,8 @@ mod tests {
     /// heartbeat, so stall limits of 35 s for the claim loop, 50 s for the heartbeat
     /// loop and 30 s for the scheduler) and these `vitals`.
     fn monitor(vitals: Vitals, stopping: bool) -> WorkerMonitor {
-        let manager = crate::Manager::builder().build().unwrap();
-        let config = manager.worker().config;
+        let builder = crate::worker::WorkerBuilder::new(crate::core::Core::in_memory());
+        let (core, config) = (builder.core, builder.config);
         let queues = vec!["default".to_owned()];
         let info = WorkerInfo::new("w", "host", 1, queues.clone(), 10, chrono::Utc::now());
         let stop = CancellationToken::new();
@@ -400,7 +400,7 @@ mod tests {
         }
         let shared = Shared {
             info,
-            manager,
+            core,
             config,
             queues,
             stop,

@@ -83,10 +83,10 @@ pub(super) fn ack_writer(
                 .into_iter()
                 .map(|r| {
                     r.unwrap_or_else(|| {
-                        Err(Error::Backend {
-                            message: "an acknowledgement was left out of its batch".to_owned(),
-                            transient: false,
-                        })
+                        Err(Error::backend(
+                            "an acknowledgement was left out of its batch".to_owned(),
+                            false,
+                        ))
                     })
                 })
                 .collect()

@@ -101,16 +101,12 @@ impl RedisBroker {
             pipe.query_async(&mut conn).await.map_err(|e| self.err(&what(), e))?;
         let held = |v: &Value| !matches!(v, Value::Nil | Value::ServerError(_));
         let [payload, due, lease, suspect, ready @ ..] = reply.as_slice() else {
-            return Err(Error::Backend {
-                message: format!("{}: unexpected reply {reply:?}", what()),
-                transient: false,
-            });
+            return Err(Error::backend(format!("{}: unexpected reply {reply:?}", what()), false));
         };
         let payload: Option<Vec<u8>> = match payload {
             Value::ServerError(_) => None,
-            v => redis::from_redis_value_ref(v).map_err(|e| Error::Backend {
-                message: format!("{}: the envelope is no string: {e}", what()),
-                transient: false,
+            v => redis::from_redis_value_ref(v).map_err(|e| {
+                Error::backend(format!("{}: the envelope is no string: {e}", what()), false)
             })?,
         };
         let score = |v: &Value| -> Option<DateTime<Utc>> {
@@ -331,10 +327,9 @@ impl BrokerAdmin for RedisBroker {
             let mut items = reply.into_iter();
             let mut count = || match items.next() {
                 Some(Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
-                _ => Err(Error::Backend {
-                    message: "unexpected reply from the doctor script".to_owned(),
-                    transient: false,
-                }),
+                _ => {
+                    Err(Error::backend("unexpected reply from the doctor script".to_owned(), false))
+                }
             };
             let (_stored, _placed, suspect, bad_entries) = (count()?, count()?, count()?, count()?);
             let stranded: Vec<String> = items

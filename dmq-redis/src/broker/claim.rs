@@ -234,9 +234,8 @@ impl RedisBroker {
             }
             Err(e) => return Err(e),
         };
-        let claim = parse_claim(queue, reply).ok_or_else(|| Error::Backend {
-            message: "unexpected reply from the claim script".to_owned(),
-            transient: false,
+        let claim = parse_claim(queue, reply).ok_or_else(|| {
+            Error::backend("unexpected reply from the claim script".to_owned(), false)
         })?;
         if !claim.rejected.is_empty() {
             self.drop_rejected(&keys, &claim.rejected).await?;

@@ -288,10 +288,7 @@ fn position_of(cursor: &EventCursor) -> Result<Position> {
 }
 
 fn unexpected(command: &str) -> Error {
-    Error::Backend {
-        message: format!("unexpected reply from redis to {command} on the event stream"),
-        transient: false,
-    }
+    Error::backend(format!("unexpected reply from redis to {command} on the event stream"), false)
 }
 
 /// The entries of an `XREAD` reply: nil, or one stream with its entries (an array of

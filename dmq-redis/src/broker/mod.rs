@@ -346,10 +346,10 @@ impl RedisBroker {
                     .and_then(|i| queues.get(i))
                     .map_or_else(String::new, |q| (*q).to_owned()),
             }),
-            other => Err(Error::Backend {
-                message: format!("unexpected reply from the enqueue script: {other:?}"),
-                transient: false,
-            }),
+            other => Err(Error::backend(
+                format!("unexpected reply from the enqueue script: {other:?}"),
+                false,
+            )),
         }
     }
 }

@@ -88,10 +88,7 @@ impl RedisBroker {
         let reply: Vec<Value> = self.run("reaping a queue", &invocation).await?;
         let mut items = reply.into_iter();
         let Some(Value::Int(moved)) = items.next() else {
-            return Err(Error::Backend {
-                message: "unexpected reply from the reap script".to_owned(),
-                transient: false,
-            });
+            return Err(Error::backend("unexpected reply from the reap script".to_owned(), false));
         };
         let holding = items
             .filter_map(|v| match v {

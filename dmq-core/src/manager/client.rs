@@ -1,4 +1,6 @@
-use crate::retry::{Backoff, RetryPolicy};
+//! The typed client: a [`Call`] of a task, ready to enqueue on a [`Manager`], the
+//! [`TaskHandle`] it gives back, and [`ResultRef`], a result read by id.
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -8,10 +10,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::Manager;
 use crate::backend::{TaskOutcome, TaskState};
 use crate::envelope::{Envelope, MAX_PRIORITY};
 use crate::error::{Error, Result};
-use crate::manager::Manager;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::schedule::Schedule;
 use crate::task::TaskId;
 

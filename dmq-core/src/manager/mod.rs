@@ -1,25 +1,32 @@
-//! The `Manager`: the broker, the result backend and the task registry, shared by
-//! producers and workers.
+//! The `Manager`: the user's façade over the [`Core`] that producers and workers
+//! share, with the typed client beside it (`client.rs`: `Call`, `TaskHandle`,
+//! `ResultRef`).
 
-use crate::retry::{Backoff, RetryPolicy};
+mod client;
+mod metrics;
+
+pub use client::{Call, ResultRef, TaskHandle};
+
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::backend::{DEFAULT_RESULT_TTL, InMemoryBackend, ResultBackend};
-use crate::broker::{Broker, BrokerAdmin, DeadLetter, EventStream, InMemoryBroker, Job};
-use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
+use crate::backend::{InMemoryBackend, ResultBackend};
+use crate::broker::{Broker, BrokerAdmin, DeadLetter, EventStream, InMemoryBroker};
+use crate::core::bus::Bus;
+use crate::core::{Config, Core};
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::events::bus::Bus;
-use crate::events::{Callback, DEFAULT_EVENT_BUFFER, Event, EventKind, ListenerStats};
+use crate::events::{Callback, DEFAULT_EVENT_BUFFER, EventObserver, ListenerStats};
 use crate::metrics::Metrics;
-use crate::schedule::Schedule;
-use crate::task::registry::PeriodicSpec;
-use crate::task::{Call, Registry, ResultRef, TaskId};
+use crate::registry::PeriodicSpec;
+use crate::registry::Registry;
+use crate::retry::RetryPolicy;
+use crate::schedule::{Periodic, Periodics, Schedule};
+use crate::task::TaskId;
 use crate::worker::WorkerBuilder;
-use crate::worker::scheduler::{Periodic, Periodics};
 
 /// The entry point: enqueues jobs, reads results and starts workers.
 ///
@@ -34,41 +41,19 @@ use crate::worker::scheduler::{Periodic, Periodics};
 /// ```
 #[derive(Clone)]
 pub struct Manager {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    broker: Arc<dyn Broker>,
-    backend: Arc<dyn ResultBackend>,
-    registry: Registry,
-    config: Config,
-    /// The periodic schedules, from the tasks' attributes and `periodic`.
-    periodics: Mutex<Periodics>,
-    /// Where events go: callbacks, the broker's event stream, metrics.
-    events: Bus,
+    core: Arc<Core>,
     metrics: Option<Metrics>,
 }
 
-/// How long an idempotency key stays known by default: a day.
-pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) max_message_size: usize,
-    pub(crate) result_ttl: Duration,
-    /// For tasks without a policy of their own: the retry limit and error filters,
-    /// and the backoff for jobs whose call set none.
-    pub(crate) default_retry: RetryPolicy,
-    pub(crate) idempotency_ttl: Duration,
-}
+pub use crate::core::DEFAULT_IDEMPOTENCY_TTL;
 
 impl fmt::Debug for Manager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Manager")
-            .field("broker", &self.inner.broker)
-            .field("backend", &self.inner.backend)
-            .field("tasks", &self.inner.registry.tasks().len())
-            .field("config", &self.inner.config)
+            .field("broker", &self.core.broker)
+            .field("backend", &self.core.backend)
+            .field("tasks", &self.core.registry.tasks().len())
+            .field("config", &self.core.config)
             .finish()
     }
 }
@@ -82,49 +67,40 @@ impl Manager {
     /// The broker jobs go through.
     #[must_use]
     pub fn broker(&self) -> &Arc<dyn Broker> {
-        &self.inner.broker
+        &self.core.broker
     }
 
     /// The backend results are kept in.
     #[must_use]
     pub fn backend(&self) -> &Arc<dyn ResultBackend> {
-        &self.inner.backend
+        &self.core.backend
     }
 
     /// The tasks linked into this binary.
     #[must_use]
     pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
-    pub(crate) fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// Where this manager's events go.
-    pub(crate) fn events(&self) -> &Bus {
-        &self.inner.events
+        &self.core.registry
     }
 
     /// The metrics this manager records, if it was given any
     /// ([`ManagerBuilder::metrics`]).
     #[must_use]
     pub fn metrics(&self) -> Option<&Metrics> {
-        self.inner.metrics.as_ref()
+        self.metrics.as_ref()
     }
 
     /// What each event listener (each callback, and the broker's event stream) has
     /// been handed and has dropped so far.
     #[must_use]
     pub fn event_listeners(&self) -> Vec<ListenerStats> {
-        self.inner.events.stats()
+        self.core.event_listeners()
     }
 
     /// Waits up to `timeout` for the event listeners to handle the events queued for
     /// them so far (a short-lived producer calls this before it exits, so that its
     /// `Queued` events reach the event stream). Returns whether they did.
     pub async fn flush_events(&self, timeout: Duration) -> bool {
-        self.inner.events.flush(timeout).await
+        self.core.events.flush(timeout).await
     }
 
     /// Runs `call` periodically, as `schedule` says, from every worker of this manager
@@ -162,7 +138,7 @@ impl Manager {
     pub fn periodic<T>(&self, call: Call<T>, schedule: Schedule) -> Result<()> {
         let template = call.into_envelope()?;
         // Refused now, not at every fire time.
-        check_names(&template)?;
+        crate::core::check_names(&template)?;
         let name = schedule
             .name()
             .map_or_else(|| format!("{}@{}", template.task, schedule.describe()), str::to_owned);
@@ -170,7 +146,7 @@ impl Manager {
     }
 
     fn add_periodic(&self, periodic: Periodic) -> Result<()> {
-        let mut periodics = self.inner.periodics.lock().unwrap_or_else(|p| p.into_inner());
+        let mut periodics = self.core.periodics.lock().unwrap_or_else(|p| p.into_inner());
         if periodics.iter().any(|p| p.name == periodic.name) {
             return Err(Error::InvalidArgument(format!(
                 "a periodic schedule named {:?} is registered already; give this one another \
@@ -182,14 +158,9 @@ impl Manager {
         Ok(())
     }
 
-    /// The periodic schedules, for a worker's scheduler.
-    pub(crate) fn periodics(&self) -> Periodics {
-        self.inner.periodics.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// A builder for a worker that runs this manager's tasks in this process.
     pub fn worker(&self) -> WorkerBuilder {
-        WorkerBuilder::new(self.clone())
+        WorkerBuilder::new(Arc::clone(&self.core))
     }
 
     /// The result of job `id`, read as `T`.
@@ -211,19 +182,8 @@ impl Manager {
     /// [`Error::InvalidArgument`] when the task or queue name is not one a job can
     /// have (see [`check_queue_name`](crate::check_queue_name)), nothing enqueued;
     /// [`Error::MessageTooLarge`] over the size limit, or the broker's error.
-    pub async fn enqueue_envelope(&self, mut envelope: Envelope) -> Result<TaskId> {
-        crate::trace::TraceContext::current().inject(&mut envelope);
-        let job = self.job(&envelope)?;
-        let at = chrono::Utc::now();
-        match self.inner.broker.enqueue(job).await {
-            Ok(()) => {
-                self.queued(&envelope, at);
-                Ok(envelope.id)
-            }
-            // The same work was enqueued already: its job stands for this one.
-            Err(Error::IdempotencyKeyTaken { existing, .. }) => Ok(existing),
-            Err(e) => Err(e),
-        }
+    pub async fn enqueue_envelope(&self, envelope: Envelope) -> Result<TaskId> {
+        self.core.enqueue_envelope(envelope).await
     }
 
     /// Enqueues many calls in one step, atomically, and returns their ids in order.
@@ -241,21 +201,21 @@ impl Manager {
         let mut ids = Vec::new();
         let mut jobs = Vec::new();
         let mut envelopes = Vec::new();
-        let listened = self.inner.events.is_listened();
+        let listened = self.core.events.is_listened();
         let trace = crate::trace::TraceContext::current();
         for call in calls {
             let mut envelope = call.into_envelope()?;
             trace.inject(&mut envelope);
-            jobs.push(self.job(&envelope)?);
+            jobs.push(self.core.job(&envelope)?);
             ids.push(envelope.id);
             if listened {
                 envelopes.push(envelope);
             }
         }
         let at = chrono::Utc::now();
-        self.inner.broker.enqueue_batch(jobs).await?;
+        self.core.broker.enqueue_batch(jobs).await?;
         for envelope in &envelopes {
-            self.queued(envelope, at);
+            self.core.queued(envelope, at);
         }
         Ok(ids)
     }
@@ -267,13 +227,7 @@ impl Manager {
     ///
     /// [`Error::Unsupported`] for a broker without one ([`Broker::admin`]).
     pub fn admin(&self) -> Result<&dyn BrokerAdmin> {
-        self.inner.broker.admin().ok_or_else(|| {
-            Error::Unsupported(
-                "this broker has no admin capability (BrokerAdmin): it cannot list queues, \
-                 dead letters or jobs"
-                    .to_owned(),
-            )
-        })
+        self.core.admin()
     }
 
     /// A page of `queue`'s dead-letter queue, newest first.
@@ -342,7 +296,7 @@ impl Manager {
         letter: &DeadLetter,
         to: Option<&str>,
     ) -> Result<()> {
-        let mut envelope = Envelope::decode(&letter.payload, self.inner.config.max_message_size)?;
+        let mut envelope = Envelope::decode(&letter.payload, self.core.config.max_message_size)?;
         envelope.attempt = 1;
         envelope.eta = None;
         if let Some(to) = to {
@@ -401,42 +355,6 @@ impl Manager {
     pub async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
         self.admin()?.purge_dead_letters(queue).await
     }
-
-    /// Emits the `Queued` event of an envelope the broker accepted, dated `at`, just
-    /// before the broker was asked: a quick worker may emit its first events about
-    /// the job before this one, but never dated before it.
-    fn queued(&self, envelope: &Envelope, at: chrono::DateTime<chrono::Utc>) {
-        self.inner.events.emit(|| {
-            let eta = envelope.eta.filter(|eta| *eta > at);
-            Event::new(
-                EventKind::Queued { eta },
-                envelope.id,
-                envelope.task.clone(),
-                envelope.queue.clone(),
-                envelope.attempt,
-            )
-            .with_time(at)
-        });
-    }
-
-    /// The job that enqueues `envelope`: every enqueue comes through here, so this is
-    /// where its names are checked.
-    fn job(&self, envelope: &Envelope) -> Result<Job> {
-        check_names(envelope)?;
-        let payload = envelope.encode(self.inner.config.max_message_size)?;
-        let job =
-            Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);
-        Ok(match &envelope.idempotency_key {
-            Some(key) => job.with_idempotency_key(key.clone(), self.inner.config.idempotency_ttl),
-            None => job,
-        })
-    }
-}
-
-/// Checks the task and queue names of a job about to be enqueued.
-fn check_names(envelope: &Envelope) -> Result<()> {
-    crate::names::check_task_name(&envelope.task)?;
-    crate::names::check_queue_name(&envelope.queue)
 }
 
 /// Builds a [`Manager`].
@@ -470,12 +388,7 @@ impl Default for ManagerBuilder {
         ManagerBuilder {
             broker: None,
             backend: None,
-            config: Config {
-                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-                result_ttl: DEFAULT_RESULT_TTL,
-                default_retry: RetryPolicy::new(0, Backoff::default()),
-                idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
-            },
+            config: Config::default(),
             callbacks: Vec::new(),
             event_buffer: DEFAULT_EVENT_BUFFER,
             event_stream: None,
@@ -621,17 +534,19 @@ impl ManagerBuilder {
             .event_stream
             .unwrap_or_else(|| broker.event_stream().is_some_and(EventStream::shares_events))
             .then(|| Arc::clone(&broker));
-        let events = Bus::new(self.callbacks, stream, self.event_buffer, self.metrics.clone());
+        let observer =
+            self.metrics.clone().map(|metrics| Arc::new(metrics) as Arc<dyn EventObserver>);
+        let events = Bus::new(self.callbacks, stream, self.event_buffer, observer);
         Ok(Manager {
-            inner: Arc::new(Inner {
+            core: Arc::new(Core {
                 broker,
                 backend: self.backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new())),
                 registry,
                 config: self.config,
                 periodics: Mutex::new(periodics),
                 events,
-                metrics: self.metrics,
             }),
+            metrics: self.metrics,
         })
     }
 }

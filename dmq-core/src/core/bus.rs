@@ -14,12 +14,8 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{Callback, Event, Rules};
 use crate::broker::Broker;
-use crate::metrics::Metrics;
-
-/// How many events each callback's queue holds by default.
-pub const DEFAULT_EVENT_BUFFER: usize = 10_000;
+use crate::events::{Callback, Event, EventObserver, ListenerStats, Rules};
 
 /// At most this many events go to the broker's event stream in one write.
 const STREAM_BATCH: usize = 512;
@@ -32,20 +28,6 @@ const STREAM_WRITES: usize = 4;
 
 /// How often a listener that keeps failing or dropping logs it, at most.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-
-/// What one listener has received and dropped, for logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ListenerStats {
-    /// The callback's [`name`](Callback::name), or `event-stream` for the broker's
-    /// event stream.
-    pub name: String,
-    /// Events handed to it.
-    pub delivered: u64,
-    /// Events dropped because its queue was full (or, for the event stream, because
-    /// the broker could not be written).
-    pub dropped: u64,
-}
 
 /// Where a listener's events go.
 enum Sink {
@@ -79,7 +61,8 @@ const NEVER: u64 = u64::MAX;
 /// The listeners of one manager.
 pub(crate) struct Bus {
     listeners: Vec<Listener>,
-    metrics: Option<Metrics>,
+    /// Sees every event first (the metrics).
+    observer: Option<Arc<dyn EventObserver>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -96,7 +79,7 @@ impl Bus {
         callbacks: Vec<Arc<dyn Callback>>,
         stream: Option<Arc<dyn Broker>>,
         buffer: usize,
-        metrics: Option<Metrics>,
+        observer: Option<Arc<dyn EventObserver>>,
     ) -> Self {
         let buffer = buffer.max(1);
         let mut listeners: Vec<Listener> = callbacks
@@ -118,12 +101,12 @@ impl Bus {
                 Sink::Stream(broker),
             ));
         }
-        Bus { listeners, metrics }
+        Bus { listeners, observer }
     }
 
     /// Whether anything listens: when nothing does, events are not even built.
     pub(crate) fn is_listened(&self) -> bool {
-        !self.listeners.is_empty() || self.metrics.is_some()
+        !self.listeners.is_empty() || self.observer.is_some()
     }
 
     /// Hands the event `make` builds to the metrics and to every listener whose rules
@@ -133,8 +116,8 @@ impl Bus {
             return;
         }
         let event = Arc::new(make());
-        if let Some(metrics) = &self.metrics {
-            metrics.observe(&event);
+        if let Some(observer) = &self.observer {
+            observer.observe(&event);
         }
         let kind = event.event_type();
         for listener in &self.listeners {
@@ -283,7 +266,7 @@ async fn serve_callback(
                 last_warning = Some(Instant::now());
                 tracing::error!(
                     callback = %name,
-                    panic = crate::worker::panic_message(&*panic),
+                    panic = crate::error::panic_message(&*panic),
                     event = %event.event_type(),
                     id = %event.id,
                     panics,

@@ -1,0 +1,180 @@
+//! The `Core`: what a manager and its workers share (the broker, the result backend,
+//! the task registry, the settings, the periodic schedules and the event bus). The
+//! worker pool and its scheduler run on an `Arc<Core>`; `Manager` is the user's
+//! façade over it.
+
+pub(crate) mod bus;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::backend::{DEFAULT_RESULT_TTL, ResultBackend};
+use crate::broker::{Broker, BrokerAdmin, Job};
+use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventKind, ListenerStats};
+use crate::registry::Registry;
+use crate::retry::{Backoff, RetryPolicy};
+use crate::schedule::Periodics;
+use crate::task::TaskId;
+
+use self::bus::Bus;
+
+/// How long an idempotency key stays known by default: a day.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The settings a manager was built with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_message_size: usize,
+    pub(crate) result_ttl: Duration,
+    /// For tasks without a policy of their own: the retry limit and error filters,
+    /// and the backoff for jobs whose call set none.
+    pub(crate) default_retry: RetryPolicy,
+    pub(crate) idempotency_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            result_ttl: DEFAULT_RESULT_TTL,
+            default_retry: RetryPolicy::new(0, Backoff::default()),
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+        }
+    }
+}
+
+/// What a manager and its workers share.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) backend: Arc<dyn ResultBackend>,
+    pub(crate) registry: Registry,
+    pub(crate) config: Config,
+    /// The periodic schedules, from the tasks' attributes and `Manager::periodic`.
+    pub(crate) periodics: Mutex<Periodics>,
+    /// Where events go: callbacks, the broker's event stream, metrics.
+    pub(crate) events: Bus,
+}
+
+impl Core {
+    /// A core on a fresh in-memory broker and backend, with the default settings and
+    /// the tasks linked into the test binary.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> Arc<Core> {
+        Arc::new(Core {
+            broker: Arc::new(crate::broker::InMemoryBroker::new()),
+            backend: Arc::new(crate::backend::InMemoryBackend::new()),
+            registry: Registry::from_linked().expect("the test binary's tasks register"),
+            config: Config::default(),
+            periodics: Mutex::new(Vec::new()),
+            events: Bus::new(Vec::new(), None, 1, None),
+        })
+    }
+
+    /// The broker jobs go through.
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// The backend results are kept in.
+    pub(crate) fn backend(&self) -> &Arc<dyn ResultBackend> {
+        &self.backend
+    }
+
+    /// The tasks linked into this binary.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The settings.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where events go.
+    pub(crate) fn events(&self) -> &Bus {
+        &self.events
+    }
+
+    /// Waits up to `timeout` for the event listeners to handle the events queued for
+    /// them so far; returns whether they did.
+    pub(crate) async fn flush_events(&self, timeout: Duration) -> bool {
+        self.events.flush(timeout).await
+    }
+
+    /// The broker's admin capability.
+    pub(crate) fn admin(&self) -> Result<&dyn BrokerAdmin> {
+        self.broker.admin().ok_or_else(|| {
+            Error::Unsupported(
+                "this broker has no admin capability (BrokerAdmin): it cannot list queues, \
+                 dead letters or jobs"
+                    .to_owned(),
+            )
+        })
+    }
+
+    /// The periodic schedules, for a worker's scheduler.
+    pub(crate) fn periodics(&self) -> Periodics {
+        self.periodics.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What each event listener has been handed and has dropped so far.
+    pub(crate) fn event_listeners(&self) -> Vec<ListenerStats> {
+        self.events.stats()
+    }
+
+    /// Enqueues a prepared envelope with the current span's trace context, and returns
+    /// its id (see `Manager::enqueue_envelope`).
+    pub(crate) async fn enqueue_envelope(&self, mut envelope: Envelope) -> Result<TaskId> {
+        crate::trace::TraceContext::current().inject(&mut envelope);
+        let job = self.job(&envelope)?;
+        let at = chrono::Utc::now();
+        match self.broker.enqueue(job).await {
+            Ok(()) => {
+                self.queued(&envelope, at);
+                Ok(envelope.id)
+            }
+            // The same work was enqueued already: its job stands for this one.
+            Err(Error::IdempotencyKeyTaken { existing, .. }) => Ok(existing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Emits the `Queued` event of an envelope the broker accepted, dated `at`, just
+    /// before the broker was asked: a quick worker may emit its first events about
+    /// the job before this one, but never dated before it.
+    pub(crate) fn queued(&self, envelope: &Envelope, at: chrono::DateTime<chrono::Utc>) {
+        self.events.emit(|| {
+            let eta = envelope.eta.filter(|eta| *eta > at);
+            Event::new(
+                EventKind::Queued { eta },
+                envelope.id,
+                envelope.task.clone(),
+                envelope.queue.clone(),
+                envelope.attempt,
+            )
+            .with_time(at)
+        });
+    }
+
+    /// The job that enqueues `envelope`: every enqueue comes through here, so this is
+    /// where its names are checked.
+    pub(crate) fn job(&self, envelope: &Envelope) -> Result<Job> {
+        check_names(envelope)?;
+        let payload = envelope.encode(self.config.max_message_size)?;
+        let job =
+            Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);
+        Ok(match &envelope.idempotency_key {
+            Some(key) => job.with_idempotency_key(key.clone(), self.config.idempotency_ttl),
+            None => job,
+        })
+    }
+}
+
+/// Checks the task and queue names of a job about to be enqueued.
+pub(crate) fn check_names(envelope: &Envelope) -> Result<()> {
+    crate::names::check_task_name(&envelope.task)?;
+    crate::names::check_queue_name(&envelope.queue)
+}
