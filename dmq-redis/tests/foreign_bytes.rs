@@ -609,3 +609,36 @@ async fn good_jobs_behind_a_claims_worth_of_bad_entries_are_claimed_at_once() {
     assert_eq!(got.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [good[0].id]);
     assert!(started.elapsed() < Duration::from_secs(10), "claimed after {:?}", started.elapsed());
 }
+
+/// A queue registry of the wrong type (another program's string under its key) stops
+/// no enqueue and no claim; listing the queues fails, naming the key, until the key is
+/// mended, and then lists the queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoiled_queue_registry_stops_no_job_and_listing_says_why() {
+    let (_cleanup, b) = fresh().await;
+    let registry = b.keys().queues();
+    let mut conn = raw().await;
+    let () = redis::cmd("SET")
+        .arg(&registry)
+        .arg("another program's string")
+        .query_async(&mut conn)
+        .await
+        .expect("spoil the registry");
+    let job = Job::new(TaskId::new(), "q", 5, None, b"payload".to_vec());
+    let id = job.id;
+    b.enqueue(job).await.expect("an enqueue is not stopped by the registry");
+    let got = b.claim("w", &["q".to_owned()], 1, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(got.iter().map(|d| d.lease.id).collect::<Vec<_>>(), [id]);
+    let refused = b.queues().await.expect_err("a registry of the wrong type cannot be listed");
+    assert!(refused.to_string().contains(&format!("queue registry {registry}")), "{refused}");
+    // Mended by deleting it: the registry is found missing and rebuilt from the
+    // queues' keys the first time it is listed.
+    let () = redis::cmd("DEL").arg(&registry).query_async(&mut conn).await.expect("mend");
+    let fresh_broker =
+        RedisBroker::connect_with_namespace(&common::redis_url(), b.keys().namespace())
+            .await
+            .expect("connect");
+    let found = fresh_broker.find_job(id, &[]).await.expect("find");
+    assert_eq!(found.map(|f| f.state), Some(dmq_core::JobState::InFlight));
+    assert_eq!(fresh_broker.queues().await.expect("queues"), ["q"]);
+}

@@ -44,10 +44,11 @@ impl RedisBroker {
     /// Adds the queues to the namespace's queue registry, those this broker has not
     /// added within [`REGISTRY_REFRESH`]: one `SADD` per new queue per minute, not one
     /// per job.
-    pub(super) async fn register_queues<'a>(
-        &self,
-        queues: impl Iterator<Item = &'a str>,
-    ) -> Result<()> {
+    ///
+    /// A registry that cannot be written (a key of another type, written by another
+    /// program) stops no enqueue: the failure is logged, and tried again a minute
+    /// later. Only listing the queues fails then, saying why.
+    pub(super) async fn register_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) {
         let new: Vec<&str> = {
             let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
             if registered.since.is_none_or(|at| at.elapsed() >= REGISTRY_REFRESH) {
@@ -60,18 +61,28 @@ impl RedisBroker {
             new
         };
         if new.is_empty() {
-            return Ok(());
+            return;
         }
-        let mut conn = self.conn().await?;
-        redis::cmd("SADD")
-            .arg(self.keys.queues())
-            .arg(&new)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.err("registering queues", e))?;
+        let written = match self.conn().await {
+            Ok(mut conn) => redis::cmd("SADD")
+                .arg(self.keys.queues())
+                .arg(&new)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.err("registering queues in the queue registry", e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::warn!(
+                error = %e,
+                key = %self.keys.queues(),
+                queues = ?new,
+                "could not register queues; `dmq queues` may leave them out until a later try succeeds"
+            );
+        }
+        // Tried: the next try comes after REGISTRY_REFRESH, not at the next enqueue.
         let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
         registered.queues.extend(new.into_iter().map(str::to_owned));
-        Ok(())
     }
 
     /// Looks for job `id` in `queue`: waiting or in flight, else among its newest dead
@@ -184,18 +195,18 @@ impl BrokerAdmin for RedisBroker {
     /// registry has none: its queues are then found once by their keys (`SCAN`, on a
     /// single Redis) and registered.
     async fn queues(&self) -> Result<Vec<String>> {
-        let what = "listing the queues";
+        let what = format!("listing the queues in the queue registry {}", self.keys.queues());
         let mut conn = self.conn().await?;
         let (exists, mut queues): (bool, Vec<String>) = redis::pipe()
             .exists(self.keys.queues())
             .smembers(self.keys.queues())
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.err(what, e))?;
+            .map_err(|e| self.err(&what, e))?;
         if !exists {
             queues = crate::namespace::queue_names(&mut conn, &self.keys).await?;
             if !queues.is_empty() {
-                self.register_queues(queues.iter().map(String::as_str)).await?;
+                self.register_queues(queues.iter().map(String::as_str)).await;
             }
         }
         queues.sort();

@@ -294,7 +294,7 @@ impl RedisBroker {
         if jobs.is_empty() {
             return Ok(());
         }
-        self.register_queues(jobs.iter().map(|job| job.queue.as_str())).await?;
+        self.register_queues(jobs.iter().map(|job| job.queue.as_str())).await;
         let mut queues: Vec<&str> = Vec::new();
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation.arg(jobs.len());

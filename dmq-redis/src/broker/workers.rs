@@ -125,7 +125,7 @@ impl WorkerRegistry for RedisBroker {
         let mut invocation = self.registry_invocation(&self.scripts.heartbeat);
         invocation.arg(&worker.id).arg(millis(ttl).max(1)).arg(encode_worker(worker, ttl)?);
         self.run::<i64>("recording a heartbeat", &invocation).await?;
-        self.register_queues(worker.queues.iter().map(String::as_str)).await?;
+        self.register_queues(worker.queues.iter().map(String::as_str)).await;
         self.healthy_since
             .lock()
             .unwrap_or_else(|p| p.into_inner())
