@@ -106,9 +106,9 @@ pub enum Command {
     ///
     /// SUSPECT counts the ready jobs taken back from a worker that died or stalled while
     /// running them, each waiting to run alone; BAD-ENTRIES counts the entries claims
-    /// dropped from the ready lists because they were no dmq job. With no queue named, lists every queue that has keys in the namespace. A queue
-    /// with nothing in it has no keys, so it shows as all zeros when named and is left
-    /// out of the list otherwise.
+    /// dropped from the ready lists because they were no dmq job. With no queue named,
+    /// lists every queue of the namespace's queue registry: each queue a job was
+    /// enqueued to or a worker takes jobs from, emptied ones included.
     #[command(
         after_help = "Examples:\n  dmq queues\n  dmq queues emails reports\n  dmq queues --namespace billing --json"
     )]
@@ -197,8 +197,8 @@ pub enum Command {
     /// or in-flight list, so nothing would ever run it: a write cut off halfway leaves
     /// one behind. --fix puts each back at the front of its ready list. Also shows each
     /// queue's suspect jobs (taken back from a lost worker, waiting to run alone) and
-    /// the bad entries dropped so far. With no queue named, checks every queue that has
-    /// keys in the namespace. Workers run it with --fix on their queues once a minute
+    /// the bad entries dropped so far. With no queue named, checks every queue of the
+    /// namespace's queue registry. Workers run it with --fix on their queues once a minute
     /// by themselves. Exits 0 when nothing is stranded or everything stranded was put
     /// back, 1 when stranded jobs were found and left where they are.
     #[command(
@@ -238,7 +238,7 @@ pub struct BrokerArgs {
 /// The options of `dmq queues`.
 #[derive(Debug, Clone, Args)]
 pub struct QueuesArgs {
-    /// The queues to show [default: every queue with keys in the namespace].
+    /// The queues to show [default: every queue of the namespace's queue registry].
     #[arg(value_name = "QUEUE")]
     pub queues: Vec<String>,
 
@@ -250,7 +250,7 @@ pub struct QueuesArgs {
 /// The options of `dmq doctor`.
 #[derive(Debug, Clone, Args)]
 pub struct DoctorArgs {
-    /// The queues to check [default: every queue with keys in the namespace].
+    /// The queues to check [default: every queue of the namespace's queue registry].
     #[arg(value_name = "QUEUE")]
     pub queues: Vec<String>,
 

@@ -154,8 +154,27 @@ pub enum Error {
     },
 }
 
-/// A backend's own error, kept as the source of an [`Error::Backend`].
-pub type BackendSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+/// A backend's own error, kept as the source of an [`Error::Backend`]: shared, so
+/// that one failure can be handed to each caller of a batch. It derefs to the error
+/// itself, which is what [`source`](std::error::Error::source) returns, so walking the
+/// chain downcasts to the backend's type.
+#[derive(Debug, Clone)]
+pub struct BackendSource(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl BackendSource {
+    /// Keeps `error` as a backend failure's source.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendSource(std::sync::Arc::new(error))
+    }
+}
+
+impl std::ops::Deref for BackendSource {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
 
 impl Error {
     /// A backend failure that says what failed and what to do (`message`), and whether
@@ -177,8 +196,8 @@ impl Error {
     }
 
     /// The backend's own error behind a [`Backend`](Error::Backend) failure, to
-    /// downcast to the backend's type (`dmq_redis::RedisFailure`, say). The same error
-    /// is the next link of [`source`](std::error::Error::source)'s chain.
+    /// downcast to the backend's type (`dmq_redis::RedisFailure`, say): the same error
+    /// [`source`](std::error::Error::source) returns.
     #[must_use]
     pub fn backend_source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         match self {

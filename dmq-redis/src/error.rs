@@ -71,7 +71,7 @@ impl From<RedisFailure> for Error {
             failure.to_string()
         };
         let transient = failure.transient;
-        Error::backend_caused_by(message, transient, std::sync::Arc::new(failure))
+        Error::backend_caused_by(message, transient, dmq_core::BackendSource::new(failure))
     }
 }
 
@@ -154,7 +154,7 @@ fn find_tls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::
 pub(crate) fn copy_error(e: &Error) -> Error {
     match e {
         Error::Backend { message, transient, source: Some(source), .. } => {
-            Error::backend_caused_by(message.clone(), *transient, std::sync::Arc::clone(source))
+            Error::backend_caused_by(message.clone(), *transient, source.clone())
         }
         other => Error::backend(other.to_string(), other.is_transient()),
     }
@@ -175,6 +175,9 @@ mod tests {
         assert!(text.starts_with("connecting to redis at 127.0.0.1:1: the connection was refused"));
         let failure = e.backend_source().expect("a source");
         let failure = failure.downcast_ref::<RedisFailure>().expect("the RedisFailure");
+        // Walking the chain finds it too, as the first link.
+        let first = std::error::Error::source(&e).expect("a source");
+        assert!(first.downcast_ref::<RedisFailure>().is_some(), "{first:?}");
         assert!(failure.redis_error().is_connection_refusal(), "{failure:?}");
         assert!(failure.is_transient());
         assert_eq!(failure.context(), "connecting to redis at 127.0.0.1:1");

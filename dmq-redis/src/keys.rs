@@ -67,6 +67,14 @@ impl Keys {
         format!("{{{}}}:queues", self.namespace)
     }
 
+    /// Set once the queue registry was completed from the queues' own keys (a `SCAN`,
+    /// run once per namespace), so that queues made by a dmq older than the registry
+    /// are listed too.
+    #[must_use]
+    pub fn queues_scanned(&self) -> String {
+        format!("{{{}}}:queues:scanned", self.namespace)
+    }
+
     /// The lock one reaper at a time holds.
     #[must_use]
     pub fn reaper_lock(&self) -> String {

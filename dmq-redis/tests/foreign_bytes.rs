@@ -642,3 +642,32 @@ async fn a_spoiled_queue_registry_stops_no_job_and_listing_says_why() {
     assert_eq!(found.map(|f| f.state), Some(dmq_core::JobState::InFlight));
     assert_eq!(fresh_broker.queues().await.expect("queues"), ["q"]);
 }
+
+/// A namespace an older dmq wrote (queues with keys but no registry) that a newer
+/// producer then starts the registry in: the first listing still finds the old queue
+/// by its keys, once, and lists both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_made_before_the_registry_are_listed_beside_new_ones() {
+    let (_cleanup, b) = fresh().await;
+    let old = b.keys().queue("old");
+    let mut conn = raw().await;
+    // What an older dmq left: a dead letter and a delayed job, nothing registered.
+    let () = redis::pipe()
+        .lpush(old.dead(), format!("1700000000000|{}|fatal: boom", TaskId::new()))
+        .ignore()
+        .zadd(old.delayed(), TaskId::new().to_string(), 4_000_000_000_000_i64)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("write an old queue");
+    b.enqueue(Job::new(TaskId::new(), "new", 5, None, b"x".to_vec())).await.expect("enqueue");
+    assert_eq!(b.queues().await.expect("queues"), ["new", "old"]);
+    // Scanned once: a later listing reads the registry alone, and still has both.
+    let scanned: bool = redis::cmd("EXISTS")
+        .arg(b.keys().queues_scanned())
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(scanned);
+    assert_eq!(b.queues().await.expect("queues"), ["new", "old"]);
+}

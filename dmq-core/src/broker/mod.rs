@@ -179,7 +179,7 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     }
 
     /// The broker's admin capability: queues and their figures, dead letters, purges,
-    /// finding a job by id. Every admin surface (the command line, the HTTP API) goes
+    /// finding a job by id. Every admin surface (the command line today) goes
     /// through it. Without one, those calls fail with
     /// [`Error::Unsupported`](crate::Error::Unsupported).
     fn admin(&self) -> Option<&dyn BrokerAdmin> {
@@ -335,9 +335,10 @@ pub trait EventStream: Send + Sync {
 /// line's admin commands use nothing else.
 #[async_trait]
 pub trait BrokerAdmin: Send + Sync {
-    /// Every queue the broker knows in its namespace, sorted: each queue a job was ever
-    /// enqueued to or a worker took jobs from, until the queue is deleted. The broker
-    /// keeps them in a registry written at enqueue, so listing them reads no job.
+    /// Every queue the broker knows in its namespace, sorted: each queue a job was
+    /// enqueued to (a refused enqueue may leave its queue listed) or a worker takes
+    /// jobs from, emptied ones included; nothing removes a queue yet. The broker keeps
+    /// them in a registry written at enqueue, so listing them reads no job.
     ///
     /// # Errors
     ///

@@ -95,7 +95,8 @@ pub async fn a_dead_letter_can_be_taken_out_and_the_queue_purged(b: Arc<dyn Brok
 }
 
 /// Every queue a job was enqueued to is listed, sorted, whatever state its jobs are
-/// in, and one a job went to and left too; a queue never used is not.
+/// in, and one a job went to and left too, and one a worker takes jobs from; a queue
+/// never used is not.
 pub async fn the_queue_registry_lists_every_queue_enqueued_to(b: Arc<dyn Broker>) {
     assert_eq!(admin(&b).queues().await.expect("queues"), Vec::<String>::new());
     b.enqueue(job("gamma", 5, "ready")).await.expect("enqueue");
@@ -108,6 +109,15 @@ pub async fn the_queue_registry_lists_every_queue_enqueued_to(b: Arc<dyn Broker>
         ["alpha", "beta", "delta", "gamma"],
         "sorted, the emptied queue included"
     );
+    // A queue a worker takes jobs from is known too, where workers register.
+    if let Some(workers) = b.worker_registry() {
+        let listening = worker("listener", &queues(&["epsilon"]));
+        workers.heartbeat(&listening, LONG).await.expect("heartbeat");
+        assert_eq!(
+            admin(&b).queues().await.expect("queues"),
+            ["alpha", "beta", "delta", "epsilon", "gamma"]
+        );
+    }
 }
 
 /// `find_job` finds a job in each state it can be in, in the queue that holds it,

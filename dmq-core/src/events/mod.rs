@@ -7,7 +7,7 @@
 //! counted, and a callback that panics is logged and keeps receiving events.
 //!
 //! Every process also appends its events, in batches, to the broker's event stream
-//! (`Broker::publish_events`), which any process reads with `Broker::read_events`
+//! (`EventStream::publish_events`), which any process reads with `EventStream::read_events`
 //! (`dmq events`); `wire.rs` holds the format a batch is stored in.
 
 mod wire;

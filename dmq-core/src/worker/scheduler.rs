@@ -62,6 +62,23 @@ enum Due {
 pub(crate) async fn run(shared: Arc<Shared>) {
     let (core, stop, vitals) = (&shared.core, &shared.stop, &shared.vitals);
     vitals.starts(Loop::Scheduler);
+    if core.broker().schedule_store().is_none() {
+        if !core.periodics().is_empty() {
+            tracing::error!(
+                "the broker has no schedule store (ScheduleStore), so this worker runs no \
+                 periodic schedule; run them on a broker that has one, or start the worker \
+                 with .scheduler(false)"
+            );
+        }
+        // Idle, but alive: nothing here is failing.
+        loop {
+            vitals.beat(Loop::Scheduler);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(MAX_NAP) => {}
+            }
+        }
+    }
     let mut due: HashMap<String, Due> = HashMap::new();
     loop {
         vitals.beat(Loop::Scheduler);

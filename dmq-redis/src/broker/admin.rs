@@ -14,7 +14,7 @@ use crate::keys::id_text;
 
 use super::*;
 
-/// How often a reaper also looks for stranded jobs (see [`Broker::doctor`]).
+/// How often a reaper also looks for stranded jobs (see [`BrokerAdmin::doctor`]).
 pub(super) const DOCTOR_EVERY: Duration = Duration::from_secs(60);
 
 /// A dead letter from its list entry `<Unix ms>|<id>|<reason>` and its payload.
@@ -72,7 +72,7 @@ impl RedisBroker {
                 .map_err(|e| self.err("registering queues in the queue registry", e)),
             Err(e) => Err(e),
         };
-        if let Err(e) = written {
+        if let Err(e) = &written {
             tracing::warn!(
                 error = %e,
                 key = %self.keys.queues(),
@@ -80,7 +80,12 @@ impl RedisBroker {
                 "could not register queues; `dmq queues` may leave them out until a later try succeeds"
             );
         }
-        // Tried: the next try comes after REGISTRY_REFRESH, not at the next enqueue.
+        // Done, or refused for good (another program's key in its place): the next
+        // try comes after REGISTRY_REFRESH. A lost connection is tried at the next
+        // enqueue.
+        if written.as_ref().is_err_and(Error::is_transient) {
+            return;
+        }
         let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
         registered.queues.extend(new.into_iter().map(str::to_owned));
     }
@@ -191,23 +196,30 @@ impl RedisBroker {
 
 #[async_trait]
 impl BrokerAdmin for RedisBroker {
-    /// The queue registry's members. A namespace written by a dmq older than the
-    /// registry has none: its queues are then found once by their keys (`SCAN`, on a
-    /// single Redis) and registered.
+    /// The queue registry's members. The first listing in a namespace also finds the
+    /// queues by their keys (`SCAN`, on a single Redis), once, and registers them: a
+    /// queue made by a dmq older than the registry is listed too, even after newer
+    /// producers and workers started the registry with their own queues.
     async fn queues(&self) -> Result<Vec<String>> {
         let what = format!("listing the queues in the queue registry {}", self.keys.queues());
         let mut conn = self.conn().await?;
-        let (exists, mut queues): (bool, Vec<String>) = redis::pipe()
-            .exists(self.keys.queues())
+        let (scanned, mut queues): (bool, Vec<String>) = redis::pipe()
+            .exists(self.keys.queues_scanned())
             .smembers(self.keys.queues())
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(&what, e))?;
-        if !exists {
-            queues = crate::namespace::queue_names(&mut conn, &self.keys).await?;
-            if !queues.is_empty() {
-                self.register_queues(queues.iter().map(String::as_str)).await;
+        if !scanned {
+            let found = crate::namespace::queue_names(&mut conn, &self.keys).await?;
+            let mut pipe = redis::pipe();
+            if !found.is_empty() {
+                pipe.sadd(self.keys.queues(), &found).ignore();
             }
+            pipe.set(self.keys.queues_scanned(), 1).ignore();
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| self.err(&what, e))?;
+            queues.extend(found);
+            queues.sort();
+            queues.dedup();
         }
         queues.sort();
         Ok(queues)

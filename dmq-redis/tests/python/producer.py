@@ -80,6 +80,7 @@ def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False)
     keys = [tag + ":jobs", tag + ":meta", tag + ":delayed", tag + ":signal",
             "%s:ready:%d" % (tag, priority)]
     added = r.eval(ENQUEUE, len(keys), *keys, job_id, payload, priority, due_ms)
+    r.sadd("{%s}:queues" % namespace, QUEUE)  # once per queue is enough
     if added != 1:
         sys.exit("enqueueing %s refused: a job of id %s is already queued" % (task, job_id))
     return job_id

@@ -17,7 +17,12 @@ impl WorkerRegistry for InMemoryBroker {
         let until = crate::clock::deadline(ttl);
         let until_utc =
             Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        self.lock().workers.insert(worker.id.clone(), (worker.clone(), until, until_utc, ttl));
+        let mut state = self.lock();
+        // The queues a worker takes jobs from are known queues, as on Redis.
+        for queue in &worker.queues {
+            state.queues.entry(queue.clone()).or_default();
+        }
+        state.workers.insert(worker.id.clone(), (worker.clone(), until, until_utc, ttl));
         Ok(())
     }
 
