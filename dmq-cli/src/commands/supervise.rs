@@ -28,8 +28,8 @@ const QUICK_EXIT: Duration = Duration::from_secs(5);
 /// options or the binary are wrong, and restarting forever would hide that.
 const QUICK_EXITS_TO_GIVE_UP: u32 = 5;
 
-/// The environment variable that tells a worker process it is supervised: it stops
-/// when its supervisor is gone.
+/// The environment variable that tells a worker process it is supervised, and by
+/// which process (the supervisor's pid): it stops when its supervisor is gone.
 pub(crate) const SUPERVISED_ENV: &str = "DMQ_SUPERVISED";
 
 /// How long after the grace period the supervisor waits before killing a process
@@ -183,7 +183,7 @@ fn spawn(binary: &Path, child_args: &[String], broker: &str) -> anyhow::Result<C
         .arg("worker")
         .args(child_args)
         .env("DMQ_BROKER_URL", broker)
-        .env(SUPERVISED_ENV, "1")
+        .env(SUPERVISED_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

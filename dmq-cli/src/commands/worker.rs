@@ -91,17 +91,24 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// For a process started by `worker --tasks`: resolves once its supervisor has died
-/// (it was reparented), so that no worker runs on unsupervised. Never resolves for a
-/// process started otherwise.
+/// (the process was reparented), so that no worker runs on unsupervised. Never
+/// resolves for a process started otherwise.
+///
+/// The supervisor names itself in [`SUPERVISED_ENV`](super::supervise::SUPERVISED_ENV),
+/// so a supervisor that died while this process was still starting (before this was
+/// first polled) is noticed too: the parent is no longer it.
 async fn supervisor_gone() {
-    if std::env::var_os(super::supervise::SUPERVISED_ENV).is_none() {
+    let Some(named) = std::env::var_os(super::supervise::SUPERVISED_ENV) else {
         return std::future::pending().await;
-    }
-    let parent = std::os::unix::process::parent_id();
+    };
+    let supervisor = named
+        .to_str()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .unwrap_or_else(std::os::unix::process::parent_id);
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        if std::os::unix::process::parent_id() != parent {
+        if std::os::unix::process::parent_id() != supervisor {
             return;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

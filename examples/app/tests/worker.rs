@@ -269,6 +269,52 @@ async fn workers_stop_when_their_supervisor_dies() {
     assert!(!still, "worker {child} outlived its supervisor");
 }
 
+/// A supervisor killed while its worker is still starting (before the worker has
+/// connected or registered) leaves no worker behind either: the worker knows its
+/// supervisor by pid, not by whoever its parent is when it first looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_still_starting_stops_when_its_supervisor_dies() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let app = env!("CARGO_BIN_EXE_app");
+    let mut supervisor = Command::new(app)
+        .args(["worker", "--tasks", app, "--workers", "1", "--broker", &url])
+        .args(["--namespace", &namespace, "--grace", "2s"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the supervisor");
+    let pid = supervisor.id().expect("the supervisor's pid");
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    let deadline = std::time::Instant::now() + WAIT;
+    // The first worker process, as soon as it exists.
+    let child: u32 = loop {
+        let listed = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(first) = listed.split_whitespace().next() {
+            break first.parse().expect("a pid");
+        }
+        assert!(std::time::Instant::now() < deadline, "the supervisor started no worker");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    supervisor.start_kill().expect("SIGKILL the supervisor");
+    let _ = supervisor.wait().await;
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let gone_by = std::time::Instant::now() + Duration::from_secs(20);
+    while alive(child) && std::time::Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let still = alive(child);
+    if still {
+        // Not left running after the test, whatever it says.
+        let _ = std::process::Command::new("kill").arg("-9").arg(child.to_string()).status();
+    }
+    remove_namespace(&url, &namespace).await;
+    assert!(!still, "worker {child}, started but not yet running, outlived its supervisor");
+}
+
 /// A poison pill among 500 good jobs, under `app worker --tasks app --workers 4`: it
 /// kills the worker process that runs it, and the ten-odd jobs claimed beside it die
 /// with it. Whatever `--max-deliveries` is (1, the strictest, takes one death alone),
