@@ -32,7 +32,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<()> {
             .collect();
         print_json(&json!({ "queues": list, "stranded": stranded, "put_back": put_back }))?;
     } else if checkups.is_empty() {
-        println!("no queues with jobs in namespace {:?}", admin.namespace());
+        println!("no queues known in namespace {:?}", admin.namespace());
     } else {
         print_report(&checkups, stranded, put_back);
     }

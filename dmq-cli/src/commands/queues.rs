@@ -34,7 +34,7 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
         return print_json(&list);
     }
     if stats.is_empty() {
-        println!("no queues with jobs in namespace {:?}", admin.namespace());
+        println!("no queues known in namespace {:?}", admin.namespace());
         return Ok(());
     }
     let rows: Vec<Vec<String>> = stats
