@@ -671,3 +671,33 @@ async fn queues_made_before_the_registry_are_listed_beside_new_ones() {
     assert!(scanned);
     assert_eq!(b.queues().await.expect("queues"), ["new", "old"]);
 }
+
+/// A queue whose dead-letter list another program replaced with a string does not
+/// hide a job in another queue from `find_job` (`dmq job`); looking for a job found
+/// nowhere still says what is wrong with the spoiled queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoiled_queue_hides_no_job_of_another() {
+    let (_cleanup, b) = fresh().await;
+    let mut conn = raw().await;
+    b.enqueue(Job::new(TaskId::new(), "aaa-spoiled", 5, None, b"x".to_vec()))
+        .await
+        .expect("enqueue");
+    let () = redis::cmd("SET")
+        .arg(b.keys().queue("aaa-spoiled").dead())
+        .arg("another program's string")
+        .query_async(&mut conn)
+        .await
+        .expect("spoil the dead-letter list");
+    let job = Job::new(TaskId::new(), "zzz-good", 5, None, b"y".to_vec());
+    let id = job.id;
+    b.enqueue(job).await.expect("enqueue");
+    // The spoiled queue sorts first, so it is searched first.
+    assert_eq!(b.queues().await.expect("queues"), ["aaa-spoiled", "zzz-good"]);
+    let found = b.find_job(id, &[]).await.expect("found past the spoiled queue");
+    assert_eq!(
+        found.map(|f| (f.queue, f.state)),
+        Some(("zzz-good".to_owned(), dmq_core::JobState::Ready))
+    );
+    let missing = b.find_job(TaskId::new(), &[]).await.expect_err("the spoiled queue is named");
+    assert!(missing.to_string().contains("aaa-spoiled"), "{missing}");
+}

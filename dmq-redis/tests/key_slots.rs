@@ -220,7 +220,14 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
                 }
                 continue;
             }
-            current.push((client, w));
+            // Only what may touch this test's namespace (other tests share the server):
+            // its own commands, and the brackets of transactions, which name no key.
+            let bracket = [&b"multi"[..], b"exec", b"discard"]
+                .iter()
+                .any(|b| command.eq_ignore_ascii_case(b));
+            if bracket || line.contains(&namespace) {
+                current.push((client, w));
+            }
         }
     })
     .await;

@@ -233,12 +233,21 @@ impl BrokerAdmin for RedisBroker {
         } else {
             queues
         };
+        // A queue whose keys another program spoiled stops the search only when the
+        // job is found nowhere else: one bad queue does not hide every other.
+        let mut spoiled = None;
         for queue in queues {
-            if let Some(found) = self.find_in(queue, id).await? {
-                return Ok(Some(found));
+            match self.find_in(queue, id).await {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
+                Err(e) if !e.is_transient() => {
+                    tracing::warn!(%queue, error = %e, "could not look for a job in this queue");
+                    spoiled.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        spoiled.map_or(Ok(None), Err)
     }
 
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
@@ -304,7 +313,12 @@ impl BrokerAdmin for RedisBroker {
             .arg(last)
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.err("listing dead letters", e))?;
+            .map_err(|e| {
+                self.err(
+                    &format!("listing the dead letters of queue {queue:?} ({})", keys.dead()),
+                    e,
+                )
+            })?;
         let mut letters = Vec::new();
         for entry in entries {
             let Some((at, id)) = entry.split('|').next().zip(entry.split('|').nth(1)) else {

@@ -294,7 +294,6 @@ impl RedisBroker {
         if jobs.is_empty() {
             return Ok(());
         }
-        self.register_queues(jobs.iter().map(|job| job.queue.as_str())).await;
         let mut queues: Vec<&str> = Vec::new();
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation.arg(jobs.len());
@@ -330,6 +329,9 @@ impl RedisBroker {
             invocation.key(self.keys.queue(&jobs[0].queue).idempotency(key));
             invocation.arg(millis(*ttl).max(1));
         }
+        // Each distinct queue once (the list the invocation was built with), before
+        // the jobs land: a queue that holds jobs is always registered.
+        self.register_queues(queues.iter().copied()).await;
         let reply: Vec<String> = self.run("enqueueing", &invocation).await?;
         match reply.as_slice() {
             [ok] if ok == "ok" => Ok(()),

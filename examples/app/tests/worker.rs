@@ -230,23 +230,45 @@ async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
     assert!(left.len() <= 1, "workers still registered: {left:?}\n{logged}");
 }
 
-/// A supervisor killed with SIGKILL leaves no worker behind: each notices it is gone
-/// and stops.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_stop_when_their_supervisor_dies() {
-    let url = redis_url();
-    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+/// `app worker --tasks app --workers 1` in namespace `namespace`, its output dropped.
+fn start_supervisor(url: &str, namespace: &str) -> tokio::process::Child {
     let app = env!("CARGO_BIN_EXE_app");
-    let mut supervisor = Command::new(app)
-        .args(["worker", "--tasks", app, "--workers", "1", "--broker", &url])
-        .args(["--namespace", &namespace, "--grace", "2s"])
+    Command::new(app)
+        .args(["worker", "--tasks", app, "--workers", "1", "--broker", url])
+        .args(["--namespace", namespace, "--grace", "2s"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("start the supervisor");
+        .expect("start the supervisor")
+}
+
+/// Kills `supervisor` with SIGKILL and says whether worker process `child` is still
+/// alive 20 s later (killing it then, so that no test leaves one running).
+async fn outlives_its_killed_supervisor(mut supervisor: tokio::process::Child, child: u32) -> bool {
+    supervisor.start_kill().expect("SIGKILL the supervisor");
+    let _ = supervisor.wait().await;
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let gone_by = std::time::Instant::now() + Duration::from_secs(20);
+    while alive(child) && std::time::Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let still = alive(child);
+    if still {
+        let _ = std::process::Command::new("kill").arg("-9").arg(child.to_string()).status();
+    }
+    still
+}
+
+/// A supervisor killed with SIGKILL leaves no worker behind: each notices it is gone
+/// and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_when_their_supervisor_dies() {
+    let url = redis_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let supervisor = start_supervisor(&url, &namespace);
     let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("redis");
     let deadline = std::time::Instant::now() + WAIT;
     let child = loop {
@@ -257,14 +279,7 @@ async fn workers_stop_when_their_supervisor_dies() {
         assert!(std::time::Instant::now() < deadline, "the worker never registered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    supervisor.start_kill().expect("SIGKILL the supervisor");
-    let _ = supervisor.wait().await;
-    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-    let gone_by = std::time::Instant::now() + Duration::from_secs(20);
-    while alive(child) && std::time::Instant::now() < gone_by {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let still = alive(child);
+    let still = outlives_its_killed_supervisor(supervisor, child).await;
     remove_namespace(&url, &namespace).await;
     assert!(!still, "worker {child} outlived its supervisor");
 }
@@ -276,17 +291,7 @@ async fn workers_stop_when_their_supervisor_dies() {
 async fn a_worker_still_starting_stops_when_its_supervisor_dies() {
     let url = redis_url();
     let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
-    let app = env!("CARGO_BIN_EXE_app");
-    let mut supervisor = Command::new(app)
-        .args(["worker", "--tasks", app, "--workers", "1", "--broker", &url])
-        .args(["--namespace", &namespace, "--grace", "2s"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the supervisor");
+    let supervisor = start_supervisor(&url, &namespace);
     let pid = supervisor.id().expect("the supervisor's pid");
     let children = format!("/proc/{pid}/task/{pid}/children");
     let deadline = std::time::Instant::now() + WAIT;
@@ -299,18 +304,7 @@ async fn a_worker_still_starting_stops_when_its_supervisor_dies() {
         assert!(std::time::Instant::now() < deadline, "the supervisor started no worker");
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
-    supervisor.start_kill().expect("SIGKILL the supervisor");
-    let _ = supervisor.wait().await;
-    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-    let gone_by = std::time::Instant::now() + Duration::from_secs(20);
-    while alive(child) && std::time::Instant::now() < gone_by {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let still = alive(child);
-    if still {
-        // Not left running after the test, whatever it says.
-        let _ = std::process::Command::new("kill").arg("-9").arg(child.to_string()).status();
-    }
+    let still = outlives_its_killed_supervisor(supervisor, child).await;
     remove_namespace(&url, &namespace).await;
     assert!(!still, "worker {child}, started but not yet running, outlived its supervisor");
 }
