@@ -73,6 +73,13 @@ pub(crate) const SCHEMES: &[Scheme] = &[
         shared: true,
         connect: |options| Box::pin(redis(options)),
     },
+    Scheme {
+        names: &["redis+cluster", "valkey+cluster", "rediss+cluster"],
+        usage: "redis+cluster://host:port[,host:port...]",
+        has_address: true,
+        shared: true,
+        connect: |options| Box::pin(redis(options)),
+    },
 ];
 
 /// The row of [`SCHEMES`] that serves `url`.
@@ -120,6 +127,9 @@ mod tests {
         assert_eq!(scheme_of("redis://127.0.0.1:6379/2").unwrap().names[0], "redis");
         assert_eq!(scheme_of("rediss://host:6380").unwrap().names[0], "redis");
         assert_eq!(scheme_of("unix:///run/redis.sock").unwrap().names[0], "redis");
+        let cluster = scheme_of("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").unwrap();
+        assert_eq!(cluster.names[0], "redis+cluster");
+        assert!(scheme_of("nope://x").unwrap_err().to_string().contains("redis+cluster://"));
         let error = scheme_of("nope://x").unwrap_err().to_string();
         assert!(error.contains("redis://") && error.contains("memory://"), "{error}");
         assert!(scheme_of("memory://x").is_err());

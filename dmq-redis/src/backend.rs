@@ -11,6 +11,12 @@
 //! it wakes the waiters of each announced id. If that connection drops, the
 //! subscriber reconnects with backoff and then wakes every waiter, so a result
 //! stored while no one was listening is still found.
+//!
+//! On a Redis Cluster, result keys spread over every slot, so a batch's `SET`s go out
+//! as separate commands (sent together, each to its slot's master) before the
+//! announcement; and the announcement is a sharded one (`SPUBLISH`, heard with
+//! `SSUBSCRIBE`), which reaches only the master of the channel's slot (and its
+//! replicas) instead of being broadcast to every node.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,11 +28,15 @@ use dmq_core::{Error, Result, ResultBackend, TaskId, TaskOutcome};
 use futures::StreamExt;
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind};
+use tokio::sync::mpsc;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::batch::Batcher;
+use crate::conn::{Cluster, Conn, Source};
 use crate::error::{copy_error, redis_error};
 use crate::keys::{DEFAULT_NAMESPACE, Keys};
 use crate::redis_url::RedisUrl;
@@ -73,12 +83,12 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: ConnectionManager,
+    announcer: Announcer,
+    conn: Conn,
     keys: Keys,
     channel: String,
-    /// `host:port` (or the socket path), for messages: never the URL, which may
-    /// carry a password.
+    /// `host:port` (or the socket path; for a cluster, its URL without the password),
+    /// for messages: never the URL itself, which may carry a password.
     addr: String,
     hub: Arc<Hub>,
     /// Writes results in batches: each batch is one round trip, its `SET`s followed
@@ -93,6 +103,25 @@ impl Drop for Inner {
         let subscriber = self.subscriber.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Some(subscriber) = subscriber.take() {
             subscriber.abort();
+        }
+    }
+}
+
+/// Where results are announced and heard.
+#[derive(Clone)]
+enum Announcer {
+    /// `PUBLISH` and `SUBSCRIBE` on the one Redis (boxed: a client with TLS settings
+    /// is large).
+    Single(Box<redis::Client>),
+    /// `SPUBLISH` and `SSUBSCRIBE` on the cluster's master of the channel's slot.
+    Cluster(Arc<Cluster>),
+}
+
+impl Announcer {
+    fn publish_command(&self) -> &'static str {
+        match self {
+            Announcer::Single(_) => "PUBLISH",
+            Announcer::Cluster(_) => "SPUBLISH",
         }
     }
 }
@@ -139,23 +168,42 @@ impl RedisBackend {
     /// [`connect`](RedisBackend::connect).
     pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
         check_namespace(namespace)?;
-        let client = RedisUrl::parse(url)?.into_client();
-        let addr = client.get_connection_info().addr().to_string();
-        // Few quick retries: `connect` to a Redis that is down fails within a second
-        // or so, and a lost connection is retried again by the next command anyway.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_max_delay(RECONNECT_MAX);
-        let conn =
-            ConnectionManager::new_with_config(client.clone(), config).await.map_err(|e| {
-                redis_error(&format!("could not connect the result backend to redis at {addr}"), e)
-            })?;
+        let url = RedisUrl::parse(url)?;
+        let mut addr = url.client().get_connection_info().addr().to_string();
+        let failed = |addr: &str, e| {
+            redis_error(&format!("could not connect the result backend to redis at {addr}"), e)
+        };
+        let (conn, announcer) = match Source::of(&url).await.map_err(|e| failed(&addr, e))? {
+            Source::Cluster(cluster) => {
+                addr = url.shown().to_owned();
+                let conn = cluster.connect().await.map_err(|e| failed(&addr, e))?;
+                (Conn::Cluster(conn), Announcer::Cluster(Arc::from(cluster)))
+            }
+            Source::Client(client) => {
+                // Few quick retries: `connect` to a Redis that is down fails within a
+                // second or so, and a lost connection is retried again by the next
+                // command anyway.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(CONNECT_RETRIES)
+                    .set_max_delay(RECONNECT_MAX);
+                let conn = ConnectionManager::new_with_config((*client).clone(), config)
+                    .await
+                    .map_err(|e| failed(&addr, e))?;
+                (Conn::Manager(conn), Announcer::Single(client))
+            }
+            Source::Pool(_) => unreachable!("a URL makes no pool"),
+        };
         let keys = Keys::new(namespace);
         let (link, _) = watch::channel(Link::Connecting);
-        let writer = result_writer(conn.clone(), keys.results_channel(), addr.clone());
+        let writer = result_writer(
+            conn.clone(),
+            keys.results_channel(),
+            announcer.publish_command(),
+            addr.clone(),
+        );
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                client,
+                announcer,
                 conn,
                 channel: keys.results_channel(),
                 keys,
@@ -190,7 +238,7 @@ impl RedisBackend {
         }
         self.inner.hub.link.send_replace(Link::Connecting);
         let subscriber = Subscriber {
-            client: self.inner.client.clone(),
+            announcer: self.inner.announcer.clone(),
             conn: self.inner.conn.clone(),
             channel: self.inner.channel.clone(),
             addr: self.inner.addr.clone(),
@@ -392,8 +440,8 @@ impl Drop for Interest<'_> {
 
 /// The background task that holds the subscription.
 struct Subscriber {
-    client: redis::Client,
-    conn: ConnectionManager,
+    announcer: Announcer,
+    conn: Conn,
     channel: String,
     addr: String,
     hub: Arc<Hub>,
@@ -443,11 +491,21 @@ impl Subscriber {
         }
     }
 
-    async fn subscribe(&self) -> redis::RedisResult<PubSub> {
+    async fn subscribe(&self) -> redis::RedisResult<Subscription> {
         let subscribe = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&self.channel).await?;
-            Ok(pubsub)
+            match &self.announcer {
+                Announcer::Single(client) => {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&self.channel).await?;
+                    Ok(Subscription::Single(pubsub))
+                }
+                Announcer::Cluster(cluster) => {
+                    let (sender, pushed) = mpsc::unbounded_channel();
+                    let mut conn = cluster.subscriber(sender)?.get_async_connection().await?;
+                    conn.ssubscribe(&self.channel).await?;
+                    Ok(Subscription::Cluster(conn, pushed))
+                }
+            }
         };
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe).await {
             Ok(subscribed) => subscribed,
@@ -476,14 +534,68 @@ impl Subscriber {
     }
 
     /// Wakes the waiters of each announced id until the connection is lost; says why.
-    async fn listen(&self, pubsub: PubSub) -> String {
+    async fn listen(&self, subscription: Subscription) -> String {
+        let (conn, pushed) = match subscription {
+            Subscription::Single(pubsub) => return self.listen_single(pubsub).await,
+            Subscription::Cluster(conn, pushed) => (conn, pushed),
+        };
+        self.listen_cluster(conn, pushed).await
+    }
+
+    /// [`listen`](Self::listen) on a cluster: the connection resubscribes by itself
+    /// after a reconnection or a failover, and says so with a push of kind
+    /// `ssubscribe`, after which every waiter looks again.
+    async fn listen_cluster(
+        &self,
+        conn: ClusterConnection,
+        mut pushed: mpsc::UnboundedReceiver<PushInfo>,
+    ) -> String {
+        let slot = crate::keys::cluster_slot(self.channel.as_bytes());
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resubscribing = false;
+        loop {
+            tokio::select! {
+                push = pushed.recv() => match push {
+                    Some(PushInfo { kind: PushKind::SMessage, data }) => {
+                        if let Some(Value::BulkString(payload)) = data.get(1) {
+                            self.announce(payload);
+                        }
+                    }
+                    Some(PushInfo { kind: PushKind::Disconnection, .. }) => resubscribing = true,
+                    Some(PushInfo { kind: PushKind::SSubscribe, .. }) if resubscribing => {
+                        resubscribing = false;
+                        tracing::info!(channel = %self.channel, "resubscribed to the results; every waiter looks again");
+                        self.hub.wake_all();
+                    }
+                    Some(_) => {}
+                    None => return "the connection closed".to_owned(),
+                },
+                _ = ping.tick() => {
+                    let mut conn = Conn::Cluster(conn.clone());
+                    let ping_cmd = redis::cmd("PING");
+                    let pinged = conn.on_slot::<Value>(&ping_cmd, slot);
+                    match tokio::time::timeout(PING_TIMEOUT, pinged).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("a ping failed: {e}"),
+                        Err(_elapsed) => {
+                            return format!("a ping went unanswered for {PING_TIMEOUT:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`listen`](Self::listen) on a single Redis.
+    async fn listen_single(&self, pubsub: PubSub) -> String {
         let (mut sink, mut messages) = pubsub.split();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => self.announce(&message),
+                    Some(message) => self.announce(message.get_payload_bytes()),
                     None => return "the connection closed".to_owned(),
                 },
                 _ = ping.tick() => {
@@ -500,8 +612,8 @@ impl Subscriber {
     }
 
     /// Wakes the waiters of every task id in `message` (ids separated by commas).
-    fn announce(&self, message: &redis::Msg) {
-        let Ok(text) = std::str::from_utf8(message.get_payload_bytes()) else {
+    fn announce(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
             tracing::debug!(channel = %self.channel, "ignored a message that is not text");
             return;
         };
@@ -515,6 +627,13 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// A live subscription to the results channel.
+enum Subscription {
+    Single(PubSub),
+    /// The connection, and what its nodes push.
+    Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
 }
 
 /// A result on its way to Redis.
@@ -576,10 +695,12 @@ const MAX_RESULT_BATCH: usize = 512;
 /// stored already is decided by `lua/store_result.lua` in a second round trip, and
 /// announced again if it replaced it.
 fn result_writer(
-    conn: ConnectionManager,
+    conn: Conn,
     channel: String,
+    publish: &'static str,
     addr: String,
 ) -> Batcher<StoredResult, bool> {
+    let cluster = matches!(conn, Conn::Cluster(_));
     let script = Arc::new(redis::Script::new(include_str!("../lua/store_result.lua")));
     Batcher::new(MAX_RESULT_BATCH, move |batch: Vec<StoredResult>| {
         let mut conn = conn.clone();
@@ -604,12 +725,31 @@ fn result_writer(
                 }
                 push_id(&mut ids, result.id);
             }
-            pipe.cmd("PUBLISH").arg(&channel).arg(ids).ignore();
             // Each `SET` answers OK, or nil when `NX` found a result there: read as
             // values, not as strings made for every job.
-            let set: Vec<Value> = match pipe.query_async(&mut conn).await {
-                Ok(set) => set,
-                Err(e) => return failed(e),
+            let set: Vec<Value> = if cluster {
+                // The keys are on many slots: one command each, sent together, then
+                // the announcement once all are stored.
+                let sets = pipe.cmd_iter().map(|set| {
+                    let mut conn = conn.clone();
+                    async move { set.query_async::<Value>(&mut conn).await }
+                });
+                let set = match futures::future::try_join_all(sets).await {
+                    Ok(set) => set,
+                    Err(e) => return failed(e),
+                };
+                let published: redis::RedisResult<i64> =
+                    redis::cmd(publish).arg(&channel).arg(ids).query_async(&mut conn).await;
+                if let Err(e) = published {
+                    return failed(e);
+                }
+                set
+            } else {
+                pipe.cmd(publish).arg(&channel).arg(ids).ignore();
+                match pipe.query_async(&mut conn).await {
+                    Ok(set) => set,
+                    Err(e) => return failed(e),
+                }
             };
             let found = |i: usize| matches!(set.get(i), Some(Value::Nil));
             let mut stored: Vec<Result<bool>> = (0..batch.len()).map(|i| Ok(!found(i))).collect();
@@ -644,7 +784,7 @@ fn result_writer(
             }
             if !ids.is_empty() {
                 let published: redis::RedisResult<i64> =
-                    redis::cmd("PUBLISH").arg(&channel).arg(ids).query_async(&mut conn).await;
+                    redis::cmd(publish).arg(&channel).arg(ids).query_async(&mut conn).await;
                 if let Err(e) = published {
                     return failed(e);
                 }

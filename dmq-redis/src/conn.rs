@@ -12,7 +12,14 @@ use std::time::Duration;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
+};
+
+use crate::redis_url::RedisUrl;
 
 /// Longer than any blocking wait dmq asks for; its own timer ends the wait first.
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -25,22 +32,105 @@ pub(crate) enum Source {
     /// Boxed: a client with TLS settings is large.
     Client(Box<Client>),
     Pool(deadpool_redis::Pool),
+    Cluster(Box<Cluster>),
 }
 
 impl Source {
+    /// Where the connections of `url` come from: a cluster client for a cluster URL,
+    /// and for a plain URL that reaches a node of a cluster (`cluster_enabled:1`).
+    pub(crate) async fn of(url: &RedisUrl) -> RedisResult<Source> {
+        if let Some(nodes) = url.cluster_nodes() {
+            let nodes = nodes
+                .iter()
+                .map(|node| redis::IntoConnectionInfo::into_connection_info(node.as_str()))
+                .collect::<RedisResult<Vec<_>>>()?;
+            return Ok(Source::Cluster(Box::new(Cluster::new(nodes)?)));
+        }
+        let client = url.client();
+        if is_cluster_node(client).await? {
+            if url.shown().starts_with("rediss") || url.shown().starts_with("valkeys") {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "this Redis is a node of a Redis Cluster, and TLS to a cluster is not \
+                     supported yet",
+                )));
+            }
+            let seed = client.get_connection_info().clone();
+            return Ok(Source::Cluster(Box::new(Cluster::new(vec![seed])?)));
+        }
+        Ok(Source::Client(Box::new(client.clone())))
+    }
+
+    /// Whether the connections go to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Source::Cluster(_))
+    }
+
     /// A new connection of the caller's own, with no response timeout.
-    pub(crate) async fn open_unbounded(&self) -> RedisResult<MultiplexedConnection> {
+    pub(crate) async fn open_unbounded(&self) -> RedisResult<Conn> {
         match self {
             Source::Client(client) => {
                 let config = AsyncConnectionConfig::new().set_response_timeout(None);
-                client.get_multiplexed_async_connection_with_config(&config).await
+                Ok(Conn::Direct(
+                    client.get_multiplexed_async_connection_with_config(&config).await?,
+                ))
             }
             Source::Pool(pool) => {
                 let mut conn = take(pool).await?;
                 conn.set_response_timeout(NO_TIMEOUT);
-                Ok(conn)
+                Ok(Conn::Direct(conn))
+            }
+            Source::Cluster(cluster) => {
+                Ok(Conn::Cluster(cluster.blocking.get_async_connection().await?))
             }
         }
+    }
+}
+
+/// Whether the Redis `client` reaches is a node of a Redis Cluster.
+async fn is_cluster_node(client: &Client) -> RedisResult<bool> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await?;
+    Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+}
+
+/// The clients of a Redis Cluster: one for ordinary commands, one for blocking waits.
+pub(crate) struct Cluster {
+    nodes: Vec<ConnectionInfo>,
+    commands: ClusterClient,
+    blocking: ClusterClient,
+}
+
+impl Cluster {
+    pub(crate) fn new(nodes: Vec<ConnectionInfo>) -> RedisResult<Cluster> {
+        let commands = Self::builder(&nodes).response_timeout(RESPONSE_TIMEOUT).build()?;
+        let blocking = Self::builder(&nodes).build()?;
+        Ok(Cluster { nodes, commands, blocking })
+    }
+
+    /// A connection for ordinary commands.
+    pub(crate) async fn connect(&self) -> RedisResult<ClusterConnection> {
+        self.commands.get_async_connection().await
+    }
+
+    fn builder(nodes: &[ConnectionInfo]) -> ClusterClientBuilder {
+        ClusterClientBuilder::new(nodes.to_vec()).connection_timeout(Duration::from_secs(5))
+    }
+
+    /// A client whose connections speak RESP3 and pass what the server pushes (the
+    /// messages of a subscription) to `push`.
+    pub(crate) fn subscriber(
+        &self,
+        push: impl redis::aio::AsyncPushSender,
+    ) -> RedisResult<ClusterClient> {
+        Self::builder(&self.nodes)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push)
+            .build()
     }
 }
 
@@ -71,6 +161,8 @@ pub(crate) enum Shared {
     Manager(ConnectionManager),
     /// Taken from a pool; replaced by another from the pool once it fails.
     Pooled { pool: deadpool_redis::Pool, current: Mutex<Option<MultiplexedConnection>> },
+    /// Connections to every node of a cluster; they reconnect by themselves.
+    Cluster(ClusterConnection),
 }
 
 impl Shared {
@@ -88,6 +180,7 @@ impl Shared {
                 let conn = take_shared(pool).await?;
                 Ok(Shared::Pooled { pool: pool.clone(), current: Mutex::new(Some(conn)) })
             }
+            Source::Cluster(cluster) => Ok(Shared::Cluster(cluster.connect().await?)),
         }
     }
 
@@ -95,6 +188,7 @@ impl Shared {
     pub(crate) async fn get(&self) -> RedisResult<Conn> {
         match self {
             Shared::Manager(manager) => Ok(Conn::Manager(manager.clone())),
+            Shared::Cluster(conn) => Ok(Conn::Cluster(conn.clone())),
             Shared::Pooled { pool, current } => {
                 if let Some(conn) = lock(current).clone() {
                     return Ok(Conn::Direct(conn));
@@ -125,6 +219,76 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) enum Conn {
     Manager(ConnectionManager),
     Direct(MultiplexedConnection),
+    Cluster(ClusterConnection),
+    /// One node of a cluster: every command goes to it, whatever its keys (for
+    /// `SCAN`, which each master answers for its own keys).
+    Node {
+        conn: ClusterConnection,
+        host: String,
+        port: u16,
+    },
+}
+
+impl Conn {
+    /// Runs `cmd` on the master of `slot` (on a cluster; elsewhere on the one server):
+    /// for commands without a key that must reach a given node, such as `CLIENT ID`.
+    pub(crate) async fn on_slot<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        slot: u16,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                let value = c.route_command(cmd.clone(), RoutingInfo::SingleNode(route)).await?;
+                redis::from_redis_value(value).map_err(Into::into)
+            }
+            other => cmd.query_async(other).await,
+        }
+    }
+
+    /// Connections that together reach every key: this one on a single Redis, one
+    /// per master on a cluster (each as [`Conn::Node`]).
+    pub(crate) async fn masters(&self) -> RedisResult<Vec<Conn>> {
+        let Conn::Cluster(c) = self else { return Ok(vec![self.clone()]) };
+        // Any node answers for the whole cluster.
+        let listing = c
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let listing: String = redis::from_redis_value(listing)?;
+        Ok(masters_of(&listing)
+            .into_iter()
+            .map(|(host, port)| Conn::Node { conn: c.clone(), host, port })
+            .collect())
+    }
+}
+
+/// The masters that serve slots in a `CLUSTER NODES` listing: lines of
+/// `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots...>`.
+fn masters_of(listing: &str) -> Vec<(String, u16)> {
+    let mut masters = Vec::new();
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, address, flags, _, _, _, _, state, slots @ ..] = fields.as_slice() else {
+            continue;
+        };
+        let serving = flags.split(',').any(|f| f == "master")
+            && !flags.split(',').any(|f| f == "fail" || f == "noaddr")
+            && *state == "connected"
+            && !slots.is_empty();
+        let address = address.split(['@', ',']).next().unwrap_or_default();
+        if let (true, Some((host, port))) = (serving, address.rsplit_once(':')) {
+            if let Ok(port) = port.parse() {
+                masters.push((host.to_owned(), port));
+            }
+        }
+    }
+    masters.sort();
+    masters
 }
 
 impl ConnectionLike for Conn {
@@ -132,6 +296,12 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Manager(c) => c.req_packed_command(cmd),
             Conn::Direct(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Node { conn, host, port } => {
+                let route = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
+                let routed = conn.route_command(cmd.clone(), RoutingInfo::SingleNode(route));
+                Box::pin(routed)
+            }
         }
     }
 
@@ -144,6 +314,11 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Manager(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Direct(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Node { conn, host, port } => {
+                let route = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
+                Box::pin(conn.route_pipeline(cmd.clone(), offset, count, route))
+            }
         }
     }
 
@@ -151,6 +326,28 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Manager(c) => c.get_db(),
             Conn::Direct(c) => c.get_db(),
+            Conn::Cluster(c) | Conn::Node { conn: c, .. } => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_are_read_from_a_cluster_nodes_listing() {
+        let listing = "\
+a1 127.0.0.1:7100@17100 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7103@17103 slave a1 0 1 1 connected
+c3 127.0.0.1:7101@17101,node-b master - 0 1 2 connected 5461-10922
+d4 127.0.0.1:7102@17102 master,fail - 0 1 3 disconnected 10923-16383
+e5 127.0.0.1:7104@17104 master - 0 1 4 connected
+";
+        assert_eq!(
+            masters_of(listing),
+            [("127.0.0.1".to_owned(), 7100), ("127.0.0.1".to_owned(), 7101)],
+            "a replica, a failed master and a master without slots serve none"
+        );
     }
 }

@@ -224,6 +224,26 @@ impl QueueKeys {
     }
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text between
+/// the first `{` and the next `}`, when not empty) or else of the whole key, modulo
+/// 16384, as the Redis Cluster specification defines it. Keys of one slot may meet in
+/// one script, transaction or multi-key command on a cluster.
+#[must_use]
+pub fn cluster_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &key[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(key) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
+}
+
 /// A task id's text as dmq writes it in Redis (lowercase, hyphenated), made on the
 /// stack: ids are written for every job, several times.
 pub(crate) fn id_text(id: TaskId) -> IdText {
@@ -254,6 +274,26 @@ mod tests {
         let text = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
         assert_eq!(redis::ToRedisArgs::to_redis_args(&id_text(id)), vec![text.as_bytes().to_vec()]);
         assert_eq!(Keys::new("app").result(id), format!("app:result:{text}"));
+    }
+
+    #[test]
+    fn slots_match_the_cluster_specification_s_examples() {
+        // CRC16 of "123456789" is 0x31C3, below 16384.
+        assert_eq!(cluster_slot(b"123456789"), 0x31C3);
+        assert_eq!(cluster_slot(b"{user1000}.following"), cluster_slot(b"{user1000}.followers"));
+        assert_ne!(
+            cluster_slot(b"foo{}{bar}"),
+            cluster_slot(b"bar"),
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(
+            cluster_slot(b"foo{}{bar}"),
+            cluster_slot(b"foo{}{bar}x".split_last().unwrap().1)
+        );
+        assert_eq!(cluster_slot(b"foo{{bar}}zap"), cluster_slot(b"{bar"));
+        // Known slots, as `CLUSTER KEYSLOT` answers them.
+        assert_eq!(cluster_slot(b"foo"), 12182);
+        assert_eq!(cluster_slot(b"bar"), 5061);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! A whole namespace's keys, for tools and tests: removing them (never FLUSHDB), and
-//! reading back which queues have some.
+//! reading back which queues have some. On a Redis Cluster each master is scanned for
+//! its own keys.
 
 use dmq_core::Result;
 use redis::aio::ConnectionLike;
 
+use crate::conn::{Conn, Shared, Source};
 use crate::error::redis_error;
-use crate::keys::{Keys, QueueKeys};
+use crate::keys::{Keys, QueueKeys, cluster_slot};
+use crate::redis_url::RedisUrl;
 
 /// One page of `SCAN` (never `KEYS`) over the keys matching `pattern`: the next cursor
 /// (0 when done) and the keys found.
@@ -40,12 +43,7 @@ pub async fn delete_namespace<C: ConnectionLike + Send>(conn: &mut C, keys: &Key
             let (next, found) =
                 scan_page(conn, &pattern, cursor).await.map_err(|e| redis_error(&what(), e))?;
             if !found.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&found)
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| redis_error(&what(), e))?;
-                deleted += n;
+                deleted += unlink(conn, found).await.map_err(|e| redis_error(&what(), e))?;
             }
             if next == 0 {
                 break;
@@ -54,6 +52,54 @@ pub async fn delete_namespace<C: ConnectionLike + Send>(conn: &mut C, keys: &Key
         }
     }
     Ok(deleted)
+}
+
+/// `UNLINK`s `found`: one command per cluster slot among them, so that it also works
+/// on a node of a cluster, which refuses a command over keys of several slots.
+async fn unlink<C: ConnectionLike + Send>(
+    conn: &mut C,
+    mut found: Vec<String>,
+) -> redis::RedisResult<u64> {
+    found.sort_by_key(|key| cluster_slot(key.as_bytes()));
+    let mut pipe = redis::pipe();
+    for group in found.chunk_by(|a, b| cluster_slot(a.as_bytes()) == cluster_slot(b.as_bytes())) {
+        pipe.cmd("UNLINK").arg(group);
+    }
+    let counts: Vec<u64> = pipe.query_async(conn).await?;
+    Ok(counts.iter().sum())
+}
+
+/// Deletes every key of `keys`' namespace in the Redis or the Redis Cluster at `url`
+/// (any URL [`RedisUrl`] reads), as [`delete_namespace`] does on one connection, on
+/// every master of a cluster; returns how many keys went.
+///
+/// # Errors
+///
+/// [`dmq_core::Error::InvalidArgument`] for a URL that does not parse,
+/// [`dmq_core::Error::Backend`] when Redis fails; the keys deleted until then stay
+/// deleted.
+pub async fn delete_namespace_at(url: &str, keys: &Keys) -> Result<u64> {
+    let url = RedisUrl::parse(url)?;
+    let failed = |e| redis_error(&format!("connecting to redis at {}", url.shown()), e);
+    let source = Source::of(&url).await.map_err(failed)?;
+    let conn = Shared::connect(&source).await.map_err(failed)?.get().await.map_err(failed)?;
+    let mut deleted = 0;
+    for mut node in conn.masters().await.map_err(failed)? {
+        deleted += delete_namespace(&mut node, keys).await?;
+    }
+    Ok(deleted)
+}
+
+/// [`queue_names`] over every master of a cluster (or the one Redis).
+pub(crate) async fn queue_names_everywhere(conn: &Conn, keys: &Keys) -> Result<Vec<String>> {
+    let what = || format!("listing the queues of namespace {:?}", keys.namespace());
+    let mut names = Vec::new();
+    for mut node in conn.masters().await.map_err(|e| redis_error(&what(), e))? {
+        names.extend(queue_names(&mut node, keys).await?);
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// The queues of `keys`' namespace that have at least one key in Redis, sorted and

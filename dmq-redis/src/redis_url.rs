@@ -17,8 +17,13 @@ const TLS_CERT: &str = "tls_cert";
 const TLS_KEY: &str = "tls_key";
 
 /// How a Redis URL is written, for error messages.
-const FORMS: &str = "write it as redis://[[user]:password@]host[:port][/db] or \
-                     rediss://[[user]:password@]host[:port][/db][?tls_ca=FILE][&tls_cert=FILE&tls_key=FILE]";
+const FORMS: &str = "write it as redis://[[user]:password@]host[:port][/db], \
+                     rediss://[[user]:password@]host[:port][/db][?tls_ca=FILE][&tls_cert=FILE&tls_key=FILE] \
+                     or redis+cluster://[[user]:password@]host:port[,host:port...]";
+
+/// How a Redis Cluster URL is written, for error messages.
+const CLUSTER_FORM: &str = "write it as redis+cluster://[[user]:password@]host:port[,host:port...], \
+                            naming one or more of the cluster's nodes";
 
 /// A Redis URL, read and checked: the redis-rs client it makes, and the URL as it may
 /// be shown (without its password).
@@ -36,6 +41,13 @@ const FORMS: &str = "write it as redis://[[user]:password@]host[:port][/db] or \
 /// | `rediss://host:6380?tls_ca=/etc/dmq/ca.pem` | TLS, trusting the certificate authorities in this PEM file instead |
 /// | `rediss://host:6380?tls_ca=ca.pem&tls_cert=client.pem&tls_key=client.key` | mutual TLS: also present this client certificate and its private key (PEM) |
 /// | `rediss://host:6380/#insecure` | TLS without checking the server's certificate at all: for tests only |
+/// | `redis+cluster://host1:7000,host2:7001` | a Redis Cluster, found through any of the nodes named (the others are discovered) |
+/// | `redis+cluster://user:password@host1:7000,host2:7001` | a Redis Cluster whose nodes share these credentials |
+///
+/// A cluster has database 0 only, so a cluster URL names none. A plain `redis://` URL
+/// that reaches a node of a cluster works too: the broker and the backend see
+/// `cluster_enabled:1` when they connect and speak to the whole cluster. TLS to a
+/// cluster (`rediss+cluster://`) is not supported yet.
 ///
 /// Paths may be relative to the working directory; percent-encode characters such as
 /// `&`, `#` or spaces in them, and in passwords.
@@ -47,8 +59,11 @@ const FORMS: &str = "write it as redis://[[user]:password@]host[:port][/db] or \
 /// ```
 pub struct RedisUrl {
     shown: String,
+    /// The server's client; for a cluster, the first node's.
     client: Client,
     insecure: bool,
+    /// For a cluster: every node the URL names, as `redis://` URLs with the credentials.
+    cluster: Option<Vec<String>>,
 }
 
 impl fmt::Debug for RedisUrl {
@@ -72,6 +87,11 @@ impl RedisUrl {
     pub fn parse(url: &str) -> Result<Self> {
         let shown = redact(url);
         let invalid = |what: String| Error::InvalidArgument(format!("{shown}: {what}"));
+        if let Some((scheme, rest)) = url.split_once("://") {
+            if scheme.ends_with("+cluster") {
+                return parse_cluster(scheme, rest, shown.clone()).map_err(invalid);
+            }
+        }
         let parsed =
             url::Url::parse(url).map_err(|e| invalid(format!("not a Redis URL ({e}); {FORMS}")))?;
         let tls = scheme_is_tls(parsed.scheme());
@@ -132,7 +152,7 @@ impl RedisUrl {
                  read and change the traffic; use it for tests only"
             );
         }
-        Ok(RedisUrl { shown, client, insecure })
+        Ok(RedisUrl { shown, client, insecure, cluster: None })
     }
 
     /// The redis-rs client for this URL, with its TLS settings.
@@ -153,11 +173,72 @@ impl RedisUrl {
         &self.shown
     }
 
+    /// Whether the URL names a Redis Cluster (`redis+cluster://`).
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The nodes of a cluster URL, as `redis://` URLs with their credentials.
+    pub(crate) fn cluster_nodes(&self) -> Option<&[String]> {
+        self.cluster.as_deref()
+    }
+
     /// Whether the server's certificate goes unchecked (`rediss://...#insecure`).
     #[must_use]
     pub fn is_insecure(&self) -> bool {
         self.insecure
     }
+}
+
+/// Reads the part after `scheme://` of a cluster URL:
+/// `[[user]:password@]host:port[,host:port...][/0]`.
+fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result<RedisUrl, String> {
+    match scheme {
+        "redis+cluster" | "valkey+cluster" => {}
+        "rediss+cluster" | "valkeys+cluster" => {
+            return Err(format!(
+                "TLS to a Redis Cluster is not supported yet; reach the cluster over a private \
+                 network with {}://host:port[,host:port...], or use a single Redis with rediss://",
+                scheme.replace("s+cluster", "+cluster")
+            ));
+        }
+        other => return Err(format!("unknown scheme {other}://; {CLUSTER_FORM}")),
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match tail {
+        "" | "/" | "/0" => {}
+        _ if tail.starts_with('?') || tail.starts_with('#') => {
+            return Err(format!("a cluster URL takes no options ({tail}); {CLUSTER_FORM}"));
+        }
+        _ => {
+            return Err(format!(
+                "a Redis Cluster has database 0 only, so its URL names none (not {tail}); \
+                 {CLUSTER_FORM}"
+            ));
+        }
+    }
+    let (credentials, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let mut nodes = Vec::new();
+    for host in hosts.split(',') {
+        let port = host.rsplit_once(':').map(|(_, port)| port);
+        if host.is_empty() || port.is_none_or(|p| p.parse::<u16>().is_err()) {
+            return Err(format!("{host:?} is not a host:port; {CLUSTER_FORM}"));
+        }
+        nodes.push(format!("redis://{credentials}{host}"));
+    }
+    let client = Client::open(nodes[0].as_str())
+        .map_err(|e| format!("not a Redis Cluster URL ({e}); {CLUSTER_FORM}"))?;
+    // Each node's URL must also read as one, for the cluster client.
+    for node in &nodes[1..] {
+        Client::open(node.as_str())
+            .map_err(|e| format!("not a Redis Cluster URL ({e}); {CLUSTER_FORM}"))?;
+    }
+    Ok(RedisUrl { shown, client, insecure: false, cluster: Some(nodes) })
 }
 
 /// `rediss://` and its Valkey spelling, as redis-rs reads them.
@@ -332,6 +413,35 @@ mod tests {
         assert_eq!(info.username(), Some("app@x"));
         assert_eq!(info.password(), Some("p@ss"));
         assert!(!format!("{url:?}").contains("p%40ss"), "{url:?}");
+    }
+
+    #[test]
+    fn cluster_urls_name_their_nodes() {
+        let url = RedisUrl::parse("redis+cluster://app:pw@10.0.0.1:7000,10.0.0.2:7001").unwrap();
+        assert!(url.is_cluster());
+        assert_eq!(
+            url.cluster_nodes(),
+            Some(
+                &[
+                    "redis://app:pw@10.0.0.1:7000".to_owned(),
+                    "redis://app:pw@10.0.0.2:7001".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!(url.shown(), "redis+cluster://app:***@10.0.0.1:7000,10.0.0.2:7001");
+        assert!(!format!("{url:?}").contains("pw"), "{url:?}");
+        assert!(!RedisUrl::parse("redis://127.0.0.1:6379").unwrap().is_cluster());
+        for (bad, expected) in [
+            ("redis+cluster://h1:7000,,h2:7001", "is not a host:port"),
+            ("redis+cluster://h1", "is not a host:port"),
+            ("redis+cluster://h1:7000/3", "database 0 only"),
+            ("redis+cluster://h1:7000?tls_ca=x", "takes no options"),
+            ("rediss+cluster://h1:7000", "not supported yet"),
+        ] {
+            let message = refused(bad);
+            assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
+            assert!(message.contains("redis+cluster://"), "{message}");
+        }
     }
 
     #[test]

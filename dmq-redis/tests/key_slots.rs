@@ -1,11 +1,10 @@
 //! Every script dmq runs must touch one Redis Cluster slot: the keys it is handed all
 //! hash alike (their `{hash tag}`). This runs each broker and backend operation against
-//! a real Redis while `MONITOR` records the commands, and checks the keys of every
-//! `EVALSHA`/`EVAL` in the test's namespace.
-//!
-//! What still crosses slots is listed in `KNOWN_CROSSING` (issue 15 removes them one by
-//! one): a new crossing fails the test, and so does a listed one that no longer
-//! crosses, so the list cannot go stale.
+//! the local Redis Cluster while `MONITOR` on every master records the commands, and
+//! checks the keys of every `EVALSHA`/`EVAL`, every transaction and every multi-key
+//! command in the test's namespace. (The cluster would refuse most crossings itself;
+//! this also shows what each operation sends, and asks the cluster itself for each
+//! key's slot, with `CLUSTER KEYSLOT`.)
 
 mod common;
 
@@ -18,43 +17,9 @@ use dmq_core::{
     TaskOutcome, WorkerInfo, WorkerRegistry,
 };
 use dmq_redis::{RedisBackend, RedisBroker};
+use redis::aio::MultiplexedConnection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-/// Operations whose script still takes keys of more than one slot today.
-const KNOWN_CROSSING: &[&str] = &["enqueue a batch across two queues"];
-
-/// Operations with a transaction or a multi-key command over more than one slot today.
-const KNOWN_CROSSING_COMMANDS: &[&str] = &["claim waiting on two empty queues"];
-
-/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text between
-/// the first `{` and the next `}`, when not empty) or of the whole key, modulo 16384.
-fn slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let close = key[open + 1..].iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| &key[open + 1..open + 1 + close])
-    });
-    let bytes = tagged.unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &b in bytes {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc % 16384
-}
-
-#[test]
-fn slots_match_redis_cluster_s_own_examples() {
-    // From the Redis Cluster specification.
-    // CRC16 of "123456789" is 0x31C3, below 16384.
-    assert_eq!(slot(b"123456789"), 0x31C3);
-    assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
-    assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
-    assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"), "an empty tag hashes the whole key");
-    assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
-}
 
 /// The quoted words of one `MONITOR` line, unescaped.
 fn words(line: &str) -> Vec<Vec<u8>> {
@@ -88,6 +53,11 @@ fn words(line: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// The slot of `key`, as the cluster computes it.
+async fn slot(conn: &mut MultiplexedConnection, key: &[u8]) -> u16 {
+    redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(conn).await.expect("cluster keyslot")
+}
+
 /// A command as `MONITOR` showed it: the client that sent it, and its words.
 type Sent = (String, Vec<Vec<u8>>);
 
@@ -100,15 +70,34 @@ struct Unit {
     keys: Vec<Vec<u8>>,
 }
 
-/// Runs every broker and backend operation against the test Redis while `MONITOR`
-/// records what it is sent, and returns, for each operation, the units of work it
-/// made that touch the test's namespace.
-async fn record() -> BTreeMap<String, Vec<Unit>> {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
-    let url = common::redis_url();
+/// The masters of the cluster at `url` (`redis+cluster://host:port,...`), as
+/// `(host, port)`, read from `CLUSTER NODES` of its first node.
+async fn masters(url: &str) -> Vec<(String, u16)> {
+    let first = url.trim_start_matches("redis+cluster://").split(',').next().expect("a node");
+    let client = redis::Client::open(format!("redis://{first}")).expect("node url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to a node");
+    let listing: String =
+        redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await.expect("cluster nodes");
+    let mut masters = Vec::new();
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let serving =
+            fields.len() > 8 && fields[2].contains("master") && !fields[2].contains("fail");
+        if serving {
+            let address = fields[1].split('@').next().expect("ip:port");
+            let (host, port) = address.rsplit_once(':').expect("ip:port");
+            masters.push((host.to_owned(), port.parse().expect("a port")));
+        }
+    }
+    assert_eq!(masters.len(), 3, "the test cluster has three masters: {listing}");
+    masters
+}
+
+/// The lines `redis-cli monitor` prints for the master at `host:port` until it shows
+/// the mark `end`; started at once, read in the background.
+async fn monitor(host: &str, port: u16, end: String) -> tokio::task::JoinHandle<Vec<String>> {
     let mut monitor = Command::new("redis-cli")
-        .args(["-u", &url, "monitor"])
+        .args(["-h", host, "-p", &port.to_string(), "monitor"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -116,18 +105,47 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
         .expect("run redis-cli monitor");
     let mut lines = BufReader::new(monitor.stdout.take().expect("its output")).lines();
     assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("OK"));
-    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("connect");
-    let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("connect");
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let marker = client.get_multiplexed_async_connection().await.expect("connect");
+    tokio::spawn(async move {
+        let _monitor = monitor;
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("read the monitor") {
+            let done = line.contains(&end);
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+/// Runs every broker and backend operation against the test cluster while `MONITOR`
+/// on each master records what it is sent, and returns, for each operation, the units
+/// of work it made that touch the test's namespace.
+async fn record() -> (BTreeMap<String, Vec<Unit>>, MultiplexedConnection) {
+    let namespace = common::fresh_namespace();
+    let url = common::cluster_url();
+    let _cleanup = Cleanup(url.clone(), namespace.clone());
     // Marks carry the namespace: tests running at once see each other's marks.
     let prefix = format!("key-slots-mark:{namespace}:");
+    let mut monitors = Vec::new();
+    let mut markers: Vec<MultiplexedConnection> = Vec::new();
+    for (host, port) in masters(&url).await {
+        monitors.push(monitor(&host, port, format!("{prefix}end")).await);
+        let client = redis::Client::open(format!("redis://{host}:{port}")).expect("node url");
+        markers.push(client.get_multiplexed_async_connection().await.expect("connect"));
+    }
+    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect("connect");
+    let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect("connect");
+    // A mark goes to every master, after the operation's commands.
     let mark = |name: String| {
-        let mut conn = marker.clone();
+        let markers = markers.clone();
         let said = format!("{prefix}{name}");
         async move {
-            let _: String =
-                redis::cmd("ECHO").arg(said).query_async(&mut conn).await.expect("echo");
+            for mut conn in markers {
+                let _: String =
+                    redis::cmd("ECHO").arg(&said).query_async(&mut conn).await.expect("echo");
+            }
         }
     };
 
@@ -152,7 +170,10 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
     op!("enqueue a batch", broker.enqueue_batch(vec![job("alpha"), job("alpha")]).await);
     op!(
         "enqueue a batch across two queues",
-        broker.enqueue_batch(vec![job("alpha"), job("beta")]).await
+        broker
+            .enqueue_batch(vec![job("alpha"), job("beta")])
+            .await
+            .expect("a batch over two slots")
     );
     let worker = WorkerInfo::new("w", "host", 1, q.clone(), 4, chrono::Utc::now());
     op!("heartbeat", broker.heartbeat(&worker, long).await);
@@ -183,7 +204,10 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
     let two = vec!["gamma".to_owned(), "delta".to_owned()];
     op!(
         "claim waiting on two empty queues",
-        broker.claim("w", &two, 1, long, Duration::from_millis(200)).await
+        broker
+            .claim("w", &two, 1, long, Duration::from_millis(200))
+            .await
+            .expect("a wait on two slots")
     );
     op!("queue figures", broker.queue_stats("alpha").await);
     op!("list queues", broker.queues().await);
@@ -197,11 +221,15 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
     op!("store a result", backend.store_fenced(got[0].lease.id, &outcome, long, 7).await);
     mark("end".to_owned()).await;
 
-    // What each client sent, in order, per operation.
-    let mut current: Vec<Sent> = Vec::new();
+    // What each client sent, in order, per operation, on every master.
     let mut seen: BTreeMap<String, Vec<Sent>> = BTreeMap::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read the monitor") {
+    for monitor in monitors {
+        let lines = tokio::time::timeout(Duration::from_secs(30), monitor)
+            .await
+            .expect("a monitor never showed the end mark")
+            .expect("the monitor task");
+        let mut current: Vec<Sent> = Vec::new();
+        for line in lines {
             // `<time> [<db> <client>] "command" "arg" ...`
             let client = line
                 .split_once('[')
@@ -213,14 +241,11 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
             if command.eq_ignore_ascii_case(b"echo") {
                 let said = w.get(1).map(|said| String::from_utf8_lossy(said).into_owned());
                 if let Some(name) = said.unwrap_or_default().strip_prefix(&prefix) {
-                    if name == "end" {
-                        return;
-                    }
-                    seen.insert(name.to_owned(), std::mem::take(&mut current));
+                    seen.entry(name.to_owned()).or_default().append(&mut current);
                 }
                 continue;
             }
-            // Only what may touch this test's namespace (other tests share the server):
+            // Only what may touch this test's namespace (other tests share the cluster):
             // its own commands, and the brackets of transactions, which name no key.
             let bracket = [&b"multi"[..], b"exec", b"discard"]
                 .iter()
@@ -229,13 +254,11 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
                 current.push((client, w));
             }
         }
-    })
-    .await;
-    assert!(read.is_ok(), "the monitor never showed the end mark");
+    }
 
     // The keys of each command, as Redis itself reads them (`COMMAND GETKEYS`), and
     // the commands of a transaction taken together.
-    let mut conn = marker.clone();
+    let mut conn = markers[0].clone();
     let mut units = BTreeMap::new();
     for (op, sent) in seen {
         let mut open: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
@@ -275,12 +298,33 @@ async fn record() -> BTreeMap<String, Vec<Unit>> {
             .collect();
         units.insert(op, ours);
     }
-    units
+    (units, conn)
 }
 
-/// The operations with a unit of `kinds` (or of any other kind, when `scripts` is
+/// Deletes the test's keys on the cluster when dropped.
+struct Cleanup(String, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (url, namespace) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(common::remove_namespace_at(&url, &namespace));
+        })
+        .join();
+    }
+}
+
+/// The operations with a unit of a script (or of any other kind, when `scripts` is
 /// false) whose keys fall in more than one slot; printed as found.
-fn crossing(units: &BTreeMap<String, Vec<Unit>>, scripts: bool) -> BTreeSet<String> {
+async fn crossing(
+    conn: &mut MultiplexedConnection,
+    units: &BTreeMap<String, Vec<Unit>>,
+    scripts: bool,
+) -> BTreeSet<String> {
     let mut crossing = BTreeSet::new();
     for (op, made) in units {
         for unit in made {
@@ -288,7 +332,10 @@ fn crossing(units: &BTreeMap<String, Vec<Unit>>, scripts: bool) -> BTreeSet<Stri
             if scripted != scripts {
                 continue;
             }
-            let slots: BTreeSet<u16> = unit.keys.iter().map(|k| slot(k)).collect();
+            let mut slots = BTreeSet::new();
+            for key in &unit.keys {
+                slots.insert(slot(conn, key).await);
+            }
             if slots.len() > 1 {
                 crossing.insert(op.clone());
                 let keys: Vec<String> =
@@ -301,24 +348,22 @@ fn crossing(units: &BTreeMap<String, Vec<Unit>>, scripts: bool) -> BTreeSet<Stri
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_script_touches_one_slot_but_the_known_ones() {
-    let units = record().await;
+async fn every_script_transaction_and_command_touches_one_slot() {
+    let (units, mut conn) = record().await;
     let scripted = units
         .values()
         .filter(|made| made.iter().any(|u| u.kind == "evalsha" || u.kind == "eval"))
         .count();
     assert!(scripted >= 15, "too few operations ran a script: {units:?}");
-    let known: BTreeSet<String> = KNOWN_CROSSING.iter().map(|s| (*s).to_owned()).collect();
-    assert_eq!(crossing(&units, true), known, "the operations whose scripts cross slots");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_transaction_and_command_touches_one_slot_but_the_known_ones() {
-    let units = record().await;
-    let known: BTreeSet<String> = KNOWN_CROSSING_COMMANDS.iter().map(|s| (*s).to_owned()).collect();
+    // The two that crossed before dmq spoke Redis Cluster ran, and were seen.
+    for op in ["enqueue a batch across two queues", "claim waiting on two empty queues"] {
+        assert!(units.get(op).is_some_and(|made| !made.is_empty()), "{op} was not seen: {units:?}");
+    }
+    let scripts = crossing(&mut conn, &units, true).await;
+    assert_eq!(scripts, BTreeSet::new(), "the operations whose scripts cross slots");
     assert_eq!(
-        crossing(&units, false),
-        known,
+        crossing(&mut conn, &units, false).await,
+        BTreeSet::new(),
         "the operations whose transactions or multi-key commands cross slots"
     );
 }

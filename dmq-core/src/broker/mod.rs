@@ -57,13 +57,17 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// the broker cannot be reached or refuses the job.
     async fn enqueue(&self, job: Job) -> Result<()>;
 
-    /// Adds many jobs at once, atomically: all of them or none.
+    /// Adds many jobs at once, atomically per queue: each queue's jobs all or none.
+    /// Brokers that can (the in-memory broker, Redis on one server) make the whole
+    /// batch atomic, across its queues too; a partitioned store (Redis Cluster), whose
+    /// queues live apart, adds each queue's part on its own.
     ///
     /// # Errors
     ///
     /// As [`enqueue`](Broker::enqueue), also for an id repeated within the batch, and
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a job with an
-    /// idempotency key (use `enqueue` for those); on an error no job was added.
+    /// idempotency key (use `enqueue` for those); on an error no job of the queue the
+    /// error names was added (nor of any queue, on a broker atomic across queues).
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()>;
 
     /// Claims up to `max` due jobs from `queues`, highest priority first, each under a

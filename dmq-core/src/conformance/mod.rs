@@ -146,7 +146,7 @@ macro_rules! lifecycle_conformance_tests {
             batch_enqueue_adds_every_job,
             concurrent_claimers_never_share_a_job,
             a_queued_id_cannot_be_enqueued_again,
-            a_batch_across_queues_with_a_duplicate_adds_nothing,
+            a_batch_across_queues_with_a_duplicate_adds_nothing_to_that_queue,
             a_release_does_not_count_as_a_delivery,
             a_retry_wakes_a_waiting_claim,
             an_idempotency_key_admits_one_job_while_it_is_known,

@@ -197,7 +197,7 @@ impl RedisBroker {
 #[async_trait]
 impl BrokerAdmin for RedisBroker {
     /// The queue registry's members. The first listing in a namespace also finds the
-    /// queues by their keys (`SCAN`, on a single Redis), once, and registers them: a
+    /// queues by their keys (`SCAN`, on every master of a cluster), once, and registers them: a
     /// queue made by a dmq older than the registry is listed too, even after newer
     /// producers and workers started the registry with their own queues.
     async fn queues(&self) -> Result<Vec<String>> {
@@ -210,7 +210,7 @@ impl BrokerAdmin for RedisBroker {
             .await
             .map_err(|e| self.err(&what, e))?;
         if !scanned {
-            let found = crate::namespace::queue_names(&mut conn, &self.keys).await?;
+            let found = crate::namespace::queue_names_everywhere(&conn, &self.keys).await?;
             let mut pipe = redis::pipe();
             if !found.is_empty() {
                 pipe.sadd(self.keys.queues(), &found).ignore();

@@ -222,7 +222,8 @@ impl RedisBroker {
         cmd.arg("STREAMS").arg(self.keys.events()).arg(id);
         let what = "reading the event stream";
         let reply: Value = if block {
-            self.run_blocking(&cmd, wait, what).await?.unwrap_or(Value::Nil)
+            let slot = self.blocking_slot(&self.keys.events());
+            self.run_blocking(&cmd, slot, wait, what).await?.unwrap_or(Value::Nil)
         } else {
             let mut conn = self.conn().await?;
             cmd.query_async(&mut conn).await.map_err(|e| self.err(what, e))?

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::batch::Batcher;
 use crate::conn::{Conn, Shared, Source};
 use crate::error::redis_error;
-use crate::keys::{DEFAULT_NAMESPACE, Keys, QueueKeys, id_text};
+use crate::keys::{DEFAULT_NAMESPACE, Keys, QueueKeys, cluster_slot, id_text};
 use crate::redis_url::RedisUrl;
 use crate::scripts::Scripts;
 
@@ -131,7 +131,10 @@ impl RedisBroker {
     pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
         let url = RedisUrl::parse(url)?;
         let shown = url.shown().to_owned();
-        Self::from_source(Source::Client(Box::new(url.into_client())), shown, namespace).await
+        let source = Source::of(&url)
+            .await
+            .map_err(|e| redis_error(&format!("connecting to redis at {shown}"), e))?;
+        Self::from_source(source, shown, namespace).await
     }
 
     /// A broker on the connections of a deadpool-redis pool the application already
@@ -289,8 +292,30 @@ impl RedisBroker {
         }
     }
 
-    /// Adds `jobs` in one script: all or none. A single job may carry an idempotency key.
+    /// Adds `jobs` in one script: all or none. A single job may carry an idempotency
+    /// key. On a cluster, a batch over queues of several slots is one script per slot,
+    /// run together: each queue's part all or none.
     async fn enqueue_jobs(&self, jobs: Vec<Job>) -> Result<()> {
+        if self.source.is_cluster() {
+            let mut parts: Vec<(u16, Vec<Job>)> = Vec::new();
+            for job in jobs {
+                let slot = cluster_slot(self.keys.queue(&job.queue).signal().as_bytes());
+                match parts.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, part)) => part.push(job),
+                    None => parts.push((slot, vec![job])),
+                }
+            }
+            let added = futures::future::join_all(
+                parts.into_iter().map(|(_, part)| self.enqueue_part(part)),
+            )
+            .await;
+            return added.into_iter().collect();
+        }
+        self.enqueue_part(jobs).await
+    }
+
+    /// Adds `jobs` in one script: all or none.
+    async fn enqueue_part(&self, jobs: Vec<Job>) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -402,7 +427,10 @@ impl Broker for RedisBroker {
     }
 
     /// One script adds the whole batch, across all its queues, so it is atomic on one
-    /// Redis. (On Redis Cluster a script may touch one slot only: batch per queue.)
+    /// Redis. On a Redis Cluster, where a script may touch one slot only, a batch over
+    /// queues of several slots is one script per slot, run together: each queue's part
+    /// is added whole or not at all, and when one part is refused (a duplicate id) the
+    /// parts of other queues may have been added; the error names the refused queue.
     async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()> {
         dmq_core::refuse_keys_in_batches(&jobs)?;
         self.enqueue_jobs(jobs).await

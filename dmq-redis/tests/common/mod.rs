@@ -14,18 +14,41 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// The local Redis Cluster the cluster tests use: `DMQ_CLUSTER_URL`, or the one
+/// `scripts/ensure-redis-cluster` starts (three masters and three replicas on ports
+/// 7100-7105) when none runs.
+pub fn cluster_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DMQ_CLUSTER_URL") {
+            return url;
+        }
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/ensure-redis-cluster");
+        let out = std::process::Command::new(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().last().expect("the cluster's URL").trim().to_owned()
+    })
+    .clone()
+}
+
 /// A namespace no other test uses.
 pub fn fresh_namespace() -> String {
     format!("dmq-test-{}", uuid::Uuid::new_v4())
 }
 
-/// Deletes every key of `namespace`.
+/// Deletes every key of `namespace` on the test Redis.
 pub async fn remove_namespace(namespace: &str) {
-    let client = redis::Client::open(redis_url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
-    dmq_redis::delete_namespace(&mut conn, &Keys::new(namespace))
-        .await
-        .expect("delete the test keys");
+    remove_namespace_at(&redis_url(), namespace).await;
+}
+
+/// Deletes every key of `namespace` on the Redis or the Redis Cluster at `url`.
+pub async fn remove_namespace_at(url: &str, namespace: &str) {
+    dmq_redis::delete_namespace_at(url, &Keys::new(namespace)).await.expect("delete the test keys");
 }
 
 /// Deletes the keys of its namespace when dropped, also when the test fails: hold one
@@ -60,6 +83,7 @@ impl Drop for Cleanup {
 /// A `RedisBroker` and a `RedisBackend` in a fresh namespace, removed afterwards: the
 /// fixture both conformance suites run on.
 pub struct RedisFixture {
+    url: String,
     namespace: String,
     broker: Arc<RedisBroker>,
     backend: Arc<RedisBackend>,
@@ -68,12 +92,7 @@ pub struct RedisFixture {
 #[async_trait::async_trait]
 impl Fixture for RedisFixture {
     async fn setup() -> Self {
-        let namespace = fresh_namespace();
-        let url = redis_url();
-        let hint = "connect to redis (scripts/ensure-redis starts one)";
-        let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect(hint);
-        let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect(hint);
-        RedisFixture { namespace, broker: Arc::new(broker), backend: Arc::new(backend) }
+        RedisFixture::on(redis_url()).await
     }
 
     fn broker(&self) -> Arc<dyn Broker> {
@@ -85,7 +104,41 @@ impl Fixture for RedisFixture {
     }
 
     async fn teardown(self) {
-        remove_namespace(&self.namespace).await;
+        remove_namespace_at(&self.url, &self.namespace).await;
+    }
+}
+
+impl RedisFixture {
+    /// A broker and a backend on the Redis (or cluster) at `url`, in a fresh namespace.
+    pub async fn on(url: String) -> Self {
+        let namespace = fresh_namespace();
+        let hint =
+            "connect to redis (scripts/ensure-redis and scripts/ensure-redis-cluster start one)";
+        let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect(hint);
+        let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect(hint);
+        RedisFixture { url, namespace, broker: Arc::new(broker), backend: Arc::new(backend) }
+    }
+}
+
+/// As [`RedisFixture`], on the local Redis Cluster ([`cluster_url`]).
+pub struct ClusterFixture(RedisFixture);
+
+#[async_trait::async_trait]
+impl Fixture for ClusterFixture {
+    async fn setup() -> Self {
+        ClusterFixture(RedisFixture::on(cluster_url()).await)
+    }
+
+    fn broker(&self) -> Arc<dyn Broker> {
+        self.0.broker()
+    }
+
+    fn backend(&self) -> Arc<dyn ResultBackend> {
+        self.0.backend()
+    }
+
+    async fn teardown(self) {
+        self.0.teardown().await;
     }
 }
 
@@ -105,6 +158,7 @@ impl Fixture for PooledFixture {
         let broker = RedisBroker::from_pool(pool, &namespace).await.expect(hint);
         let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect(hint);
         PooledFixture(RedisFixture {
+            url,
             namespace,
             broker: Arc::new(broker),
             backend: Arc::new(backend),

@@ -778,6 +778,16 @@ mod tests {
     use crate::events::Event;
 
     #[tokio::test]
+    async fn a_batch_across_queues_is_atomic_as_a_whole() {
+        let broker = InMemoryBroker::new();
+        let queued = Job::new(TaskId::new(), "beta", 5, None, vec![0]);
+        broker.enqueue(queued.clone()).await.unwrap();
+        let batch = vec![Job::new(TaskId::new(), "alpha", 5, None, vec![1]), queued];
+        assert!(matches!(broker.enqueue_batch(batch).await, Err(Error::DuplicateJob { .. })));
+        assert_eq!(broker.queue_stats("alpha").await.unwrap().ready, 0, "alpha's part was added");
+    }
+
+    #[tokio::test]
     async fn the_dead_letter_cap_drops_the_oldest_and_counts_them() {
         let broker = InMemoryBroker::with_dead_letter_cap(3);
         let queues = vec!["q".to_owned()];
