@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dmq_core::{Broker, BrokerAdmin, Error, Manager, WorkerRegistry};
-use dmq_redis::{Keys, QueueKeys, RedisBackend, RedisBroker};
+use dmq_redis::{Keys, QueueKeys, RedisBackend, RedisBroker, RedisConnection};
 use futures::{StreamExt, TryStreamExt};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -70,10 +70,7 @@ impl Drop for Namespace {
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-                let mut conn =
-                    client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
-                dmq_redis::delete_namespace(&mut conn, &keys).await.map_err(|e| e.to_string())
+                dmq_redis::delete_namespace_at(&url, &keys).await.map_err(|e| e.to_string())
             })
         })
         .join();
@@ -229,18 +226,13 @@ async fn registered(manager: &Manager, workers: &[WorkerProcess]) {
     .await;
 }
 
-/// A multiplexed connection for reading the workers' run records.
-async fn records_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(url).expect("redis url");
-    // Reading 20,000 records on a busy machine can take longer than redis-rs's
-    // default 500 ms response timeout.
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-    client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to redis")
+/// A connection for reading the workers' run records, on a Redis or a Redis Cluster.
+async fn records_conn(url: &str) -> RedisConnection {
+    RedisConnection::open(url).await.expect("connect to redis")
 }
 
 /// The `task-id pid` entries the `slow` jobs of namespace `ns` recorded as they started.
-async fn starts(mut conn: redis::aio::MultiplexedConnection, ns: &str) -> Vec<String> {
+async fn starts(mut conn: RedisConnection, ns: &str) -> Vec<String> {
     redis::cmd("LRANGE")
         .arg(starts_key(ns))
         .arg(0)
@@ -451,7 +443,7 @@ fn free_port() -> u16 {
 /// neither missed nor counted twice, as it could be by `queue_stats`, which reads them
 /// one after another.
 async fn unsettled_and_dead(
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: RedisConnection,
     queue: &QueueKeys,
 ) -> redis::RedisResult<(u64, u64)> {
     let mut pipe = redis::pipe();
@@ -922,6 +914,125 @@ async fn a_sigkill_storm_loses_no_job_and_changes_no_stored_result() {
     }
     eprintln!(
         "storm: {} workers killed, {repeated} of {STORM_JOBS} jobs ran more than once",
+        killed.len()
+    );
+    for worker in &mut workers {
+        let status = worker.terminate().await;
+        assert!(status.success(), "a worker exited with {status} after SIGTERM");
+    }
+}
+
+/// The local Redis Cluster: `DMQ_CLUSTER_URL` (set by scripts/test), or the one
+/// `scripts/ensure-redis-cluster` starts when none runs.
+fn cluster_url() -> String {
+    if let Ok(url) = std::env::var("DMQ_CLUSTER_URL") {
+        return url;
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-redis-cluster");
+    let out = std::process::Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("the cluster's URL")
+        .trim()
+        .to_owned()
+}
+
+/// Worker processes on a Redis Cluster, each claiming from three queues on three
+/// slots, through a storm of SIGKILLs: every job of batches that span the queues is
+/// run and its result stored, nothing is left behind, and each stored result came
+/// from one of the job's own runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_storm_on_a_redis_cluster_loses_no_job_of_three_queues() {
+    const JOBS: u64 = 1_200;
+    let queues = ["e2e-stamp", "e2e-stamp-b", "e2e-stamp-c"];
+    let url = cluster_url();
+    let ns = Namespace::fresh(&url);
+    let (broker, manager) = connect(&url, &ns.name).await;
+    let slots: HashSet<u16> = queues
+        .iter()
+        .map(|q| dmq_redis::cluster_slot(Keys::new(ns.name.clone()).queue(q).signal().as_bytes()))
+        .collect();
+    assert_eq!(slots.len(), 3, "the queues share a slot: {slots:?}");
+    let settings = Settings {
+        queue: "e2e-stamp,e2e-stamp-b,e2e-stamp-c",
+        concurrency: 8,
+        lease: Duration::from_secs(5),
+        heartbeat: Duration::from_millis(200),
+    };
+    let extra = ["--max-deliveries", "0"];
+    let mut workers: Vec<WorkerProcess> =
+        (0..3).map(|_| WorkerProcess::start_with(&url, &ns.name, settings, &extra)).collect();
+    registered(&manager, &workers).await;
+    // Batches of 60 that each span the three queues.
+    let mut ids = Vec::new();
+    for first in (0..JOBS).step_by(60) {
+        let calls = (first..first + 60)
+            .map(|n| stamp::call(n, 50 + (n * 7919) % 150).queue(queues[(n % 3) as usize]));
+        ids.extend(manager.enqueue_batch(calls).await.expect("enqueue a batch across queues"));
+    }
+
+    let mut killed: HashSet<u32> = HashSet::new();
+    let storm_ends = Instant::now() + Duration::from_secs(12);
+    let mut round = 0usize;
+    while Instant::now() < storm_ends {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let victim = round % workers.len();
+        round += 1;
+        killed.insert(workers[victim].pid);
+        let status = workers[victim].kill().await;
+        assert_eq!(status.signal(), Some(9));
+        workers[victim] = WorkerProcess::start_with(&url, &ns.name, settings, &extra);
+    }
+    assert!(killed.len() >= 5, "the storm killed {} workers", killed.len());
+
+    let mut results = HashMap::new();
+    for (n, id) in ids.iter().enumerate() {
+        let value = manager
+            .result::<String>(*id)
+            .wait(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("job {n} ({id}) was lost: {e}"));
+        assert!(value.starts_with(&format!("{n}:")), "job {n} stored {value}");
+        results.insert(*id, value);
+    }
+    for queue in queues {
+        let stats = broker.queue_stats(queue).await.expect("stats");
+        assert_eq!(
+            (stats.ready, stats.delayed, stats.in_flight, stats.dead),
+            (0, 0, 0, 0),
+            "{queue}: {stats:?}"
+        );
+    }
+    let mut conn = records_conn(&url).await;
+    let stamps: Vec<String> = redis::cmd("LRANGE")
+        .arg(stamps_key(&ns.name))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("read the stamps");
+    let mut runs: HashMap<String, Vec<u32>> = HashMap::new();
+    for entry in &stamps {
+        let (id, pid) = entry.split_once(' ').expect("`id pid`");
+        runs.entry(id.to_owned()).or_default().push(pid.parse().expect("a pid"));
+    }
+    let mut repeated = 0;
+    for (id, value) in &results {
+        let pids = runs.get(&id.to_string()).map(Vec::as_slice).unwrap_or_default();
+        let writer: u32 = value.split(':').nth(1).and_then(|p| p.parse().ok()).expect("a pid");
+        assert!(pids.contains(&writer), "job {id}'s result came from a run it never had");
+        let survivors = pids.iter().filter(|pid| !killed.contains(pid)).count();
+        assert!(survivors <= 1, "job {id} ran more than once on workers never killed: {pids:?}");
+        repeated += usize::from(pids.len() > 1);
+    }
+    eprintln!(
+        "cluster storm: {} workers killed, {repeated} of {JOBS} jobs ran more than once",
         killed.len()
     );
     for worker in &mut workers {

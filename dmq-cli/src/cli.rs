@@ -575,7 +575,8 @@ pub struct TasksArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Broker to measure: redis://host:port[/db], rediss://... (TLS),
-    /// or memory:// for the in-process broker.
+    /// redis+cluster://host:port[,host:port...] (a Redis Cluster), or memory:// for the
+    /// in-process broker.
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
@@ -647,6 +648,14 @@ pub struct BenchArgs {
     /// measure what writing it costs.
     #[arg(long)]
     pub no_event_stream: bool,
+
+    /// Spread the jobs over this many queues (dmq-bench, dmq-bench-1, ...), round
+    /// robin, and have the worker claim from all of them. On a Redis Cluster each
+    /// queue lives in a slot of its own, so the work spreads over the masters, and the
+    /// report shows each master's share of the Redis CPU.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub queues: u64,
 
     /// Print the figures as one JSON object instead of the human-readable report.
     #[arg(long)]

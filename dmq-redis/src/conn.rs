@@ -214,6 +214,82 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A connection to the Redis, or the Redis Cluster, that a URL names, made as the
+/// broker makes its own: for tools and tests that read or write beside dmq (the same
+/// URLs work, `redis+cluster://` included). Cheap to clone; clones share it.
+///
+/// ```no_run
+/// # async fn demo() -> dmq_core::Result<()> {
+/// let mut conn = dmq_redis::RedisConnection::open("redis+cluster://127.0.0.1:7100").await?;
+/// let n: u64 = redis::cmd("HLEN").arg("{app}:workers:info").query_async(&mut conn).await
+///     .expect("HLEN");
+/// # let _ = n;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisConnection(pub(crate) Conn);
+
+impl RedisConnection {
+    /// Connects to `url` (any URL [`RedisUrl`] reads).
+    ///
+    /// # Errors
+    ///
+    /// [`dmq_core::Error::InvalidArgument`] for a URL that does not parse,
+    /// [`dmq_core::Error::Backend`] when Redis cannot be reached.
+    pub async fn open(url: &str) -> dmq_core::Result<Self> {
+        let url = RedisUrl::parse(url)?;
+        let failed =
+            |e| crate::error::redis_error(&format!("connecting to redis at {}", url.shown()), e);
+        let source = Source::of(&url).await.map_err(failed)?;
+        let conn = Shared::connect(&source).await.map_err(failed)?.get().await.map_err(failed)?;
+        Ok(RedisConnection(conn))
+    }
+
+    /// Connections that together reach every key: this one on a single Redis, one per
+    /// master on a cluster (each sends every command to its master, for `SCAN`).
+    ///
+    /// # Errors
+    ///
+    /// [`dmq_core::Error::Backend`] when the cluster cannot say which its masters are.
+    pub async fn masters(&self) -> dmq_core::Result<Vec<RedisConnection>> {
+        let masters = self.0.masters().await.map_err(|e| {
+            crate::error::redis_error("listing the masters of the redis cluster", e)
+        })?;
+        Ok(masters.into_iter().map(RedisConnection).collect())
+    }
+}
+
+impl RedisConnection {
+    /// The `host:port` of the one node this connection sends everything to: set for
+    /// the connections [`masters`](RedisConnection::masters) gives on a cluster.
+    #[must_use]
+    pub fn node(&self) -> Option<String> {
+        match &self.0 {
+            Conn::Node { host, port, .. } => Some(format!("{host}:{port}")),
+            _ => None,
+        }
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// A handle on the shared connection.
 #[derive(Clone)]
 pub(crate) enum Conn {

@@ -16,6 +16,7 @@ mod scripts;
 
 pub use backend::RedisBackend;
 pub use broker::{DEFAULT_DEAD_LETTER_CAP, DEFAULT_MAX_DELIVERIES, RedisBroker};
+pub use conn::RedisConnection;
 pub use error::RedisFailure;
 pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys, cluster_slot};
 pub use namespace::{delete_namespace, delete_namespace_at, queue_names};

@@ -5,10 +5,9 @@
 use dmq_core::Result;
 use redis::aio::ConnectionLike;
 
-use crate::conn::{Conn, Shared, Source};
+use crate::conn::{Conn, RedisConnection};
 use crate::error::redis_error;
 use crate::keys::{Keys, QueueKeys, cluster_slot};
-use crate::redis_url::RedisUrl;
 
 /// One page of `SCAN` (never `KEYS`) over the keys matching `pattern`: the next cursor
 /// (0 when done) and the keys found.
@@ -70,7 +69,7 @@ async fn unlink<C: ConnectionLike + Send>(
 }
 
 /// Deletes every key of `keys`' namespace in the Redis or the Redis Cluster at `url`
-/// (any URL [`RedisUrl`] reads), as [`delete_namespace`] does on one connection, on
+/// (any URL [`RedisUrl`](crate::RedisUrl) reads), as [`delete_namespace`] does on one connection, on
 /// every master of a cluster; returns how many keys went.
 ///
 /// # Errors
@@ -79,12 +78,9 @@ async fn unlink<C: ConnectionLike + Send>(
 /// [`dmq_core::Error::Backend`] when Redis fails; the keys deleted until then stay
 /// deleted.
 pub async fn delete_namespace_at(url: &str, keys: &Keys) -> Result<u64> {
-    let url = RedisUrl::parse(url)?;
-    let failed = |e| redis_error(&format!("connecting to redis at {}", url.shown()), e);
-    let source = Source::of(&url).await.map_err(failed)?;
-    let conn = Shared::connect(&source).await.map_err(failed)?.get().await.map_err(failed)?;
+    let conn = RedisConnection::open(url).await?;
     let mut deleted = 0;
-    for mut node in conn.masters().await.map_err(failed)? {
+    for mut node in conn.masters().await? {
         deleted += delete_namespace(&mut node, keys).await?;
     }
     Ok(deleted)

@@ -22,7 +22,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use dmq_core::{Manager, Schedule, TaskContext, TaskError, task};
 use dmq_redis::{RedisBackend, RedisBroker};
-use redis::aio::ConnectionManager;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The worker's settings, from arguments or the environment.
@@ -92,7 +91,7 @@ pub(crate) fn ticks_key(ns: &str) -> String {
 
 /// Where the tasks record their runs.
 struct Records {
-    conn: ConnectionManager,
+    conn: dmq_redis::RedisConnection,
     runs: String,
     pids: String,
     starts: String,
@@ -216,8 +215,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ns = &args.namespace;
 
-    let client = redis::Client::open(args.redis.as_str()).context("the Redis URL")?;
-    let conn = ConnectionManager::new(client).await.context("connecting to Redis")?;
+    let conn = dmq_redis::RedisConnection::open(&args.redis).await?;
     let records = Records {
         conn,
         runs: runs_key(ns),

@@ -38,9 +38,20 @@ async fn noop_ignored(i: u64) -> Result<u64, TaskError> {
     Ok(i)
 }
 
-/// A call of the no-op task, storing its result or not.
-fn noop_call(i: u64, ignore_result: bool) -> dmq_core::Call<u64> {
-    if ignore_result { noop_ignored::call(i) } else { noop::call(i) }
+/// A call of the no-op task, storing its result or not, on queue `i` modulo `queues`.
+fn noop_call(i: u64, ignore_result: bool, queues: u64) -> dmq_core::Call<u64> {
+    let call = if ignore_result { noop_ignored::call(i) } else { noop::call(i) };
+    if queues > 1 { call.queue(queue_name(i % queues)) } else { call }
+}
+
+/// The bench's queue `k`: `dmq-bench`, then `dmq-bench-1`, `dmq-bench-2`, ...
+fn queue_name(k: u64) -> String {
+    if k == 0 { QUEUE.to_owned() } else { format!("{QUEUE}-{k}") }
+}
+
+/// Every queue of a run with `--queues n`.
+fn queue_names(n: u64) -> Vec<String> {
+    (0..n.max(1)).map(queue_name).collect()
 }
 
 #[task(name = "dmq.bench.noop", queue = "dmq-bench")]
@@ -76,8 +87,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let report = measure(&manager, &args, setup, None, out).await?;
             out.finish(&report)
         }
-        "redis" => {
+        "redis" | "redis+cluster" => {
             let url = args.broker.clone();
+            ensure!(
+                !(args.deadpool && scheme == "redis+cluster"),
+                "--deadpool takes a single Redis: deadpool-redis pools plain connections, not a cluster's"
+            );
             let namespace = args
                 .namespace
                 .clone()
@@ -147,7 +162,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             out.line(format_args!("cleanup            deleted {deleted} keys matching {pattern}"));
             out.finish(&report)
         }
-        other => bail!("dmq bench measures memory:// and redis:// brokers, not {other}://"),
+        other => bail!(
+            "dmq bench measures memory://, redis:// and redis+cluster:// brokers, not {other}://"
+        ),
     }
 }
 
@@ -262,6 +279,19 @@ struct Cost {
     cpu_us_per_job: f64,
     /// The commands that made up most of the total, per job, busiest first.
     top_commands: Vec<CommandCount>,
+    /// Each master's part, on a Redis Cluster (empty on a single Redis).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    by_master: Vec<MasterCost>,
+}
+
+/// One master's part of the Redis CPU, on a cluster.
+#[derive(Debug, Serialize)]
+struct MasterCost {
+    /// Its `host:port`.
+    master: String,
+    cpu_us_per_job: f64,
+    /// Its fraction of the CPU all masters spent.
+    share: f64,
 }
 
 /// One Redis command's calls per job.
@@ -320,6 +350,16 @@ impl Output {
             cost.cpu_us_per_job,
             top.join(", ")
         ));
+        if !cost.by_master.is_empty() {
+            let masters: Vec<String> = cost
+                .by_master
+                .iter()
+                .map(|m| {
+                    format!("{} {:.1} us/job ({:.0}%)", m.master, m.cpu_us_per_job, m.share * 100.0)
+                })
+                .collect();
+            self.line(format_args!("{:<18} by master: {}", "", masters.join(", ")));
+        }
     }
 
     fn finish(self, report: &Report) -> anyhow::Result<()> {
@@ -349,13 +389,14 @@ async fn measure(
 
     let before_enqueue = snapshot(stats).await?;
     let quiet = args.ignore_result;
-    let (single, mut ids) = enqueue_single(manager, single_jobs, quiet).await?;
+    let (single, mut ids) = enqueue_single(manager, single_jobs, quiet, args.queues).await?;
     out.rate(
         "enqueue, single",
         single,
         &format!("{} producers, one job per call", single.concurrency),
     );
-    let (batch, batch_ids) = enqueue_batch(manager, batch_jobs, args.batch_size, quiet).await?;
+    let (batch, batch_ids) =
+        enqueue_batch(manager, batch_jobs, args.batch_size, quiet, args.queues).await?;
     ids.extend(batch_ids);
     out.rate(
         "enqueue, batch",
@@ -367,14 +408,14 @@ async fn measure(
     let worker = manager
         .worker()
         .concurrency(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
-        .queues([QUEUE])
+        .queues(queue_names(args.queues))
         .grace(Duration::from_secs(5))
         .guarantee(args.guarantee)
         .start();
     let phases = async {
         // Redis is asked less often: every poll is a pipeline of queue-size commands.
         let poll = Duration::from_millis(if stats.is_some() { 10 } else { 2 });
-        let drain = drain(manager, args.jobs, args.concurrency, poll).await?;
+        let drain = drain(manager, args.jobs, args.concurrency, poll, args.queues).await?;
         let after_drain = snapshot(stats).await?;
         out.rate(
             "drain",
@@ -454,6 +495,7 @@ async fn enqueue_single(
     manager: &Manager,
     jobs: u64,
     quiet: bool,
+    queues: u64,
 ) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
     let mut producers = JoinSet::new();
@@ -462,7 +504,7 @@ async fn enqueue_single(
         producers.spawn(async move {
             let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             for i in first..first + count {
-                ids.push(noop_call(i, quiet).enqueue(&manager).await?.id());
+                ids.push(noop_call(i, quiet, queues).enqueue(&manager).await?.id());
             }
             dmq_core::Result::Ok(ids)
         });
@@ -478,6 +520,7 @@ async fn enqueue_batch(
     jobs: u64,
     batch_size: u64,
     quiet: bool,
+    queues: u64,
 ) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
     let mut producers = JoinSet::new();
@@ -489,7 +532,8 @@ async fn enqueue_batch(
             for batch in first_batch..first_batch + count {
                 let from = batch * batch_size;
                 let to = (from + batch_size).min(jobs);
-                ids.extend(manager.enqueue_batch((from..to).map(|i| noop_call(i, quiet))).await?);
+                let calls = (from..to).map(|i| noop_call(i, quiet, queues));
+                ids.extend(manager.enqueue_batch(calls).await?);
             }
             dmq_core::Result::Ok(ids)
         });
@@ -516,19 +560,24 @@ async fn drain(
     jobs: u64,
     concurrency: u64,
     poll: Duration,
+    queues: u64,
 ) -> anyhow::Result<Rate> {
     let started = Instant::now();
     let mut last_left = u64::MAX;
     let mut last_progress = Instant::now();
+    let queues = queue_names(queues);
     loop {
-        let stats =
-            manager.admin()?.queue_stats(QUEUE).await.context("reading the queue's size")?;
-        ensure!(
-            stats.dead == 0,
-            "{} bench jobs were dead-lettered; the worker could not run them",
-            stats.dead
-        );
-        let left = stats.ready + stats.in_flight + stats.delayed;
+        let mut left = 0;
+        for queue in &queues {
+            let stats =
+                manager.admin()?.queue_stats(queue).await.context("reading the queue's size")?;
+            ensure!(
+                stats.dead == 0,
+                "{} bench jobs were dead-lettered; the worker could not run them",
+                stats.dead
+            );
+            left += stats.ready + stats.in_flight + stats.delayed;
+        }
         if left == 0 {
             break;
         }
@@ -642,46 +691,63 @@ async fn snapshot(stats: Option<&RedisStats>) -> anyhow::Result<Option<Snapshot>
     }
 }
 
-/// A plain Redis connection for `INFO` and the clean-up, apart from the broker's.
+/// Connections for `INFO` and the clean-up, apart from the broker's: one to each
+/// master of a cluster, or one to the single Redis.
 struct RedisStats {
-    conn: redis::aio::MultiplexedConnection,
+    /// Each master with its `host:port` (the URL as shown, for a single Redis).
+    nodes: Vec<(String, dmq_redis::RedisConnection)>,
     shown: String,
 }
 
-/// Server-wide command counts and CPU time at one moment.
+/// Server-wide command counts and CPU time at one moment, summed over the masters,
+/// with each master's CPU time.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Snapshot {
     calls: BTreeMap<String, u64>,
     cpu_us: f64,
+    by_master: BTreeMap<String, f64>,
 }
 
 impl RedisStats {
     async fn connect(url: &str) -> anyhow::Result<Self> {
-        let url = dmq_redis::RedisUrl::parse(url)?;
-        let shown = url.shown().to_owned();
-        let conn = url
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .with_context(|| format!("connecting to Redis at {shown}"))?;
-        Ok(RedisStats { conn, shown })
+        let shown = redact(url);
+        let conn = dmq_redis::RedisConnection::open(url).await?;
+        let nodes = conn
+            .masters()
+            .await?
+            .into_iter()
+            .map(|node| (node.node().unwrap_or_else(|| shown.clone()), node))
+            .collect();
+        Ok(RedisStats { nodes, shown })
     }
 
     async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .arg("cpu")
-            .query_async(&mut conn)
-            .await
-            .with_context(|| format!("reading INFO from Redis at {}", self.shown))?;
-        Ok(Snapshot::parse(&info))
+        let mut total = Snapshot::default();
+        for (name, conn) in &self.nodes {
+            let mut conn = conn.clone();
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .arg("cpu")
+                .query_async(&mut conn)
+                .await
+                .with_context(|| format!("reading INFO from Redis at {name} ({})", self.shown))?;
+            let one = Snapshot::parse(&info);
+            for (command, calls) in one.calls {
+                *total.calls.entry(command).or_default() += calls;
+            }
+            total.cpu_us += one.cpu_us;
+            total.by_master.insert(name.clone(), one.cpu_us);
+        }
+        Ok(total)
     }
 
-    /// Deletes every key of the bench namespace; returns how many.
+    /// Deletes every key of the bench namespace, on every master; returns how many.
     async fn delete_namespace(&self, keys: &dmq_redis::Keys) -> anyhow::Result<u64> {
-        let mut conn = self.conn.clone();
-        Ok(dmq_redis::delete_namespace(&mut conn, keys).await?)
+        let mut deleted = 0;
+        for (_, conn) in &self.nodes {
+            deleted += dmq_redis::delete_namespace(&mut conn.clone(), keys).await?;
+        }
+        Ok(deleted)
     }
 }
 
@@ -728,9 +794,27 @@ impl Snapshot {
         deltas.sort_by(|a, b| b.1.total_cmp(&a.1));
         let commands_per_job = deltas.iter().map(|(_, n)| n).sum();
         deltas.truncate(6);
+        let cpu_us = (self.cpu_us - earlier.cpu_us).max(0.0);
+        let by_master = if self.by_master.len() > 1 {
+            self.by_master
+                .iter()
+                .map(|(master, &now)| {
+                    let spent =
+                        (now - earlier.by_master.get(master).copied().unwrap_or(now)).max(0.0);
+                    MasterCost {
+                        master: master.clone(),
+                        cpu_us_per_job: spent / jobs,
+                        share: if cpu_us > 0.0 { spent / cpu_us } else { 0.0 },
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Cost {
+            by_master,
             commands_per_job,
-            cpu_us_per_job: (self.cpu_us - earlier.cpu_us).max(0.0) / jobs,
+            cpu_us_per_job: cpu_us / jobs,
             top_commands: deltas
                 .into_iter()
                 .map(|(command, per_job)| CommandCount { command, per_job })

@@ -69,7 +69,7 @@ pub struct RedisBroker {
     shared: Arc<Shared>,
     keys: Keys,
     scripts: Arc<Scripts>,
-    blocking: Mutex<Vec<BlockingConnection>>,
+    blocking: Spares,
     /// Acknowledgements on their way, sent a batch per queue per round trip.
     acks: Batcher<Settled>,
     /// This broker's name when it holds the reaper lock.
@@ -177,7 +177,7 @@ impl RedisBroker {
             shared,
             keys,
             scripts,
-            blocking: Mutex::new(Vec::new()),
+            blocking: Spares::default(),
             acks,
             reaper_id: uuid::Uuid::new_v4().to_string(),
             healthy_since: Mutex::new(None),

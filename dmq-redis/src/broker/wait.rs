@@ -3,13 +3,17 @@
 //!
 //! On a Redis Cluster a `BLPOP` may name keys of one slot only, and each queue's
 //! wake-up list is in its queue's slot: a claimer of several queues there waits on each
-//! slot at once, each wait on a connection of its own, and the first wake-up ends the
-//! others.
+//! slot at once, each wait on a connection of its own. The first wake-up returns at
+//! once; the other waits are ended in the background, and a wake-up one of them took
+//! meanwhile is passed on.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use dmq_core::Result;
-use futures::future::FutureExt as _;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
 
 use crate::conn::Conn;
 use crate::keys::cluster_slot;
@@ -19,45 +23,136 @@ use super::*;
 /// How long a BLPOP may take to answer after `CLIENT UNBLOCK`.
 pub(super) const UNBLOCK_GRACE: Duration = Duration::from_millis(50);
 
-/// Idle blocking connections kept for reuse.
-pub(super) const SPARE_BLOCKING_CONNECTIONS: usize = 8;
+/// Idle blocking connections kept for reuse: enough for a claimer of many queues on a
+/// cluster, where each slot waited on holds one.
+pub(super) const SPARE_BLOCKING_CONNECTIONS: usize = 64;
 
 /// A connection of its own for blocking waits, and its Redis client id (for
-/// `CLIENT UNBLOCK`) on the node of the slot it last blocked on.
+/// `CLIENT UNBLOCK`) on the node of each slot it blocked on.
 pub(super) struct BlockingConnection {
     pub(super) conn: Conn,
-    /// The slot and the client id there; on a single Redis the slot is always 0.
-    client_id: Option<(u16, i64)>,
+    /// Slot to client id there; on a single Redis the slot is always 0.
+    client_ids: HashMap<u16, i64>,
+}
+
+/// The spare blocking connections, shared with the waits that end in the background.
+pub(super) type Spares = Arc<Mutex<Vec<BlockingConnection>>>;
+
+/// What a blocking command needs once its connection is in hand: owned, so that a
+/// wait can finish in the background.
+#[derive(Clone)]
+struct Blocker {
+    shared: Arc<Shared>,
+    spares: Spares,
+}
+
+impl Blocker {
+    /// Runs `cmd` on `blocking` (its keys all of `slot`) until it answers, `timeout`
+    /// passes, or `ended` completes; `None` when it did not answer. Puts the connection
+    /// back among the spares when it can be used again.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        mut blocking: BlockingConnection,
+        cmd: &redis::Cmd,
+        slot: u16,
+        timeout: Duration,
+        ended: impl std::future::Future<Output = ()>,
+    ) -> redis::RedisResult<Option<T>> {
+        let client_id = blocking.client_ids.get(&slot).copied().unwrap_or_default();
+        let reply = {
+            let query = cmd.query_async::<T>(&mut blocking.conn);
+            tokio::pin!(query);
+            let stop = async {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => {}
+                    () = ended => {}
+                }
+            };
+            tokio::select! {
+                reply = &mut query => reply,
+                () = stop => {
+                    let mut conn = self.shared.get().await?;
+                    let unblock = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).clone();
+                    // Unblocked, or the command already returned: its reply is on the way.
+                    let _: i64 = conn.on_slot(&unblock, slot).await.inspect_err(|e| self.shared.failed(e))?;
+                    match tokio::time::timeout(UNBLOCK_GRACE, &mut query).await {
+                        Ok(reply) => reply,
+                        // The UNBLOCK overtook the command; drop this connection rather
+                        // than wait for the server's timeout.
+                        Err(_) => return Ok(None),
+                    }
+                }
+            }
+        };
+        match reply {
+            Ok(reply) => {
+                let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+                if spares.len() < SPARE_BLOCKING_CONNECTIONS {
+                    spares.push(blocking);
+                }
+                Ok(Some(reply))
+            }
+            Err(e) => {
+                // The spare connections likely broke the same way (a Redis restart).
+                self.spares.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `BLPOP` over `keys`, with the server's own timeout a little after `timeout`, a
+/// backstop for ours.
+fn blpop(keys: &[String], timeout: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("BLPOP");
+    cmd.arg(keys).arg((timeout + Duration::from_millis(500)).as_secs_f64());
+    cmd
+}
+
+/// Pushes a wake-up back onto `signal` (a queue's wake-up list, which holds at most one).
+async fn push_signal(shared: &Shared, signal: &str) -> redis::RedisResult<()> {
+    let mut conn = shared.get().await?;
+    redis::pipe()
+        .lpush(signal, "1")
+        .ignore()
+        .ltrim(signal, 0, 0)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await
+        .inspect_err(|e| shared.failed(e))
 }
 
 impl RedisBroker {
+    fn blocker(&self) -> Blocker {
+        Blocker { shared: Arc::clone(&self.shared), spares: Arc::clone(&self.blocking) }
+    }
+
     /// A connection for a blocking command on the keys of `slot`, with its client id
     /// on that slot's node.
-    pub(super) async fn blocking_connection(&self, slot: u16) -> Result<BlockingConnection> {
+    async fn blocking_connection(&self, slot: u16) -> Result<BlockingConnection> {
         let what = "opening a connection for blocking waits";
         let spare = {
-            let mut spare = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
+            let mut spares = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
             // One that knows its id on this slot's node, else any.
-            let known = spare.iter().position(|b| b.client_id.is_some_and(|(s, _)| s == slot));
-            match known {
-                Some(i) => Some(spare.swap_remove(i)),
-                None => spare.pop(),
+            match spares.iter().position(|b| b.client_ids.contains_key(&slot)) {
+                Some(i) => Some(spares.swap_remove(i)),
+                None => spares.pop(),
             }
         };
         let mut blocking = match spare {
             Some(blocking) => blocking,
             None => BlockingConnection {
                 conn: self.source.open_unbounded().await.map_err(|e| self.err(what, e))?,
-                client_id: None,
+                client_ids: HashMap::new(),
             },
         };
-        if blocking.client_id.is_none_or(|(s, _)| s != slot) {
+        if !blocking.client_ids.contains_key(&slot) {
             let id: i64 = blocking
                 .conn
                 .on_slot(redis::cmd("CLIENT").arg("ID"), slot)
                 .await
                 .map_err(|e| self.err(what, e))?;
-            blocking.client_id = Some((slot, id));
+            blocking.client_ids.insert(slot, id);
         }
         Ok(blocking)
     }
@@ -87,65 +182,74 @@ impl RedisBroker {
         }
         let queue_of =
             |key: &str| queues.iter().find(|queue| self.keys.queue(queue).signal() == key).cloned();
+        let what = "waiting for jobs";
         if let [(slot, keys)] = groups.as_slice() {
-            let popped = self.pop_signal(keys, *slot, timeout, std::future::pending()).await?;
-            return Ok(popped.and_then(|key| queue_of(&key)));
+            let blocking = self.blocking_connection(*slot).await?;
+            let popped: Option<Option<(String, String)>> = self
+                .blocker()
+                .run(blocking, &blpop(keys, timeout), *slot, timeout, std::future::pending())
+                .await
+                .map_err(|e| self.err(what, e))?;
+            return Ok(popped.flatten().and_then(|(key, _)| queue_of(&key)));
         }
-        // Several slots: one wait per slot; the first wake-up (or failure) ends the
-        // others, and a wake-up another wait took meanwhile is passed on.
-        let done = tokio::sync::Notify::new();
-        let waits = groups.iter().map(|(slot, keys)| {
-            let ended = done.notified();
-            async {
-                let popped = self.pop_signal(keys, *slot, timeout, ended).await;
-                done.notify_waiters();
-                popped
-            }
-            .boxed()
-        });
-        let mut woken = None;
+        // Several slots: one wait per slot, each a task of its own. The first wake-up
+        // ends the others, which finish in the background.
+        let (end, ended) = watch::channel(false);
+        let mut waits = FuturesUnordered::new();
+        for (slot, keys) in groups {
+            let blocking = self.blocking_connection(slot).await?;
+            let blocker = self.blocker();
+            let mut ended = ended.clone();
+            waits.push(tokio::spawn(async move {
+                let ended = async move {
+                    let _ = ended.wait_for(|ended| *ended).await;
+                };
+                let cmd = blpop(&keys, timeout);
+                let popped: redis::RedisResult<Option<Option<(String, String)>>> =
+                    blocker.run(blocking, &cmd, slot, timeout, ended).await;
+                popped.map(|popped| popped.flatten().map(|(key, _)| key))
+            }));
+        }
         let mut failure = None;
-        for popped in futures::future::join_all(waits).await {
-            match popped {
-                Ok(Some(key)) if woken.is_none() => woken = queue_of(&key),
-                Ok(Some(key)) => {
-                    if let Some(queue) = queue_of(&key) {
-                        self.pass_on_signal(&queue).await;
+        let mut woken = None;
+        while let Some(joined) = waits.next().await {
+            match joined {
+                Ok(Ok(Some(key))) => {
+                    woken = Some(key);
+                    break;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => failure = Some(self.err(what, e)),
+                Err(e) => {
+                    failure = Some(Error::backend(format!("{what}: a wait failed: {e}"), true))
+                }
+            }
+        }
+        let _ = end.send(true);
+        if !waits.is_empty() {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                while let Some(joined) = waits.next().await {
+                    if let Ok(Ok(Some(signal))) = joined {
+                        if let Err(e) = push_signal(&shared, &signal).await {
+                            tracing::warn!(error = %e, %signal, "could not pass on a wake-up; an idle worker may wait for its timeout");
+                        }
                     }
                 }
-                Ok(None) => {}
-                Err(e) => failure = Some(e),
-            }
+            });
         }
         match (woken, failure) {
-            (Some(queue), _) => Ok(Some(queue)),
+            (Some(key), _) => Ok(queue_of(&key)),
             (None, Some(e)) => Err(e),
             (None, None) => Ok(None),
         }
     }
 
-    /// `BLPOP` on `keys` (all of `slot`) until a wake-up, `timeout`, or `ended`;
-    /// the key whose wake-up it took.
-    async fn pop_signal(
-        &self,
-        keys: &[String],
-        slot: u16,
-        timeout: Duration,
-        ended: impl std::future::Future<Output = ()>,
-    ) -> Result<Option<String>> {
-        let mut cmd = redis::cmd("BLPOP");
-        cmd.arg(keys);
-        // The server's own timeout is a backstop a little after ours.
-        cmd.arg((timeout + Duration::from_millis(500)).as_secs_f64());
-        let popped: Option<Option<(String, String)>> =
-            self.run_blocking_until(&cmd, slot, timeout, ended, "waiting for jobs").await?;
-        Ok(popped.flatten().map(|(key, _)| key))
-    }
-
-    /// Runs the blocking command `cmd` (`BLPOP`, `XREAD BLOCK`) on a connection of its
-    /// own, for up to `timeout`; `None` when `timeout` passed first. The command's own
-    /// timeout, if it has one, should be a backstop a little after `timeout`.
-    /// Dropping the future drops the connection, so no other call ever waits behind it.
+    /// Runs the blocking command `cmd` (`XREAD BLOCK`, say) on a connection of its own,
+    /// for up to `timeout`; `None` when `timeout` passed first. Its keys are all of
+    /// `slot`. The command's own timeout, if it has one, should be a backstop a little
+    /// after `timeout`. Dropping the future drops the connection, so no other call
+    /// ever waits behind it.
     ///
     /// Redis checks blocking timeouts only about every 100 ms (its `hz`), too coarse
     /// for a delayed job's eta, so the wait is timed here: when `timeout` passes first,
@@ -157,75 +261,19 @@ impl RedisBroker {
         timeout: Duration,
         what: &str,
     ) -> Result<Option<T>> {
-        self.run_blocking_until(cmd, slot, timeout, std::future::pending(), what).await
-    }
-
-    /// As [`run_blocking`](Self::run_blocking), also ended early (as by its timeout)
-    /// when `ended` completes.
-    async fn run_blocking_until<T: redis::FromRedisValue>(
-        &self,
-        cmd: &redis::Cmd,
-        slot: u16,
-        timeout: Duration,
-        ended: impl std::future::Future<Output = ()>,
-        what: &str,
-    ) -> Result<Option<T>> {
-        let mut blocking = self.blocking_connection(slot).await?;
-        let client_id = blocking.client_id.map_or(0, |(_, id)| id);
-        let reply = {
-            let query = cmd.query_async::<T>(&mut blocking.conn);
-            tokio::pin!(query);
-            tokio::select! {
-            reply = &mut query => reply,
-            () = async { tokio::select! { () = tokio::time::sleep(timeout) => {}, () = ended => {} } } => {
-                let mut conn = self.conn().await?;
-                let unblocked: redis::RedisResult<i64> =
-                    conn.on_slot(redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id), slot).await;
-                match unblocked {
-                    // Unblocked, or the command already returned: its reply is on the way.
-                    Ok(_) => match tokio::time::timeout(UNBLOCK_GRACE, &mut query).await {
-                        Ok(reply) => reply,
-                        // The UNBLOCK overtook the command; drop this connection rather
-                        // than wait for the server's timeout.
-                        Err(_) => return Ok(None),
-                    },
-                    Err(e) => return Err(self.err("ending a blocking wait", e)),
-                }
-            }
-            }
-        };
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                // The spare connections likely broke the same way (a Redis restart).
-                self.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                return Err(self.err(what, e));
-            }
-        };
-        let mut spare = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < SPARE_BLOCKING_CONNECTIONS {
-            spare.push(blocking);
-        }
-        Ok(Some(reply))
+        let blocking = self.blocking_connection(slot).await?;
+        self.blocker()
+            .run(blocking, cmd, slot, timeout, std::future::pending())
+            .await
+            .map_err(|e| self.err(what, e))
     }
 
     /// Puts back a wake-up this claimer took but could not act on (its batch filled
     /// from other queues first), so another idle claimer of `queue` is woken.
     pub(super) async fn pass_on_signal(&self, queue: &str) {
         let signal = self.keys.queue(queue).signal();
-        let passed: Result<()> = async {
-            let mut conn = self.conn().await?;
-            redis::pipe()
-                .lpush(&signal, "1")
-                .ignore()
-                .ltrim(&signal, 0, 0)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| self.err("passing on a wake-up", e))
-        }
-        .await;
-        if let Err(e) = passed {
+        if let Err(e) = push_signal(&self.shared, &signal).await {
+            let e = self.err("passing on a wake-up", e);
             tracing::warn!(error = %e, queue, "could not pass on a wake-up; an idle worker may wait for its timeout");
         }
     }
