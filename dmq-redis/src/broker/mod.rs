@@ -457,13 +457,24 @@ impl Broker for RedisBroker {
         // The queue whose wake-up the last wait took: if this claim does not get to
         // that queue, the wake-up is passed on to another idle claimer.
         let mut woken: Option<String> = None;
+        // After a wait that took a queue's wake-up, the queues up to that one are
+        // claimed from, in order, and not those after it: every queue was found empty
+        // before the wait, and one that has jobs since has a wake-up of its own waiting
+        // (that a later claim takes), so looking at each (a round trip apiece) would
+        // only delay the jobs that woke this claimer. The queues before it still come
+        // first, as the order of `queues` says.
+        let mut upto: Option<usize> = None;
         loop {
+            let round = match upto {
+                Some(last) => &queues[..=last],
+                None => queues,
+            };
             let mut claimed = Vec::new();
             // Settled once `claimed` is handed out; dropped before, they give it back.
             let mut pending = Vec::new();
             let mut next_change: Option<Duration> = None;
             let mut failure = None;
-            for queue in queues {
+            for queue in round {
                 if claimed.len() >= max {
                     break;
                 }
@@ -509,6 +520,11 @@ impl Broker for RedisBroker {
             if let Some(e) = failure {
                 return Err(e);
             }
+            if upto.take().is_some() {
+                // Another claimer took the jobs that woke this one: look at every
+                // queue (and when their delayed jobs come due) before waiting again.
+                continue;
+            }
             let now = Instant::now();
             if now >= give_up {
                 return Ok(Vec::new());
@@ -518,6 +534,7 @@ impl Broker for RedisBroker {
                 block = block.min(change.max(Duration::from_millis(1)));
             }
             woken = self.wait_for_signal(queues, block).await?;
+            upto = woken.as_ref().and_then(|w| queues.iter().position(|q| q == w));
         }
     }
 
