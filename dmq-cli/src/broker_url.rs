@@ -80,6 +80,13 @@ pub(crate) const SCHEMES: &[Scheme] = &[
         shared: true,
         connect: |options| Box::pin(redis(options)),
     },
+    Scheme {
+        names: &["redis+sentinel", "valkey+sentinel", "rediss+sentinel"],
+        usage: "redis+sentinel://host:port[,host:port...]/MASTER[/db]",
+        has_address: true,
+        shared: true,
+        connect: |options| Box::pin(redis(options)),
+    },
 ];
 
 /// The row of [`SCHEMES`] that serves `url`.
@@ -130,6 +137,8 @@ mod tests {
         let cluster = scheme_of("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").unwrap();
         assert_eq!(cluster.names[0], "redis+cluster");
         assert!(scheme_of("nope://x").unwrap_err().to_string().contains("redis+cluster://"));
+        let sentinel = scheme_of("redis+sentinel://10.0.0.1:26379/mymaster").unwrap();
+        assert_eq!(sentinel.names[0], "redis+sentinel");
         let error = scheme_of("nope://x").unwrap_err().to_string();
         assert!(error.contains("redis://") && error.contains("memory://"), "{error}");
         assert!(scheme_of("memory://x").is_err());

@@ -210,8 +210,9 @@ pub enum Command {
 /// Where the admin commands find the broker, and how they print.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// The Redis the workers use: redis://host:port[/db], or rediss://
-    /// for TLS.
+    /// The Redis the workers use: redis://host:port[/db], rediss:// for TLS,
+    /// redis+cluster://host:port[,host:port...] for a Redis Cluster, or
+    /// redis+sentinel://host:port[,host:port...]/MASTER[/db] through Sentinel.
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
@@ -492,7 +493,9 @@ pub struct WorkerArgs {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
-    /// The broker: redis://host:port[/db], rediss://... (TLS) or
+    /// The broker: redis://host:port[/db], rediss://... (TLS),
+    /// redis+cluster://host:port[,host:port...] (a Redis Cluster),
+    /// redis+sentinel://host:port[,host:port...]/MASTER[/db] (through Sentinel) or
     /// memory:// (this process only, for trying things out).
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
@@ -575,7 +578,8 @@ pub struct TasksArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Broker to measure: redis://host:port[/db], rediss://... (TLS),
-    /// redis+cluster://host:port[,host:port...] (a Redis Cluster), or memory:// for the
+    /// redis+cluster://host:port[,host:port...] (a Redis Cluster),
+    /// redis+sentinel://host:port[,host:port...]/MASTER[/db], or memory:// for the
     /// in-process broker.
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
@@ -648,6 +652,11 @@ pub struct BenchArgs {
     /// measure what writing it costs.
     #[arg(long)]
     pub no_event_stream: bool,
+
+    /// Make every enqueue wait until this many replicas hold the job (Redis WAIT, at
+    /// most 1 s; `RedisBroker::with_replicated_enqueue`), to measure what that costs.
+    #[arg(long, value_name = "N")]
+    pub wait_replicas: Option<u32>,
 
     /// Spread the jobs over this many queues (dmq-bench, dmq-bench-1, ...), round
     /// robin, and have the worker claim from all of them. On a Redis Cluster each

@@ -833,3 +833,73 @@ fn queues_doctor_and_job_show_suspect_jobs_and_bad_entries() {
     let other = ns.enqueue("app.send", "crashy", None);
     assert_eq!(ns.json(&["job", &other.to_string()])["suspect"], false);
 }
+
+/// The local Redis Cluster: `DMQ_CLUSTER_URL` (set by scripts/test), or the one
+/// `scripts/ensure-redis-cluster` starts when none runs.
+fn cluster_url() -> String {
+    if let Ok(url) = std::env::var("DMQ_CLUSTER_URL") {
+        return url;
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-redis-cluster");
+    let out = Command::new(&script).output().expect("run scripts/ensure-redis-cluster");
+    assert!(out.status.success(), "scripts/ensure-redis-cluster failed");
+    String::from_utf8_lossy(&out.stdout).lines().last().expect("a URL").trim().to_owned()
+}
+
+/// The admin commands on a Redis Cluster: jobs enqueued to queues on different slots
+/// are listed, found by id and purged, all through `--broker redis+cluster://...`.
+#[test]
+fn the_admin_commands_work_on_a_redis_cluster() {
+    let url = cluster_url();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    // Deletes the namespace's keys at the end, passed or failed.
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let keys = dmq_redis::Keys::new(self.1.clone());
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+            if let Err(e) = runtime.block_on(dmq_redis::delete_namespace_at(&self.0, &keys)) {
+                eprintln!("could not delete namespace {}: {e}", self.1);
+            }
+        }
+    }
+    let _cleanup = Cleanup(url.clone(), namespace.clone());
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--broker", &url, "--namespace", &namespace]);
+        let out = dmq_with(&all, &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "dmq {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let mut ids = Vec::new();
+    for queue in ["emails", "emails", "reports"] {
+        ids.push(run(&["enqueue", "app.send", "[1]", "--queue", queue]).trim().to_owned());
+    }
+    let slot = |queue: &str| {
+        dmq_redis::cluster_slot(
+            dmq_redis::Keys::new(namespace.clone()).queue(queue).signal().as_bytes(),
+        )
+    };
+    assert_ne!(slot("emails"), slot("reports"), "the two queues share a slot");
+    let listed: Value = serde_json::from_str(run(&["queues", "--json"]).trim()).expect("JSON");
+    let ready: Vec<(String, u64)> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|q| {
+            (q["queue"].as_str().unwrap_or_default().to_owned(), q["ready"].as_u64().unwrap_or(99))
+        })
+        .collect();
+    assert_eq!(ready, [("emails".to_owned(), 2), ("reports".to_owned(), 1)]);
+    let found = run(&["job", &ids[2]]);
+    assert!(found.contains("reports") && found.contains("ready"), "{found}");
+    run(&["purge", "emails", "--yes"]);
+    let listed: Value = serde_json::from_str(run(&["queues", "--json"]).trim()).expect("JSON");
+    assert_eq!(listed[0]["ready"], 0, "{listed}");
+    assert_eq!(listed[1]["ready"], 1, "{listed}");
+
+    let refused = dmq_with(&["queues", "--broker", "redis+cluster://127.0.0.1"], &[]);
+    assert_error(&refused, "is not a host:port");
+}

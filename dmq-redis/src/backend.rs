@@ -36,7 +36,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::batch::Batcher;
-use crate::conn::{Cluster, Conn, Source};
+use crate::conn::{Cluster, Conn, Sentinel, Shared, Source};
 use crate::error::{copy_error, redis_error};
 use crate::keys::{DEFAULT_NAMESPACE, Keys};
 use crate::redis_url::RedisUrl;
@@ -84,7 +84,7 @@ pub struct RedisBackend {
 
 struct Inner {
     announcer: Announcer,
-    conn: Conn,
+    shared: Arc<Shared>,
     keys: Keys,
     channel: String,
     /// `host:port` (or the socket path; for a cluster, its URL without the password),
@@ -115,12 +115,14 @@ enum Announcer {
     Single(Box<redis::Client>),
     /// `SPUBLISH` and `SSUBSCRIBE` on the cluster's master of the channel's slot.
     Cluster(Arc<Cluster>),
+    /// `PUBLISH` and `SUBSCRIBE` on the master Sentinel names when subscribing.
+    Sentinel(Arc<Sentinel>),
 }
 
 impl Announcer {
     fn publish_command(&self) -> &'static str {
         match self {
-            Announcer::Single(_) => "PUBLISH",
+            Announcer::Single(_) | Announcer::Sentinel(_) => "PUBLISH",
             Announcer::Cluster(_) => "SPUBLISH",
         }
     }
@@ -173,11 +175,12 @@ impl RedisBackend {
         let failed = |addr: &str, e| {
             redis_error(&format!("could not connect the result backend to redis at {addr}"), e)
         };
-        let (conn, announcer) = match Source::of(&url).await.map_err(|e| failed(&addr, e))? {
+        let (shared, announcer) = match Source::of(&url).await.map_err(|e| failed(&addr, e))? {
             Source::Cluster(cluster) => {
                 addr = url.shown().to_owned();
-                let conn = cluster.connect().await.map_err(|e| failed(&addr, e))?;
-                (Conn::Cluster(conn), Announcer::Cluster(Arc::from(cluster)))
+                let source = Source::Cluster(cluster.clone());
+                let shared = Shared::connect(&source).await.map_err(|e| failed(&addr, e))?;
+                (shared, Announcer::Cluster(Arc::from(cluster)))
             }
             Source::Client(client) => {
                 // Few quick retries: `connect` to a Redis that is down fails within a
@@ -189,14 +192,21 @@ impl RedisBackend {
                 let conn = ConnectionManager::new_with_config((*client).clone(), config)
                     .await
                     .map_err(|e| failed(&addr, e))?;
-                (Conn::Manager(conn), Announcer::Single(client))
+                (Shared::Manager(conn), Announcer::Single(client))
+            }
+            Source::Sentinel(sentinel) => {
+                addr = url.shown().to_owned();
+                let source = Source::Sentinel(Arc::clone(&sentinel));
+                let shared = Shared::connect(&source).await.map_err(|e| failed(&addr, e))?;
+                (shared, Announcer::Sentinel(sentinel))
             }
             Source::Pool(_) => unreachable!("a URL makes no pool"),
         };
         let keys = Keys::new(namespace);
         let (link, _) = watch::channel(Link::Connecting);
+        let shared = Arc::new(shared);
         let writer = result_writer(
-            conn.clone(),
+            Arc::clone(&shared),
             keys.results_channel(),
             announcer.publish_command(),
             addr.clone(),
@@ -204,7 +214,7 @@ impl RedisBackend {
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 announcer,
-                conn,
+                shared,
                 channel: keys.results_channel(),
                 keys,
                 addr,
@@ -239,7 +249,7 @@ impl RedisBackend {
         self.inner.hub.link.send_replace(Link::Connecting);
         let subscriber = Subscriber {
             announcer: self.inner.announcer.clone(),
-            conn: self.inner.conn.clone(),
+            shared: Arc::clone(&self.inner.shared),
             channel: self.inner.channel.clone(),
             addr: self.inner.addr.clone(),
             hub: Arc::clone(&self.inner.hub),
@@ -284,6 +294,7 @@ impl RedisBackend {
     }
 
     fn fail(&self, what: &str, e: redis::RedisError) -> Error {
+        self.inner.shared.failed(&e);
         redis_error(&format!("{what} redis at {}", self.inner.addr), e)
     }
 }
@@ -309,12 +320,13 @@ impl ResultBackend for RedisBackend {
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {
-        let mut conn = self.inner.conn.clone();
+        let what = || format!("could not read the result of task {id} from");
+        let mut conn = self.inner.shared.get().await.map_err(|e| self.fail(&what(), e))?;
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.inner.keys.result(id))
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.fail(&format!("could not read the result of task {id} from"), e))?;
+            .map_err(|e| self.fail(&what(), e))?;
         bytes
             .map(|bytes| {
                 rmp_serde::from_slice(&bytes).map_err(|e| {
@@ -441,7 +453,7 @@ impl Drop for Interest<'_> {
 /// The background task that holds the subscription.
 struct Subscriber {
     announcer: Announcer,
-    conn: Conn,
+    shared: Arc<Shared>,
     channel: String,
     addr: String,
     hub: Arc<Hub>,
@@ -499,6 +511,13 @@ impl Subscriber {
                     pubsub.subscribe(&self.channel).await?;
                     Ok(Subscription::Single(pubsub))
                 }
+                Announcer::Sentinel(sentinel) => {
+                    // The master Sentinel names now; after a failover the subscriber
+                    // loses this connection and asks again.
+                    let mut pubsub = sentinel.master().await?.get_async_pubsub().await?;
+                    pubsub.subscribe(&self.channel).await?;
+                    Ok(Subscription::Single(pubsub))
+                }
                 Announcer::Cluster(cluster) => {
                     let (sender, pushed) = mpsc::unbounded_channel();
                     let mut conn = cluster.subscriber(sender)?.get_async_connection().await?;
@@ -521,9 +540,9 @@ impl Subscriber {
     /// use it: when the subscription was lost, that connection most likely was too,
     /// and its first command would fail and only then start a reconnection.
     async fn check_commands(&self) {
-        let mut conn = self.conn.clone();
         let ping = async {
             for _ in 0..3 {
+                let Ok(mut conn) = self.shared.get().await else { continue };
                 if redis::cmd("PING").query_async::<redis::Value>(&mut conn).await.is_ok() {
                     return;
                 }
@@ -695,25 +714,30 @@ const MAX_RESULT_BATCH: usize = 512;
 /// stored already is decided by `lua/store_result.lua` in a second round trip, and
 /// announced again if it replaced it.
 fn result_writer(
-    conn: Conn,
+    shared: Arc<Shared>,
     channel: String,
     publish: &'static str,
     addr: String,
 ) -> Batcher<StoredResult, bool> {
-    let cluster = matches!(conn, Conn::Cluster(_));
+    let cluster = publish == "SPUBLISH";
     let script = Arc::new(redis::Script::new(include_str!("../lua/store_result.lua")));
     Batcher::new(MAX_RESULT_BATCH, move |batch: Vec<StoredResult>| {
-        let mut conn = conn.clone();
+        let shared = Arc::clone(&shared);
         let channel = channel.clone();
         let addr = addr.clone();
         let script = Arc::clone(&script);
         async move {
-            let failed = |e| {
+            let failed = |e: redis::RedisError| {
+                shared.failed(&e);
                 let e = redis_error(
                     &format!("could not store {} task results in redis at {addr}", batch.len()),
                     e,
                 );
                 batch.iter().map(|_| Err(copy_error(&e))).collect()
+            };
+            let mut conn = match shared.get().await {
+                Ok(conn) => conn,
+                Err(e) => return failed(e),
             };
             let mut pipe = redis::pipe();
             let mut ids = String::with_capacity(batch.len() * 37);

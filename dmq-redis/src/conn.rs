@@ -6,7 +6,7 @@
 //! command 45,000-47,000/s, each checkout costing a round trip to recycle). A blocking
 //! wait needs a connection of its own whose response timeout outlasts the block.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{
@@ -24,6 +24,9 @@ use crate::redis_url::RedisUrl;
 /// Longer than any blocking wait dmq asks for; its own timer ends the wait first.
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// How often a broker on Sentinel asks for the master again while none answers.
+const FAILOVER_POLL: Duration = Duration::from_millis(200);
+
 /// How long an ordinary command (a claim script over a big batch, say) may take.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,12 +36,17 @@ pub(crate) enum Source {
     Client(Box<Client>),
     Pool(deadpool_redis::Pool),
     Cluster(Box<Cluster>),
+    /// The master that Sentinel names, asked again after a connection to it fails.
+    Sentinel(Arc<Sentinel>),
 }
 
 impl Source {
     /// Where the connections of `url` come from: a cluster client for a cluster URL,
     /// and for a plain URL that reaches a node of a cluster (`cluster_enabled:1`).
     pub(crate) async fn of(url: &RedisUrl) -> RedisResult<Source> {
+        if let Some(spec) = url.sentinel() {
+            return Ok(Source::Sentinel(Arc::new(Sentinel::new(spec)?)));
+        }
         if let Some(nodes) = url.cluster_nodes() {
             let nodes = nodes
                 .iter()
@@ -83,7 +91,74 @@ impl Source {
             Source::Cluster(cluster) => {
                 Ok(Conn::Cluster(cluster.blocking.get_async_connection().await?))
             }
+            Source::Sentinel(sentinel) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_response_timeout(None);
+                let master = sentinel.master().await?;
+                Ok(Conn::Direct(
+                    master.get_multiplexed_async_connection_with_config(&config).await?,
+                ))
+            }
         }
+    }
+}
+
+/// The sentinels of one master: asked for its address whenever a connection to it is
+/// made, so that connections made after a failover go to the new master.
+pub(crate) struct Sentinel {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+}
+
+impl Sentinel {
+    fn new(spec: &crate::redis_url::SentinelSpec) -> RedisResult<Sentinel> {
+        use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+        let sentinels = spec
+            .sentinels
+            .iter()
+            .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+        let mut builder =
+            SentinelClientBuilder::new(sentinels, &spec.master, SentinelServerType::Master)?
+                .set_client_to_redis_db(spec.db);
+        if let Some(username) = &spec.username {
+            builder = builder.set_client_to_redis_username(username);
+        }
+        if let Some(password) = &spec.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        Ok(Sentinel { client: tokio::sync::Mutex::new(builder.build()?) })
+    }
+
+    /// A client for the master the sentinels name now (checked to be a master).
+    pub(crate) async fn master(&self) -> RedisResult<Client> {
+        self.client.lock().await.async_get_client().await
+    }
+
+    /// A connection for ordinary commands to the master the sentinels name once one
+    /// answers, asking them again every [`FAILOVER_POLL`] for up to
+    /// [`RESPONSE_TIMEOUT`]: after the master failed, the sentinels name it until they
+    /// have promoted a replica (a few seconds), and the commands waiting meanwhile go
+    /// to the new master then instead of failing at once.
+    async fn reconnect(&self) -> RedisResult<MultiplexedConnection> {
+        let give_up = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+        loop {
+            match self.connect().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if tokio::time::Instant::now() + FAILOVER_POLL >= give_up => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no master through Sentinel yet; asking again");
+                    tokio::time::sleep(FAILOVER_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// A connection for ordinary commands to the master the sentinels name now.
+    async fn connect(&self) -> RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        self.master().await?.get_multiplexed_async_connection_with_config(&config).await
     }
 }
 
@@ -98,6 +173,7 @@ async fn is_cluster_node(client: &Client) -> RedisResult<bool> {
 }
 
 /// The clients of a Redis Cluster: one for ordinary commands, one for blocking waits.
+#[derive(Clone)]
 pub(crate) struct Cluster {
     nodes: Vec<ConnectionInfo>,
     commands: ClusterClient,
@@ -161,8 +237,15 @@ pub(crate) enum Shared {
     Manager(ConnectionManager),
     /// Taken from a pool; replaced by another from the pool once it fails.
     Pooled { pool: deadpool_redis::Pool, current: Mutex<Option<MultiplexedConnection>> },
-    /// Connections to every node of a cluster; they reconnect by themselves.
-    Cluster(ClusterConnection),
+    /// Connections to every node of a cluster; they reconnect by themselves and
+    /// follow `MOVED`. Replaced by a new one, which reads the cluster's slots afresh,
+    /// after a command meets a replica where it expected a master (`READONLY`, which
+    /// redis-rs does not take as a sign that the slots moved): a failover.
+    Cluster { cluster: Arc<Cluster>, current: Mutex<Option<ClusterConnection>> },
+    /// A connection to the master Sentinel named; replaced by one to the master it
+    /// names then, once a command on it fails for the connection's sake or meets a
+    /// replica (the old master, demoted).
+    Sentinel { sentinel: Arc<Sentinel>, current: Mutex<Option<MultiplexedConnection>> },
 }
 
 impl Shared {
@@ -180,7 +263,18 @@ impl Shared {
                 let conn = take_shared(pool).await?;
                 Ok(Shared::Pooled { pool: pool.clone(), current: Mutex::new(Some(conn)) })
             }
-            Source::Cluster(cluster) => Ok(Shared::Cluster(cluster.connect().await?)),
+            Source::Cluster(cluster) => {
+                let conn = cluster.connect().await?;
+                let cluster = Arc::new((**cluster).clone());
+                Ok(Shared::Cluster { cluster, current: Mutex::new(Some(conn)) })
+            }
+            Source::Sentinel(sentinel) => {
+                let conn = sentinel.connect().await?;
+                Ok(Shared::Sentinel {
+                    sentinel: Arc::clone(sentinel),
+                    current: Mutex::new(Some(conn)),
+                })
+            }
         }
     }
 
@@ -188,7 +282,22 @@ impl Shared {
     pub(crate) async fn get(&self) -> RedisResult<Conn> {
         match self {
             Shared::Manager(manager) => Ok(Conn::Manager(manager.clone())),
-            Shared::Cluster(conn) => Ok(Conn::Cluster(conn.clone())),
+            Shared::Cluster { cluster, current } => {
+                if let Some(conn) = lock(current).clone() {
+                    return Ok(Conn::Cluster(conn));
+                }
+                let conn = cluster.connect().await?;
+                *lock(current) = Some(conn.clone());
+                Ok(Conn::Cluster(conn))
+            }
+            Shared::Sentinel { sentinel, current } => {
+                if let Some(conn) = lock(current).clone() {
+                    return Ok(Conn::Direct(conn));
+                }
+                let conn = sentinel.reconnect().await?;
+                *lock(current) = Some(conn.clone());
+                Ok(Conn::Direct(conn))
+            }
             Shared::Pooled { pool, current } => {
                 if let Some(conn) = lock(current).clone() {
                     return Ok(Conn::Direct(conn));
@@ -202,10 +311,28 @@ impl Shared {
 
     /// Notes a failed command: a pooled connection that broke is replaced next time.
     pub(crate) fn failed(&self, e: &redis::RedisError) {
-        if let Shared::Pooled { current, .. } = self {
-            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                *lock(current) = None;
+        match self {
+            Shared::Pooled { current, .. } => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    *lock(current) = None;
+                }
             }
+            Shared::Cluster { current, .. } => {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+                    tracing::info!(
+                        "a cluster node answered as a replica; reading the cluster's slots afresh"
+                    );
+                    *lock(current) = None;
+                }
+            }
+            Shared::Sentinel { current, .. } => {
+                let replica =
+                    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+                if replica || e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    *lock(current) = None;
+                }
+            }
+            Shared::Manager(_) => {}
         }
     }
 }

@@ -113,9 +113,11 @@ fn advice(e: &redis::RedisError) -> (String, bool, bool) {
             ErrorKind::Server(ServerErrorKind::NoPerm) => {
                 ("redis refused the command; give the user the ACL permissions dmq needs", false)
             }
-            ErrorKind::Server(ServerErrorKind::ReadOnly) => {
-                ("this redis is a read-only replica; point dmq at the primary", true)
-            }
+            ErrorKind::Server(ServerErrorKind::ReadOnly) => (
+                "this redis is a read-only replica (during a failover, until the client \
+                     learns the new primary; or the URL names a replica); point dmq at the primary",
+                true,
+            ),
             ErrorKind::Server(ServerErrorKind::BusyLoading) => {
                 ("redis is still loading its data set; try again shortly", true)
             }

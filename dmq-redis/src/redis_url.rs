@@ -19,7 +19,12 @@ const TLS_KEY: &str = "tls_key";
 /// How a Redis URL is written, for error messages.
 const FORMS: &str = "write it as redis://[[user]:password@]host[:port][/db], \
                      rediss://[[user]:password@]host[:port][/db][?tls_ca=FILE][&tls_cert=FILE&tls_key=FILE] \
-                     or redis+cluster://[[user]:password@]host:port[,host:port...]";
+                     redis+cluster://[[user]:password@]host:port[,host:port...] \
+                     or redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db]";
+
+/// How a Sentinel URL is written, for error messages.
+const SENTINEL_FORM: &str = "write it as redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db], \
+                             naming the sentinels and the name they monitor the master by";
 
 /// How a Redis Cluster URL is written, for error messages.
 const CLUSTER_FORM: &str = "write it as redis+cluster://[[user]:password@]host:port[,host:port...], \
@@ -43,6 +48,8 @@ const CLUSTER_FORM: &str = "write it as redis+cluster://[[user]:password@]host:p
 /// | `rediss://host:6380/#insecure` | TLS without checking the server's certificate at all: for tests only |
 /// | `redis+cluster://host1:7000,host2:7001` | a Redis Cluster, found through any of the nodes named (the others are discovered) |
 /// | `redis+cluster://user:password@host1:7000,host2:7001` | a Redis Cluster whose nodes share these credentials |
+/// | `redis+sentinel://host1:26379,host2:26379/mymaster` | the master the sentinels know as `mymaster`, found through them and followed through a failover |
+/// | `redis+sentinel://user:password@host1:26379/mymaster/2` | its database 2, logging in to the master (and, after a failover, to the new one) with these credentials |
 ///
 /// A cluster has database 0 only, so a cluster URL names none. A plain `redis://` URL
 /// that reaches a node of a cluster works too: the broker and the backend see
@@ -64,6 +71,20 @@ pub struct RedisUrl {
     insecure: bool,
     /// For a cluster: every node the URL names, as `redis://` URLs with the credentials.
     cluster: Option<Vec<String>>,
+    /// For Sentinel: the sentinels, the master's name, and how to log in to it.
+    sentinel: Option<SentinelSpec>,
+}
+
+/// What a `redis+sentinel://` URL names.
+#[derive(Clone)]
+pub(crate) struct SentinelSpec {
+    /// The sentinels' addresses.
+    pub(crate) sentinels: Vec<(String, u16)>,
+    /// The name the sentinels monitor the master by.
+    pub(crate) master: String,
+    pub(crate) db: i64,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
 }
 
 impl fmt::Debug for RedisUrl {
@@ -90,6 +111,9 @@ impl RedisUrl {
         if let Some((scheme, rest)) = url.split_once("://") {
             if scheme.ends_with("+cluster") {
                 return parse_cluster(scheme, rest, shown.clone()).map_err(invalid);
+            }
+            if scheme.ends_with("+sentinel") {
+                return parse_sentinel(scheme, rest, shown.clone()).map_err(invalid);
             }
         }
         let parsed =
@@ -152,7 +176,7 @@ impl RedisUrl {
                  read and change the traffic; use it for tests only"
             );
         }
-        Ok(RedisUrl { shown, client, insecure, cluster: None })
+        Ok(RedisUrl { shown, client, insecure, cluster: None, sentinel: None })
     }
 
     /// The redis-rs client for this URL, with its TLS settings.
@@ -177,6 +201,17 @@ impl RedisUrl {
     #[must_use]
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()
+    }
+
+    /// What a Sentinel URL names.
+    pub(crate) fn sentinel(&self) -> Option<&SentinelSpec> {
+        self.sentinel.as_ref()
+    }
+
+    /// Whether the URL names a master through Sentinel (`redis+sentinel://`).
+    #[must_use]
+    pub fn is_sentinel(&self) -> bool {
+        self.sentinel.is_some()
     }
 
     /// The nodes of a cluster URL, as `redis://` URLs with their credentials.
@@ -238,7 +273,74 @@ fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result
         Client::open(node.as_str())
             .map_err(|e| format!("not a Redis Cluster URL ({e}); {CLUSTER_FORM}"))?;
     }
-    Ok(RedisUrl { shown, client, insecure: false, cluster: Some(nodes) })
+    Ok(RedisUrl { shown, client, insecure: false, cluster: Some(nodes), sentinel: None })
+}
+
+/// Reads the part after `scheme://` of a Sentinel URL:
+/// `[[user]:password@]host:port[,host:port...]/MASTER[/db]`.
+fn parse_sentinel(
+    scheme: &str,
+    rest: &str,
+    shown: String,
+) -> std::result::Result<RedisUrl, String> {
+    match scheme {
+        "redis+sentinel" | "valkey+sentinel" => {}
+        "rediss+sentinel" | "valkeys+sentinel" => {
+            return Err(format!(
+                "TLS through Sentinel is not supported yet; {SENTINEL_FORM}, or use a single \
+                 Redis with rediss://"
+            ));
+        }
+        other => return Err(format!("unknown scheme {other}://; {SENTINEL_FORM}")),
+    }
+    if rest.contains(['?', '#']) {
+        return Err(format!("a Sentinel URL takes no options; {SENTINEL_FORM}"));
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (credentials, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let decode = |text: &str| {
+        url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (username, password) = match credentials {
+        None => (None, None),
+        Some(c) => match c.split_once(':') {
+            Some((user, pass)) => ((!user.is_empty()).then(|| decode(user)), Some(decode(pass))),
+            None => (None, Some(decode(c))),
+        },
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',') {
+        let parsed = host.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)));
+        match parsed {
+            Some((h, port)) if !h.is_empty() => sentinels.push((h.to_owned(), port)),
+            _ => return Err(format!("{host:?} is not a host:port; {SENTINEL_FORM}")),
+        }
+    }
+    let mut parts = path.split('/');
+    let master = parts.next().unwrap_or_default();
+    if master.is_empty() {
+        return Err(format!("the URL names no master; {SENTINEL_FORM}"));
+    }
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(db) => db
+            .parse::<i64>()
+            .map_err(|_| format!("{db:?} is not a database number; {SENTINEL_FORM}"))?,
+    };
+    if parts.next().is_some() {
+        return Err(format!("too many parts after the master's name; {SENTINEL_FORM}"));
+    }
+    let (host, port) = &sentinels[0];
+    let client = Client::open(format!("redis://{host}:{port}"))
+        .map_err(|e| format!("not a Sentinel URL ({e}); {SENTINEL_FORM}"))?;
+    let spec = SentinelSpec { sentinels, master: decode(master), db, username, password };
+    Ok(RedisUrl { shown, client, insecure: false, cluster: None, sentinel: Some(spec) })
 }
 
 /// `rediss://` and its Valkey spelling, as redis-rs reads them.
@@ -441,6 +543,43 @@ mod tests {
             let message = refused(bad);
             assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
             assert!(message.contains("redis+cluster://"), "{message}");
+        }
+    }
+
+    #[test]
+    fn sentinel_urls_name_their_sentinels_and_master() {
+        let url =
+            RedisUrl::parse("redis+sentinel://app:p%40ss@10.0.0.1:26379,10.0.0.2:26380/mymaster/2")
+                .unwrap();
+        assert!(url.is_sentinel() && !url.is_cluster());
+        let spec = url.sentinel().expect("a sentinel spec");
+        assert_eq!(
+            spec.sentinels,
+            [("10.0.0.1".to_owned(), 26379), ("10.0.0.2".to_owned(), 26380)]
+        );
+        assert_eq!((spec.master.as_str(), spec.db), ("mymaster", 2));
+        assert_eq!(
+            (spec.username.as_deref(), spec.password.as_deref()),
+            (Some("app"), Some("p@ss"))
+        );
+        assert_eq!(
+            url.shown(),
+            "redis+sentinel://app:***@10.0.0.1:26379,10.0.0.2:26380/mymaster/2"
+        );
+        let bare = RedisUrl::parse("redis+sentinel://127.0.0.1:26379/m").unwrap();
+        assert_eq!(bare.sentinel().map(|s| s.db), Some(0));
+        for (bad, expected) in [
+            ("redis+sentinel://h1:26379", "names no master"),
+            ("redis+sentinel://h1:26379/", "names no master"),
+            ("redis+sentinel://h1/m", "is not a host:port"),
+            ("redis+sentinel://h1:26379/m/x", "not a database number"),
+            ("redis+sentinel://h1:26379/m/0/more", "too many parts"),
+            ("redis+sentinel://h1:26379/m?x=1", "takes no options"),
+            ("rediss+sentinel://h1:26379/m", "not supported yet"),
+        ] {
+            let message = refused(bad);
+            assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
+            assert!(message.contains("redis+sentinel://"), "{message}");
         }
     }
 

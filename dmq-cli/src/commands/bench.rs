@@ -87,11 +87,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let report = measure(&manager, &args, setup, None, out).await?;
             out.finish(&report)
         }
-        "redis" | "redis+cluster" => {
+        "redis" | "redis+cluster" | "redis+sentinel" => {
             let url = args.broker.clone();
             ensure!(
-                !(args.deadpool && scheme == "redis+cluster"),
-                "--deadpool takes a single Redis: deadpool-redis pools plain connections, not a cluster's"
+                !(args.deadpool && scheme != "redis"),
+                "--deadpool takes a redis:// URL: deadpool-redis pools plain connections to one server"
             );
             let namespace = args
                 .namespace
@@ -126,6 +126,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     "RedisBroker::connect: commands share one multiplexed ConnectionManager; \
                      each blocking wait for work (BLPOP) gets a dedicated connection",
                 )
+            };
+            let broker = match args.wait_replicas {
+                Some(n) => broker.with_replicated_enqueue(n, Duration::from_secs(1)),
+                None => broker,
             };
             let keys = broker.keys().clone();
             let pattern = keys.patterns().join(" ");
@@ -163,7 +167,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             out.finish(&report)
         }
         other => bail!(
-            "dmq bench measures memory://, redis:// and redis+cluster:// brokers, not {other}://"
+            "dmq bench measures memory://, redis://, redis+cluster:// and redis+sentinel:// brokers, not {other}://"
         ),
     }
 }
@@ -228,6 +232,10 @@ struct Report {
     events_dropped: u64,
     /// Whether the run wrote the event stream (`--no-event-stream` turns it off).
     event_stream: bool,
+    /// Replicas each enqueue waited for (`--wait-replicas`).
+    wait_replicas: Option<u32>,
+    /// Queues the jobs were spread over (`--queues`).
+    queues: u64,
     enqueue_single: Rate,
     enqueue_batch: Rate,
     drain: Rate,
@@ -330,6 +338,15 @@ impl Output {
             (false, false) => "off (no other process can read the in-memory broker's)",
         };
         self.line(format_args!("event stream       {stream}"));
+        if args.queues > 1 {
+            self.line(format_args!(
+                "queues             {} (dmq-bench, dmq-bench-1, ...)",
+                args.queues
+            ));
+        }
+        if let Some(n) = args.wait_replicas {
+            self.line(format_args!("enqueue            waits for {n} replica(s) (WAIT)"));
+        }
     }
 
     fn rate(self, label: &str, rate: Rate, detail: &str) {
@@ -413,8 +430,9 @@ async fn measure(
         .guarantee(args.guarantee)
         .start();
     let phases = async {
-        // Redis is asked less often: every poll is a pipeline of queue-size commands.
-        let poll = Duration::from_millis(if stats.is_some() { 10 } else { 2 });
+        // Redis is asked less often: every poll reads each queue's size (a few
+        // commands per queue), which Redis's own figures would count against the jobs.
+        let poll = Duration::from_millis(if stats.is_some() { 10 * args.queues.min(20) } else { 2 });
         let drain = drain(manager, args.jobs, args.concurrency, poll, args.queues).await?;
         let after_drain = snapshot(stats).await?;
         out.rate(
@@ -472,6 +490,8 @@ async fn measure(
         events_dropped: manager.event_listeners().iter().map(|l| l.dropped).sum(),
         event_stream: !args.no_event_stream
             && manager.broker().event_stream().is_some_and(|s| s.shares_events()),
+        wait_replicas: args.wait_replicas,
+        queues: args.queues,
         enqueue_single: single,
         enqueue_batch: batch,
         drain,

@@ -80,6 +80,9 @@ pub struct RedisBroker {
     healthy_since: Mutex<Option<std::time::Instant>>,
     dead_letter_cap: usize,
     max_deliveries: u32,
+    /// How many replicas must confirm an enqueue, and how long to wait for them
+    /// (`WAIT`); `None` for no wait.
+    replicated_enqueue: Option<(u32, Duration)>,
     /// About how many events the event stream keeps; 0 for no stream.
     event_stream_cap: usize,
     /// About how many events one entry of the event stream holds, as last read: how
@@ -183,6 +186,7 @@ impl RedisBroker {
             healthy_since: Mutex::new(None),
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
+            replicated_enqueue: None,
             event_stream_cap: dmq_core::DEFAULT_EVENT_STREAM_CAP,
             events_per_entry: AtomicUsize::new(events::FIRST_GUESS_PER_ENTRY),
             lost_claims: Mutex::new(Vec::new()),
@@ -209,6 +213,22 @@ impl RedisBroker {
     #[must_use]
     pub fn with_max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n;
+        self
+    }
+
+    /// Makes every enqueue wait until `replicas` replicas of its master hold the job
+    /// (Redis `WAIT`), for at most `timeout`, so that an enqueue that returned `Ok`
+    /// survives a failover: Redis replicates asynchronously, and a master that dies
+    /// takes with it what its replicas had not received yet.
+    ///
+    /// Off by default. When fewer replicas confirm within `timeout`, the enqueue fails
+    /// with a transient [`Error::Backend`] that says so: the job is on the master and
+    /// will most likely run, but could be lost to a failover right then. The wait costs
+    /// one more round trip per enqueue, and a replication round trip (see the README's
+    /// Redis Cluster section for the figures).
+    #[must_use]
+    pub fn with_replicated_enqueue(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicated_enqueue = (replicas > 0).then_some((replicas, timeout));
         self
     }
 
@@ -359,7 +379,7 @@ impl RedisBroker {
         self.register_queues(queues.iter().copied()).await;
         let reply: Vec<String> = self.run("enqueueing", &invocation).await?;
         match reply.as_slice() {
-            [ok] if ok == "ok" => Ok(()),
+            [ok] if ok == "ok" => self.replicated(&jobs[0].queue).await,
             [existing, id] if existing == "existing" => Err(Error::IdempotencyKeyTaken {
                 key: idempotency.map(|(key, _)| key.clone()).unwrap_or_default(),
                 queue: jobs[0].queue.clone(),
@@ -378,6 +398,35 @@ impl RedisBroker {
                 false,
             )),
         }
+    }
+}
+
+impl RedisBroker {
+    /// With [`with_replicated_enqueue`](RedisBroker::with_replicated_enqueue): waits
+    /// until the replicas of `queue`'s master hold what this broker wrote there. `WAIT`
+    /// counts the writes of the connection it is sent on, which is the one the enqueue
+    /// went over (one per node, shared by every command to it).
+    async fn replicated(&self, queue: &str) -> Result<()> {
+        let Some((replicas, timeout)) = self.replicated_enqueue else { return Ok(()) };
+        let slot = self.blocking_slot(&self.keys.queue(queue).signal());
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        let what =
+            format!("waiting for {replicas} replica(s) to confirm an enqueue to queue {queue:?}");
+        let mut conn = self.conn().await?;
+        let confirmed: i64 = conn.on_slot(&wait, slot).await.map_err(|e| self.err(&what, e))?;
+        if confirmed >= i64::from(replicas) {
+            return Ok(());
+        }
+        Err(Error::backend(
+            format!(
+                "{what} on redis at {}: {confirmed} confirmed within {timeout:?}; the job is on \
+                 the master and most likely runs, but a failover now could lose it; check the \
+                 replicas (INFO replication), or enqueue again with the same idempotency key",
+                self.url
+            ),
+            true,
+        ))
     }
 }
 
