@@ -108,9 +108,11 @@ pub enum Command {
     /// running them, each waiting to run alone; BAD-ENTRIES counts the entries claims
     /// dropped from the ready lists because they were no dmq job. With no queue named,
     /// lists every queue of the namespace's queue registry: each queue a job was
-    /// enqueued to or a worker takes jobs from, emptied ones included.
+    /// enqueued to or a worker takes jobs from, emptied ones included. A partitioned
+    /// queue (`#[task(partitions = N)]`) shows as one row, `emails (8 partitions)`,
+    /// its partitions' figures added up; --partitions shows a row for each.
     #[command(
-        after_help = "Examples:\n  dmq queues\n  dmq queues emails reports\n  dmq queues --namespace billing --json"
+        after_help = "Examples:\n  dmq queues\n  dmq queues emails reports\n  dmq queues --partitions\n  dmq queues --namespace billing --json"
     )]
     Queues(QueuesArgs),
 
@@ -239,9 +241,15 @@ pub struct BrokerArgs {
 /// The options of `dmq queues`.
 #[derive(Debug, Clone, Args)]
 pub struct QueuesArgs {
-    /// The queues to show [default: every queue of the namespace's queue registry].
+    /// The queues to show [default: every queue of the namespace's queue registry]. A
+    /// partitioned queue stands for its partitions.
     #[arg(value_name = "QUEUE")]
     pub queues: Vec<String>,
+
+    /// Show each partition of a partitioned queue on a row of its own, named
+    /// `<queue>#<n>`, instead of one row that adds them up.
+    #[arg(long)]
+    pub partitions: bool,
 
     #[command(flatten)]
     /// Where the broker is, and how to print.
@@ -453,6 +461,12 @@ pub struct EnqueueArgs {
     /// binary, else `default`].
     #[arg(long, value_name = "QUEUE")]
     pub queue: Option<String>,
+
+    /// On a partitioned queue, send the job to the partition of this key (jobs of one
+    /// key keep their order); without it, to a partition picked at random. The queue's
+    /// partitions are those the queue registry lists (`dmq queues --partitions`).
+    #[arg(long, value_name = "KEY")]
+    pub partition_key: Option<String>,
 
     /// Make the job due this long from now (e.g. 30s, 10m, 1h).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,

@@ -903,3 +903,74 @@ fn the_admin_commands_work_on_a_redis_cluster() {
     let refused = dmq_with(&["queues", "--broker", "redis+cluster://127.0.0.1"], &[]);
     assert_error(&refused, "is not a host:port");
 }
+
+/// A partitioned queue shows as one row adding up its partitions, or as a row per
+/// partition with --partitions; naming it shows its partitions.
+#[test]
+fn queues_folds_a_partitioned_queue_unless_asked_for_its_partitions() {
+    let ns = Namespace::new();
+    // Jobs as a manager with `partitions("parts", 3)` places them: on parts#0..parts#2.
+    for (partition, jobs) in [(0, 2), (1, 1), (2, 3)] {
+        let queue = dmq_core::partition_name("parts", partition);
+        let jobs: Vec<dmq_core::Job> = (0..jobs)
+            .map(|_| dmq_core::Job::new(TaskId::new(), queue.clone(), 5, None, vec![0x90]))
+            .collect();
+        ns.rt.block_on(ns.manager.broker().enqueue_batch(jobs)).expect("enqueues");
+    }
+    ns.enqueue("app.send", "plain", None);
+
+    let folded = ns.json(&["queues"]);
+    assert_eq!(folded[0]["queue"], "parts", "{folded}");
+    assert_eq!((folded[0]["partitions"].as_u64(), folded[0]["ready"].as_u64()), (Some(3), Some(6)));
+    assert_eq!(folded[1]["queue"], "plain");
+    assert!(folded[1].get("partitions").is_none(), "{folded}");
+    let table = ns.ok(&["queues"]);
+    assert!(table.contains("parts (3 partitions)"), "{table}");
+
+    let unfolded = ns.json(&["queues", "--partitions"]);
+    let names: Vec<&str> = unfolded
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["parts#0", "parts#1", "parts#2", "plain"]);
+    assert_eq!(unfolded[2]["ready"], 3);
+
+    let named = ns.json(&["queues", "parts"]);
+    assert_eq!(named.as_array().map(Vec::len), Some(1), "{named}");
+    assert_eq!(named[0]["ready"], 6);
+
+    // `dmq enqueue` to the queue goes to one of the partitions the registry lists, and
+    // with a partition key to that key's.
+    ns.ok(&["enqueue", "app.send", "[1]", "--queue", "parts"]);
+    let key_home = dmq_core::partition_name("parts", dmq_core::partition_of_key("user-9", 3));
+    for _ in 0..2 {
+        ns.ok(&["enqueue", "app.send", "[1]", "--queue", "parts", "--partition-key", "user-9"]);
+    }
+    let unfolded = ns.json(&["queues", "--partitions"]);
+    let names: Vec<&str> = unfolded
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["parts#0", "parts#1", "parts#2", "plain"],
+        "nothing went to \"parts\" itself"
+    );
+    let total: u64 = unfolded.as_array().expect("a list")[..3]
+        .iter()
+        .map(|q| q["ready"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 9);
+    let home = unfolded
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|q| q["queue"] == key_home.as_str())
+        .expect("the key's partition");
+    let before = [2, 1, 3][usize::from(dmq_core::partition_of_key("user-9", 3))];
+    assert!(home["ready"].as_u64().unwrap_or(0) >= before + 2, "{unfolded}");
+}

@@ -35,6 +35,7 @@ mod guarantee;
 mod manager;
 mod metrics;
 mod names;
+mod partition;
 mod registry;
 mod retry;
 mod schedule;
@@ -69,6 +70,10 @@ pub use guarantee::Guarantee;
 pub use manager::{Call, DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder, ResultRef, TaskHandle};
 pub use metrics::Metrics;
 pub use names::{MAX_NAME_LEN, check_queue_name, check_task_name};
+pub use partition::{
+    MAX_PARTITIONS, PARTITION_SEPARATOR, PartitionBy, partition_name, partition_of_key,
+    split_partition,
+};
 pub use registry::{Registry, TaskInfo};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use schedule::{MissedFires, Schedule, Tz};

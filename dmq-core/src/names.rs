@@ -28,7 +28,16 @@ const RULE: &str = "a queue or task name is 1 to 255 bytes without whitespace, c
 ///
 /// [`Error::InvalidArgument`] saying what is wrong with the name and what is allowed.
 pub fn check_queue_name(queue: &str) -> Result<()> {
-    check("queue", queue, "\"emails\" or \"reports.daily\"")
+    check("queue", queue, "\"emails\" or \"reports.daily\"")?;
+    if let (logical, Some(partition)) = crate::partition::split_partition(queue) {
+        return Err(Error::InvalidArgument(format!(
+            "queue name {} is not usable: a name ending in #<number> names partition \
+             {partition} of a partitioned queue {logical:?}; name the queue itself, and \
+             declare its partitions (#[task(partitions = ..)] or ManagerBuilder::partitions)",
+            shown(queue)
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that `task` can name a task: the rule of [`check_queue_name`], so a name

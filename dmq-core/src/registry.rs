@@ -71,6 +71,8 @@ pub struct TaskRegistration {
     pub timeout: Option<Duration>,
     /// Whether workers skip storing the result.
     pub ignore_result: bool,
+    /// How many partitions its queue has (`#[task(partitions = N)]`); 1 for none.
+    pub partitions: u16,
     /// The Rust path of the function.
     pub path: &'static str,
     /// The file that defines it.
@@ -211,6 +213,8 @@ pub struct TaskInfo {
     pub timeout: Option<Duration>,
     /// Whether workers skip storing its result.
     pub ignore_result: bool,
+    /// How many partitions its queue has, as its attribute declares (1: none).
+    pub partitions: u16,
     /// The Rust path of the function.
     pub path: &'static str,
 }
@@ -330,6 +334,7 @@ fn info(reg: &'static TaskRegistration) -> TaskInfo {
         }),
         timeout: reg.timeout,
         ignore_result: reg.ignore_result,
+        partitions: reg.partitions,
         path: reg.path,
     }
 }
@@ -356,6 +361,7 @@ mod tests {
         periodic: None,
         timeout: None,
         ignore_result: false,
+        partitions: 1,
         path: "app::a",
         file: "src/a.rs",
         line: 3,
@@ -372,6 +378,7 @@ mod tests {
         periodic: None,
         timeout: None,
         ignore_result: false,
+        partitions: 1,
         path: "app::b",
         file: "src/b.rs",
         line: 7,

@@ -1,5 +1,6 @@
 //! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries`, `timeout`,
-//! `backoff`, `jitter`, `retry`, `guarantee`, `ignore_result`, `cron` and `every`.
+//! `backoff`, `jitter`, `retry`, `guarantee`, `ignore_result`, `cron`, `every` and
+//! `partitions`.
 //!
 //! Every value is checked here, at compile time, so a mistake is an error on the
 //! user's literal rather than a worker's surprise. `backoff` is a small language of
@@ -35,11 +36,12 @@ mod kw {
     syn::custom_keyword!(ignore_result);
     syn::custom_keyword!(cron);
     syn::custom_keyword!(every);
+    syn::custom_keyword!(partitions);
 }
 
 /// The keys `#[task]` accepts, as its error messages list them.
 const KEYS: &str = "name, queue, max_retries, timeout, backoff, jitter, retry, guarantee, \
-                    ignore_result, cron, every";
+                    ignore_result, cron, every, partitions";
 
 /// The forms `cron` accepts, as its error messages list them.
 const CRON_FORMS: &str = "five fields (minute hour day-of-month month day-of-week, as in \
@@ -77,6 +79,8 @@ pub(crate) struct TaskArgs {
     pub(crate) ignore_result: bool,
     /// When the task fires by itself (`cron` or `every`); never when `None`.
     pub(crate) periodic: Option<Periodic>,
+    /// How many partitions the task's queue has; none when `None`.
+    pub(crate) partitions: Option<u16>,
 }
 
 /// `cron = "..."` or `every = "..."`, with the span of the key that set it: a task
@@ -170,6 +174,7 @@ enum Key {
     IgnoreResult,
     Cron,
     Every,
+    Partitions,
 }
 
 impl Key {
@@ -198,6 +203,8 @@ impl Key {
             Ok((Key::Cron, input.parse::<kw::cron>()?.span))
         } else if lookahead.peek(kw::every) {
             Ok((Key::Every, input.parse::<kw::every>()?.span))
+        } else if lookahead.peek(kw::partitions) {
+            Ok((Key::Partitions, input.parse::<kw::partitions>()?.span))
         } else if input.peek(Ident::peek_any) {
             let unknown = input.call(Ident::parse_any)?;
             Err(syn::Error::new(
@@ -222,6 +229,7 @@ impl Key {
             Key::IgnoreResult => "ignore_result",
             Key::Cron => "cron",
             Key::Every => "every",
+            Key::Partitions => "partitions",
         }
     }
 }
@@ -349,6 +357,7 @@ impl TaskArgs {
             Key::Guarantee => self.guarantee = Some(guarantee(value)?),
             Key::Cron => self.periodic = Some(Periodic { schedule: cron(value)?, key: span }),
             Key::Every => self.periodic = Some(Periodic { schedule: every(value)?, key: span }),
+            Key::Partitions => self.partitions = Some(partitions(value)?),
             Key::IgnoreResult => match literal(value) {
                 Some(Lit::Bool(flag)) => self.ignore_result = flag.value,
                 _ => {
@@ -398,6 +407,25 @@ fn retries(value: &Expr) -> syn::Result<u32> {
             format!("`max_retries` must fit in a u32 (0 to {}): {e}", u32::MAX),
         )
     })
+}
+
+/// dmq-core's `MAX_PARTITIONS`.
+const MAX_PARTITIONS: u16 = 1024;
+
+fn partitions(value: &Expr) -> syn::Result<u16> {
+    let Some(Lit::Int(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`partitions` takes an integer literal, as in `partitions = 8`",
+        ));
+    };
+    match lit.base10_parse::<u16>() {
+        Ok(n) if (1..=MAX_PARTITIONS).contains(&n) => Ok(n),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            format!("`partitions` must be 1 to {MAX_PARTITIONS}, as in `partitions = 8`"),
+        )),
+    }
 }
 
 /// Reads a duration as `timeout`, `backoff` and `every` write them (humantime: `"250ms"`,
@@ -766,6 +794,7 @@ mod tests {
                 guarantee: Some(Guarantee::ExactlyOnce),
                 ignore_result: false,
                 periodic: None,
+                partitions: None,
             }
         );
         let args = parse("retry = crate::policies::emails, ignore_result").unwrap();
@@ -1015,7 +1044,7 @@ mod tests {
         assert_eq!(
             error(r#"queue = "q", retries = 3"#),
             "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout, \
-             backoff, jitter, retry, guarantee, ignore_result, cron, every"
+             backoff, jitter, retry, guarantee, ignore_result, cron, every, partitions"
         );
         // A Rust keyword is reported as an unknown key too, not as a syntax error.
         assert!(error(r#"type = "x""#).starts_with("unknown #[task] key `type`"));
@@ -1178,6 +1207,16 @@ mod tests {
         assert!(error(r#"max_retries = "5""#).contains("integer literal"));
         assert!(error("max_retries = 5_000_000_000").contains("fit in a u32"));
         assert_eq!(parse("max_retries = 0").unwrap().max_retries, Some(0));
+    }
+
+    #[test]
+    fn partitions_is_a_count_from_1_to_1024() {
+        assert_eq!(parse("queue = \"q\", partitions = 8").unwrap().partitions, Some(8));
+        assert_eq!(parse("").unwrap().partitions, None);
+        for bad in ["partitions = 0", "partitions = 1025", "partitions = \"8\"", "partitions = -1"]
+        {
+            assert!(error(bad).contains("`partitions`"), "{bad}: {}", error(bad));
+        }
     }
 
     #[test]

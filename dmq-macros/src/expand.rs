@@ -226,6 +226,7 @@ impl<'a> Task<'a> {
             ident.unraw()
         );
         let ignore_result = args.ignore_result;
+        let partitions = args.partitions.unwrap_or(1);
         let max_retries = match args.max_retries {
             Some(n) => quote!(Some(#n)),
             None => quote!(None),
@@ -430,6 +431,7 @@ impl<'a> Task<'a> {
                         periodic: #periodic,
                         timeout: #timeout,
                         ignore_result: #ignore_result,
+                        partitions: #partitions,
                         // This module is named after the function, so its path is the
                         // function's path.
                         path: module_path!(),

@@ -125,7 +125,7 @@ async fn monitor(host: &str, port: u16, end: String) -> tokio::task::JoinHandle<
 async fn record() -> (BTreeMap<String, Vec<Unit>>, MultiplexedConnection) {
     let namespace = common::fresh_namespace();
     let url = common::cluster_url();
-    let _cleanup = Cleanup(url.clone(), namespace.clone());
+    let _cleanup = common::Cleanup::at(&url, &namespace);
     // Marks carry the namespace: tests running at once see each other's marks.
     let prefix = format!("key-slots-mark:{namespace}:");
     let mut monitors = Vec::new();
@@ -299,23 +299,6 @@ async fn record() -> (BTreeMap<String, Vec<Unit>>, MultiplexedConnection) {
         units.insert(op, ours);
     }
     (units, conn)
-}
-
-/// Deletes the test's keys on the cluster when dropped.
-struct Cleanup(String, String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (url, namespace) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            runtime.block_on(common::remove_namespace_at(&url, &namespace));
-        })
-        .join();
-    }
 }
 
 /// The operations with a unit of a script (or of any other kind, when `scripts` is

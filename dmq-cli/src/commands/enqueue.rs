@@ -1,10 +1,11 @@
 //! `dmq enqueue`: a job by task name, with JSON arguments.
 
+use anyhow::{Context as _, bail, ensure};
 use std::borrow::Cow;
 use std::io::Read;
+use std::sync::Arc;
 
-use anyhow::{Context as _, bail, ensure};
-use dmq_core::{Envelope, Registry};
+use dmq_core::{Envelope, Manager, PartitionBy, Registry, split_partition};
 use serde_json::{Value, json};
 
 use super::admin::{Admin, print_json, time};
@@ -50,9 +51,32 @@ pub(crate) async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         envelope.priority = priority;
     }
     let eta = envelope.eta;
-    let id = admin.manager.enqueue_envelope(envelope).await?;
+    // A queue this binary does not know as partitioned, but whose partitions the queue
+    // registry lists (a worker of it registered them): a manager that knows them picks
+    // one, as the task's own binary would.
+    let listed = admin.admin()?.queues().await?;
+    let partitions = listed
+        .iter()
+        .filter(|q| matches!(split_partition(q), (logical, Some(_)) if logical == queue))
+        .count();
+    let manager = match u16::try_from(partitions) {
+        Ok(count) if count > 1 && admin.manager.partitions_of(&queue).is_none() => {
+            let by = if args.partition_key.is_some() {
+                PartitionBy::RoundRobin
+            } else {
+                PartitionBy::TaskId
+            };
+            Manager::builder()
+                .shared_broker(Arc::clone(admin.manager.broker()))
+                .shared_backend(Arc::clone(admin.manager.backend()))
+                .partitions_by(queue.clone(), count, by)
+                .build()?
+        }
+        _ => admin.manager.clone(),
+    };
+    let id = manager.enqueue_envelope_with_key(envelope, args.partition_key.as_deref()).await?;
     // The Queued event goes to the event stream before this process exits.
-    admin.manager.flush_events(crate::commands::admin::FLUSH_EVENTS).await;
+    manager.flush_events(crate::commands::admin::FLUSH_EVENTS).await;
     if admin.json {
         return print_json(&json!({
             "id": id.to_string(),

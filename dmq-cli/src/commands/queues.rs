@@ -1,25 +1,47 @@
 //! `dmq queues`: each queue's ready, suspect, delayed, in-flight and dead jobs, and the
-//! bad entries dropped from it.
+//! bad entries dropped from it. A partitioned queue shows as one row, its partitions'
+//! figures added up, unless `--partitions` asks for a row per partition.
 
+use dmq_core::{QueueStats, split_partition};
 use serde_json::json;
 
 use super::admin::{Admin, print_json, print_table};
 use crate::cli::QueuesArgs;
+
+/// One row: a queue, or a partitioned queue with its partitions folded in.
+struct Row {
+    queue: String,
+    /// How many partitions were folded into the row; 0 for a queue without any.
+    partitions: usize,
+    stats: QueueStats,
+}
 
 /// Runs `dmq queues`.
 pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(&args.broker).await?;
     let queues = named_or_all(&admin, &args.queues).await?;
     let broker = admin.admin()?;
-    let mut stats = Vec::with_capacity(queues.len());
+    let mut rows: Vec<Row> = Vec::with_capacity(queues.len());
     for queue in &queues {
-        stats.push((queue, broker.queue_stats(queue).await?));
+        let stats = broker.queue_stats(queue).await?;
+        let (logical, partition) = split_partition(queue);
+        if args.partitions || partition.is_none() {
+            rows.push(Row { queue: queue.clone(), partitions: 0, stats });
+            continue;
+        }
+        match rows.iter_mut().find(|row| row.partitions > 0 && row.queue == logical) {
+            Some(row) => {
+                row.partitions += 1;
+                add(&mut row.stats, &stats);
+            }
+            None => rows.push(Row { queue: logical.to_owned(), partitions: 1, stats }),
+        }
     }
     if admin.json {
-        let list: Vec<_> = stats
+        let list: Vec<_> = rows
             .iter()
-            .map(|(queue, s)| {
-                json!({
+            .map(|Row { queue, partitions, stats: s }| {
+                let mut row = json!({
                     "queue": queue,
                     "ready": s.ready,
                     "suspect": s.suspect,
@@ -28,20 +50,28 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
                     "dead": s.dead,
                     "dead_dropped": s.dead_dropped,
                     "bad_entries": s.bad_entries,
-                })
+                });
+                if *partitions > 0 {
+                    row["partitions"] = json!(partitions);
+                }
+                row
             })
             .collect();
         return print_json(&list);
     }
-    if stats.is_empty() {
+    if rows.is_empty() {
         println!("no queues known in namespace {:?}", admin.namespace());
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = stats
+    let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|(queue, s)| {
+        .map(|Row { queue, partitions, stats: s }| {
             vec![
-                (*queue).clone(),
+                if *partitions > 0 {
+                    format!("{queue} ({partitions} partitions)")
+                } else {
+                    queue.clone()
+                },
                 s.ready.to_string(),
                 s.suspect.to_string(),
                 s.delayed.to_string(),
@@ -68,11 +98,36 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The queues `named` on the command line, or when none is named every queue the
-/// broker's queue registry holds, sorted.
+/// Adds `more`'s figures to `total`'s.
+fn add(total: &mut QueueStats, more: &QueueStats) {
+    total.ready += more.ready;
+    total.suspect += more.suspect;
+    total.delayed += more.delayed;
+    total.in_flight += more.in_flight;
+    total.dead += more.dead;
+    total.dead_dropped += more.dead_dropped;
+    total.bad_entries += more.bad_entries;
+}
+
+/// The queues `named` on the command line, each partitioned one as its partitions
+/// (`emails#0`, `emails#1`, ... as the queue registry lists them), or when none is
+/// named every queue the broker's queue registry holds, sorted.
 pub(super) async fn named_or_all(admin: &Admin, named: &[String]) -> anyhow::Result<Vec<String>> {
-    if !named.is_empty() {
-        return Ok(named.to_vec());
+    let known = admin.admin()?.queues().await?;
+    if named.is_empty() {
+        return Ok(known);
     }
-    Ok(admin.admin()?.queues().await?)
+    let mut queues = Vec::new();
+    for name in named {
+        let partitions: Vec<&String> = known
+            .iter()
+            .filter(|q| matches!(split_partition(q), (logical, Some(_)) if logical == name))
+            .collect();
+        if partitions.is_empty() {
+            queues.push(name.clone());
+        } else {
+            queues.extend(partitions.into_iter().cloned());
+        }
+    }
+    Ok(queues)
 }

@@ -13,6 +13,7 @@ use crate::broker::{Broker, BrokerAdmin, Job};
 use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, ListenerStats};
+use crate::partition::{Partitions, split_partition};
 use crate::registry::Registry;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::schedule::Periodics;
@@ -56,6 +57,8 @@ pub(crate) struct Core {
     pub(crate) periodics: Mutex<Periodics>,
     /// Where events go: callbacks, the broker's event stream, metrics.
     pub(crate) events: Bus,
+    /// The partitioned queues, and where their next jobs go.
+    pub(crate) partitions: Partitions,
 }
 
 impl Core {
@@ -70,6 +73,7 @@ impl Core {
             config: Config::default(),
             periodics: Mutex::new(Vec::new()),
             events: Bus::new(Vec::new(), None, 1, None),
+            partitions: Partitions::default(),
         })
     }
 
@@ -127,9 +131,19 @@ impl Core {
 
     /// Enqueues a prepared envelope with the current span's trace context, and returns
     /// its id (see `Manager::enqueue_envelope`).
-    pub(crate) async fn enqueue_envelope(&self, mut envelope: Envelope) -> Result<TaskId> {
+    pub(crate) async fn enqueue_envelope(&self, envelope: Envelope) -> Result<TaskId> {
+        self.enqueue_envelope_keyed(envelope, None).await
+    }
+
+    /// As [`enqueue_envelope`](Core::enqueue_envelope), placing the job on a
+    /// partitioned queue by `partition_key` when there is one.
+    pub(crate) async fn enqueue_envelope_keyed(
+        &self,
+        mut envelope: Envelope,
+        partition_key: Option<&str>,
+    ) -> Result<TaskId> {
         crate::trace::TraceContext::current().inject(&mut envelope);
-        let job = self.job(&envelope)?;
+        let job = self.job(&mut envelope, partition_key)?;
         let at = chrono::Utc::now();
         match self.broker.enqueue(job).await {
             Ok(()) => {
@@ -161,8 +175,32 @@ impl Core {
 
     /// The job that enqueues `envelope`: every enqueue comes through here, so this is
     /// where its names are checked.
-    pub(crate) fn job(&self, envelope: &Envelope) -> Result<Job> {
-        check_names(envelope)?;
+    /// The job of `envelope`, placed on a partition of its queue when the queue is
+    /// partitioned (by `partition_key` when given); the envelope's queue becomes that
+    /// partition's.
+    pub(crate) fn job(&self, envelope: &mut Envelope, partition_key: Option<&str>) -> Result<Job> {
+        crate::names::check_task_name(&envelope.task)?;
+        match split_partition(&envelope.queue) {
+            // Named as a partition already (an envelope a job once had): one there is.
+            (queue, Some(partition)) => {
+                let count = self.partitions.count(queue).unwrap_or(1);
+                if partition >= count {
+                    return Err(Error::InvalidArgument(format!(
+                        "queue {:?} names partition {partition} of queue {queue:?}, which has \
+                         {count} partition(s) here; send the job to {queue:?} and let the \
+                         manager pick the partition",
+                        envelope.queue
+                    )));
+                }
+                crate::names::check_queue_name(queue)?;
+            }
+            (queue, None) => {
+                crate::names::check_queue_name(queue)?;
+                if let Some(partition) = self.partitions.place(queue, envelope.id, partition_key) {
+                    envelope.queue = partition;
+                }
+            }
+        }
         let payload = envelope.encode(self.config.max_message_size)?;
         let job =
             Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);

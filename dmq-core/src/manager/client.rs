@@ -37,6 +37,7 @@ pub struct Call<T> {
     filters_refused: bool,
     expires: Option<Expiry>,
     idempotency_key: Option<String>,
+    partition_key: Option<String>,
     timeout: Option<Duration>,
     headers: BTreeMap<String, String>,
     output: PhantomData<fn() -> T>,
@@ -78,10 +79,27 @@ impl<T> Call<T> {
             filters_refused: false,
             expires: None,
             idempotency_key: None,
+            partition_key: None,
             timeout: None,
             headers: BTreeMap::new(),
             output: PhantomData,
         }
+    }
+
+    /// On a partitioned queue (`#[task(partitions = 8)]`, or
+    /// [`ManagerBuilder::partitions`](crate::ManagerBuilder::partitions)), sends the job
+    /// to the partition of `key` ([`partition_of_key`](crate::partition_of_key)): the
+    /// jobs of one key (a user, a tenant, an order) go to one partition, so they keep
+    /// their order relative to each other. On a queue without partitions it changes
+    /// nothing.
+    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// The call's partition key, taken out before the call becomes an envelope.
+    pub(crate) fn take_partition_key(&mut self) -> Option<String> {
+        self.partition_key.take()
     }
 
     /// The task's registered name.
@@ -298,8 +316,9 @@ impl<T: DeserializeOwned> Call<T> {
     /// when an argument did not encode, [`Error::InvalidArgument`] when the queue
     /// (set with [`queue`](Call::queue)) is not a usable name (see
     /// [`check_queue_name`](crate::check_queue_name)), or the broker's error.
-    pub async fn enqueue(self, manager: &Manager) -> Result<TaskHandle<T>> {
-        let id = manager.enqueue_envelope(self.into_envelope()?).await?;
+    pub async fn enqueue(mut self, manager: &Manager) -> Result<TaskHandle<T>> {
+        let key = self.take_partition_key();
+        let id = manager.core.enqueue_envelope_keyed(self.into_envelope()?, key.as_deref()).await?;
         Ok(TaskHandle { result: manager.result::<T>(id) })
     }
 }

@@ -59,6 +59,7 @@ mod tests {
             periodic: None,
             timeout: None,
             ignore_result: true,
+            partitions: 1,
             path: "dmq_core::metrics::tests::held",
             file: file!(),
             line: line!(),

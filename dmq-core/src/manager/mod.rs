@@ -21,6 +21,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::events::{Callback, DEFAULT_EVENT_BUFFER, EventObserver, ListenerStats};
 use crate::metrics::Metrics;
+use crate::partition::{PartitionBy, Partitions};
 use crate::registry::PeriodicSpec;
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
@@ -186,6 +187,27 @@ impl Manager {
         self.core.enqueue_envelope(envelope).await
     }
 
+    /// As [`enqueue_envelope`](Manager::enqueue_envelope), sending a job of a
+    /// partitioned queue to the partition of `partition_key` (see
+    /// [`Call::partition_key`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_envelope`](Manager::enqueue_envelope).
+    pub async fn enqueue_envelope_with_key(
+        &self,
+        envelope: Envelope,
+        partition_key: Option<&str>,
+    ) -> Result<TaskId> {
+        self.core.enqueue_envelope_keyed(envelope, partition_key).await
+    }
+
+    /// How many partitions `queue` has for this manager (`#[task(partitions = N)]` or
+    /// [`ManagerBuilder::partitions`]); `None` when it is not partitioned.
+    pub fn partitions_of(&self, queue: &str) -> Option<u16> {
+        self.core.partitions.count(queue)
+    }
+
     /// Enqueues many calls in one step, atomically, and returns their ids in order.
     /// Each carries the current span's trace context, as with
     /// [`enqueue_envelope`](Manager::enqueue_envelope).
@@ -203,10 +225,11 @@ impl Manager {
         let mut envelopes = Vec::new();
         let listened = self.core.events.is_listened();
         let trace = crate::trace::TraceContext::current();
-        for call in calls {
+        for mut call in calls {
+            let key = call.take_partition_key();
             let mut envelope = call.into_envelope()?;
             trace.inject(&mut envelope);
-            jobs.push(self.core.job(&envelope)?);
+            jobs.push(self.core.job(&mut envelope, key.as_deref())?);
             ids.push(envelope.id);
             if listened {
                 envelopes.push(envelope);
@@ -368,6 +391,8 @@ pub struct ManagerBuilder {
     /// `None`: as the broker says ([`EventStream::shares_events`](crate::EventStream::shares_events)).
     event_stream: Option<bool>,
     metrics: Option<Metrics>,
+    /// Queues declared partitioned with [`partitions`](ManagerBuilder::partitions).
+    partitions: Vec<(String, u16, PartitionBy)>,
 }
 
 impl fmt::Debug for ManagerBuilder {
@@ -393,6 +418,7 @@ impl Default for ManagerBuilder {
             event_buffer: DEFAULT_EVENT_BUFFER,
             event_stream: None,
             metrics: None,
+            partitions: Vec::new(),
         }
     }
 }
@@ -514,6 +540,25 @@ impl ManagerBuilder {
         self
     }
 
+    /// Spreads `queue` over `count` partitions, `<queue>#0` to `<queue>#<count-1>`,
+    /// which a broker keeps apart (a Redis Cluster, in slots of their own, so that one
+    /// hot queue spreads over its masters), as `#[task(partitions = N)]` does for a
+    /// task's queue. An enqueue to `queue` goes to one partition, each in turn, or by
+    /// the call's [`partition_key`](Call::partition_key); a worker of `queue` claims from
+    /// all of them, starting at another each claim. Every process that enqueues to the
+    /// queue or works it must declare it alike. See [`partitions_by`](ManagerBuilder::partitions_by)
+    /// to pick partitions by task id instead.
+    pub fn partitions(self, queue: impl Into<String>, count: u16) -> Self {
+        self.partitions_by(queue, count, PartitionBy::RoundRobin)
+    }
+
+    /// As [`partitions`](ManagerBuilder::partitions), picking the partition of a job
+    /// without a partition key by `by`.
+    pub fn partitions_by(mut self, queue: impl Into<String>, count: u16, by: PartitionBy) -> Self {
+        self.partitions.push((queue.into(), count, by));
+        self
+    }
+
     /// Builds the manager, collecting every `#[task]` linked into the binary.
     ///
     /// # Errors
@@ -529,6 +574,16 @@ impl ManagerBuilder {
         }
         let registry = Registry::from_linked()?;
         let periodics = periodics_of(&registry)?;
+        let mut partitions = Partitions::default();
+        for reg in registry.registrations() {
+            partitions
+                .set(reg.queue, reg.partitions, PartitionBy::RoundRobin)
+                .map_err(|e| Error::InvalidArgument(format!("the #[task] {}: {e}", reg.path)))?;
+        }
+        for (queue, count, by) in &self.partitions {
+            crate::names::check_queue_name(queue)?;
+            partitions.set(queue, *count, *by)?;
+        }
         let broker = self.broker.unwrap_or_else(|| Arc::new(InMemoryBroker::new()));
         let stream = self
             .event_stream
@@ -545,6 +600,7 @@ impl ManagerBuilder {
                 config: self.config,
                 periodics: Mutex::new(periodics),
                 events,
+                partitions,
             }),
             metrics: self.metrics,
         })

@@ -153,6 +153,10 @@ impl WorkerBuilder {
             }
             queues
         });
+        // A partitioned queue stands for its partitions, claimed from in turn.
+        let queue_groups = self.core.partitions.expand(&queues);
+        let partitioned = queue_groups.iter().any(|group| group.len() > 1);
+        let queues: Vec<String> = queue_groups.concat();
         let stop = CancellationToken::new();
         let info = WorkerInfo::new(
             worker_id(),
@@ -167,6 +171,7 @@ impl WorkerBuilder {
             core: self.core,
             config: self.config,
             queues,
+            queue_groups: partitioned.then_some(queue_groups),
             stop: stop.clone(),
             hard_stop: CancellationToken::new(),
             released: AtomicU64::new(0),
@@ -195,7 +200,11 @@ pub(crate) struct Shared {
     pub(crate) info: WorkerInfo,
     pub(crate) core: Arc<Core>,
     pub(crate) config: WorkerConfig,
+    /// The queues, each partitioned one replaced by its partitions.
     pub(crate) queues: Vec<String>,
+    /// When a queue is partitioned: the queues grouped by the queue they stand for,
+    /// so that each claim can start at another partition.
+    pub(crate) queue_groups: Option<Vec<Vec<String>>>,
     stop: CancellationToken,
     pub(crate) hard_stop: CancellationToken,
     pub(crate) released: AtomicU64,
@@ -469,6 +478,8 @@ async fn claim_loop(shared: &Arc<Shared>) {
     let mut drain: Option<String> = None;
     let vitals = &shared.vitals;
     vitals.starts(Loop::Claim);
+    // Claims so far, for the turn of a partitioned queue's partitions.
+    let mut claims: usize = 0;
     loop {
         vitals.beat(Loop::Claim);
         let alone_from = drain.take();
@@ -509,9 +520,15 @@ async fn claim_loop(shared: &Arc<Shared>) {
         let broker = shared.core.broker();
         let claimed_at = std::time::Instant::now();
         // After a drain, the queue of the job to run alone first, without waiting.
-        let (queues, wait) = match &alone_from {
-            Some(queue) => (std::slice::from_ref(queue), Duration::ZERO),
-            None => (shared.queues.as_slice(), shared.config.claim_wait),
+        let rotated;
+        let (queues, wait) = match (&alone_from, &shared.queue_groups) {
+            (Some(queue), _) => (std::slice::from_ref(queue), Duration::ZERO),
+            (None, Some(groups)) => {
+                claims = claims.wrapping_add(1);
+                rotated = crate::partition::rotated(groups, claims);
+                (rotated.as_slice(), shared.config.claim_wait)
+            }
+            (None, None) => (shared.queues.as_slice(), shared.config.claim_wait),
         };
         let claimed = tokio::select! {
             biased;

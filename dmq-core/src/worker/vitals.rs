@@ -403,6 +403,7 @@ mod tests {
             core,
             config,
             queues,
+            queue_groups: None,
             stop,
             hard_stop: CancellationToken::new(),
             released: AtomicU64::new(0),

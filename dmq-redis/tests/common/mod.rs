@@ -53,11 +53,20 @@ pub async fn remove_namespace_at(url: &str, namespace: &str) {
 
 /// Deletes the keys of its namespace when dropped, also when the test fails: hold one
 /// for the length of a test (`let _cleanup = Cleanup::of(&namespace);`).
-pub struct Cleanup(String);
+pub struct Cleanup {
+    url: String,
+    namespace: String,
+}
 
 impl Cleanup {
+    /// On the test Redis.
     pub fn of(namespace: &str) -> Self {
-        Cleanup(namespace.to_owned())
+        Cleanup::at(&redis_url(), namespace)
+    }
+
+    /// On the Redis or the Redis Cluster at `url`.
+    pub fn at(url: &str, namespace: &str) -> Self {
+        Cleanup { url: url.to_owned(), namespace: namespace.to_owned() }
     }
 }
 
@@ -65,17 +74,17 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         // On a thread of its own: the test's runtime may be the current one, and a
         // runtime cannot block inside another.
-        let namespace = self.0.clone();
+        let (url, namespace) = (self.url.clone(), self.namespace.clone());
         let removed = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a tokio runtime");
-            runtime.block_on(remove_namespace(&namespace));
+            runtime.block_on(remove_namespace_at(&url, &namespace));
         })
         .join();
         if removed.is_err() {
-            eprintln!("could not delete the keys of namespace {}", self.0);
+            eprintln!("could not delete the keys of namespace {}", self.namespace);
         }
     }
 }
