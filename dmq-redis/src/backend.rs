@@ -582,6 +582,15 @@ impl Subscriber {
                         }
                     }
                     Some(PushInfo { kind: PushKind::Disconnection, .. }) => resubscribing = true,
+                    // The server ended the subscription: the channel's slot moved to
+                    // another master (a failover that left the old one up, or a
+                    // resharding). This connection's slot map is stale and would not
+                    // resubscribe by itself: subscribe afresh, on a new connection.
+                    Some(PushInfo { kind: PushKind::SUnsubscribe, .. }) => {
+                        return "the server ended the subscription (the channel's slot moved \
+                                to another master)"
+                            .to_owned();
+                    }
                     Some(PushInfo { kind: PushKind::SSubscribe, .. }) if resubscribing => {
                         resubscribing = false;
                         tracing::info!(channel = %self.channel, "resubscribed to the results; every waiter looks again");

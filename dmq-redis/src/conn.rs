@@ -28,7 +28,7 @@ const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 const FAILOVER_POLL: Duration = Duration::from_millis(200);
 
 /// How long an ordinary command (a claim script over a big batch, say) may take.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where new connections come from.
 pub(crate) enum Source {
@@ -168,8 +168,16 @@ async fn is_cluster_node(client: &Client) -> RedisResult<bool> {
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await?;
-    Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+    match redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn).await {
+        Ok(info) => Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1")),
+        // A server that refuses INFO (an ACL user without it, a managed service that
+        // renamed it) is taken for a single Redis, as before dmq knew clusters.
+        Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+            tracing::debug!(error = %e, "INFO refused; taking the server for a single Redis");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The clients of a Redis Cluster: one for ordinary commands, one for blocking waits.

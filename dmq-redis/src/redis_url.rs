@@ -240,8 +240,9 @@ fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result
         }
         other => return Err(format!("unknown scheme {other}://; {CLUSTER_FORM}")),
     }
+    let (credentials, rest) = split_credentials(rest);
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
+    let (hosts, tail) = rest.split_at(end);
     match tail {
         "" | "/" | "/0" => {}
         _ if tail.starts_with('?') || tail.starts_with('#') => {
@@ -254,9 +255,20 @@ fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result
             ));
         }
     }
-    let (credentials, hosts) = match authority.rfind('@') {
-        Some(at) => (&authority[..=at], &authority[at + 1..]),
-        None => ("", authority),
+    // Each node's URL carries the credentials, encoded again for it.
+    let userinfo = match credentials.map(user_and_password) {
+        None => String::new(),
+        Some((user, password)) => {
+            let encode = |text: &str| {
+                percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            };
+            let user = user.as_deref().map(encode).unwrap_or_default();
+            match password {
+                Some(password) => format!("{user}:{}@", encode(&password)),
+                None => format!("{user}@"),
+            }
+        }
     };
     let mut nodes = Vec::new();
     for host in hosts.split(',') {
@@ -264,7 +276,7 @@ fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result
         if host.is_empty() || port.is_none_or(|p| p.parse::<u16>().is_err()) {
             return Err(format!("{host:?} is not a host:port; {CLUSTER_FORM}"));
         }
-        nodes.push(format!("redis://{credentials}{host}"));
+        nodes.push(format!("redis://{userinfo}{host}"));
     }
     let client = Client::open(nodes[0].as_str())
         .map_err(|e| format!("not a Redis Cluster URL ({e}); {CLUSTER_FORM}"))?;
@@ -293,30 +305,18 @@ fn parse_sentinel(
         }
         other => return Err(format!("unknown scheme {other}://; {SENTINEL_FORM}")),
     }
+    let (credentials, rest) = split_credentials(rest);
     if rest.contains(['?', '#']) {
         return Err(format!("a Sentinel URL takes no options; {SENTINEL_FORM}"));
     }
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (credentials, hosts) = match authority.rfind('@') {
-        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-        None => (None, authority),
-    };
-    let decode = |text: &str| {
-        url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    let (username, password) = match credentials {
-        None => (None, None),
-        Some(c) => match c.split_once(':') {
-            Some((user, pass)) => ((!user.is_empty()).then(|| decode(user)), Some(decode(pass))),
-            None => (None, Some(decode(c))),
-        },
-    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (username, password) = credentials.map(user_and_password).unwrap_or_default();
     let mut sentinels = Vec::new();
     for host in hosts.split(',') {
         let parsed = host.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)));
+        // An IPv6 address is written in brackets, which a socket address has not.
+        let parsed = parsed
+            .map(|(h, p)| (h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(h), p));
         match parsed {
             Some((h, port)) if !h.is_empty() => sentinels.push((h.to_owned(), port)),
             _ => return Err(format!("{host:?} is not a host:port; {SENTINEL_FORM}")),
@@ -337,10 +337,36 @@ fn parse_sentinel(
         return Err(format!("too many parts after the master's name; {SENTINEL_FORM}"));
     }
     let (host, port) = &sentinels[0];
+    let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
     let client = Client::open(format!("redis://{host}:{port}"))
         .map_err(|e| format!("not a Sentinel URL ({e}); {SENTINEL_FORM}"))?;
-    let spec = SentinelSpec { sentinels, master: decode(master), db, username, password };
+    let master = percent_encoding::percent_decode_str(master).decode_utf8_lossy().into_owned();
+    let spec = SentinelSpec { sentinels, master, db, username, password };
     Ok(RedisUrl { shown, client, insecure: false, cluster: None, sentinel: Some(spec) })
+}
+
+/// `rest` (after `scheme://`) split into its user information, the text before the
+/// last `@` ahead of any `?` or `#` (so that a password may hold `/`, even unencoded),
+/// and what follows.
+fn split_credentials(rest: &str) -> (Option<&str>, &str) {
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    }
+}
+
+/// User information `[user][:password]`, percent-decoded: the user (none when empty)
+/// and the password.
+fn user_and_password(userinfo: &str) -> (Option<String>, Option<String>) {
+    let decode =
+        |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+    match userinfo.split_once(':') {
+        Some((user, password)) => {
+            ((!user.is_empty()).then(|| decode(user)), Some(decode(password)))
+        }
+        None => (None, Some(decode(userinfo))),
+    }
 }
 
 /// `rediss://` and its Valkey spelling, as redis-rs reads them.
@@ -458,7 +484,9 @@ fn install_crypto_provider() {
 #[must_use]
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The user information ends at the last `@` ahead of the query: a password may
+    // hold a `/` that was not percent-encoded, and must stay hidden then too.
+    let authority_end = rest.find(['?', '#']).unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
         Some(at) => match rest[..at].split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
@@ -581,6 +609,36 @@ mod tests {
             assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
             assert!(message.contains("redis+sentinel://"), "{message}");
         }
+    }
+
+    #[test]
+    fn passwords_with_url_characters_stay_whole_and_hidden() {
+        let url = RedisUrl::parse("redis+sentinel://:p&ss@h1:26379/m").unwrap();
+        assert_eq!(url.sentinel().and_then(|s| s.password.clone()).as_deref(), Some("p&ss"));
+        let url = RedisUrl::parse("redis+sentinel://app:sec/ret@h1:26379/m").unwrap();
+        assert_eq!(url.sentinel().and_then(|s| s.password.clone()).as_deref(), Some("sec/ret"));
+        assert!(!url.shown().contains("sec"), "{}", url.shown());
+        let url = RedisUrl::parse("redis+cluster://:sec/r%40t@h1:7000,h2:7001").unwrap();
+        let node = url.cluster_nodes().map(|n| n[0].clone()).unwrap_or_default();
+        let info =
+            Client::open(node.as_str()).unwrap().get_connection_info().redis_settings().clone();
+        assert_eq!(info.password(), Some("sec/r@t"));
+        assert!(!url.shown().contains("sec"), "{}", url.shown());
+        for bad in ["redis+cluster://:sec/ret@h1:7000/3", "redis+sentinel://:sec/ret@h1/m"] {
+            let message = refused(bad);
+            assert!(!message.contains("sec"), "{message}");
+        }
+        assert_eq!(redact("redis://:sec/ret@h:1/0"), "redis://:***@h:1/0");
+    }
+
+    #[test]
+    fn ipv6_sentinels_lose_their_brackets() {
+        let url = RedisUrl::parse("redis+sentinel://[::1]:26379,[fe80::2]:26380/m").unwrap();
+        let hosts: Vec<&str> = url
+            .sentinel()
+            .map(|s| s.sentinels.iter().map(|(h, _)| h.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(hosts, ["::1", "fe80::2"]);
     }
 
     #[test]

@@ -125,6 +125,21 @@ impl PrivateCluster {
         })
     }
 
+    /// The port of the replica of the master on `port`.
+    fn replica_of(&self, port: u16) -> u16 {
+        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
+        let me = format!("127.0.0.1:{port}@");
+        let id = nodes
+            .lines()
+            .find(|l| l.contains(&me))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("the master's id");
+        let replica =
+            nodes.lines().find(|l| l.contains(&format!("slave {id}"))).expect("a replica");
+        let address = replica.split_whitespace().nth(1).and_then(|a| a.split('@').next());
+        address.and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()).expect("a port")
+    }
+
     /// Kills the node on `port` with SIGKILL.
     fn kill(&self, port: u16) {
         let info = redis_cli(port, &["info", "server"]);
@@ -327,4 +342,99 @@ async fn a_replicated_enqueue_is_confirmed_on_a_healthy_cluster() {
         .expect("hexists");
     assert!(held);
     dmq_redis::delete_namespace_at(&url, &Keys::new(namespace)).await.expect("clean up");
+}
+
+/// A planned failover (`CLUSTER FAILOVER` on the replica) leaves the old master up, as
+/// a replica: the result subscription on it is ended by the server, and a waiting
+/// caller must still hear of results stored afterwards, not wait out its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_waiters_hear_results_after_a_planned_failover() {
+    use dmq_core::{ResultBackend, TaskId, TaskOutcome};
+    let cluster = PrivateCluster::start();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let keys = Keys::new(namespace.clone());
+    let backend = std::sync::Arc::new(
+        RedisBackend::connect_with_namespace(&cluster.url, &namespace).await.expect("backend"),
+    );
+    let store_later = |id: TaskId| {
+        let backend = std::sync::Arc::clone(&backend);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let outcome = TaskOutcome::succeeded(vec![0xc0], 1, chrono::Utc::now());
+            backend.store(id, &outcome, Duration::from_secs(60)).await.expect("store");
+        })
+    };
+    let waited = |id: TaskId| {
+        let backend = std::sync::Arc::clone(&backend);
+        async move {
+            let started = Instant::now();
+            let found = backend.wait(id, Duration::from_secs(20)).await.expect("wait");
+            assert!(found.is_some(), "no result");
+            started.elapsed()
+        }
+    };
+    let id = TaskId::new();
+    let storing = store_later(id);
+    assert!(waited(id).await < Duration::from_secs(5), "before the failover");
+    storing.await.expect("stored");
+
+    for round in 0..2 {
+        let master = cluster.master_of(&keys.results_channel());
+        let replica = cluster.replica_of(master);
+        assert!(redis_cli(replica, &["cluster", "failover"]).contains("OK"), "CLUSTER FAILOVER");
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while !redis_cli(replica, &["role"]).starts_with("master") {
+            assert!(Instant::now() < give_up, "the replica did not take over");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let id = TaskId::new();
+        let storing = store_later(id);
+        let took = waited(id).await;
+        storing.await.expect("stored");
+        assert!(took < Duration::from_secs(10), "after failover {round}: the wait took {took:?}");
+    }
+    let _ = dmq_redis::delete_namespace_at(&cluster.url, &keys).await;
+}
+
+/// `WAIT` holds the connection it is sent on until the replicas confirm or its timeout
+/// passes: a replicated enqueue waiting for replicas that are not there must hold up
+/// neither the other enqueues nor the broker's other commands. On the local Redis,
+/// which has no replica, so every such enqueue waits out its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_enqueue_waiting_for_absent_replicas_holds_up_nothing_else() {
+    use dmq_core::{Broker, BrokerAdmin, Error, Job, TaskId};
+    let url = common::redis_url();
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
+    let broker = std::sync::Arc::new(
+        RedisBroker::connect_with_namespace(&url, &namespace)
+            .await
+            .expect("connect")
+            .with_replicated_enqueue(1, Duration::from_secs(1)),
+    );
+    let enqueues: Vec<_> = (0..4)
+        .map(|_| {
+            let broker = std::sync::Arc::clone(&broker);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let job = Job::new(TaskId::new(), "w", 5, None, vec![0x90]);
+                (broker.enqueue(job).await, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    broker.queue_stats("other").await.expect("queue figures");
+    let other = started.elapsed();
+    for enqueue in enqueues {
+        let (result, took) = enqueue.await.expect("joined");
+        match result {
+            Err(e @ Error::Backend { .. }) => {
+                assert!(e.is_transient() && e.to_string().contains("0 confirmed"), "{e}");
+            }
+            other => panic!("expected a replica error, got {other:?}"),
+        }
+        assert!(took < Duration::from_secs(3), "an enqueue waited behind the others: {took:?}");
+    }
+    assert!(other < Duration::from_millis(900), "a command waited behind WAIT: {other:?}");
 }

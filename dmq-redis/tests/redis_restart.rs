@@ -185,3 +185,33 @@ async fn enqueue_through_reconnect(manager: &Manager, n: i64) -> dmq_core::TaskH
 fn common_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
+
+/// Connecting asks the server whether it is a node of a cluster (`INFO cluster`); an
+/// ACL user that may not run `INFO` is taken for a user of a single Redis, as before
+/// dmq knew clusters, rather than refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_may_not_run_info_still_connects() {
+    let redis = PrivateRedis::start_on(free_port());
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut admin = client.get_multiplexed_async_connection().await.expect("connect");
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "noinfo", "on", ">secret", "~*", "&*", "+@all", "-info"][..])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let url = format!("redis://noinfo:secret@127.0.0.1:{}", redis.port);
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect as noinfo");
+    let refused = redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn).await;
+    assert!(refused.is_err(), "the user may not run INFO");
+    let broker = RedisBroker::connect(&url).await.expect("a broker for a user without INFO");
+    let backend = RedisBackend::connect(&url).await.expect("a backend for a user without INFO");
+    let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+    let handle = triple::call(7).enqueue(&manager).await.expect("enqueue");
+    let worker = manager.worker().queues(["restart"]).start();
+    assert_eq!(handle.result(Duration::from_secs(30)).await.expect("a result"), 21);
+    worker.shutdown().await;
+}

@@ -28,7 +28,7 @@ use redis::ScriptInvocation;
 use tokio::time::Instant;
 
 use crate::batch::Batcher;
-use crate::conn::{Conn, Shared, Source};
+use crate::conn::{self, Conn, Shared, Source};
 use crate::error::redis_error;
 use crate::keys::{DEFAULT_NAMESPACE, Keys, QueueKeys, cluster_slot, id_text};
 use crate::redis_url::RedisUrl;
@@ -377,9 +377,9 @@ impl RedisBroker {
         // Each distinct queue once (the list the invocation was built with), before
         // the jobs land: a queue that holds jobs is always registered.
         self.register_queues(queues.iter().copied()).await;
-        let reply: Vec<String> = self.run("enqueueing", &invocation).await?;
+        let reply = self.run_enqueue(&invocation, &jobs[0].queue).await?;
         match reply.as_slice() {
-            [ok] if ok == "ok" => self.replicated(&jobs[0].queue).await,
+            [ok] if ok == "ok" => Ok(()),
             [existing, id] if existing == "existing" => Err(Error::IdempotencyKeyTaken {
                 key: idempotency.map(|(key, _)| key.clone()).unwrap_or_default(),
                 queue: jobs[0].queue.clone(),
@@ -402,31 +402,58 @@ impl RedisBroker {
 }
 
 impl RedisBroker {
-    /// With [`with_replicated_enqueue`](RedisBroker::with_replicated_enqueue): waits
-    /// until the replicas of `queue`'s master hold what this broker wrote there. `WAIT`
-    /// counts the writes of the connection it is sent on, which is the one the enqueue
-    /// went over (one per node, shared by every command to it).
-    async fn replicated(&self, queue: &str) -> Result<()> {
-        let Some((replicas, timeout)) = self.replicated_enqueue else { return Ok(()) };
-        let slot = self.blocking_slot(&self.keys.queue(queue).signal());
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+    /// Runs the enqueue script. With
+    /// [`with_replicated_enqueue`](RedisBroker::with_replicated_enqueue), it runs on a
+    /// connection of its own, followed there by `WAIT`, which counts the writes of the
+    /// connection it is sent on and holds that connection until the replicas confirm:
+    /// on the shared connection it would hold up every other command of this broker
+    /// (claims, acks, heartbeats) whenever the replicas are slow.
+    async fn run_enqueue(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        queue: &str,
+    ) -> Result<Vec<String>> {
+        let Some((replicas, timeout)) = self.replicated_enqueue else {
+            return self.run("enqueueing", invocation).await;
+        };
         let what =
             format!("waiting for {replicas} replica(s) to confirm an enqueue to queue {queue:?}");
-        let mut conn = self.conn().await?;
-        let confirmed: i64 = conn.on_slot(&wait, slot).await.map_err(|e| self.err(&what, e))?;
-        if confirmed >= i64::from(replicas) {
-            return Ok(());
+        let slot = self.blocking_slot(&self.keys.queue(queue).signal());
+        let mut own = self.spare_connection().await?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        let enqueued = async {
+            let reply: Vec<String> = invocation.invoke_async(&mut own.conn).await?;
+            if !matches!(reply.as_slice(), [ok] if ok == "ok") {
+                return Ok((reply, None));
+            }
+            let confirmed: i64 = own.conn.on_slot(&wait, slot).await?;
+            Ok((reply, Some(confirmed)))
+        };
+        // The connection answers without a time limit of its own (it waits for WAIT).
+        let (reply, confirmed) =
+            match tokio::time::timeout(conn::RESPONSE_TIMEOUT + timeout, enqueued).await {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => return Err(self.err(&what, e)),
+                Err(_) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time");
+                    return Err(self.err(&what, e.into()));
+                }
+            };
+        self.put_back(own);
+        match confirmed {
+            Some(confirmed) if confirmed < i64::from(replicas) => Err(Error::backend(
+                format!(
+                    "{what} on redis at {}: {confirmed} confirmed within {timeout:?}; the job is \
+                     on the master and most likely runs, but a failover now could lose it; \
+                     check the replicas (INFO replication); enqueueing again runs it twice \
+                     unless the call has an idempotency key",
+                    self.url
+                ),
+                true,
+            )),
+            _ => Ok(reply),
         }
-        Err(Error::backend(
-            format!(
-                "{what} on redis at {}: {confirmed} confirmed within {timeout:?}; the job is on \
-                 the master and most likely runs, but a failover now could lose it; check the \
-                 replicas (INFO replication), or enqueue again with the same idempotency key",
-                self.url
-            ),
-            true,
-        ))
     }
 }
 

@@ -157,6 +157,32 @@ impl RedisBroker {
         Ok(blocking)
     }
 
+    /// A connection of this broker's alone, for commands that hold the connection
+    /// they are sent on (`WAIT`): a spare one, or a new one.
+    pub(super) async fn spare_connection(&self) -> Result<BlockingConnection> {
+        let spare = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match spare {
+            Some(spare) => Ok(spare),
+            None => Ok(BlockingConnection {
+                conn: self
+                    .source
+                    .open_unbounded()
+                    .await
+                    .map_err(|e| self.err("opening a connection of its own", e))?,
+                client_ids: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Puts a connection from [`spare_connection`](Self::spare_connection) back,
+    /// when there is room.
+    pub(super) fn put_back(&self, connection: BlockingConnection) {
+        let mut spares = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
+        if spares.len() < SPARE_BLOCKING_CONNECTIONS {
+            spares.push(connection);
+        }
+    }
+
     /// The slot blocking commands on `key` go to: its cluster slot on a cluster, 0 on
     /// a single Redis (where every key is on the one server).
     pub(super) fn blocking_slot(&self, key: &str) -> u16 {
