@@ -231,6 +231,25 @@ async fn records_conn(url: &str) -> RedisConnection {
     RedisConnection::open(url).await.expect("connect to redis")
 }
 
+/// The runs the `stamp` jobs of namespace `ns` recorded: the pids of each job's runs,
+/// by task id, in the order they started.
+async fn stamped_runs(url: &str, ns: &str) -> HashMap<String, Vec<u32>> {
+    let mut conn = records_conn(url).await;
+    let stamps: Vec<String> = redis::cmd("LRANGE")
+        .arg(stamps_key(ns))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("read the stamps");
+    let mut runs: HashMap<String, Vec<u32>> = HashMap::new();
+    for entry in &stamps {
+        let (id, pid) = entry.split_once(' ').expect("`id pid`");
+        runs.entry(id.to_owned()).or_default().push(pid.parse().expect("a pid"));
+    }
+    runs
+}
+
 /// The `task-id pid` entries the `slow` jobs of namespace `ns` recorded as they started.
 async fn starts(mut conn: RedisConnection, ns: &str) -> Vec<String> {
     redis::cmd("LRANGE")
@@ -884,19 +903,7 @@ async fn a_sigkill_storm_loses_no_job_and_changes_no_stored_result() {
 
     // Every run but a job's last was on a killed worker, and the stored result is
     // the one its surviving run returned.
-    let mut conn = records_conn(&url).await;
-    let stamps: Vec<String> = redis::cmd("LRANGE")
-        .arg(stamps_key(&ns.name))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("read the stamps");
-    let mut runs: HashMap<String, Vec<u32>> = HashMap::new();
-    for entry in &stamps {
-        let (id, pid) = entry.split_once(' ').expect("`id pid`");
-        runs.entry(id.to_owned()).or_default().push(pid.parse().expect("a pid"));
-    }
+    let runs = stamped_runs(&url, &ns.name).await;
     let mut repeated = 0;
     for (id, value) in &results {
         let pids = runs.get(&id.to_string()).map(Vec::as_slice).unwrap_or_default();
@@ -1009,19 +1016,7 @@ async fn a_sigkill_storm_on_a_redis_cluster_loses_no_job_of_three_queues() {
             "{queue}: {stats:?}"
         );
     }
-    let mut conn = records_conn(&url).await;
-    let stamps: Vec<String> = redis::cmd("LRANGE")
-        .arg(stamps_key(&ns.name))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("read the stamps");
-    let mut runs: HashMap<String, Vec<u32>> = HashMap::new();
-    for entry in &stamps {
-        let (id, pid) = entry.split_once(' ').expect("`id pid`");
-        runs.entry(id.to_owned()).or_default().push(pid.parse().expect("a pid"));
-    }
+    let runs = stamped_runs(&url, &ns.name).await;
     let mut repeated = 0;
     for (id, value) in &results {
         let pids = runs.get(&id.to_string()).map(Vec::as_slice).unwrap_or_default();

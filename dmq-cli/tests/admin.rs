@@ -904,6 +904,11 @@ fn the_admin_commands_work_on_a_redis_cluster() {
     assert_error(&refused, "is not a host:port");
 }
 
+/// The names of the queues of a `dmq queues --json` listing, in order.
+fn queue_names(listing: &Value) -> Vec<&str> {
+    listing.as_array().expect("a list").iter().map(|q| q["queue"].as_str().unwrap_or("")).collect()
+}
+
 /// A partitioned queue shows as one row adding up its partitions, or as a row per
 /// partition with --partitions; naming it shows its partitions.
 #[test]
@@ -928,12 +933,7 @@ fn queues_folds_a_partitioned_queue_unless_asked_for_its_partitions() {
     assert!(table.contains("parts (3 partitions)"), "{table}");
 
     let unfolded = ns.json(&["queues", "--partitions"]);
-    let names: Vec<&str> = unfolded
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|q| q["queue"].as_str().unwrap_or(""))
-        .collect();
+    let names = queue_names(&unfolded);
     assert_eq!(names, ["parts#0", "parts#1", "parts#2", "plain"]);
     assert_eq!(unfolded[2]["ready"], 3);
 
@@ -949,12 +949,7 @@ fn queues_folds_a_partitioned_queue_unless_asked_for_its_partitions() {
         ns.ok(&["enqueue", "app.send", "[1]", "--queue", "parts", "--partition-key", "user-9"]);
     }
     let unfolded = ns.json(&["queues", "--partitions"]);
-    let names: Vec<&str> = unfolded
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|q| q["queue"].as_str().unwrap_or(""))
-        .collect();
+    let names = queue_names(&unfolded);
     assert_eq!(
         names,
         ["parts#0", "parts#1", "parts#2", "plain"],

@@ -62,7 +62,7 @@ impl PrivateCluster {
     /// The port of the master that serves `key`'s slot.
     fn master_of(&self, key: &str) -> u16 {
         let slot = cluster_slot(key.as_bytes());
-        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
+        let nodes = common::redis_cli(self.ports[0], &["cluster", "nodes"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -87,7 +87,7 @@ impl PrivateCluster {
         let other = *self.ports.iter().find(|p| **p != port).expect("another node");
         let dir = format!("/tmp/dmq-redis-cluster-{}", self.ports[0]);
         let me = format!("127.0.0.1:{port}@");
-        let nodes = redis_cli(other, &["cluster", "nodes"]);
+        let nodes = common::redis_cli(other, &["cluster", "nodes"]);
         let id = nodes
             .lines()
             .find(|l| l.contains(&me))
@@ -99,7 +99,7 @@ impl PrivateCluster {
             // the master of its slots, and its replica would copy the empty data set.
             let give_up = Instant::now() + Duration::from_secs(60);
             loop {
-                let nodes = redis_cli(other, &["cluster", "nodes"]);
+                let nodes = common::redis_cli(other, &["cluster", "nodes"]);
                 let mine = nodes.lines().find(|l| l.contains(&me)).unwrap_or_default();
                 let failed = mine
                     .split_whitespace()
@@ -127,7 +127,7 @@ impl PrivateCluster {
 
     /// The port of the replica of the master on `port`.
     fn replica_of(&self, port: u16) -> u16 {
-        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
+        let nodes = common::redis_cli(self.ports[0], &["cluster", "nodes"]);
         let me = format!("127.0.0.1:{port}@");
         let id = nodes
             .lines()
@@ -138,19 +138,6 @@ impl PrivateCluster {
             nodes.lines().find(|l| l.contains(&format!("slave {id}"))).expect("a replica");
         let address = replica.split_whitespace().nth(1).and_then(|a| a.split('@').next());
         address.and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()).expect("a port")
-    }
-
-    /// Kills the node on `port` with SIGKILL.
-    fn kill(&self, port: u16) {
-        let info = redis_cli(port, &["info", "server"]);
-        let pid = info
-            .lines()
-            .find_map(|line| line.strip_prefix("process_id:"))
-            .expect("process_id")
-            .trim()
-            .to_owned();
-        let status = Command::new("kill").args(["-9", &pid]).status().expect("run kill");
-        assert!(status.success(), "kill -9 {pid}");
     }
 }
 
@@ -167,16 +154,6 @@ impl Drop for PrivateCluster {
             let _ = std::fs::remove_dir_all(format!("/tmp/dmq-redis-cluster-{first}"));
         }
     }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("run redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The first of six free ports whose cluster bus ports (10000 above) are free too.
@@ -239,7 +216,7 @@ async fn through_a_failover(replicas: bool) -> Figures {
                 (&manager, &sent, &killed_at, &restarted, &cluster);
             async move {
                 if sent.fetch_add(1, Ordering::SeqCst) == JOBS / 3 {
-                    cluster.kill(victim);
+                    common::kill_server(victim);
                     let _ = killed_at.set(Instant::now());
                     *restarted.lock().expect("lock") = Some(cluster.restart_after_failover(victim));
                 }
@@ -381,11 +358,31 @@ async fn result_waiters_hear_results_after_a_planned_failover() {
     for round in 0..2 {
         let master = cluster.master_of(&keys.results_channel());
         let replica = cluster.replica_of(master);
-        assert!(redis_cli(replica, &["cluster", "failover"]).contains("OK"), "CLUSTER FAILOVER");
+        // A replica takes over only once it is in sync (after the last round, the old
+        // master is syncing as the new one's replica).
         let give_up = Instant::now() + Duration::from_secs(30);
-        while !redis_cli(replica, &["role"]).starts_with("master") {
-            assert!(Instant::now() < give_up, "the replica did not take over");
+        while !common::redis_cli(replica, &["info", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < give_up, "the replica did not sync");
             std::thread::sleep(Duration::from_millis(100));
+        }
+        // Asked again when it times out: right after a failover the cluster's nodes may
+        // not all know the new roles yet, and a manual failover then times out.
+        let give_up = Instant::now() + Duration::from_secs(60);
+        'failover: loop {
+            assert!(
+                common::redis_cli(replica, &["cluster", "failover"]).contains("OK"),
+                "CLUSTER FAILOVER"
+            );
+            let attempt_ends = Instant::now() + Duration::from_secs(7);
+            while Instant::now() < attempt_ends {
+                if common::redis_cli(replica, &["role"]).starts_with("master") {
+                    break 'failover;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(Instant::now() < give_up, "the replica did not take over");
         }
         let id = TaskId::new();
         let storing = store_later(id);

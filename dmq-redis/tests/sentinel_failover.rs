@@ -47,7 +47,7 @@ impl PrivateSentinels {
         set.start_server(master, None);
         set.start_server(replica, Some(master));
         wait("the replica to sync", || {
-            redis_cli(replica, &["info", "replication"]).contains("master_link_status:up")
+            common::redis_cli(replica, &["info", "replication"]).contains("master_link_status:up")
         });
         for port in set.sentinels {
             let conf = set.dir.join(format!("sentinel-{port}.conf"));
@@ -68,7 +68,7 @@ impl PrivateSentinels {
         }
         for port in set.sentinels {
             wait("each sentinel to know the replica and the other sentinels", || {
-                let info = redis_cli(port, &["sentinel", "master", "mymaster"]);
+                let info = common::redis_cli(port, &["sentinel", "master", "mymaster"]);
                 let field = |name: &str| {
                     let lines: Vec<&str> = info.lines().collect();
                     lines.iter().position(|l| *l == name).and_then(|i| lines.get(i + 1)).copied()
@@ -95,26 +95,16 @@ impl PrivateSentinels {
             cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
         }
         assert!(cmd.status().expect("start redis-server").success(), "starting redis {port}");
-        wait("redis-server to answer", || redis_cli(port, &["ping"]).contains("PONG"));
+        wait("redis-server to answer", || common::redis_cli(port, &["ping"]).contains("PONG"));
     }
 
     /// The port of the master the sentinels name now.
     fn named_master(&self) -> Option<u16> {
-        let addr =
-            redis_cli(self.sentinels[0], &["sentinel", "get-master-addr-by-name", "mymaster"]);
+        let addr = common::redis_cli(
+            self.sentinels[0],
+            &["sentinel", "get-master-addr-by-name", "mymaster"],
+        );
         addr.lines().nth(1).and_then(|p| p.trim().parse().ok())
-    }
-
-    /// Kills the server on `port` with SIGKILL.
-    fn kill(&self, port: u16) {
-        let info = redis_cli(port, &["info", "server"]);
-        let pid = info
-            .lines()
-            .find_map(|line| line.strip_prefix("process_id:"))
-            .expect("process_id")
-            .trim()
-            .to_owned();
-        assert!(Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
     }
 }
 
@@ -129,16 +119,6 @@ impl Drop for PrivateSentinels {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("run redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits up to a minute for `done`, checking every 100 ms.
@@ -179,7 +159,7 @@ async fn the_broker_follows_a_sentinel_failover_without_a_restart() {
             let (manager, sent, killed_at, set) = (&manager, &sent, &killed_at, &set);
             async move {
                 if sent.fetch_add(1, Ordering::SeqCst) == JOBS / 3 {
-                    set.kill(set.master);
+                    common::kill_server(set.master);
                     let _ = killed_at.set(Instant::now());
                 }
                 let started = Instant::now();

@@ -186,3 +186,27 @@ impl Fixture for PooledFixture {
         self.0.teardown().await;
     }
 }
+
+/// What `redis-cli -p <port> <args>` prints, for tests that start servers of their own.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kills the Redis server (or sentinel) on `port` with SIGKILL.
+pub fn kill_server(port: u16) {
+    let info = redis_cli(port, &["info", "server"]);
+    let pid = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .expect("process_id")
+        .trim()
+        .to_owned();
+    let killed = std::process::Command::new("kill").args(["-9", &pid]).status().expect("run kill");
+    assert!(killed.success(), "kill -9 {pid}");
+}
