@@ -17,10 +17,21 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// The local Redis Cluster: `DMQ_CLUSTER_URL` (set by scripts/test), or the one
+/// `scripts/ensure-redis-cluster` starts when none runs.
+fn cluster_url() -> String {
+    if let Ok(url) = std::env::var("DMQ_CLUSTER_URL") {
+        return url;
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ensure-redis-cluster");
+    let out = std::process::Command::new(&script).output().expect("run ensure-redis-cluster");
+    assert!(out.status.success(), "scripts/ensure-redis-cluster failed");
+    String::from_utf8_lossy(&out.stdout).lines().last().expect("a URL").trim().to_owned()
+}
+
 async fn remove_namespace(url: &str, namespace: &str) {
-    let client = redis::Client::open(url).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
-    dmq_redis::delete_namespace(&mut conn, &Keys::new(namespace)).await.expect("delete keys");
+    dmq_redis::delete_namespace_at(url, &Keys::new(namespace)).await.expect("delete keys");
 }
 
 /// Panics as the test's jobs did, or with what the processes logged when they did not
@@ -141,7 +152,17 @@ fn a_bad_broker_url_is_a_one_line_error() {
 /// supervisor stops everything and it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_supervisor_restarts_a_killed_worker_and_stops_cleanly() {
-    let url = redis_url();
+    supervisor_restarts_a_killed_worker(redis_url()).await;
+}
+
+/// The same on the local Redis Cluster: the supervisor, its workers and `app enqueue`
+/// all take the `redis+cluster://` URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_works_on_a_redis_cluster() {
+    supervisor_restarts_a_killed_worker(cluster_url()).await;
+}
+
+async fn supervisor_restarts_a_killed_worker(url: String) {
     let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
     let log = std::env::temp_dir().join(format!("{namespace}-supervisor.log"));
     let app = env!("CARGO_BIN_EXE_app");
