@@ -23,6 +23,13 @@ const JOBS: usize = 3_000;
 const QUEUES: [&str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
 
 static RUNS_PLAIN: [AtomicU32; JOBS] = [const { AtomicU32::new(0) }; JOBS];
+static RUNS_MOVED: [AtomicU32; JOBS] = [const { AtomicU32::new(0) }; JOBS];
+
+#[task(name = "failover.moved", queue = "f0")]
+async fn moved(n: usize) -> Result<(), TaskError> {
+    RUNS_MOVED[n].fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
 static RUNS_REPLICATED: [AtomicU32; JOBS] = [const { AtomicU32::new(0) }; JOBS];
 
 #[task(name = "failover.plain", queue = "f0")]
@@ -125,6 +132,11 @@ impl PrivateCluster {
         })
     }
 
+    /// The id and port of each master.
+    fn masters(&self) -> Vec<(String, u16)> {
+        masters_at(self.ports[0])
+    }
+
     /// The port of the replica of the master on `port`.
     fn replica_of(&self, port: u16) -> u16 {
         let nodes = common::redis_cli(self.ports[0], &["cluster", "nodes"]);
@@ -153,6 +165,53 @@ impl Drop for PrivateCluster {
         if let Some(first) = self.ports.first() {
             let _ = std::fs::remove_dir_all(format!("/tmp/dmq-redis-cluster-{first}"));
         }
+    }
+}
+
+/// The id and port of each master of the cluster the node on `port` belongs to.
+fn masters_at(port: u16) -> Vec<(String, u16)> {
+    let nodes = common::redis_cli(port, &["cluster", "nodes"]);
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let master = fields.get(2).is_some_and(|f| f.contains("master") && !f.contains("fail"));
+            let port = fields.get(1)?.split('@').next()?.rsplit_once(':')?.1.parse().ok()?;
+            master.then(|| (fields[0].to_owned(), port))
+        })
+        .collect()
+}
+
+/// Moves `slot` from the master on `from` to the master on `to`, keys and all, as
+/// `redis-cli --cluster reshard` does: IMPORTING and MIGRATING, `MIGRATE` in pages of
+/// 10 keys (slowly, so that commands meet the slot half moved and are answered `ASK`
+/// or `TRYAGAIN`), then the slot assigned to its new master on every master.
+fn move_slot(slot: u16, from: u16, to: u16) {
+    let masters = masters_at(from);
+    let id = |port: u16| {
+        masters.iter().find(|(_, p)| *p == port).map(|(id, _)| id.clone()).expect("a master")
+    };
+    let (from_id, to_id) = (id(from), id(to));
+    let slot = slot.to_string();
+    let importing = common::redis_cli(to, &["cluster", "setslot", &slot, "importing", &from_id]);
+    assert!(importing.contains("OK"), "IMPORTING: {importing}");
+    let migrating = common::redis_cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]);
+    assert!(migrating.contains("OK"), "MIGRATING: {migrating}");
+    let to_port = to.to_string();
+    loop {
+        let keys = common::redis_cli(from, &["cluster", "getkeysinslot", &slot, "10"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let mut migrate = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "keys"];
+        migrate.extend(keys);
+        let moved = common::redis_cli(from, &migrate);
+        assert!(moved.contains("OK") || moved.contains("NOKEY"), "MIGRATE: {moved}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (_, port) in &masters {
+        common::redis_cli(*port, &["cluster", "setslot", &slot, "node", &to_id]);
     }
 }
 
@@ -434,4 +493,61 @@ async fn a_replicated_enqueue_waiting_for_absent_replicas_holds_up_nothing_else(
         assert!(took < Duration::from_secs(3), "an enqueue waited behind the others: {took:?}");
     }
     assert!(other < Duration::from_millis(900), "a command waited behind WAIT: {other:?}");
+}
+
+/// A queue's slot moved to another master while jobs flow (a resharding): commands
+/// meet the slot half moved (`ASK`, `TRYAGAIN`) and then moved (`MOVED`); the client
+/// follows, and no job is lost or left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_whose_slot_moves_mid_flow_loses_no_job() {
+    let cluster = PrivateCluster::start();
+    let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let keys = Keys::new(namespace.clone());
+    let broker =
+        RedisBroker::connect_with_namespace(&cluster.url, &namespace).await.expect("connect");
+    let backend =
+        RedisBackend::connect_with_namespace(&cluster.url, &namespace).await.expect("backend");
+    let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
+    let worker = manager.worker().concurrency(8).queues(["f0"]).start();
+    let signal = keys.queue("f0").signal();
+    let slot = cluster_slot(signal.as_bytes());
+    let from = cluster.master_of(&signal);
+    let to =
+        cluster.masters().into_iter().map(|(_, p)| p).find(|p| *p != from).expect("another master");
+
+    // The slot moves, in a thread of its own, while jobs flow in.
+    let started = Instant::now();
+    let mover = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        move_slot(slot, from, to);
+        started.elapsed()
+    });
+    let mut confirmed = Vec::new();
+    let mut refused = 0;
+    for n in 0..JOBS / 3 {
+        match moved::call(n).enqueue(&manager).await {
+            Ok(handle) => confirmed.push((n, handle)),
+            Err(e) => {
+                refused += 1;
+                eprintln!("enqueue {n} refused while the slot moved: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = mover.await.expect("the slot moved");
+    assert_eq!(cluster.master_of(&signal), to, "the slot is on its new master");
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !confirmed.iter().all(|(n, _)| RUNS_MOVED[*n].load(Ordering::SeqCst) > 0) {
+        assert!(Instant::now() < give_up, "confirmed jobs never ran after the slot moved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = manager.admin().expect("admin").queue_stats("f0").await.expect("stats");
+    worker.shutdown().await;
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight), (0, 0, 0), "{stats:?}");
+    eprintln!(
+        "slot {slot} moved from {from} to {to} in {took:?}: {} confirmed, {refused} refused, none lost",
+        confirmed.len()
+    );
+    assert!(refused < JOBS / 30, "{refused} of {} enqueues refused", JOBS / 3);
+    let _ = dmq_redis::delete_namespace_at(&cluster.url, &keys).await;
 }
