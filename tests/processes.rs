@@ -231,6 +231,29 @@ async fn records_conn(url: &str) -> RedisConnection {
     RedisConnection::open(url).await.expect("connect to redis")
 }
 
+/// Kills one of `workers` with SIGKILL every `every`, in turn, for `length`, starting
+/// a fresh one (`start`) in its place each time; returns the pids it killed.
+async fn storm(
+    workers: &mut [WorkerProcess],
+    length: Duration,
+    every: Duration,
+    start: impl Fn() -> WorkerProcess,
+) -> HashSet<u32> {
+    let mut killed = HashSet::new();
+    let storm_ends = Instant::now() + length;
+    let mut round = 0usize;
+    while Instant::now() < storm_ends {
+        tokio::time::sleep(every).await;
+        let victim = round % workers.len();
+        round += 1;
+        killed.insert(workers[victim].pid);
+        let status = workers[victim].kill().await;
+        assert_eq!(status.signal(), Some(9));
+        workers[victim] = start();
+    }
+    killed
+}
+
 /// The runs the `stamp` jobs of namespace `ns` recorded: the pids of each job's runs,
 /// by task id, in the order they started.
 async fn stamped_runs(url: &str, ns: &str) -> HashMap<String, Vec<u32>> {
@@ -865,18 +888,10 @@ async fn a_sigkill_storm_loses_no_job_and_changes_no_stored_result() {
         })
     };
 
-    let mut killed: HashSet<u32> = HashSet::new();
-    let storm_ends = Instant::now() + Duration::from_secs(30);
-    let mut round = 0usize;
-    while Instant::now() < storm_ends {
-        tokio::time::sleep(Duration::from_millis(2_000)).await;
-        let victim = round % workers.len();
-        round += 1;
-        killed.insert(workers[victim].pid);
-        let status = workers[victim].kill().await;
-        assert_eq!(status.signal(), Some(9));
-        workers[victim] = WorkerProcess::start_with(&url, &ns.name, settings, &extra);
-    }
+    let killed = storm(&mut workers, Duration::from_secs(30), Duration::from_secs(2), || {
+        WorkerProcess::start_with(&url, &ns.name, settings, &extra)
+    })
+    .await;
     assert!(killed.len() >= 10, "the storm killed {} workers", killed.len());
 
     let mut results = HashMap::new();
@@ -984,18 +999,10 @@ async fn a_sigkill_storm_on_a_redis_cluster_loses_no_job_of_three_queues() {
         ids.extend(manager.enqueue_batch(calls).await.expect("enqueue a batch across queues"));
     }
 
-    let mut killed: HashSet<u32> = HashSet::new();
-    let storm_ends = Instant::now() + Duration::from_secs(12);
-    let mut round = 0usize;
-    while Instant::now() < storm_ends {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let victim = round % workers.len();
-        round += 1;
-        killed.insert(workers[victim].pid);
-        let status = workers[victim].kill().await;
-        assert_eq!(status.signal(), Some(9));
-        workers[victim] = WorkerProcess::start_with(&url, &ns.name, settings, &extra);
-    }
+    let killed = storm(&mut workers, Duration::from_secs(12), Duration::from_millis(1_500), || {
+        WorkerProcess::start_with(&url, &ns.name, settings, &extra)
+    })
+    .await;
     assert!(killed.len() >= 5, "the storm killed {} workers", killed.len());
 
     let mut results = HashMap::new();
