@@ -23,6 +23,13 @@ async fn record(n: u32, ctx: TaskContext) -> Result<u32, TaskError> {
     Ok(n)
 }
 
+/// A second task on the partitioned queue, without the attribute: it declares
+/// nothing, so the manager builds whichever of the two the linker lists first.
+#[task(name = "parts.other", queue = "parts")]
+async fn other(n: u32) -> Result<u32, TaskError> {
+    Ok(n)
+}
+
 #[task(name = "parts.plain", queue = "plain")]
 async fn plain(n: u32) -> Result<u32, TaskError> {
     Ok(n)
@@ -142,6 +149,8 @@ async fn names_that_stand_for_partitions_are_refused_where_they_would_strand_job
     assert!(refused.to_string().contains("has 4 partition(s)"), "{refused}");
     // A partition it has is fine: an envelope that went to one may be sent there again.
     record::call(1).queue("parts#2").enqueue(&manager).await.expect("an existing partition");
+    // A task of the queue without the attribute goes to its partitions too.
+    other::call(1).enqueue(&manager).await.expect("a task of the queue without the attribute");
     // Declarations must agree.
     let clash = Manager::builder().partitions("parts", 8).build().unwrap_err();
     assert!(clash.to_string().contains("declare it one way"), "{clash}");

@@ -363,6 +363,7 @@ async fn a_replicated_enqueue_is_confirmed_on_a_healthy_cluster() {
     // a replicated enqueue is confirmed, and the job is there.
     let url = common::cluster_url();
     let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
+    let _cleanup = common::Cleanup::at(&url, &namespace);
     let broker = RedisBroker::connect_with_namespace(&url, &namespace)
         .await
         .expect("connect")
@@ -377,7 +378,6 @@ async fn a_replicated_enqueue_is_confirmed_on_a_healthy_cluster() {
         .await
         .expect("hexists");
     assert!(held);
-    dmq_redis::delete_namespace_at(&url, &Keys::new(namespace)).await.expect("clean up");
 }
 
 /// A planned failover (`CLUSTER FAILOVER` on the replica) leaves the old master up, as

@@ -575,7 +575,9 @@ impl ManagerBuilder {
         let registry = Registry::from_linked()?;
         let periodics = periodics_of(&registry)?;
         let mut partitions = Partitions::default();
-        for reg in registry.registrations() {
+        // A task without the attribute declares nothing (whatever the link order):
+        // the queue's partitioned task, or the builder, says how many it has.
+        for reg in registry.registrations().filter(|reg| reg.partitions > 1) {
             partitions
                 .set(reg.queue, reg.partitions, PartitionBy::RoundRobin)
                 .map_err(|e| Error::InvalidArgument(format!("the #[task] {}: {e}", reg.path)))?;
