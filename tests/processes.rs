@@ -586,11 +586,9 @@ async fn worker_processes_carry_on_through_a_redis_restart_and_lose_no_job() {
 /// `MAX_DELIVERIES` deliveries it is dead-lettered instead of killing workers forever;
 /// the jobs around it all complete. The test restarts the worker each time it dies,
 /// as `dmq worker` would.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
-    let url = redis_url();
-    let ns = Namespace::fresh(&url);
-    let (broker, manager) = connect(&url, &ns.name).await;
+async fn poison_pill(url: &str) {
+    let ns = Namespace::fresh(url);
+    let (broker, manager) = connect(url, &ns.name).await;
     // One job at a time: a job running beside the pill when it kills the process
     // would count that delivery too (the reaper cannot tell which job killed it).
     let settings = Settings {
@@ -605,7 +603,7 @@ async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
     let good =
         manager.enqueue_batch((0..20).map(count::call)).await.expect("enqueue the good jobs");
 
-    let mut worker = WorkerProcess::start(&url, &ns.name, settings);
+    let mut worker = WorkerProcess::start(url, &ns.name, settings);
     let mut deaths = Vec::new();
     let deadline = Instant::now() + WAIT;
     while broker.dead_letter_count(crash::QUEUE).await.expect("dead letters") == 0 {
@@ -621,7 +619,7 @@ async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
         }
         if !worker.is_running() {
             deaths.push(worker.child.wait().await.expect("the dead worker's exit status"));
-            worker = WorkerProcess::start(&url, &ns.name, settings);
+            worker = WorkerProcess::start(url, &ns.name, settings);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -632,7 +630,7 @@ async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
     for status in &deaths {
         assert_eq!(status.signal(), Some(6), "a worker died otherwise than by the pill's abort");
     }
-    let conn = records_conn(&url).await;
+    let conn = records_conn(url).await;
     let started = starts(conn, &ns.name).await;
     assert_eq!(started.len(), runs, "the pill's runs: {started:?}");
     assert!(started.iter().all(|s| s.starts_with(&pill.to_string())));
@@ -651,18 +649,16 @@ async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
 
 /// A retry waits in Redis, not in the worker: a worker killed while its job waits out
 /// the backoff loses nothing, and another process runs the retry.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_during_a_backoff_wait_loses_nothing() {
-    let url = redis_url();
-    let ns = Namespace::fresh(&url);
-    let (broker, manager) = connect(&url, &ns.name).await;
+async fn killed_during_backoff(url: &str) {
+    let ns = Namespace::fresh(url);
+    let (broker, manager) = connect(url, &ns.name).await;
     let settings = Settings {
         queue: second_time::QUEUE,
         concurrency: 1,
         lease: Duration::from_secs(30),
         heartbeat: Duration::from_millis(200),
     };
-    let mut first = WorkerProcess::start(&url, &ns.name, settings);
+    let mut first = WorkerProcess::start(url, &ns.name, settings);
     registered(&manager, std::slice::from_ref(&first)).await;
     let handle = second_time::call(1_500).enqueue(&manager).await.expect("enqueue");
     poll("the failed first attempt to wait as a retry", || async {
@@ -672,7 +668,7 @@ async fn a_worker_killed_during_a_backoff_wait_loses_nothing() {
     .await;
     let status = first.kill().await;
     assert_eq!(status.signal(), Some(9));
-    let mut second = WorkerProcess::start(&url, &ns.name, settings);
+    let mut second = WorkerProcess::start(url, &ns.name, settings);
     assert_eq!(handle.result(WAIT).await.expect("the retry's result"), 2, "attempt 2 succeeded");
     let status = second.terminate().await;
     assert!(status.success(), "the second worker exited with {status}");
@@ -680,11 +676,9 @@ async fn a_worker_killed_during_a_backoff_wait_loses_nothing() {
 
 /// Three worker processes run the same every-second schedule: each fire time over 30
 /// ticks is enqueued (and run) exactly once, with none skipped while they run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_worker_processes_enqueue_each_tick_of_a_schedule_exactly_once() {
-    let url = redis_url();
-    let ns = Namespace::fresh(&url);
-    let (_broker, manager) = connect(&url, &ns.name).await;
+async fn schedule_ticks(url: &str) {
+    let ns = Namespace::fresh(url);
+    let (_broker, manager) = connect(url, &ns.name).await;
     let settings = Settings {
         queue: tick::QUEUE,
         concurrency: 4,
@@ -692,10 +686,10 @@ async fn three_worker_processes_enqueue_each_tick_of_a_schedule_exactly_once() {
         heartbeat: Duration::from_millis(500),
     };
     let mut workers: Vec<WorkerProcess> = (0..3)
-        .map(|_| WorkerProcess::start_with(&url, &ns.name, settings, &["--tick-ms", "1000"]))
+        .map(|_| WorkerProcess::start_with(url, &ns.name, settings, &["--tick-ms", "1000"]))
         .collect();
     registered(&manager, &workers).await;
-    let mut conn = records_conn(&url).await;
+    let mut conn = records_conn(url).await;
     poll("31 ticks to run", || {
         let mut conn = conn.clone();
         let key = ticks_key(&ns.name);
@@ -743,12 +737,12 @@ async fn signal(pid: u32, signal: &str) {
 /// cannot settle the job, whether it resumes after its successor stored the result or
 /// while the successor still runs. For every guarantee that stores results.
 async fn a_stalled_worker_stores_nothing_over_its_successors_result(
+    url: &str,
     guarantee: &str,
     resume_early: bool,
 ) {
-    let url = redis_url();
-    let ns = Namespace::fresh(&url);
-    let (_broker, manager) = connect(&url, &ns.name).await;
+    let ns = Namespace::fresh(url);
+    let (_broker, manager) = connect(url, &ns.name).await;
     let settings = Settings {
         queue: "e2e-slow",
         concurrency: 1,
@@ -758,10 +752,10 @@ async fn a_stalled_worker_stores_nothing_over_its_successors_result(
         heartbeat: Duration::from_millis(200),
     };
     let extra = ["--guarantee", guarantee];
-    let mut stalled = WorkerProcess::start_with(&url, &ns.name, settings, &extra);
+    let mut stalled = WorkerProcess::start_with(url, &ns.name, settings, &extra);
     registered(&manager, std::slice::from_ref(&stalled)).await;
     let id = slow::call(1500).enqueue(&manager).await.expect("enqueue").id();
-    let conn = records_conn(&url).await;
+    let conn = records_conn(url).await;
     poll("the first worker to start the job", || {
         let conn = conn.clone();
         let ns = ns.name.clone();
@@ -770,7 +764,7 @@ async fn a_stalled_worker_stores_nothing_over_its_successors_result(
     .await;
     signal(stalled.pid, "STOP").await;
 
-    let successor = WorkerProcess::start_with(&url, &ns.name, settings, &extra);
+    let successor = WorkerProcess::start_with(url, &ns.name, settings, &extra);
     if resume_early {
         // Resumed once the successor started the job, before it stores its result.
         poll("the successor to start the job", || {
@@ -813,17 +807,24 @@ async fn a_stalled_worker_stores_nothing_over_its_successors_result(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_stores_nothing_over_its_successors_result_at_least_once() {
-    a_stalled_worker_stores_nothing_over_its_successors_result("at-least-once", false).await;
+    a_stalled_worker_stores_nothing_over_its_successors_result(
+        &redis_url(),
+        "at-least-once",
+        false,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_stores_nothing_over_its_successors_result_exactly_once() {
-    a_stalled_worker_stores_nothing_over_its_successors_result("exactly-once", false).await;
+    a_stalled_worker_stores_nothing_over_its_successors_result(&redis_url(), "exactly-once", false)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_resumed_before_its_successor_finishes_stores_nothing() {
-    a_stalled_worker_stores_nothing_over_its_successors_result("at-least-once", true).await;
+    a_stalled_worker_stores_nothing_over_its_successors_result(&redis_url(), "at-least-once", true)
+        .await;
 }
 
 const STORM_JOBS: u64 = 5_000;
@@ -1041,4 +1042,47 @@ async fn a_sigkill_storm_on_a_redis_cluster_loses_no_job_of_three_queues() {
         let status = worker.terminate().await;
         assert!(status.success(), "a worker exited with {status} after SIGTERM");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered() {
+    poison_pill(&redis_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_pill_that_kills_its_worker_process_is_dead_lettered_on_a_redis_cluster() {
+    poison_pill(&cluster_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_during_a_backoff_wait_loses_nothing() {
+    killed_during_backoff(&redis_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_during_a_backoff_wait_loses_nothing_on_a_redis_cluster() {
+    killed_during_backoff(&cluster_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_worker_processes_enqueue_each_tick_of_a_schedule_exactly_once() {
+    schedule_ticks(&redis_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_worker_processes_enqueue_each_tick_of_a_schedule_exactly_once_on_a_redis_cluster() {
+    schedule_ticks(&cluster_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_stores_nothing_over_its_successors_result_on_a_redis_cluster() {
+    let url = cluster_url();
+    a_stalled_worker_stores_nothing_over_its_successors_result(&url, "exactly-once", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_resumed_before_its_successor_finishes_stores_nothing_on_a_redis_cluster()
+{
+    let url = cluster_url();
+    a_stalled_worker_stores_nothing_over_its_successors_result(&url, "at-least-once", true).await;
 }

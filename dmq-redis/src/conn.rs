@@ -437,6 +437,10 @@ pub(crate) enum Conn {
         conn: ClusterConnection,
         host: String,
         port: u16,
+        /// How commands find the node: by its address, or, for a node that does not
+        /// know its own address (a cluster of one node that never met another says
+        /// `:7000`), as the master of a slot it serves.
+        route: SingleNodeRoutingInfo,
     },
 }
 
@@ -473,14 +477,32 @@ impl Conn {
         let listing: String = redis::from_redis_value(listing)?;
         Ok(masters_of(&listing)
             .into_iter()
-            .map(|(host, port)| Conn::Node { conn: c.clone(), host, port })
+            .map(|Master { host, port, slot }| {
+                let route = if host.is_empty() {
+                    SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master))
+                } else {
+                    SingleNodeRoutingInfo::ByAddress { host: host.clone(), port }
+                };
+                Conn::Node { conn: c.clone(), host, port, route }
+            })
             .collect())
     }
 }
 
+/// A master in a `CLUSTER NODES` listing: its address (an empty host when the node
+/// does not know its own, as a cluster of one node that never met another) and the
+/// first slot it serves.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Master {
+    host: String,
+    port: u16,
+    slot: u16,
+}
+
 /// The masters that serve slots in a `CLUSTER NODES` listing: lines of
-/// `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots...>`.
-fn masters_of(listing: &str) -> Vec<(String, u16)> {
+/// `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots...>`,
+/// where a slot entry is `N`, `N-M`, or `[N->-id]`/`[N-<-id]` for one being moved.
+fn masters_of(listing: &str) -> Vec<Master> {
     let mut masters = Vec::new();
     for line in listing.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -489,12 +511,15 @@ fn masters_of(listing: &str) -> Vec<(String, u16)> {
         };
         let serving = flags.split(',').any(|f| f == "master")
             && !flags.split(',').any(|f| f == "fail" || f == "noaddr")
-            && *state == "connected"
-            && !slots.is_empty();
+            && *state == "connected";
+        let slot = slots
+            .iter()
+            .filter(|entry| !entry.starts_with('['))
+            .find_map(|entry| entry.split('-').next()?.parse::<u16>().ok());
         let address = address.split(['@', ',']).next().unwrap_or_default();
-        if let (true, Some((host, port))) = (serving, address.rsplit_once(':')) {
+        if let (true, Some(slot), Some((host, port))) = (serving, slot, address.rsplit_once(':')) {
             if let Ok(port) = port.parse() {
-                masters.push((host.to_owned(), port));
+                masters.push(Master { host: host.to_owned(), port, slot });
             }
         }
     }
@@ -508,9 +533,9 @@ impl ConnectionLike for Conn {
             Conn::Manager(c) => c.req_packed_command(cmd),
             Conn::Direct(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Node { conn, host, port } => {
-                let route = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
-                let routed = conn.route_command(cmd.clone(), RoutingInfo::SingleNode(route));
+            Conn::Node { conn, route, .. } => {
+                let routed =
+                    conn.route_command(cmd.clone(), RoutingInfo::SingleNode(route.clone()));
                 Box::pin(routed)
             }
         }
@@ -526,9 +551,8 @@ impl ConnectionLike for Conn {
             Conn::Manager(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Direct(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Node { conn, host, port } => {
-                let route = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
-                Box::pin(conn.route_pipeline(cmd.clone(), offset, count, route))
+            Conn::Node { conn, route, .. } => {
+                Box::pin(conn.route_pipeline(cmd.clone(), offset, count, route.clone()))
             }
         }
     }
@@ -554,11 +578,19 @@ b2 127.0.0.1:7103@17103 slave a1 0 1 1 connected
 c3 127.0.0.1:7101@17101,node-b master - 0 1 2 connected 5461-10922
 d4 127.0.0.1:7102@17102 master,fail - 0 1 3 disconnected 10923-16383
 e5 127.0.0.1:7104@17104 master - 0 1 4 connected
+f6 127.0.0.1:7105@17105 master - 0 1 5 connected [42->-a1]
 ";
+        let master = |port, slot| Master { host: "127.0.0.1".to_owned(), port, slot };
         assert_eq!(
             masters_of(listing),
-            [("127.0.0.1".to_owned(), 7100), ("127.0.0.1".to_owned(), 7101)],
-            "a replica, a failed master and a master without slots serve none"
+            [master(7100, 0), master(7101, 5461)],
+            "a replica, a failed master and masters without slots (or only a slot being moved) serve none"
         );
+    }
+
+    #[test]
+    fn a_lone_node_that_does_not_know_its_address_is_found_by_its_slot() {
+        let listing = "a1 :7300@17300 myself,master - 0 0 0 connected 0-16383\n";
+        assert_eq!(masters_of(listing), [Master { host: String::new(), port: 7300, slot: 0 }]);
     }
 }

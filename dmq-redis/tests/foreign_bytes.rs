@@ -3,6 +3,10 @@
 //! wrong type makes a script fail before it changes anything; a job stranded by a
 //! write cut off halfway is found and put back by the doctor; and a claim whose reply
 //! was lost is given back at the next claim instead of waiting out its lease.
+//!
+//! Every test but the lost reply's (a proxy in front of one server) runs twice: on the
+//! single test Redis and on the local Redis Cluster (`DMQ_CLUSTER_URL`), where a batch
+//! over two queues is atomic per queue rather than whole.
 
 mod common;
 
@@ -11,25 +15,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dmq_core::{Broker, BrokerAdmin, Job, TaskId};
-use dmq_redis::RedisBroker;
+use dmq_redis::{RedisBroker, RedisConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const LONG: Duration = Duration::from_secs(30);
 
 /// A broker in a fresh namespace, whose keys the guard deletes.
-async fn fresh() -> (common::Cleanup, RedisBroker) {
+async fn fresh(url: &str) -> (common::Cleanup, RedisBroker) {
     let namespace = common::fresh_namespace();
-    let cleanup = common::Cleanup::of(&namespace);
-    let broker = RedisBroker::connect_with_namespace(&common::redis_url(), &namespace)
-        .await
-        .expect("connect");
+    let cleanup = common::Cleanup::at(url, &namespace);
+    let broker = RedisBroker::connect_with_namespace(url, &namespace).await.expect("connect");
     (cleanup, broker)
 }
 
-async fn raw() -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(common::redis_url()).expect("url");
-    client.get_multiplexed_async_connection().await.expect("connect")
+/// A connection of the test's own to the Redis or Redis Cluster at `url`, for writing
+/// what dmq would not.
+async fn raw(url: &str) -> RedisConnection {
+    RedisConnection::open(url).await.expect("connect")
+}
+
+/// Whether `url` names a Redis Cluster.
+fn is_cluster(url: &str) -> bool {
+    url.starts_with("redis+cluster://")
 }
 
 fn jobs(queue: &str, n: usize) -> Vec<Job> {
@@ -41,14 +49,13 @@ fn jobs(queue: &str, n: usize) -> Vec<Job> {
 /// A ready list holding an id that is no task id (with an envelope, as another program
 /// might write), an upper-case one, and a task id with no envelope: the claim drops both, counts them,
 /// and hands out the nine good jobs beside them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_entry_in_a_ready_list_is_dropped_alone_and_the_good_jobs_are_claimed() {
-    let (_cleanup, b) = fresh().await;
+async fn a_bad_entry_in_a_ready_list_is_dropped_alone_and_the_good_jobs_are_claimed(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let keys = b.keys().queue("q");
     let good = jobs("q", 9);
     let ids: Vec<TaskId> = good.iter().map(|j| j.id).collect();
     b.enqueue_batch(good[..4].to_vec()).await.expect("enqueue");
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     let orphan = TaskId::new().to_string();
     let shouting = TaskId::new().to_string().to_uppercase();
     let () = redis::pipe()
@@ -91,13 +98,12 @@ async fn a_bad_entry_in_a_ready_list_is_dropped_alone_and_the_good_jobs_are_clai
 /// naming it, before the claim changes anything: the job it would have popped from
 /// another priority list stays there. An enqueue into such a queue leaves no envelope
 /// behind. Once the key is gone, the job is claimed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_of_the_wrong_type_fails_a_script_before_it_changes_anything() {
-    let (_cleanup, b) = fresh().await;
+async fn a_key_of_the_wrong_type_fails_a_script_before_it_changes_anything(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let keys = b.keys().queue("q");
     let high = Job::new(TaskId::new(), "q", 9, None, b"high".to_vec());
     b.enqueue(high.clone()).await.expect("enqueue");
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     let () =
         redis::cmd("SET").arg(keys.ready(5)).arg("str").query_async(&mut conn).await.expect("set");
 
@@ -130,9 +136,8 @@ async fn a_key_of_the_wrong_type_fails_a_script_before_it_changes_anything() {
 
 /// A job whose envelope is stored but which waits in no list or set (a write was cut
 /// off halfway) is reported by the doctor, put back by it when asked, then claimed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_doctor_finds_a_stranded_job_and_puts_it_back() {
-    let (_cleanup, b) = fresh().await;
+async fn the_doctor_finds_a_stranded_job_and_puts_it_back(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let keys = b.keys().queue("q");
     let all = jobs("q", 3);
     b.enqueue_batch(all.clone()).await.expect("enqueue");
@@ -140,7 +145,7 @@ async fn the_doctor_finds_a_stranded_job_and_puts_it_back() {
     let healthy = b.doctor(&q, false).await.expect("doctor");
     assert!(healthy[0].stranded.is_empty(), "{healthy:?}");
     // Strand the middle one: out of its list, its envelope left behind.
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     let stranded = all[1].id.to_string();
     let removed: u64 = redis::cmd("LREM")
         .arg(keys.ready(5))
@@ -266,10 +271,10 @@ async fn a_claim_whose_reply_was_lost_is_given_back_at_the_next_claim() {
 
 /// Asserts that queue `q` holds two ready entries and nothing in flight, as before a
 /// claim that failed; returns the ready list's entries.
-async fn untouched(b: &RedisBroker, what: &str) -> Vec<String> {
+async fn untouched(b: &RedisBroker, url: &str, what: &str) -> Vec<String> {
     let stats = b.queue_stats("q").await.expect("stats read despite the garbage");
     assert_eq!((stats.ready, stats.in_flight), (2, 0), "{what}: {stats:?}");
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     let entries: Vec<String> = redis::cmd("LRANGE")
         .arg(b.keys().queue("q").ready(5))
         .arg(0)
@@ -284,12 +289,11 @@ async fn untouched(b: &RedisBroker, what: &str) -> Vec<String> {
 /// fails before it changes anything (it would fail halfway), and the queue's stats
 /// still read. The token counter is incremented by every claim that takes a job; the
 /// bad-entries counter only by one that meets a bad entry, so a claim without one runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything() {
-    let (_cleanup, b) = fresh().await;
+async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let keys = b.keys().queue("q");
     let q = vec!["q".to_owned()];
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     // The token counter: every claim that takes a job increments it.
     b.enqueue_batch(jobs("q", 2)).await.expect("enqueue");
     let before: Vec<String> = redis::cmd("LRANGE")
@@ -309,7 +313,11 @@ async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything(
     let err = b.claim("w", &q, 10, LONG, Duration::ZERO).await.unwrap_err();
     assert!(err.to_string().contains("nothing was changed"), "{err}");
     assert!(err.to_string().contains("~seq"), "the error names the field: {err}");
-    assert_eq!(untouched(&b, "token counter").await, before, "the popped jobs are back in order");
+    assert_eq!(
+        untouched(&b, url, "token counter").await,
+        before,
+        "the popped jobs are back in order"
+    );
     let _: i64 = redis::cmd("HDEL")
         .arg(keys.meta())
         .arg("~seq")
@@ -347,7 +355,7 @@ async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything(
     assert!(err.to_string().contains("nothing was changed"), "{err}");
     assert!(err.to_string().contains(&keys.bad_entries()), "the error names the key: {err}");
     assert_eq!(
-        untouched(&b, "bad-entries counter").await,
+        untouched(&b, url, "bad-entries counter").await,
         ["not-a-task-id".to_owned(), two[0].id.to_string()]
     );
     let _: i64 =
@@ -361,10 +369,9 @@ async fn a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything(
 
 /// A worker on two queues, one of them broken (a key of the wrong type), still claims
 /// the other's jobs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_queue_holds_up_none_of_the_others() {
-    let (_cleanup, b) = fresh().await;
-    let mut conn = raw().await;
+async fn a_broken_queue_holds_up_none_of_the_others(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
+    let mut conn = raw(url).await;
     let () = redis::cmd("SET")
         .arg(b.keys().queue("a").ready(5))
         .arg("str")
@@ -386,13 +393,12 @@ async fn a_broken_queue_holds_up_none_of_the_others() {
 /// The same id pushed twice into a ready list (a producer that replayed its push) is
 /// handed out once: the copy is dropped as a bad entry, whether it comes in the same
 /// claim or a later one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_id_pushed_twice_is_claimed_once() {
-    let (_cleanup, b) = fresh().await;
+async fn an_id_pushed_twice_is_claimed_once(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let keys = b.keys().queue("q");
     let one = jobs("q", 1);
     b.enqueue_batch(one.clone()).await.expect("enqueue");
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     let id = one[0].id.to_string();
     let () = redis::cmd("RPUSH")
         .arg(keys.ready(5))
@@ -412,13 +418,16 @@ async fn an_id_pushed_twice_is_claimed_once() {
 
 /// Everything under the broker's namespace, read by type (not `DUMP`, whose bytes
 /// depend on the encoding), sorted: two snapshots are equal when nothing changed.
-async fn snapshot(b: &RedisBroker) -> Vec<(String, String)> {
-    let mut conn = raw().await;
+async fn snapshot(b: &RedisBroker, url: &str) -> Vec<(String, String)> {
+    let mut conn = raw(url).await;
     let mut keys = Vec::new();
-    for pattern in b.keys().patterns() {
-        let found: Vec<String> =
-            redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("keys");
-        keys.extend(found);
+    // On a cluster each master answers KEYS for its own keys.
+    for mut node in conn.masters().await.expect("the masters") {
+        for pattern in b.keys().patterns() {
+            let found: Vec<String> =
+                redis::cmd("KEYS").arg(&pattern).query_async(&mut node).await.expect("keys");
+            keys.extend(found);
+        }
     }
     keys.sort();
     keys.dedup();
@@ -462,13 +471,14 @@ async fn snapshot(b: &RedisBroker) -> Vec<(String, String)> {
         };
         out.push((key, format!("{kind} {body}")));
     }
+    assert!(!out.is_empty(), "a snapshot that found no key compares equal to anything");
     out
 }
 
 /// Replaces `key` with a string, keeping what it held under `<key>~kept` (outside the
 /// queue's keys, but inside the namespace, so snapshots see it unchanged).
-async fn spoil(key: &str) {
-    let mut conn = raw().await;
+async fn spoil(url: &str, key: &str) {
+    let mut conn = raw(url).await;
     let exists: bool = redis::cmd("EXISTS").arg(key).query_async(&mut conn).await.expect("exists");
     if exists {
         let () = redis::cmd("RENAME")
@@ -482,8 +492,8 @@ async fn spoil(key: &str) {
 }
 
 /// Puts back what `spoil` replaced.
-async fn mend(key: &str) {
-    let mut conn = raw().await;
+async fn mend(url: &str, key: &str) {
+    let mut conn = raw(url).await;
     let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await.expect("del");
     let _: Result<(), _> =
         redis::cmd("RENAME").arg(format!("{key}~kept")).arg(key).query_async(&mut conn).await;
@@ -493,6 +503,7 @@ async fn mend(key: &str) {
 /// as `before`.
 async fn refused_unchanged(
     b: &RedisBroker,
+    url: &str,
     what: &str,
     err: dmq_core::Error,
     key: &str,
@@ -504,77 +515,91 @@ async fn refused_unchanged(
         "{what}: the error names {key}: {text}"
     );
     assert!(text.contains("nothing was changed"), "{what}: {text}");
-    assert_eq!(snapshot(b).await, before, "{what}: the failed script changed nothing");
+    assert_eq!(snapshot(b, url).await, before, "{what}: the failed script changed nothing");
 }
 
 /// A script whose later step meets a key of the wrong type (after it already wrote:
 /// pushed one queue's jobs, popped jobs, added an envelope) takes back what it wrote
 /// and fails naming the key: the namespace is exactly as before, key by key.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_script_that_fails_after_writing_takes_back_every_write() {
-    let (_cleanup, b) = fresh().await;
+async fn a_script_that_fails_after_writing_takes_back_every_write(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let later = Some(chrono::Utc::now() + chrono::Duration::hours(1));
 
     // Enqueue: a batch over two queues, the second's ready list spoiled.
     b.enqueue_batch(jobs("a", 2)).await.expect("enqueue");
     let a_then_b = vec![jobs("a", 1).remove(0), jobs("b", 1).remove(0)];
     let key = b.keys().queue("b").ready(5);
-    spoil(&key).await;
-    let before = snapshot(&b).await;
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
     let err = b.enqueue_batch(a_then_b).await.unwrap_err();
-    refused_unchanged(&b, "enqueue over two queues", err, &key, &before).await;
-    mend(&key).await;
+    if is_cluster(url) {
+        // A script per slot, so atomic per queue: a's part lands, b's changes nothing.
+        let a = format!("{{{}:a}}", b.keys().namespace());
+        let without_a = |snap: Vec<(String, String)>| -> Vec<(String, String)> {
+            snap.into_iter().filter(|(k, _)| !k.starts_with(&a)).collect()
+        };
+        assert!(err.to_string().contains("WRONGTYPE") && err.to_string().contains(&key), "{err}");
+        assert_eq!(
+            without_a(snapshot(&b, url).await),
+            without_a(before),
+            "b's part changed nothing"
+        );
+        assert_eq!(b.queue_stats("a").await.expect("stats").ready, 3, "a's part landed");
+    } else {
+        refused_unchanged(&b, url, "enqueue over two queues", err, &key, &before).await;
+    }
+    mend(url, &key).await;
 
     // Enqueue: ready jobs first, then a delayed one whose set is spoiled.
     let mut batch = jobs("c", 2);
     batch.push(Job::new(TaskId::new(), "c", 5, later, b"later".to_vec()));
     let key = b.keys().queue("c").delayed();
-    spoil(&key).await;
-    let before = snapshot(&b).await;
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
     let err = b.enqueue_batch(batch).await.unwrap_err();
-    refused_unchanged(&b, "enqueue with a delayed job", err, &key, &before).await;
-    mend(&key).await;
+    refused_unchanged(&b, url, "enqueue with a delayed job", err, &key, &before).await;
+    mend(url, &key).await;
 
     // Enqueue: one job into an empty queue whose wake-up list is spoiled.
     let key = b.keys().queue("d").signal();
-    spoil(&key).await;
-    let before = snapshot(&b).await;
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
     let err = b.enqueue(jobs("d", 1).remove(0)).await.unwrap_err();
-    refused_unchanged(&b, "enqueue that wakes claimers", err, &key, &before).await;
-    mend(&key).await;
+    refused_unchanged(&b, url, "enqueue that wakes claimers", err, &key, &before).await;
+    mend(url, &key).await;
 
     let e = vec!["e".to_owned()];
     b.enqueue_batch(jobs("e", 3)).await.expect("enqueue");
     // Claim: the envelopes' hash spoiled after the pop.
     let key = b.keys().queue("e").payloads();
-    spoil(&key).await;
-    let before = snapshot(&b).await;
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
     let err = b.claim("w", &e, 10, LONG, Duration::ZERO).await.unwrap_err();
-    refused_unchanged(&b, "claim reading envelopes", err, &key, &before).await;
-    mend(&key).await;
+    refused_unchanged(&b, url, "claim reading envelopes", err, &key, &before).await;
+    mend(url, &key).await;
     // Claim: fewer jobs than ready, so it passes the wake-up on: that list spoiled.
     let key = b.keys().queue("e").signal();
-    spoil(&key).await;
-    let before = snapshot(&b).await;
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
     let err = b.claim("w", &e, 2, LONG, Duration::ZERO).await.unwrap_err();
-    refused_unchanged(&b, "claim passing the wake-up on", err, &key, &before).await;
-    mend(&key).await;
+    refused_unchanged(&b, url, "claim passing the wake-up on", err, &key, &before).await;
+    mend(url, &key).await;
 
     // Ack and complete: the envelopes' hash, then the completed set, spoiled.
     let got = b.claim("w", &e, 2, LONG, Duration::ZERO).await.expect("claim");
     assert_eq!(got.len(), 2);
     let key = b.keys().queue("e").payloads();
-    spoil(&key).await;
-    let before = snapshot(&b).await;
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
     let err = b.ack(&got[0].lease).await.unwrap_err();
-    refused_unchanged(&b, "ack", err, &key, &before).await;
-    mend(&key).await;
+    refused_unchanged(&b, url, "ack", err, &key, &before).await;
+    mend(url, &key).await;
     let key = b.keys().queue("e").completed();
-    spoil(&key).await;
-    let before = snapshot(&b).await;
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
     let err = b.complete(&got[1].lease, LONG).await.unwrap_err();
-    refused_unchanged(&b, "complete", err, &key, &before).await;
-    mend(&key).await;
+    refused_unchanged(&b, url, "complete", err, &key, &before).await;
+    mend(url, &key).await;
 
     // Mended, every job of the scenarios above is still there to run.
     b.ack(&got[0].lease).await.expect("ack once mended");
@@ -582,16 +607,16 @@ async fn a_script_that_fails_after_writing_takes_back_every_write() {
     let rest = b.claim("w", &e, 10, LONG, Duration::ZERO).await.expect("claim");
     assert_eq!(rest.len(), 1);
     let stats = b.queue_stats("a").await.expect("stats");
-    assert_eq!(stats.ready, 2, "queue a kept its two jobs and took none of the refused batch");
+    let kept = if is_cluster(url) { 3 } else { 2 };
+    assert_eq!(stats.ready, kept, "queue a kept its jobs and took none of the refused batch");
 }
 
 /// A claim that met only bad entries, with good jobs behind them, says so (next
 /// change: now), so the claimer comes back at once instead of waiting for a wake-up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn good_jobs_behind_a_claims_worth_of_bad_entries_are_claimed_at_once() {
-    let (_cleanup, b) = fresh().await;
+async fn good_jobs_behind_a_claims_worth_of_bad_entries_are_claimed_at_once(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let keys = b.keys().queue("q");
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     for i in 0..4 {
         let () = redis::cmd("RPUSH")
             .arg(keys.ready(5))
@@ -613,11 +638,10 @@ async fn good_jobs_behind_a_claims_worth_of_bad_entries_are_claimed_at_once() {
 /// A queue registry of the wrong type (another program's string under its key) stops
 /// no enqueue and no claim; listing the queues fails, naming the key, until the key is
 /// mended, and then lists the queue again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spoiled_queue_registry_stops_no_job_and_listing_says_why() {
-    let (_cleanup, b) = fresh().await;
+async fn a_spoiled_queue_registry_stops_no_job_and_listing_says_why(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let registry = b.keys().queues();
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     let () = redis::cmd("SET")
         .arg(&registry)
         .arg("another program's string")
@@ -635,9 +659,7 @@ async fn a_spoiled_queue_registry_stops_no_job_and_listing_says_why() {
     // queues' keys the first time it is listed.
     let () = redis::cmd("DEL").arg(&registry).query_async(&mut conn).await.expect("mend");
     let fresh_broker =
-        RedisBroker::connect_with_namespace(&common::redis_url(), b.keys().namespace())
-            .await
-            .expect("connect");
+        RedisBroker::connect_with_namespace(url, b.keys().namespace()).await.expect("connect");
     let found = fresh_broker.find_job(id, &[]).await.expect("find");
     assert_eq!(found.map(|f| f.state), Some(dmq_core::JobState::InFlight));
     assert_eq!(fresh_broker.queues().await.expect("queues"), ["q"]);
@@ -646,11 +668,10 @@ async fn a_spoiled_queue_registry_stops_no_job_and_listing_says_why() {
 /// A namespace an older dmq wrote (queues with keys but no registry) that a newer
 /// producer then starts the registry in: the first listing still finds the old queue
 /// by its keys, once, and lists both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queues_made_before_the_registry_are_listed_beside_new_ones() {
-    let (_cleanup, b) = fresh().await;
+async fn queues_made_before_the_registry_are_listed_beside_new_ones(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
     let old = b.keys().queue("old");
-    let mut conn = raw().await;
+    let mut conn = raw(url).await;
     // What an older dmq left: a dead letter and a delayed job, nothing registered.
     let () = redis::pipe()
         .lpush(old.dead(), format!("1700000000000|{}|fatal: boom", TaskId::new()))
@@ -675,10 +696,9 @@ async fn queues_made_before_the_registry_are_listed_beside_new_ones() {
 /// A queue whose dead-letter list another program replaced with a string does not
 /// hide a job in another queue from `find_job` (`dmq job`); looking for a job found
 /// nowhere still says what is wrong with the spoiled queue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spoiled_queue_hides_no_job_of_another() {
-    let (_cleanup, b) = fresh().await;
-    let mut conn = raw().await;
+async fn a_spoiled_queue_hides_no_job_of_another(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
+    let mut conn = raw(url).await;
     b.enqueue(Job::new(TaskId::new(), "aaa-spoiled", 5, None, b"x".to_vec()))
         .await
         .expect("enqueue");
@@ -701,3 +721,39 @@ async fn a_spoiled_queue_hides_no_job_of_another() {
     let missing = b.find_job(TaskId::new(), &[]).await.expect_err("the spoiled queue is named");
     assert!(missing.to_string().contains("aaa-spoiled"), "{missing}");
 }
+
+/// Each test above, on the single test Redis and on the local Redis Cluster.
+macro_rules! on_single_and_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::common::redis_url()).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::common::cluster_url()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_single_and_cluster!(
+    a_bad_entry_in_a_ready_list_is_dropped_alone_and_the_good_jobs_are_claimed,
+    a_key_of_the_wrong_type_fails_a_script_before_it_changes_anything,
+    the_doctor_finds_a_stranded_job_and_puts_it_back,
+    a_counter_that_is_no_number_fails_the_claim_before_it_changes_anything,
+    a_broken_queue_holds_up_none_of_the_others,
+    an_id_pushed_twice_is_claimed_once,
+    a_script_that_fails_after_writing_takes_back_every_write,
+    good_jobs_behind_a_claims_worth_of_bad_entries_are_claimed_at_once,
+    a_spoiled_queue_registry_stops_no_job_and_listing_says_why,
+    queues_made_before_the_registry_are_listed_beside_new_ones,
+    a_spoiled_queue_hides_no_job_of_another,
+);

@@ -2,7 +2,11 @@
 //! written from docs/wire-format.md and docs/redis-layout.md alone, enqueues jobs into
 //! Redis (task ids as text and as bytes, a struct argument, a priority, a delay), a
 //! worker on `RedisBroker` and `RedisBackend` runs them, and the script reads their
-//! results back as the documents say.
+//! results back as the documents say. It also picks partitions of a partitioned queue
+//! by partition key (FNV-1a-64 mod N, as documented), and the jobs must be claimed from
+//! the partition dmq's own `partition_of_key` names. The same script runs against the
+//! local Redis Cluster through redis-py's `RedisCluster`, waiting for results with
+//! `SSUBSCRIBE` as the documents say a producer on a cluster must.
 //!
 //! The script needs Python 3 with `msgpack` and `redis`: `scripts/ensure-python`
 //! installs them in a virtual environment and prints its interpreter, which
@@ -13,7 +17,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dmq_core::{Manager, TaskError, task};
+use dmq_core::{Manager, TaskContext, TaskError, partition_name, partition_of_key, task};
 use dmq_redis::{RedisBackend, RedisBroker};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +58,13 @@ async fn divide(a: i64, b: i64) -> Result<i64, TaskError> {
     Ok(a / b)
 }
 
+/// Returns the queue it was claimed from: the partition its producer chose.
+#[task(name = "pyp.where", queue = "pyp", partitions = 4)]
+async fn where_claimed(ctx: TaskContext, key: String) -> Result<String, TaskError> {
+    let _ = key;
+    Ok(ctx.queue().to_owned())
+}
+
 /// The Python interpreter to run the script with: `DMQ_PYTHON`, else the one
 /// `scripts/ensure-python` sets up (and prints).
 fn python() -> PathBuf {
@@ -70,17 +81,34 @@ fn python() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_producer_following_the_documents_gets_its_results() {
-    let namespace = common::fresh_namespace();
-    let _cleanup = common::Cleanup::of(&namespace);
     let url = common::redis_url();
-    let hint = "connect to redis (scripts/ensure-redis starts one)";
-    let broker = RedisBroker::connect_with_namespace(&url, &namespace).await.expect(hint);
-    let backend = RedisBackend::connect_with_namespace(&url, &namespace).await.expect(hint);
+    produce_from_python(&url, std::slice::from_ref(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_producer_following_the_documents_gets_its_results_on_a_cluster() {
+    let url = common::cluster_url();
+    let nodes = url.strip_prefix("redis+cluster://").expect("a redis+cluster:// URL").to_owned();
+    produce_from_python(&url, &["--cluster".to_owned(), nodes]).await;
+}
+
+/// Runs `python/producer.py` with `connect` (how it reaches Redis) against a worker on
+/// `url`, and checks every line it prints.
+async fn produce_from_python(url: &str, connect: &[String]) {
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::at(url, &namespace);
+    let hint =
+        "connect to redis (scripts/ensure-redis and scripts/ensure-redis-cluster start them)";
+    let broker = RedisBroker::connect_with_namespace(url, &namespace).await.expect(hint);
+    let backend = RedisBackend::connect_with_namespace(url, &namespace).await.expect(hint);
     let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
-    let worker = manager.worker().queues(["py"]).start();
+    let worker = manager.worker().queues(["py", "pyp"]).start();
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/producer.py");
-    let (python, args) = (python(), [script.into_os_string(), url.into(), namespace.into()]);
+    let mut args = vec![script.into_os_string()];
+    args.extend(connect.iter().map(Into::into));
+    args.push(namespace.into());
+    let python = python();
     let ran = tokio::task::spawn_blocking(move || Command::new(&python).args(args).output())
         .await
         .expect("the script's thread")
@@ -94,9 +122,11 @@ async fn a_python_producer_following_the_documents_gets_its_results() {
 
     let said = format!("stdout:\n{stdout}\nstderr:\n{stderr}\ndead letters: {dead:?}");
     assert!(ran.status.success(), "the Python producer failed ({}): {said}", ran.status);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines,
+    let keys = ["alice", "bob", "carol"];
+    let partition = |key: &str| partition_name("pyp", partition_of_key(key, 4));
+    let mut expected: Vec<String> =
+        keys.iter().map(|key| format!("partition {key} {}", partition(key))).collect();
+    expected.extend(
         [
             "add succeeded 5",
             "add-negative succeeded -42",
@@ -106,9 +136,13 @@ async fn a_python_producer_following_the_documents_gets_its_results() {
             "add-delayed started after its eta",
             "add-id-as-bytes succeeded 2",
             "divide-by-zero failed fatal: division by zero",
-        ],
-        "{said}"
+        ]
+        .map(str::to_owned),
     );
+    expected
+        .extend(keys.iter().map(|key| format!(r#"where-{key} succeeded "{}""#, partition(key))));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, expected, "{said}");
     // The fatal failure is the only dead letter.
     assert_eq!(dead.len(), 1, "{said}");
 }

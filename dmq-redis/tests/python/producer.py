@@ -7,9 +7,17 @@ another language") says, and prints one line per job:
 
     <label> <state> <value as JSON, or the failure's kind and message>
 
+It also enqueues three jobs with partition keys on the partitioned queue "pyp" (four
+partitions), choosing each partition as docs/redis-layout.md says (FNV-1a-64 of the
+key, mod 4), and prints "partition <key> <partition>" for each.
+
 The worker is dmq-redis/tests/python_producer.rs, which runs this script:
 
     python producer.py REDIS_URL NAMESPACE
+    python producer.py --cluster HOST:PORT,HOST:PORT NAMESPACE
+
+With --cluster it speaks to a Redis Cluster through redis-py's RedisCluster and waits
+for results with SSUBSCRIBE, as the documents say a producer on a cluster must.
 
 It exits 0 once every result is in, 1 when some did not come within 60 s.
 """
@@ -23,6 +31,8 @@ import msgpack
 import redis
 
 QUEUE = "py"
+PARTITIONED = "pyp"
+PARTITIONS = 4
 WAIT_S = 60
 
 # docs/redis-layout.md, "Enqueueing from another language", word for word.
@@ -57,8 +67,21 @@ def now_ms():
     return int(time.time() * 1000)
 
 
-def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False):
-    """Enqueues one job on QUEUE; returns its id (lowercase hyphenated text)."""
+def fnv1a64(text):
+    """docs/redis-layout.md: the 64-bit FNV-1a hash of the key's UTF-8 bytes."""
+    value = 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        value ^= byte
+        value = (value * 0x100000001B3) % (1 << 64)
+    return value
+
+
+def partition_of(queue, partitions, key):
+    return "%s#%d" % (queue, fnv1a64(key) % partitions)
+
+
+def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False, queue=QUEUE):
+    """Enqueues one job on `queue`; returns its id (lowercase hyphenated text)."""
     job = uuid.uuid4()
     job_id = str(job)
     envelope = {
@@ -66,7 +89,7 @@ def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False)
         # docs/wire-format.md, "The task id": its text, or its 16 bytes as bin.
         "id": job.bytes if id_as_bytes else job_id,
         "task": task,
-        "queue": QUEUE,
+        "queue": queue,
         "args": msgpack.packb(args),
         "priority": priority,
         "created_at": now_ms(),
@@ -76,20 +99,27 @@ def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False)
         due_ms = now_ms() + delay_ms
         envelope["eta"] = due_ms
     payload = msgpack.packb(envelope, use_bin_type=True)
-    tag = "{%s:%s}" % (namespace, QUEUE)
+    tag = "{%s:%s}" % (namespace, queue)
     keys = [tag + ":jobs", tag + ":meta", tag + ":delayed", tag + ":signal",
             "%s:ready:%d" % (tag, priority)]
     added = r.eval(ENQUEUE, len(keys), *keys, job_id, payload, priority, due_ms)
-    r.sadd("{%s}:queues" % namespace, QUEUE)  # once per queue is enough
+    r.sadd("{%s}:queues" % namespace, queue)  # once per queue is enough
     if added != 1:
         sys.exit("enqueueing %s refused: a job of id %s is already queued" % (task, job_id))
     return job_id
 
 
-def wait_for_results(r, namespace, ids):
+def wait_for_results(r, namespace, ids, cluster):
     """The outcome of each of `ids`, decoded, once all are stored (or the time is up)."""
     pubsub = r.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(namespace + ":results")
+    channel = namespace + ":results"
+    if cluster:
+        # docs/redis-layout.md: on a cluster results are announced with SPUBLISH.
+        pubsub.ssubscribe(channel)
+        next_message = lambda: pubsub.get_sharded_message(timeout=1.0)
+    else:
+        pubsub.subscribe(channel)
+        next_message = lambda: pubsub.get_message(timeout=1.0)
     outcomes = {}
 
     def read(job_ids):
@@ -101,8 +131,8 @@ def wait_for_results(r, namespace, ids):
     read(ids)
     deadline = time.monotonic() + WAIT_S
     while len(outcomes) < len(ids) and time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=1.0)
-        if message is None:
+        message = next_message()
+        if message is None or message["type"] not in ("message", "smessage"):
             continue
         announced = message["data"].decode().split(",")
         read([i for i in announced if i in ids and i not in outcomes])
@@ -117,9 +147,18 @@ def describe(outcome):
     return "%s: %s" % (failure.get("kind"), failure.get("message"))
 
 
+def connect(args):
+    """(client, is_cluster, namespace) from the command line."""
+    if args[0] == "--cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(*node.rsplit(":", 1)) for node in args[1].split(",")]
+        return RedisCluster(startup_nodes=nodes), True, args[2]
+    return redis.Redis.from_url(args[0]), False, args[1]
+
+
 def main():
-    url, namespace = sys.argv[1], sys.argv[2]
-    r = redis.Redis.from_url(url)
+    r, cluster, namespace = connect(sys.argv[1:])
     enqueued_at = now_ms()
     jobs = {
         "add": enqueue(r, namespace, "py.add", [2, 3]),
@@ -130,7 +169,12 @@ def main():
         "add-id-as-bytes": enqueue(r, namespace, "py.add", [1, 1], id_as_bytes=True),
         "divide-by-zero": enqueue(r, namespace, "py.divide", [1, 0]),
     }
-    outcomes = wait_for_results(r, namespace, list(jobs.values()))
+    for key in ["alice", "bob", "carol"]:
+        partition = partition_of(PARTITIONED, PARTITIONS, key)
+        print("partition %s %s" % (key, partition))
+        # The task returns the queue it was claimed from: the partition chosen here.
+        jobs["where-" + key] = enqueue(r, namespace, "pyp.where", [key], queue=partition)
+    outcomes = wait_for_results(r, namespace, list(jobs.values()), cluster)
     missing = 0
     for label, job_id in jobs.items():
         outcome = outcomes.get(job_id)
