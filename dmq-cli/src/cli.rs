@@ -219,7 +219,8 @@ pub struct BrokerArgs {
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
     /// certificate (mutual TLS); rediss://host:port/#insecure skips the server's
-    /// certificate check (tests only). An ACL user logs in with
+    /// certificate check (tests only). rediss+cluster:// and rediss+sentinel:// take the
+    /// same options. An ACL user logs in with
     /// redis://user:password@host:port; the password is never printed.
     #[arg(
         long,
@@ -515,7 +516,8 @@ pub struct WorkerArgs {
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
     /// certificate (mutual TLS); rediss://host:port/#insecure skips the server's
-    /// certificate check (tests only). An ACL user logs in with
+    /// certificate check (tests only). rediss+cluster:// and rediss+sentinel:// take the
+    /// same options. An ACL user logs in with
     /// redis://user:password@host:port; the password is never printed.
     #[arg(
         long,
@@ -576,6 +578,8 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// The log level: error, warn, info, debug or trace (RUST_LOG, when set, wins).
+    /// The Redis client's own messages show from debug on; below, dmq reports what
+    /// failed itself.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
 }
@@ -599,7 +603,8 @@ pub struct BenchArgs {
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
     /// certificate (mutual TLS); rediss://host:port/#insecure skips the server's
-    /// certificate check (tests only). An ACL user logs in with
+    /// certificate check (tests only). rediss+cluster:// and rediss+sentinel:// take the
+    /// same options. An ACL user logs in with
     /// redis://user:password@host:port; the password is never printed.
     #[arg(
         long,

@@ -72,10 +72,15 @@ fn fail(error: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`, else by `level`.
+/// Logs to stderr, filtered by `RUST_LOG`, else by `level`. Below debug, redis-rs's own
+/// warnings are left out: it warns of each node it failed to reach, and dmq reports
+/// the failure itself, once, saying what to do (a cluster's first connect would
+/// otherwise print a warning per node before dmq's one-line error).
 fn init_tracing(level: &str) {
+    let quiet_client = matches!(level, "error" | "warn" | "info");
+    let directives = if quiet_client { format!("{level},redis=error") } else { level.to_owned() };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
     // Fails only when a subscriber is already set, which then keeps logging.
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();

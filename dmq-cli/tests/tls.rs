@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 #[path = "../../dmq-redis/tests/common/tls_redis.rs"]
 mod tls_redis;
 
-use tls_redis::{ClientCerts, TlsRedis};
+use tls_redis::{ClientCerts, TlsRedis, tls_cluster, tls_sentinels};
 
 /// Runs `dmq` with `args`, the broker URL in `DMQ_BROKER_URL`.
 fn dmq(url: &str, args: &[&str]) -> Output {
@@ -94,4 +94,42 @@ fn acl_users_log_in_from_the_command_line() {
     let out = dmq(&redis.plain_url("dmq-cli:wrong-pw@"), &["queues"]);
     let stderr = assert_error(&out, &["authentication failed", "redis://dmq-cli:***@"]);
     assert!(!stderr.contains("wrong-pw"), "{stderr}");
+}
+
+#[test]
+fn enqueue_and_queues_on_a_tls_cluster_and_through_tls_sentinels() {
+    let (cluster, ports) = tls_cluster();
+    let pki = &cluster.pki;
+    let hosts = ports.map(|p| format!("127.0.0.1:{p}")).join(",");
+    let mtls = format!(
+        "?tls_ca={}&tls_cert={}&tls_key={}",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let (sentinels, sentinel_ports) = tls_sentinels();
+    let sentinel_hosts = sentinel_ports.map(|p| format!("127.0.0.1:{p}")).join(",");
+    let through_sentinels = format!(
+        "rediss+sentinel://{sentinel_hosts}/mymaster?tls_ca={}",
+        sentinels.pki.ca.display()
+    );
+    for url in [format!("rediss+cluster://{hosts}{mtls}"), through_sentinels] {
+        let ns = format!("dmq-test-{}", uuid::Uuid::new_v4());
+        for queue in ["tls-a", "tls-b", "tls-a"] {
+            ok(&url, &["enqueue", "app.add", "[2, 3]", "--queue", queue, "--namespace", &ns]);
+        }
+        let queues = ok(&url, &["queues", "--namespace", &ns]);
+        let ready = |queue: &str| {
+            let row = queues.lines().find(|l| l.starts_with(&format!("{queue} ")));
+            row.and_then(|r| r.split_whitespace().nth(1).map(str::to_owned))
+        };
+        assert_eq!(
+            (ready("tls-a"), ready("tls-b")),
+            (Some("2".into()), Some("1".into())),
+            "{queues}"
+        );
+    }
+    // Without the client certificate the cluster's nodes hang up, and dmq says why.
+    let out = dmq(&format!("rediss+cluster://{hosts}?tls_ca={}", pki.ca.display()), &["queues"]);
+    assert_error(&out, &["TLS handshake failed", "tls_cert"]);
 }

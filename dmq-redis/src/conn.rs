@@ -19,7 +19,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
 };
 
-use crate::redis_url::RedisUrl;
+use crate::redis_url::{RedisUrl, Tls};
 
 /// Longer than any blocking wait dmq asks for; its own timer ends the wait first.
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -52,19 +52,12 @@ impl Source {
                 .iter()
                 .map(|node| redis::IntoConnectionInfo::into_connection_info(node.as_str()))
                 .collect::<RedisResult<Vec<_>>>()?;
-            return Ok(Source::Cluster(Box::new(Cluster::new(nodes)?)));
+            return Ok(Source::Cluster(Box::new(Cluster::new(nodes, url.tls().cloned())?)));
         }
         let client = url.client();
         if is_cluster_node(client).await? {
-            if url.shown().starts_with("rediss") || url.shown().starts_with("valkeys") {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "this Redis is a node of a Redis Cluster, and TLS to a cluster is not \
-                     supported yet",
-                )));
-            }
             let seed = client.get_connection_info().clone();
-            return Ok(Source::Cluster(Box::new(Cluster::new(vec![seed])?)));
+            return Ok(Source::Cluster(Box::new(Cluster::new(vec![seed], url.tls().cloned())?)));
         }
         Ok(Source::Client(Box::new(client.clone())))
     }
@@ -113,10 +106,16 @@ pub(crate) struct Sentinel {
 impl Sentinel {
     fn new(spec: &crate::redis_url::SentinelSpec) -> RedisResult<Sentinel> {
         use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-        let sentinels = spec
-            .sentinels
-            .iter()
-            .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+        let sentinels = spec.sentinels.iter().map(|(host, port)| match &spec.tls {
+            None => redis::ConnectionAddr::Tcp(host.clone(), *port),
+            // The builder sets how certificates are checked, and which.
+            Some(_) => redis::ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
+                tls_params: None,
+            },
+        });
         let mut builder =
             SentinelClientBuilder::new(sentinels, &spec.master, SentinelServerType::Master)?
                 .set_client_to_redis_db(spec.db);
@@ -125,6 +124,16 @@ impl Sentinel {
         }
         if let Some(password) = &spec.password {
             builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(tls) = &spec.tls {
+            builder = builder
+                .set_client_to_sentinel_tls_mode(tls.mode())
+                .set_client_to_redis_tls_mode(tls.mode());
+            if let Some(certificates) = &tls.certificates {
+                builder = builder
+                    .set_client_to_sentinel_certificates(certificates.clone())
+                    .set_client_to_redis_certificates(certificates.clone());
+            }
         }
         Ok(Sentinel { client: tokio::sync::Mutex::new(builder.build()?) })
     }
@@ -184,15 +193,18 @@ async fn is_cluster_node(client: &Client) -> RedisResult<bool> {
 #[derive(Clone)]
 pub(crate) struct Cluster {
     nodes: Vec<ConnectionInfo>,
+    /// TLS to every node, named or found.
+    tls: Option<Tls>,
     commands: ClusterClient,
     blocking: ClusterClient,
 }
 
 impl Cluster {
-    pub(crate) fn new(nodes: Vec<ConnectionInfo>) -> RedisResult<Cluster> {
-        let commands = Self::builder(&nodes).response_timeout(RESPONSE_TIMEOUT).build()?;
-        let blocking = Self::builder(&nodes).build()?;
-        Ok(Cluster { nodes, commands, blocking })
+    pub(crate) fn new(nodes: Vec<ConnectionInfo>, tls: Option<Tls>) -> RedisResult<Cluster> {
+        let commands =
+            Self::builder(&nodes, tls.as_ref()).response_timeout(RESPONSE_TIMEOUT).build()?;
+        let blocking = Self::builder(&nodes, tls.as_ref()).build()?;
+        Ok(Cluster { nodes, tls, commands, blocking })
     }
 
     /// A connection for ordinary commands.
@@ -200,8 +212,15 @@ impl Cluster {
         self.commands.get_async_connection().await
     }
 
-    fn builder(nodes: &[ConnectionInfo]) -> ClusterClientBuilder {
-        ClusterClientBuilder::new(nodes.to_vec()).connection_timeout(Duration::from_secs(5))
+    fn builder(nodes: &[ConnectionInfo], tls: Option<&Tls>) -> ClusterClientBuilder {
+        let builder =
+            ClusterClientBuilder::new(nodes.to_vec()).connection_timeout(Duration::from_secs(5));
+        let Some(tls) = tls else { return builder };
+        let builder = builder.tls(tls.mode());
+        match &tls.certificates {
+            Some(certificates) => builder.certs(certificates.clone()),
+            None => builder,
+        }
     }
 
     /// A client whose connections speak RESP3 and pass what the server pushes (the
@@ -210,7 +229,7 @@ impl Cluster {
         &self,
         push: impl redis::aio::AsyncPushSender,
     ) -> RedisResult<ClusterClient> {
-        Self::builder(&self.nodes)
+        Self::builder(&self.nodes, self.tls.as_ref())
             .response_timeout(RESPONSE_TIMEOUT)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push)

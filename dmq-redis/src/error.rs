@@ -86,7 +86,7 @@ pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
 fn advice(e: &redis::RedisError) -> (String, bool, bool) {
     use redis::{ErrorKind, RetryMethod, ServerErrorKind};
 
-    if let Some(tls) = tls_failure(e) {
+    if let Some(tls) = tls_failure(e).map(ToString::to_string).or_else(|| tls_failure_text(e)) {
         let advice = format!(
             "the TLS handshake failed ({tls}); check that the port serves TLS, that tls_ca names \
              the authority that signed the server's certificate, that the host is one the \
@@ -134,6 +134,21 @@ fn advice(e: &redis::RedisError) -> (String, bool, bool) {
 /// in an `io::Error`, which redis-rs keeps behind an `Arc`.
 fn tls_failure(e: &redis::RedisError) -> Option<&rustls::Error> {
     std::error::Error::source(e).and_then(find_tls)
+}
+
+/// The TLS failure a Redis Cluster client reports as text: redis-rs's cluster client
+/// keeps only the message of the error behind a failed first connection, so the
+/// rustls error is found by what its message says.
+fn tls_failure_text(e: &redis::RedisError) -> Option<String> {
+    const RUSTLS_SAYS: [&str; 4] = [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer sent no certificates",
+        "peer is incompatible",
+    ];
+    let text = e.to_string();
+    let at = RUSTLS_SAYS.iter().filter_map(|said| text.find(said)).min()?;
+    Some(text[at..].trim_end_matches(')').to_owned())
 }
 
 fn find_tls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {

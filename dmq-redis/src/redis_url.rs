@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::Path;
 
 use dmq_core::{Error, Result};
-use redis::{Client, ClientTlsConfig, TlsCertificates};
+use redis::{Client, ClientTlsConfig, TlsCertificates, TlsMode};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -20,15 +20,18 @@ const TLS_KEY: &str = "tls_key";
 const FORMS: &str = "write it as redis://[[user]:password@]host[:port][/db], \
                      rediss://[[user]:password@]host[:port][/db][?tls_ca=FILE][&tls_cert=FILE&tls_key=FILE] \
                      redis+cluster://[[user]:password@]host:port[,host:port...] \
-                     or redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db]";
+                     or redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db] \
+                     (rediss+cluster:// and rediss+sentinel:// for TLS, with the same options as rediss://)";
 
 /// How a Sentinel URL is written, for error messages.
 const SENTINEL_FORM: &str = "write it as redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db], \
-                             naming the sentinels and the name they monitor the master by";
+                             naming the sentinels and the name they monitor the master by \
+                             (rediss+sentinel://...[?tls_ca=FILE][&tls_cert=FILE&tls_key=FILE] for TLS)";
 
 /// How a Redis Cluster URL is written, for error messages.
 const CLUSTER_FORM: &str = "write it as redis+cluster://[[user]:password@]host:port[,host:port...], \
-                            naming one or more of the cluster's nodes";
+                            naming one or more of the cluster's nodes \
+                            (rediss+cluster://...[?tls_ca=FILE][&tls_cert=FILE&tls_key=FILE] for TLS)";
 
 /// A Redis URL, read and checked: the redis-rs client it makes, and the URL as it may
 /// be shown (without its password).
@@ -50,11 +53,14 @@ const CLUSTER_FORM: &str = "write it as redis+cluster://[[user]:password@]host:p
 /// | `redis+cluster://user:password@host1:7000,host2:7001` | a Redis Cluster whose nodes share these credentials |
 /// | `redis+sentinel://host1:26379,host2:26379/mymaster` | the master the sentinels know as `mymaster`, found through them and followed through a failover |
 /// | `redis+sentinel://user:password@host1:26379/mymaster/2` | its database 2, logging in to the master (and, after a failover, to the new one) with these credentials |
+/// | `rediss+cluster://host1:7000,host2:7001?tls_ca=ca.pem` | a Redis Cluster over TLS: every node, found or named, is reached over TLS with these options |
+/// | `rediss+sentinel://host1:26379/mymaster?tls_ca=ca.pem` | the sentinels and the master, both over TLS with these options |
 ///
-/// A cluster has database 0 only, so a cluster URL names none. A plain `redis://` URL
-/// that reaches a node of a cluster works too: the broker and the backend see
-/// `cluster_enabled:1` when they connect and speak to the whole cluster. TLS to a
-/// cluster (`rediss+cluster://`) is not supported yet.
+/// A cluster has database 0 only, so a cluster URL names none. A plain `redis://` (or
+/// `rediss://`) URL that reaches a node of a cluster works too: the broker and the
+/// backend see `cluster_enabled:1` when they connect and speak to the whole cluster,
+/// over TLS with the URL's options when it is `rediss://`. The TLS options and
+/// `#insecure` mean the same on every TLS scheme.
 ///
 /// Paths may be relative to the working directory; percent-encode characters such as
 /// `&`, `#` or spaces in them, and in passwords.
@@ -73,6 +79,23 @@ pub struct RedisUrl {
     cluster: Option<Vec<String>>,
     /// For Sentinel: the sentinels, the master's name, and how to log in to it.
     sentinel: Option<SentinelSpec>,
+    /// For a TLS URL: how the servers' certificates are checked.
+    tls: Option<Tls>,
+}
+
+/// The TLS settings of a URL: whether the servers' certificates go unchecked
+/// (`#insecure`), and the certificates its options name.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) insecure: bool,
+    pub(crate) certificates: Option<TlsCertificates>,
+}
+
+impl Tls {
+    /// redis-rs's name for how certificates are checked.
+    pub(crate) fn mode(&self) -> TlsMode {
+        if self.insecure { TlsMode::Insecure } else { TlsMode::Secure }
+    }
 }
 
 /// What a `redis+sentinel://` URL names.
@@ -85,6 +108,8 @@ pub(crate) struct SentinelSpec {
     pub(crate) db: i64,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
+    /// TLS to the sentinels and to the master (`rediss+sentinel://`).
+    pub(crate) tls: Option<Tls>,
 }
 
 impl fmt::Debug for RedisUrl {
@@ -143,6 +168,7 @@ impl RedisUrl {
             }
         }
 
+        let mut certificates = None;
         let client = if options.is_empty() {
             Client::open(url)
         } else {
@@ -153,7 +179,8 @@ impl RedisUrl {
                     parsed.scheme()
                 )));
             }
-            let certificates = options.read().map_err(&invalid)?;
+            let read = options.read().map_err(&invalid)?;
+            certificates = Some(read.clone());
             // redis-rs ignores query parameters it does not know; take dmq's out anyway,
             // so that none of them can ever mean something else to it.
             let mut stripped = parsed.clone();
@@ -162,21 +189,13 @@ impl RedisUrl {
             } else {
                 stripped.query_pairs_mut().clear().extend_pairs(&others);
             }
-            Client::build_with_tls(stripped.as_str(), certificates)
+            Client::build_with_tls(stripped.as_str(), read)
         }
         .map_err(|e| invalid(format!("not a Redis URL ({e}); {FORMS}")))?;
 
-        if tls {
-            install_crypto_provider();
-        }
-        if insecure {
-            tracing::warn!(
-                url = %shown,
-                "TLS without certificate checks (#insecure): anyone on the network path can \
-                 read and change the traffic; use it for tests only"
-            );
-        }
-        Ok(RedisUrl { shown, client, insecure, cluster: None, sentinel: None })
+        let tls = tls.then_some(Tls { insecure, certificates });
+        started_tls(tls.as_ref(), &shown);
+        Ok(RedisUrl { shown, client, insecure, cluster: None, sentinel: None, tls })
     }
 
     /// The redis-rs client for this URL, with its TLS settings.
@@ -214,7 +233,14 @@ impl RedisUrl {
         self.sentinel.is_some()
     }
 
-    /// The nodes of a cluster URL, as `redis://` URLs with their credentials.
+    /// The TLS settings of a TLS URL (`rediss://`, `rediss+cluster://`,
+    /// `rediss+sentinel://`).
+    pub(crate) fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// The nodes of a cluster URL, as `redis://` (or `rediss://`) URLs with their
+    /// credentials.
     pub(crate) fn cluster_nodes(&self) -> Option<&[String]> {
         self.cluster.as_deref()
     }
@@ -227,27 +253,20 @@ impl RedisUrl {
 }
 
 /// Reads the part after `scheme://` of a cluster URL:
-/// `[[user]:password@]host:port[,host:port...][/0]`.
+/// `[[user]:password@]host:port[,host:port...][/0][?tls options][#insecure]`.
 fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result<RedisUrl, String> {
-    match scheme {
-        "redis+cluster" | "valkey+cluster" => {}
-        "rediss+cluster" | "valkeys+cluster" => {
-            return Err(format!(
-                "TLS to a Redis Cluster is not supported yet; reach the cluster over a private \
-                 network with {}://host:port[,host:port...], or use a single Redis with rediss://",
-                scheme.replace("s+cluster", "+cluster")
-            ));
-        }
+    let tls = match scheme {
+        "redis+cluster" | "valkey+cluster" => false,
+        "rediss+cluster" | "valkeys+cluster" => true,
         other => return Err(format!("unknown scheme {other}://; {CLUSTER_FORM}")),
-    }
+    };
     let (credentials, rest) = split_credentials(rest);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (rest, query, fragment) = split_options(rest);
+    let tls = tls_of(scheme, tls, query, fragment, CLUSTER_FORM)?;
+    let end = rest.find('/').unwrap_or(rest.len());
     let (hosts, tail) = rest.split_at(end);
     match tail {
         "" | "/" | "/0" => {}
-        _ if tail.starts_with('?') || tail.starts_with('#') => {
-            return Err(format!("a cluster URL takes no options ({tail}); {CLUSTER_FORM}"));
-        }
         _ => {
             return Err(format!(
                 "a Redis Cluster has database 0 only, so its URL names none (not {tail}); \
@@ -270,13 +289,18 @@ fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result
             }
         }
     };
+    let (node_scheme, node_fragment) = match &tls {
+        None => ("redis", ""),
+        Some(tls) if tls.insecure => ("rediss", "/#insecure"),
+        Some(_) => ("rediss", ""),
+    };
     let mut nodes = Vec::new();
     for host in hosts.split(',') {
         let port = host.rsplit_once(':').map(|(_, port)| port);
         if host.is_empty() || port.is_none_or(|p| p.parse::<u16>().is_err()) {
             return Err(format!("{host:?} is not a host:port; {CLUSTER_FORM}"));
         }
-        nodes.push(format!("redis://{userinfo}{host}"));
+        nodes.push(format!("{node_scheme}://{userinfo}{host}{node_fragment}"));
     }
     let client = Client::open(nodes[0].as_str())
         .map_err(|e| format!("not a Redis Cluster URL ({e}); {CLUSTER_FORM}"))?;
@@ -285,30 +309,26 @@ fn parse_cluster(scheme: &str, rest: &str, shown: String) -> std::result::Result
         Client::open(node.as_str())
             .map_err(|e| format!("not a Redis Cluster URL ({e}); {CLUSTER_FORM}"))?;
     }
-    Ok(RedisUrl { shown, client, insecure: false, cluster: Some(nodes), sentinel: None })
+    started_tls(tls.as_ref(), &shown);
+    let insecure = tls.as_ref().is_some_and(|tls| tls.insecure);
+    Ok(RedisUrl { shown, client, insecure, cluster: Some(nodes), sentinel: None, tls })
 }
 
 /// Reads the part after `scheme://` of a Sentinel URL:
-/// `[[user]:password@]host:port[,host:port...]/MASTER[/db]`.
+/// `[[user]:password@]host:port[,host:port...]/MASTER[/db][?tls options][#insecure]`.
 fn parse_sentinel(
     scheme: &str,
     rest: &str,
     shown: String,
 ) -> std::result::Result<RedisUrl, String> {
-    match scheme {
-        "redis+sentinel" | "valkey+sentinel" => {}
-        "rediss+sentinel" | "valkeys+sentinel" => {
-            return Err(format!(
-                "TLS through Sentinel is not supported yet; {SENTINEL_FORM}, or use a single \
-                 Redis with rediss://"
-            ));
-        }
+    let tls = match scheme {
+        "redis+sentinel" | "valkey+sentinel" => false,
+        "rediss+sentinel" | "valkeys+sentinel" => true,
         other => return Err(format!("unknown scheme {other}://; {SENTINEL_FORM}")),
-    }
+    };
     let (credentials, rest) = split_credentials(rest);
-    if rest.contains(['?', '#']) {
-        return Err(format!("a Sentinel URL takes no options; {SENTINEL_FORM}"));
-    }
+    let (rest, query, fragment) = split_options(rest);
+    let tls = tls_of(scheme, tls, query, fragment, SENTINEL_FORM)?;
     let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (username, password) = credentials.map(user_and_password).unwrap_or_default();
     let mut sentinels = Vec::new();
@@ -341,8 +361,90 @@ fn parse_sentinel(
     let client = Client::open(format!("redis://{host}:{port}"))
         .map_err(|e| format!("not a Sentinel URL ({e}); {SENTINEL_FORM}"))?;
     let master = percent_encoding::percent_decode_str(master).decode_utf8_lossy().into_owned();
-    let spec = SentinelSpec { sentinels, master, db, username, password };
-    Ok(RedisUrl { shown, client, insecure: false, cluster: None, sentinel: Some(spec) })
+    started_tls(tls.as_ref(), &shown);
+    let insecure = tls.as_ref().is_some_and(|tls| tls.insecure);
+    let spec = SentinelSpec { sentinels, master, db, username, password, tls: tls.clone() };
+    Ok(RedisUrl { shown, client, insecure, cluster: None, sentinel: Some(spec), tls })
+}
+
+/// `rest` (after the user information) split at its options: what comes before them,
+/// the query (after `?`) and the fragment (after `#`).
+fn split_options(rest: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((rest, fragment)) => (rest, Some(fragment)),
+        None => (rest, None),
+    };
+    match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query), fragment),
+        None => (rest, None, fragment),
+    }
+}
+
+/// The TLS settings of a cluster or Sentinel URL: with a TLS `scheme`, its options
+/// (`tls_ca`, `tls_cert`, `tls_key`) read and their files checked, and `#insecure`;
+/// without, none may be given. `form` says how the URL is written.
+fn tls_of(
+    scheme: &str,
+    tls: bool,
+    query: Option<&str>,
+    fragment: Option<&str>,
+    form: &str,
+) -> std::result::Result<Option<Tls>, String> {
+    let query = query.unwrap_or_default();
+    let fragment = fragment.unwrap_or_default();
+    if !tls {
+        if query.is_empty() && fragment.is_empty() {
+            return Ok(None);
+        }
+        let secure = scheme.replacen("+", "s+", 1);
+        return Err(format!(
+            "a {scheme}:// URL takes no options (?{query}{}{fragment}); TLS and its options \
+             need {secure}://; {form}",
+            if fragment.is_empty() { "" } else { "#" }
+        ));
+    }
+    let insecure = match fragment {
+        "" => false,
+        "insecure" => true,
+        other => {
+            return Err(format!(
+                "unknown fragment #{other}; #insecure (skip the certificate checks, for tests \
+                 only) is the one there is"
+            ));
+        }
+    };
+    let mut options = TlsOptions::default();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let slot = match key.as_ref() {
+            TLS_CA => &mut options.ca,
+            TLS_CERT => &mut options.cert,
+            TLS_KEY => &mut options.key,
+            other => {
+                return Err(format!(
+                    "unknown option {other:?}; a {scheme}:// URL takes {TLS_CA}, {TLS_CERT} and \
+                     {TLS_KEY}"
+                ));
+            }
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(format!("{key} is given twice"));
+        }
+    }
+    let certificates = if options.is_empty() { None } else { Some(options.read()?) };
+    Ok(Some(Tls { insecure, certificates }))
+}
+
+/// Readies rustls for a URL with TLS, and warns about one without certificate checks.
+fn started_tls(tls: Option<&Tls>, shown: &str) {
+    let Some(tls) = tls else { return };
+    install_crypto_provider();
+    if tls.insecure {
+        tracing::warn!(
+            url = %shown,
+            "TLS without certificate checks (#insecure): anyone on the network path can \
+             read and change the traffic; use it for tests only"
+        );
+    }
 }
 
 /// `rest` (after `scheme://`) split into its user information, the text before the
@@ -565,8 +667,8 @@ mod tests {
             ("redis+cluster://h1:7000,,h2:7001", "is not a host:port"),
             ("redis+cluster://h1", "is not a host:port"),
             ("redis+cluster://h1:7000/3", "database 0 only"),
-            ("redis+cluster://h1:7000?tls_ca=x", "takes no options"),
-            ("rediss+cluster://h1:7000", "not supported yet"),
+            ("redis+cluster://h1:7000?tls_ca=x", "need rediss+cluster://"),
+            ("redis+cluster://h1:7000#insecure", "takes no options"),
         ] {
             let message = refused(bad);
             assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
@@ -603,12 +705,58 @@ mod tests {
             ("redis+sentinel://h1:26379/m/x", "not a database number"),
             ("redis+sentinel://h1:26379/m/0/more", "too many parts"),
             ("redis+sentinel://h1:26379/m?x=1", "takes no options"),
-            ("rediss+sentinel://h1:26379/m", "not supported yet"),
+            ("redis+sentinel://h1:26379/m?tls_ca=x", "need rediss+sentinel://"),
         ] {
             let message = refused(bad);
             assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
             assert!(message.contains("redis+sentinel://"), "{message}");
         }
+    }
+
+    #[test]
+    fn tls_cluster_and_sentinel_urls_take_the_tls_options() {
+        let url = RedisUrl::parse("rediss+cluster://app:pw@h1:7000,h2:7001").unwrap();
+        assert!(url.is_cluster() && !url.is_insecure());
+        assert!(url.tls().is_some_and(|tls| !tls.insecure && tls.certificates.is_none()));
+        assert_eq!(
+            url.cluster_nodes().map(<[String]>::to_vec),
+            Some(vec!["rediss://app:pw@h1:7000".to_owned(), "rediss://app:pw@h2:7001".to_owned()])
+        );
+        let url = RedisUrl::parse("rediss+cluster://h1:7000/#insecure").unwrap();
+        assert!(url.is_insecure());
+        assert_eq!(
+            url.cluster_nodes().map(|n| n[0].clone()).as_deref(),
+            Some("rediss://h1:7000/#insecure")
+        );
+        let url = RedisUrl::parse("rediss+sentinel://:pw@h1:26379/m/1#insecure").unwrap();
+        let spec = url.sentinel().expect("a sentinel spec");
+        assert!(spec.tls.as_ref().is_some_and(|tls| tls.insecure));
+        assert_eq!((spec.master.as_str(), spec.db), ("m", 1));
+        assert!(RedisUrl::parse("redis+sentinel://h1:26379/m").unwrap().tls().is_none());
+
+        let dir = std::env::temp_dir().join(format!("dmq-url-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        for (bad, expected) in [
+            ("rediss+cluster://h1:7000?tls_cafile=x", "unknown option \"tls_cafile\""),
+            ("rediss+cluster://h1:7000?tls_ca=a&tls_ca=b", "tls_ca is given twice"),
+            ("rediss+cluster://h1:7000#secure", "unknown fragment #secure"),
+            (
+                "rediss+cluster://h1:7000?tls_ca=/nonexistent/dmq/ca.pem",
+                "cannot read /nonexistent/dmq/ca.pem (tls_ca)",
+            ),
+            ("rediss+sentinel://:hunter2@h1:26379/m?tls_cert=c.pem", "tls_cert needs tls_key"),
+            (
+                &format!("rediss+sentinel://h1:26379/m?tls_ca={}", not_pem.display()),
+                "holds no PEM certificate",
+            ),
+        ] {
+            let message = refused(bad);
+            assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
