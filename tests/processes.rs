@@ -424,12 +424,18 @@ async fn a_job_killed_mid_run_is_run_again_by_another_process_and_the_dead_lease
 struct PrivateRedis {
     port: u16,
     dir: PathBuf,
+    /// More flags for redis-server (a cluster node's).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     async fn start(port: u16, dir: PathBuf) -> Self {
-        let mut redis = PrivateRedis { port, dir, child: None };
+        PrivateRedis::start_with(port, dir, Vec::new()).await
+    }
+
+    async fn start_with(port: u16, dir: PathBuf, extra: Vec<String>) -> Self {
+        let mut redis = PrivateRedis { port, dir, extra, child: None };
         redis.restart().await;
         redis
     }
@@ -444,6 +450,7 @@ impl PrivateRedis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -480,6 +487,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// `n` distinct free ports, found together (each listener held until all are).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
 /// How many jobs of `queue` wait (ready or delayed) or run, and how many are
 /// dead-lettered, read in one `MULTI`: a job moving between two of these states is
 /// neither missed nor counted twice, as it could be by `queue_stats`, which reads them
@@ -506,8 +520,56 @@ const RESTART_JOBS: i64 = 3_000;
 async fn worker_processes_carry_on_through_a_redis_restart_and_lose_no_job() {
     let dir = std::env::temp_dir().join(format!("dmq-test-redis-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("create the redis directory");
-    let mut redis = PrivateRedis::start(free_port(), dir).await;
+    let redis = PrivateRedis::start(free_port(), dir).await;
     let url = redis.url();
+    through_a_restart(&url, vec![redis]).await;
+}
+
+/// The same on a Redis Cluster of three masters without replicas, all killed with
+/// SIGKILL and restarted from their append-only files and cluster configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_carry_on_through_a_redis_cluster_restart_and_lose_no_job() {
+    let ports: Vec<u16> = free_ports(6);
+    let mut nodes = Vec::new();
+    for (port, bus) in ports[..3].iter().zip(&ports[3..]) {
+        let dir = std::env::temp_dir().join(format!("dmq-test-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create a node's directory");
+        let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["--cluster-port".to_owned(), bus.to_string()])
+            .collect();
+        nodes.push(PrivateRedis::start_with(*port, dir, extra).await);
+    }
+    let addresses: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .await
+        .expect("run redis-cli --cluster create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+    for port in &ports[..3] {
+        poll("the cluster to be ok on every node", || async {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "cluster", "info"])
+                .output()
+                .await
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok").then_some(())
+        })
+        .await;
+    }
+    let url = format!("redis+cluster://{}", addresses.join(","));
+    through_a_restart(&url, nodes).await;
+}
+
+/// Two worker processes drain 3,000 jobs from `url`; every server of `servers` is
+/// killed with SIGKILL and restarted a second later, mid-drain. No job is lost, none
+/// is dead-lettered, and the workers run on without a restart.
+async fn through_a_restart(url: &str, mut servers: Vec<PrivateRedis>) {
+    let url = url.to_owned();
     let namespace = format!("dmq-test-{}", uuid::Uuid::new_v4());
     let (broker, manager) = connect(&url, &namespace).await;
     let settings = Settings {
@@ -532,12 +594,16 @@ async fn worker_processes_carry_on_through_a_redis_restart_and_lose_no_job() {
         (stats.ready <= 2_700).then_some(stats)
     })
     .await;
-    redis.kill().await;
+    for server in &mut servers {
+        server.kill().await;
+    }
     eprintln!("killed redis with {} jobs ready and {} in flight", at_kill.ready, at_kill.in_flight);
     assert!(at_kill.ready > 0, "every job was taken before redis went down: {at_kill:?}");
     // The outage itself, not a wait for anything.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    redis.restart().await;
+    for server in &mut servers {
+        server.restart().await;
+    }
 
     // Once no job waits or runs, every job was acknowledged, and a worker stores a
     // job's result before it acknowledges the job: each result is then final.

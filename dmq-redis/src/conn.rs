@@ -264,10 +264,10 @@ pub(crate) enum Shared {
     Manager(ConnectionManager),
     /// Taken from a pool; replaced by another from the pool once it fails.
     Pooled { pool: deadpool_redis::Pool, current: Mutex<Option<MultiplexedConnection>> },
-    /// Connections to every node of a cluster; they reconnect by themselves and
-    /// follow `MOVED`. Replaced by a new one, which reads the cluster's slots afresh,
-    /// after a command meets a replica where it expected a master (`READONLY`, which
-    /// redis-rs does not take as a sign that the slots moved): a failover.
+    /// Connections to every node of a cluster; they follow `MOVED`. Replaced by a new
+    /// one, which reads the cluster's slots afresh, after a command meets a replica
+    /// where it expected a master (`READONLY`, which redis-rs does not take as a sign
+    /// that the slots moved: a failover), and after a command's connection failed.
     Cluster { cluster: Arc<Cluster>, current: Mutex<Option<ClusterConnection>> },
     /// A connection to the master Sentinel named; replaced by one to the master it
     /// names then, once a command on it fails for the connection's sake or meets a
@@ -349,6 +349,11 @@ impl Shared {
                     tracing::info!(
                         "a cluster node answered as a replica; reading the cluster's slots afresh"
                     );
+                    *lock(current) = None;
+                } else if e.is_io_error() || e.is_connection_dropped() {
+                    // redis-rs's cluster connection does not always recover by itself:
+                    // after every node restarted at once, it answered "broken pipe"
+                    // for good. A fresh one connects anew and reads the slots.
                     *lock(current) = None;
                 }
             }
