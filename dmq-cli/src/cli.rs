@@ -680,7 +680,9 @@ pub struct BenchArgs {
     /// Spread the jobs over this many queues (dmq-bench, dmq-bench-1, ...), round
     /// robin, and have the worker claim from all of them. On a Redis Cluster each
     /// queue lives in a slot of its own, so the work spreads over the masters, and the
-    /// report shows each master's share of the Redis CPU.
+    /// report shows each master's share of the Redis CPU. There the bench picks the
+    /// names (the first ones whose slots fall on a master that has fewer than its
+    /// share) so that each master holds as many queues as can be, and lists them.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub queues: u64,

@@ -137,19 +137,29 @@ impl PrivateCluster {
         masters_at(self.ports[0])
     }
 
-    /// The port of the replica of the master on `port`.
+    /// The port of the replica of the master on `port`, as the master itself lists it:
+    /// right after a failover another node's listing may not show the new roles yet,
+    /// so this asks again for up to 30 s.
     fn replica_of(&self, port: u16) -> u16 {
-        let nodes = common::redis_cli(self.ports[0], &["cluster", "nodes"]);
-        let me = format!("127.0.0.1:{port}@");
-        let id = nodes
-            .lines()
-            .find(|l| l.contains(&me))
-            .and_then(|l| l.split_whitespace().next())
-            .expect("the master's id");
-        let replica =
-            nodes.lines().find(|l| l.contains(&format!("slave {id}"))).expect("a replica");
-        let address = replica.split_whitespace().nth(1).and_then(|a| a.split('@').next());
-        address.and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()).expect("a port")
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = common::redis_cli(port, &["cluster", "nodes"]);
+            let id = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .and_then(|l| l.split_whitespace().next())
+                .expect("the master's id");
+            let replica = nodes.lines().find(|l| l.contains(&format!("slave {id}")));
+            let address =
+                replica.and_then(|r| r.split_whitespace().nth(1)).and_then(|a| a.split('@').next());
+            if let Some(port) =
+                address.and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok())
+            {
+                return port;
+            }
+            assert!(Instant::now() < give_up, "no replica of {port} in:\n{nodes}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -38,10 +38,14 @@ async fn noop_ignored(i: u64) -> Result<u64, TaskError> {
     Ok(i)
 }
 
-/// A call of the no-op task, storing its result or not, on queue `i` modulo `queues`.
-fn noop_call(i: u64, ignore_result: bool, queues: u64) -> dmq_core::Call<u64> {
+/// A call of the no-op task, storing its result or not, on queue `i` modulo the
+/// number of `queues`.
+fn noop_call(i: u64, ignore_result: bool, queues: &[String]) -> dmq_core::Call<u64> {
     let call = if ignore_result { noop_ignored::call(i) } else { noop::call(i) };
-    if queues > 1 { call.queue(queue_name(i % queues)) } else { call }
+    match queues {
+        [] | [_] => call,
+        many => call.queue(many[usize::try_from(i).unwrap_or(0) % many.len()].clone()),
+    }
 }
 
 /// The bench's queue `k`: `dmq-bench`, then `dmq-bench-1`, `dmq-bench-2`, ...
@@ -49,9 +53,35 @@ fn queue_name(k: u64) -> String {
     if k == 0 { QUEUE.to_owned() } else { format!("{QUEUE}-{k}") }
 }
 
-/// Every queue of a run with `--queues n`.
+/// The first `n` of the bench's queues.
 fn queue_names(n: u64) -> Vec<String> {
     (0..n.max(1)).map(queue_name).collect()
+}
+
+/// `n` of the bench's queues that put as many queues on each master as can be
+/// (`masters_of_slot` says which master serves a slot): the first names in order
+/// whose slot (the hash of `{<namespace>:<queue>}`) falls on a master that has fewer
+/// than its share. Names hashed blindly land unevenly (with 12 queues over three
+/// masters, one master got 20% of the work in one run and 52% in another), which
+/// would measure the luck of the hashes rather than how the work spreads.
+fn spread_queue_names(n: u64, namespace: &str, masters_of_slot: &[usize]) -> Vec<String> {
+    let masters = masters_of_slot.iter().max().map_or(1, |m| m + 1);
+    let share = usize::try_from(n).unwrap_or(usize::MAX).div_ceil(masters);
+    let mut taken = vec![0; masters];
+    let mut names = Vec::new();
+    for k in 0.. {
+        if names.len() as u64 == n.max(1) {
+            break;
+        }
+        let name = queue_name(k);
+        let slot = dmq_redis::cluster_slot(format!("{{{namespace}:{name}}}").as_bytes());
+        let master = masters_of_slot[usize::from(slot)];
+        if taken[master] < share {
+            taken[master] += 1;
+            names.push(name);
+        }
+    }
+    names
 }
 
 #[task(name = "dmq.bench.noop", queue = "dmq-bench")]
@@ -338,12 +368,6 @@ impl Output {
             (false, false) => "off (no other process can read the in-memory broker's)",
         };
         self.line(format_args!("event stream       {stream}"));
-        if args.queues > 1 {
-            self.line(format_args!(
-                "queues             {} (dmq-bench, dmq-bench-1, ...)",
-                args.queues
-            ));
-        }
         if let Some(n) = args.wait_replicas {
             self.line(format_args!("enqueue            waits for {n} replica(s) (WAIT)"));
         }
@@ -404,16 +428,26 @@ async fn measure(
     let single_jobs = args.jobs / 2;
     let batch_jobs = args.jobs - single_jobs;
 
+    let queues: Arc<[String]> = match stats {
+        Some(stats) if stats.nodes.len() > 1 && args.queues > 1 => {
+            let namespace = setup.namespace.as_deref().unwrap_or_default();
+            spread_queue_names(args.queues, namespace, &stats.masters_of_slot().await?).into()
+        }
+        _ => queue_names(args.queues).into(),
+    };
+    if queues.len() > 1 {
+        out.line(format_args!("queues             {}", queues.join(", ")));
+    }
     let before_enqueue = snapshot(stats).await?;
     let quiet = args.ignore_result;
-    let (single, mut ids) = enqueue_single(manager, single_jobs, quiet, args.queues).await?;
+    let (single, mut ids) = enqueue_single(manager, single_jobs, quiet, &queues).await?;
     out.rate(
         "enqueue, single",
         single,
         &format!("{} producers, one job per call", single.concurrency),
     );
     let (batch, batch_ids) =
-        enqueue_batch(manager, batch_jobs, args.batch_size, quiet, args.queues).await?;
+        enqueue_batch(manager, batch_jobs, args.batch_size, quiet, &queues).await?;
     ids.extend(batch_ids);
     out.rate(
         "enqueue, batch",
@@ -425,7 +459,7 @@ async fn measure(
     let worker = manager
         .worker()
         .concurrency(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
-        .queues(queue_names(args.queues))
+        .queues(queues.iter().cloned())
         .grace(Duration::from_secs(5))
         .guarantee(args.guarantee)
         .start();
@@ -433,7 +467,7 @@ async fn measure(
         // Redis is asked less often: every poll reads each queue's size (a few
         // commands per queue), which Redis's own figures would count against the jobs.
         let poll = Duration::from_millis(if stats.is_some() { 10 * args.queues.min(20) } else { 2 });
-        let drain = drain(manager, args.jobs, args.concurrency, poll, args.queues).await?;
+        let drain = drain(manager, args.jobs, args.concurrency, poll, &queues).await?;
         let after_drain = snapshot(stats).await?;
         out.rate(
             "drain",
@@ -515,16 +549,17 @@ async fn enqueue_single(
     manager: &Manager,
     jobs: u64,
     quiet: bool,
-    queues: u64,
+    queues: &Arc<[String]>,
 ) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
     let mut producers = JoinSet::new();
     for (first, count) in shares(jobs, SINGLE_PRODUCERS) {
         let manager = manager.clone();
+        let queues = Arc::clone(queues);
         producers.spawn(async move {
             let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             for i in first..first + count {
-                ids.push(noop_call(i, quiet, queues).enqueue(&manager).await?.id());
+                ids.push(noop_call(i, quiet, &queues).enqueue(&manager).await?.id());
             }
             dmq_core::Result::Ok(ids)
         });
@@ -540,19 +575,20 @@ async fn enqueue_batch(
     jobs: u64,
     batch_size: u64,
     quiet: bool,
-    queues: u64,
+    queues: &Arc<[String]>,
 ) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
     let mut producers = JoinSet::new();
     let batches = jobs.div_ceil(batch_size);
     for (first_batch, count) in shares(batches, BATCH_PRODUCERS) {
         let manager = manager.clone();
+        let queues = Arc::clone(queues);
         producers.spawn(async move {
             let mut ids = Vec::new();
             for batch in first_batch..first_batch + count {
                 let from = batch * batch_size;
                 let to = (from + batch_size).min(jobs);
-                let calls = (from..to).map(|i| noop_call(i, quiet, queues));
+                let calls = (from..to).map(|i| noop_call(i, quiet, &queues));
                 ids.extend(manager.enqueue_batch(calls).await?);
             }
             dmq_core::Result::Ok(ids)
@@ -580,15 +616,14 @@ async fn drain(
     jobs: u64,
     concurrency: u64,
     poll: Duration,
-    queues: u64,
+    queues: &[String],
 ) -> anyhow::Result<Rate> {
     let started = Instant::now();
     let mut last_left = u64::MAX;
     let mut last_progress = Instant::now();
-    let queues = queue_names(queues);
     loop {
         let mut left = 0;
-        for queue in &queues {
+        for queue in queues {
             let stats =
                 manager.admin()?.queue_stats(queue).await.context("reading the queue's size")?;
             ensure!(
@@ -741,6 +776,45 @@ impl RedisStats {
         Ok(RedisStats { nodes, shown })
     }
 
+    /// For each slot, which of [`nodes`](RedisStats::nodes) serves it (by its index),
+    /// read from `CLUSTER SLOTS`.
+    async fn masters_of_slot(&self) -> anyhow::Result<Vec<usize>> {
+        let (_, conn) = self.nodes.first().context("a cluster without masters")?;
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn.clone())
+            .await
+            .with_context(|| format!("reading CLUSTER SLOTS from {}", self.shown))?;
+        let mut of_slot = vec![0; 16_384];
+        for range in ranges {
+            let redis::Value::Array(fields) = range else { continue };
+            let number = |v: Option<&redis::Value>| match v {
+                Some(redis::Value::Int(n)) => usize::try_from(*n).ok(),
+                _ => None,
+            };
+            let (Some(start), Some(end)) = (number(fields.first()), number(fields.get(1))) else {
+                continue;
+            };
+            let Some(redis::Value::Array(master)) = fields.get(2) else { continue };
+            let port = number(master.get(1));
+            // The node whose address has this port (hosts may be written differently).
+            let index = self.nodes.iter().position(|(name, _)| {
+                port.is_some_and(|p| name.rsplit_once(':').is_some_and(|(_, q)| q == p.to_string()))
+            });
+            let index = index.with_context(|| {
+                format!("CLUSTER SLOTS names a master that is not among {:?}", self.names())
+            })?;
+            for slot in of_slot.iter_mut().take(end + 1).skip(start) {
+                *slot = index;
+            }
+        }
+        Ok(of_slot)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.nodes.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
     async fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let mut total = Snapshot::default();
         for (name, conn) in &self.nodes {
@@ -846,6 +920,28 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_queues_put_as_many_on_each_master_as_can_be() {
+        // Three masters with a third of the slots each, as redis-cli --cluster create
+        // makes them.
+        let layout: Vec<usize> = (0..16_384).map(|slot| slot * 3 / 16_384).collect();
+        for (n, most) in [(12, 4), (8, 3), (48, 16), (2, 1)] {
+            let names = spread_queue_names(n, "dmq-bench-ns", &layout);
+            assert_eq!(names.len() as u64, n);
+            let mut per_master = [0; 3];
+            for name in &names {
+                let slot = dmq_redis::cluster_slot(format!("{{dmq-bench-ns:{name}}}").as_bytes());
+                per_master[layout[usize::from(slot)]] += 1;
+            }
+            assert!(per_master.iter().all(|&k| k <= most), "{n} queues: {per_master:?}");
+            let mut unique = names.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), names.len(), "{names:?}");
+            assert_eq!(names[0], "dmq-bench", "the first candidate is always taken");
+        }
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
