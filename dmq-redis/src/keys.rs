@@ -1,9 +1,16 @@
 //! Every Redis key and channel name dmq uses is built here, and only here.
 //!
 //! A queue's keys share the hash tag `{<namespace>:<queue>}`, so each queue lives in
-//! one cluster slot and every script touches a single slot.
+//! one cluster slot and every script touches a single slot. A partition of a
+//! partitioned queue (`emails#3`) has the tag `{<namespace>:emails#3,<k>}` instead,
+//! with `k` chosen to steer it to a slot of its own window (see [`partition_tag`]), so
+//! that the partitions spread evenly over the masters rather than by the luck of their
+//! names' hashes.
 
-use dmq_core::TaskId;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use dmq_core::{TaskId, split_partition};
 
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "dmq";
@@ -30,7 +37,12 @@ impl Keys {
     /// The keys of one queue.
     #[must_use]
     pub fn queue(&self, queue: &str) -> QueueKeys {
-        QueueKeys { prefix: format!("{{{}:{}}}", self.namespace, queue) }
+        match split_partition(queue) {
+            (_, Some(partition)) => QueueKeys {
+                prefix: format!("{{{}}}", partition_tag(&self.namespace, queue, partition)),
+            },
+            (_, None) => QueueKeys { prefix: format!("{{{}:{}}}", self.namespace, queue) },
+        }
     }
 
     /// The sorted set of registered workers, each scored by when its heartbeat lapses
@@ -224,6 +236,70 @@ impl QueueKeys {
     }
 }
 
+/// How many slots each partition's window holds: the spacing of 1,024 evenly spread
+/// points (`MAX_PARTITIONS`), so that no two windows overlap.
+const PARTITION_WINDOW: u16 = 16;
+
+/// The slots partition `partition` of a queue is steered into, `start..end`: the
+/// van der Corput point of its number (its bits reversed into a binary fraction: 0,
+/// 1/2, 1/4, 3/4, 1/8, ...) times 16384, and the 15 slots after it. The first N points
+/// of that sequence are spread over the slots as evenly as N points can be when N is
+/// a power of two, and nearly so otherwise; and partition `p` keeps its window
+/// whatever the number of partitions, so a queue that grows from 8 partitions to 16
+/// keeps its first eight where they are.
+#[must_use]
+pub fn partition_slots(partition: u16) -> std::ops::Range<u16> {
+    // Within MAX_PARTITIONS (1024), 10 bits reversed into 14 leave 4 bits, the window.
+    let start = (partition % 1024).reverse_bits() >> 2;
+    start..start + PARTITION_WINDOW
+}
+
+/// The hash tag (without its braces) of partition `partition` (named `name`, such as
+/// `emails#3`) in `namespace`: `<namespace>:<name>,<k>` for the smallest `k` from 0
+/// whose slot falls in [`partition_slots`]. A comma cannot be part of a queue name, so
+/// no queue's own tag can be mistaken for it. Computed once per process and partition:
+/// the search takes 1,024 tries on average.
+#[must_use]
+pub fn partition_tag(namespace: &str, name: &str, partition: u16) -> Arc<str> {
+    // Namespace, then partition name: looked up without allocating.
+    type Cache = RwLock<HashMap<String, HashMap<String, Arc<str>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    let known = cache.read().unwrap_or_else(|p| p.into_inner());
+    if let Some(tag) = known.get(namespace).and_then(|names| names.get(name)) {
+        return Arc::clone(tag);
+    }
+    drop(known);
+    let window = partition_slots(partition);
+    let mut tag = String::with_capacity(namespace.len() + name.len() + 8);
+    let tag: Arc<str> = (0_u32..)
+        .find_map(|k| {
+            tag.clear();
+            tag.push_str(namespace);
+            tag.push(':');
+            tag.push_str(name);
+            tag.push(',');
+            tag.push_str(&k.to_string());
+            window.contains(&crc16(tag.as_bytes())).then(|| Arc::from(tag.as_str()))
+        })
+        .unwrap_or_else(|| Arc::from(format!("{namespace}:{name}")));
+    let mut cache = cache.write().unwrap_or_else(|p| p.into_inner());
+    let names = cache.entry(namespace.to_owned()).or_default();
+    Arc::clone(names.entry(name.to_owned()).or_insert(tag))
+}
+
+/// CRC16 (XMODEM) of `bytes`, modulo 16384: the slot of a hash tag.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc & 0x3fff
+}
+
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text between
 /// the first `{` and the next `}`, when not empty) or else of the whole key, modulo
 /// 16384, as the Redis Cluster specification defines it. Keys of one slot may meet in
@@ -234,14 +310,7 @@ pub fn cluster_slot(key: &[u8]) -> u16 {
         let close = key[open + 1..].iter().position(|&b| b == b'}')?;
         (close > 0).then(|| &key[open + 1..open + 1 + close])
     });
-    let mut crc: u16 = 0;
-    for &b in tagged.unwrap_or(key) {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc % 16384
+    crc16(tagged.unwrap_or(key))
 }
 
 /// A task id's text as dmq writes it in Redis (lowercase, hyphenated), made on the
@@ -267,6 +336,59 @@ impl redis::ToSingleRedisArg for IdText {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many of `n` partitions of queue `q` land on each of `masters` masters with
+    /// equal ranges of slots, as `redis-cli --cluster create` makes them.
+    fn per_master(n: u16, masters: usize) -> Vec<usize> {
+        let keys = Keys::new("dmq");
+        let mut counts = vec![0; masters];
+        for p in 0..n {
+            let key = keys.queue(&dmq_core::partition_name("q", p)).signal();
+            counts[usize::from(cluster_slot(key.as_bytes())) * masters / 16_384] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn partitions_spread_evenly_over_masters_with_equal_slot_ranges() {
+        for n in [4_u16, 8, 16, 32, 64, 128] {
+            for masters in 2..=6 {
+                let counts = per_master(n, masters);
+                let (least, most) = (counts.iter().min(), counts.iter().max());
+                assert!(
+                    most.zip(least).is_some_and(|(most, least)| most - least <= 1),
+                    "{n} partitions over {masters} masters: {counts:?}"
+                );
+            }
+        }
+        // Any other number up to 128: no master has more than four partitions above
+        // another (43 over three masters: 16, 15 and 12), where names hashed blindly
+        // spread worse half the time even with 48.
+        for n in 1..=128 {
+            for masters in 2..=6 {
+                let counts = per_master(n, masters);
+                let (least, most) = (counts.iter().min(), counts.iter().max());
+                assert!(
+                    most.zip(least).is_some_and(|(most, least)| most - least <= 4),
+                    "{n} partitions over {masters} masters: {counts:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_partition_keeps_its_slot_whatever_the_number_of_partitions() {
+        let keys = Keys::new("app");
+        let tag = partition_tag("app", "emails#5", 5);
+        assert!(tag.starts_with("app:emails#5,"), "{tag}");
+        assert!(partition_slots(5).contains(&cluster_slot(tag.as_bytes())));
+        assert_eq!(keys.queue("emails#5").ready(0), format!("{{{tag}}}:ready:0"));
+        // Every key of a partition shares its tag; other queues keep theirs.
+        assert_eq!(keys.queue("emails").ready(0), "{app:emails}:ready:0");
+        let windows: Vec<_> = (0..4).map(partition_slots).collect();
+        assert_eq!(windows, [0..16, 8192..8208, 4096..4112, 12288..12304]);
+        assert_eq!(partition_slots(1023), 16_368..16_384);
+    }
 
     #[test]
     fn ids_are_written_as_their_lowercase_hyphenated_text() {

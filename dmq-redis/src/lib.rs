@@ -18,6 +18,6 @@ pub use backend::RedisBackend;
 pub use broker::{DEFAULT_DEAD_LETTER_CAP, DEFAULT_MAX_DELIVERIES, RedisBroker};
 pub use conn::RedisConnection;
 pub use error::RedisFailure;
-pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys, cluster_slot};
+pub use keys::{DEFAULT_NAMESPACE, Keys, QueueKeys, cluster_slot, partition_slots, partition_tag};
 pub use namespace::{delete_namespace, delete_namespace_at, queue_names};
 pub use redis_url::{RedisUrl, redact};

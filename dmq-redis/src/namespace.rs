@@ -134,7 +134,8 @@ pub async fn queue_names<C: ConnectionLike + Send>(
 }
 
 /// The queue name of `rest`, a queue key without its `{<namespace>:` prefix: the text
-/// before the first `}:` that one of [`QueueKeys::SUFFIXES`] follows.
+/// before the first `}:` that one of [`QueueKeys::SUFFIXES`] follows, without the
+/// `,<k>` that steers a partition's slot (no queue name holds a comma).
 fn queue_of(rest: &str) -> Option<&str> {
     rest.match_indices("}:")
         .map(|(at, _)| at)
@@ -142,7 +143,7 @@ fn queue_of(rest: &str) -> Option<&str> {
             let suffix = &rest[at + 2..];
             QueueKeys::SUFFIXES.iter().any(|known| suffix.starts_with(known))
         })
-        .map(|at| &rest[..at])
+        .map(|at| rest[..at].split(',').next().unwrap_or_default())
         .filter(|name| !name.is_empty())
 }
 
@@ -159,6 +160,9 @@ mod tests {
         assert_eq!(queue_of("emails}:other"), None);
         assert_eq!(queue_of("}:jobs"), None);
         assert_eq!(queue_of("emails"), None);
+        assert_eq!(queue_of("emails#3,17}:ready:5"), Some("emails#3"), "a partition's steering");
+        let key = Keys::new("ns").queue("emails#3").ready(5);
+        assert_eq!(key.strip_prefix("{ns:").and_then(queue_of), Some("emails#3"), "{key}");
     }
 
     #[test]

@@ -80,6 +80,36 @@ def partition_of(queue, partitions, key):
     return "%s#%d" % (queue, fnv1a64(key) % partitions)
 
 
+def crc16_xmodem(data):
+    """docs/redis-layout.md: polynomial 0x1021, initial value 0."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def partition_tag(namespace, queue, p):
+    """docs/redis-layout.md, a partition's steered hash tag, word for word."""
+    start = int(format(p % 1024, "010b")[::-1], 2) * 16
+    k = 0
+    while True:
+        tag = "%s:%s#%d,%d" % (namespace, queue, p, k)
+        if start <= crc16_xmodem(tag.encode()) % 16384 < start + 16:
+            return tag
+        k += 1
+
+
+def hash_tag(namespace, queue):
+    """The braces and what goes between them for the keys of `queue`."""
+    base, _, number = queue.rpartition("#")
+    if base and number.isdigit():
+        return "{%s}" % partition_tag(namespace, base, int(number))
+    return "{%s:%s}" % (namespace, queue)
+
+
 def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False, queue=QUEUE):
     """Enqueues one job on `queue`; returns its id (lowercase hyphenated text)."""
     job = uuid.uuid4()
@@ -99,7 +129,7 @@ def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False,
         due_ms = now_ms() + delay_ms
         envelope["eta"] = due_ms
     payload = msgpack.packb(envelope, use_bin_type=True)
-    tag = "{%s:%s}" % (namespace, queue)
+    tag = hash_tag(namespace, queue)
     keys = [tag + ":jobs", tag + ":meta", tag + ":delayed", tag + ":signal",
             "%s:ready:%d" % (tag, priority)]
     added = r.eval(ENQUEUE, len(keys), *keys, job_id, payload, priority, due_ms)
