@@ -578,8 +578,6 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// The log level: error, warn, info, debug or trace (RUST_LOG, when set, wins).
-    /// The Redis client's own messages show from debug on; below, dmq reports what
-    /// failed itself.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
 }

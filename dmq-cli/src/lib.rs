@@ -39,11 +39,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let level = match &cli.command {
-        Command::Worker(args) => args.log_level.as_str(),
-        _ => "warn",
+    // A worker runs for long and logs what its Redis client warns of (a slot refresh
+    // that failed, a reconnect); a one-shot command reports its one failure itself.
+    let (level, quiet_client) = match &cli.command {
+        Command::Worker(args) => (args.log_level.as_str(), false),
+        _ => ("warn", true),
     };
-    init_tracing(level);
+    init_tracing(level, quiet_client);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::anyhow!("could not start the tokio runtime: {e}")),
@@ -72,12 +74,12 @@ fn fail(error: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`, else by `level`. Below debug, redis-rs's own
-/// warnings are left out: it warns of each node it failed to reach, and dmq reports
-/// the failure itself, once, saying what to do (a cluster's first connect would
-/// otherwise print a warning per node before dmq's one-line error).
-fn init_tracing(level: &str) {
-    let quiet_client = matches!(level, "error" | "warn" | "info");
+/// Logs to stderr, filtered by `RUST_LOG`, else by `level`. With `quiet_client` (a
+/// one-shot command), redis-rs's own warnings are left out: it warns of each node it
+/// failed to reach, and dmq reports the failure itself, once, saying what to do (a
+/// cluster's first connect would otherwise print a warning per node before dmq's
+/// one-line error).
+fn init_tracing(level: &str, quiet_client: bool) {
     let directives = if quiet_client { format!("{level},redis=error") } else { level.to_owned() };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));

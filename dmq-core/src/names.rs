@@ -1,7 +1,7 @@
 //! The rule every queue and task name follows, checked wherever a job is enqueued.
 //!
 //! A queue name becomes part of every Redis key of its queue (`{<namespace>:<queue>}:ready:5`,
-//! where the braces are Redis Cluster's hash tag), and both kinds of name are typed on
+//! where the braces are Redis Cluster's hash tag; a partition's tag adds `,<k>`), and both kinds of name are typed on
 //! command lines, listed in tables and given as comma-separated lists (`--queues a,b`).
 //! A name that breaks any of these would strand its jobs where the admin commands cannot
 //! see them, so it is refused at enqueue.

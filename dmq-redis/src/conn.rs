@@ -27,6 +27,9 @@ const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// How often a broker on Sentinel asks for the master again while none answers.
 const FAILOVER_POLL: Duration = Duration::from_millis(200);
 
+/// The least time between two replacements of a cluster's shared connection.
+const CLUSTER_RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long an ordinary command (a claim script over a big batch, say) may take.
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -268,7 +271,14 @@ pub(crate) enum Shared {
     /// one, which reads the cluster's slots afresh, after a command meets a replica
     /// where it expected a master (`READONLY`, which redis-rs does not take as a sign
     /// that the slots moved: a failover), and after a command's connection failed.
-    Cluster { cluster: Arc<Cluster>, current: Mutex<Option<ClusterConnection>> },
+    Cluster {
+        cluster: Arc<Cluster>,
+        /// The connection, and when it was made.
+        current: Mutex<Option<(tokio::time::Instant, ClusterConnection)>>,
+        /// Held while a new connection is made, so that the callers who find none
+        /// wait for one connect instead of each making their own.
+        connecting: tokio::sync::Mutex<()>,
+    },
     /// A connection to the master Sentinel named; replaced by one to the master it
     /// names then, once a command on it fails for the connection's sake or meets a
     /// replica (the old master, demoted).
@@ -293,7 +303,8 @@ impl Shared {
             Source::Cluster(cluster) => {
                 let conn = cluster.connect().await?;
                 let cluster = Arc::new((**cluster).clone());
-                Ok(Shared::Cluster { cluster, current: Mutex::new(Some(conn)) })
+                let current = Mutex::new(Some((tokio::time::Instant::now(), conn)));
+                Ok(Shared::Cluster { cluster, current, connecting: tokio::sync::Mutex::new(()) })
             }
             Source::Sentinel(sentinel) => {
                 let conn = sentinel.connect().await?;
@@ -309,12 +320,16 @@ impl Shared {
     pub(crate) async fn get(&self) -> RedisResult<Conn> {
         match self {
             Shared::Manager(manager) => Ok(Conn::Manager(manager.clone())),
-            Shared::Cluster { cluster, current } => {
-                if let Some(conn) = lock(current).clone() {
+            Shared::Cluster { cluster, current, connecting } => {
+                if let Some((_, conn)) = lock(current).clone() {
+                    return Ok(Conn::Cluster(conn));
+                }
+                let _one_at_a_time = connecting.lock().await;
+                if let Some((_, conn)) = lock(current).clone() {
                     return Ok(Conn::Cluster(conn));
                 }
                 let conn = cluster.connect().await?;
-                *lock(current) = Some(conn.clone());
+                *lock(current) = Some((tokio::time::Instant::now(), conn.clone()));
                 Ok(Conn::Cluster(conn))
             }
             Shared::Sentinel { sentinel, current } => {
@@ -345,16 +360,27 @@ impl Shared {
                 }
             }
             Shared::Cluster { current, .. } => {
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
-                    tracing::info!(
-                        "a cluster node answered as a replica; reading the cluster's slots afresh"
-                    );
-                    *lock(current) = None;
-                } else if e.is_io_error() || e.is_connection_dropped() {
-                    // redis-rs's cluster connection does not always recover by itself:
-                    // after every node restarted at once, it answered "broken pipe"
-                    // for good. A fresh one connects anew and reads the slots.
-                    *lock(current) = None;
+                let replica =
+                    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+                // redis-rs's cluster connection does not always recover by itself: after
+                // every node restarted at once, it answered "broken pipe" for good. A
+                // fresh one connects anew and reads the slots. At most one a second:
+                // the commands that were in flight on the old one fail too, and must
+                // not throw away the new one (nor make one connect each).
+                if replica || e.is_io_error() || e.is_connection_dropped() {
+                    let mut current = lock(current);
+                    let old = current
+                        .as_ref()
+                        .is_some_and(|(made, _)| made.elapsed() >= CLUSTER_RECONNECT_INTERVAL);
+                    if old {
+                        if replica {
+                            tracing::info!(
+                                "a cluster node answered as a replica; reading the cluster's \
+                                 slots afresh"
+                            );
+                        }
+                        *current = None;
+                    }
                 }
             }
             Shared::Sentinel { current, .. } => {

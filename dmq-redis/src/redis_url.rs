@@ -328,6 +328,16 @@ fn parse_sentinel(
     };
     let (credentials, rest) = split_credentials(rest);
     let (rest, query, fragment) = split_options(rest);
+    let client_certificate = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .any(|(key, _)| key == TLS_CERT);
+    if tls && fragment == Some("insecure") && client_certificate {
+        // redis-rs presents no client certificate through Sentinel without checks.
+        return Err(format!(
+            "#insecure with {TLS_CERT} and {TLS_KEY}: through Sentinel, a connection that \
+             skips the certificate checks presents no client certificate; give {TLS_CA} \
+             instead of #insecure"
+        ));
+    }
     let tls = tls_of(scheme, tls, query, fragment, SENTINEL_FORM)?;
     let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (username, password) = credentials.map(user_and_password).unwrap_or_default();
@@ -390,6 +400,8 @@ fn tls_of(
     fragment: Option<&str>,
     form: &str,
 ) -> std::result::Result<Option<Tls>, String> {
+    // Nothing of the query or the fragment is repeated in a message: a password with
+    // an unencoded `?` or `#` would continue there.
     let query = query.unwrap_or_default();
     let fragment = fragment.unwrap_or_default();
     if !tls {
@@ -398,19 +410,19 @@ fn tls_of(
         }
         let secure = scheme.replacen("+", "s+", 1);
         return Err(format!(
-            "a {scheme}:// URL takes no options (?{query}{}{fragment}); TLS and its options \
-             need {secure}://; {form}",
-            if fragment.is_empty() { "" } else { "#" }
+            "a {scheme}:// URL takes no options (after ? or #); TLS and its options need \
+             {secure}:// (percent-encode a ? or # in a password); {form}"
         ));
     }
     let insecure = match fragment {
         "" => false,
         "insecure" => true,
-        other => {
-            return Err(format!(
-                "unknown fragment #{other}; #insecure (skip the certificate checks, for tests \
-                 only) is the one there is"
-            ));
+        _ => {
+            return Err(
+                "unknown fragment after #; #insecure (skip the certificate checks, for tests \
+                 only) is the one there is (percent-encode a # in a password)"
+                    .to_owned(),
+            );
         }
     };
     let mut options = TlsOptions::default();
@@ -420,9 +432,11 @@ fn tls_of(
             TLS_CERT => &mut options.cert,
             TLS_KEY => &mut options.key,
             other => {
+                let named =
+                    if other.starts_with("tls_") { format!(" {other:?}") } else { String::new() };
                 return Err(format!(
-                    "unknown option {other:?}; a {scheme}:// URL takes {TLS_CA}, {TLS_CERT} and \
-                     {TLS_KEY}"
+                    "unknown option{named}; a {scheme}:// URL takes {TLS_CA}, {TLS_CERT} and \
+                     {TLS_KEY} (percent-encode a ? in a password)"
                 ));
             }
         };
@@ -451,11 +465,21 @@ fn started_tls(tls: Option<&Tls>, shown: &str) {
 /// last `@` ahead of any `?` or `#` (so that a password may hold `/`, even unencoded),
 /// and what follows.
 fn split_credentials(rest: &str) -> (Option<&str>, &str) {
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
+    match userinfo_end(rest) {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
     }
+}
+
+/// Where the user information of `rest` (after `scheme://`) ends: the last `@` ahead
+/// of any `?` or `#`, or else, for a password holding an unencoded `?` or `#`, the
+/// first `@` when no `/` comes before it (an `@` in an option's path has one).
+fn userinfo_end(rest: &str) -> Option<usize> {
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    rest[..end].rfind('@').or_else(|| {
+        let at = rest.find('@')?;
+        (!rest[..at].contains('/')).then_some(at)
+    })
 }
 
 /// User information `[user][:password]`, percent-decoded: the user (none when empty)
@@ -586,15 +610,25 @@ fn install_crypto_provider() {
 #[must_use]
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    // A `password=` in the query (as some clients take it) is hidden too.
+    let hidden;
+    let rest = match rest.find("password=") {
+        Some(at) => {
+            let value = at + "password=".len();
+            let end = rest[value..].find(['&', '#']).map_or(rest.len(), |end| value + end);
+            hidden = format!("{}***{}", &rest[..value], &rest[end..]);
+            hidden.as_str()
+        }
+        None => rest,
+    };
     // The user information ends at the last `@` ahead of the query: a password may
     // hold a `/` that was not percent-encoded, and must stay hidden then too.
-    let authority_end = rest.find(['?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    match userinfo_end(rest) {
         Some(at) => match rest[..at].split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
             None => format!("{scheme}://***{}", &rest[at..]),
         },
-        None => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -622,6 +656,8 @@ mod tests {
             "rediss://a:***@h:1/0?tls_ca=/x@y/ca.pem#insecure"
         );
         assert_eq!(redact("rediss://h:1?tls_ca=/x@y"), "rediss://h:1?tls_ca=/x@y");
+        assert_eq!(redact("redis://h:1/?password=s3cret&x=1"), "redis://h:1/?password=***&x=1");
+        assert_eq!(redact("redis+cluster://:p#ss?w@h:1,h:2"), "redis+cluster://:***@h:1,h:2");
     }
 
     #[test]
@@ -740,8 +776,14 @@ mod tests {
         std::fs::write(&not_pem, "no certificate here").unwrap();
         for (bad, expected) in [
             ("rediss+cluster://h1:7000?tls_cafile=x", "unknown option \"tls_cafile\""),
+            ("rediss+cluster://:pw@h1:7000?password=hunter2", "unknown option;"),
+            ("redis+cluster://:pw@h1:7000?password=hunter2", "takes no options"),
+            (
+                "rediss+sentinel://h1:26379/m?tls_cert=c&tls_key=k#insecure",
+                "presents no client certificate",
+            ),
             ("rediss+cluster://h1:7000?tls_ca=a&tls_ca=b", "tls_ca is given twice"),
-            ("rediss+cluster://h1:7000#secure", "unknown fragment #secure"),
+            ("rediss+cluster://h1:7000#secure", "unknown fragment after #"),
             (
                 "rediss+cluster://h1:7000?tls_ca=/nonexistent/dmq/ca.pem",
                 "cannot read /nonexistent/dmq/ca.pem (tls_ca)",
@@ -761,6 +803,12 @@ mod tests {
 
     #[test]
     fn passwords_with_url_characters_stay_whole_and_hidden() {
+        // Unencoded ? and # in a password: still the password, and never shown.
+        let url = RedisUrl::parse("redis+sentinel://:p?ss#w@h1:26379/m").unwrap();
+        assert_eq!(url.sentinel().and_then(|s| s.password.clone()).as_deref(), Some("p?ss#w"));
+        assert_eq!(url.shown(), "redis+sentinel://:***@h1:26379/m");
+        let url = RedisUrl::parse("redis+cluster://app:p#w@h1:7000").unwrap();
+        assert!(!format!("{url:?}").contains("p#w"), "{url:?}");
         let url = RedisUrl::parse("redis+sentinel://:p&ss@h1:26379/m").unwrap();
         assert_eq!(url.sentinel().and_then(|s| s.password.clone()).as_deref(), Some("p&ss"));
         let url = RedisUrl::parse("redis+sentinel://app:sec/ret@h1:26379/m").unwrap();

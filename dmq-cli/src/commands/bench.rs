@@ -65,23 +65,29 @@ fn queue_names(n: u64) -> Vec<String> {
 /// masters, one master got 20% of the work in one run and 52% in another), which
 /// would measure the luck of the hashes rather than how the work spreads.
 fn spread_queue_names(n: u64, namespace: &str, masters_of_slot: &[usize]) -> Vec<String> {
-    let masters = masters_of_slot.iter().max().map_or(1, |m| m + 1);
-    let share = usize::try_from(n).unwrap_or(usize::MAX).div_ceil(masters);
-    let mut taken = vec![0; masters];
+    let want = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+    let present: std::collections::BTreeSet<usize> = masters_of_slot.iter().copied().collect();
+    let share = want.div_ceil(present.len().max(1));
+    let keys = dmq_redis::Keys::new(namespace);
+    let mut taken = std::collections::HashMap::new();
     let mut names = Vec::new();
-    for k in 0.. {
-        if names.len() as u64 == n.max(1) {
-            break;
+    // Each name lands on a given master about once in as many tries as there are
+    // masters; far more tries than that means the layout is not what it seemed.
+    for k in 0..(want as u64 * 64 + 1024) {
+        if names.len() == want {
+            return names;
         }
         let name = queue_name(k);
-        let slot = dmq_redis::cluster_slot(format!("{{{namespace}:{name}}}").as_bytes());
-        let master = masters_of_slot[usize::from(slot)];
-        if taken[master] < share {
-            taken[master] += 1;
+        let slot = dmq_redis::cluster_slot(keys.queue(&name).signal().as_bytes());
+        let master = masters_of_slot.get(usize::from(slot)).copied().unwrap_or_default();
+        let count = taken.entry(master).or_insert(0);
+        if *count < share {
+            *count += 1;
             names.push(name);
         }
     }
-    names
+    // Not placed evenly after all: the first names, as without a cluster.
+    queue_names(n)
 }
 
 #[task(name = "dmq.bench.noop", queue = "dmq-bench")]
@@ -796,10 +802,20 @@ impl RedisStats {
                 continue;
             };
             let Some(redis::Value::Array(master)) = fields.get(2) else { continue };
-            let port = number(master.get(1));
-            // The node whose address has this port (hosts may be written differently).
-            let index = self.nodes.iter().position(|(name, _)| {
-                port.is_some_and(|p| name.rsplit_once(':').is_some_and(|(_, q)| q == p.to_string()))
+            let host = match master.first() {
+                Some(redis::Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                _ => String::new(),
+            };
+            let port = number(master.get(1)).map(|p| p.to_string()).unwrap_or_default();
+            // The node of this address; else the only one of this port (a node that
+            // does not know its own address answers with an empty host).
+            let exact = self.nodes.iter().position(|(name, _)| *name == format!("{host}:{port}"));
+            let same_port: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].0.rsplit_once(':').is_some_and(|(_, p)| p == port))
+                .collect();
+            let index = exact.or(match same_port.as_slice() {
+                [only] => Some(*only),
+                _ => None,
             });
             let index = index.with_context(|| {
                 format!("CLUSTER SLOTS names a master that is not among {:?}", self.names())

@@ -23,6 +23,7 @@ It exits 0 once every result is in, 1 when some did not come within 60 s.
 """
 
 import json
+import re
 import sys
 import time
 import uuid
@@ -93,7 +94,8 @@ def crc16_xmodem(data):
 
 def partition_tag(namespace, queue, p):
     """docs/redis-layout.md, a partition's steered hash tag, word for word."""
-    start = int(format(p % 1024, "010b")[::-1], 2) * 16
+    offset = crc16_xmodem(("%s:%s" % (namespace, queue)).encode()) % 16384 // 16
+    start = (int(format(p % 1024, "010b")[::-1], 2) + offset) % 1024 * 16
     k = 0
     while True:
         tag = "%s:%s#%d,%d" % (namespace, queue, p, k)
@@ -105,7 +107,7 @@ def partition_tag(namespace, queue, p):
 def hash_tag(namespace, queue):
     """The braces and what goes between them for the keys of `queue`."""
     base, _, number = queue.rpartition("#")
-    if base and number.isdigit():
+    if base and re.fullmatch("[0-9]+", number) and int(number) < 65536:
         return "{%s}" % partition_tag(namespace, base, int(number))
     return "{%s:%s}" % (namespace, queue)
 
