@@ -414,6 +414,14 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_written_as_their_lowercase_hyphenated_text() {
+        let id: TaskId = "0A1B2C3D-4E5F-4a6b-8c7d-9e0f1a2b3c4d".parse().unwrap();
+        let text = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        assert_eq!(redis::ToRedisArgs::to_redis_args(&id_text(id)), vec![text.as_bytes().to_vec()]);
+        assert_eq!(Keys::new("app").result(id), format!("app:result:{text}"));
+    }
+
+    #[test]
     fn slots_match_the_cluster_specification_s_examples() {
         // CRC16 of "123456789" is 0x31C3, below 16384.
         assert_eq!(cluster_slot(b"123456789"), 0x31C3);
