@@ -473,12 +473,13 @@ fn split_credentials(rest: &str) -> (Option<&str>, &str) {
 
 /// Where the user information of `rest` (after `scheme://`) ends: the last `@` ahead
 /// of any `?` or `#`, or else, for a password holding an unencoded `?` or `#`, the
-/// first `@` when no `/` comes before it (an `@` in an option's path has one).
+/// first `@` when neither `/` nor `=` comes before it (an `@` in an option's value,
+/// `?tls_ca=ca@x.pem`, has an `=` before it).
 fn userinfo_end(rest: &str) -> Option<usize> {
     let end = rest.find(['?', '#']).unwrap_or(rest.len());
     rest[..end].rfind('@').or_else(|| {
         let at = rest.find('@')?;
-        (!rest[..at].contains('/')).then_some(at)
+        (!rest[..at].contains(['/', '='])).then_some(at)
     })
 }
 
@@ -636,6 +637,14 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Checks that `url` is refused with a message holding each of `expected`.
+    fn refused_saying(url: &str, expected: &[&str]) {
+        let message = refused(url);
+        for e in expected {
+            assert!(message.contains(e), "{url}: expected {e:?} in {message}");
+        }
+    }
+
     fn refused(url: &str) -> String {
         match RedisUrl::parse(url) {
             Ok(parsed) => panic!("{url} was accepted: {parsed:?}"),
@@ -706,9 +715,7 @@ mod tests {
             ("redis+cluster://h1:7000?tls_ca=x", "need rediss+cluster://"),
             ("redis+cluster://h1:7000#insecure", "takes no options"),
         ] {
-            let message = refused(bad);
-            assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
-            assert!(message.contains("redis+cluster://"), "{message}");
+            refused_saying(bad, &[expected, "redis+cluster://"]);
         }
     }
 
@@ -743,9 +750,7 @@ mod tests {
             ("redis+sentinel://h1:26379/m?x=1", "takes no options"),
             ("redis+sentinel://h1:26379/m?tls_ca=x", "need rediss+sentinel://"),
         ] {
-            let message = refused(bad);
-            assert!(message.contains(expected), "{bad}: expected {expected:?} in {message}");
-            assert!(message.contains("redis+sentinel://"), "{message}");
+            refused_saying(bad, &[expected, "redis+sentinel://"]);
         }
     }
 
@@ -809,6 +814,11 @@ mod tests {
         assert_eq!(url.shown(), "redis+sentinel://:***@h1:26379/m");
         let url = RedisUrl::parse("redis+cluster://app:p#w@h1:7000").unwrap();
         assert!(!format!("{url:?}").contains("p#w"), "{url:?}");
+        // An `@` in an option's value is no user information (`userinfo_end`).
+        assert_eq!(
+            redact("rediss+cluster://h1:7000?tls_ca=ca@x.pem"),
+            "rediss+cluster://h1:7000?tls_ca=ca@x.pem"
+        );
         let url = RedisUrl::parse("redis+sentinel://:p&ss@h1:26379/m").unwrap();
         assert_eq!(url.sentinel().and_then(|s| s.password.clone()).as_deref(), Some("p&ss"));
         let url = RedisUrl::parse("redis+sentinel://app:sec/ret@h1:26379/m").unwrap();

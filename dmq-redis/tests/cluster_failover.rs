@@ -488,7 +488,18 @@ async fn a_replicated_enqueue_waiting_for_absent_replicas_holds_up_nothing_else(
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Timed once a WAIT is pending on the server (CLIENT LIST shows its command).
+    let mut conn = RedisConnection::open(&url).await.expect("connect");
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients: String =
+            redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.expect("CLIENT LIST");
+        if clients.lines().any(|client| client.contains(" cmd=wait ")) {
+            break;
+        }
+        assert!(Instant::now() < give_up, "no WAIT ever pending:\n{clients}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let started = Instant::now();
     broker.queue_stats("other").await.expect("queue figures");
     let other = started.elapsed();
