@@ -173,11 +173,10 @@ impl Core {
         });
     }
 
-    /// The job that enqueues `envelope`: every enqueue comes through here, so this is
-    /// where its names are checked.
-    /// The job of `envelope`, placed on a partition of its queue when the queue is
-    /// partitioned (by `partition_key` when given); the envelope's queue becomes that
-    /// partition's.
+    /// The job that enqueues `envelope`, placed on a partition of its queue when the
+    /// queue is partitioned (by `partition_key` when given; the envelope's queue
+    /// becomes that partition's). Every enqueue comes through here, so this is where
+    /// its names are checked.
     pub(crate) fn job(&self, envelope: &mut Envelope, partition_key: Option<&str>) -> Result<Job> {
         crate::names::check_task_name(&envelope.task)?;
         match split_partition(&envelope.queue) {
