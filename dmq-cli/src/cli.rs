@@ -207,6 +207,22 @@ pub enum Command {
         after_help = "Examples:\n  dmq doctor\n  dmq doctor emails reports --fix\n  dmq doctor --json"
     )]
     Doctor(DoctorArgs),
+
+    /// Serve the broker over HTTP: the /v1 JSON API for producers, consumers and
+    /// operators in any language.
+    ///
+    /// Producers enqueue jobs and wait for results; consumers claim jobs under dmq's
+    /// fenced leases and ack, nack or release them; operators read queues, workers,
+    /// schedules and dead letters and follow events (Server-Sent Events). The API is
+    /// described at /v1/openapi.json; /health answers 200 while the broker does.
+    /// Every other request needs Authorization: Bearer TOKEN, a static token from
+    /// --tokens or a JWT checked with --jwt-hs256-secret or --jwt-rs256-key, whose
+    /// scopes (produce, consume, admin) say what it may do. Stops on SIGINT or SIGTERM,
+    /// letting open requests finish within --grace.
+    #[command(
+        after_help = "Examples:\n  dmq serve --tokens tokens.json --listen 0.0.0.0:8080\n  dmq serve --jwt-hs256-secret secret.key --tls-cert cert.pem --tls-key key.pem\n  dmq serve --insecure-no-auth   (local use only)\n  dmq serve --tokens tokens.json --rate-per-token 1000/s --rate-per-ip 100/s"
+    )]
+    Serve(ServeArgs),
 }
 
 /// Where the admin commands find the broker, and how they print.
@@ -343,6 +359,60 @@ pub struct PurgeArgs {
     pub yes: bool,
     #[command(flatten)]
     /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The address to listen on.
+    #[arg(long, env = "DMQ_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// A JSON file of static bearer tokens:
+    /// {"tokens": [{"name": "billing", "token": "...", "scopes": ["produce"],
+    /// "namespaces": ["dmq"], "queues": ["emails"]}]} (namespaces and queues optional).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<std::path::PathBuf>,
+    /// Accept JWTs signed with HS256 by the secret in FILE (at least 32 bytes).
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_rs256_key")]
+    pub jwt_hs256_secret: Option<std::path::PathBuf>,
+    /// Accept JWTs signed with RS256 by the private key whose PEM public key is in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_rs256_key: Option<std::path::PathBuf>,
+    /// Let every request do everything, unauthenticated. For local use only.
+    #[arg(long, conflicts_with_all = ["tokens", "jwt_hs256_secret", "jwt_rs256_key"])]
+    pub insecure_no_auth: bool,
+    /// Speak TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The largest request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = dmq_server::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// The most jobs in one batch.
+    #[arg(long, value_name = "N", default_value_t = dmq_server::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// The most requests one token may make (100/s, 6000/m, ...); over it, 429 with
+    /// Retry-After. No limit by default.
+    #[arg(long, value_name = "RATE")]
+    pub rate_per_token: Option<dmq_server::Rate>,
+    /// The most requests one client address may make, authenticated or not.
+    #[arg(long, value_name = "RATE")]
+    pub rate_per_ip: Option<dmq_server::Rate>,
+    /// How long a client may take to send a request's head before its connection is
+    /// closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// How long open requests may take to finish on SIGINT or SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+    /// The log level when RUST_LOG is not set.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+    #[command(flatten)]
+    /// Where the broker is.
     pub broker: BrokerArgs,
 }
 

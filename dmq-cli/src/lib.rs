@@ -43,6 +43,7 @@ pub fn main() -> ExitCode {
     // that failed, a reconnect); a one-shot command reports its one failure itself.
     let (level, quiet_client) = match &cli.command {
         Command::Worker(args) => (args.log_level.as_str(), false),
+        Command::Serve(args) => (args.log_level.as_str(), false),
         _ => ("warn", true),
     };
     init_tracing(level, quiet_client);

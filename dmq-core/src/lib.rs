@@ -67,7 +67,10 @@ pub use events::{
     Rules,
 };
 pub use guarantee::Guarantee;
-pub use manager::{Call, DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder, ResultRef, TaskHandle};
+pub use manager::{
+    Call, ClaimedJob, Consumer, DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder, Nack,
+    NackOutcome, ResultRef, TaskHandle,
+};
 pub use metrics::Metrics;
 pub use names::{MAX_NAME_LEN, check_queue_name, check_task_name};
 pub use partition::{

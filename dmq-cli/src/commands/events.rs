@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use dmq_core::{Event, EventKind, EventPage, EventStream, EventsFrom, Rules};
-use serde_json::{Map, Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
 
@@ -204,7 +203,7 @@ impl Printer {
         let mut flow = Flow::Go;
         for event in events {
             if self.json {
-                lines.push_str(&json_line(event).to_string());
+                lines.push_str(&dmq_server::event_json(event).to_string());
             } else {
                 lines.push_str(&text_line(event));
             }
@@ -300,55 +299,11 @@ fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// An event as one JSON object, its fields named as in the stream's wire format
-/// (docs/wire-format.md), with times as RFC 3339 text.
-fn json_line(event: &Event) -> Value {
-    let mut object = Map::new();
-    object.insert("kind".into(), json!(event.event_type().as_str()));
-    object.insert("id".into(), json!(event.id.to_string()));
-    object.insert("task".into(), json!(event.task));
-    object.insert("queue".into(), json!(event.queue));
-    object.insert("attempt".into(), json!(event.attempt));
-    object.insert("at".into(), json!(time(event.at)));
-    object.insert("worker".into(), json!(event.worker));
-    match &event.kind {
-        EventKind::Queued { eta } => {
-            object.insert("eta".into(), json!(eta.map(time)));
-        }
-        EventKind::Completed { run_time } => {
-            object.insert("run_time_us".into(), json!(micros(*run_time)));
-        }
-        EventKind::Failed { failure, error, run_time } => {
-            object.insert("failure".into(), json!(failure.as_str()));
-            object.insert("error".into(), json!(error));
-            object.insert("run_time_us".into(), json!(run_time.map(micros)));
-        }
-        EventKind::Retry { delay, error, run_time } => {
-            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            object.insert("delay_ms".into(), json!(delay_ms));
-            object.insert("error".into(), json!(error));
-            object.insert("run_time_us".into(), json!(micros(*run_time)));
-        }
-        EventKind::DeadLettered { reason } => {
-            object.insert("reason".into(), json!(reason));
-        }
-        EventKind::Expired { expired_at } => {
-            object.insert("expired_at".into(), json!(time(*expired_at)));
-        }
-        // Started, NotFound, and kinds a later dmq adds: no facts to show.
-        _ => {}
-    }
-    Value::Object(object)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use dmq_core::{FailureKind, TaskId};
+    use serde_json::json;
 
     #[test]
     fn a_failure_prints_as_one_line_and_as_json() {
@@ -369,7 +324,7 @@ mod tests {
             )
         );
         assert_eq!(
-            json_line(&event),
+            dmq_server::event_json(&event),
             json!({
                 "kind": "failed", "id": id.to_string(), "task": "emails.send",
                 "queue": "emails", "attempt": 2, "at": "2023-11-14T22:13:20.123Z",

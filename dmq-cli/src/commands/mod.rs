@@ -11,6 +11,7 @@ mod periodic;
 mod purge;
 mod queues;
 mod result;
+mod serve;
 mod supervise;
 mod tasks;
 mod worker;
@@ -44,6 +45,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Purge(args) => purge::run(args).await,
         Command::Job(args) => job::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }
 

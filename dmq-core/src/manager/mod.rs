@@ -3,9 +3,11 @@
 //! `ResultRef`).
 
 mod client;
+mod consumer;
 mod metrics;
 
 pub use client::{Call, ResultRef, TaskHandle};
+pub use consumer::{ClaimedJob, Consumer, Nack, NackOutcome};
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -159,6 +161,13 @@ impl Manager {
         Ok(())
     }
 
+    /// A consumer that claims jobs for code running elsewhere (as `dmq serve` does for
+    /// HTTP clients) and settles them by a worker's rules; its leases carry `id`.
+    #[must_use]
+    pub fn consumer(&self, id: impl Into<String>) -> Consumer {
+        Consumer::new(Arc::clone(&self.core), id.into())
+    }
+
     /// A builder for a worker that runs this manager's tasks in this process.
     pub fn worker(&self) -> WorkerBuilder {
         WorkerBuilder::new(Arc::clone(&self.core))
@@ -220,24 +229,41 @@ impl Manager {
         &self,
         calls: impl IntoIterator<Item = Call<T>>,
     ) -> Result<Vec<TaskId>> {
-        let mut ids = Vec::new();
-        let mut jobs = Vec::new();
         let mut envelopes = Vec::new();
-        let listened = self.core.events.is_listened();
-        let trace = crate::trace::TraceContext::current();
         for mut call in calls {
             let key = call.take_partition_key();
-            let mut envelope = call.into_envelope()?;
+            envelopes.push((call.into_envelope()?, key));
+        }
+        self.enqueue_envelope_batch(envelopes).await
+    }
+
+    /// Enqueues many prepared envelopes in one step, as
+    /// [`enqueue_batch`](Manager::enqueue_batch) does, each with the partition key
+    /// beside it (see [`Call::partition_key`]); returns their ids in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_batch`](Manager::enqueue_batch).
+    pub async fn enqueue_envelope_batch(
+        &self,
+        envelopes: Vec<(Envelope, Option<String>)>,
+    ) -> Result<Vec<TaskId>> {
+        let mut ids = Vec::with_capacity(envelopes.len());
+        let mut jobs = Vec::with_capacity(envelopes.len());
+        let mut queued = Vec::new();
+        let listened = self.core.events.is_listened();
+        let trace = crate::trace::TraceContext::current();
+        for (mut envelope, key) in envelopes {
             trace.inject(&mut envelope);
             jobs.push(self.core.job(&mut envelope, key.as_deref())?);
             ids.push(envelope.id);
             if listened {
-                envelopes.push(envelope);
+                queued.push(envelope);
             }
         }
         let at = chrono::Utc::now();
         self.core.broker.enqueue_batch(jobs).await?;
-        for envelope in &envelopes {
+        for envelope in &queued {
             self.core.queued(envelope, at);
         }
         Ok(ids)

@@ -578,7 +578,7 @@ async fn retry(
 }
 
 /// A number in `[0, 1)` for a backoff's jitter, from the system's random source.
-fn jitter_draw() -> f64 {
+pub(crate) fn jitter_draw() -> f64 {
     // The low 53 bits of a v4 UUID are all random (its version and variant bits sit
     // higher up), and 53 bits are exactly representable in an f64.
     let bits = uuid::Uuid::new_v4().as_u128() & ((1 << 53) - 1);

@@ -5,6 +5,7 @@ mod job;
 pub(crate) mod scheduler;
 mod vitals;
 
+pub(crate) use job::jitter_draw;
 pub use scheduler::{FIRE_TIME_HEADER, SCHEDULE_HEADER};
 pub use vitals::{
     CLAIMS_FAILING_LIMIT, Health, LoopFailure, LoopVitals, WorkerMonitor, WorkerVitals,

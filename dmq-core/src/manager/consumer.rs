@@ -1,0 +1,291 @@
+//! A consumer that runs jobs outside this process (a program in another language,
+//! reached through `dmq serve`): it claims jobs under dmq's fenced leases and settles
+//! them with the same rules a worker applies, so a job run remotely is acknowledged,
+//! retried, dead-lettered and recorded exactly as one run by a Rust worker.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::backend::TaskOutcome;
+use crate::broker::{JobState, Lease};
+use crate::core::Core;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::events::{Event, EventKind};
+use crate::retry::{Backoff, MAX_BACKOFF};
+use crate::task::FailureKind;
+
+use std::sync::Arc;
+
+/// A job a [`Consumer`] claimed: its lease, to settle it with, and its decoded
+/// envelope.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClaimedJob {
+    /// The lease the consumer now holds; every settling call takes it back.
+    pub lease: Lease,
+    /// The job's envelope: its task, arguments (MessagePack), attempt, headers.
+    pub envelope: Envelope,
+    /// How many times the job has been claimed since it was last enqueued or retried.
+    pub deliveries: u32,
+    /// Whether the job came back after its last holder was lost while running it:
+    /// run it alone, or release it.
+    pub isolated: bool,
+}
+
+/// How a consumer's failed run should be settled ([`Consumer::nack`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Nack {
+    /// What went wrong, as the result and the dead-letter reason record it.
+    pub message: String,
+    /// Whether the failure may be retried; `false` fails the job for good at once.
+    pub retryable: bool,
+    /// The delay before the retry, instead of the job's backoff.
+    pub delay: Option<Duration>,
+}
+
+impl Nack {
+    /// A retryable failure with `message`.
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        Nack { message: message.into(), retryable: true, delay: None }
+    }
+
+    /// Never retried: the job is dead-lettered at once.
+    #[must_use]
+    pub fn fatal(mut self) -> Self {
+        self.retryable = false;
+        self
+    }
+
+    /// Retried after `delay` (capped as backoffs are), instead of the job's backoff.
+    #[must_use]
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+/// What became of a job a consumer failed ([`Consumer::nack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NackOutcome {
+    /// It runs again as attempt `attempt` once `eta` comes.
+    Retried {
+        /// The attempt it runs as next.
+        attempt: u32,
+        /// When it becomes due.
+        eta: DateTime<Utc>,
+    },
+    /// It failed for good: it is in its queue's dead-letter queue, and its failure is
+    /// stored as its result.
+    DeadLettered,
+}
+
+/// Claims and settles jobs for code that runs them elsewhere; see
+/// [`Manager::consumer`](crate::Manager::consumer).
+///
+/// Leases work as a worker's do: a consumer that vanishes loses its jobs when their
+/// leases expire (a worker's reaper, or `dmq serve`'s, takes them back), and once a
+/// lease has passed to another holder, nothing the first holder sends changes the job
+/// or its result.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    core: Arc<Core>,
+    id: String,
+}
+
+impl Consumer {
+    pub(crate) fn new(core: Arc<Core>, id: String) -> Self {
+        Consumer { core, id }
+    }
+
+    /// The id its leases carry (the worker id the broker sees).
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Claims up to `max` due jobs of `queues` under leases of `lease`, waiting up to
+    /// `wait` for one when none is due. A job whose envelope does not decode is
+    /// dead-lettered here, as a worker does, and not returned.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    pub async fn claim(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ClaimedJob>> {
+        let deliveries = self.core.broker.claim(&self.id, queues, max, lease, wait).await?;
+        let limit = self.core.config.max_message_size;
+        let mut claimed = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let envelope = match Envelope::decode(&delivery.payload, limit) {
+                Ok(envelope) if envelope.id == delivery.lease.id => envelope,
+                Ok(envelope) => {
+                    let reason = format!(
+                        "undecodable: its envelope names the id {}, but it was queued under \
+                         the id {}",
+                        envelope.id, delivery.lease.id
+                    );
+                    self.poison(&delivery.lease, &reason).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.poison(&delivery.lease, &format!("undecodable: {e}")).await;
+                    continue;
+                }
+            };
+            self.emit(&delivery.lease, &envelope.task, envelope.attempt, || EventKind::Started);
+            claimed.push(ClaimedJob {
+                lease: delivery.lease,
+                envelope,
+                deliveries: delivery.deliveries,
+                isolated: delivery.isolated,
+            });
+        }
+        Ok(claimed)
+    }
+
+    /// Extends a lease to `lease_for` from now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the lease passed to another holder.
+    pub async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
+        self.core.broker.renew(lease, lease_for).await
+    }
+
+    /// Settles a job as done with `value` (MessagePack) as its result: the lease is
+    /// confirmed first, the result stored under the lease's fence, then the job
+    /// acknowledged, so a holder whose lease has passed on stores nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the lease passed to another holder (nothing stored);
+    /// otherwise when the broker or backend cannot be reached (the job then runs again
+    /// once its lease expires).
+    pub async fn ack(&self, lease: &Lease, value: Vec<u8>, lease_for: Duration) -> Result<()> {
+        let envelope = self.in_flight(lease).await?;
+        self.core.broker.renew(lease, lease_for).await?;
+        let started_at = Utc::now();
+        let outcome = TaskOutcome::succeeded(value, envelope.attempt, started_at);
+        let ttl = self.core.config.result_ttl;
+        self.core.backend.store_fenced(lease.id, &outcome, ttl, lease.fence).await?;
+        self.core.broker.ack(lease).await?;
+        self.emit(lease, &envelope.task, envelope.attempt, || EventKind::Completed {
+            run_time: Duration::ZERO,
+        });
+        Ok(())
+    }
+
+    /// Settles a failed run: retried by the job's retry policy (the call's retry limit
+    /// and backoff, else the task's when it is registered in this binary, else the
+    /// manager's default) unless `nack` is fatal or the attempts are spent, in which
+    /// case the job is dead-lettered and its failure stored as its result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the lease passed to another holder (nothing changes);
+    /// otherwise when the broker cannot be reached.
+    pub async fn nack(&self, lease: &Lease, nack: &Nack) -> Result<NackOutcome> {
+        let mut envelope = self.in_flight(lease).await?;
+        let registration = self.core.registry.get(&envelope.task);
+        let default = &self.core.config.default_retry;
+        let max_retries = envelope
+            .max_retries
+            .or(registration.and_then(|r| r.max_retries))
+            .unwrap_or(default.max_retries);
+        let attempt = envelope.attempt;
+        if !nack.retryable || attempt > max_retries {
+            let kind = if nack.retryable { FailureKind::Error } else { FailureKind::Fatal };
+            let reason = format!("{kind}: {}", nack.message);
+            self.core.broker.dead_letter(lease, &reason).await?;
+            let outcome = TaskOutcome::failed(kind, &nack.message, attempt, None);
+            let ttl = self.core.config.result_ttl;
+            if let Err(e) =
+                self.core.backend.store_fenced(lease.id, &outcome, ttl, lease.fence).await
+            {
+                tracing::error!(id = %lease.id, error = %e, "storing the failure of a dead-lettered job failed; it stays in the dead-letter queue with no result");
+            }
+            let task = envelope.task.clone();
+            self.emit(lease, &task, attempt, || EventKind::Failed {
+                failure: kind,
+                error: nack.message.clone(),
+                run_time: None,
+            });
+            self.emit(lease, &task, attempt, || EventKind::DeadLettered { reason });
+            return Ok(NackOutcome::DeadLettered);
+        }
+        let backoff: Backoff =
+            envelope.backoff.or(registration.and_then(|r| r.backoff)).unwrap_or(default.backoff);
+        let delay = nack.delay.map_or_else(
+            || backoff.delay(attempt, crate::worker::jitter_draw()),
+            |d| d.min(MAX_BACKOFF),
+        );
+        envelope.attempt += 1;
+        let eta = crate::clock::utc_after(delay);
+        envelope.eta = Some(eta);
+        let payload = envelope.encode(self.core.config.max_message_size)?;
+        self.core.broker.retry(lease, payload, eta).await?;
+        self.emit(lease, &envelope.task, attempt, || EventKind::Retry {
+            delay,
+            error: nack.message.clone(),
+            run_time: Duration::ZERO,
+        });
+        Ok(NackOutcome::Retried { attempt: envelope.attempt, eta })
+    }
+
+    /// Puts a job back to ready at once, unrun.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the lease passed to another holder.
+    pub async fn release(&self, lease: &Lease) -> Result<()> {
+        self.core.broker.release(lease).await
+    }
+
+    /// The envelope of the job `lease` names, which must be in flight: a lease for a
+    /// job no longer held (settled, or taken back) is lost.
+    async fn in_flight(&self, lease: &Lease) -> Result<Envelope> {
+        let found =
+            self.core.admin()?.find_job(lease.id, std::slice::from_ref(&lease.queue)).await?;
+        match found {
+            Some(job) if job.state == JobState::InFlight => {
+                Envelope::decode(&job.payload, self.core.config.max_message_size)
+            }
+            _ => Err(Error::LeaseLost { id: lease.id }),
+        }
+    }
+
+    /// Dead-letters a job whose envelope could not be read.
+    async fn poison(&self, lease: &Lease, reason: &str) {
+        tracing::error!(id = %lease.id, queue = %lease.queue, %reason, "dead-lettering a job");
+        match self.core.broker.dead_letter(lease, reason).await {
+            Ok(()) => {
+                let kind = FailureKind::Undecodable;
+                let outcome = TaskOutcome::failed(kind, reason, 0, None);
+                let ttl = self.core.config.result_ttl;
+                let _ = self.core.backend.store_fenced(lease.id, &outcome, ttl, lease.fence).await;
+                let reason = reason.to_owned();
+                self.emit(lease, "", 0, || EventKind::DeadLettered { reason });
+            }
+            Err(e) => {
+                tracing::error!(id = %lease.id, error = %e, "could not dead-letter the job; it returns when its lease expires");
+            }
+        }
+    }
+
+    fn emit(&self, lease: &Lease, task: &str, attempt: u32, kind: impl FnOnce() -> EventKind) {
+        self.core.events.emit(|| {
+            Event::new(kind(), lease.id, task, lease.queue.as_str(), attempt)
+                .with_worker(self.id.clone())
+        });
+    }
+}

@@ -1,0 +1,400 @@
+//! Operators: queues and their depths, workers, schedules, dead letters, purges.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use chrono::{DateTime, Utc};
+use dmq_core::QueueStats;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{json_of, task_id};
+use crate::auth::Scope;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::{AppState, Caller};
+
+/// A queue and how many jobs it holds, by state.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct QueueView {
+    /// The queue's name (a partition reads `name#N`).
+    name: String,
+    /// Due and waiting.
+    ready: u64,
+    /// Due, taken back after their worker was lost; each runs alone.
+    suspect: u64,
+    /// Waiting for their eta (delayed jobs and retries).
+    delayed: u64,
+    /// Claimed, under a lease.
+    in_flight: u64,
+    /// In the dead-letter queue.
+    dead: u64,
+    /// Dead letters the cap dropped.
+    dead_dropped: u64,
+    /// Entries that were not jobs, dropped and counted.
+    bad_entries: u64,
+}
+
+impl QueueView {
+    fn of(name: String, stats: &QueueStats) -> QueueView {
+        QueueView {
+            name,
+            ready: stats.ready,
+            suspect: stats.suspect,
+            delayed: stats.delayed,
+            in_flight: stats.in_flight,
+            dead: stats.dead,
+            dead_dropped: stats.dead_dropped,
+            bad_entries: stats.bad_entries,
+        }
+    }
+}
+
+/// The queues.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct QueueList {
+    /// Every queue the broker knows, sorted, with its figures.
+    queues: Vec<QueueView>,
+}
+
+/// Every queue and its depths.
+#[utoipa::path(get, path = "/v1/queues", tag = "admin",
+    responses((status = 200, body = QueueList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn queues(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<QueueList>, ApiError> {
+    let grant = caller.require(&state, Scope::Admin)?;
+    let admin = state.manager.admin()?;
+    let mut queues = Vec::new();
+    for name in admin.queues().await? {
+        if grant.require_queue(&name).is_err() {
+            continue;
+        }
+        let stats = admin.queue_stats(&name).await?;
+        queues.push(QueueView::of(name, &stats));
+    }
+    Ok(Json(QueueList { queues }))
+}
+
+/// One queue's depths.
+#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "admin",
+    params(("queue" = String, Path, description = "The queue")),
+    responses((status = 200, body = QueueView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn queue(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<Json<QueueView>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let stats = state.manager.admin()?.queue_stats(&queue).await?;
+    Ok(Json(QueueView::of(queue, &stats)))
+}
+
+/// How many jobs a purge or requeue touched.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Count {
+    /// The number.
+    count: u64,
+}
+
+/// Removes every waiting job (ready or delayed) of a queue.
+#[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "admin",
+    params(("queue" = String, Path, description = "The queue")),
+    responses((status = 200, body = Count),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn purge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<Json<Count>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let count = state.manager.admin()?.purge(&queue).await?;
+    Ok(Json(Count { count }))
+}
+
+/// A page of dead letters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Page {
+    /// Skip this many, newest first (0 by default).
+    #[serde(default)]
+    offset: Option<usize>,
+    /// Return at most this many (1 to 1,000; 100 by default).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// A dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLetterView {
+    /// The job's id.
+    id: String,
+    /// Its task, when its envelope decodes.
+    task: Option<String>,
+    /// Its arguments, when its envelope decodes.
+    #[schema(value_type = Object, nullable)]
+    args: Option<Value>,
+    /// Its last attempt, when its envelope decodes.
+    attempt: Option<u32>,
+    /// Why it was dead-lettered.
+    reason: String,
+    /// When.
+    at: DateTime<Utc>,
+}
+
+/// Dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLetterList {
+    /// The letters.
+    dead_letters: Vec<DeadLetterView>,
+}
+
+/// A page of a queue's dead letters, newest first.
+#[utoipa::path(get, path = "/v1/queues/{queue}/dead-letters", tag = "admin",
+    params(("queue" = String, Path, description = "The queue"), Page),
+    responses((status = 200, body = DeadLetterList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let Query(page) = page?;
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1 to 1000, not {limit}")));
+    }
+    let offset = page.offset.unwrap_or(0);
+    let letters = state.manager.dead_letters(&queue, offset, limit).await?;
+    let dead_letters = letters
+        .into_iter()
+        .map(|letter| {
+            let envelope = dmq_core::Envelope::decode(&letter.payload, usize::MAX).ok();
+            DeadLetterView {
+                id: letter.id.to_string(),
+                task: envelope.as_ref().map(|e| e.task.clone()),
+                args: envelope.as_ref().and_then(|e| json_of(&e.args).ok()),
+                attempt: envelope.as_ref().map(|e| e.attempt),
+                reason: letter.reason,
+                at: letter.at,
+            }
+        })
+        .collect();
+    Ok(Json(DeadLetterList { dead_letters }))
+}
+
+/// Puts one dead letter back in its queue, as a fresh attempt.
+#[utoipa::path(post, path = "/v1/queues/{queue}/dead-letters/{id}/requeue", tag = "admin",
+    params(("queue" = String, Path, description = "The queue"),
+        ("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = Count),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn requeue_dead_letter(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((queue, id)): Path<(String, String)>,
+) -> Result<Json<Count>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let id = task_id(&id)?;
+    if state.manager.requeue_dead_letter(&queue, id, None).await? {
+        Ok(Json(Count { count: 1 }))
+    } else {
+        Err(ApiError::not_found(format!("queue {queue:?} holds no dead letter of job {id}")))
+    }
+}
+
+/// Puts every dead letter of a queue back in it.
+#[utoipa::path(post, path = "/v1/queues/{queue}/dead-letters/requeue", tag = "admin",
+    params(("queue" = String, Path, description = "The queue")),
+    responses((status = 200, body = Count),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn requeue_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<Json<Count>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let count = state.manager.requeue_all_dead_letters(&queue, None).await?;
+    Ok(Json(Count { count }))
+}
+
+/// Deletes one dead letter.
+#[utoipa::path(delete, path = "/v1/queues/{queue}/dead-letters/{id}", tag = "admin",
+    params(("queue" = String, Path, description = "The queue"),
+        ("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = Count),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn delete_dead_letter(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((queue, id)): Path<(String, String)>,
+) -> Result<Json<Count>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let id = task_id(&id)?;
+    if state.manager.delete_dead_letter(&queue, id).await? {
+        Ok(Json(Count { count: 1 }))
+    } else {
+        Err(ApiError::not_found(format!("queue {queue:?} holds no dead letter of job {id}")))
+    }
+}
+
+/// Empties a queue's dead-letter queue.
+#[utoipa::path(delete, path = "/v1/queues/{queue}/dead-letters", tag = "admin",
+    params(("queue" = String, Path, description = "The queue")),
+    responses((status = 200, body = Count),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn purge_dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<Json<Count>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let count = state.manager.purge_dead_letters(&queue).await?;
+    Ok(Json(Count { count }))
+}
+
+/// A live worker.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkerView {
+    /// Its id.
+    id: String,
+    /// Its machine.
+    hostname: String,
+    /// Its process id.
+    pid: u32,
+    /// The queues it takes jobs from.
+    queues: Vec<String>,
+    /// How many jobs it runs at once.
+    concurrency: usize,
+    /// How many it was running at its last heartbeat.
+    running: u32,
+    /// When it started.
+    started_at: DateTime<Utc>,
+    /// When its registration lapses unless it heartbeats again.
+    alive_until: DateTime<Utc>,
+}
+
+/// The live workers.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkerList {
+    /// The workers.
+    workers: Vec<WorkerView>,
+}
+
+/// The workers whose heartbeat has not lapsed.
+#[utoipa::path(get, path = "/v1/workers", tag = "admin",
+    responses((status = 200, body = WorkerList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 501, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn workers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<WorkerList>, ApiError> {
+    caller.require(&state, Scope::Admin)?;
+    let registry = state.manager.broker().worker_registry().ok_or_else(|| {
+        dmq_core::Error::Unsupported("this broker keeps no worker registry".to_owned())
+    })?;
+    let workers = registry
+        .workers()
+        .await?
+        .into_iter()
+        .map(|w| WorkerView {
+            id: w.info.id,
+            hostname: w.info.hostname,
+            pid: w.info.pid,
+            queues: w.info.queues,
+            concurrency: w.info.concurrency,
+            running: w.info.running,
+            started_at: w.info.started_at,
+            alive_until: w.alive_until,
+        })
+        .collect();
+    Ok(Json(WorkerList { workers }))
+}
+
+/// A periodic schedule's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ScheduleView {
+    /// Its name.
+    name: String,
+    /// When it was first registered.
+    since: DateTime<Utc>,
+    /// Its last fire time.
+    last_fire: Option<DateTime<Utc>>,
+    /// Its next fire time.
+    next_fire: Option<DateTime<Utc>>,
+}
+
+/// The periodic schedules.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ScheduleList {
+    /// The schedules, by name.
+    schedules: Vec<ScheduleView>,
+}
+
+/// Every registered periodic schedule, with its last and next fire.
+#[utoipa::path(get, path = "/v1/schedules", tag = "admin",
+    responses((status = 200, body = ScheduleList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 501, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn schedules(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ScheduleList>, ApiError> {
+    caller.require(&state, Scope::Admin)?;
+    let store = state.manager.broker().schedule_store().ok_or_else(|| {
+        dmq_core::Error::Unsupported("this broker keeps no schedule store".to_owned())
+    })?;
+    let schedules = store
+        .schedules()
+        .await?
+        .into_iter()
+        .map(|s| ScheduleView {
+            name: s.name,
+            since: s.since,
+            last_fire: s.last_fire,
+            next_fire: s.next_fire,
+        })
+        .collect();
+    Ok(Json(ScheduleList { schedules }))
+}

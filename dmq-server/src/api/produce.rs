@@ -1,0 +1,358 @@
+//! Producers: enqueue one job or a batch, read a job's state, wait for its result.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use dmq_core::{Envelope, JobState, MAX_PRIORITY};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{Outcome, millis, task_id};
+use crate::auth::Scope;
+use crate::error::{ApiError, ErrorBody};
+use crate::limits::MAX_WAIT;
+use crate::state::{AppState, Caller};
+
+/// The queue of a job whose request names none and whose task this server does not
+/// know.
+const DEFAULT_QUEUE: &str = "default";
+
+/// A job to enqueue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnqueueRequest {
+    /// The registered task name the workers run, such as `emails.send`.
+    task: String,
+    /// The task's arguments, one JSON value per parameter, in order.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    args: Vec<Value>,
+    /// The queue; by default the task's own when this server knows the task, else
+    /// `default`.
+    #[serde(default)]
+    queue: Option<String>,
+    /// Run no sooner than this many milliseconds from now.
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    /// Run no sooner than this instant (RFC 3339); not with `delay_ms`.
+    #[serde(default)]
+    eta: Option<DateTime<Utc>>,
+    /// 0 (lowest) to 9 (highest); 5 by default.
+    #[serde(default)]
+    #[schema(maximum = 9)]
+    priority: Option<u8>,
+    /// A second enqueue with the same key, while the first is known, returns the
+    /// first job's id and adds nothing.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    /// The job must not start after this instant (RFC 3339).
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+    /// How many retries a failure gets, instead of the task's setting.
+    #[serde(default)]
+    max_retries: Option<u32>,
+    /// How long one run may take, in milliseconds, instead of the task's setting.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    /// String headers that travel with the job (tenant, trace context, ...).
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// For a partitioned queue: jobs with the same key go to the same partition.
+    #[serde(default)]
+    partition_key: Option<String>,
+}
+
+/// An enqueued job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Enqueued {
+    /// The job's id: read its state and result with it.
+    id: String,
+    /// The queue it went to.
+    queue: String,
+    /// When it becomes due, for a delayed job.
+    eta: Option<DateTime<Utc>>,
+    /// True when its idempotency key was known: `id` is the earlier job's, and
+    /// nothing was added.
+    existing: bool,
+}
+
+/// Jobs to enqueue in one atomic step.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    /// The jobs, in order; none may carry an idempotency key.
+    jobs: Vec<EnqueueRequest>,
+}
+
+/// The ids of a batch's jobs, in the order they were sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchEnqueued {
+    /// One id per job.
+    ids: Vec<String>,
+}
+
+/// The envelope a request asks for, with its partition key.
+fn envelope_of(
+    state: &AppState,
+    caller: &Caller,
+    request: EnqueueRequest,
+) -> Result<(Envelope, Option<String>), ApiError> {
+    let known = state.manager.registry().task(&request.task);
+    let queue = match (request.queue, &known) {
+        (Some(queue), _) => queue,
+        (None, Some(info)) => info.queue.to_owned(),
+        (None, None) => DEFAULT_QUEUE.to_owned(),
+    };
+    caller.require_on(state, Scope::Produce, &queue)?;
+    let args = rmp_serde::to_vec(&request.args).map_err(|e| {
+        ApiError::bad_request(format!("the arguments could not be encoded as MessagePack: {e}"))
+    })?;
+    if known.is_some() {
+        state.manager.registry().check_args(&request.task, &args)?;
+    }
+    let mut envelope = Envelope::new(request.task, queue, args);
+    envelope.eta = match (request.eta, request.delay_ms) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give eta or delay_ms, not both"));
+        }
+        (Some(eta), None) => Some(eta),
+        (None, Some(ms)) => Some(
+            chrono::Duration::from_std(Duration::from_millis(ms))
+                .ok()
+                .and_then(|d| envelope.created_at.checked_add_signed(d))
+                .ok_or_else(|| ApiError::bad_request(format!("delay_ms {ms} is too long")))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(priority) = request.priority {
+        if priority > MAX_PRIORITY {
+            return Err(ApiError::bad_request(format!(
+                "priority {priority} is out of range; it goes from 0 (lowest) to {MAX_PRIORITY}"
+            )));
+        }
+        envelope.priority = priority;
+    }
+    envelope.idempotency_key = request.idempotency_key;
+    envelope.expires_at = request.expires_at;
+    envelope.max_retries = request.max_retries;
+    envelope.timeout_ms = request.timeout_ms;
+    envelope.headers = request.headers;
+    Ok((envelope, request.partition_key))
+}
+
+/// Enqueues one job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "produce", request_body = EnqueueRequest,
+    responses(
+        (status = 201, description = "Enqueued", body = Enqueued),
+        (status = 200, description = "Its idempotency key was known: the earlier job", body = Enqueued),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn enqueue(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<EnqueueRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
+    let Json(request) = body?;
+    let (envelope, key) = envelope_of(&state, &caller, request)?;
+    let (new_id, eta) = (envelope.id, envelope.eta);
+    let id = state.manager.enqueue_envelope_with_key(envelope.clone(), key.as_deref()).await?;
+    let existing = id != new_id;
+    let status = if existing { StatusCode::OK } else { StatusCode::CREATED };
+    let queue = envelope.queue;
+    Ok((status, Json(Enqueued { id: id.to_string(), queue, eta, existing })))
+}
+
+/// Enqueues many jobs in one step: all of a queue's jobs or none.
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "produce", request_body = BatchRequest,
+    responses(
+        (status = 201, description = "Enqueued", body = BatchEnqueued),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn enqueue_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<BatchEnqueued>), ApiError> {
+    let Json(request) = body?;
+    caller.require(&state, Scope::Produce)?;
+    if request.jobs.len() > state.limits.max_batch {
+        return Err(ApiError::bad_request(format!(
+            "the batch holds {} jobs, over the server's limit of {} (--max-batch); split it",
+            request.jobs.len(),
+            state.limits.max_batch
+        )));
+    }
+    if request.jobs.iter().any(|j| j.idempotency_key.is_some()) {
+        return Err(ApiError::bad_request(
+            "a job of a batch cannot carry an idempotency key; enqueue such jobs one by one",
+        ));
+    }
+    let envelopes = request
+        .jobs
+        .into_iter()
+        .map(|job| envelope_of(&state, &caller, job))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = state.manager.enqueue_envelope_batch(envelopes).await?;
+    let ids = ids.iter().map(ToString::to_string).collect();
+    Ok((StatusCode::CREATED, Json(BatchEnqueued { ids })))
+}
+
+/// A job's state: where it waits, or how it ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobView {
+    /// The job's id.
+    id: String,
+    /// `ready`, `suspect`, `delayed`, `in_flight`, `dead_lettered`, `stranded`, or,
+    /// once it has left its queue, `succeeded`, `failed` or `expired`.
+    state: String,
+    /// The queue that holds it, while one does.
+    queue: Option<String>,
+    /// Its task, while a queue holds it.
+    task: Option<String>,
+    /// The attempt it is on, while a queue holds it.
+    attempt: Option<u32>,
+    /// When it is due (delayed), when its lease runs out (in flight), or when it was
+    /// dead-lettered.
+    at: Option<DateTime<Utc>>,
+    /// Why it was dead-lettered.
+    reason: Option<String>,
+    /// Its outcome, once stored.
+    result: Option<Outcome>,
+}
+
+fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Ready => "ready",
+        JobState::Suspect => "suspect",
+        JobState::Delayed => "delayed",
+        JobState::InFlight => "in_flight",
+        JobState::DeadLettered => "dead_lettered",
+        _ => "stranded",
+    }
+}
+
+/// A job's state and, once it finished, its outcome.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "produce",
+    params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses(
+        (status = 200, body = JobView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    caller.require(&state, Scope::Produce)?;
+    let id = task_id(&id)?;
+    let (found, outcome) = tokio::try_join!(
+        async { state.manager.admin()?.find_job(id, &[]).await },
+        state.manager.backend().get(id),
+    )?;
+    if let Some(found) = &found {
+        caller.0.require_queue(&found.queue)?;
+    } else if !caller.0.all_queues() {
+        // Its queue is unknown: only a token for every queue may read its result.
+        return Err(ApiError::not_found(format!("no job {id} is known")));
+    }
+    let result = outcome.as_ref().map(Outcome::of);
+    let view = match found {
+        Some(found) => {
+            let envelope = dmq_core::Envelope::decode(&found.payload, usize::MAX).ok();
+            JobView {
+                id: id.to_string(),
+                state: state_name(found.state).to_owned(),
+                queue: Some(found.queue.clone()),
+                task: envelope.as_ref().map(|e| e.task.clone()),
+                attempt: envelope.as_ref().map(|e| e.attempt),
+                at: found.at,
+                reason: found.reason.clone(),
+                result,
+            }
+        }
+        None => match result {
+            Some(result) => JobView {
+                id: id.to_string(),
+                state: result_state(&outcome),
+                queue: None,
+                task: None,
+                attempt: None,
+                at: None,
+                reason: None,
+                result: Some(result),
+            },
+            None => return Err(ApiError::not_found(format!("no job {id} is known"))),
+        },
+    };
+    Ok(Json(view))
+}
+
+fn result_state(outcome: &Option<dmq_core::TaskOutcome>) -> String {
+    match outcome.as_ref().map(|o| o.state) {
+        Some(dmq_core::TaskState::Succeeded) => "succeeded",
+        Some(dmq_core::TaskState::Failed) => "failed",
+        _ => "expired",
+    }
+    .to_owned()
+}
+
+/// How long to wait for a result.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitQuery {
+    /// Wait up to this many milliseconds for the result (at most 30,000); 0, the
+    /// default, answers at once.
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// A job's outcome, waiting for it up to `wait_ms` (a long poll).
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "produce",
+    params(("id" = String, Path, description = "The job's id (a UUID)"), WaitQuery),
+    responses(
+        (status = 200, body = Outcome),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No result (yet)", body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn result(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Json<Outcome>, ApiError> {
+    caller.require(&state, Scope::Produce)?;
+    if !caller.0.all_queues() {
+        return Err(ApiError::forbidden(
+            "a result is stored by job id alone, so only a token for every queue may read one",
+        ));
+    }
+    let Query(query) = query?;
+    let id = task_id(&id)?;
+    let wait = millis(query.wait_ms, Duration::ZERO, MAX_WAIT);
+    let backend = state.manager.backend();
+    let outcome =
+        if wait.is_zero() { backend.get(id).await? } else { backend.wait(id, wait).await? };
+    match outcome {
+        Some(outcome) => Ok(Json(Outcome::of(&outcome))),
+        None => Err(ApiError::not_found(format!(
+            "job {id} has no result (yet); it may still be waiting or running, or its result \
+             expired"
+        ))),
+    }
+}
