@@ -192,6 +192,12 @@ pub enum Command {
     #[command(after_help = "Examples:\n  dmq purge emails --yes\n  dmq purge emails --yes --json")]
     Purge(PurgeArgs),
 
+    /// Act on a queue as a whole: delete it.
+    #[command(
+        after_help = "Examples:\n  dmq queue delete emails --yes\n  dmq queue delete emails --yes --force --json"
+    )]
+    Queue(QueueArgs),
+
     /// Find stranded jobs (stored, but waiting in no list) and, with --fix, put them
     /// back.
     ///
@@ -414,6 +420,46 @@ pub struct ServeArgs {
     #[command(flatten)]
     /// Where the broker is.
     pub broker: BrokerArgs,
+}
+
+/// `dmq queue` and its subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// What to do with the queue.
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// The `dmq queue` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+#[non_exhaustive]
+pub enum QueueCommand {
+    /// Delete a queue whole, for good: its waiting and delayed jobs, its dead letters
+    /// and its place in the queue registry (needs --yes).
+    ///
+    /// Refused while workers hold jobs of the queue, saying how many; --force deletes
+    /// those too, and their workers' acknowledgements then fail (the lease is lost).
+    /// Naming a partitioned queue (`emails`) deletes every partition of it the queue
+    /// registry lists (`emails#0`, `emails#1`, ...); naming a partition deletes that
+    /// partition alone. Results stored for its jobs stay until their TTL. A worker that
+    /// still takes jobs from the queue, or a producer that still enqueues to it, lists it
+    /// again.
+    #[command(
+        after_help = "Examples:\n  dmq queue delete emails --yes\n  dmq queue delete emails --yes --force --json"
+    )]
+    Delete {
+        /// The queue to delete.
+        queue: String,
+        /// Confirms that the queue and everything in it are to be deleted for good.
+        #[arg(long)]
+        yes: bool,
+        /// Delete the jobs workers hold too, instead of refusing while there are any.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
 }
 
 /// The options of `dmq periodic`.

@@ -1,6 +1,6 @@
 //! The `dmq` command line: `dmq bench` measures a broker's throughput and latency;
 //! `dmq queues`, `workers`, `dlq`, `periodic`, `result`, `enqueue`, `events`, `job`,
-//! `purge` and `doctor` read and act on a live Redis broker.
+//! `purge`, `queue delete` and `doctor` read and act on a live Redis broker.
 //!
 //! The binary is a thin `main.rs` over [`main`]; [`Cli`] holds the clap types and
 //! each subcommand lives in its own module under `commands/`.
@@ -13,7 +13,7 @@ mod metrics_server;
 pub use cli::{BenchArgs, Cli, Command, TasksArgs, WorkerArgs};
 pub use cli::{
     BrokerArgs, DlqArgs, DlqCommand, DoctorArgs, EnqueueArgs, EventsArgs, JobArgs, PeriodicArgs,
-    PurgeArgs, QueuesArgs, ResultArgs, WorkersArgs,
+    PurgeArgs, QueueArgs, QueueCommand, QueuesArgs, ResultArgs, WorkersArgs,
 };
 
 use std::process::ExitCode;

@@ -969,3 +969,51 @@ fn queues_folds_a_partitioned_queue_unless_asked_for_its_partitions() {
     let before = [2, 1, 3][usize::from(dmq_core::partition_of_key("user-9", 3))];
     assert!(home["ready"].as_u64().unwrap_or(0) >= before + 2, "{unfolded}");
 }
+
+/// `dmq queue delete` asks for --yes, refuses while a worker holds a job of the queue
+/// (saying how many, and --force), deletes the queue whole with --force, after which
+/// `dmq queues` no longer lists it and the worker's lease is lost.
+#[test]
+fn queue_delete_asks_for_yes_and_refuses_jobs_in_flight_unless_forced() {
+    let ns = Namespace::new();
+    ns.dead_letters("reports", 1);
+    for _ in 0..3 {
+        ns.enqueue("reports.build", "reports", None);
+    }
+    ns.enqueue("reports.build", "reports", Some(Utc::now() + chrono::Duration::hours(1)));
+    ns.enqueue("app.send", "emails", None);
+    let held = ns.claim("reports", 1);
+    assert_eq!(held.len(), 1);
+    let figures = |queue: &str| {
+        let s = ns.stats(queue);
+        (s.ready, s.delayed, s.in_flight, s.dead)
+    };
+    assert_eq!(figures("reports"), (2, 1, 1, 1));
+
+    let unconfirmed = ns.dmq(&["queue", "delete", "reports"]);
+    assert_error(&unconfirmed, "add --yes to confirm");
+    assert_eq!(figures("reports"), (2, 1, 1, 1), "nothing is deleted without --yes");
+
+    let busy = ns.dmq(&["queue", "delete", "reports", "--yes"]);
+    assert_error(&busy, "queue \"reports\" has 1 job in flight");
+    assert_error(&busy, "--force");
+    assert_eq!(figures("reports"), (2, 1, 1, 1), "nothing is deleted while a job is in flight");
+    assert_eq!(queue_names(&ns.json(&["queues"])), ["emails", "reports"]);
+
+    let deleted = ns.json(&["queue", "delete", "reports", "--yes", "--force"]);
+    assert_eq!(
+        deleted,
+        json!({"queue": "reports", "waiting": 2, "delayed": 1, "dead_letters": 1, "in_flight": 1})
+    );
+    assert_eq!(queue_names(&ns.json(&["queues"])), ["emails"]);
+    assert_eq!(figures("reports"), (0, 0, 0, 0));
+    assert_eq!(figures("emails"), (1, 0, 0, 0), "another queue is left alone");
+    let ack = ns.rt.block_on(ns.manager.broker().ack(&held[0].lease));
+    assert!(matches!(ack, Err(dmq_core::Error::LeaseLost { .. })), "{ack:?}");
+
+    let again = ns.ok(&["queue", "delete", "reports", "--yes"]);
+    assert_eq!(
+        again.trim(),
+        "deleted queue \"reports\": 0 waiting, 0 delayed, 0 dead letters, 0 in flight"
+    );
+}

@@ -128,6 +128,21 @@ pub enum Error {
         id: TaskId,
     },
 
+    /// A queue was not deleted because workers hold jobs of it
+    /// ([`BrokerAdmin::delete_queue`](crate::BrokerAdmin::delete_queue) without
+    /// `force`); nothing was deleted.
+    #[error(
+        "queue {queue:?} has {in_flight} jobs in flight, held by workers; nothing was \
+         deleted: wait for them to finish, or force the delete (the workers' \
+         acknowledgements then fail with a lost lease)"
+    )]
+    QueueBusy {
+        /// The queue, as the caller named it.
+        queue: String,
+        /// How many of its jobs workers hold.
+        in_flight: u64,
+    },
+
     /// An argument given to dmq was not valid.
     #[error("{0}")]
     InvalidArgument(String),

@@ -54,8 +54,8 @@ pub use backend::{
 pub use broker::{
     Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter, Delivery,
     EventCursor, EventPage, EventStream, EventsFrom, FoundJob, InMemoryBroker, Job, JobState,
-    Lease, QueueCheckup, QueueStats, ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry,
-    WorkerStatus, refuse_keys_in_batches,
+    Lease, QueueCheckup, QueueDeleted, QueueStats, ScheduleState, ScheduleStore, WorkerInfo,
+    WorkerRegistry, WorkerStatus, refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{
@@ -74,8 +74,8 @@ pub use manager::{
 pub use metrics::Metrics;
 pub use names::{MAX_NAME_LEN, check_queue_name, check_task_name};
 pub use partition::{
-    MAX_PARTITIONS, PARTITION_SEPARATOR, PartitionBy, partition_name, partition_of_key,
-    split_partition,
+    MAX_PARTITIONS, PARTITION_SEPARATOR, PartitionBy, is_partition_of, partition_name,
+    partition_of_key, split_partition,
 };
 pub use registry::{Registry, TaskInfo};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};

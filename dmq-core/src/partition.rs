@@ -51,6 +51,13 @@ pub fn split_partition(name: &str) -> (&str, Option<u16>) {
     (name, None)
 }
 
+/// Whether queue `name` is a partition of queue `queue`: `emails#3` of `emails`, and
+/// neither `emails` itself nor `emails#3` of `emails#3`.
+#[must_use]
+pub fn is_partition_of(name: &str, queue: &str) -> bool {
+    matches!(split_partition(name), (logical, Some(_)) if logical == queue)
+}
+
 /// The partition of `partitions` that partition key `key` goes to: FNV-1a (64 bits) of
 /// the key's UTF-8 bytes, modulo `partitions`, so that any producer, in any language,
 /// can compute it.
@@ -167,6 +174,12 @@ mod tests {
         assert_eq!(split_partition("a#b#12"), ("a#b", Some(12)));
         for plain in ["#3", "emails#", "emails#x", "emails#99999999", "emails#-1"] {
             assert_eq!(split_partition(plain), (plain, None), "{plain}");
+        }
+        assert!(is_partition_of("emails#3", "emails"));
+        for (name, queue) in
+            [("emails", "emails"), ("emails#3", "emails#3"), ("emailsx#3", "emails")]
+        {
+            assert!(!is_partition_of(name, queue), "{name} of {queue}");
         }
     }
 

@@ -20,3 +20,67 @@ async fn on_one_redis_a_batch_across_queues_is_atomic_as_a_whole() {
     assert!(matches!(broker.enqueue_batch(batch).await, Err(Error::DuplicateJob { .. })));
     assert_eq!(broker.queue_stats("alpha").await.unwrap().ready, 0, "alpha's part was added");
 }
+
+/// Every key of `queue` in `namespace`, found by `SCAN`.
+async fn keys_of_queue(namespace: &str, queue: &str) -> Vec<String> {
+    let client = redis::Client::open(common::redis_url()).expect("a redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connects");
+    let prefix = dmq_redis::Keys::new(namespace).queue(queue).signal();
+    let pattern = format!("{}*", prefix.trim_end_matches("signal"));
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        keys.extend(page);
+        if next == 0 {
+            keys.sort();
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Beyond the suite: a deleted queue leaves no key behind but the idempotency keys of
+/// its jobs (which expire on their own), and its dead-letter drop count starts again.
+#[tokio::test]
+async fn a_deleted_queue_leaves_no_key_but_its_idempotency_keys() {
+    use std::time::Duration;
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
+    let broker = dmq_redis::RedisBroker::connect_with_namespace(&common::redis_url(), &namespace)
+        .await
+        .unwrap()
+        .with_dead_letter_cap(1);
+    let q = vec!["alpha".to_owned()];
+    let long = Duration::from_secs(60);
+    let keyed = Job::new(TaskId::new(), "alpha", 5, None, vec![0])
+        .with_idempotency_key("once", Duration::from_secs(600));
+    broker.enqueue(keyed).await.unwrap();
+    broker
+        .enqueue_batch((0..3).map(|i| Job::new(TaskId::new(), "alpha", 5, None, vec![i])).collect())
+        .await
+        .unwrap();
+    let got = broker.claim("w", &q, 3, long, Duration::ZERO).await.unwrap();
+    broker.dead_letter(&got[0].lease, "one").await.unwrap();
+    broker.dead_letter(&got[1].lease, "two").await.unwrap();
+    broker.complete(&got[2].lease, long).await.unwrap();
+    broker
+        .enqueue(Job::new(TaskId::new(), "alpha", 5, Some(chrono::Utc::now() + long), vec![9]))
+        .await
+        .unwrap();
+    let stats = broker.queue_stats("alpha").await.unwrap();
+    assert_eq!((stats.ready, stats.delayed, stats.dead, stats.dead_dropped), (1, 1, 1, 1));
+    assert!(keys_of_queue(&namespace, "alpha").await.len() > 5);
+
+    let deleted = broker.delete_queue("alpha", false).await.unwrap();
+    assert_eq!((deleted.waiting, deleted.delayed, deleted.dead_letters), (1, 1, 1));
+    let idempotency = dmq_redis::Keys::new(namespace.as_str()).queue("alpha").idempotency("once");
+    assert_eq!(keys_of_queue(&namespace, "alpha").await, [idempotency]);
+    assert_eq!(broker.queue_stats("alpha").await.unwrap().dead_dropped, 0);
+}

@@ -214,6 +214,15 @@ async fn record() -> (BTreeMap<String, Vec<Unit>>, MultiplexedConnection) {
     op!("find a job", broker.find_job(TaskId::new(), &[]).await);
     op!("list dead letters", broker.dead_letters("alpha", 0, 10).await);
     op!("purge dead letters", broker.purge_dead_letters("alpha").await);
+    op!("delete a queue", broker.delete_queue("alpha", true).await.expect("delete"));
+    op!(
+        "enqueue to two partitions",
+        broker.enqueue_batch(vec![job("parts#0"), job("parts#1")]).await.expect("enqueue")
+    );
+    op!(
+        "delete a partitioned queue",
+        broker.delete_queue("parts", true).await.expect("a delete over three slots")
+    );
     op!("list workers", broker.workers().await);
     op!("list schedules", broker.schedules().await);
     op!("read a result", backend.get(got[0].lease.id).await);

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::io::Read;
 use std::sync::Arc;
 
-use dmq_core::{Envelope, Manager, PartitionBy, Registry, split_partition};
+use dmq_core::{Envelope, Manager, PartitionBy, Registry, is_partition_of};
 use serde_json::{Value, json};
 
 use super::admin::{Admin, print_json, time};
@@ -55,10 +55,7 @@ pub(crate) async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     // registry lists (a worker of it registered them): a manager that knows them picks
     // one, as the task's own binary would.
     let listed = admin.admin()?.queues().await?;
-    let partitions = listed
-        .iter()
-        .filter(|q| matches!(split_partition(q), (logical, Some(_)) if logical == queue))
-        .count();
+    let partitions = listed.iter().filter(|q| is_partition_of(q, &queue)).count();
     let manager = match u16::try_from(partitions) {
         Ok(count) if count > 1 && admin.manager.partitions_of(&queue).is_none() => {
             let by = if args.partition_key.is_some() {

@@ -9,6 +9,7 @@ mod events;
 mod job;
 mod periodic;
 mod purge;
+mod queue;
 mod queues;
 mod result;
 mod serve;
@@ -43,6 +44,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Purge(args) => purge::run(args).await,
+        Command::Queue(args) => queue::run(args).await,
         Command::Job(args) => job::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Serve(args) => serve::run(args).await,
@@ -62,6 +64,7 @@ mod tests {
             ("job.rs", include_str!("job.rs")),
             ("dlq.rs", include_str!("dlq.rs")),
             ("purge.rs", include_str!("purge.rs")),
+            ("queue.rs", include_str!("queue.rs")),
             ("doctor.rs", include_str!("doctor.rs")),
             ("workers.rs", include_str!("workers.rs")),
             ("periodic.rs", include_str!("periodic.rs")),

@@ -2,7 +2,7 @@
 //! bad entries dropped from it. A partitioned queue shows as one row, its partitions'
 //! figures added up, unless `--partitions` asks for a row per partition.
 
-use dmq_core::{QueueStats, split_partition};
+use dmq_core::{QueueStats, is_partition_of, split_partition};
 use serde_json::json;
 
 use super::admin::{Admin, print_json, print_table};
@@ -119,10 +119,7 @@ pub(super) async fn named_or_all(admin: &Admin, named: &[String]) -> anyhow::Res
     }
     let mut queues = Vec::new();
     for name in named {
-        let partitions: Vec<&String> = known
-            .iter()
-            .filter(|q| matches!(split_partition(q), (logical, Some(_)) if logical == name))
-            .collect();
+        let partitions: Vec<&String> = known.iter().filter(|q| is_partition_of(q, name)).collect();
         if partitions.is_empty() {
             queues.push(name.clone());
         } else {

@@ -25,8 +25,8 @@ use crate::task::TaskId;
 pub use memory::{DEFAULT_MAX_DELIVERIES, InMemoryBroker};
 pub use types::{
     DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom, FoundJob,
-    Job, JobState, Lease, QueueCheckup, QueueStats, ScheduleState, WorkerInfo, WorkerStatus,
-    refuse_keys_in_batches,
+    Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, ScheduleState, WorkerInfo,
+    WorkerStatus, refuse_keys_in_batches,
 };
 
 /// Where jobs wait and how workers take them: the job lifecycle, which every broker
@@ -341,8 +341,9 @@ pub trait EventStream: Send + Sync {
 pub trait BrokerAdmin: Send + Sync {
     /// Every queue the broker knows in its namespace, sorted: each queue a job was
     /// enqueued to (a refused enqueue may leave its queue listed) or a worker takes
-    /// jobs from, emptied ones included; nothing removes a queue yet. The broker keeps
-    /// them in a registry written at enqueue, so listing them reads no job.
+    /// jobs from, emptied ones included, until [`delete_queue`](BrokerAdmin::delete_queue)
+    /// removes it. The broker keeps them in a registry written at enqueue, so listing
+    /// them reads no job.
     ///
     /// # Errors
     ///
@@ -372,6 +373,64 @@ pub trait BrokerAdmin: Send + Sync {
     ///
     /// When the broker cannot be reached.
     async fn purge(&self, queue: &str) -> Result<u64>;
+
+    /// Deletes `queue` whole and returns what it removed: its waiting jobs (ready and
+    /// suspect), its delayed jobs and retries, its dead letters and the count of
+    /// letters the cap dropped, the completions it remembers for the exactly-once
+    /// guarantee, and its entry in the queue registry ([`queues`](BrokerAdmin::queues)).
+    /// A queue the broker does not know deletes nothing and returns zeros.
+    ///
+    /// A partitioned queue is deleted by its own name: `delete_queue("emails", ..)`
+    /// deletes `emails` and every partition of it the queue registry lists
+    /// (`emails#0`, `emails#1`, ...), and adds their figures up; a partition's name
+    /// (`emails#3`) deletes that partition alone. A broker that keeps partitions apart
+    /// (Redis Cluster) checks them all first, then deletes each in a step of its own
+    /// (see its documentation).
+    ///
+    /// While workers hold jobs of the queue (in flight, as
+    /// [`queue_stats`](BrokerAdmin::queue_stats) counts them), the delete is refused and
+    /// nothing is deleted, unless `force`: then the jobs in flight are deleted too,
+    /// and their workers' later [`ack`](Broker::ack), [`complete`](Broker::complete),
+    /// [`retry`](Broker::retry), [`release`](Broker::release),
+    /// [`dead_letter`](Broker::dead_letter) and [`renew`](Broker::renew) fail with
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost), as for a lease lost any other way.
+    /// A dmq worker running such a job finds out at its next lease renewal (within a
+    /// third of its lease) and abandons the run; a run that ends before that may still
+    /// store its result, and its acknowledgement then fails. What a run did outside dmq
+    /// stays done.
+    ///
+    /// What stays: results stored for the queue's jobs (they live in the result
+    /// backend, until their TTL), and idempotency keys (until their TTL). A queue a
+    /// producer enqueues to again, or a worker still takes jobs from, is registered
+    /// again.
+    ///
+    /// ```
+    /// use dmq_core::{BrokerAdmin, Error, InMemoryBroker};
+    ///
+    /// # async fn demo(broker: InMemoryBroker) -> dmq_core::Result<()> {
+    /// match broker.delete_queue("emails", false).await {
+    ///     Ok(deleted) => println!("deleted {} waiting jobs", deleted.waiting),
+    ///     Err(Error::QueueBusy { in_flight, .. }) => {
+    ///         println!("{in_flight} jobs are running; try again later, or force it")
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueBusy`](crate::Error::QueueBusy), deleting nothing, when jobs of the
+    /// queue are in flight and `force` is false;
+    /// [`Error::Unsupported`](crate::Error::Unsupported) from a broker that cannot
+    /// delete a queue (the default); otherwise when the broker cannot be reached.
+    async fn delete_queue(&self, queue: &str, force: bool) -> Result<QueueDeleted> {
+        let _ = force;
+        Err(crate::Error::Unsupported(format!(
+            "this broker cannot delete a queue, so queue {queue:?} was left as it is"
+        )))
+    }
 
     /// A page of `queue`'s dead-letter queue, newest first.
     ///

@@ -253,6 +253,30 @@ pub struct QueueStats {
     pub dead_dropped: u64,
 }
 
+/// What [`BrokerAdmin::delete_queue`](super::BrokerAdmin::delete_queue) removed: how
+/// many jobs of each kind, added up over the partitions of a partitioned queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueDeleted {
+    /// Jobs that waited to be claimed, suspect jobs included ([`QueueStats::ready`]).
+    pub waiting: u64,
+    /// Jobs that waited for their eta: delayed jobs and retries.
+    pub delayed: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Jobs workers held (only a forced delete removes any).
+    pub in_flight: u64,
+}
+
+impl std::ops::AddAssign for QueueDeleted {
+    fn add_assign(&mut self, more: QueueDeleted) {
+        self.waiting += more.waiting;
+        self.delayed += more.delayed;
+        self.dead_letters += more.dead_letters;
+        self.in_flight += more.in_flight;
+    }
+}
+
 /// A worker as it registers itself with the broker: who it is and what it does.
 ///
 /// Workers heartbeat with this; [`WorkerRegistry::workers`](super::WorkerRegistry::workers) lists the live ones, and a

@@ -1,5 +1,5 @@
 //! The admin capability ([`BrokerAdmin`]): the queue registry,
-//! queue figures, purges, dead letters, and finding a job by id.
+//! queue figures, purges, dead letters, finding a job by id, and deleting a queue.
 
 use super::*;
 
@@ -155,4 +155,109 @@ pub async fn a_job_is_found_by_id_in_each_state(b: Arc<dyn Broker>) {
     assert_eq!(hit.reason.as_deref(), Some("fatal: boom"));
     assert_eq!(hit.payload, b"ready");
     assert!(admin(&b).find_job(TaskId::new(), &[]).await.expect("find").is_none());
+}
+
+/// Fills queue `alpha` with two ready jobs, a delayed one, a dead letter and a job in
+/// flight (whose delivery it returns), and `beta` with one ready job.
+async fn a_queue_of_every_kind(b: &Arc<dyn Broker>) -> Delivery {
+    let q = queues(&["alpha"]);
+    b.enqueue(job("alpha", 9, "running")).await.expect("enqueue");
+    let held = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    b.enqueue(job("alpha", 9, "dead")).await.expect("enqueue");
+    let dead = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+    b.dead_letter(&dead[0].lease, "for the test").await.expect("dead-letter");
+    b.enqueue_batch(vec![job("alpha", 5, "one"), job("alpha", 0, "two")]).await.expect("enqueue");
+    b.enqueue(delayed("alpha", after(LONG), "later")).await.expect("enqueue");
+    b.enqueue(job("beta", 5, "bystander")).await.expect("enqueue");
+    held.into_iter().next().expect("one delivery")
+}
+
+/// `queue`'s figures as (ready, delayed, in flight, dead, dead dropped).
+async fn counts(b: &Arc<dyn Broker>, queue: &str) -> (u64, u64, u64, u64, u64) {
+    let s = admin(b).queue_stats(queue).await.expect("queue figures");
+    (s.ready, s.delayed, s.in_flight, s.dead, s.dead_dropped)
+}
+
+/// `delete_queue` refuses, deleting nothing, while a worker holds a job of the queue;
+/// once the job is settled it deletes the queue whole (waiting, delayed, dead
+/// letters, its registry entry) and leaves other queues alone.
+pub async fn delete_queue_refuses_while_jobs_are_in_flight(b: Arc<dyn Broker>) {
+    let held = a_queue_of_every_kind(&b).await;
+    let refused = admin(&b).delete_queue("alpha", false).await;
+    assert!(
+        matches!(&refused, Err(Error::QueueBusy { queue, in_flight: 1 }) if queue == "alpha"),
+        "{refused:?}"
+    );
+    assert_eq!(counts(&b, "alpha").await, (2, 1, 1, 1, 0), "nothing was deleted");
+    assert_eq!(admin(&b).queues().await.expect("queues"), ["alpha", "beta"]);
+    b.ack(&held.lease).await.expect("the worker's lease still holds");
+
+    let deleted = admin(&b).delete_queue("alpha", false).await.expect("delete");
+    let expected = QueueDeleted { waiting: 2, delayed: 1, dead_letters: 1, in_flight: 0 };
+    assert_eq!(deleted, expected);
+    assert_eq!(counts(&b, "alpha").await, (0, 0, 0, 0, 0));
+    assert!(admin(&b).dead_letters("alpha", 0, 10).await.expect("list").is_empty());
+    assert_eq!(admin(&b).queues().await.expect("queues"), ["beta"]);
+    assert_eq!(counts(&b, "beta").await, (1, 0, 0, 0, 0), "another queue is left alone");
+    let nothing = QueueDeleted::default();
+    assert_eq!(admin(&b).delete_queue("alpha", false).await.expect("again"), nothing);
+    assert_eq!(admin(&b).delete_queue("never-used", true).await.expect("unknown"), nothing);
+}
+
+/// A forced `delete_queue` deletes the jobs in flight too: the worker holding one
+/// then finds its lease lost, and the job's id is free to be enqueued again.
+pub async fn a_forced_delete_queue_takes_the_jobs_in_flight_and_their_leases(b: Arc<dyn Broker>) {
+    let held = a_queue_of_every_kind(&b).await;
+    let deleted = admin(&b).delete_queue("alpha", true).await.expect("forced delete");
+    let expected = QueueDeleted { waiting: 2, delayed: 1, dead_letters: 1, in_flight: 1 };
+    assert_eq!(deleted, expected);
+    assert_eq!(counts(&b, "alpha").await, (0, 0, 0, 0, 0));
+    assert_eq!(admin(&b).queues().await.expect("queues"), ["beta"]);
+    let lost = |r: crate::Result<()>| matches!(r, Err(Error::LeaseLost { .. }));
+    assert!(lost(b.renew(&held.lease, LONG).await), "renew");
+    assert!(lost(b.retry(&held.lease, b"again".to_vec(), Utc::now()).await), "retry");
+    assert!(lost(b.ack(&held.lease).await), "ack");
+    assert!(admin(&b).find_job(held.lease.id, &[]).await.expect("find").is_none());
+    assert_eq!(counts(&b, "alpha").await, (0, 0, 0, 0, 0), "the lost lease left no job behind");
+    // The id is forgotten: it may be enqueued again, and the queue is listed again.
+    b.enqueue(Job::new(held.lease.id, "alpha", 5, None, b"anew".to_vec())).await.expect("anew");
+    assert_eq!(counts(&b, "alpha").await, (1, 0, 0, 0, 0));
+    assert_eq!(admin(&b).queues().await.expect("queues"), ["alpha", "beta"]);
+}
+
+/// `delete_queue` of a partitioned queue's name deletes every partition the registry
+/// lists, with the same refusal while any of them has a job in flight; a partition's
+/// own name deletes that partition alone, and a queue whose name merely starts alike
+/// is left alone.
+pub async fn delete_queue_deletes_every_partition_of_a_partitioned_queue(b: Arc<dyn Broker>) {
+    b.enqueue_batch(vec![job("emails#0", 5, "a"), job("emails#0", 5, "b")]).await.expect("batch");
+    b.enqueue(job("emails#1", 5, "running")).await.expect("enqueue");
+    let held =
+        b.claim(WORKER, &queues(&["emails#1"]), 1, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    b.enqueue(delayed("emails#1", after(LONG), "later")).await.expect("enqueue");
+    b.enqueue(job("emails#2", 5, "dead")).await.expect("enqueue");
+    let dead =
+        b.claim(WORKER, &queues(&["emails#2"]), 1, LONG, Duration::ZERO).await.expect("claim");
+    b.dead_letter(&dead[0].lease, "for the test").await.expect("dead-letter");
+    b.enqueue(job("emails-archive", 5, "bystander")).await.expect("enqueue");
+
+    let refused = admin(&b).delete_queue("emails", false).await;
+    assert!(matches!(refused, Err(Error::QueueBusy { in_flight: 1, .. })), "{refused:?}");
+    assert_eq!(counts(&b, "emails#0").await, (2, 0, 0, 0, 0), "nothing was deleted");
+    assert_eq!(counts(&b, "emails#2").await, (0, 0, 0, 1, 0), "nothing was deleted");
+
+    let one = admin(&b).delete_queue("emails#2", false).await.expect("one partition");
+    assert_eq!(one, QueueDeleted { dead_letters: 1, ..QueueDeleted::default() });
+    assert_eq!(
+        admin(&b).queues().await.expect("queues"),
+        ["emails#0", "emails#1", "emails-archive"]
+    );
+
+    let all = admin(&b).delete_queue("emails", true).await.expect("forced delete");
+    assert_eq!(all, QueueDeleted { waiting: 2, delayed: 1, dead_letters: 0, in_flight: 1 });
+    assert_eq!(admin(&b).queues().await.expect("queues"), ["emails-archive"]);
+    assert_eq!(counts(&b, "emails-archive").await, (1, 0, 0, 0, 0));
+    assert!(matches!(b.ack(&held[0].lease).await, Err(Error::LeaseLost { .. })));
 }

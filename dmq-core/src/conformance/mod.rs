@@ -44,8 +44,8 @@ use tokio::time::Instant;
 
 use crate::backend::{ResultBackend, TaskOutcome};
 use crate::broker::{
-    Broker, BrokerAdmin, Delivery, EventStream, EventsFrom, Job, JobState, QueueStats,
-    ScheduleStore, WorkerInfo, WorkerRegistry,
+    Broker, BrokerAdmin, Delivery, EventStream, EventsFrom, Job, JobState, QueueDeleted,
+    QueueStats, ScheduleStore, WorkerInfo, WorkerRegistry,
 };
 use crate::error::Error;
 use crate::events::{Event, EventKind};
@@ -224,6 +224,9 @@ macro_rules! broker_admin_conformance_tests {
             a_dead_letter_can_be_taken_out_and_the_queue_purged,
             the_queue_registry_lists_every_queue_enqueued_to,
             a_job_is_found_by_id_in_each_state,
+            delete_queue_refuses_while_jobs_are_in_flight,
+            a_forced_delete_queue_takes_the_jobs_in_flight_and_their_leases,
+            delete_queue_deletes_every_partition_of_a_partitioned_queue,
         );
     };
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
-    BrokerAdmin, DeadLetter, Error, FoundJob, JobState, QueueCheckup, QueueStats, Result, TaskId,
+    BrokerAdmin, DeadLetter, Error, FoundJob, JobState, QueueCheckup, QueueDeleted, QueueStats,
+    Result, TaskId, is_partition_of,
 };
 use redis::Value;
 
@@ -88,6 +89,29 @@ impl RedisBroker {
         }
         let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
         registered.queues.extend(new.into_iter().map(str::to_owned));
+    }
+
+    /// Removes deleted `queues` from the namespace's queue registry, then from those
+    /// this broker wrote there lately, so that its next enqueue to one registers it
+    /// again.
+    async fn unregister_queues(&self, queues: &[String]) -> Result<()> {
+        let what = format!(
+            "removing the deleted queues {queues:?} from the queue registry {} (their jobs \
+             are deleted; `dmq queues` lists them, empty, until a delete of them succeeds)",
+            self.keys.queues()
+        );
+        let mut conn = self.conn().await?;
+        redis::cmd("SREM")
+            .arg(self.keys.queues())
+            .arg(queues)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.err(&what, e))?;
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        for queue in queues {
+            registered.queues.remove(queue);
+        }
+        Ok(())
     }
 
     /// Looks for job `id` in `queue`: waiting or in flight, else among its newest dead
@@ -292,6 +316,83 @@ impl BrokerAdmin for RedisBroker {
         add_ready_keys(&mut invocation, &keys);
         invocation.key(keys.suspect());
         self.run("purging a queue", &invocation).await
+    }
+
+    /// One script deletes the queue and its partitions, checking everything before it
+    /// deletes anything, so that a refusal deletes nothing. On a Redis Cluster, where
+    /// each partition lives in a slot of its own, it is one script per slot: without
+    /// `force`, the partitions' jobs in flight are counted first and the delete refused
+    /// when there are any; a worker that claims a job of a later partition in the
+    /// moment between makes that partition's script refuse after earlier ones deleted
+    /// theirs, and the error says so.
+    ///
+    /// The queue registry lives in a slot of its own, so the queues leave it in a
+    /// second step (`SREM`), once their keys are gone. In that order nothing is lost
+    /// if the second step never comes: the registry then lists an empty queue, as it
+    /// lists every emptied queue, and deleting it again removes it. The other order
+    /// could leave jobs in a queue that `dmq queues`, `dmq job` and the doctor no
+    /// longer see. A job enqueued between the two steps lands in a queue the registry
+    /// does not list until its producer writes the registry again (each process does,
+    /// at most a minute later) or a worker of the queue heartbeats; its workers run it
+    /// meanwhile all the same.
+    async fn delete_queue(&self, queue: &str, force: bool) -> Result<QueueDeleted> {
+        let mut names: Vec<String> =
+            self.queues().await?.into_iter().filter(|q| is_partition_of(q, queue)).collect();
+        // The queue itself, listed or not.
+        names.push(queue.to_owned());
+        let parts = self.by_slot(names.clone(), String::as_str);
+        if !force && parts.len() > 1 {
+            let mut in_flight = 0;
+            for name in &names {
+                in_flight += self.queue_stats(name).await?.in_flight;
+            }
+            if in_flight > 0 {
+                return Err(Error::QueueBusy { queue: queue.to_owned(), in_flight });
+            }
+        }
+        let mut deleted = QueueDeleted::default();
+        let mut done: Vec<&String> = Vec::new();
+        for part in &parts {
+            let mut invocation = self.scripts.delete_queue.prepare_invoke();
+            for name in part {
+                let keys = self.keys.queue(name);
+                add_lease_keys(&mut invocation, &keys);
+                invocation.key(keys.completed());
+            }
+            invocation.arg(u8::from(force));
+            let what = format!("deleting queue {queue:?}");
+            let reply: Vec<u64> = self.run(&what, &invocation).await?;
+            match *reply.as_slice() {
+                [1, waiting, delayed, dead_letters, in_flight] => {
+                    let mut one = QueueDeleted::default();
+                    (one.waiting, one.delayed) = (waiting, delayed);
+                    (one.dead_letters, one.in_flight) = (dead_letters, in_flight);
+                    deleted += one;
+                    done.extend(part);
+                }
+                [0, in_flight] if done.is_empty() => {
+                    return Err(Error::QueueBusy { queue: queue.to_owned(), in_flight });
+                }
+                [0, in_flight] => {
+                    return Err(Error::backend(
+                        format!(
+                            "{what}: deleted {done:?}, then {part:?} refused: a worker claimed \
+                             {in_flight} jobs of it meanwhile; the rest is as it was, and the \
+                             queue registry still lists them all: delete the queue again"
+                        ),
+                        false,
+                    ));
+                }
+                _ => {
+                    return Err(Error::backend(
+                        format!("{what}: unexpected reply {reply:?} from the delete_queue script"),
+                        false,
+                    ));
+                }
+            }
+        }
+        self.unregister_queues(&names).await?;
+        Ok(deleted)
     }
 
     async fn dead_letters(

@@ -317,21 +317,31 @@ impl RedisBroker {
     /// run together: each queue's part all or none.
     async fn enqueue_jobs(&self, jobs: Vec<Job>) -> Result<()> {
         if self.source.is_cluster() {
-            let mut parts: Vec<(u16, Vec<Job>)> = Vec::new();
-            for job in jobs {
-                let slot = cluster_slot(self.keys.queue(&job.queue).signal().as_bytes());
-                match parts.iter_mut().find(|(s, _)| *s == slot) {
-                    Some((_, part)) => part.push(job),
-                    None => parts.push((slot, vec![job])),
-                }
-            }
-            let added = futures::future::join_all(
-                parts.into_iter().map(|(_, part)| self.enqueue_part(part)),
-            )
-            .await;
+            let parts = self.by_slot(jobs, |job| job.queue.as_str());
+            let added =
+                futures::future::join_all(parts.into_iter().map(|part| self.enqueue_part(part)))
+                    .await;
             return added.into_iter().collect();
         }
         self.enqueue_part(jobs).await
+    }
+
+    /// `items` in groups whose queues (`queue_of` each) share a cluster slot, in the
+    /// order each slot first comes, since a script on a cluster touches one slot; one
+    /// group on one Redis, where a script may touch any key.
+    fn by_slot<T>(&self, items: Vec<T>, queue_of: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+        if !self.source.is_cluster() {
+            return vec![items];
+        }
+        let mut parts: Vec<(u16, Vec<T>)> = Vec::new();
+        for item in items {
+            let slot = cluster_slot(self.keys.queue(queue_of(&item)).signal().as_bytes());
+            match parts.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, part)) => part.push(item),
+                None => parts.push((slot, vec![item])),
+            }
+        }
+        parts.into_iter().map(|(_, part)| part).collect()
     }
 
     /// Adds `jobs` in one script: all or none.

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::InMemoryBroker;
-use crate::broker::{BrokerAdmin, DeadLetter, FoundJob, JobState, QueueStats};
-use crate::error::Result;
+use crate::broker::{BrokerAdmin, DeadLetter, FoundJob, JobState, QueueDeleted, QueueStats};
+use crate::error::{Error, Result};
+use crate::partition::is_partition_of;
 use crate::task::TaskId;
 
 #[async_trait]
@@ -55,6 +56,45 @@ impl BrokerAdmin for InMemoryBroker {
             purged += 1;
         }
         Ok(purged)
+    }
+
+    /// One step under the broker's lock: the check and the delete of every partition.
+    /// Jobs whose lease expired count as waiting, as in
+    /// [`queue_stats`](BrokerAdmin::queue_stats).
+    async fn delete_queue(&self, queue: &str, force: bool) -> Result<QueueDeleted> {
+        let mut state = self.lock();
+        let limits = state.limits;
+        let names: Vec<String> = state
+            .queues
+            .keys()
+            .filter(|name| *name == queue || is_partition_of(name, queue))
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        let mut in_flight = 0;
+        for name in &names {
+            if let Some(q) = state.queues.get_mut(name) {
+                q.promote(name, now, limits);
+                in_flight += q.in_flight.len() as u64;
+            }
+        }
+        if in_flight > 0 && !force {
+            return Err(Error::QueueBusy { queue: queue.to_owned(), in_flight });
+        }
+        let removed: Vec<_> = names.iter().filter_map(|name| state.queues.remove(name)).collect();
+        drop(state);
+        let mut deleted = QueueDeleted::default();
+        for q in &removed {
+            deleted += QueueDeleted {
+                waiting: q.ready_len() as u64,
+                delayed: q.delayed.len() as u64,
+                dead_letters: q.dead.len() as u64,
+                in_flight: q.in_flight.len() as u64,
+            };
+        }
+        // The jobs are freed here, once the lock is released.
+        drop(removed);
+        Ok(deleted)
     }
 
     async fn dead_letters(

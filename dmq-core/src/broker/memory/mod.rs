@@ -804,6 +804,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deleted_queue_forgets_the_count_of_dropped_letters_and_completions() {
+        let broker = InMemoryBroker::with_dead_letter_cap(1);
+        let queues = vec!["q".to_owned()];
+        let long = Duration::from_secs(30);
+        for i in 0..3u8 {
+            broker.enqueue(Job::new(TaskId::new(), "q", 5, None, vec![i])).await.unwrap();
+        }
+        let got = broker.claim("w", &queues, 3, long, Duration::ZERO).await.unwrap();
+        broker.dead_letter(&got[0].lease, "one").await.unwrap();
+        broker.dead_letter(&got[1].lease, "two").await.unwrap();
+        broker.complete(&got[2].lease, long).await.unwrap();
+        assert_eq!(broker.queue_stats("q").await.unwrap().dead_dropped, 1);
+        assert!(broker.is_complete("q", got[2].lease.id).await.unwrap());
+        let deleted = broker.delete_queue("q", false).await.unwrap();
+        assert_eq!(deleted.dead_letters, 1);
+        assert_eq!(broker.queue_stats("q").await.unwrap().dead_dropped, 0);
+        assert!(!broker.is_complete("q", got[2].lease.id).await.unwrap());
+    }
+
+    #[tokio::test]
     async fn the_event_stream_keeps_at_least_its_cap_and_drops_whole_batches() {
         let event =
             |n: u32| Arc::new(Event::new(crate::EventKind::Started, TaskId::new(), "t", "q", n));
