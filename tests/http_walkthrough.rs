@@ -46,6 +46,8 @@ struct Fenced {
 /// A walkthrough block: its code and the output lines the page shows for it.
 #[derive(Debug)]
 struct Step {
+    /// The page it is on.
+    page: &'static str,
     at: usize,
     code: String,
     expected: Vec<String>,
@@ -59,7 +61,7 @@ struct Walkthrough {
     after: Vec<Step>,
 }
 
-fn fenced_blocks(page: &str) -> Vec<Fenced> {
+fn fenced_blocks(page: &str, name: &str) -> Vec<Fenced> {
     let mut blocks = Vec::new();
     let mut open: Option<Fenced> = None;
     let mut blank_since_last = true;
@@ -81,12 +83,12 @@ fn fenced_blocks(page: &str) -> Vec<Fenced> {
             (None, None) => blank_since_last &= line.trim().is_empty(),
         }
     }
-    assert!(open.is_none(), "docs/http-api.md ends inside a fenced block");
+    assert!(open.is_none(), "{name} ends inside a fenced block");
     blocks
 }
 
-fn walkthrough(page: &str) -> Walkthrough {
-    let blocks = fenced_blocks(page);
+fn walkthrough(page: &str, name: &'static str) -> Walkthrough {
+    let blocks = fenced_blocks(page, name);
     let mut before = Vec::new();
     let mut after = Vec::new();
     let mut serve_args = None;
@@ -99,7 +101,7 @@ fn walkthrough(page: &str) -> Walkthrough {
             });
             assert!(
                 runs,
-                "the ```text block at docs/http-api.md:{} does not follow a walkthrough block",
+                "the ```text block at {name}:{} does not follow a walkthrough block",
                 block.at
             );
         }
@@ -119,7 +121,7 @@ fn walkthrough(page: &str) -> Walkthrough {
             Some(next) if next.lang == "text" && next.follows => next.lines.clone(),
             _ => Vec::new(),
         };
-        let step = Step { at: block.at, code: block.lines[1..].join("\n"), expected };
+        let step = Step { page: name, at: block.at, code: block.lines[1..].join("\n"), expected };
         if serve_args.is_none() { before.push(step) } else { after.push(step) }
     }
     let serve_args = serve_args.expect("a ```sh block marked `# walkthrough: serve`");
@@ -223,9 +225,9 @@ fn run_steps(phase: &str, steps: &[Step], dir: &Path, env: &[(&str, String)]) {
     }
     if !status.success() || !finished {
         let n = outputs.len().saturating_sub(1);
-        let at = steps.get(n).map_or(0, |s| s.at);
+        let (page, at) = steps.get(n).map_or(("the page", 0), |s| (s.page, s.at));
         panic!(
-            "the walkthrough block at docs/http-api.md:{at} failed ({status}):\n--- its \
+            "the walkthrough block at {page}:{at} failed ({status}):\n--- its \
              output ---\n{}\n--- stderr ---\n{stderr}",
             outputs.get(n).map(|o| o.join("\n")).unwrap_or_default()
         );
@@ -235,8 +237,9 @@ fn run_steps(phase: &str, steps: &[Step], dir: &Path, env: &[(&str, String)]) {
         for expected in step.expected.iter().filter(|l| !l.trim().is_empty()) {
             assert!(
                 lines.any(|line| matches(expected, line)),
-                "the walkthrough block at docs/http-api.md:{} does not print {expected:?} \
+                "the walkthrough block at {}:{} does not print {expected:?} \
                  (in its place):\n--- its output ---\n{}\n--- stderr ---\n{stderr}",
+                step.page,
                 step.at,
                 output.join("\n")
             );
@@ -266,14 +269,36 @@ fn the_http_api_walkthrough_runs_as_written() {
             .is_ok_and(|s| s.success());
         assert!(found, "the walkthrough needs {tool} on PATH; install it (apt-get install {tool})");
     }
-    common::run_on_redis(run_walkthrough);
+    common::run_on_redis(|backing| run_walkthrough(backing, "docs/http-api.md", None));
 }
 
-async fn run_walkthrough(backing: Backing) {
+/// The README's own walkthrough, in its "HTTP API" section, runs as written too.
+#[test]
+fn the_readme_http_api_section_runs_as_written() {
+    common::run_on_redis(|backing| run_walkthrough(backing, "README.md", Some("## HTTP API")));
+}
+
+/// Runs the walkthrough of page `name`, or of its `section` alone (from that heading
+/// to the next of its level; the lines outside it are blanked, so line numbers hold).
+async fn run_walkthrough(backing: Backing, name: &'static str, section: Option<&str>) {
     let Backing::Redis { namespace } = &backing else { unreachable!("run_on_redis") };
     let root = repo_root();
-    let page = std::fs::read_to_string(root.join("docs/http-api.md")).expect("read the page");
-    let walk = walkthrough(&page);
+    let mut page = std::fs::read_to_string(root.join(name)).expect("read the page");
+    if let Some(heading) = section {
+        let mut inside = false;
+        let lines: Vec<&str> = page
+            .lines()
+            .map(|line| {
+                if line.starts_with("## ") {
+                    inside = line == heading;
+                }
+                if inside { line } else { "" }
+            })
+            .collect();
+        assert!(lines.iter().any(|l| *l == heading), "no section {heading:?} in {name}");
+        page = lines.join("\n");
+    }
+    let walk = walkthrough(&page, name);
     let scratch = Scratch::new();
     let python = python();
     let python_dir = python.parent().expect("the interpreter's directory").to_owned();

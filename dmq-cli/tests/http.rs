@@ -273,6 +273,14 @@ fn tokens_and_jwts_are_checked_for_presence_expiry_signature_scope_namespace_and
             "namespace",
         );
 
+        // Plain HTTP speaks HTTP/2 too, to a client that knows it (prior knowledge).
+        let h2c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+        let response = h2c.get(served.url("/health")).send().await.unwrap();
+        assert_eq!(
+            (response.version(), response.status()),
+            (reqwest::Version::HTTP_2, StatusCode::OK)
+        );
+
         // Health and the API's description need no token.
         let health = client().get(served.url("/health")).send().await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);

@@ -88,7 +88,8 @@ pub enum NackOutcome {
 /// [`Manager::consumer`](crate::Manager::consumer).
 ///
 /// Leases work as a worker's do: a consumer that vanishes loses its jobs when their
-/// leases expire (a worker's reaper, or `dmq serve`'s, takes them back), and once a
+/// leases expire (the next claim of their queue takes them back, each to run alone, as
+/// does a worker's reaper), and once a
 /// lease has passed to another holder, nothing the first holder sends changes the job
 /// or its result.
 #[derive(Debug, Clone)]
