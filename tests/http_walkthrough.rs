@@ -295,7 +295,7 @@ async fn run_walkthrough(backing: Backing, name: &'static str, section: Option<&
                 if inside { line } else { "" }
             })
             .collect();
-        assert!(lines.iter().any(|l| *l == heading), "no section {heading:?} in {name}");
+        assert!(lines.contains(&heading), "no section {heading:?} in {name}");
         page = lines.join("\n");
     }
     let walk = walkthrough(&page, name);

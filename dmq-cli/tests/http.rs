@@ -681,6 +681,12 @@ fn malformed_requests_get_a_json_4xx_and_a_refused_batch_adds_nothing() {
         refused(&post(&served, Some(PRODUCER), "/v1/jobs", &big).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "--max-body");
         refused(&get(&served, Some(ADMIN), "/v1/jobs/not-a-uuid").await, StatusCode::BAD_REQUEST, "bad_request", "UUID");
         refused(&get(&served, Some(ADMIN), "/v1/nowhere").await, StatusCode::NOT_FOUND, "not_found", "/v1/openapi.json");
+        // A claim's fields are all optional: no body at all is a claim of one job.
+        let bare = client().post(served.url("/v1/queues/work/claim")).bearer_auth(WORKER);
+        let (status, body) = answer(bare).await;
+        assert_eq!((status, body["jobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{body}");
+        let put = client().put(served.url("/v1/jobs")).bearer_auth(PRODUCER);
+        refused(&answer(put).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method");
         refused(&post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({"max": 0})).await, StatusCode::BAD_REQUEST, "bad_request", "max");
         refused(&post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({"lease_ms": 5})).await, StatusCode::BAD_REQUEST, "bad_request", "lease_ms");
         refused(&post(&served, Some(WORKER), "/v1/leases/ack", &json!({"lease": {"id": "x", "queue": "work", "token": "t", "fence": 1}})).await, StatusCode::BAD_REQUEST, "bad_request", "UUID");

@@ -21,8 +21,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `lease_lost`, `conflict`, `payload_too_large`, `rate_limited`, `unavailable`,
-    /// `internal`.
+    /// `method_not_allowed`, `lease_lost`, `conflict`, `queue_busy`,
+    /// `payload_too_large`, `unsupported_media_type`, `rate_limited`, `unsupported`,
+    /// `unavailable`, `internal`.
     pub code: &'static str,
     /// What was wrong, and what to do.
     pub message: String,
@@ -74,6 +75,15 @@ impl ApiError {
         error
     }
 
+    /// 405: the endpoint exists, but not for this method.
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method; see /v1/openapi.json",
+        )
+    }
+
     /// 503: the broker cannot be reached now, or the request ran too long.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -95,6 +105,7 @@ impl From<dmq_core::Error> for ApiError {
                 format!("{message}; the job is no longer yours: drop it without settling it"),
             ),
             Error::DuplicateJob { .. } => ApiError::conflict("conflict", message),
+            Error::QueueBusy { .. } => ApiError::conflict("queue_busy", message),
             Error::InvalidArgument(_) | Error::MessageTooLarge { .. } | Error::Encode { .. } => {
                 ApiError::bad_request(message)
             }

@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// The longest a long poll (a claim or a result wait) may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest delay an enqueue may ask for: 100 years, so that its eta is written
+/// in RFC 3339 (which ends at year 9999) in every answer.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// The most jobs one claim may take.
 pub const MAX_CLAIM: usize = 100;
 

@@ -1,10 +1,11 @@
 //! The OpenAPI document that describes the API, built from the handlers' own
 //! annotations so that it cannot drift from them.
 
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{admin, consume, events, produce};
+use crate::api::{QueueOrPartition, admin, consume, events, produce};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,9 +20,10 @@ use crate::api::{admin, consume, events, produce};
         consume::claim, consume::renew, consume::ack, consume::nack, consume::release,
         admin::queues, admin::queue, admin::purge, admin::dead_letters,
         admin::requeue_dead_letter, admin::requeue_all, admin::delete_dead_letter,
-        admin::purge_dead_letters, admin::workers, admin::schedules, events::events,
+        admin::purge_dead_letters, admin::delete_queue, admin::workers, admin::schedules, events::events,
     ),
-    modifiers(&Bearer),
+    components(schemas(QueueOrPartition)),
+    modifiers(&Bearer, &OneTime),
     tags(
         (name = "produce", description = "Enqueue jobs and read their results (scope produce)"),
         (name = "consume", description = "Claim and settle jobs under leases (scope consume)"),
@@ -42,6 +44,24 @@ impl Modify for Bearer {
     }
 }
 
+/// What `EnqueueRequest`'s derived schema cannot say: a job gives `eta` or `delay_ms`,
+/// not both (either may be null).
+struct OneTime;
+
+impl Modify for OneTime {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else { return };
+        let Some(job) = components.schemas.remove("EnqueueRequest") else { return };
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let one = AnyOfBuilder::new()
+            .item(ObjectBuilder::new().property("eta", null()))
+            .item(ObjectBuilder::new().property("delay_ms", null()))
+            .description(Some("Not both `eta` and `delay_ms`."));
+        let job = AllOfBuilder::new().item(job).item(one);
+        components.schemas.insert("EnqueueRequest".to_owned(), job.into());
+    }
+}
+
 /// The OpenAPI document, as JSON text.
 #[must_use]
 pub fn openapi_json() -> String {
@@ -49,4 +69,21 @@ pub fn openapi_json() -> String {
         // Cannot happen: the document is plain data.
         format!("{{\"error\": \"the OpenAPI document did not encode: {e}\"}}")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    #[test]
+    fn the_document_states_the_rules_its_derives_cannot() {
+        let document: Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let job = &document["components"]["schemas"]["EnqueueRequest"]["allOf"];
+        assert_eq!(job[1]["anyOf"][0]["properties"]["eta"]["type"], "null", "{job}");
+        let longest = &job[0]["properties"]["delay_ms"]["maximum"];
+        let max_delay = u64::try_from(crate::limits::MAX_DELAY.as_millis()).unwrap();
+        assert_eq!(longest.as_u64(), Some(max_delay), "{job}");
+        let queue = &document["components"]["schemas"]["QueueOrPartition"]["pattern"];
+        assert!(queue.as_str().is_some_and(|p| p.ends_with("(#[0-9]+)?$")), "{queue}");
+    }
 }

@@ -214,7 +214,7 @@ fn router(state: AppState, limits: Limits) -> Router {
         .route("/jobs/{id}", get(produce::job))
         .route("/jobs/{id}/result", get(produce::result))
         .route("/queues", get(admin::queues))
-        .route("/queues/{queue}", get(admin::queue))
+        .route("/queues/{queue}", get(admin::queue).delete(admin::delete_queue))
         .route("/queues/{queue}/claim", post(consume::claim))
         .route("/queues/{queue}/purge", post(admin::purge))
         .route(
@@ -293,10 +293,6 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn method_not_allowed() -> Response {
-    let error =
-        ApiError::bad_request("this endpoint does not take that method; see /v1/openapi.json");
-    let mut response = error.into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
 }

@@ -478,6 +478,20 @@ pub trait BrokerAdmin: Send + Sync {
     /// When the broker cannot be reached.
     async fn find_job(&self, id: TaskId, queues: &[String]) -> Result<Option<FoundJob>>;
 
+    /// The envelope of job `id` while `queue` holds it in flight (claimed, under a
+    /// lease); `None` when it is not in flight there. For settling a job whose holder
+    /// runs elsewhere ([`Consumer`](crate::Consumer)): brokers answer it with one read,
+    /// where [`find_job`](BrokerAdmin::find_job) may search every list of the queue.
+    /// The default asks `find_job`.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn in_flight_payload(&self, queue: &str, id: TaskId) -> Result<Option<Vec<u8>>> {
+        let found = self.find_job(id, &[queue.to_owned()]).await?;
+        Ok(found.filter(|job| job.state == JobState::InFlight).map(|job| job.payload))
+    }
+
     /// Looks for jobs of `queues` that are stored but wait nowhere, so that nothing
     /// would ever run them (a write cut off halfway leaves such a job), and with `fix`
     /// puts them back in their queue. Workers' reapers run it now and then with `fix`.

@@ -148,12 +148,23 @@ pub async fn a_job_is_found_by_id_in_each_state(b: Arc<dyn Broker>) {
     assert!(elsewhere.is_none(), "{elsewhere:?}");
     let held = b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
     let hit = found(JobState::InFlight)(admin(&b).find_job(ready_id, &[]).await.expect("find"));
+    // An in-flight job's envelope, read by its queue and id; none for a job not in
+    // flight there.
+    let read = |queue: &'static str, id| {
+        let b = Arc::clone(&b);
+        async move { admin(&b).in_flight_payload(queue, id).await.expect("read") }
+    };
+    assert_eq!(read("alpha", ready_id).await.as_deref(), Some(b"ready".as_slice()));
+    assert_eq!(read("beta", ready_id).await, None, "another queue");
+    assert_eq!(read("beta", later_id).await, None, "a delayed job");
+    assert_eq!(read("alpha", TaskId::new()).await, None, "an unknown job");
     let until = hit.at.expect("a lease deadline");
     assert!(until > Utc::now() && until <= after(LONG + Duration::from_secs(1)), "{until}");
     b.dead_letter(&held[0].lease, "fatal: boom").await.expect("dead-letter");
     let hit = found(JobState::DeadLettered)(admin(&b).find_job(ready_id, &[]).await.expect("find"));
     assert_eq!(hit.reason.as_deref(), Some("fatal: boom"));
     assert_eq!(hit.payload, b"ready");
+    assert_eq!(read("alpha", ready_id).await, None, "a dead letter");
     assert!(admin(&b).find_job(TaskId::new(), &[]).await.expect("find").is_none());
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::backend::TaskOutcome;
-use crate::broker::{JobState, Lease};
+use crate::broker::Lease;
 use crate::core::Core;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -253,15 +253,12 @@ impl Consumer {
     }
 
     /// The envelope of the job `lease` names, which must be in flight: a lease for a
-    /// job no longer held (settled, or taken back) is lost.
+    /// job no longer held (settled, or taken back) is lost. The token itself is checked
+    /// by the settling call that follows, atomically.
     async fn in_flight(&self, lease: &Lease) -> Result<Envelope> {
-        let found =
-            self.core.admin()?.find_job(lease.id, std::slice::from_ref(&lease.queue)).await?;
-        match found {
-            Some(job) if job.state == JobState::InFlight => {
-                Envelope::decode(&job.payload, self.core.config.max_message_size)
-            }
-            _ => Err(Error::LeaseLost { id: lease.id }),
+        match self.core.admin()?.in_flight_payload(&lease.queue, lease.id).await? {
+            Some(payload) => Envelope::decode(&payload, self.core.config.max_message_size),
+            None => Err(Error::LeaseLost { id: lease.id }),
         }
     }
 

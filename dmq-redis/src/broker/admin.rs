@@ -274,6 +274,22 @@ impl BrokerAdmin for RedisBroker {
         spoiled.map_or(Ok(None), Err)
     }
 
+    async fn in_flight_payload(&self, queue: &str, id: TaskId) -> Result<Option<Vec<u8>>> {
+        let keys = self.keys.queue(queue);
+        let field = id_text(id);
+        let mut conn = self.conn().await?;
+        // Two reads of one slot in one transaction: whether the job is in flight, and
+        // its envelope; no list is searched.
+        let (lease, payload): (Option<f64>, Option<Vec<u8>>) = redis::pipe()
+            .atomic()
+            .zscore(keys.in_flight(), field)
+            .hget(keys.payloads(), field)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(&format!("reading job {id} of queue {queue:?}"), e))?;
+        Ok(lease.and(payload))
+    }
+
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let keys = self.keys.queue(queue);
         let mut pipe = redis::pipe();

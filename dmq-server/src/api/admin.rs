@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{json_of, task_id};
+use super::{QueueOrPartition, json_of, task_id};
 use crate::auth::Scope;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, Caller};
@@ -82,7 +82,7 @@ pub(crate) async fn queues(
 
 /// One queue's depths.
 #[utoipa::path(get, path = "/v1/queues/{queue}", tag = "admin",
-    params(("queue" = String, Path, description = "The queue")),
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
     responses((status = 200, body = QueueView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
@@ -108,7 +108,7 @@ pub(crate) struct Count {
 
 /// Removes every waiting job (ready or delayed) of a queue.
 #[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "admin",
-    params(("queue" = String, Path, description = "The queue")),
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
     responses((status = 200, body = Count),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
@@ -127,13 +127,16 @@ pub(crate) async fn purge(
 
 /// A page of dead letters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Page {
     /// Skip this many, newest first (0 by default).
     #[serde(default)]
+    #[param(maximum = 18446744073709551615_u64)]
     offset: Option<usize>,
     /// Return at most this many (1 to 1,000; 100 by default).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -144,8 +147,8 @@ pub(crate) struct DeadLetterView {
     id: String,
     /// Its task, when its envelope decodes.
     task: Option<String>,
-    /// Its arguments, when its envelope decodes.
-    #[schema(value_type = Object, nullable)]
+    /// Its arguments (a JSON array, one value per parameter), when its envelope
+    /// decodes and they have a JSON form.
     args: Option<Value>,
     /// Its last attempt, when its envelope decodes.
     attempt: Option<u32>,
@@ -164,7 +167,7 @@ pub(crate) struct DeadLetterList {
 
 /// A page of a queue's dead letters, newest first.
 #[utoipa::path(get, path = "/v1/queues/{queue}/dead-letters", tag = "admin",
-    params(("queue" = String, Path, description = "The queue"), Page),
+    params(("queue" = QueueOrPartition, Path, description = "The queue"), Page),
     responses((status = 200, body = DeadLetterList),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
@@ -204,8 +207,8 @@ pub(crate) async fn dead_letters(
 
 /// Puts one dead letter back in its queue, as a fresh attempt.
 #[utoipa::path(post, path = "/v1/queues/{queue}/dead-letters/{id}/requeue", tag = "admin",
-    params(("queue" = String, Path, description = "The queue"),
-        ("id" = String, Path, description = "The job's id")),
+    params(("queue" = QueueOrPartition, Path, description = "The queue"),
+        ("id" = uuid::Uuid, Path, description = "The job's id")),
     responses((status = 200, body = Count),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -229,7 +232,7 @@ pub(crate) async fn requeue_dead_letter(
 
 /// Puts every dead letter of a queue back in it.
 #[utoipa::path(post, path = "/v1/queues/{queue}/dead-letters/requeue", tag = "admin",
-    params(("queue" = String, Path, description = "The queue")),
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
     responses((status = 200, body = Count),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
@@ -248,8 +251,8 @@ pub(crate) async fn requeue_all(
 
 /// Deletes one dead letter.
 #[utoipa::path(delete, path = "/v1/queues/{queue}/dead-letters/{id}", tag = "admin",
-    params(("queue" = String, Path, description = "The queue"),
-        ("id" = String, Path, description = "The job's id")),
+    params(("queue" = QueueOrPartition, Path, description = "The queue"),
+        ("id" = uuid::Uuid, Path, description = "The job's id")),
     responses((status = 200, body = Count),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -272,7 +275,7 @@ pub(crate) async fn delete_dead_letter(
 
 /// Empties a queue's dead-letter queue.
 #[utoipa::path(delete, path = "/v1/queues/{queue}/dead-letters", tag = "admin",
-    params(("queue" = String, Path, description = "The queue")),
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
     responses((status = 200, body = Count),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
@@ -397,4 +400,59 @@ pub(crate) async fn schedules(
         })
         .collect();
     Ok(Json(ScheduleList { schedules }))
+}
+
+/// Whether to delete a queue whose jobs workers hold.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    /// Delete the jobs workers hold too (their workers' acks then fail with
+    /// `lease_lost`); without it, a queue with jobs in flight is refused with 409.
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+/// What a queue's deletion removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeletedView {
+    /// Ready and suspect jobs.
+    waiting: u64,
+    /// Delayed jobs and retries.
+    delayed: u64,
+    /// Dead letters.
+    dead_letters: u64,
+    /// Jobs workers held (only with `force`).
+    in_flight: u64,
+}
+
+/// Deletes a queue whole: its waiting and delayed jobs, its dead letters and its
+/// entry in the queue registry (a queue's partitions too). Refused while workers
+/// hold its jobs, unless `force`.
+#[utoipa::path(delete, path = "/v1/queues/{queue}", tag = "admin",
+    params(("queue" = QueueOrPartition, Path, description = "The queue"), DeleteQuery),
+    responses((status = 200, body = DeletedView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, description = "Workers hold jobs of the queue", body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 501, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn delete_queue(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Json<DeletedView>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    let Query(query) = query?;
+    let force = query.force.unwrap_or(false);
+    let deleted = state.manager.admin()?.delete_queue(&queue, force).await?;
+    Ok(Json(DeletedView {
+        waiting: deleted.waiting,
+        delayed: deleted.delayed,
+        dead_letters: deleted.dead_letters,
+        in_flight: deleted.in_flight,
+    }))
 }

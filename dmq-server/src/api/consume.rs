@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use dmq_core::{Lease, Nack, NackOutcome};
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{json_of, millis, task_id};
+use super::{Body, OptionalBody, QueueOrPartition, json_of, millis, task_id, whole};
 use crate::auth::Scope;
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::{DEFAULT_LEASE, LEASE_RANGE, MAX_CLAIM, MAX_WAIT};
@@ -26,12 +25,15 @@ use crate::state::{AppState, Caller};
 #[serde(deny_unknown_fields)]
 pub(crate) struct LeaseBody {
     /// The job's id.
+    #[schema(value_type = uuid::Uuid)]
     id: String,
     /// The queue it was claimed from.
     queue: String,
     /// The lease's token, fresh for every claim.
     token: String,
     /// A number that grows with every claim of the job.
+    #[serde(deserialize_with = "whole::number")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     fence: u64,
 }
 
@@ -56,16 +58,18 @@ impl LeaseBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClaimRequest {
     /// The most jobs to take (1 to 100; 1 by default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
     #[schema(minimum = 1, maximum = 100)]
     max: Option<usize>,
     /// The lease's length in milliseconds (1,000 to 3,600,000; 30,000 by default):
     /// renew it before it runs out, or the job goes back to its queue.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1000, maximum = 3600000)]
     lease_ms: Option<u64>,
     /// When no job is due, wait up to this many milliseconds for one (at most 30,000;
     /// 0 by default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     wait_ms: Option<u64>,
 }
 
@@ -78,8 +82,8 @@ pub(crate) struct ClaimedBody {
     id: String,
     /// The task to run.
     task: String,
-    /// Its arguments.
-    #[schema(value_type = Object)]
+    /// Its arguments: a JSON array, one value per parameter, or a string saying why
+    /// they have no JSON form (MessagePack binary data).
     args: Value,
     /// The attempt this run is, from 1.
     attempt: u32,
@@ -105,8 +109,8 @@ pub(crate) struct Claimed {
 
 /// Claims up to `max` jobs of a queue, each under a lease.
 #[utoipa::path(post, path = "/v1/queues/{queue}/claim", tag = "consume",
-    params(("queue" = String, Path, description = "The queue")),
-    request_body = ClaimRequest,
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
+    request_body = Option<ClaimRequest>,
     responses(
         (status = 200, body = Claimed),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -118,11 +122,11 @@ pub(crate) async fn claim(
     State(state): State<AppState>,
     caller: Caller,
     Path(queue): Path<String>,
-    body: Result<Json<ClaimRequest>, JsonRejection>,
+    body: Result<OptionalBody<ClaimRequest>, ApiError>,
 ) -> Result<Json<Claimed>, ApiError> {
     caller.require_on(&state, Scope::Consume, &queue)?;
     dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
-    let Json(request) = body?;
+    let OptionalBody(request) = body?;
     let max = request.max.unwrap_or(1);
     if !(1..=MAX_CLAIM).contains(&max) {
         return Err(ApiError::bad_request(format!("max must be 1 to {MAX_CLAIM}, not {max}")));
@@ -170,8 +174,10 @@ fn lease_length(ms: Option<u64>) -> Result<Duration, ApiError> {
 pub(crate) struct RenewRequest {
     /// The lease, as the claim returned it.
     lease: LeaseBody,
-    /// The new length from now, in milliseconds (30,000 by default).
-    #[serde(default)]
+    /// The new length from now, in milliseconds (1,000 to 3,600,000; 30,000 by
+    /// default).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1000, maximum = 3600000)]
     lease_ms: Option<u64>,
 }
 
@@ -207,9 +213,9 @@ impl Settled {
 pub(crate) async fn renew(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<RenewRequest>, JsonRejection>,
+    body: Result<Body<RenewRequest>, ApiError>,
 ) -> Result<Json<Settled>, ApiError> {
-    let Json(request) = body?;
+    let Body(request) = body?;
     caller.require_on(&state, Scope::Consume, &request.lease.queue)?;
     let lease = request.lease.lease()?;
     state.consumer.renew(&lease, lease_length(request.lease_ms)?).await?;
@@ -222,9 +228,8 @@ pub(crate) async fn renew(
 pub(crate) struct AckRequest {
     /// The lease, as the claim returned it.
     lease: LeaseBody,
-    /// The task's return value (null when it returns nothing).
+    /// The task's return value, any JSON value (null when it returns nothing).
     #[serde(default)]
-    #[schema(value_type = Object, nullable)]
     result: Value,
 }
 
@@ -241,9 +246,9 @@ pub(crate) struct AckRequest {
 pub(crate) async fn ack(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<AckRequest>, JsonRejection>,
+    body: Result<Body<AckRequest>, ApiError>,
 ) -> Result<Json<Settled>, ApiError> {
-    let Json(request) = body?;
+    let Body(request) = body?;
     caller.require_on(&state, Scope::Consume, &request.lease.queue)?;
     let lease = request.lease.lease()?;
     let value = rmp_serde::to_vec_named(&request.result).map_err(|e| {
@@ -266,7 +271,8 @@ pub(crate) struct NackRequest {
     #[serde(default)]
     retry: Option<bool>,
     /// Retry after this many milliseconds instead of the job's backoff.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     delay_ms: Option<u64>,
 }
 
@@ -283,9 +289,9 @@ pub(crate) struct NackRequest {
 pub(crate) async fn nack(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<NackRequest>, JsonRejection>,
+    body: Result<Body<NackRequest>, ApiError>,
 ) -> Result<Json<Settled>, ApiError> {
-    let Json(request) = body?;
+    let Body(request) = body?;
     caller.require_on(&state, Scope::Consume, &request.lease.queue)?;
     let lease = request.lease.lease()?;
     let mut nack = Nack::new(request.error);
@@ -324,9 +330,9 @@ pub(crate) struct ReleaseRequest {
 pub(crate) async fn release(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<ReleaseRequest>, JsonRejection>,
+    body: Result<Body<ReleaseRequest>, ApiError>,
 ) -> Result<Json<Settled>, ApiError> {
-    let Json(request) = body?;
+    let Body(request) = body?;
     caller.require_on(&state, Scope::Consume, &request.lease.queue)?;
     state.consumer.release(&request.lease.lease()?).await?;
     Ok(Settled::plain("released"))

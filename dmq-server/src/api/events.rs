@@ -12,7 +12,9 @@ use dmq_core::{Event, EventKind, EventsFrom};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use utoipa::IntoParams;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use crate::auth::Scope;
 use crate::error::{ApiError, ErrorBody};
@@ -71,18 +73,48 @@ pub fn event_json(event: &Event) -> Value {
 
 /// Where the stream starts.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventsQuery {
     /// Send the last this many events kept first (0, the default: only new ones).
     #[serde(default)]
+    #[param(maximum = 18446744073709551615_u64)]
     last: Option<usize>,
 }
+
+/// One event of the stream as an SSE client reads it: its `event` and its `data`.
+pub(crate) struct StreamEvent;
+
+impl PartialSchema for StreamEvent {
+    fn schema() -> RefOr<Schema> {
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .description(Some(
+                "One Server-Sent Event: `event:` its kind, `data:` the event as JSON",
+            ))
+            .property(
+                "event",
+                text().description(Some("The event's kind: `queued`, `started`, ...")),
+            )
+            .property(
+                "data",
+                text().content_media_type("application/json").description(Some(
+                    "The event as a JSON object (the fields `dmq events --json` prints)",
+                )),
+            )
+            .required("event")
+            .required("data")
+            .into()
+    }
+}
+
+impl ToSchema for StreamEvent {}
 
 /// Follows the event stream (Server-Sent Events, `text/event-stream`): each event's
 /// `event:` is its kind and its `data:` the event as JSON.
 #[utoipa::path(get, path = "/v1/events", tag = "admin", params(EventsQuery),
     responses(
-        (status = 200, description = "A stream of events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of events", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 501, body = ErrorBody)),

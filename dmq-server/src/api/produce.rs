@@ -4,19 +4,21 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use dmq_core::{Envelope, JobState, MAX_PRIORITY};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-use super::{Outcome, millis, task_id};
+use super::{Body, Outcome, QueueName, TaskName, millis, task_id, whole};
 use crate::auth::Scope;
 use crate::error::{ApiError, ErrorBody};
-use crate::limits::MAX_WAIT;
+use crate::limits::{MAX_DELAY, MAX_WAIT};
 use crate::state::{AppState, Caller};
 
 /// The queue of a job whose request names none and whose task this server does not
@@ -28,23 +30,25 @@ const DEFAULT_QUEUE: &str = "default";
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnqueueRequest {
     /// The registered task name the workers run, such as `emails.send`.
+    #[schema(value_type = TaskName)]
     task: String,
     /// The task's arguments, one JSON value per parameter, in order.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
     args: Vec<Value>,
     /// The queue; by default the task's own when this server knows the task, else
     /// `default`.
     #[serde(default)]
+    #[schema(value_type = Option<QueueName>)]
     queue: Option<String>,
-    /// Run no sooner than this many milliseconds from now.
-    #[serde(default)]
+    /// Run no sooner than this many milliseconds from now (at most 100 years).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(maximum = 3153600000000_u64)]
     delay_ms: Option<u64>,
     /// Run no sooner than this instant (RFC 3339); not with `delay_ms`.
     #[serde(default)]
     eta: Option<DateTime<Utc>>,
     /// 0 (lowest) to 9 (highest); 5 by default.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
     #[schema(maximum = 9)]
     priority: Option<u8>,
     /// A second enqueue with the same key, while the first is known, returns the
@@ -55,10 +59,12 @@ pub(crate) struct EnqueueRequest {
     #[serde(default)]
     expires_at: Option<DateTime<Utc>>,
     /// How many retries a failure gets, instead of the task's setting.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(format = "uint32", maximum = 4294967295_u64)]
     max_retries: Option<u32>,
     /// How long one run may take, in milliseconds, instead of the task's setting.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     timeout_ms: Option<u64>,
     /// String headers that travel with the job (tenant, trace context, ...).
     #[serde(default)]
@@ -87,8 +93,25 @@ pub(crate) struct Enqueued {
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchRequest {
     /// The jobs, in order; none may carry an idempotency key.
+    #[schema(value_type = Vec<BatchJob>)]
     jobs: Vec<EnqueueRequest>,
 }
+
+/// A job of a batch: an [`EnqueueRequest`] without an idempotency key.
+pub(crate) struct BatchJob;
+
+impl PartialSchema for BatchJob {
+    fn schema() -> RefOr<Schema> {
+        let null = ObjectBuilder::new().schema_type(Type::Null);
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name("EnqueueRequest"))
+            .item(ObjectBuilder::new().property("idempotency_key", null))
+            .description(Some("A job, as POST /v1/jobs takes it, without an idempotency key."))
+            .into()
+    }
+}
+
+impl ToSchema for BatchJob {}
 
 /// The ids of a batch's jobs, in the order they were sent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -125,8 +148,14 @@ fn envelope_of(
         (None, Some(ms)) => Some(
             chrono::Duration::from_std(Duration::from_millis(ms))
                 .ok()
+                .filter(|_| Duration::from_millis(ms) <= MAX_DELAY)
                 .and_then(|d| envelope.created_at.checked_add_signed(d))
-                .ok_or_else(|| ApiError::bad_request(format!("delay_ms {ms} is too long")))?,
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "delay_ms {ms} is too long; the longest delay is {} ms (100 years)",
+                        MAX_DELAY.as_millis()
+                    ))
+                })?,
         ),
         (None, None) => None,
     };
@@ -159,9 +188,9 @@ fn envelope_of(
 pub(crate) async fn enqueue(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<EnqueueRequest>, JsonRejection>,
+    body: Result<Body<EnqueueRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
-    let Json(request) = body?;
+    let Body(request) = body?;
     let (envelope, key) = envelope_of(&state, &caller, request)?;
     let (new_id, eta) = (envelope.id, envelope.eta);
     let id = state.manager.enqueue_envelope_with_key(envelope.clone(), key.as_deref()).await?;
@@ -183,9 +212,9 @@ pub(crate) async fn enqueue(
 pub(crate) async fn enqueue_batch(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<BatchRequest>, JsonRejection>,
+    body: Result<Body<BatchRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<BatchEnqueued>), ApiError> {
-    let Json(request) = body?;
+    let Body(request) = body?;
     caller.require(&state, Scope::Produce)?;
     if request.jobs.len() > state.limits.max_batch {
         return Err(ApiError::bad_request(format!(
@@ -245,7 +274,7 @@ fn state_name(state: JobState) -> &'static str {
 
 /// A job's state and, once it finished, its outcome.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "produce",
-    params(("id" = String, Path, description = "The job's id (a UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
     responses(
         (status = 200, body = JobView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -312,17 +341,19 @@ fn result_state(outcome: &Option<dmq_core::TaskOutcome>) -> String {
 
 /// How long to wait for a result.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WaitQuery {
     /// Wait up to this many milliseconds for the result (at most 30,000); 0, the
     /// default, answers at once.
     #[serde(default)]
+    #[param(format = "uint64", maximum = 18446744073709551615_u64)]
     wait_ms: Option<u64>,
 }
 
 /// A job's outcome, waiting for it up to `wait_ms` (a long poll).
 #[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "produce",
-    params(("id" = String, Path, description = "The job's id (a UUID)"), WaitQuery),
+    params(("id" = uuid::Uuid, Path, description = "The job's id"), WaitQuery),
     responses(
         (status = 200, body = Outcome),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
