@@ -185,6 +185,20 @@ pub enum Command {
     )]
     Events(EventsArgs),
 
+    /// Cancel a job that has not started: remove it from its queue so it never runs.
+    ///
+    /// A job waiting in QUEUE (ready, suspect or delayed, a retry waiting its turn
+    /// included) is removed with its envelope, and a cancelled result is stored for it,
+    /// so whoever waits for its result learns at once that it will not run. A job a
+    /// worker is running is left alone, and one QUEUE does not hold (finished,
+    /// dead-lettered: see `dmq dlq delete`, or never there) changes nothing; both exit
+    /// with status 1 and say which. QUEUE is the queue the job is in: for a partitioned
+    /// queue, its partition (emails#3), as `dmq job ID` shows it.
+    #[command(
+        after_help = "Examples:\n  dmq cancel emails 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10\n  dmq cancel 'emails#3' 0b5c6f2e-3f3c-4d7e-9a57-6f1f2f0c9a10 --json"
+    )]
+    Cancel(CancelArgs),
+
     /// Delete every job waiting in a queue, ready or delayed; asks for --yes.
     ///
     /// Jobs being run stay with their workers, and dead letters stay too (see
@@ -353,6 +367,18 @@ pub struct EventsArgs {
 /// Parses an event kind, saying which there are.
 fn parse_event_type(text: &str) -> Result<dmq_core::EventType, String> {
     text.parse().map_err(|e: dmq_core::Error| e.to_string())
+}
+
+/// The options of `dmq cancel`.
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// The queue the job is in (for a partitioned queue, its partition).
+    pub queue: String,
+    /// The job's task id.
+    pub id: String,
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
 }
 
 /// The options of `dmq purge`.

@@ -1017,3 +1017,58 @@ fn queue_delete_asks_for_yes_and_refuses_jobs_in_flight_unless_forced() {
         "deleted queue \"reports\": 0 waiting, 0 delayed, 0 dead letters, 0 in flight"
     );
 }
+
+/// `dmq cancel` removes a waiting job (ready or delayed) and stores its cancelled
+/// result; a running job is left alone, and a job the queue does not hold (unknown,
+/// cancelled already, dead-lettered, in a partition named by its queue's name) changes
+/// nothing: those exit with status 1 and a message saying which.
+#[test]
+fn cancel_removes_a_waiting_job_and_says_why_it_did_not_otherwise() {
+    let ns = Namespace::new();
+    let ready = ns.enqueue("reports.build", "reports", None);
+    let kept = ns.enqueue("reports.build", "reports", None);
+    let delayed =
+        ns.enqueue("reports.build", "reports", Some(Utc::now() + chrono::Duration::hours(1)));
+    let running = ns.enqueue("app.slow", "slow", None);
+    let held = ns.claim("slow", 1);
+    assert_eq!(held[0].lease.id, running);
+    let dead = ns.dead_letters("emails", 1)[0];
+    // A job as a manager with `partitions("mail", 2)` places it.
+    let parted = TaskId::new();
+    let job = dmq_core::Job::new(parted, "mail#1", 5, None, vec![0x90]);
+    ns.rt.block_on(ns.manager.broker().enqueue(job)).expect("enqueues");
+
+    let out = ns.ok(&["cancel", "reports", &ready.to_string()]);
+    assert_eq!(
+        out.trim(),
+        format!("cancelled job {ready} of queue \"reports\" (task reports.build): it will not run")
+    );
+    let removed = ns.json(&["cancel", "reports", &delayed.to_string()]);
+    assert_eq!(
+        removed,
+        json!({"id": delayed.to_string(), "queue": "reports", "outcome": "removed"})
+    );
+    let stats = ns.stats("reports");
+    assert_eq!((stats.ready, stats.delayed), (1, 0), "job {kept} stays");
+    let result = ns.json(&["result", &ready.to_string()]);
+    assert_eq!(
+        (result["state"].as_str(), result["attempts"].as_u64()),
+        (Some("cancelled"), Some(0))
+    );
+
+    assert_error(&ns.dmq(&["cancel", "slow", &running.to_string()]), "is running");
+    assert_eq!(ns.stats("slow").in_flight, 1, "the running job is left alone");
+    ns.rt.block_on(ns.manager.broker().ack(&held[0].lease)).expect("its lease still holds");
+    assert_error(&ns.dmq(&["cancel", "reports", &ready.to_string()]), "no job");
+    assert_error(&ns.dmq(&["cancel", "reports", &TaskId::new().to_string()]), "no job");
+    assert_error(&ns.dmq(&["cancel", "emails", &dead.to_string()]), "dmq dlq delete");
+    assert_eq!(ns.stats("emails").dead, 1, "the dead letter stays");
+    assert_error(&ns.dmq(&["cancel", "mail", &parted.to_string()]), "it is in queue \"mail#1\"");
+    ns.ok(&["cancel", "mail#1", &parted.to_string()]);
+    assert_error(&ns.dmq(&["cancel", "reports", "nope"]), "not a task id");
+
+    let out = ns.dmq(&["cancel", "slow", &TaskId::new().to_string(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(printed["outcome"], "not_found");
+}

@@ -87,6 +87,14 @@ pub enum Error {
         id: TaskId,
     },
 
+    /// The job was cancelled before it started
+    /// ([`Manager::cancel`](crate::Manager::cancel)), so it will never run.
+    #[error("task {id} was cancelled before it started and will not run")]
+    Cancelled {
+        /// The task id.
+        id: TaskId,
+    },
+
     /// No result arrived within the time the caller was willing to wait.
     #[error("no result for task {id} within {waited:?}; the job may still be queued or running")]
     Timeout {

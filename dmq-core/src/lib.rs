@@ -52,10 +52,10 @@ pub use backend::{
     may_replace,
 };
 pub use broker::{
-    Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter, Delivery,
-    EventCursor, EventPage, EventStream, EventsFrom, FoundJob, InMemoryBroker, Job, JobState,
-    Lease, QueueCheckup, QueueDeleted, QueueStats, ScheduleState, ScheduleStore, WorkerInfo,
-    WorkerRegistry, WorkerStatus, refuse_keys_in_batches,
+    Broker, BrokerAdmin, Cancelled, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter,
+    Delivery, EventCursor, EventPage, EventStream, EventsFrom, FoundJob, InMemoryBroker, Job,
+    JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, ScheduleState, ScheduleStore,
+    WorkerInfo, WorkerRegistry, WorkerStatus, refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{

@@ -84,3 +84,42 @@ async fn a_deleted_queue_leaves_no_key_but_its_idempotency_keys() {
     assert_eq!(keys_of_queue(&namespace, "alpha").await, [idempotency]);
     assert_eq!(broker.queue_stats("alpha").await.unwrap().dead_dropped, 0);
 }
+
+/// Beyond the suite, with a manager on Redis: a waiter on a job's result, subscribed
+/// before the job is cancelled, learns at once that it will not run (the cancelled
+/// outcome's notification wakes it), and the outcome reads back as `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_a_cancelled_jobs_result_learns_at_once_on_redis() {
+    use std::time::Duration;
+    let namespace = common::fresh_namespace();
+    let _cleanup = common::Cleanup::of(&namespace);
+    let url = common::redis_url();
+    let manager = dmq_core::Manager::builder()
+        .broker(dmq_redis::RedisBroker::connect_with_namespace(&url, &namespace).await.unwrap())
+        .backend(dmq_redis::RedisBackend::connect_with_namespace(&url, &namespace).await.unwrap())
+        .build()
+        .unwrap();
+    let mut envelope = dmq_core::Envelope::new("reports.build", "reports", vec![0x90]);
+    envelope.eta = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    let id = manager.enqueue_envelope(envelope).await.unwrap();
+    let waiter = {
+        let result = manager.result::<i64>(id);
+        tokio::spawn(async move { result.wait(Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(manager.cancel("reports", id).await.unwrap().is_removed());
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter is woken, not left to its timeout")
+        .unwrap();
+    assert!(matches!(waited, Err(Error::Cancelled { id: got }) if got == id), "{waited:?}");
+    let outcome = manager.backend().get(id).await.unwrap().expect("stored");
+    assert_eq!(outcome.state, dmq_core::TaskState::Cancelled);
+    assert_eq!(broker_stats(&manager, "reports").await, (0, 0));
+}
+
+/// (ready, delayed) of `queue`.
+async fn broker_stats(manager: &dmq_core::Manager, queue: &str) -> (u64, u64) {
+    let stats = manager.admin().unwrap().queue_stats(queue).await.unwrap();
+    (stats.ready, stats.delayed)
+}

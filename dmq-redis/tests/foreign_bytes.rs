@@ -722,6 +722,43 @@ async fn a_spoiled_queue_hides_no_job_of_another(url: &str) {
     assert!(missing.to_string().contains("aaa-spoiled"), "{missing}");
 }
 
+/// `cancel` meets a key of the wrong type among the queue's keys (wherever the job
+/// waits, and where it does not) and fails naming it, changing nothing: the job and
+/// its envelope stay, key by key. Once the key is mended, the cancel removes the job.
+async fn a_key_of_the_wrong_type_fails_a_cancel_before_it_changes_anything(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
+    let keys = b.keys().queue("q");
+    let ready = Job::new(TaskId::new(), "q", 9, None, b"ready".to_vec());
+    let later = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    let delayed = Job::new(TaskId::new(), "q", 5, later, b"delayed".to_vec());
+    b.enqueue_batch(vec![ready.clone(), delayed.clone()]).await.expect("enqueue");
+    b.enqueue(Job::new(TaskId::new(), "q", 0, None, b"low".to_vec())).await.expect("enqueue");
+    // Every key the cancel script reads, its payloads first and the suspect list last.
+    let mut spoiled = vec![keys.payloads(), keys.meta(), keys.delayed(), keys.in_flight()];
+    spoiled.extend((0..=9).map(|p| keys.ready(p)));
+    spoiled.push(keys.suspect());
+    for key in &spoiled {
+        spoil(url, key).await;
+        let before = snapshot(&b, url).await;
+        for job in [&ready, &delayed] {
+            let what =
+                format!("cancelling the {} job with {key} spoiled", job.payload.escape_ascii());
+            let err = b.cancel("q", job.id).await.expect_err(&what);
+            refused_unchanged(&b, url, &what, err, key, &before).await;
+        }
+        mend(url, key).await;
+    }
+    for job in [&ready, &delayed] {
+        let cancelled = b.cancel("q", job.id).await.expect("cancel");
+        assert!(
+            matches!(&cancelled, dmq_core::Cancelled::Removed { payload } if *payload == job.payload),
+            "{cancelled:?}"
+        );
+    }
+    let stats = b.queue_stats("q").await.expect("stats");
+    assert_eq!((stats.ready, stats.delayed), (1, 0), "the low job alone is left");
+}
+
 /// Each test above, on the single test Redis and on the local Redis Cluster.
 macro_rules! on_single_and_cluster {
     ($($name:ident),* $(,)?) => {
@@ -756,4 +793,5 @@ on_single_and_cluster!(
     a_spoiled_queue_registry_stops_no_job_and_listing_says_why,
     queues_made_before_the_registry_are_listed_beside_new_ones,
     a_spoiled_queue_hides_no_job_of_another,
+    a_key_of_the_wrong_type_fails_a_cancel_before_it_changes_anything,
 );

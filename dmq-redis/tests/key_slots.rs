@@ -214,6 +214,7 @@ async fn record() -> (BTreeMap<String, Vec<Unit>>, MultiplexedConnection) {
     op!("find a job", broker.find_job(TaskId::new(), &[]).await);
     op!("list dead letters", broker.dead_letters("alpha", 0, 10).await);
     op!("purge dead letters", broker.purge_dead_letters("alpha").await);
+    op!("cancel a job", broker.cancel("alpha", TaskId::new()).await.expect("cancel"));
     op!("delete a queue", broker.delete_queue("alpha", true).await.expect("delete"));
     op!(
         "enqueue to two partitions",

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod cancel;
 mod dlq;
 mod doctor;
 mod enqueue;
@@ -44,6 +45,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Purge(args) => purge::run(args).await,
+        Command::Cancel(args) => cancel::run(args).await,
         Command::Queue(args) => queue::run(args).await,
         Command::Job(args) => job::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
@@ -64,6 +66,7 @@ mod tests {
             ("job.rs", include_str!("job.rs")),
             ("dlq.rs", include_str!("dlq.rs")),
             ("purge.rs", include_str!("purge.rs")),
+            ("cancel.rs", include_str!("cancel.rs")),
             ("queue.rs", include_str!("queue.rs")),
             ("doctor.rs", include_str!("doctor.rs")),
             ("workers.rs", include_str!("workers.rs")),

@@ -28,6 +28,9 @@ pub enum TaskState {
     Failed,
     /// Its expiry passed before it started; it never ran.
     Expired,
+    /// It was cancelled while it waited ([`Manager::cancel`](crate::Manager::cancel));
+    /// it will never run.
+    Cancelled,
 }
 
 /// Why a job failed: the kind, and the task's error message.
@@ -107,6 +110,15 @@ impl TaskOutcome {
     }
 }
 
+impl TaskOutcome {
+    /// A job cancelled while it waited, after `attempts` attempts ran (0 unless it
+    /// waited for a retry).
+    #[must_use]
+    pub fn cancelled(attempts: u32) -> Self {
+        TaskOutcome { state: TaskState::Cancelled, ..TaskOutcome::expired(attempts) }
+    }
+}
+
 impl fmt::Debug for TaskOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskOutcome")
@@ -128,8 +140,8 @@ impl fmt::Debug for TaskOutcome {
 /// - nothing stored yet: yes;
 /// - a success is stored: only by the very run that stored it (the same fence), so a
 ///   write repeated after a lost reply changes nothing;
-/// - a failure or an expiry is stored: by that run or a later one (a job taken from
-///   the dead-letter queue and run again), never by an earlier one.
+/// - a failure, an expiry or a cancellation is stored: by that run or a later one (a
+///   job taken from the dead-letter queue and run again), never by an earlier one.
 #[must_use]
 pub fn may_replace(stored: Option<(TaskState, u64)>, fence: u64) -> bool {
     match stored {
@@ -208,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_failure_is_replaced_by_the_same_or_a_later_run_only() {
-        for state in [TaskState::Failed, TaskState::Expired] {
+        for state in [TaskState::Failed, TaskState::Expired, TaskState::Cancelled] {
             assert!(may_replace(Some((state, 7)), 7));
             assert!(may_replace(Some((state, 8)), 9));
             assert!(!may_replace(Some((state, 8)), 7), "an earlier run");

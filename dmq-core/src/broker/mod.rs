@@ -24,9 +24,9 @@ use crate::task::TaskId;
 
 pub use memory::{DEFAULT_MAX_DELIVERIES, InMemoryBroker};
 pub use types::{
-    DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom, FoundJob,
-    Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, ScheduleState, WorkerInfo,
-    WorkerStatus, refuse_keys_in_batches,
+    Cancelled, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom,
+    FoundJob, Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, ScheduleState,
+    WorkerInfo, WorkerStatus, refuse_keys_in_batches,
 };
 
 /// Where jobs wait and how workers take them: the job lifecycle, which every broker
@@ -429,6 +429,56 @@ pub trait BrokerAdmin: Send + Sync {
         let _ = force;
         Err(crate::Error::Unsupported(format!(
             "this broker cannot delete a queue, so queue {queue:?} was left as it is"
+        )))
+    }
+
+    /// Cancels job `id` of `queue` if it has not started: a job that waits (ready,
+    /// suspect, or delayed, a retry waiting its turn included) is removed with its
+    /// stored envelope and metadata, in one atomic step that checks everything before
+    /// it changes anything, and [`Cancelled::Removed`] returns its envelope. A job a
+    /// worker holds is left alone ([`Cancelled::Running`]; cancelling a running job is
+    /// not offered yet), and so is one whose lease lapsed until a reaper or a claim
+    /// takes it back (then it waits, suspect, and a cancel removes it). A job the
+    /// queue does not hold, waiting or running, is [`Cancelled::NotFound`]: finished,
+    /// dead-lettered (a dead letter is deleted with
+    /// [`take_dead_letter`](BrokerAdmin::take_dead_letter)), cancelled already, or
+    /// never there.
+    ///
+    /// `queue` is the queue the job is in. For a partitioned queue that is the
+    /// partition (`emails#3`), not the queue's logical name: a partition is a queue of
+    /// its own, so `cancel("emails", id)` finds no job of `emails#3`.
+    /// [`find_job`](BrokerAdmin::find_job), or `dmq job <ID>`, names the partition a
+    /// job is in.
+    ///
+    /// The broker keeps no result: [`Manager::cancel`](crate::Manager::cancel) calls
+    /// this and, when the job is removed, stores a
+    /// [`TaskState::Cancelled`](crate::TaskState::Cancelled) outcome so that whoever
+    /// waits for the result learns the job will never run. What stays: the job's
+    /// idempotency key, until its TTL (a producer that enqueues the same key again
+    /// gets the cancelled job's id), and any result stored by an earlier run.
+    ///
+    /// ```
+    /// use dmq_core::{BrokerAdmin, Cancelled, InMemoryBroker, TaskId};
+    ///
+    /// # async fn demo(broker: InMemoryBroker, id: TaskId) -> dmq_core::Result<()> {
+    /// match broker.cancel("emails", id).await? {
+    ///     Cancelled::Removed { .. } => println!("job {id} will never run"),
+    ///     Cancelled::Running => println!("job {id} is running; it was left alone"),
+    ///     _ => println!("no job {id} waits or runs in queue emails"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`](crate::Error::Unsupported) from a broker that cannot
+    /// cancel a job (the default); otherwise when the broker cannot be reached, or
+    /// refuses (a key of another type where the queue's keys should be: nothing is
+    /// changed then).
+    async fn cancel(&self, queue: &str, id: TaskId) -> Result<Cancelled> {
+        Err(crate::Error::Unsupported(format!(
+            "this broker cannot cancel a job, so job {id} of queue {queue:?} was left as it is"
         )))
     }
 

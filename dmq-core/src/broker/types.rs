@@ -277,6 +277,36 @@ impl std::ops::AddAssign for QueueDeleted {
     }
 }
 
+/// What [`BrokerAdmin::cancel`](super::BrokerAdmin::cancel) found of a job, and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancelled {
+    /// The job was waiting (ready, suspect or delayed) and is removed, with its
+    /// stored envelope and metadata: no worker will run it.
+    Removed {
+        /// The envelope the job held, as stored (decode it with
+        /// [`Envelope::decode`](crate::Envelope::decode)).
+        payload: Vec<u8>,
+    },
+    /// A worker holds the job (in flight, under a lease, or its lease lapsed and no
+    /// reaper or claim has taken it back yet): nothing was changed, and the run goes
+    /// on.
+    Running,
+    /// The queue holds no such job, waiting or running: it finished, was
+    /// dead-lettered (dead letters have their own delete,
+    /// [`take_dead_letter`](super::BrokerAdmin::take_dead_letter)), is in another
+    /// queue (or another partition), or never was.
+    NotFound,
+}
+
+impl Cancelled {
+    /// Whether the job was removed.
+    #[must_use]
+    pub fn is_removed(&self) -> bool {
+        matches!(self, Cancelled::Removed { .. })
+    }
+}
+
 /// A worker as it registers itself with the broker: who it is and what it does.
 ///
 /// Workers heartbeat with this; [`WorkerRegistry::workers`](super::WorkerRegistry::workers) lists the live ones, and a

@@ -1,5 +1,6 @@
 //! The admin capability ([`BrokerAdmin`]): the queue registry,
-//! queue figures, purges, dead letters, finding a job by id, and deleting a queue.
+//! queue figures, purges, dead letters, finding a job by id, deleting a queue, and
+//! cancelling a job.
 
 use super::*;
 
@@ -271,4 +272,125 @@ pub async fn delete_queue_deletes_every_partition_of_a_partitioned_queue(b: Arc<
     assert_eq!(admin(&b).queues().await.expect("queues"), ["emails-archive"]);
     assert_eq!(counts(&b, "emails-archive").await, (1, 0, 0, 0, 0));
     assert!(matches!(b.ack(&held[0].lease).await, Err(Error::LeaseLost { .. })));
+}
+
+/// Whether `cancelled` removed the job whose payload is `payload`.
+fn removed(cancelled: &Cancelled, payload: &str) -> bool {
+    matches!(cancelled, Cancelled::Removed { payload: p } if p == payload.as_bytes())
+}
+
+/// `cancel` removes a waiting job, ready (of any priority) or delayed, and returns its
+/// envelope; the queue's other jobs are untouched, a second cancel finds nothing, a
+/// cancelled delayed job is never promoted, and the cancelled id is forgotten (it may
+/// be enqueued again).
+pub async fn cancel_removes_a_waiting_job_and_nothing_else(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let (high, low, kept) =
+        (job("alpha", 9, "high"), job("alpha", 0, "low"), job("alpha", 5, "kept"));
+    let (high_id, low_id) = (high.id, low.id);
+    b.enqueue_batch(vec![high, kept, low]).await.expect("enqueue");
+    let soon = delayed("alpha", after(Duration::from_millis(300)), "soon");
+    let soon_id = soon.id;
+    b.enqueue(soon).await.expect("enqueue");
+    b.enqueue(delayed("alpha", after(LONG), "later")).await.expect("enqueue");
+    b.enqueue(job("beta", 5, "bystander")).await.expect("enqueue");
+
+    let got = admin(&b).cancel("alpha", high_id).await.expect("cancel");
+    assert!(removed(&got, "high"), "{got:?}");
+    let got = admin(&b).cancel("alpha", low_id).await.expect("cancel");
+    assert!(removed(&got, "low"), "{got:?}");
+    let got = admin(&b).cancel("alpha", soon_id).await.expect("cancel");
+    assert!(removed(&got, "soon"), "{got:?}");
+    assert_eq!(counts(&b, "alpha").await, (1, 1, 0, 0, 0), "the other jobs stay");
+    assert_eq!(counts(&b, "beta").await, (1, 0, 0, 0, 0), "another queue is left alone");
+    for id in [high_id, low_id, soon_id] {
+        let again = admin(&b).cancel("alpha", id).await.expect("cancel again");
+        assert_eq!(again, Cancelled::NotFound, "cancelled twice");
+        assert!(admin(&b).find_job(id, &[]).await.expect("find").is_none());
+    }
+
+    // The cancelled delayed job never falls due: only the job left ready is claimed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let got = b.claim(WORKER, &q, 10, LONG, Duration::from_millis(300)).await.expect("claim");
+    assert_eq!(payloads(&got), ["kept"]);
+    assert_eq!(counts(&b, "alpha").await, (0, 1, 1, 0, 0), "the later job still waits");
+    b.ack(&got[0].lease).await.expect("ack");
+
+    // Its id is forgotten, envelope and all.
+    b.enqueue(Job::new(high_id, "alpha", 5, None, b"anew".to_vec())).await.expect("anew");
+    let got = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(payloads(&got), ["anew"]);
+    b.ack(&got[0].lease).await.expect("ack");
+}
+
+/// `cancel` leaves a job in flight alone (`Running`: its lease still settles), even
+/// once its lease lapsed until it is taken back; a job taken back (suspect) or
+/// released waits again and is removed. A finished, dead-lettered or unknown job, or
+/// an unknown queue, is `NotFound`, and the dead letter stays.
+pub async fn cancel_leaves_a_running_job_alone_and_finds_no_finished_one(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let running = job("alpha", 5, "running");
+    let running_id = running.id;
+    b.enqueue(running).await.expect("enqueue");
+    let held = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    assert_eq!(admin(&b).cancel("alpha", running_id).await.expect("cancel"), Cancelled::Running);
+    assert_eq!(counts(&b, "alpha").await, (0, 0, 1, 0, 0), "untouched");
+    b.renew(&held[0].lease, LONG).await.expect("the lease still holds");
+    b.ack(&held[0].lease).await.expect("and still settles");
+    let finished = admin(&b).cancel("alpha", running_id).await.expect("cancel");
+    assert_eq!(finished, Cancelled::NotFound, "finished");
+
+    // Released: it waits again, and is removed.
+    b.enqueue(job("alpha", 5, "released")).await.expect("enqueue");
+    let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+    b.release(&got[0].lease).await.expect("release");
+    let cancelled = admin(&b).cancel("alpha", got[0].lease.id).await.expect("cancel");
+    assert!(removed(&cancelled, "released"), "{cancelled:?}");
+    assert!(matches!(b.ack(&got[0].lease).await, Err(Error::LeaseLost { .. })));
+
+    // Dead-lettered: not found, and the letter stays.
+    b.enqueue(job("alpha", 5, "dead")).await.expect("enqueue");
+    let dead = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+    b.dead_letter(&dead[0].lease, "for the test").await.expect("dead-letter");
+    let got = admin(&b).cancel("alpha", dead[0].lease.id).await.expect("cancel");
+    assert_eq!(got, Cancelled::NotFound, "a dead letter is not cancelled");
+    assert_eq!(admin(&b).dead_letter_count("alpha").await.expect("count"), 1);
+
+    let unknown = admin(&b).cancel("alpha", TaskId::new()).await.expect("cancel");
+    assert_eq!(unknown, Cancelled::NotFound);
+    let nowhere = admin(&b).cancel("never-used", TaskId::new()).await.expect("cancel");
+    assert_eq!(nowhere, Cancelled::NotFound);
+
+    // A lapsed lease is still in flight until it is taken back; then it is suspect.
+    if b.worker_registry().is_none() {
+        return;
+    }
+    b.enqueue(job("alpha", 5, "lost")).await.expect("enqueue");
+    let lost = b.claim(WORKER, &q, 1, Duration::from_millis(200), Duration::ZERO).await;
+    let lost = lost.expect("claim");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lapsed = admin(&b).cancel("alpha", lost[0].lease.id).await.expect("cancel");
+    assert_eq!(lapsed, Cancelled::Running, "not taken back yet");
+    assert_eq!(reap_until_something_moves(&b, &q).await, 1);
+    assert_eq!(admin(&b).queue_stats("alpha").await.expect("figures").suspect, 1);
+    let suspect = admin(&b).cancel("alpha", lost[0].lease.id).await.expect("cancel");
+    assert!(removed(&suspect, "lost"), "{suspect:?}");
+    assert_eq!(counts(&b, "alpha").await, (0, 0, 0, 1, 0));
+    assert!(b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
+}
+
+/// A partition is a queue of its own: `cancel` of a partitioned queue's logical name
+/// finds no job of a partition, and the partition's own name cancels it.
+pub async fn cancel_takes_a_partitions_job_by_the_partitions_name(b: Arc<dyn Broker>) {
+    let one = job("emails#1", 5, "one");
+    let one_id = one.id;
+    b.enqueue(one).await.expect("enqueue");
+    b.enqueue(job("emails#2", 5, "two")).await.expect("enqueue");
+    assert_eq!(admin(&b).cancel("emails", one_id).await.expect("cancel"), Cancelled::NotFound);
+    assert_eq!(admin(&b).cancel("emails#2", one_id).await.expect("cancel"), Cancelled::NotFound);
+    let got = admin(&b).cancel("emails#1", one_id).await.expect("cancel");
+    assert!(removed(&got, "one"), "{got:?}");
+    assert_eq!(counts(&b, "emails#1").await, (0, 0, 0, 0, 0));
+    assert_eq!(counts(&b, "emails#2").await, (1, 0, 0, 0, 0));
 }

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use crate::backend::{ResultBackend, TaskOutcome};
 use crate::broker::{
-    Broker, BrokerAdmin, Delivery, EventStream, EventsFrom, Job, JobState, QueueDeleted,
+    Broker, BrokerAdmin, Cancelled, Delivery, EventStream, EventsFrom, Job, JobState, QueueDeleted,
     QueueStats, ScheduleStore, WorkerInfo, WorkerRegistry,
 };
 use crate::error::Error;
@@ -227,6 +227,9 @@ macro_rules! broker_admin_conformance_tests {
             delete_queue_refuses_while_jobs_are_in_flight,
             a_forced_delete_queue_takes_the_jobs_in_flight_and_their_leases,
             delete_queue_deletes_every_partition_of_a_partitioned_queue,
+            cancel_removes_a_waiting_job_and_nothing_else,
+            cancel_leaves_a_running_job_alone_and_finds_no_finished_one,
+            cancel_takes_a_partitions_job_by_the_partitions_name,
         );
     };
 }

@@ -381,8 +381,9 @@ impl<T: DeserializeOwned> ResultRef<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::TaskFailed`] or [`Error::Expired`] when the job did not succeed,
-    /// [`Error::ResultType`] when the value is not a `T`, or the backend's error.
+    /// [`Error::TaskFailed`], [`Error::Expired`] or [`Error::Cancelled`] when the job
+    /// did not succeed, [`Error::ResultType`] when the value is not a `T`, or the
+    /// backend's error.
     pub async fn get(&self) -> Result<Option<T>> {
         match self.manager.backend().get(self.id).await? {
             Some(outcome) => self.read(outcome).map(Some),
@@ -434,6 +435,7 @@ impl<T: DeserializeOwned> ResultRef<T> {
                 })
             }
             TaskState::Expired => Err(Error::Expired { id: self.id }),
+            TaskState::Cancelled => Err(Error::Cancelled { id: self.id }),
         }
     }
 }

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::backend::{InMemoryBackend, ResultBackend};
-use crate::broker::{Broker, BrokerAdmin, DeadLetter, EventStream, InMemoryBroker};
+use crate::backend::{InMemoryBackend, ResultBackend, TaskOutcome};
+use crate::broker::{Broker, BrokerAdmin, Cancelled, DeadLetter, EventStream, InMemoryBroker};
 use crate::core::bus::Bus;
 use crate::core::{Config, Core};
 use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use crate::error::{BackendSource, Error, Result};
 use crate::events::{Callback, DEFAULT_EVENT_BUFFER, EventObserver, ListenerStats};
 use crate::metrics::Metrics;
 use crate::partition::{PartitionBy, Partitions};
@@ -277,6 +277,74 @@ impl Manager {
     /// [`Error::Unsupported`] for a broker without one ([`Broker::admin`]).
     pub fn admin(&self) -> Result<&dyn BrokerAdmin> {
         self.core.admin()
+    }
+
+    /// Cancels job `id` of `queue` if it has not started, with
+    /// [`BrokerAdmin::cancel`]: a job that waits (ready, suspect or delayed) is removed
+    /// and will never run; one a worker holds is left alone
+    /// ([`Cancelled::Running`]); one the queue does not hold is
+    /// [`Cancelled::NotFound`]. `queue` is the queue the job is in: for a partitioned
+    /// queue, its partition (`emails#3`; `dmq job <ID>` names it).
+    ///
+    /// When the job is removed, a [`TaskState::Cancelled`](crate::TaskState::Cancelled)
+    /// outcome is stored as its result (for the manager's `result_ttl`), so that
+    /// whoever waits for it ([`TaskHandle::result`](crate::TaskHandle::result),
+    /// [`ResultRef::wait`]) gets [`Error::Cancelled`] at once instead of waiting out
+    /// their timeout. It is stored under fence 0 ([`ResultBackend::store_fenced`]), so
+    /// an outcome an earlier run of the job stored stays (a success whose
+    /// acknowledgement was lost, say). No event is emitted: no
+    /// [`EventKind`](crate::EventKind) says "cancelled" yet.
+    ///
+    /// ```standalone_crate
+    /// use dmq_core::{task, Cancelled, Error, Manager, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// #[task]
+    /// async fn digest(team: String) -> Result<(), TaskError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> dmq_core::Result<()> {
+    /// let manager = Manager::builder().build()?;
+    /// let handle =
+    ///     digest::call("ops".into()).delay(Duration::from_secs(3600)).enqueue(&manager).await?;
+    /// let cancelled = manager.cancel("default", handle.id()).await?;
+    /// assert!(matches!(cancelled, Cancelled::Removed { .. }));
+    /// let waited = handle.result(Duration::from_secs(60)).await;
+    /// assert!(matches!(waited, Err(Error::Cancelled { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for a broker without the admin capability or without
+    /// cancel; otherwise the broker's error, with nothing changed. When the job was
+    /// removed but its result could not be stored, an [`Error::Backend`] that says so
+    /// (its source is the backend's error): the job will not run, and its waiters time
+    /// out.
+    pub async fn cancel(&self, queue: &str, id: TaskId) -> Result<Cancelled> {
+        let cancelled = self.admin()?.cancel(queue, id).await?;
+        if let Cancelled::Removed { payload } = &cancelled {
+            // The attempts that ran: those before the one it waited for.
+            let attempts = Envelope::decode(payload, self.core.config.max_message_size)
+                .map_or(0, |envelope| envelope.attempt.saturating_sub(1));
+            let outcome = TaskOutcome::cancelled(attempts);
+            let ttl = self.core.config.result_ttl;
+            if let Err(e) = self.core.backend.store_fenced(id, &outcome, ttl, 0).await {
+                return Err(Error::backend_caused_by(
+                    format!(
+                        "job {id} of queue {queue:?} was cancelled (removed: it will not run), \
+                         but storing its cancelled result failed ({e}); whoever waits for its \
+                         result waits until their timeout"
+                    ),
+                    false,
+                    BackendSource::new(e),
+                ));
+            }
+        }
+        Ok(cancelled)
     }
 
     /// A page of `queue`'s dead-letter queue, newest first.
@@ -661,4 +729,102 @@ fn periodics_of(registry: &Registry) -> Result<Periodics> {
     }
     periodics.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(periodics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TaskState;
+
+    fn envelope(queue: &str, attempt: u32) -> Envelope {
+        let mut envelope = Envelope::new("tests.sleepy", queue, rmp_serde::to_vec(&(1,)).unwrap());
+        envelope.attempt = attempt;
+        envelope.eta = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+        envelope
+    }
+
+    /// A waiter on a cancelled job's result learns at once that it will not run: with
+    /// [`Error::Cancelled`], long before its timeout.
+    #[tokio::test]
+    async fn a_waiter_on_a_cancelled_job_gets_cancelled_at_once() {
+        let manager = Manager::builder().build().unwrap();
+        let id = manager.enqueue_envelope(envelope("reports", 3)).await.unwrap();
+        let waiter = {
+            let result = manager.result::<i64>(id);
+            tokio::spawn(async move { result.wait(Duration::from_secs(60)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let cancelled = manager.cancel("reports", id).await.unwrap();
+        assert!(cancelled.is_removed(), "{cancelled:?}");
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter is woken, not left to its timeout")
+            .unwrap();
+        assert!(matches!(waited, Err(Error::Cancelled { id: got }) if got == id), "{waited:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let outcome = manager.backend().get(id).await.unwrap().expect("a stored outcome");
+        assert_eq!((outcome.state, outcome.attempts), (TaskState::Cancelled, 2));
+        let again = manager.result::<i64>(id).get().await;
+        assert!(matches!(again, Err(Error::Cancelled { .. })), "{again:?}");
+        assert_eq!(manager.cancel("reports", id).await.unwrap(), Cancelled::NotFound);
+    }
+
+    /// A job that is running, or not there, is left alone and gets no result; a
+    /// success an earlier run stored stays when the job is cancelled afterwards.
+    #[tokio::test]
+    async fn cancel_stores_nothing_for_a_job_it_did_not_remove_and_keeps_a_success() {
+        let manager = Manager::builder().build().unwrap();
+        let mut ready = envelope("reports", 1);
+        ready.eta = None;
+        let id = manager.enqueue_envelope(ready).await.unwrap();
+        let queues = ["reports".to_owned()];
+        let long = Duration::from_secs(30);
+        let held = manager.broker().claim("w", &queues, 1, long, Duration::ZERO).await.unwrap();
+        assert_eq!(manager.cancel("reports", id).await.unwrap(), Cancelled::Running);
+        assert_eq!(manager.cancel("reports", TaskId::new()).await.unwrap(), Cancelled::NotFound);
+        assert!(manager.backend().get(id).await.unwrap().is_none(), "no result for either");
+
+        // The run stored its success, then lost its acknowledgement: the job waits again.
+        let value = rmp_serde::to_vec(&7_i64).unwrap();
+        let success = TaskOutcome::succeeded(value, 1, chrono::Utc::now());
+        let fence = held[0].lease.fence;
+        manager.backend().store_fenced(id, &success, long, fence).await.unwrap();
+        manager.broker().release(&held[0].lease).await.unwrap();
+        assert!(manager.cancel("reports", id).await.unwrap().is_removed());
+        assert_eq!(manager.result::<i64>(id).get().await.unwrap(), Some(7));
+    }
+
+    /// A broker without cancel says so, and nothing is stored.
+    #[tokio::test]
+    async fn cancel_on_a_broker_without_it_is_unsupported() {
+        #[derive(Debug)]
+        struct Bare;
+        #[async_trait::async_trait]
+        impl BrokerAdmin for Bare {
+            async fn queues(&self) -> Result<Vec<String>> {
+                Ok(Vec::new())
+            }
+            async fn queue_stats(&self, _: &str) -> Result<crate::QueueStats> {
+                Ok(crate::QueueStats::default())
+            }
+            async fn purge(&self, _: &str) -> Result<u64> {
+                Ok(0)
+            }
+            async fn dead_letters(&self, _: &str, _: usize, _: usize) -> Result<Vec<DeadLetter>> {
+                Ok(Vec::new())
+            }
+            async fn take_dead_letter(&self, _: &str, _: TaskId) -> Result<Option<DeadLetter>> {
+                Ok(None)
+            }
+            async fn purge_dead_letters(&self, _: &str) -> Result<u64> {
+                Ok(0)
+            }
+            async fn find_job(&self, _: TaskId, _: &[String]) -> Result<Option<crate::FoundJob>> {
+                Ok(None)
+            }
+        }
+        let refused = Bare.cancel("reports", TaskId::new()).await;
+        assert!(matches!(&refused, Err(Error::Unsupported(m)) if m.contains("cannot cancel")));
+    }
 }

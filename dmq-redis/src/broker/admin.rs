@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
-    BrokerAdmin, DeadLetter, Error, FoundJob, JobState, QueueCheckup, QueueDeleted, QueueStats,
-    Result, TaskId, is_partition_of,
+    BrokerAdmin, Cancelled, DeadLetter, Error, FoundJob, JobState, QueueCheckup, QueueDeleted,
+    QueueStats, Result, TaskId, is_partition_of,
 };
 use redis::Value;
 
@@ -409,6 +409,36 @@ impl BrokerAdmin for RedisBroker {
         }
         self.unregister_queues(&names).await?;
         Ok(deleted)
+    }
+
+    /// One script (`lua/cancel.lua`) on the queue's keys, which share one slot, so
+    /// the same on a Redis Cluster: it checks every key's type before it changes
+    /// anything. A delayed job is removed from the delayed set alone; a ready or
+    /// suspect one from each ready list and the suspect list (`LREM`, which reads
+    /// them through, as [`find_job`](BrokerAdmin::find_job) does).
+    async fn cancel(&self, queue: &str, id: TaskId) -> Result<Cancelled> {
+        let keys = self.keys.queue(queue);
+        let mut invocation = self.scripts.cancel.prepare_invoke();
+        invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed()).key(keys.in_flight());
+        add_ready_keys(&mut invocation, &keys);
+        invocation.key(keys.suspect()).arg(id_text(id));
+        let what = format!("cancelling job {id} of queue {queue:?}");
+        let reply: Vec<Value> = self.run(&what, &invocation).await?;
+        let word = |v: &Value| redis::from_redis_value_ref::<String>(v).ok();
+        match reply.as_slice() {
+            [kind, payload] if word(kind).as_deref() == Some("removed") => {
+                let payload = redis::from_redis_value_ref(payload).map_err(|e| {
+                    Error::backend(format!("{what}: the envelope is no string: {e}"), false)
+                })?;
+                Ok(Cancelled::Removed { payload })
+            }
+            [kind] if word(kind).as_deref() == Some("running") => Ok(Cancelled::Running),
+            [kind] if word(kind).as_deref() == Some("not_found") => Ok(Cancelled::NotFound),
+            _ => Err(Error::backend(
+                format!("{what}: unexpected reply {reply:?} from the cancel script"),
+                false,
+            )),
+        }
     }
 
     async fn dead_letters(

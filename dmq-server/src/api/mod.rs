@@ -221,7 +221,7 @@ pub(crate) fn json_of(bytes: &[u8]) -> Result<Value, String> {
 /// A job's outcome, as JSON.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Outcome {
-    /// `succeeded`, `failed` or `expired`.
+    /// `succeeded`, `failed`, `expired` or `cancelled`.
     state: &'static str,
     /// The task's return value (any JSON value), when it succeeded.
     value: Option<Value>,
@@ -253,6 +253,7 @@ impl Outcome {
         let state = match outcome.state {
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
             _ => "expired",
         };
         let (value, value_error) = match outcome.value.as_deref().map(json_of) {

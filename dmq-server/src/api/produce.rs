@@ -244,7 +244,7 @@ pub(crate) struct JobView {
     /// The job's id.
     id: String,
     /// `ready`, `suspect`, `delayed`, `in_flight`, `dead_lettered`, `stranded`, or,
-    /// once it has left its queue, `succeeded`, `failed` or `expired`.
+    /// once it has left its queue, `succeeded`, `failed`, `expired` or `cancelled`.
     state: String,
     /// The queue that holds it, while one does.
     queue: Option<String>,
@@ -334,6 +334,7 @@ fn result_state(outcome: &Option<dmq_core::TaskOutcome>) -> String {
     match outcome.as_ref().map(|o| o.state) {
         Some(dmq_core::TaskState::Succeeded) => "succeeded",
         Some(dmq_core::TaskState::Failed) => "failed",
+        Some(dmq_core::TaskState::Cancelled) => "cancelled",
         _ => "expired",
     }
     .to_owned()

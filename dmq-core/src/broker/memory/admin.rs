@@ -1,12 +1,16 @@
 //! The in-memory broker's admin capability: queues, their figures, dead letters,
-//! purges, and finding a job.
+//! purges, deleting a queue, cancelling a job, and finding a job.
+
+use std::collections::VecDeque;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::InMemoryBroker;
-use crate::broker::{BrokerAdmin, DeadLetter, FoundJob, JobState, QueueDeleted, QueueStats};
+use super::{InMemoryBroker, Stored};
+use crate::broker::{
+    BrokerAdmin, Cancelled, DeadLetter, FoundJob, JobState, QueueDeleted, QueueStats,
+};
 use crate::error::{Error, Result};
 use crate::partition::is_partition_of;
 use crate::task::TaskId;
@@ -95,6 +99,31 @@ impl BrokerAdmin for InMemoryBroker {
         // The jobs are freed here, once the lock is released.
         drop(removed);
         Ok(deleted)
+    }
+
+    /// One step under the broker's lock. Leases are not looked at: a job whose lease
+    /// lapsed is in flight until a claim or a reaper takes it back, as on Redis.
+    async fn cancel(&self, queue: &str, id: TaskId) -> Result<Cancelled> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(Cancelled::NotFound) };
+        if q.in_flight.contains_key(&id) {
+            return Ok(Cancelled::Running);
+        }
+        if !q.known.contains(&id) {
+            return Ok(Cancelled::NotFound);
+        }
+        let take = |list: &mut VecDeque<Stored>| {
+            list.iter().position(|s| s.id == id).and_then(|at| list.remove(at))
+        };
+        let stored = q.ready.iter_mut().chain(std::iter::once(&mut q.suspect)).find_map(take);
+        let stored = stored.or_else(|| {
+            let key = q.delayed.iter().find(|(_, s)| s.id == id).map(|(key, _)| *key)?;
+            q.delayed.remove(&key)
+        });
+        q.known.remove(&id);
+        drop(state);
+        Ok(stored
+            .map_or(Cancelled::NotFound, |s| Cancelled::Removed { payload: s.payload.to_vec() }))
     }
 
     async fn dead_letters(
