@@ -707,6 +707,27 @@ fn malformed_requests_get_a_json_4xx_and_a_refused_batch_adds_nothing() {
         let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/batch").await;
         assert_eq!(stats["ready"], 3, "{stats}");
 
+        // A job that has not started can be cancelled; its waiters learn so.
+        let later = json!({"task": "app.add", "args": [1, 2], "queue": "later", "delay_ms": 600_000});
+        let (_, job) = post(&served, Some(PRODUCER), "/v1/jobs", &later).await;
+        let id = job["id"].as_str().unwrap().to_owned();
+        let cancel = |query: &'static str| {
+            let url = served.url(&format!("/v1/jobs/{id}{query}"));
+            async move { answer(client().delete(url).bearer_auth(PRODUCER)).await }
+        };
+        let (status, body) = cancel("").await;
+        assert_eq!((status, &body["outcome"], &body["queue"]), (StatusCode::OK, &json!("cancelled"), &json!("later")), "{body}");
+        let (_, outcome) = get(&served, Some(ADMIN), &format!("/v1/jobs/{id}/result")).await;
+        assert_eq!(outcome["state"], "cancelled", "{outcome}");
+        refused(&cancel("?queue=later").await, StatusCode::NOT_FOUND, "not_found", "no waiting job");
+        refused(&cancel("").await, StatusCode::NOT_FOUND, "not_found", "no queue holds");
+        let (_, job) = post(&served, Some(PRODUCER), "/v1/jobs", &json!({"task": "app.add", "queue": "work"})).await;
+        let id = job["id"].as_str().unwrap().to_owned();
+        let (_, claimed) = post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({})).await;
+        assert_eq!(claimed["jobs"][0]["id"], id.as_str(), "{claimed}");
+        let running = client().delete(served.url(&format!("/v1/jobs/{id}?queue=work"))).bearer_auth(PRODUCER);
+        refused(&answer(running).await, StatusCode::CONFLICT, "running", "running on a worker");
+
         // An idempotency key makes the second enqueue answer with the first job.
         let keyed = json!({"task": "app.add", "args": [1, 2], "queue": "once", "idempotency_key": "order-7"});
         let (first, one) = post(&served, Some(PRODUCER), "/v1/jobs", &keyed).await;

@@ -21,7 +21,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `lease_lost`, `conflict`, `queue_busy`,
+    /// `method_not_allowed`, `lease_lost`, `conflict`, `queue_busy`, `running`,
     /// `payload_too_large`, `unsupported_media_type`, `rate_limited`, `unsupported`,
     /// `unavailable`, `internal`.
     pub code: &'static str,

@@ -16,7 +16,7 @@ use crate::api::{QueueOrPartition, admin, consume, events, produce};
                        document takes `Authorization: Bearer <token>`.",
     ),
     paths(
-        produce::enqueue, produce::enqueue_batch, produce::job, produce::result,
+        produce::enqueue, produce::enqueue_batch, produce::job, produce::result, produce::cancel,
         consume::claim, consume::renew, consume::ack, consume::nack, consume::release,
         admin::queues, admin::queue, admin::purge, admin::dead_letters,
         admin::requeue_dead_letter, admin::requeue_all, admin::delete_dead_letter,

@@ -211,7 +211,7 @@ fn router(state: AppState, limits: Limits) -> Router {
     let v1 = Router::new()
         .route("/jobs", post(produce::enqueue))
         .route("/jobs/batch", post(produce::enqueue_batch))
-        .route("/jobs/{id}", get(produce::job))
+        .route("/jobs/{id}", get(produce::job).delete(produce::cancel))
         .route("/jobs/{id}/result", get(produce::result))
         .route("/queues", get(admin::queues))
         .route("/queues/{queue}", get(admin::queue).delete(admin::delete_queue))

@@ -388,3 +388,70 @@ pub(crate) async fn result(
         ))),
     }
 }
+
+/// Where the job to cancel waits.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelQuery {
+    /// The queue (or partition, `emails#3`) that holds the job; without it the job is
+    /// looked for in every queue, which reads each queue's lists.
+    #[serde(default)]
+    #[param(value_type = Option<super::QueueOrPartition>)]
+    queue: Option<String>,
+}
+
+/// What a cancel did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CancelledView {
+    /// `cancelled`: the job was waiting, is removed, and its result reads `cancelled`.
+    outcome: &'static str,
+    /// The queue it was removed from.
+    queue: String,
+}
+
+/// Cancels a job that has not started: it is removed from its queue, and whoever
+/// waits for its result learns it was cancelled. A running job is not stopped (409).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "produce",
+    params(("id" = uuid::Uuid, Path, description = "The job's id"), CancelQuery),
+    responses(
+        (status = 200, body = CancelledView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No queue holds the job waiting", body = ErrorBody),
+        (status = 409, description = "A worker runs the job", body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 501, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<CancelQuery>, QueryRejection>,
+) -> Result<Json<CancelledView>, ApiError> {
+    caller.require(&state, Scope::Produce)?;
+    let Query(query) = query?;
+    let id = task_id(&id)?;
+    let queue = match query.queue {
+        Some(queue) => queue,
+        None => match state.manager.admin()?.find_job(id, &[]).await? {
+            Some(found) => found.queue,
+            None => return Err(ApiError::not_found(format!("no queue holds job {id}"))),
+        },
+    };
+    caller.0.require_queue(&queue)?;
+    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    match state.manager.cancel(&queue, id).await? {
+        dmq_core::Cancelled::Removed { .. } => {
+            Ok(Json(CancelledView { outcome: "cancelled", queue }))
+        }
+        dmq_core::Cancelled::Running => Err(ApiError::conflict(
+            "running",
+            format!("job {id} is running on a worker; a running job cannot be cancelled yet"),
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "queue {queue:?} holds no waiting job {id}: it finished, was dead-lettered (see \
+             its dead letters), or is in another queue"
+        ))),
+    }
+}
