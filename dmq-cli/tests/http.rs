@@ -6,10 +6,11 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Namespace, redis_url};
+use common::Namespace;
+use common::served::Served;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -25,68 +26,19 @@ const ELSEWHERE: &str = "elsewhere-token-0123456789abcdef";
 /// The HS256 secret.
 const SECRET: &[u8] = b"an HS256 secret of at least thirty-two bytes";
 
-/// A `dmq serve` process; stopped with SIGTERM when dropped.
-struct Served {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Served {
-    /// Starts `dmq serve` on namespace `ns` with `extra` arguments, the tokens file
-    /// and HS256 secret of [`files`] unless `extra` says `--insecure-no-auth`.
-    fn start(ns: &str, extra: &[&str]) -> Served {
-        let dir = std::env::temp_dir().join(format!("dmq-http-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut args: Vec<String> =
-            ["serve", "--listen", "127.0.0.1:0", "--namespace", ns, "--broker", &redis_url()]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-        if !extra.contains(&"--insecure-no-auth") && !extra.contains(&"--jwt-rs256-key") {
-            let (tokens, secret) = files(&dir, ns);
-            args.extend(["--tokens".to_owned(), tokens.display().to_string()]);
-            args.extend(["--jwt-hs256-secret".to_owned(), secret.display().to_string()]);
-        }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dmq"))
-            .args(&args)
-            .env("RUST_LOG", "debug,h2=info,hyper=info,rustls=info")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("dmq serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-                panic!("dmq serve did not say where it listens: {line:?}\n{log}")
-            })
-            .to_owned();
-        Served { child, url, dir }
+/// Starts `dmq serve` on namespace `ns` with `extra` arguments, and the tokens file
+/// and HS256 secret of [`files`] unless `extra` says `--insecure-no-auth` or
+/// `--jwt-rs256-key`.
+fn serve(ns: &str, extra: &[&str]) -> Served {
+    let dir = Served::dir();
+    let mut args: Vec<String> = Vec::new();
+    if !extra.contains(&"--insecure-no-auth") && !extra.contains(&"--jwt-rs256-key") {
+        let (tokens, secret) = files(&dir, ns);
+        args.extend(["--tokens".to_owned(), tokens.display().to_string()]);
+        args.extend(["--jwt-hs256-secret".to_owned(), secret.display().to_string()]);
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    /// What the server logged so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Served::start(ns, dir, &args, "debug,h2=info,hyper=info,rustls=info")
 }
 
 /// Writes the tokens file and the HS256 secret into `dir`.
@@ -160,7 +112,7 @@ fn refused(answer: &(StatusCode, Value), status: StatusCode, code: &str, words: 
 #[test]
 fn tokens_and_jwts_are_checked_for_presence_expiry_signature_scope_namespace_and_queue() {
     let ns = Namespace::new();
-    let served = Served::start(&ns.name, &[]);
+    let served = serve(&ns.name, &[]);
     ns.rt.block_on(async {
         let job = json!({"task": "app.add", "args": [1, 2], "queue": "work"});
         // No credentials, unknown ones, a malformed header.
@@ -332,7 +284,7 @@ fn rs256_jwts_verify_with_the_public_key_only() {
     };
     let (private, public) = rsa("signer");
     let (other_private, _) = rsa("stranger");
-    let served = Served::start(&ns.name, &["--jwt-rs256-key", public.to_str().unwrap()]);
+    let served = serve(&ns.name, &["--jwt-rs256-key", public.to_str().unwrap()]);
     ns.rt.block_on(async {
         let claims = json!({"sub": "svc", "exp": now() + 600, "scope": "produce"});
         let sign = |pem: &[u8]| {
@@ -380,7 +332,7 @@ fn tls_serves_http2_and_http1_with_a_certificate_the_test_made() {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
     let cert_path = dir.join("cert.pem").display().to_string();
     let key_path = dir.join("key.pem").display().to_string();
-    let served = Served::start(&ns.name, &["--tls-cert", &cert_path, "--tls-key", &key_path]);
+    let served = serve(&ns.name, &["--tls-cert", &cert_path, "--tls-key", &key_path]);
     assert!(served.url.starts_with("https://"), "{}", served.url);
     ns.rt.block_on(async {
         let root = reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap();
@@ -416,7 +368,7 @@ fn tls_serves_http2_and_http1_with_a_certificate_the_test_made() {
 #[test]
 fn rates_per_token_and_per_address_answer_429_with_retry_after() {
     let ns = Namespace::new();
-    let served = Served::start(&ns.name, &["--rate-per-token", "5/m", "--rate-per-ip", "12/m"]);
+    let served = serve(&ns.name, &["--rate-per-token", "5/m", "--rate-per-ip", "12/m"]);
     ns.rt.block_on(async {
         let job = json!({"task": "app.add", "args": [1, 2], "queue": "rated"});
         for _ in 0..5 {
@@ -459,7 +411,7 @@ fn rates_per_token_and_per_address_answer_429_with_retry_after() {
 #[test]
 fn a_consumer_killed_mid_lease_loses_its_job_to_the_next_and_can_settle_nothing() {
     let ns = Namespace::new();
-    let served = Served::start(&ns.name, &[]);
+    let served = serve(&ns.name, &[]);
     let enqueued = ns.rt.block_on(async {
         let job = json!({"task": "remote.work", "args": ["x"], "queue": "work"});
         post(&served, Some(PRODUCER), "/v1/jobs", &job).await
@@ -539,7 +491,29 @@ fn a_consumer_killed_mid_lease_loses_its_job_to_the_next_and_can_settle_nothing(
             "lease_lost",
             "lease",
         );
-        // A forged token on the live job is refused the same way.
+        // A live lease whose fence the client raised (to outrank a later run's result)
+        // is refused too, as is a forged token.
+        let mut raised = second["lease"].clone();
+        raised["fence"] = json!(second["lease"]["fence"].as_u64().unwrap() + 1);
+        refused(
+            &post(
+                &served,
+                Some(WORKER),
+                "/v1/leases/nack",
+                &json!({"lease": raised, "error": "x", "retry": false}),
+            )
+            .await,
+            StatusCode::CONFLICT,
+            "lease_lost",
+            "lease",
+        );
+        refused(
+            &post(&served, Some(WORKER), "/v1/leases/ack", &json!({"lease": raised, "result": 1}))
+                .await,
+            StatusCode::CONFLICT,
+            "lease_lost",
+            "lease",
+        );
         let mut forged = second["lease"].clone();
         forged["token"] = json!("1.1.1.forged@nobody");
         refused(
@@ -567,7 +541,7 @@ fn a_consumer_killed_mid_lease_loses_its_job_to_the_next_and_can_settle_nothing(
 #[test]
 fn a_nack_retries_by_the_jobs_policy_then_dead_letters_and_an_operator_requeues_it() {
     let ns = Namespace::new();
-    let served = Served::start(&ns.name, &[]);
+    let served = serve(&ns.name, &[]);
     ns.rt.block_on(async {
         // Events first, so that the job's Queued event is among them.
         let mut events =
@@ -658,7 +632,7 @@ fn a_nack_retries_by_the_jobs_policy_then_dead_letters_and_an_operator_requeues_
 #[test]
 fn malformed_requests_get_a_json_4xx_and_a_refused_batch_adds_nothing() {
     let ns = Namespace::new();
-    let served = Served::start(&ns.name, &["--max-body", "4096", "--max-batch", "3"]);
+    let served = serve(&ns.name, &["--max-body", "4096", "--max-batch", "3"]);
     ns.rt.block_on(async {
         let cases = [
             (json!({"task": "app.add", "args": [1], "queue": "q", "colour": "red"}), "unknown field `colour`"),

@@ -11,81 +11,30 @@
 //! replays it, `DMQ_FUZZ_EXAMPLES=<n>` (30 by default) goes deeper.
 
 mod common;
+#[path = "../../dmq-redis/tests/common/python.rs"]
+mod python;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use common::{Namespace, redis_url};
+use common::Namespace;
+use common::served::Served;
+use python::python;
 use serde_json::{Value, json};
 
 /// Test cases per operation and phase: the run takes 20 to 60 s on two cores, the
 /// longer while other tests keep Redis busy.
 const EXAMPLES: &str = "30";
 
-/// The Python to run schemathesis with: `DMQ_PYTHON`, else the one
-/// `scripts/ensure-python` sets up (and prints).
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("DMQ_PYTHON") {
-        return python.into();
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-python");
-    let out = Command::new(&script).output().expect("run scripts/ensure-python");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{} failed: {stderr}", script.display());
-    let stdout = String::from_utf8(out.stdout).expect("a path in UTF-8");
-    stdout.lines().last().expect("ensure-python prints the interpreter's path").into()
-}
-
-/// A `dmq serve` process with its files; stopped with SIGTERM when dropped.
-struct Served {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Served {
-    /// Starts `dmq serve` on namespace `ns`, with one token of every scope.
-    fn start(ns: &str, token: &str) -> Served {
-        let dir = std::env::temp_dir().join(format!("dmq-http-fuzz-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let tokens = json!({"tokens": [
-            {"name": "fuzz", "token": token, "scopes": ["produce", "consume", "admin"]},
-        ]});
-        std::fs::write(dir.join("tokens.json"), tokens.to_string()).unwrap();
-        let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dmq"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--namespace", ns])
-            .args(["--broker", &redis_url()])
-            .arg("--tokens")
-            .arg(dir.join("tokens.json"))
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("dmq serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let mut served = Served { child, url: String::new(), dir };
-        served.url = match line.trim().strip_prefix("listening on ") {
-            Some(url) => url.to_owned(),
-            None => panic!("dmq serve did not say where it listens: {line:?}\n{}", served.log()),
-        };
-        served
-    }
-
-    /// What the server logged so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Starts `dmq serve` on namespace `ns`, with one token of every scope.
+fn serve(ns: &str, token: &str) -> Served {
+    let dir = Served::dir();
+    let tokens = json!({"tokens": [
+        {"name": "fuzz", "token": token, "scopes": ["produce", "consume", "admin"]},
+    ]});
+    std::fs::write(dir.join("tokens.json"), tokens.to_string()).expect("the tokens file");
+    let args = ["--tokens".to_owned(), dir.join("tokens.json").display().to_string()];
+    Served::start(ns, dir, &args, "warn")
 }
 
 /// How many operations (a path and a method) `document` lists.
@@ -100,7 +49,7 @@ fn every_answer_of_the_api_is_what_its_openapi_document_says() {
     // Declared first, dropped last: the server stops before the namespace's keys go.
     let ns = Namespace::new();
     let token = format!("fuzz-{}", uuid::Uuid::new_v4().simple());
-    let served = Served::start(&ns.name, &token);
+    let served = serve(&ns.name, &token);
     let document_url = format!("{}/v1/openapi.json", served.url);
     let document: Value = ns.rt.block_on(async {
         let response = reqwest::get(&document_url).await.expect("the document is served");

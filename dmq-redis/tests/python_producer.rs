@@ -13,8 +13,12 @@
 //! `scripts/test` passes in `DMQ_PYTHON`; without it this test runs that script itself.
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 
-use std::path::{Path, PathBuf};
+use python::python;
+
+use std::path::Path;
 use std::process::Command;
 
 use dmq_core::{Manager, TaskContext, TaskError, partition_name, partition_of_key, task};
@@ -63,20 +67,6 @@ async fn divide(a: i64, b: i64) -> Result<i64, TaskError> {
 async fn where_claimed(ctx: TaskContext, key: String) -> Result<String, TaskError> {
     let _ = key;
     Ok(ctx.queue().to_owned())
-}
-
-/// The Python interpreter to run the script with: `DMQ_PYTHON`, else the one
-/// `scripts/ensure-python` sets up (and prints).
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("DMQ_PYTHON") {
-        return python.into();
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-python");
-    let out = Command::new(&script).output().expect("run scripts/ensure-python");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{} failed: {stderr}", script.display());
-    let stdout = String::from_utf8(out.stdout).expect("a path in UTF-8");
-    stdout.lines().last().expect("ensure-python prints the interpreter's path").into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

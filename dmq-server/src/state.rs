@@ -34,7 +34,8 @@ impl Caller {
         Ok(&self.0)
     }
 
-    /// As [`require`](Caller::require), on `queue` too.
+    /// As [`require`](Caller::require), on `queue` too; then refuses with 400 a queue
+    /// name no job can have (a partition's, `emails#3`, is its queue's name).
     pub(crate) fn require_on(
         &self,
         state: &AppState,
@@ -43,6 +44,7 @@ impl Caller {
     ) -> Result<&Grant, ApiError> {
         self.0.require(scope, &state.namespace)?;
         self.0.require_queue(queue)?;
+        dmq_core::check_queue_name(dmq_core::split_partition(queue).0)?;
         Ok(&self.0)
     }
 }

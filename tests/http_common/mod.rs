@@ -23,20 +23,9 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The Python interpreter to run scripts with: `DMQ_PYTHON`, else the one
-/// `scripts/ensure-python` sets up (and prints), as dmq-redis/tests/python_producer.rs
-/// finds it.
-pub fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("DMQ_PYTHON") {
-        return python.into();
-    }
-    let script = repo_root().join("scripts/ensure-python");
-    let out = Command::new(&script).output().expect("run scripts/ensure-python");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{} failed: {stderr}", script.display());
-    let stdout = String::from_utf8(out.stdout).expect("a path in UTF-8");
-    stdout.lines().last().expect("ensure-python prints the interpreter's path").into()
-}
+#[path = "../../dmq-redis/tests/common/python.rs"]
+mod python;
+pub use python::python;
 
 /// A directory of its own under the system's temporary directory, removed (with what
 /// it holds) when the guard drops.

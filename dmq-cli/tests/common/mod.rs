@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+pub mod served;
+
 use dmq_core::{Manager, WorkerHandle};
 use dmq_redis::{Keys, RedisBackend, RedisBroker};
 

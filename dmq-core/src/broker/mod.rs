@@ -528,17 +528,21 @@ pub trait BrokerAdmin: Send + Sync {
     /// When the broker cannot be reached.
     async fn find_job(&self, id: TaskId, queues: &[String]) -> Result<Option<FoundJob>>;
 
-    /// The envelope of job `id` while `queue` holds it in flight (claimed, under a
-    /// lease); `None` when it is not in flight there. For settling a job whose holder
-    /// runs elsewhere ([`Consumer`](crate::Consumer)): brokers answer it with one read,
-    /// where [`find_job`](BrokerAdmin::find_job) may search every list of the queue.
-    /// The default asks `find_job`.
+    /// The envelope of the job `lease` holds, while it holds it: `None` unless the job
+    /// is in flight in `lease.queue` under exactly this lease (its token and its
+    /// fence). For settling a job whose holder runs elsewhere
+    /// ([`Consumer`](crate::Consumer)), which sends its lease back over the network:
+    /// a holder that altered its lease's fence, or whose lease passed on, reads
+    /// nothing. Brokers answer it with one read, where
+    /// [`find_job`](BrokerAdmin::find_job) may search every list of the queue. The
+    /// default asks `find_job` and checks neither token nor fence; the settling call
+    /// that follows checks the token.
     ///
     /// # Errors
     ///
     /// When the broker cannot be reached.
-    async fn in_flight_payload(&self, queue: &str, id: TaskId) -> Result<Option<Vec<u8>>> {
-        let found = self.find_job(id, &[queue.to_owned()]).await?;
+    async fn leased_payload(&self, lease: &Lease) -> Result<Option<Vec<u8>>> {
+        let found = self.find_job(lease.id, std::slice::from_ref(&lease.queue)).await?;
         Ok(found.filter(|job| job.state == JobState::InFlight).map(|job| job.payload))
     }
 

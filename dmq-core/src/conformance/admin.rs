@@ -149,23 +149,33 @@ pub async fn a_job_is_found_by_id_in_each_state(b: Arc<dyn Broker>) {
     assert!(elsewhere.is_none(), "{elsewhere:?}");
     let held = b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
     let hit = found(JobState::InFlight)(admin(&b).find_job(ready_id, &[]).await.expect("find"));
-    // An in-flight job's envelope, read by its queue and id; none for a job not in
-    // flight there.
-    let read = |queue: &'static str, id| {
+    // The envelope of a job in flight, read with its lease; none with a lease that
+    // is not the job's own (another queue, another token, an altered fence).
+    let lease = held[0].lease.clone();
+    let read = |lease: crate::broker::Lease| {
         let b = Arc::clone(&b);
-        async move { admin(&b).in_flight_payload(queue, id).await.expect("read") }
+        async move { admin(&b).leased_payload(&lease).await.expect("read") }
     };
-    assert_eq!(read("alpha", ready_id).await.as_deref(), Some(b"ready".as_slice()));
-    assert_eq!(read("beta", ready_id).await, None, "another queue");
-    assert_eq!(read("beta", later_id).await, None, "a delayed job");
-    assert_eq!(read("alpha", TaskId::new()).await, None, "an unknown job");
+    assert_eq!(read(lease.clone()).await.as_deref(), Some(b"ready".as_slice()));
+    let mut other = lease.clone();
+    other.queue = "beta".to_owned();
+    assert_eq!(read(other).await, None, "another queue");
+    let mut forged = lease.clone();
+    forged.token.push('0');
+    assert_eq!(read(forged).await, None, "another token");
+    let mut raised = lease.clone();
+    raised.fence += 1;
+    assert_eq!(read(raised).await, None, "an altered fence");
+    let mut unknown = lease.clone();
+    unknown.id = TaskId::new();
+    assert_eq!(read(unknown).await, None, "an unknown job");
     let until = hit.at.expect("a lease deadline");
     assert!(until > Utc::now() && until <= after(LONG + Duration::from_secs(1)), "{until}");
     b.dead_letter(&held[0].lease, "fatal: boom").await.expect("dead-letter");
     let hit = found(JobState::DeadLettered)(admin(&b).find_job(ready_id, &[]).await.expect("find"));
     assert_eq!(hit.reason.as_deref(), Some("fatal: boom"));
     assert_eq!(hit.payload, b"ready");
-    assert_eq!(read("alpha", ready_id).await, None, "a dead letter");
+    assert_eq!(read(lease).await, None, "a dead letter");
     assert!(admin(&b).find_job(TaskId::new(), &[]).await.expect("find").is_none());
 }
 

@@ -252,11 +252,12 @@ impl Consumer {
         self.core.broker.release(lease).await
     }
 
-    /// The envelope of the job `lease` names, which must be in flight: a lease for a
-    /// job no longer held (settled, or taken back) is lost. The token itself is checked
-    /// by the settling call that follows, atomically.
+    /// The envelope of the job `lease` holds: a lease no longer held (settled, taken
+    /// back, or its fence altered by the client that sent it) is lost. The settling
+    /// call that follows checks the token again, atomically, so a lease lost between
+    /// the two changes nothing either.
     async fn in_flight(&self, lease: &Lease) -> Result<Envelope> {
-        match self.core.admin()?.in_flight_payload(&lease.queue, lease.id).await? {
+        match self.core.admin()?.leased_payload(lease).await? {
             Some(payload) => Envelope::decode(&payload, self.core.config.max_message_size),
             None => Err(Error::LeaseLost { id: lease.id }),
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
-    BrokerAdmin, Cancelled, DeadLetter, Error, FoundJob, JobState, QueueCheckup, QueueDeleted,
-    QueueStats, Result, TaskId, is_partition_of,
+    BrokerAdmin, Cancelled, DeadLetter, Error, FoundJob, JobState, Lease, QueueCheckup,
+    QueueDeleted, QueueStats, Result, TaskId, is_partition_of,
 };
 use redis::Value;
 
@@ -274,20 +274,28 @@ impl BrokerAdmin for RedisBroker {
         spoiled.map_or(Ok(None), Err)
     }
 
-    async fn in_flight_payload(&self, queue: &str, id: TaskId) -> Result<Option<Vec<u8>>> {
-        let keys = self.keys.queue(queue);
-        let field = id_text(id);
+    async fn leased_payload(&self, lease: &Lease) -> Result<Option<Vec<u8>>> {
+        let keys = self.keys.queue(&lease.queue);
+        let field = id_text(lease.id);
         let mut conn = self.conn().await?;
-        // Two reads of one slot in one transaction: whether the job is in flight, and
-        // its envelope; no list is searched.
-        let (lease, payload): (Option<f64>, Option<Vec<u8>>) = redis::pipe()
-            .atomic()
-            .zscore(keys.in_flight(), field)
-            .hget(keys.payloads(), field)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.err(&format!("reading job {id} of queue {queue:?}"), e))?;
-        Ok(lease.and(payload))
+        // Three reads of one slot in one transaction: whether the job is in flight,
+        // the lease it is under (its meta), and its envelope; no list is searched.
+        let (in_flight, meta, payload): (Option<f64>, Option<String>, Option<Vec<u8>>) =
+            redis::pipe()
+                .atomic()
+                .zscore(keys.in_flight(), field)
+                .hget(keys.meta(), field)
+                .hget(keys.payloads(), field)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| {
+                    self.err(&format!("reading job {} of queue {:?}", lease.id, lease.queue), e)
+                })?;
+        let own = in_flight.is_some()
+            && meta.as_deref().and_then(token_of_meta).is_some_and(|token| {
+                token == lease.token && super::claim::fence_of(token) == lease.fence
+            });
+        Ok(payload.filter(|_| own))
     }
 
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
@@ -530,5 +538,37 @@ impl BrokerAdmin for RedisBroker {
             checkups.push(checkup);
         }
         Ok(checkups)
+    }
+}
+
+/// The lease token a job's meta holds (`<n>:<n>[/<n>][i]:<token>`, made by lib.lua's
+/// `make_meta` and read as its `token_of` reads it); `None` for a meta of another
+/// shape, or one with no lease (an empty token).
+fn token_of_meta(meta: &str) -> Option<&str> {
+    let (deliveries, rest) = meta.split_once(':')?;
+    let (claim, token) = rest.split_once(':')?;
+    let claim = claim.strip_suffix('i').unwrap_or(claim);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let claim_ok = match claim.split_once('/') {
+        Some((a, b)) => digits(a) && (b.is_empty() || digits(b)),
+        None => digits(claim),
+    };
+    (digits(deliveries) && claim_ok && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_of_meta;
+
+    #[test]
+    fn the_token_is_read_from_a_meta_as_lib_lua_reads_it() {
+        assert_eq!(token_of_meta("5:2:1.1.17.ab@w"), Some("1.1.17.ab@w"));
+        assert_eq!(token_of_meta("5:2/3i:t@w:x"), Some("t@w:x"), "a worker id may hold ':'");
+        assert_eq!(token_of_meta("5:2/0i:t"), Some("t"));
+        assert_eq!(token_of_meta("5:2i:t"), Some("t"));
+        assert_eq!(token_of_meta("5:2:"), None, "not leased");
+        for bad in ["", "5", "5:2", "x:2:t", "5:y:t", "5:2/z:t"] {
+            assert_eq!(token_of_meta(bad), None, "{bad:?}");
+        }
     }
 }

@@ -94,7 +94,6 @@ pub(crate) async fn queue(
     Path(queue): Path<String>,
 ) -> Result<Json<QueueView>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let stats = state.manager.admin()?.queue_stats(&queue).await?;
     Ok(Json(QueueView::of(queue, &stats)))
 }
@@ -120,7 +119,6 @@ pub(crate) async fn purge(
     Path(queue): Path<String>,
 ) -> Result<Json<Count>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let count = state.manager.admin()?.purge(&queue).await?;
     Ok(Json(Count { count }))
 }
@@ -180,7 +178,6 @@ pub(crate) async fn dead_letters(
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let Query(page) = page?;
     let limit = page.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -221,7 +218,6 @@ pub(crate) async fn requeue_dead_letter(
     Path((queue, id)): Path<(String, String)>,
 ) -> Result<Json<Count>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let id = task_id(&id)?;
     if state.manager.requeue_dead_letter(&queue, id, None).await? {
         Ok(Json(Count { count: 1 }))
@@ -244,7 +240,6 @@ pub(crate) async fn requeue_all(
     Path(queue): Path<String>,
 ) -> Result<Json<Count>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let count = state.manager.requeue_all_dead_letters(&queue, None).await?;
     Ok(Json(Count { count }))
 }
@@ -264,7 +259,6 @@ pub(crate) async fn delete_dead_letter(
     Path((queue, id)): Path<(String, String)>,
 ) -> Result<Json<Count>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let id = task_id(&id)?;
     if state.manager.delete_dead_letter(&queue, id).await? {
         Ok(Json(Count { count: 1 }))
@@ -287,7 +281,6 @@ pub(crate) async fn purge_dead_letters(
     Path(queue): Path<String>,
 ) -> Result<Json<Count>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let count = state.manager.purge_dead_letters(&queue).await?;
     Ok(Json(Count { count }))
 }
@@ -445,7 +438,6 @@ pub(crate) async fn delete_queue(
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<DeletedView>, ApiError> {
     caller.require_on(&state, Scope::Admin, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let Query(query) = query?;
     let force = query.force.unwrap_or(false);
     let deleted = state.manager.admin()?.delete_queue(&queue, force).await?;

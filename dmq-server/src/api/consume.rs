@@ -28,6 +28,7 @@ pub(crate) struct LeaseBody {
     #[schema(value_type = uuid::Uuid)]
     id: String,
     /// The queue it was claimed from.
+    #[schema(value_type = QueueOrPartition)]
     queue: String,
     /// The lease's token, fresh for every claim.
     token: String,
@@ -125,7 +126,6 @@ pub(crate) async fn claim(
     body: Result<OptionalBody<ClaimRequest>, ApiError>,
 ) -> Result<Json<Claimed>, ApiError> {
     caller.require_on(&state, Scope::Consume, &queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
     let OptionalBody(request) = body?;
     let max = request.max.unwrap_or(1);
     if !(1..=MAX_CLAIM).contains(&max) {

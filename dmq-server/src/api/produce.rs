@@ -439,8 +439,7 @@ pub(crate) async fn cancel(
             None => return Err(ApiError::not_found(format!("no queue holds job {id}"))),
         },
     };
-    caller.0.require_queue(&queue)?;
-    dmq_core::check_queue_name(dmq_core::split_partition(&queue).0)?;
+    caller.require_on(&state, Scope::Produce, &queue)?;
     match state.manager.cancel(&queue, id).await? {
         dmq_core::Cancelled::Removed { .. } => {
             Ok(Json(CancelledView { outcome: "cancelled", queue }))

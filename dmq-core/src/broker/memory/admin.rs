@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::{InMemoryBroker, Stored};
+use super::{InMemoryBroker, Stored, token_matches};
 use crate::broker::{
-    BrokerAdmin, Cancelled, DeadLetter, FoundJob, JobState, QueueDeleted, QueueStats,
+    BrokerAdmin, Cancelled, DeadLetter, FoundJob, JobState, Lease, QueueDeleted, QueueStats,
 };
 use crate::error::{Error, Result};
 use crate::partition::is_partition_of;
@@ -152,6 +152,13 @@ impl BrokerAdmin for InMemoryBroker {
         let purged = q.dead.len() as u64;
         q.dead.clear();
         Ok(purged)
+    }
+
+    async fn leased_payload(&self, lease: &Lease) -> Result<Option<Vec<u8>>> {
+        let state = self.lock();
+        let held = state.queues.get(&lease.queue).and_then(|q| q.in_flight.get(&lease.id));
+        let own = held.filter(|h| h.token == lease.fence && token_matches(h.token, &lease.token));
+        Ok(own.map(|h| h.stored.payload.to_vec()))
     }
 
     async fn find_job(&self, id: TaskId, queues: &[String]) -> Result<Option<FoundJob>> {
