@@ -411,6 +411,12 @@ pub struct ServeArgs {
     /// Accept JWTs signed with RS256 by the private key whose PEM public key is in FILE.
     #[arg(long, value_name = "FILE")]
     pub jwt_rs256_key: Option<std::path::PathBuf>,
+    /// Require JWTs to carry this audience in their `aud` claim.
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Require JWTs to carry this issuer as their `iss` claim.
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
     /// Let every request do everything, unauthenticated. For local use only.
     #[arg(long, conflicts_with_all = ["tokens", "jwt_hs256_secret", "jwt_rs256_key"])]
     pub insecure_no_auth: bool,
@@ -437,6 +443,10 @@ pub struct ServeArgs {
     /// closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: std::time::Duration,
+    /// How many requests may wait on the broker at once (claims with wait_ms, event
+    /// streams), each holding a broker connection; more get 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = dmq_server::DEFAULT_MAX_WAITING)]
+    pub max_waiting: usize,
     /// How long open requests may take to finish on SIGINT or SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: std::time::Duration,

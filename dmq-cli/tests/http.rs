@@ -157,6 +157,37 @@ fn tokens_and_jwts_are_checked_for_presence_expiry_signature_scope_namespace_and
             "forbidden",
             "queue \"other\"",
         );
+        // A token limited to some queues reads nothing that spans every queue, and
+        // learns nothing of jobs in queues it may not see.
+        let narrow = hs256(
+            SECRET,
+            &json!({"exp": now() + 600, "scope": "produce admin", "queues": ["mine"]}),
+        );
+        for path in ["/v1/events", "/metrics", "/v1/workers", "/v1/schedules"] {
+            refused(
+                &get(&served, Some(&narrow), path).await,
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "limited to some queues",
+            );
+        }
+        let (_, elsewhere) = post(
+            &served,
+            Some(PRODUCER),
+            "/v1/jobs",
+            &json!({"task": "app.add", "queue": "theirs"}),
+        )
+        .await;
+        let path = format!("/v1/jobs/{}", elsewhere["id"].as_str().unwrap());
+        refused(
+            &get(&served, Some(&narrow), &path).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no job",
+        );
+        let (status, _) = get(&served, Some(ADMIN), &path).await;
+        assert_eq!(status, StatusCode::OK, "a token for every queue finds it");
+
         // A token of another namespace.
         refused(
             &post(&served, Some(ELSEWHERE), "/v1/jobs", &job).await,
@@ -711,4 +742,144 @@ fn malformed_requests_get_a_json_4xx_and_a_refused_batch_adds_nothing() {
         assert_eq!(two["existing"], true);
     });
     assert!(!served.log().contains("panicked"), "{}", served.log());
+}
+
+#[test]
+fn jwts_for_another_audience_or_issuer_are_refused_when_the_server_names_its_own() {
+    let ns = Namespace::new();
+    let served =
+        serve(&ns.name, &["--jwt-audience", "dmq-api", "--jwt-issuer", "https://id.example"]);
+    ns.rt.block_on(async {
+        let job = json!({"task": "app.add", "args": [1, 2]});
+        let claims = |extra: Value| {
+            let mut claims = json!({"exp": now() + 600, "scope": "produce"});
+            claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            hs256(SECRET, &claims)
+        };
+        let right = claims(json!({"aud": "dmq-api", "iss": "https://id.example"}));
+        assert_eq!(post(&served, Some(&right), "/v1/jobs", &job).await.0, StatusCode::CREATED);
+        let cases = [
+            (json!({"iss": "https://id.example"}), "required claim"),
+            (json!({"aud": "billing", "iss": "https://id.example"}), "audience"),
+            (json!({"aud": "dmq-api", "iss": "https://evil.example"}), "issuer"),
+            (json!({"aud": "dmq-api"}), "required claim"),
+        ];
+        for (extra, words) in cases {
+            let token = claims(extra.clone());
+            refused(
+                &post(&served, Some(&token), "/v1/jobs", &job).await,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                words,
+            );
+        }
+        // Static tokens are not JWTs: no claims to check.
+        assert_eq!(post(&served, Some(PRODUCER), "/v1/jobs", &job).await.0, StatusCode::CREATED);
+    });
+}
+
+#[test]
+fn waits_on_the_broker_are_bounded_and_expired_jobs_are_never_handed_out() {
+    let ns = Namespace::new();
+    let served = serve(&ns.name, &["--max-waiting", "1"]);
+    ns.rt.block_on(async {
+        // One claim waits; a second that would wait is turned away, one that would not
+        // is answered.
+        let waiting = tokio::spawn({
+            let url = served.url("/v1/queues/work/claim");
+            async move {
+                let request =
+                    client().post(url).bearer_auth(WORKER).json(&json!({"wait_ms": 3000}));
+                answer(request).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let response = client()
+            .post(served.url("/v1/queues/work/claim"))
+            .bearer_auth(WORKER)
+            .json(&json!({"wait_ms": 1000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("--max-waiting"), "{body}");
+        let (status, body) = post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        refused(
+            &get(&served, Some(ADMIN), "/v1/events").await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "--max-waiting",
+        );
+        let (status, body) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // Once it answered, its permit is back.
+        let (status, body) =
+            post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({"wait_ms": 100})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // A job whose expiry passed is dead-lettered, not handed out.
+        let past = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+        let stale = json!({"task": "remote.work", "queue": "work", "expires_at": past});
+        let (_, job) = post(&served, Some(PRODUCER), "/v1/jobs", &stale).await;
+        let id = job["id"].as_str().unwrap().to_owned();
+        let (_, none) = post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({})).await;
+        assert_eq!(none["jobs"], json!([]), "{none}");
+        let (_, outcome) = get(&served, Some(ADMIN), &format!("/v1/jobs/{id}/result")).await;
+        assert_eq!(outcome["state"], "expired", "{outcome}");
+        let (_, letters) = get(&served, Some(ADMIN), "/v1/queues/work/dead-letters").await;
+        assert_eq!(letters["dead_letters"][0]["id"], id.as_str(), "{letters}");
+    });
+}
+
+#[test]
+fn an_ack_and_a_nack_of_one_lease_sent_at_once_settle_it_once_and_agree() {
+    let ns = Namespace::new();
+    let served = serve(&ns.name, &[]);
+    ns.rt.block_on(async {
+        for round in 0..20 {
+            let (_, job) = post(
+                &served,
+                Some(PRODUCER),
+                "/v1/jobs",
+                &json!({"task": "remote.work", "queue": "race"}),
+            )
+            .await;
+            let id = job["id"].as_str().unwrap().to_owned();
+            let consumer = hs256(SECRET, &json!({"exp": now() + 600, "scope": "consume admin"}));
+            let (_, claimed) =
+                post(&served, Some(&consumer), "/v1/queues/race/claim", &json!({})).await;
+            let lease = claimed["jobs"][0]["lease"].clone();
+            let ack_body = json!({"lease": lease, "result": "done"});
+            let nack_body = json!({"lease": lease, "error": "broken", "retry": false});
+            let ack = post(&served, Some(&consumer), "/v1/leases/ack", &ack_body);
+            let nack = post(&served, Some(&consumer), "/v1/leases/nack", &nack_body);
+            let ((acked, _), (nacked, _)) = tokio::join!(ack, nack);
+            let won: Vec<_> = [acked, nacked].into_iter().filter(StatusCode::is_success).collect();
+            assert_eq!(
+                won.len(),
+                1,
+                "round {round}: exactly one settles the job: {acked} {nacked}"
+            );
+            let (_, outcome) = get(&served, Some(ADMIN), &format!("/v1/jobs/{id}/result")).await;
+            let (_, letters) = get(&served, Some(ADMIN), "/v1/queues/race/dead-letters").await;
+            let dead =
+                letters["dead_letters"].as_array().unwrap().iter().any(|l| l["id"] == id.as_str());
+            if acked.is_success() {
+                assert_eq!(
+                    (outcome["state"].as_str(), dead),
+                    (Some("succeeded"), false),
+                    "round {round}: {outcome}"
+                );
+            } else {
+                assert_eq!(
+                    (outcome["state"].as_str(), dead),
+                    (Some("failed"), true),
+                    "round {round}: {outcome}"
+                );
+            }
+        }
+    });
 }

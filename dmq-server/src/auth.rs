@@ -105,6 +105,13 @@ impl Grant {
     pub(crate) fn all_queues(&self) -> bool {
         self.queues.is_none()
     }
+
+    /// The queues a search by job id may look in for this grant: its own, or every
+    /// queue (an empty list) for a grant of every queue. A token limited to some
+    /// queues neither learns of jobs elsewhere nor makes the broker search them.
+    pub(crate) fn searchable(&self) -> Vec<String> {
+        self.queues.clone().unwrap_or_default()
+    }
 }
 
 /// One static token, as the tokens file lists it.
@@ -167,12 +174,22 @@ impl fmt::Debug for Auth {
 pub struct AuthSetupError(String);
 
 /// Where the JWT verification key comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum JwtKey {
     /// HS256 with this shared secret.
     Hs256(Vec<u8>),
     /// RS256 with this PEM public key.
     Rs256Pem(Vec<u8>),
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret.
+        match self {
+            JwtKey::Hs256(_) => f.write_str("Hs256(..)"),
+            JwtKey::Rs256Pem(_) => f.write_str("Rs256Pem(..)"),
+        }
+    }
 }
 
 impl Auth {
@@ -254,6 +271,27 @@ impl Auth {
         Ok(Auth { insecure: false, tokens, jwt })
     }
 
+    /// Requires JWTs to name `audience` in their `aud` and `issuer` as their `iss`,
+    /// each when given (`--jwt-audience`, `--jwt-issuer`): with an identity provider
+    /// that signs tokens for many services, a token made for another is refused.
+    #[must_use]
+    pub fn with_jwt_claims(mut self, audience: Option<String>, issuer: Option<String>) -> Self {
+        if let Some((_, validation)) = &mut self.jwt {
+            let mut required = vec!["exp"];
+            if let Some(audience) = audience {
+                validation.set_audience(&[audience]);
+                validation.validate_aud = true;
+                required.push("aud");
+            }
+            if let Some(issuer) = issuer {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            validation.set_required_spec_claims(&required);
+        }
+        self
+    }
+
     /// Whether every request is let through.
     pub fn is_insecure(&self) -> bool {
         self.insecure
@@ -300,7 +338,9 @@ impl Auth {
                 ErrorKind::ImmatureSignature => "it is not valid yet (nbf)",
                 ErrorKind::InvalidSignature => "its signature does not verify",
                 ErrorKind::InvalidAlgorithm => "it is signed with another algorithm",
-                ErrorKind::MissingRequiredClaim(_) => "it has no exp claim",
+                ErrorKind::MissingRequiredClaim(_) => "it lacks a required claim (exp, aud or iss)",
+                ErrorKind::InvalidAudience => "it was made for another audience (aud)",
+                ErrorKind::InvalidIssuer => "it was made by another issuer (iss)",
                 _ => "it is malformed",
             };
             ApiError::unauthorized(format!("the bearer JWT was refused: {why}"))

@@ -89,6 +89,13 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 503 with `Retry-After`: the server is at a limit of its own for now.
+    pub fn busy(message: impl Into<String>, retry_after: Duration) -> Self {
+        let mut error = ApiError::unavailable(message);
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// The status it answers with.
     pub fn status(&self) -> StatusCode {
         self.status

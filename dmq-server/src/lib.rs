@@ -26,8 +26,8 @@ pub use api::events::event_json;
 pub use auth::{Auth, AuthSetupError, JwtKey, Scope};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use limits::{
-    DEFAULT_LEASE, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, LEASE_RANGE, Limits, MAX_CLAIM, MAX_WAIT,
-    Rate, RateLimits,
+    DEFAULT_LEASE, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MAX_WAITING, LEASE_RANGE, Limits,
+    MAX_CLAIM, MAX_WAIT, Rate, RateLimits,
 };
 pub use openapi::openapi_json;
 pub use server::{ServeError, Server, ServerConfig, Tls};

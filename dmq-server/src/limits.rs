@@ -26,6 +26,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// in RFC 3339 (which ends at year 9999) in every answer.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
+/// The default number of requests that may wait on the broker at once.
+pub const DEFAULT_MAX_WAITING: usize = 512;
+
 /// The most jobs one claim may take.
 pub const MAX_CLAIM: usize = 100;
 
@@ -113,7 +116,7 @@ impl RateLimits {
 
     pub(crate) fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
         let Some(limiter) = &self.per_ip else { return Ok(()) };
-        limiter.check_key(&ip).map_err(|not_until| {
+        limiter.check_key(&client_of(ip)).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::rate_limited(
                 format!("too many requests from {ip}; try again in {} ms", wait.as_millis()),
@@ -149,6 +152,21 @@ impl RateLimits {
     }
 }
 
+/// The client an address counts for: an IPv4 address, or an IPv6 address's /64 (one
+/// host is given a whole /64, and could otherwise spread its requests over it).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(network.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +179,20 @@ mod tests {
         for bad in ["", "0/s", "10", "10/d", "x/s", "-1/s"] {
             assert!(bad.parse::<Rate>().unwrap_err().contains("is not a rate"), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_of(a), client_of(b));
+        assert_ne!(client_of(a), client_of(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_of(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let rates = RateLimits::new(None, Some("1/m".parse().unwrap()));
+        assert!(rates.check_ip(a).is_ok());
+        assert!(rates.check_ip(b).is_err(), "the same /64 shares one budget");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's head before the connection is
     /// closed.
     pub header_timeout: Duration,
+    /// How many requests may wait on the broker at once (long-poll claims with
+    /// `wait_ms`, event streams); more get 503 with `Retry-After`.
+    pub max_waiting: usize,
 }
 
 /// Why the server could not start.
@@ -126,6 +129,7 @@ impl Server {
             limits: config.limits,
             rates: Arc::clone(&rates),
             metrics,
+            waits: Arc::new(tokio::sync::Semaphore::new(config.max_waiting)),
         };
         Ok(Server {
             listener,
@@ -282,7 +286,7 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus's text format; needs the admin scope.
 async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    caller.require(&state, Scope::Admin)?;
+    caller.require_everywhere(&state, Scope::Admin)?;
     let text = state.metrics.render(&state.manager, None).await;
     Ok(([(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)], text).into_response())
 }

@@ -22,6 +22,22 @@ pub(crate) struct AppState {
     pub(crate) limits: Limits,
     pub(crate) rates: Arc<RateLimits>,
     pub(crate) metrics: Metrics,
+    /// Permits for requests that wait on the broker (long-poll claims, event streams),
+    /// each of which holds a broker connection while it waits.
+    pub(crate) waits: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// A permit to wait on the broker; 503 with `Retry-After` when `--max-waiting`
+    /// requests wait already.
+    pub(crate) fn wait_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.waits).try_acquire_owned().map_err(|_| {
+            ApiError::busy(
+                "too many requests wait on the broker now (--max-waiting); try again shortly",
+                std::time::Duration::from_secs(1),
+            )
+        })
+    }
 }
 
 /// The caller: who they are, once their credentials and request rates passed.
@@ -32,6 +48,23 @@ impl Caller {
     pub(crate) fn require(&self, state: &AppState, scope: Scope) -> Result<&Grant, ApiError> {
         self.0.require(scope, &state.namespace)?;
         Ok(&self.0)
+    }
+
+    /// As [`require`](Caller::require), for what spans every queue (events, metrics,
+    /// workers, schedules): a token limited to some queues may not read it.
+    pub(crate) fn require_everywhere(
+        &self,
+        state: &AppState,
+        scope: Scope,
+    ) -> Result<(), ApiError> {
+        self.0.require(scope, &state.namespace)?;
+        if !self.0.all_queues() {
+            return Err(ApiError::forbidden(format!(
+                "the token of {:?} is limited to some queues, and this endpoint spans every                  queue; use a token without a queue list",
+                self.0.name
+            )));
+        }
+        Ok(())
     }
 
     /// As [`require`](Caller::require), on `queue` too; then refuses with 400 a queue

@@ -18,6 +18,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (None, None) => None,
         };
         Auth::new(args.tokens.as_deref(), jwt)?
+            .with_jwt_claims(args.jwt_audience.clone(), args.jwt_issuer.clone())
     };
     let admin = Admin::connect(&args.broker).await?;
     let manager = admin.manager.clone();
@@ -28,6 +29,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         rates: RateLimits::new(args.rate_per_token, args.rate_per_ip),
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| Tls { cert, key }),
         header_timeout: args.header_timeout,
+        max_waiting: args.max_waiting,
     };
     let insecure = config.auth.is_insecure();
     let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -63,7 +65,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let key = std::fs::read(path)
         .with_context(|| format!("could not read the JWT key file {}", path.display()))?;
-    // A secret written by `echo` ends with a newline that is not part of it.
+    // A secret written by `echo` ends with a newline that is not part of it (CRLF on
+    // a file from Windows).
     let trimmed = key.strip_suffix(b"\n").unwrap_or(&key);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
     Ok(trimmed.to_vec())
 }

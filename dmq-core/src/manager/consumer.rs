@@ -14,9 +14,10 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind};
 use crate::retry::{Backoff, MAX_BACKOFF};
-use crate::task::FailureKind;
+use crate::task::{FailureKind, TaskId};
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// A job a [`Consumer`] claimed: its lease, to settle it with, and its decoded
 /// envelope.
@@ -92,15 +93,52 @@ pub enum NackOutcome {
 /// does a worker's reaper), and once a
 /// lease has passed to another holder, nothing the first holder sends changes the job
 /// or its result.
+///
+/// The settling calls of one job are taken one at a time within a consumer (and its
+/// clones): an ack and a nack of the same lease sent at once, or an ack repeated by a
+/// client that timed out, never interleave their writes, so the one that loses finds
+/// the lease gone and changes nothing. Consumers in different processes holding the
+/// same lease are not kept apart this way; each settle call still checks the token.
 #[derive(Debug, Clone)]
 pub struct Consumer {
     core: Arc<Core>,
     id: String,
+    /// The jobs being settled now, each with the lock its settle calls take.
+    settling: Arc<Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// The turn of one settle call of a job: while it lives, no other settle call of the
+/// job through the same consumer runs.
+struct Turn<'a> {
+    consumer: &'a Consumer,
+    id: TaskId,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut settling = self.consumer.settling.lock().unwrap_or_else(|p| p.into_inner());
+        // Forgotten once no other call waits for it (the map's copy and this turn's
+        // guard's are the last two).
+        if settling.get(&self.id).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
+            settling.remove(&self.id);
+        }
+    }
 }
 
 impl Consumer {
     pub(crate) fn new(core: Arc<Core>, id: String) -> Self {
-        Consumer { core, id }
+        Consumer { core, id, settling: Arc::default() }
+    }
+
+    /// Waits for the turn to settle job `id`.
+    async fn turn(&self, id: TaskId) -> Turn<'_> {
+        let lock = {
+            let mut settling = self.settling.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(settling.entry(id).or_default())
+        };
+        let guard = lock.lock_owned().await;
+        Turn { consumer: self, id, _guard: guard }
     }
 
     /// The id its leases carry (the worker id the broker sees).
@@ -143,6 +181,10 @@ impl Consumer {
                     continue;
                 }
             };
+            if let Some(expires_at) = envelope.expires_at.filter(|at| *at <= Utc::now()) {
+                self.expire(&delivery.lease, &envelope, expires_at).await;
+                continue;
+            }
             self.emit(&delivery.lease, &envelope.task, envelope.attempt, || EventKind::Started);
             claimed.push(ClaimedJob {
                 lease: delivery.lease,
@@ -173,12 +215,15 @@ impl Consumer {
     /// otherwise when the broker or backend cannot be reached (the job then runs again
     /// once its lease expires).
     pub async fn ack(&self, lease: &Lease, value: Vec<u8>, lease_for: Duration) -> Result<()> {
+        let _turn = self.turn(lease.id).await;
         let envelope = self.in_flight(lease).await?;
         self.core.broker.renew(lease, lease_for).await?;
         let started_at = Utc::now();
         let outcome = TaskOutcome::succeeded(value, envelope.attempt, started_at);
         let ttl = self.core.config.result_ttl;
-        self.core.backend.store_fenced(lease.id, &outcome, ttl, lease.fence).await?;
+        if !self.core.backend.store_fenced(lease.id, &outcome, ttl, lease.fence).await? {
+            tracing::warn!(id = %lease.id, "storing nothing from this run: a success, or the outcome of a later run of this job, is stored already and stays");
+        }
         self.core.broker.ack(lease).await?;
         self.emit(lease, &envelope.task, envelope.attempt, || EventKind::Completed {
             run_time: Duration::ZERO,
@@ -196,6 +241,7 @@ impl Consumer {
     /// [`Error::LeaseLost`] when the lease passed to another holder (nothing changes);
     /// otherwise when the broker cannot be reached.
     pub async fn nack(&self, lease: &Lease, nack: &Nack) -> Result<NackOutcome> {
+        let _turn = self.turn(lease.id).await;
         let mut envelope = self.in_flight(lease).await?;
         let registration = self.core.registry.get(&envelope.task);
         let default = &self.core.config.default_retry;
@@ -249,6 +295,7 @@ impl Consumer {
     ///
     /// [`Error::LeaseLost`] when the lease passed to another holder.
     pub async fn release(&self, lease: &Lease) -> Result<()> {
+        let _turn = self.turn(lease.id).await;
         self.core.broker.release(lease).await
     }
 
@@ -261,6 +308,25 @@ impl Consumer {
             Some(payload) => Envelope::decode(&payload, self.core.config.max_message_size),
             None => Err(Error::LeaseLost { id: lease.id }),
         }
+    }
+
+    /// Dead-letters a job whose expiry passed before it started, as a worker does:
+    /// it is never handed out.
+    async fn expire(&self, lease: &Lease, envelope: &Envelope, expires_at: DateTime<Utc>) {
+        let reason = format!("expired at {expires_at} before it started");
+        tracing::warn!(id = %lease.id, %reason, "not handing out an expired job");
+        if let Err(e) = self.core.broker.dead_letter(lease, &reason).await {
+            tracing::error!(id = %lease.id, error = %e, "could not dead-letter the expired job; it returns when its lease expires");
+            return;
+        }
+        let (task, attempt) = (envelope.task.as_str(), envelope.attempt);
+        let outcome = TaskOutcome::expired(attempt);
+        let ttl = self.core.config.result_ttl;
+        if let Err(e) = self.core.backend.store_fenced(lease.id, &outcome, ttl, lease.fence).await {
+            tracing::error!(id = %lease.id, error = %e, "storing the expiry of a dead-lettered job failed");
+        }
+        self.emit(lease, task, attempt, || EventKind::Expired { expired_at: expires_at });
+        self.emit(lease, task, attempt, || EventKind::DeadLettered { reason });
     }
 
     /// Dead-letters a job whose envelope could not be read.

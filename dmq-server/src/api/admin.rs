@@ -324,7 +324,7 @@ pub(crate) async fn workers(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<WorkerList>, ApiError> {
-    caller.require(&state, Scope::Admin)?;
+    caller.require_everywhere(&state, Scope::Admin)?;
     let registry = state.manager.broker().worker_registry().ok_or_else(|| {
         dmq_core::Error::Unsupported("this broker keeps no worker registry".to_owned())
     })?;
@@ -377,7 +377,7 @@ pub(crate) async fn schedules(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ScheduleList>, ApiError> {
-    caller.require(&state, Scope::Admin)?;
+    caller.require_everywhere(&state, Scope::Admin)?;
     let store = state.manager.broker().schedule_store().ok_or_else(|| {
         dmq_core::Error::Unsupported("this broker keeps no schedule store".to_owned())
     })?;

@@ -134,6 +134,8 @@ pub(crate) async fn claim(
     let lease = lease_length(request.lease_ms)?;
     let wait = millis(request.wait_ms, Duration::ZERO, MAX_WAIT);
     let queues = [queue];
+    // A claim that may wait holds a broker connection meanwhile: one of a bounded number.
+    let _permit = if wait.is_zero() { None } else { Some(state.wait_permit()?) };
     let claimed = state.consumer.claim(&queues, max, lease, wait).await?;
     let expires = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
     let jobs = claimed

@@ -117,14 +117,14 @@ impl ToSchema for StreamEvent {}
         (status = 200, description = "A stream of events", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
-        (status = 501, body = ErrorBody)),
+        (status = 501, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     caller: Caller,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    caller.require(&state, Scope::Admin)?;
+    caller.require_everywhere(&state, Scope::Admin)?;
     let Query(query) = query?;
     if state.manager.broker().event_stream().is_none() {
         return Err(
@@ -135,13 +135,15 @@ pub(crate) async fn events(
         Some(n) if n > 0 => EventsFrom::Last(n),
         _ => EventsFrom::Now,
     };
+    // The stream waits on the broker as long as it is open: it holds a permit.
+    let permit = state.wait_permit()?;
     let manager = state.manager.clone();
     let stream = futures::stream::unfold(
-        (manager, from, Vec::<SseEvent>::new()),
-        |(manager, mut from, mut pending)| async move {
+        (manager, from, Vec::<SseEvent>::new(), permit),
+        |(manager, mut from, mut pending, permit)| async move {
             loop {
                 if let Some(next) = pending.pop() {
-                    return Some((Ok(next), (manager, from, pending)));
+                    return Some((Ok(next), (manager, from, pending, permit)));
                 }
                 let stream = manager.broker().event_stream()?;
                 match stream.read_events(&from, READ_MAX, READ_WAIT).await {

@@ -288,13 +288,12 @@ pub(crate) async fn job(
 ) -> Result<Json<JobView>, ApiError> {
     caller.require(&state, Scope::Produce)?;
     let id = task_id(&id)?;
+    let searchable = caller.0.searchable();
     let (found, outcome) = tokio::try_join!(
-        async { state.manager.admin()?.find_job(id, &[]).await },
+        async { state.manager.admin()?.find_job(id, &searchable).await },
         state.manager.backend().get(id),
     )?;
-    if let Some(found) = &found {
-        caller.0.require_queue(&found.queue)?;
-    } else if !caller.0.all_queues() {
+    if found.is_none() && !caller.0.all_queues() {
         // Its queue is unknown: only a token for every queue may read its result.
         return Err(ApiError::not_found(format!("no job {id} is known")));
     }
@@ -434,7 +433,7 @@ pub(crate) async fn cancel(
     let id = task_id(&id)?;
     let queue = match query.queue {
         Some(queue) => queue,
-        None => match state.manager.admin()?.find_job(id, &[]).await? {
+        None => match state.manager.admin()?.find_job(id, &caller.0.searchable()).await? {
             Some(found) => found.queue,
             None => return Err(ApiError::not_found(format!("no queue holds job {id}"))),
         },
