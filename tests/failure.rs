@@ -33,6 +33,7 @@ common::on_both_brokers! {
     an_expired_job_never_runs;
     a_second_enqueue_with_the_same_idempotency_key_enqueues_nothing;
     a_worker_stopped_during_a_backoff_wait_loses_nothing;
+    a_remote_consumers_nack_follows_the_tasks_retry_policy_function;
 }
 
 /// When each job's runs started, by job id.
@@ -504,4 +505,54 @@ async fn a_worker_stopped_during_a_backoff_wait_loses_nothing(backing: Backing) 
     second_worker.shutdown().await;
     assert_eq!(runs(id), 2);
     assert_eq!(queue_counts(&manager, QUEUE).await, (0, 0, 0, 0));
+}
+
+/// Two retries, ten minutes apart: far from the manager's default (no retry).
+fn two_slow_retries() -> RetryPolicy {
+    RetryPolicy::new(2, Backoff::fixed(Duration::from_secs(600)).expect("a backoff"))
+}
+
+/// Run only by remote consumers ([`dmq_core::Consumer`]), never by a worker here.
+#[task(name = "failure.remote", queue = "failure-remote", retry = two_slow_retries)]
+async fn remote_policy() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// A failure a remote consumer reports is judged by the same retry settings a
+/// worker's is: here the task's policy function, which a consumer in this binary
+/// knows (its retry limit and its backoff), then the dead-letter queue.
+async fn a_remote_consumers_nack_follows_the_tasks_retry_policy_function(backing: Backing) {
+    const QUEUE: &str = "failure-remote";
+    let manager = backing.manager().await;
+    let handle = remote_policy::call().enqueue(&manager).await.expect("enqueue");
+    let consumer = manager.consumer("remote-test");
+    let queues = [QUEUE.to_owned()];
+    for attempt in 1..=3 {
+        if attempt > 1 {
+            // Due in ten minutes: requeue it now, as the retry's backoff says.
+            let letters = manager.admin().expect("admin").find_job(handle.id(), &queues);
+            let found = letters.await.expect("find").expect("the retry waits");
+            assert_eq!(found.state, dmq_core::JobState::Delayed, "attempt {attempt}");
+            let due = found.at.expect("its due time") - Utc::now();
+            assert!(due > chrono::Duration::minutes(9), "the task's backoff: {due}");
+            let mut envelope = Envelope::decode(&found.payload, usize::MAX).expect("decode");
+            envelope.eta = None;
+            assert!(manager.admin().expect("admin").purge(QUEUE).await.expect("purge") == 1);
+            manager.enqueue_envelope(envelope).await.expect("enqueue the retry now");
+        }
+        let claimed = consumer.claim(&queues, 1, WAIT, WAIT).await.expect("claim");
+        assert_eq!(claimed.len(), 1, "attempt {attempt}");
+        assert_eq!(claimed[0].envelope.attempt, attempt);
+        let outcome =
+            consumer.nack(&claimed[0].lease, &dmq_core::Nack::new("boom")).await.expect("nack");
+        match (attempt, outcome) {
+            (1 | 2, dmq_core::NackOutcome::Retried { attempt: next, .. }) => {
+                assert_eq!(next, attempt + 1);
+            }
+            (3, dmq_core::NackOutcome::DeadLettered) => {}
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+    }
+    assert_eq!(letter_ids(&manager, QUEUE, 0, 10).await, vec![handle.id()]);
+    assert_eq!(stored(&manager, handle.id()).await.state, TaskState::Failed);
 }

@@ -449,10 +449,10 @@ fn a_consumer_killed_mid_lease_loses_its_job_to_the_next_and_can_settle_nothing(
     });
     assert_eq!(enqueued.0, StatusCode::CREATED, "{}", enqueued.1);
     let id = enqueued.1["id"].as_str().unwrap().to_owned();
-    // A consumer process claims the job with a 1 s lease, then dies.
+    // A consumer process claims the job with a 4 s lease, then dies.
     let claim = format!(
         "curl -sS -X POST -H 'Authorization: Bearer {WORKER}' -H 'Content-Type: application/json' \
-         -d '{{\"lease_ms\": 1000}}' {}/v1/queues/work/claim; echo; exec sleep 600",
+         -d '{{\"lease_ms\": 4000}}' {}/v1/queues/work/claim; echo; exec sleep 600",
         served.url
     );
     let mut consumer =
@@ -789,18 +789,26 @@ fn waits_on_the_broker_are_bounded_and_expired_jobs_are_never_handed_out() {
             let url = served.url("/v1/queues/work/claim");
             async move {
                 let request =
-                    client().post(url).bearer_auth(WORKER).json(&json!({"wait_ms": 3000}));
+                    client().post(url).bearer_auth(WORKER).json(&json!({"wait_ms": 30_000}));
                 answer(request).await
             }
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let response = client()
-            .post(served.url("/v1/queues/work/claim"))
-            .bearer_auth(WORKER)
-            .json(&json!({"wait_ms": 1000}))
-            .send()
-            .await
-            .unwrap();
+        // Until the first holds the one permit, a short waiting claim gets it and
+        // answers empty; once it does, one is turned away.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let response = loop {
+            let response = client()
+                .post(served.url("/v1/queues/work/claim"))
+                .bearer_auth(WORKER)
+                .json(&json!({"wait_ms": 1}))
+                .send()
+                .await
+                .unwrap();
+            if response.status() != StatusCode::OK {
+                break response;
+            }
+            assert!(Instant::now() < deadline, "the first claim never held its permit");
+        };
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()["retry-after"], "1");
         let body: Value = response.json().await.unwrap();
@@ -813,8 +821,15 @@ fn waits_on_the_broker_are_bounded_and_expired_jobs_are_never_handed_out() {
             "unavailable",
             "--max-waiting",
         );
+        // A job wakes the waiting claim, which takes it.
+        let job = json!({"task": "remote.work", "queue": "work"});
+        assert_eq!(post(&served, Some(PRODUCER), "/v1/jobs", &job).await.0, StatusCode::CREATED);
         let (status, body) = waiting.await.unwrap();
-        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            (status, body["jobs"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(1)),
+            "{body}"
+        );
         // Once it answered, its permit is back.
         let (status, body) =
             post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({"wait_ms": 100})).await;
@@ -881,5 +896,55 @@ fn an_ack_and_a_nack_of_one_lease_sent_at_once_settle_it_once_and_agree() {
                 );
             }
         }
+    });
+}
+
+#[test]
+fn a_server_killed_mid_lease_leaves_the_lease_to_another_server_and_bad_bytes_hurt_no_job() {
+    let ns = Namespace::new();
+    let mut first = serve(&ns.name, &[]);
+    // An entry dmq did not write, beside a good job: the claim hands out the good job
+    // and dead-letters the other, saying why.
+    let bad = dmq_core::TaskId::new();
+    ns.rt.block_on(async {
+        let junk = dmq_core::Job::new(bad, "work", 9, None, b"not an envelope".to_vec());
+        ns.manager.broker().enqueue(junk).await.expect("the broker takes the bytes");
+    });
+    let claimed = ns.rt.block_on(async {
+        let job = json!({"task": "remote.work", "args": [7], "queue": "work"});
+        assert_eq!(post(&first, Some(PRODUCER), "/v1/jobs", &job).await.0, StatusCode::CREATED);
+        let (status, body) =
+            post(&first, Some(WORKER), "/v1/queues/work/claim", &json!({"max": 10})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    });
+    let jobs = claimed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "only the good job: {claimed}");
+    assert_eq!(jobs[0]["args"], json!([7]));
+    // The server dies holding nothing: the lease is in Redis, and another server
+    // settles it.
+    first.kill();
+    let second = serve(&ns.name, &[]);
+    ns.rt.block_on(async {
+        let (status, body) = post(
+            &second,
+            Some(WORKER),
+            "/v1/leases/ack",
+            &json!({"lease": jobs[0]["lease"], "result": 49}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = jobs[0]["id"].as_str().unwrap();
+        let (_, outcome) = get(&second, Some(ADMIN), &format!("/v1/jobs/{id}/result")).await;
+        assert_eq!(
+            (&outcome["state"], &outcome["value"]),
+            (&json!("succeeded"), &json!(49)),
+            "{outcome}"
+        );
+        let (_, letters) = get(&second, Some(ADMIN), "/v1/queues/work/dead-letters").await;
+        let letter = &letters["dead_letters"][0];
+        assert_eq!(letter["id"], bad.to_string(), "{letters}");
+        assert!(letter["reason"].as_str().unwrap().starts_with("undecodable"), "{letters}");
+        assert_eq!(letter["task"], Value::Null, "its envelope does not decode: {letters}");
     });
 }

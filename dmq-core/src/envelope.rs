@@ -18,6 +18,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The default limit on an encoded envelope: 1 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
+/// The queue of a job whose task and call name none: `default`.
+pub const DEFAULT_QUEUE: &str = "default";
+
 /// The default priority: 5 on a scale from 0 (lowest) to 9 (highest).
 pub const DEFAULT_PRIORITY: u8 = 5;
 
@@ -100,7 +103,7 @@ fn format_version() -> u32 {
 }
 
 fn default_queue() -> String {
-    "default".to_owned()
+    DEFAULT_QUEUE.to_owned()
 }
 
 fn first_attempt() -> u32 {

@@ -59,7 +59,8 @@ pub use broker::{
 };
 pub use dmq_macros::task;
 pub use envelope::{
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, Envelope, FORMAT_VERSION, MAX_PRIORITY,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PRIORITY, DEFAULT_QUEUE, Envelope, FORMAT_VERSION,
+    MAX_PRIORITY,
 };
 pub use error::{BackendSource, Error, Result};
 pub use events::{

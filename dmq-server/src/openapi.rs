@@ -64,10 +64,14 @@ impl Modify for OneTime {
 
 /// The OpenAPI document, as JSON text.
 #[must_use]
-pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| {
-        // Cannot happen: the document is plain data.
-        format!("{{\"error\": \"the OpenAPI document did not encode: {e}\"}}")
+pub fn openapi_json() -> &'static str {
+    // Built once: the document is the same for every request.
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| {
+            // Cannot happen: the document is plain data.
+            format!("{{\"error\": \"the OpenAPI document did not encode: {e}\"}}")
+        })
     })
 }
 
@@ -77,7 +81,7 @@ mod tests {
 
     #[test]
     fn the_document_states_the_rules_its_derives_cannot() {
-        let document: Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let document: Value = serde_json::from_str(super::openapi_json()).unwrap();
         let job = &document["components"]["schemas"]["EnqueueRequest"]["allOf"];
         assert_eq!(job[1]["anyOf"][0]["properties"]["eta"]["type"], "null", "{job}");
         let longest = &job[0]["properties"]["delay_ms"]["maximum"];

@@ -11,9 +11,6 @@ use serde_json::{Value, json};
 use super::admin::{Admin, print_json, time};
 use crate::cli::EnqueueArgs;
 
-/// The queue of a task that is not registered in this binary.
-const DEFAULT_QUEUE: &str = "default";
-
 /// The most JSON `-` or `@FILE` may give, in bytes: the job's MessagePack is held to the
 /// broker's size limit (1 MiB by default) at enqueue, and its JSON text may well be
 /// larger (escapes, spaces, numbers as text), so this only stops a runaway input such
@@ -34,7 +31,7 @@ pub(crate) async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let queue = match (&args.queue, known) {
         (Some(queue), _) => queue.clone(),
         (None, Some(info)) => info.queue.to_owned(),
-        (None, None) => DEFAULT_QUEUE.to_owned(),
+        (None, None) => dmq_core::DEFAULT_QUEUE.to_owned(),
     };
     let admin = Admin::connect(&args.broker).await?;
     let mut envelope = Envelope::new(args.task.clone(), queue.clone(), payload);

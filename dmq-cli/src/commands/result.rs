@@ -1,7 +1,7 @@
 //! `dmq result`: one task's stored outcome.
 
 use anyhow::bail;
-use dmq_core::{TaskOutcome, TaskState};
+use dmq_core::TaskOutcome;
 use serde_json::{Value, json};
 
 use super::admin::{Admin, maybe_time, print_json, task_id, time};
@@ -31,7 +31,7 @@ pub(crate) async fn run(args: ResultArgs) -> anyhow::Result<()> {
     if admin.json {
         return print_json(&json!({
             "id": id.to_string(),
-            "state": state_name(outcome.state),
+            "state": outcome.state.as_str(),
             "attempts": outcome.attempts,
             "started_at": outcome.started_at.map(time),
             "finished_at": time(outcome.finished_at),
@@ -50,7 +50,7 @@ pub(crate) async fn run(args: ResultArgs) -> anyhow::Result<()> {
 /// Prints an outcome as `field: value` lines.
 fn print_human(id: dmq_core::TaskId, outcome: &TaskOutcome, value: Option<Result<Value, String>>) {
     println!("id:          {id}");
-    println!("state:       {}", state_name(outcome.state));
+    println!("state:       {}", outcome.state.as_str());
     println!("attempts:    {}", outcome.attempts);
     println!("started:     {}", maybe_time(outcome.started_at));
     println!("finished:    {}", time(outcome.finished_at));
@@ -71,14 +71,6 @@ fn decode_value(bytes: &[u8]) -> Result<Value, String> {
         .map_err(|e| format!("{} bytes of MessagePack that are not JSON-like: {e}", bytes.len()))
 }
 
-/// The state's name as stored: `succeeded`, `failed`, `expired`.
-fn state_name(state: TaskState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{state:?}").to_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +80,5 @@ mod tests {
         let bytes = rmp_serde::to_vec(&("a", 1, vec![true])).unwrap();
         assert_eq!(decode_value(&bytes).unwrap(), json!(["a", 1, [true]]));
         assert!(decode_value(&[0xc1]).is_err());
-        assert_eq!(state_name(TaskState::Succeeded), "succeeded");
     }
 }

@@ -33,6 +33,20 @@ pub enum TaskState {
     Cancelled,
 }
 
+impl TaskState {
+    /// The state's name as stored and shown: `succeeded`, `failed`, `expired` or
+    /// `cancelled`.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Expired => "expired",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Why a job failed: the kind, and the task's error message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFailure {
@@ -208,6 +222,17 @@ pub trait ResultBackend: Send + Sync + fmt::Debug + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_is_named_as_it_is_stored() {
+        for state in
+            [TaskState::Succeeded, TaskState::Failed, TaskState::Expired, TaskState::Cancelled]
+        {
+            let stored: String =
+                rmp_serde::from_slice(&rmp_serde::to_vec(&state).unwrap()).unwrap();
+            assert_eq!(stored, state.as_str());
+        }
+    }
 
     #[test]
     fn a_success_is_replaced_only_by_the_run_that_stored_it() {

@@ -13,7 +13,6 @@ use crate::core::Core;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind};
-use crate::retry::{Backoff, MAX_BACKOFF};
 use crate::task::{FailureKind, TaskId};
 
 use std::collections::HashMap;
@@ -231,9 +230,10 @@ impl Consumer {
         Ok(())
     }
 
-    /// Settles a failed run: retried by the job's retry policy (the call's retry limit
-    /// and backoff, else the task's when it is registered in this binary, else the
-    /// manager's default) unless `nack` is fatal or the attempts are spent, in which
+    /// Settles a failed run: retried by the job's retry settings, as a worker's
+    /// failed run is (the call's retry limit and backoff, else the task's retry policy
+    /// function's and then its attributes' when it is registered in this binary, else
+    /// the manager's default) unless `nack` is fatal or the attempts are spent, in which
     /// case the job is dead-lettered and its failure stored as its result.
     ///
     /// # Errors
@@ -244,11 +244,8 @@ impl Consumer {
         let _turn = self.turn(lease.id).await;
         let mut envelope = self.in_flight(lease).await?;
         let registration = self.core.registry.get(&envelope.task);
-        let default = &self.core.config.default_retry;
-        let max_retries = envelope
-            .max_retries
-            .or(registration.and_then(|r| r.max_retries))
-            .unwrap_or(default.max_retries);
+        let retries = crate::worker::Retries::of(registration, &self.core.config.default_retry);
+        let max_retries = retries.max_retries(envelope.max_retries);
         let attempt = envelope.attempt;
         if !nack.retryable || attempt > max_retries {
             let kind = if nack.retryable { FailureKind::Error } else { FailureKind::Fatal };
@@ -270,12 +267,8 @@ impl Consumer {
             self.emit(lease, &task, attempt, || EventKind::DeadLettered { reason });
             return Ok(NackOutcome::DeadLettered);
         }
-        let backoff: Backoff =
-            envelope.backoff.or(registration.and_then(|r| r.backoff)).unwrap_or(default.backoff);
-        let delay = nack.delay.map_or_else(
-            || backoff.delay(attempt, crate::worker::jitter_draw()),
-            |d| d.min(MAX_BACKOFF),
-        );
+        let delay =
+            crate::worker::retry_delay(retries.backoff(envelope.backoff), attempt, nack.delay);
         envelope.attempt += 1;
         let eta = crate::clock::utc_after(delay);
         envelope.eta = Some(eta);

@@ -432,24 +432,9 @@ impl Failed<'_> {
     /// `max_retries`), else the manager's; the backoff likewise; the error filters are
     /// the task policy's, else the manager's.
     async fn settle(self, shared: &Shared, lease: &Lease, failure: RunFailure) {
-        // A policy function that panics counts as none: the manager's default applies.
-        let task_policy = self.registration.retry.and_then(|policy| {
-            std::panic::catch_unwind(policy)
-                .inspect_err(|_| {
-                    tracing::error!(
-                        task = self.registration.name,
-                        "the task's retry policy function panicked; using the manager's default"
-                    );
-                })
-                .ok()
-        });
-        let default = &shared.core.config().default_retry;
-        let policy = task_policy.as_ref().unwrap_or(default);
-        let max_retries = self
-            .max_retries
-            .or(task_policy.as_ref().map(|p| p.max_retries))
-            .or(self.registration.max_retries)
-            .unwrap_or(default.max_retries);
+        let retries = Retries::of(Some(self.registration), &shared.core.config().default_retry);
+        let policy = retries.policy();
+        let max_retries = retries.max_retries(self.max_retries);
         let RunFailure { kind, message, error } = failure;
         let allowed = kind.is_retryable() && error.as_ref().is_some_and(|e| policy.allows(e));
         if !allowed || self.attempt > max_retries {
@@ -464,11 +449,7 @@ impl Failed<'_> {
         let requested = error.as_ref().and_then(TaskError::requested_delay);
         match Envelope::decode(self.payload, shared.core.config().max_message_size) {
             Ok(whole) => {
-                let backoff = whole
-                    .backoff
-                    .or(task_policy.as_ref().map(|p| p.backoff))
-                    .or(self.registration.backoff)
-                    .unwrap_or(default.backoff);
+                let backoff = retries.backoff(whole.backoff);
                 let failed = (message.as_str(), self.run_time);
                 retry(shared, lease, whole, failed, backoff, requested).await;
             }
@@ -551,8 +532,7 @@ async fn retry(
     backoff: Backoff,
     requested_delay: Option<Duration>,
 ) {
-    let delay = requested_delay
-        .map_or_else(|| backoff.delay(envelope.attempt, jitter_draw()), |d| d.min(MAX_BACKOFF));
+    let delay = retry_delay(backoff, envelope.attempt, requested_delay);
     tracing::info!(error = %message, retry_in = ?delay, "attempt failed; retrying");
     let failed_attempt = envelope.attempt;
     envelope.attempt += 1;
@@ -577,8 +557,66 @@ async fn retry(
     }
 }
 
+/// The retry settings a failed run of a job is judged by, for workers and remote
+/// consumers alike: the call's own (from its envelope), else the task's retry policy
+/// function's, else the task's attributes, else the manager's default.
+pub(crate) struct Retries<'a> {
+    /// What the task's policy function returned; none when it has none, or panicked.
+    task_policy: Option<crate::retry::RetryPolicy>,
+    registration: Option<&'a TaskRegistration>,
+    default: &'a crate::retry::RetryPolicy,
+}
+
+impl<'a> Retries<'a> {
+    /// The settings of a job of `registration` (none for a task this binary does not
+    /// know), over the manager's `default`.
+    pub(crate) fn of(
+        registration: Option<&'a TaskRegistration>,
+        default: &'a crate::retry::RetryPolicy,
+    ) -> Self {
+        // A policy function that panics counts as none: the manager's default applies.
+        let task_policy = registration.and_then(|r| {
+            let policy = r.retry?;
+            std::panic::catch_unwind(policy)
+                .inspect_err(|_| {
+                    tracing::error!(
+                        task = r.name,
+                        "the task's retry policy function panicked; using the manager's default"
+                    );
+                })
+                .ok()
+        });
+        Retries { task_policy, registration, default }
+    }
+
+    /// The policy whose error filters judge a failure.
+    pub(crate) fn policy(&self) -> &crate::retry::RetryPolicy {
+        self.task_policy.as_ref().unwrap_or(self.default)
+    }
+
+    /// How many retries a job gets, `call`'s own limit first.
+    pub(crate) fn max_retries(&self, call: Option<u32>) -> u32 {
+        call.or(self.task_policy.as_ref().map(|p| p.max_retries))
+            .or(self.registration.and_then(|r| r.max_retries))
+            .unwrap_or(self.default.max_retries)
+    }
+
+    /// The delay before each retry, `call`'s own backoff first.
+    pub(crate) fn backoff(&self, call: Option<Backoff>) -> Backoff {
+        call.or(self.task_policy.as_ref().map(|p| p.backoff))
+            .or(self.registration.and_then(|r| r.backoff))
+            .unwrap_or(self.default.backoff)
+    }
+}
+
+/// The delay before retrying attempt `attempt`: `requested` (capped as backoffs are)
+/// when the failure asked for one, else the backoff's.
+pub(crate) fn retry_delay(backoff: Backoff, attempt: u32, requested: Option<Duration>) -> Duration {
+    requested.map_or_else(|| backoff.delay(attempt, jitter_draw()), |d| d.min(MAX_BACKOFF))
+}
+
 /// A number in `[0, 1)` for a backoff's jitter, from the system's random source.
-pub(crate) fn jitter_draw() -> f64 {
+fn jitter_draw() -> f64 {
     // The low 53 bits of a v4 UUID are all random (its version and variant bits sit
     // higher up), and 53 bits are exactly representable in an f64.
     let bits = uuid::Uuid::new_v4().as_u128() & ((1 << 53) - 1);

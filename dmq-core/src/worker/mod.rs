@@ -5,7 +5,7 @@ mod job;
 pub(crate) mod scheduler;
 mod vitals;
 
-pub(crate) use job::jitter_draw;
+pub(crate) use job::{Retries, retry_delay};
 pub use scheduler::{FIRE_TIME_HEADER, SCHEDULE_HEADER};
 pub use vitals::{
     CLAIMS_FAILING_LIMIT, Health, LoopFailure, LoopVitals, WorkerMonitor, WorkerVitals,
@@ -150,7 +150,7 @@ impl WorkerBuilder {
         let queues = self.config.queues.clone().unwrap_or_else(|| {
             let mut queues = self.core.registry().queues();
             if queues.is_empty() {
-                queues.push("default".to_owned());
+                queues.push(crate::envelope::DEFAULT_QUEUE.to_owned());
             }
             queues
         });

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequest, Request};
-use dmq_core::{TaskId, TaskOutcome, TaskState};
+use dmq_core::{TaskId, TaskOutcome};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -250,12 +250,7 @@ pub(crate) struct Failure {
 
 impl Outcome {
     pub(crate) fn of(outcome: &TaskOutcome) -> Outcome {
-        let state = match outcome.state {
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-            _ => "expired",
-        };
+        let state = outcome.state.as_str();
         let (value, value_error) = match outcome.value.as_deref().map(json_of) {
             None => (None, None),
             Some(Ok(value)) => (Some(value), None),

@@ -21,10 +21,6 @@ use crate::error::{ApiError, ErrorBody};
 use crate::limits::{MAX_DELAY, MAX_WAIT};
 use crate::state::{AppState, Caller};
 
-/// The queue of a job whose request names none and whose task this server does not
-/// know.
-const DEFAULT_QUEUE: &str = "default";
-
 /// A job to enqueue.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -130,7 +126,7 @@ fn envelope_of(
     let queue = match (request.queue, &known) {
         (Some(queue), _) => queue,
         (None, Some(info)) => info.queue.to_owned(),
-        (None, None) => DEFAULT_QUEUE.to_owned(),
+        (None, None) => dmq_core::DEFAULT_QUEUE.to_owned(),
     };
     caller.require_on(state, Scope::Produce, &queue)?;
     let args = rmp_serde::to_vec(&request.args).map_err(|e| {
@@ -192,11 +188,10 @@ pub(crate) async fn enqueue(
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
     let Body(request) = body?;
     let (envelope, key) = envelope_of(&state, &caller, request)?;
-    let (new_id, eta) = (envelope.id, envelope.eta);
-    let id = state.manager.enqueue_envelope_with_key(envelope.clone(), key.as_deref()).await?;
+    let (new_id, eta, queue) = (envelope.id, envelope.eta, envelope.queue.clone());
+    let id = state.manager.enqueue_envelope_with_key(envelope, key.as_deref()).await?;
     let existing = id != new_id;
     let status = if existing { StatusCode::OK } else { StatusCode::CREATED };
-    let queue = envelope.queue;
     Ok((status, Json(Enqueued { id: id.to_string(), queue, eta, existing })))
 }
 
@@ -315,7 +310,7 @@ pub(crate) async fn job(
         None => match result {
             Some(result) => JobView {
                 id: id.to_string(),
-                state: result_state(&outcome),
+                state: result.state.to_owned(),
                 queue: None,
                 task: None,
                 attempt: None,
@@ -327,16 +322,6 @@ pub(crate) async fn job(
         },
     };
     Ok(Json(view))
-}
-
-fn result_state(outcome: &Option<dmq_core::TaskOutcome>) -> String {
-    match outcome.as_ref().map(|o| o.state) {
-        Some(dmq_core::TaskState::Succeeded) => "succeeded",
-        Some(dmq_core::TaskState::Failed) => "failed",
-        Some(dmq_core::TaskState::Cancelled) => "cancelled",
-        _ => "expired",
-    }
-    .to_owned()
 }
 
 /// How long to wait for a result.
