@@ -785,16 +785,24 @@ fn waits_on_the_broker_are_bounded_and_expired_jobs_are_never_handed_out() {
     ns.rt.block_on(async {
         // One claim waits; a second that would wait is turned away, one that would not
         // is answered.
+        // The long claim tries until it gets the one permit (a probe below may hold it
+        // for a moment).
         let waiting = tokio::spawn({
             let url = served.url("/v1/queues/work/claim");
             async move {
-                let request =
-                    client().post(url).bearer_auth(WORKER).json(&json!({"wait_ms": 30_000}));
-                answer(request).await
+                loop {
+                    let body = json!({"wait_ms": 30_000});
+                    let answered =
+                        answer(client().post(&url).bearer_auth(WORKER).json(&body)).await;
+                    if answered.0 != StatusCode::SERVICE_UNAVAILABLE {
+                        return answered;
+                    }
+                }
             }
         });
-        // Until the first holds the one permit, a short waiting claim gets it and
-        // answers empty; once it does, one is turned away.
+        // Until the long claim holds the permit, a short waiting probe gets it and
+        // answers empty; once it does, a probe is turned away (the probes run one at a
+        // time, so only the long claim can hold it then).
         let deadline = Instant::now() + Duration::from_secs(20);
         let response = loop {
             let response = client()
