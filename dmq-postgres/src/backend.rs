@@ -1,0 +1,246 @@
+//! The PostgreSQL result backend: outcomes in the table `results` until their TTL,
+//! waiters woken through one listening connection per backend, lapsed rows swept in
+//! batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dmq_core::{Error, Result, ResultBackend, TaskId, TaskOutcome};
+use sqlx::postgres::PgPool;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::broker::interval;
+use crate::error::pg_error;
+use crate::listen::Listener;
+use crate::schema::{self, DEFAULT_SCHEMA, Schema, redact};
+
+/// How often the backend deletes lapsed results.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How many lapsed results one sweep deletes at most (it runs again at once while
+/// it finds that many).
+const SWEEP_BATCH: i32 = 1_000;
+
+/// A [`ResultBackend`] on PostgreSQL, in the table `results` of the namespace's schema
+/// (`dmq` by default). Works with any broker: the Redis broker too.
+///
+/// ```no_run
+/// use dmq_core::Manager;
+/// use dmq_postgres::PostgresBackend;
+/// use dmq_redis::RedisBroker;
+///
+/// # async fn demo() -> dmq_core::Result<()> {
+/// let manager = Manager::builder()
+///     .broker(RedisBroker::connect("redis://127.0.0.1:6379").await?)
+///     .backend(PostgresBackend::connect("postgres://postgres@127.0.0.1/app").await?)
+///     .build()?;
+/// # let _ = manager;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+    sweeper: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    schema: Schema,
+    listener: Listener,
+    shown: String,
+    store: String,
+    store_fenced: String,
+    get: String,
+    sweep: String,
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+impl PostgresBackend {
+    /// Connects to the PostgreSQL at `url` in the default namespace (schema `dmq`),
+    /// making and migrating the schema when needed.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is not a PostgreSQL URL or the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_namespace(url, DEFAULT_SCHEMA).await
+    }
+
+    /// Connects as [`connect`](PostgresBackend::connect) does, keeping results in
+    /// the schema named `namespace`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](PostgresBackend::connect), and [`Error::InvalidArgument`] for a
+    /// namespace that cannot name a schema.
+    pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
+        let schema = Schema::new(namespace)?;
+        schema::migrate(url, &schema, None).await?;
+        let pool = schema::pool(url, schema::default_pool_size()).await?;
+        let listener = Listener::start(&pool, &schema, &["results"]).await?;
+        let results = schema.at("results");
+        let upsert = format!(
+            "INSERT INTO {results} AS r (id, state, fence, outcome, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + $5) \
+             ON CONFLICT (id) DO UPDATE SET state = $2, fence = $3, outcome = $4, \
+             stored_at = now(), expires_at = now() + $5"
+        );
+        let inner = Arc::new(Inner {
+            store: upsert.clone(),
+            // The rule of `dmq_core::may_replace`, in SQL: a lapsed result counts as
+            // none; a success only by the run that stored it; anything else by that
+            // run or a later one.
+            store_fenced: format!(
+                "{upsert} WHERE r.expires_at <= now() \
+                 OR (r.state = 'succeeded' AND r.fence = $3) \
+                 OR (r.state <> 'succeeded' AND r.fence <= $3)"
+            ),
+            get: format!("SELECT outcome FROM {results} WHERE id = $1 AND expires_at > now()"),
+            sweep: format!("SELECT {}($1)", schema.at("sweep")),
+            pool,
+            schema,
+            listener,
+            shown: redact(url),
+        });
+        let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
+        Ok(PostgresBackend { inner, sweeper })
+    }
+
+    /// The connection pool.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema the results live in (its namespace).
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        self.inner.schema.name()
+    }
+
+    async fn put(
+        &self,
+        sql: &str,
+        id: TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+        fence: u64,
+    ) -> Result<bool> {
+        let bytes = rmp_serde::to_vec_named(outcome)
+            .map_err(|e| Error::Encode { what: "a task's outcome", reason: e.to_string() })?;
+        let done = sqlx::query(crate::schema::sql(sql))
+            .bind(id.as_uuid())
+            .bind(outcome.state.as_str())
+            .bind(i64::try_from(fence).unwrap_or(i64::MAX))
+            .bind(bytes)
+            .bind(interval(ttl))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| self.inner.fail(&format!("store the result of task {id}"), e))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl Inner {
+    fn fail(&self, what: &str, e: sqlx::Error) -> Error {
+        pg_error(&format!("could not {what} on PostgreSQL at {}", self.shown), e)
+    }
+}
+
+/// Deletes lapsed results in batches, until the backend is dropped.
+async fn sweep(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        loop {
+            let Some(inner) = inner.upgrade() else { return };
+            let swept: std::result::Result<i64, _> =
+                sqlx::query_scalar(crate::schema::sql(&inner.sweep))
+                    .bind(SWEEP_BATCH)
+                    .fetch_one(&inner.pool)
+                    .await;
+            match swept {
+                Ok(n) if n >= i64::from(SWEEP_BATCH) => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the sweep of lapsed results failed; it runs again later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ResultBackend for PostgresBackend {
+    async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
+        self.put(&self.inner.store, id, outcome, ttl, 0).await.map(drop)
+    }
+
+    async fn store_fenced(
+        &self,
+        id: TaskId,
+        outcome: &TaskOutcome,
+        ttl: Duration,
+        fence: u64,
+    ) -> Result<bool> {
+        self.put(&self.inner.store_fenced, id, outcome, ttl, fence).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {
+        let inner = &self.inner;
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(crate::schema::sql(&inner.get))
+            .bind(id.as_uuid())
+            .fetch_optional(&inner.pool)
+            .await
+            .map_err(|e| inner.fail(&format!("read the result of task {id}"), e))?;
+        bytes
+            .map(|bytes| {
+                rmp_serde::from_slice(&bytes).map_err(|e| {
+                    Error::backend(
+                        format!(
+                            "the result of task {id} in PostgreSQL at {} does not decode ({e}); \
+                             it was written by an incompatible version of dmq or by another \
+                             program",
+                            inner.shown
+                        ),
+                        false,
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Option<TaskOutcome>> {
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(1 << 30));
+        let wakeups = &self.inner.listener.wakeups;
+        let waiter = wakeups.result_waiter(id);
+        let outcome = async {
+            loop {
+                // Interest first: a result stored after the look wakes this waiter,
+                // and one stored before it is found by it.
+                let notified = waiter.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(outcome) = self.get(id).await? {
+                    return Ok(Some(outcome));
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return self.get(id).await;
+                }
+            }
+        }
+        .await;
+        wakeups.done_waiting(id, waiter);
+        outcome
+    }
+}

@@ -1,0 +1,550 @@
+//! The PostgreSQL broker: the job lifecycle on tables, in SQL functions (one per
+//! atomic operation, in `migrations/`) and single statements. Each capability is a
+//! file of its own: `workers.rs` (the worker registry and reaper), `schedules.rs`,
+//! `events.rs` (the event stream) and `admin.rs`.
+
+mod admin;
+mod events;
+mod schedules;
+mod workers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dmq_core::{
+    Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, Delivery, Error,
+    EventStream, Job, Lease, Result, ScheduleStore, TaskId, WorkerRegistry, refuse_keys_in_batches,
+};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Row};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::{pg_error, sqlstate};
+use crate::listen::Listener;
+use crate::schema::{self, DEFAULT_SCHEMA, Mode, Schema, redact};
+
+/// The default cap on each queue's dead-letter queue.
+pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
+
+/// How often a broker deletes lapsed completions and idempotency keys.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How many lapsed rows of each table one sweep deletes at most.
+const SWEEP_BATCH: i32 = 1_000;
+
+/// A [`Broker`] on PostgreSQL, with every capability: the worker registry and reaper,
+/// schedules, an event stream and the admin calls.
+///
+/// Jobs live in the table `jobs` of the namespace's schema (`dmq` by default), one row
+/// each; claims take them with `FOR UPDATE SKIP LOCKED` under fenced leases, idle
+/// claimers wait for a `NOTIFY` (one listening connection per broker), and the
+/// schema's tables and the view `queue_depths` can be read with SQL (see the README's
+/// "PostgreSQL" section).
+///
+/// ```no_run
+/// use dmq_core::Manager;
+/// use dmq_postgres::{PostgresBackend, PostgresBroker};
+///
+/// # async fn demo() -> dmq_core::Result<()> {
+/// let url = "postgres://postgres@127.0.0.1:5432/app";
+/// let manager = Manager::builder()
+///     .broker(PostgresBroker::connect(url).await?)
+///     .backend(PostgresBackend::connect(url).await?)
+///     .build()?;
+/// # let _ = manager;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PostgresBroker {
+    inner: Arc<Inner>,
+    sweeper: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    schema: Schema,
+    sql: Sql,
+    listener: Listener,
+    /// The URL without its password, for error messages.
+    shown: String,
+    dead_letter_cap: usize,
+    max_deliveries: u32,
+    event_cap: usize,
+}
+
+impl Drop for PostgresBroker {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+/// The broker's statements, written once for its schema.
+#[derive(Debug)]
+struct Sql {
+    enqueue: String,
+    enqueue_batch: String,
+    claim: String,
+    ack: String,
+    complete: String,
+    is_complete: String,
+    retry: String,
+    release: String,
+    dead_letter: String,
+    renew: String,
+    sweep: String,
+}
+
+impl Sql {
+    fn new(s: &Schema) -> Self {
+        let jobs = s.at("jobs");
+        let held = "queue = $1 AND id = $2 AND state = 'running' AND token = $3";
+        Sql {
+            enqueue: format!("SELECT {}($1, $2, $3, $4, $5, $6, $7)", s.at("enqueue")),
+            enqueue_batch: format!(
+                "SELECT dup_queue, dup_id FROM {}($1, $2, $3, $4, $5)",
+                s.at("enqueue_batch")
+            ),
+            claim: format!(
+                "SELECT queue, id, payload, deliveries, token, fence, isolated, next_change \
+                 FROM {}($1, $2, $3, $4, $5, $6)",
+                s.at("claim")
+            ),
+            ack: format!("DELETE FROM {jobs} WHERE {held}"),
+            complete: format!(
+                "WITH settled AS (DELETE FROM {jobs} WHERE {held} RETURNING queue, id) \
+                 INSERT INTO {} (queue, id, until) \
+                 SELECT queue, id, now() + $4 FROM settled \
+                 ON CONFLICT (queue, id) DO UPDATE SET until = EXCLUDED.until \
+                 RETURNING 1",
+                s.at("completions")
+            ),
+            is_complete: format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE queue = $1 AND id = $2 AND until > now())",
+                s.at("completions")
+            ),
+            retry: format!(
+                "UPDATE {jobs} SET payload = $4, \
+                 state = CASE WHEN $5 > now() THEN 'delayed' ELSE 'ready' END, \
+                 due_at = greatest($5, now()), position = nextval('{}'), deliveries = 0, \
+                 strikes = 0, suspect = false, token = NULL, fence = NULL, worker = NULL, \
+                 lease_until = NULL, claimed_at = NULL, isolated = false \
+                 WHERE {held}",
+                s.at("job_order")
+            ),
+            release: format!(
+                "UPDATE {jobs} SET state = 'ready', suspect = isolated, \
+                 position = -nextval('{}'), deliveries = greatest(deliveries - 1, 0), \
+                 token = NULL, worker = NULL, lease_until = NULL, claimed_at = NULL, \
+                 isolated = false \
+                 WHERE {held}",
+                s.at("job_order")
+            ),
+            dead_letter: format!(
+                "WITH gone AS (DELETE FROM {jobs} WHERE {held} RETURNING queue, id, payload) \
+                 SELECT {}(queue, id, payload, $4, $5) FROM gone",
+                s.at("bury")
+            ),
+            renew: format!("UPDATE {jobs} SET lease_until = now() + $4 WHERE {held}"),
+            sweep: format!("SELECT {}($1)", s.at("sweep")),
+        }
+    }
+}
+
+/// A duration as a PostgreSQL interval, within what one can hold (about 178 million
+/// years; longer ones are cut to that).
+pub(crate) fn interval(d: Duration) -> sqlx::postgres::types::PgInterval {
+    let micros = i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2).min(i64::MAX / 2);
+    sqlx::postgres::types::PgInterval { months: 0, days: 0, microseconds: micros }
+}
+
+impl PostgresBroker {
+    /// Connects to the PostgreSQL at `url` (`postgres://user:password@host:5432/db`)
+    /// in the default namespace, whose schema is `dmq`, making and migrating it when
+    /// needed.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is not a PostgreSQL URL, the server cannot be reached, or the
+    /// schema serves an outbox for Redis (see [`OutboxRelay`](crate::OutboxRelay)).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_namespace(url, DEFAULT_SCHEMA).await
+    }
+
+    /// Connects as [`connect`](PostgresBroker::connect) does, in namespace
+    /// `namespace`: its jobs live in the schema of that name (lowercase letters,
+    /// digits and underscores), apart from every other namespace's.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](PostgresBroker::connect), and
+    /// [`Error::InvalidArgument`] for a namespace that cannot name a schema.
+    pub async fn connect_with_namespace(url: &str, namespace: &str) -> Result<Self> {
+        Self::connect_sized(url, namespace, schema::default_pool_size()).await
+    }
+
+    /// Connects as [`connect_with_namespace`](PostgresBroker::connect_with_namespace)
+    /// does, with a pool of at most `pool_size` connections (10 by default), plus the
+    /// one that listens for notifications.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with_namespace`](PostgresBroker::connect_with_namespace).
+    pub async fn connect_sized(url: &str, namespace: &str, pool_size: u32) -> Result<Self> {
+        let schema = Schema::new(namespace)?;
+        schema::migrate(url, &schema, Some(Mode::Broker)).await?;
+        let pool = schema::pool(url, pool_size).await?;
+        let listener = Listener::start(&pool, &schema, &["jobs", "events"]).await?;
+        let inner = Arc::new(Inner {
+            sql: Sql::new(&schema),
+            pool,
+            schema,
+            listener,
+            shown: redact(url),
+            dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            event_cap: DEFAULT_EVENT_STREAM_CAP,
+        });
+        let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
+        Ok(PostgresBroker { inner, sweeper })
+    }
+
+    fn tune(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        // Only a broker no one else holds yet is tuned (the builders below run
+        // before it is shared); a shared one keeps its settings.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            f(inner);
+        }
+        self
+    }
+
+    /// The same broker, each queue's dead-letter queue keeping at most `cap` jobs
+    /// (10,000 by default); older ones are dropped and counted.
+    #[must_use]
+    pub fn with_dead_letter_cap(self, cap: usize) -> Self {
+        self.tune(|inner| inner.dead_letter_cap = cap)
+    }
+
+    /// Dead-letters a job whose worker was lost `n` times while it ran alone (5 by
+    /// default), instead of handing it out again. 0 means no limit.
+    #[must_use]
+    pub fn with_max_deliveries(self, n: u32) -> Self {
+        self.tune(|inner| inner.max_deliveries = n)
+    }
+
+    /// The same broker, its event stream keeping about the last `cap` events
+    /// ([`DEFAULT_EVENT_STREAM_CAP`] by default): at least `cap`, less than one batch
+    /// more, as the oldest batches are dropped whole.
+    #[must_use]
+    pub fn with_event_stream_cap(self, cap: usize) -> Self {
+        self.tune(|inner| inner.event_cap = cap)
+    }
+
+    /// The connection pool, for callers that run their own SQL beside dmq's.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema the broker's tables live in (its namespace).
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        self.inner.schema.name()
+    }
+}
+
+impl Inner {
+    fn fail(&self, what: &str, e: sqlx::Error) -> Error {
+        pg_error(&format!("could not {what} on PostgreSQL at {}", self.shown), e)
+    }
+
+    fn cap(&self) -> i32 {
+        i32::try_from(self.dead_letter_cap).unwrap_or(i32::MAX)
+    }
+
+    /// Runs a settling statement of `lease`'s job; `LeaseLost` when it changed no row.
+    async fn settle(
+        &self,
+        what: &str,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+        lease: &Lease,
+    ) -> Result<()> {
+        let done = query.execute(&self.pool).await.map_err(|e| self.fail(what, e))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::LeaseLost { id: lease.id });
+        }
+        Ok(())
+    }
+
+    /// One claim: the jobs, or when none, when the next one could be due.
+    async fn try_claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<Delivery>, Option<DateTime<Utc>>)> {
+        let rows = sqlx::query(crate::schema::sql(&self.sql.claim))
+            .bind(worker)
+            .bind(queues)
+            .bind(i32::try_from(max).unwrap_or(i32::MAX))
+            .bind(interval(lease))
+            .bind(i32::try_from(self.max_deliveries).unwrap_or(i32::MAX))
+            .bind(self.cap())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.fail("claim jobs", e))?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut next = None;
+        for row in rows {
+            match delivery(&row).map_err(|e| self.fail("read a claimed job", e))? {
+                Some(d) => claimed.push(d),
+                None => next = row.try_get("next_change").map_err(|e| self.fail("claim", e))?,
+            }
+        }
+        Ok((claimed, next))
+    }
+}
+
+/// A claimed job's row as a delivery; `None` for the row that says none was claimed.
+fn delivery(row: &PgRow) -> std::result::Result<Option<Delivery>, sqlx::Error> {
+    let Some(id) = row.try_get::<Option<Uuid>, _>("id")? else {
+        return Ok(None);
+    };
+    let fence: i64 = row.try_get("fence")?;
+    let lease = Lease {
+        id: TaskId::from(id),
+        queue: row.try_get("queue")?,
+        token: row.try_get("token")?,
+        fence: u64::try_from(fence).unwrap_or(0),
+    };
+    let deliveries: i32 = row.try_get("deliveries")?;
+    let delivery =
+        Delivery::new(lease, row.try_get("payload")?, u32::try_from(deliveries).unwrap_or(0));
+    Ok(Some(if row.try_get("isolated")? { delivery.to_run_alone() } else { delivery }))
+}
+
+/// Deletes lapsed completions and idempotency keys (and results, when the backend
+/// shares the schema) now and then, until the broker is dropped.
+async fn sweep(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = sqlx::query(crate::schema::sql(&inner.sql.sweep))
+            .bind(SWEEP_BATCH)
+            .execute(&inner.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "the sweep of lapsed rows failed; it runs again later");
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for PostgresBroker {
+    async fn enqueue(&self, job: Job) -> Result<()> {
+        let inner = &self.inner;
+        let (key, ttl) = match &job.idempotency {
+            Some((key, ttl)) => (Some(key.as_str()), Some(interval(*ttl))),
+            None => (None, None),
+        };
+        let holder: std::result::Result<Option<Uuid>, sqlx::Error> =
+            sqlx::query_scalar(crate::schema::sql(&inner.sql.enqueue))
+                .bind(&job.queue)
+                .bind(job.id.as_uuid())
+                .bind(i16::from(job.priority.min(9)))
+                .bind(job.eta)
+                .bind(&job.payload)
+                .bind(key)
+                .bind(ttl)
+                .fetch_one(&inner.pool)
+                .await;
+        match holder {
+            Ok(None) => Ok(()),
+            Ok(Some(existing)) => Err(Error::IdempotencyKeyTaken {
+                key: key.unwrap_or_default().to_owned(),
+                queue: job.queue,
+                existing: TaskId::from(existing),
+            }),
+            Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
+                Err(Error::DuplicateJob { id: job.id, queue: job.queue })
+            }
+            Err(e) => Err(inner.fail("enqueue a job", e)),
+        }
+    }
+
+    async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<()> {
+        refuse_keys_in_batches(&jobs)?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let mut queues = Vec::with_capacity(jobs.len());
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut priorities = Vec::with_capacity(jobs.len());
+        let mut etas = Vec::with_capacity(jobs.len());
+        let mut payloads = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            queues.push(job.queue);
+            ids.push(*job.id.as_uuid());
+            priorities.push(i16::from(job.priority.min(9)));
+            etas.push(job.eta);
+            payloads.push(job.payload);
+        }
+        let done = sqlx::query(crate::schema::sql(&inner.sql.enqueue_batch))
+            .bind(&queues)
+            .bind(&ids)
+            .bind(&priorities)
+            .bind(&etas)
+            .bind(&payloads)
+            .execute(&inner.pool)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if sqlstate(&e).as_deref() == Some("DQ001") => {
+                let db = e.as_database_error();
+                let id = db.and_then(|d| d.message().parse::<TaskId>().ok());
+                let queue = db
+                    .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+                    .and_then(|d| d.detail().map(str::to_owned));
+                match (id, queue) {
+                    (Some(id), Some(queue)) => Err(Error::DuplicateJob { id, queue }),
+                    _ => Err(inner.fail("enqueue a batch of jobs", e)),
+                }
+            }
+            Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
+                Err(Error::DuplicateJob { id: TaskId::from(ids[0]), queue: queues[0].clone() })
+            }
+            Err(e) => Err(inner.fail("enqueue a batch of jobs", e)),
+        }
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
+        if max == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let give_up = Instant::now() + wait.min(Duration::from_secs(365 * 24 * 3600));
+        loop {
+            // Register for the wake-up before looking, so that a job enqueued between
+            // the look and the wait is not missed. A claim runs in one statement, so
+            // dropping this future loses no job: either the statement committed and
+            // the jobs are leased (their leases expire), or it claimed nothing.
+            let notified = inner.listener.wakeups.jobs.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (claimed, next) = inner.try_claim(worker, queues, max, lease).await?;
+            if !claimed.is_empty() {
+                return Ok(claimed);
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return Ok(Vec::new());
+            }
+            let until = match next {
+                Some(at) => {
+                    let ahead = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    // A little after it falls due, on PostgreSQL's clock.
+                    (now + ahead + Duration::from_millis(5)).min(give_up)
+                }
+                None => give_up,
+            };
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<()> {
+        let query = held(&self.inner.sql.ack, lease);
+        self.inner.settle("acknowledge a job", query, lease).await
+    }
+
+    async fn complete(&self, lease: &Lease, remember: Duration) -> Result<()> {
+        let query = held(&self.inner.sql.complete, lease).bind(interval(remember));
+        self.inner.settle("complete a job", query, lease).await
+    }
+
+    async fn is_complete(&self, queue: &str, id: TaskId) -> Result<bool> {
+        sqlx::query_scalar(crate::schema::sql(&self.inner.sql.is_complete))
+            .bind(queue)
+            .bind(id.as_uuid())
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.inner.fail("read a completion", e))
+    }
+
+    async fn retry(&self, lease: &Lease, payload: Vec<u8>, eta: DateTime<Utc>) -> Result<()> {
+        let query = held(&self.inner.sql.retry, lease).bind(payload).bind(eta);
+        self.inner.settle("retry a job", query, lease).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let query = held(&self.inner.sql.release, lease);
+        self.inner.settle("release a job", query, lease).await
+    }
+
+    async fn dead_letter(&self, lease: &Lease, reason: &str) -> Result<()> {
+        let inner = &self.inner;
+        let query = held(&inner.sql.dead_letter, lease).bind(reason).bind(inner.cap());
+        let rows =
+            query.fetch_all(&inner.pool).await.map_err(|e| inner.fail("dead-letter a job", e))?;
+        if rows.is_empty() {
+            return Err(Error::LeaseLost { id: lease.id });
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
+        let query = held(&self.inner.sql.renew, lease).bind(interval(lease_for));
+        self.inner.settle("renew a lease", query, lease).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map(drop)
+            .map_err(|e| self.inner.fail("ping", e))
+    }
+
+    fn worker_registry(&self) -> Option<&dyn WorkerRegistry> {
+        Some(self)
+    }
+
+    fn schedule_store(&self) -> Option<&dyn ScheduleStore> {
+        Some(self)
+    }
+
+    fn event_stream(&self) -> Option<&dyn EventStream> {
+        Some(self)
+    }
+
+    fn admin(&self) -> Option<&dyn BrokerAdmin> {
+        Some(self)
+    }
+}
+
+/// `sql` bound to the lease's queue, id and token ($1, $2, $3).
+fn held<'q>(
+    sql: &'q str,
+    lease: &'q Lease,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(crate::schema::sql(sql))
+        .bind(&lease.queue)
+        .bind(lease.id.as_uuid())
+        .bind(&lease.token)
+}

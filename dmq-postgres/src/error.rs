@@ -1,0 +1,125 @@
+//! Turning PostgreSQL errors into dmq errors that say what to do.
+
+use dmq_core::Error;
+
+/// A PostgreSQL call that failed: what dmq was doing, what to do about it, and the
+/// `sqlx::Error` itself, which [`source`](std::error::Error::source) returns.
+///
+/// dmq's calls return [`dmq_core::Error`]; its [`Backend`](dmq_core::Error::Backend)
+/// variant keeps this as its source, so a caller can still reach the database error:
+///
+/// ```
+/// fn sqlstate(e: &dmq_core::Error) -> Option<String> {
+///     let failure = e.backend_source()?.downcast_ref::<dmq_postgres::PostgresFailure>()?;
+///     Some(failure.sqlx_error().as_database_error()?.code()?.into_owned())
+/// }
+/// # let _ = sqlstate;
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {advice}")]
+pub struct PostgresFailure {
+    context: String,
+    advice: String,
+    transient: bool,
+    #[source]
+    source: sqlx::Error,
+}
+
+impl PostgresFailure {
+    /// `e`, met while doing `context`, with advice on what to do.
+    #[must_use]
+    pub fn new(context: &str, e: sqlx::Error) -> Self {
+        let (advice, transient) = advice(&e);
+        PostgresFailure { context: context.to_owned(), advice, transient, source: e }
+    }
+
+    /// What dmq was doing.
+    #[must_use]
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// Whether the same call may succeed later (a lost connection, say).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// The database driver's error.
+    #[must_use]
+    pub fn sqlx_error(&self) -> &sqlx::Error {
+        &self.source
+    }
+}
+
+impl From<PostgresFailure> for Error {
+    fn from(failure: PostgresFailure) -> Self {
+        let message = format!("{failure} ({})", failure.source);
+        let transient = failure.transient;
+        Error::backend_caused_by(message, transient, dmq_core::BackendSource::new(failure))
+    }
+}
+
+/// `e`, met while doing `context`, as a dmq error that says what to do and keeps the
+/// database error as its source.
+pub(crate) fn pg_error(context: &str, e: sqlx::Error) -> Error {
+    PostgresFailure::new(context, e).into()
+}
+
+/// The SQLSTATE of a database error, if `e` is one.
+pub(crate) fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
+}
+
+fn advice(e: &sqlx::Error) -> (String, bool) {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => (
+            "the connection to PostgreSQL failed or timed out; is the server running and \
+             reachable? dmq retries such calls"
+                .to_owned(),
+            true,
+        ),
+        sqlx::Error::Tls(_) => (
+            "the TLS handshake with PostgreSQL failed; check sslmode and the server's \
+             certificate"
+                .to_owned(),
+            false,
+        ),
+        sqlx::Error::PoolClosed => ("the connection pool was closed".to_owned(), false),
+        sqlx::Error::Configuration(_) => (
+            "the PostgreSQL URL is not usable; write it as \
+             postgres://user:password@host:5432/database"
+                .to_owned(),
+            false,
+        ),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("3D000") => (
+                "the database does not exist; create it (createdb) or name another one in \
+                 the URL"
+                    .to_owned(),
+                false,
+            ),
+            Some("28P01" | "28000") => (
+                "PostgreSQL refused the credentials; check the URL's user and password".to_owned(),
+                false,
+            ),
+            Some("42P01" | "42883") => (
+                "dmq's tables or functions are missing in this schema; run `dmq migrate` \
+                 (dmq also migrates when a broker or backend connects)"
+                    .to_owned(),
+                false,
+            ),
+            Some(code) if code.starts_with("08") || code.starts_with("57") => (
+                "the server closed the connection or is shutting down; dmq retries such \
+                 calls"
+                    .to_owned(),
+                true,
+            ),
+            Some("40001" | "40P01") => {
+                ("a serialization failure or deadlock; trying again may help".to_owned(), true)
+            }
+            _ => ("PostgreSQL refused the statement".to_owned(), false),
+        },
+        _ => ("PostgreSQL answered something dmq did not expect".to_owned(), false),
+    }
+}

@@ -1,0 +1,19 @@
+//! PostgreSQL broker, result backend and transactional enqueue for dmq.
+//!
+//! [`PostgresBroker`] keeps jobs in tables of one schema per namespace and changes them
+//! through SQL functions (in `migrations/`) that check each lease's token; idle
+//! claimers wait for `NOTIFY`. [`PostgresBackend`] keeps results with a TTL and wakes
+//! waiters through one listening connection per backend. [`EnqueueIn`] writes a job
+//! in the caller's own transaction, straight into the broker's table or, for a Redis
+//! broker, into an outbox that an [`OutboxRelay`] moves to Redis exactly once.
+
+mod backend;
+mod broker;
+mod error;
+mod listen;
+mod schema;
+
+pub use backend::PostgresBackend;
+pub use broker::{DEFAULT_DEAD_LETTER_CAP, PostgresBroker};
+pub use error::PostgresFailure;
+pub use schema::{DEFAULT_SCHEMA, Mode, redact};

@@ -1,0 +1,210 @@
+//! Where dmq's tables live: one PostgreSQL schema per namespace, named for it, made
+//! and migrated on connect (or by `dmq migrate`). The only place a table's name is
+//! written out with its schema.
+
+use std::time::Duration;
+
+use dmq_core::{Error, Result};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+
+use crate::error::pg_error;
+
+/// The namespace, and so the schema, dmq uses unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "dmq";
+
+/// The migrations, embedded: the same ones `dmq migrate` runs.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// What a schema serves: a broker's jobs, or an outbox relayed to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A [`PostgresBroker`](crate::PostgresBroker) keeps its jobs here, and
+    /// `enqueue_in` writes them straight into its `jobs` table.
+    Broker,
+    /// Jobs enqueued in a transaction wait in the `outbox` table until an
+    /// [`OutboxRelay`](crate::OutboxRelay) moves them to the Redis broker.
+    Outbox,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Broker => "broker",
+            Mode::Outbox => "outbox",
+        }
+    }
+}
+
+/// One namespace's schema: its name and how to reach its tables.
+#[derive(Debug, Clone)]
+pub(crate) struct Schema {
+    name: String,
+    quoted: String,
+}
+
+impl Schema {
+    /// The schema of `namespace`, which must be a plain SQL name.
+    pub(crate) fn new(namespace: &str) -> Result<Self> {
+        let plain = !namespace.is_empty()
+            && namespace.len() <= 50
+            && namespace.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && namespace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(Error::InvalidArgument(format!(
+                "namespace {namespace:?} cannot name a PostgreSQL schema: use lowercase \
+                 letters, digits and underscores, starting with a letter (at most 50)"
+            )));
+        }
+        Ok(Schema { name: namespace.to_owned(), quoted: format!("\"{namespace}\"") })
+    }
+
+    /// The schema's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `object` of this schema, quoted for SQL: `"dmq".jobs`.
+    pub(crate) fn at(&self, object: &str) -> String {
+        format!("{}.{object}", self.quoted)
+    }
+
+    /// The notification channel for `topic` (`jobs`, `results`, `events`, `outbox`).
+    pub(crate) fn channel(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.name)
+    }
+}
+
+/// A statement dmq wrote. Only schema and table names are formatted into dmq's SQL,
+/// and a schema's name is a plain name ([`Schema::new`] refuses any other); every
+/// value is bound as a parameter.
+pub(crate) fn sql(text: &str) -> sqlx::AssertSqlSafe<&str> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// How many connections a pool keeps, unless the URL says otherwise.
+const DEFAULT_POOL_SIZE: u32 = 10;
+
+/// The connect options of `url`, which must be a `postgres://` or `postgresql://` URL.
+pub(crate) fn options(url: &str) -> Result<PgConnectOptions> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} is not a PostgreSQL URL: write postgres://user:password@host:5432/database",
+            redact(url)
+        )));
+    }
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| pg_error(&format!("could not read the PostgreSQL URL {}", redact(url)), e))?;
+    Ok(options.application_name("dmq").log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// A pool of connections to `url`.
+pub(crate) async fn pool(url: &str, size: u32) -> Result<PgPool> {
+    let options = options(url)?;
+    PgPoolOptions::new()
+        .max_connections(size.max(1))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| pg_error(&format!("could not connect to PostgreSQL at {}", redact(url)), e))
+}
+
+/// The default pool size.
+pub(crate) fn default_pool_size() -> u32 {
+    DEFAULT_POOL_SIZE
+}
+
+/// Makes `schema` and brings its tables up to date, under the migrator's lock, on a
+/// connection of its own; then records that it serves `mode`, refusing a schema
+/// that serves the other one.
+pub(crate) async fn migrate(url: &str, schema: &Schema, mode: Option<Mode>) -> Result<()> {
+    let context = format!("could not migrate schema {} at {}", schema.name(), redact(url));
+    let mut conn = options(url)?.connect().await.map_err(|e| pg_error(&context, e))?;
+    let outcome = async {
+        sqlx::raw_sql(crate::schema::sql(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {q}; SET search_path TO {q}",
+            q = schema.quoted
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| pg_error(&context, e))?;
+        let mut migrator =
+            sqlx::migrate::Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+        migrator.dangerous_set_table_name(schema.at("_sqlx_migrations"));
+        migrator
+            .run_direct(None, &mut conn, false)
+            .await
+            .map_err(|e| pg_error(&context, sqlx::Error::Migrate(Box::new(e))))?;
+        if let Some(mode) = mode {
+            claim_mode(&mut conn, schema, mode).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = conn.close().await;
+    outcome
+}
+
+/// Records that `schema` serves `mode`; refuses one that serves the other.
+async fn claim_mode(conn: &mut sqlx::PgConnection, schema: &Schema, mode: Mode) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO {} (name, value) VALUES ('mode', $1) \
+         ON CONFLICT (name) DO UPDATE SET value = {}.value RETURNING value",
+        schema.at("settings"),
+        schema.at("settings"),
+    );
+    let held: String = sqlx::query_scalar(crate::schema::sql(&sql))
+        .bind(mode.as_str())
+        .fetch_one(conn)
+        .await
+        .map_err(|e| pg_error(&format!("could not read schema {}'s mode", schema.name()), e))?;
+    if held != mode.as_str() {
+        return Err(Error::InvalidArgument(format!(
+            "schema {s:?} holds {held:?} tables (its jobs are {what}), so it cannot serve as \
+             {want:?} too: give the other a namespace of its own (--namespace, or \
+             connect_with_namespace)",
+            s = schema.name(),
+            what = if held == "broker" {
+                "a PostgreSQL broker's"
+            } else {
+                "an outbox relayed to Redis"
+            },
+            want = mode.as_str(),
+        )));
+    }
+    Ok(())
+}
+
+/// Hides a password in a URL: `postgres://user:***@host/db`.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_must_be_a_plain_name() {
+        assert!(Schema::new("dmq").is_ok());
+        assert!(Schema::new("tenant_7").is_ok());
+        for bad in ["", "Dmq", "7up", "a-b", "a\"b", "a.b", &"x".repeat(51)] {
+            assert!(Schema::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Schema::new("dmq").unwrap().at("jobs"), "\"dmq\".jobs");
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("postgres://me:secret@host/db"), "postgres://me:***@host/db");
+        assert_eq!(redact("postgres://host/db"), "postgres://host/db");
+    }
+}
