@@ -16,4 +16,4 @@ mod schema;
 pub use backend::PostgresBackend;
 pub use broker::{DEFAULT_DEAD_LETTER_CAP, PostgresBroker};
 pub use error::PostgresFailure;
-pub use schema::{DEFAULT_SCHEMA, Mode, redact};
+pub use schema::{DEFAULT_SCHEMA, Mode, migrate_namespace, redact};

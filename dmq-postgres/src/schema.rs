@@ -115,6 +115,20 @@ pub(crate) fn default_pool_size() -> u32 {
     DEFAULT_POOL_SIZE
 }
 
+/// Makes the schema of `namespace` (`dmq` by default) at `url` and brings its tables,
+/// views and functions up to date, as every broker, backend and relay does when it
+/// connects; `dmq migrate` runs this. With `mode`, also records what the schema
+/// serves (a broker's jobs, or an outbox for Redis), refusing a schema that serves
+/// the other.
+///
+/// # Errors
+///
+/// When the URL or the namespace is not usable, the server cannot be reached, a
+/// migration fails, or the schema serves the other mode.
+pub async fn migrate_namespace(url: &str, namespace: &str, mode: Option<Mode>) -> Result<()> {
+    migrate(url, &Schema::new(namespace)?, mode).await
+}
+
 /// Makes `schema` and brings its tables up to date, under the migrator's lock, on a
 /// connection of its own; then records that it serves `mode`, refusing a schema
 /// that serves the other one.
