@@ -51,7 +51,13 @@ CREATE TABLE jobs (
     claimed_at  timestamptz,
     isolated    boolean NOT NULL DEFAULT false,
     enqueued_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (queue, id)
+    PRIMARY KEY (queue, id),
+    -- A running job has a whole lease (so that it expires, and is taken back); a
+    -- waiting one has none (so that no stale token can settle it).
+    CHECK (CASE WHEN state = 'running'
+                THEN token IS NOT NULL AND fence IS NOT NULL AND worker IS NOT NULL
+                     AND lease_until IS NOT NULL AND claimed_at IS NOT NULL
+                ELSE token IS NULL AND lease_until IS NULL END)
 );
 CREATE INDEX jobs_ready ON jobs (queue, priority DESC, position) WHERE state = 'ready' AND NOT suspect;
 CREATE INDEX jobs_suspect ON jobs (queue, position) WHERE state = 'ready' AND suspect;

@@ -3,6 +3,7 @@
 //! batches.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,7 +17,7 @@ use crate::error::pg_error;
 use crate::listen::Listener;
 use crate::schema::{self, DEFAULT_SCHEMA, Schema, redact};
 
-/// How often the backend deletes lapsed results.
+/// How often the backend deletes lapsed results, unless told otherwise.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// How many lapsed results one sweep deletes at most (it runs again at once while
@@ -56,6 +57,10 @@ struct Inner {
     store_fenced: String,
     get: String,
     sweep: String,
+    /// How often the sweeper runs, in milliseconds.
+    sweep_every_ms: AtomicU64,
+    /// Wakes the sweeper when its interval changes.
+    sweep_changed: tokio::sync::Notify,
 }
 
 impl Drop for PostgresBackend {
@@ -106,6 +111,8 @@ impl PostgresBackend {
             ),
             get: format!("SELECT outcome FROM {results} WHERE id = $1 AND expires_at > now()"),
             sweep: format!("SELECT {}($1)", schema.at("sweep")),
+            sweep_every_ms: AtomicU64::new(millis(SWEEP_EVERY)),
+            sweep_changed: tokio::sync::Notify::new(),
             pool,
             schema,
             listener,
@@ -113,6 +120,28 @@ impl PostgresBackend {
         });
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
         Ok(PostgresBackend { inner, sweeper })
+    }
+
+    /// The same backend, deleting lapsed results every `every` (30 s by default).
+    /// Reads never return a lapsed result whenever the sweep runs; the sweep only
+    /// gives their room back.
+    #[must_use]
+    pub fn with_sweep_every(self, every: Duration) -> Self {
+        self.inner.sweep_every_ms.store(millis(every).max(1), Ordering::Relaxed);
+        self.inner.sweep_changed.notify_waiters();
+        self
+    }
+
+    /// Deletes the lapsed results now (with the schema's lapsed completions and
+    /// idempotency keys), a thousand rows a statement, through the index on their
+    /// expiry: never a scan of the whole table. Returns how many rows it deleted. The
+    /// backend does this on its own every 30 s ([`with_sweep_every`](Self::with_sweep_every)).
+    ///
+    /// # Errors
+    ///
+    /// When PostgreSQL cannot be reached.
+    pub async fn sweep(&self) -> Result<u64> {
+        self.inner.sweep().await
     }
 
     /// The connection pool.
@@ -154,27 +183,40 @@ impl Inner {
     fn fail(&self, what: &str, e: sqlx::Error) -> Error {
         pg_error(&format!("could not {what} on PostgreSQL at {}", self.shown), e)
     }
+
+    async fn sweep(&self) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let swept: i64 = sqlx::query_scalar(crate::schema::sql(&self.sweep))
+                .bind(SWEEP_BATCH)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.fail("delete lapsed results", e))?;
+            total += u64::try_from(swept).unwrap_or(0);
+            if swept < i64::from(SWEEP_BATCH) {
+                return Ok(total);
+            }
+        }
+    }
 }
 
-/// Deletes lapsed results in batches, until the backend is dropped.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Deletes lapsed results in batches now and then, until the backend is dropped.
 async fn sweep(inner: std::sync::Weak<Inner>) {
     loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        loop {
-            let Some(inner) = inner.upgrade() else { return };
-            let swept: std::result::Result<i64, _> =
-                sqlx::query_scalar(crate::schema::sql(&inner.sweep))
-                    .bind(SWEEP_BATCH)
-                    .fetch_one(&inner.pool)
-                    .await;
-            match swept {
-                Ok(n) if n >= i64::from(SWEEP_BATCH) => {}
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "the sweep of lapsed results failed; it runs again later");
-                    break;
-                }
-            }
+        // Held while it sleeps: dropping the backend aborts this task.
+        let Some(inner) = inner.upgrade() else { return };
+        let every = Duration::from_millis(inner.sweep_every_ms.load(Ordering::Relaxed));
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            // A new interval counts from now.
+            () = inner.sweep_changed.notified() => continue,
+        }
+        if let Err(e) = inner.sweep().await {
+            tracing::debug!(error = %e, "the sweep of lapsed results failed; it runs again later");
         }
     }
 }

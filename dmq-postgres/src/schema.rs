@@ -96,7 +96,10 @@ pub(crate) fn options(url: &str) -> Result<PgConnectOptions> {
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| pg_error(&format!("could not read the PostgreSQL URL {}", redact(url)), e))?;
-    Ok(options.application_name("dmq").log_statements(tracing::log::LevelFilter::Trace))
+    // Connections say they are dmq's in pg_stat_activity, unless the URL names them.
+    let named = options.get_application_name().is_some();
+    let options = if named { options } else { options.application_name("dmq") };
+    Ok(options.log_statements(tracing::log::LevelFilter::Trace))
 }
 
 /// A pool of connections to `url`.
