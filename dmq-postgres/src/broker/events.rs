@@ -150,7 +150,7 @@ impl EventStream for PostgresBroker {
 
     async fn publish_events(&self, events: &[Arc<Event>]) -> Result<()> {
         let inner = &self.inner;
-        if events.is_empty() || inner.event_cap == 0 {
+        if events.is_empty() || inner.event_cap() == 0 {
             return Ok(());
         }
         let batch = Event::encode_batch(events)?;
@@ -160,7 +160,7 @@ impl EventStream for PostgresBroker {
         )))
         .bind(i32::try_from(events.len()).unwrap_or(i32::MAX))
         .bind(batch)
-        .bind(i64::try_from(inner.event_cap).unwrap_or(i64::MAX))
+        .bind(i64::try_from(inner.event_cap()).unwrap_or(i64::MAX))
         .execute(&inner.pool)
         .await
         .map_err(|e| inner.fail("publish events", e))?;

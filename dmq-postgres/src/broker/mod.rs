@@ -9,6 +9,7 @@ mod schedules;
 mod workers;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,9 +74,10 @@ struct Inner {
     listener: Listener,
     /// The URL without its password, for error messages.
     shown: String,
-    dead_letter_cap: usize,
-    max_deliveries: u32,
-    event_cap: usize,
+    /// Settings, changed only by the builders (before the broker is shared).
+    dead_letter_cap: AtomicUsize,
+    max_deliveries: AtomicU32,
+    event_cap: AtomicUsize,
 }
 
 impl Drop for PostgresBroker {
@@ -206,35 +208,28 @@ impl PostgresBroker {
             schema,
             listener,
             shown: redact(url),
-            dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
-            max_deliveries: DEFAULT_MAX_DELIVERIES,
-            event_cap: DEFAULT_EVENT_STREAM_CAP,
+            dead_letter_cap: AtomicUsize::new(DEFAULT_DEAD_LETTER_CAP),
+            max_deliveries: AtomicU32::new(DEFAULT_MAX_DELIVERIES),
+            event_cap: AtomicUsize::new(DEFAULT_EVENT_STREAM_CAP),
         });
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
         Ok(PostgresBroker { inner, sweeper })
-    }
-
-    fn tune(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        // Only a broker no one else holds yet is tuned (the builders below run
-        // before it is shared); a shared one keeps its settings.
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            f(inner);
-        }
-        self
     }
 
     /// The same broker, each queue's dead-letter queue keeping at most `cap` jobs
     /// (10,000 by default); older ones are dropped and counted.
     #[must_use]
     pub fn with_dead_letter_cap(self, cap: usize) -> Self {
-        self.tune(|inner| inner.dead_letter_cap = cap)
+        self.inner.dead_letter_cap.store(cap, Ordering::Relaxed);
+        self
     }
 
     /// Dead-letters a job whose worker was lost `n` times while it ran alone (5 by
     /// default), instead of handing it out again. 0 means no limit.
     #[must_use]
     pub fn with_max_deliveries(self, n: u32) -> Self {
-        self.tune(|inner| inner.max_deliveries = n)
+        self.inner.max_deliveries.store(n, Ordering::Relaxed);
+        self
     }
 
     /// The same broker, its event stream keeping about the last `cap` events
@@ -242,7 +237,8 @@ impl PostgresBroker {
     /// more, as the oldest batches are dropped whole.
     #[must_use]
     pub fn with_event_stream_cap(self, cap: usize) -> Self {
-        self.tune(|inner| inner.event_cap = cap)
+        self.inner.event_cap.store(cap, Ordering::Relaxed);
+        self
     }
 
     /// The connection pool, for callers that run their own SQL beside dmq's.
@@ -264,7 +260,15 @@ impl Inner {
     }
 
     fn cap(&self) -> i32 {
-        i32::try_from(self.dead_letter_cap).unwrap_or(i32::MAX)
+        i32::try_from(self.dead_letter_cap.load(Ordering::Relaxed)).unwrap_or(i32::MAX)
+    }
+
+    fn max_deliveries(&self) -> i32 {
+        i32::try_from(self.max_deliveries.load(Ordering::Relaxed)).unwrap_or(i32::MAX)
+    }
+
+    fn event_cap(&self) -> usize {
+        self.event_cap.load(Ordering::Relaxed)
     }
 
     /// Runs a settling statement of `lease`'s job; `LeaseLost` when it changed no row.
@@ -294,7 +298,7 @@ impl Inner {
             .bind(queues)
             .bind(i32::try_from(max).unwrap_or(i32::MAX))
             .bind(interval(lease))
-            .bind(i32::try_from(self.max_deliveries).unwrap_or(i32::MAX))
+            .bind(self.max_deliveries())
             .bind(self.cap())
             .fetch_all(&self.pool)
             .await

@@ -102,7 +102,7 @@ impl WorkerRegistry for PostgresBroker {
             inner.schema.at("take_back")
         )))
         .bind(queues)
-        .bind(i32::try_from(inner.max_deliveries).unwrap_or(i32::MAX))
+        .bind(inner.max_deliveries())
         .bind(inner.cap())
         .fetch_one(&mut *tx)
         .await
