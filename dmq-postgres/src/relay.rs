@@ -505,7 +505,7 @@ impl OutboxRelay {
             }
         }
         let _ = conn.close().await;
-        tracing::info!(schema = self.schema.name(), "the outbox relay stopped");
+        tracing::debug!(schema = self.schema.name(), "the outbox relay let the outbox's lock go");
         None
     }
 
