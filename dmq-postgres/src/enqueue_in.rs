@@ -59,6 +59,7 @@ use crate::schema::{DEFAULT_SCHEMA, Schema};
 /// # let _ = id;
 /// # Ok(())
 /// # }
+/// # fn main() {}
 /// ```
 ///
 /// # What differs from `enqueue` on a manager
@@ -126,6 +127,7 @@ pub trait EnqueueIn: sealed::Sealed {
     /// # let _ = id;
     /// # Ok(())
     /// # }
+    /// # fn main() {}
     /// ```
     ///
     /// # Errors
