@@ -253,6 +253,9 @@ async fn a_worker_with_outbox_runs_a_committed_job_once_and_never_a_rolled_back_
 const JOBS: u64 = 4_000;
 const PER_TRANSACTION: u64 = 10;
 
+/// How many relays the SIGKILL test kills at most; then the last one finishes.
+const MAX_KILLS: usize = 30;
+
 /// Enqueues `JOBS` jobs in transactions; returns the ids committed and rolled back.
 async fn produce(app: PgPool, schema: String) -> (HashSet<TaskId>, HashSet<TaskId>) {
     let mut committed = HashSet::new();
@@ -300,16 +303,22 @@ async fn relays_sigkilled_between_enqueueing_and_deleting_enqueue_every_job_exac
             // died between enqueueing them and committing their delete.
             let mut in_window = 0;
             let mut round = 0;
+            let began = Instant::now();
             loop {
                 round += 1;
                 if producer.is_finished() && places.outbox_ids().await.is_empty() {
                     break;
                 }
-                assert!(round < 500, "the outbox never emptied");
+                assert!(began.elapsed() < 5 * WAIT, "the outbox never emptied");
                 if relays.is_empty() {
                     let log = log_file(&places, &format!("relay-{round}"));
                     relays.push(places.relay(&log));
                     logs_written.push(log);
+                }
+                if kills >= MAX_KILLS {
+                    // Enough: the last relay finishes the work, however slow the machine.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
                 // Every third round, a standby waits for the lock beside the holder, and
                 // takes over at once when the holder is killed.

@@ -466,6 +466,10 @@ impl OutboxRelay {
         let mut failures = 0u32;
         let mut swept = Instant::now();
         loop {
+            if swept.elapsed() >= SWEEP_EVERY {
+                swept = Instant::now();
+                self.sweep(&mut conn).await;
+            }
             // Registered before looking, so that a row committed meanwhile wakes it.
             let notified = self.listener.wakeups.outbox.notified();
             tokio::pin!(notified);
@@ -493,10 +497,6 @@ impl OutboxRelay {
                     wait
                 }
             };
-            if swept.elapsed() >= SWEEP_EVERY {
-                swept = Instant::now();
-                self.sweep(&mut conn).await;
-            }
             tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break,
