@@ -114,15 +114,12 @@ async fn connect_relay(
     namespace: &str,
     broker: &Arc<dyn Broker>,
 ) -> anyhow::Result<OutboxRelay> {
-    OutboxRelay::connect_with_namespace(url, namespace, Arc::clone(broker)).await.with_context(
-        || {
-            format!(
-                "could not start the relay of the outbox at {} in namespace {namespace:?} \
-             (--outbox, --outbox-namespace)",
-                dmq_postgres::redact(url)
-            )
-        },
-    )
+    let context = format!(
+        "could not start the relay of the outbox at {} in namespace {namespace:?} \
+         (--outbox, --outbox-namespace)",
+        dmq_postgres::redact(url)
+    );
+    OutboxRelay::connect_with_namespace(url, namespace, Arc::clone(broker)).await.context(context)
 }
 
 /// The outbox relay running beside the worker, until told to stop.
