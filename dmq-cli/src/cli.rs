@@ -93,7 +93,7 @@ pub enum Command {
     /// every process. With --metrics-addr each worker serves Prometheus metrics at
     /// /metrics and a health check at /health.
     #[command(
-        after_help = "Examples:\n  dmq worker --tasks app --workers 4 --broker redis://127.0.0.1:6379\n  app worker --broker redis://127.0.0.1:6379 --concurrency 32\n  app worker --queues emails,default --guarantee exactly-once --no-scheduler\n  app worker --metrics-addr 127.0.0.1:9090\n  dmq worker --tasks app --workers 4 --metrics-addr 0.0.0.0:9100   (ports 9100-9103)"
+        after_help = "Examples:\n  dmq worker --tasks app --workers 4 --broker redis://127.0.0.1:6379\n  app worker --broker redis://127.0.0.1:6379 --concurrency 32\n  app worker --queues emails,default --guarantee exactly-once --no-scheduler\n  app worker --metrics-addr 127.0.0.1:9090\n  dmq worker --tasks app --workers 4 --metrics-addr 0.0.0.0:9100   (ports 9100-9103)\n  app worker --outbox postgres://app@db:5432/shop   (relays enqueue_in's outbox to Redis)"
     )]
     Worker(WorkerArgs),
 
@@ -728,6 +728,19 @@ pub struct WorkerArgs {
     /// listens on the port plus i.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Also relay the transactional outbox in this PostgreSQL database to this worker's
+    /// broker: the jobs that `enqueue_in` wrote in transactions that committed, each
+    /// moved exactly once (postgres://user:password@host:5432/database; the password is
+    /// never printed). Every worker given it runs a relay; one relays at a time, and
+    /// another takes over when it stops. With --tasks, each worker process runs one.
+    #[arg(long, env = "DMQ_OUTBOX_URL", value_name = "URL")]
+    pub outbox: Option<String>,
+
+    /// The outbox's namespace: the PostgreSQL schema `enqueue_in_namespace` writes to
+    /// (lowercase letters, digits and underscores) [default: --namespace].
+    #[arg(long, env = "DMQ_OUTBOX_NAMESPACE", value_name = "NAME", requires = "outbox")]
+    pub outbox_namespace: Option<String>,
 
     /// The log level: error, warn, info, debug or trace (RUST_LOG, when set, wins).
     #[arg(long, default_value = "info", value_name = "LEVEL")]

@@ -82,7 +82,7 @@ pub use registry::{Registry, TaskInfo};
 pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use schedule::{MissedFires, Schedule, Tz};
 pub use task::{FailureKind, TaskContext, TaskError, TaskId, TaskPanicked, TaskTimedOut};
-pub use trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
+pub use trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER, inject_trace_context};
 pub use worker::{
     CLAIMS_FAILING_LIMIT, DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, Health, LoopFailure, LoopVitals,
     MISSED_HEARTBEATS, SCHEDULE_HEADER, ShutdownReport, WorkerBuilder, WorkerHandle, WorkerMonitor,

@@ -64,6 +64,22 @@ impl TraceContext {
     }
 }
 
+/// Adds the current span's trace context to `envelope`'s headers, as every enqueue
+/// through a [`Manager`](crate::Manager) does; for code that hands envelopes to a
+/// broker or a table itself (dmq-postgres's transactional `enqueue_in`). Writes
+/// nothing without the `opentelemetry` feature, an OpenTelemetry layer or a current
+/// span, and keeps a `traceparent` the envelope already has.
+///
+/// ```
+/// let mut envelope = dmq_core::Envelope::new("add", "default", Vec::new());
+/// dmq_core::inject_trace_context(&mut envelope);
+/// // Outside any span, there is no trace to continue.
+/// assert!(!envelope.headers.contains_key(dmq_core::TRACEPARENT_HEADER));
+/// ```
+pub fn inject_trace_context(envelope: &mut Envelope) {
+    TraceContext::current().inject(envelope);
+}
+
 /// The span one run of `envelope`'s job runs in: `task`, with the job's id, task name,
 /// attempt and queue. When the envelope carries a valid `traceparent` and the
 /// subscriber has an OpenTelemetry layer, the span continues that trace, as a child of

@@ -66,6 +66,10 @@ pub(crate) fn pg_error(context: &str, e: sqlx::Error) -> Error {
     PostgresFailure::new(context, e).into()
 }
 
+/// The SQLSTATE `enqueue_in` (migrations/0002) raises in a schema whose mode is not
+/// set yet.
+pub(crate) const MODE_UNSET: &str = "DQ002";
+
 /// The SQLSTATE of a database error, if `e` is one.
 pub(crate) fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
@@ -106,6 +110,19 @@ fn advice(e: &sqlx::Error) -> (String, bool) {
             Some("42P01" | "42883") => (
                 "dmq's tables or functions are missing in this schema; run `dmq migrate` \
                  (dmq also migrates when a broker or backend connects)"
+                    .to_owned(),
+                false,
+            ),
+            Some("3F000") => (
+                "the schema does not exist; run `dmq migrate` for its namespace, or connect \
+                 its PostgresBroker or OutboxRelay once (each makes and migrates it)"
+                    .to_owned(),
+                false,
+            ),
+            Some(MODE_UNSET) => (
+                "the schema has dmq's tables but serves neither a broker nor an outbox yet; \
+                 run `dmq migrate` for it saying which, or connect its PostgresBroker or \
+                 OutboxRelay once (each records what the schema serves)"
                     .to_owned(),
                 false,
             ),

@@ -9,11 +9,17 @@
 
 mod backend;
 mod broker;
+mod enqueue_in;
 mod error;
 mod listen;
+mod relay;
 mod schema;
 
 pub use backend::PostgresBackend;
 pub use broker::{DEFAULT_DEAD_LETTER_CAP, PostgresBroker};
+pub use enqueue_in::EnqueueIn;
 pub use error::PostgresFailure;
+pub use relay::{
+    DEFAULT_RELAY_BATCH, DEFAULT_RELAY_KEY_TTL, DEFAULT_RELAY_POLL, OutboxRelay, RelayStats,
+};
 pub use schema::{DEFAULT_SCHEMA, Mode, migrate_namespace, redact};

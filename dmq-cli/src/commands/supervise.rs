@@ -66,7 +66,7 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
     let mut slots = Vec::with_capacity(count);
     for n in 0..count {
         let child_args = child_args(&args, metrics_addrs.get(n).copied());
-        let child = spawn(&binary, &child_args, &args.broker)?;
+        let child = spawn(&binary, &child_args, &args)?;
         slots.push(Slot {
             args: child_args,
             child: Some(child),
@@ -86,7 +86,7 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {}
         }
         for (n, slot) in slots.iter_mut().enumerate() {
-            watch(n, slot, &binary, &args.broker);
+            watch(n, slot, &binary, &args);
         }
         if let Some(slot) = slots.iter().find(|s| s.quick_exits >= QUICK_EXITS_TO_GIVE_UP) {
             let status = slot.last_status.map_or_else(|| "?".to_owned(), |s| s.to_string());
@@ -105,7 +105,7 @@ pub(crate) async fn run(app: &str, args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// Notices a worker process that exited, and restarts it when its pause is over.
-fn watch(n: usize, slot: &mut Slot, binary: &Path, broker: &str) {
+fn watch(n: usize, slot: &mut Slot, binary: &Path, args: &WorkerArgs) {
     if let Some(child) = slot.child.as_mut() {
         match child.try_wait() {
             Ok(None) => return,
@@ -131,7 +131,7 @@ fn watch(n: usize, slot: &mut Slot, binary: &Path, broker: &str) {
         }
     }
     if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
-        match spawn(binary, &slot.args, broker) {
+        match spawn(binary, &slot.args, args) {
             Ok(child) => {
                 tracing::info!(worker = n, pid = child.id(), "restarted a worker process");
                 slot.child = Some(child);
@@ -176,14 +176,20 @@ async fn stop_all(slots: &mut [Slot], wait: Duration) {
     }
 }
 
-/// Starts `binary worker <child_args>`, its output going to ours. The broker URL goes
-/// in the environment, not on the command line, where `ps` would show a password.
-fn spawn(binary: &Path, child_args: &[String], broker: &str) -> anyhow::Result<Child> {
-    Command::new(binary)
+/// Starts `binary worker <child_args>`, its output going to ours. The broker and
+/// outbox URLs of `args` go in the environment, not on the command line, where `ps`
+/// would show a password.
+fn spawn(binary: &Path, child_args: &[String], args: &WorkerArgs) -> anyhow::Result<Child> {
+    let mut command = Command::new(binary);
+    command
         .arg("worker")
         .args(child_args)
-        .env("DMQ_BROKER_URL", broker)
-        .env(SUPERVISED_ENV, std::process::id().to_string())
+        .env("DMQ_BROKER_URL", &args.broker)
+        .env(SUPERVISED_ENV, std::process::id().to_string());
+    if let Some(outbox) = &args.outbox {
+        command.env("DMQ_OUTBOX_URL", outbox);
+    }
+    command
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -191,7 +197,8 @@ fn spawn(binary: &Path, child_args: &[String], broker: &str) -> anyhow::Result<C
 }
 
 /// The options a worker process gets: the supervisor's, but --tasks and --workers,
-/// --broker, which goes in the environment, and --metrics-addr, which is its own.
+/// --broker and --outbox, which go in the environment, and --metrics-addr, which is
+/// its own.
 fn child_args(args: &WorkerArgs, metrics_addr: Option<SocketAddr>) -> Vec<String> {
     let mut out = vec![
         "--namespace".to_owned(),
@@ -217,6 +224,10 @@ fn child_args(args: &WorkerArgs, metrics_addr: Option<SocketAddr>) -> Vec<String
     }
     if args.no_scheduler {
         out.push("--no-scheduler".to_owned());
+    }
+    if let Some(namespace) = &args.outbox_namespace {
+        out.push("--outbox-namespace".to_owned());
+        out.push(namespace.clone());
     }
     if let Some(addr) = metrics_addr {
         out.push("--metrics-addr".to_owned());
@@ -404,6 +415,21 @@ mod tests {
         assert_eq!(child.lease, Duration::from_secs(2));
         assert_eq!(child.heartbeat, Duration::from_millis(200));
         assert_eq!(child.max_deliveries, 1);
+    }
+
+    #[test]
+    fn the_outbox_namespace_is_passed_on_and_its_url_is_not() {
+        use clap::Parser as _;
+        let given = ["dmq", "worker", "--tasks", "app", "--outbox", "postgres://u:secret@db/shop"];
+        let cli = crate::Cli::try_parse_from(given.iter().chain(&["--outbox-namespace", "shop"]))
+            .unwrap();
+        let crate::Command::Worker(args) = cli.command else { panic!("not worker") };
+        let passed = child_args(&args, None);
+        assert!(!passed.iter().any(|a| a.contains("secret") || a == "--outbox"), "{passed:?}");
+        let at = passed.iter().position(|a| a == "--outbox-namespace").unwrap();
+        assert_eq!(passed[at + 1], "shop");
+        let alone = crate::Cli::try_parse_from(["dmq", "worker", "--outbox-namespace", "shop"]);
+        assert!(alone.is_err(), "--outbox-namespace without --outbox");
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! `worker`: one worker in this process, with the tasks linked into this binary.
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, ensure};
-use dmq_core::{Manager, Metrics};
+use dmq_core::{Broker, Manager, Metrics};
+use dmq_postgres::{OutboxRelay, RelayStats};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::broker_url::{Connected, Options, redact, scheme_of};
 use crate::cli::WorkerArgs;
@@ -36,6 +41,14 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
          dmq_cli::main() and that links your tasks; add `use my_tasks as _;` if the crate of \
          tasks is never named)"
     );
+    // Connected before the worker starts, so that an unusable outbox stops the start-up.
+    let relay = match &args.outbox {
+        Some(url) => {
+            let namespace = args.outbox_namespace.as_deref().unwrap_or(&args.namespace);
+            Some(connect_relay(url, namespace, manager.broker()).await?)
+        }
+        None => None,
+    };
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut builder = manager
@@ -56,6 +69,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     builder = builder.queues(queues);
     let worker = builder.start();
+    let relay = relay.map(Relaying::start);
     let server = endpoint.map(|(bound, metrics)| {
         let addr = bound.addr();
         tracing::info!(
@@ -81,6 +95,9 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         () = supervisor_gone() => "the supervisor is gone",
     };
     tracing::info!("{signal}: stopping; running jobs have {:?} to finish", args.grace);
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
     let report = worker.shutdown().await;
     // Served until the worker has stopped, so that a scrape sees the drain.
     if let Some(server) = server {
@@ -88,6 +105,54 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     tracing::info!(released = report.released, "dmq worker {} stopped", std::process::id());
     Ok(())
+}
+
+/// Connects the relay of `--outbox` (the outbox of `namespace` at `url`), relaying to
+/// the worker's broker.
+async fn connect_relay(
+    url: &str,
+    namespace: &str,
+    broker: &Arc<dyn Broker>,
+) -> anyhow::Result<OutboxRelay> {
+    let context = format!(
+        "could not start the relay of the outbox at {} in namespace {namespace:?} \
+         (--outbox, --outbox-namespace)",
+        dmq_postgres::redact(url)
+    );
+    OutboxRelay::connect_with_namespace(url, namespace, Arc::clone(broker)).await.context(context)
+}
+
+/// The outbox relay running beside the worker, until told to stop.
+struct Relaying {
+    stats: RelayStats,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Relaying {
+    fn start(relay: OutboxRelay) -> Self {
+        let stats = relay.stats();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Relaying { stats, stop, task }
+    }
+
+    /// Stops it after the batch in hand.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the outbox relay failed");
+        }
+        tracing::info!(
+            relayed = self.stats.relayed(),
+            already_relayed = self.stats.already_relayed(),
+            duplicates = self.stats.duplicates(),
+            dead_lettered = self.stats.dead_lettered(),
+            "the outbox relay stopped"
+        );
+    }
 }
 
 /// For a process started by `worker --tasks`: resolves once its supervisor has died

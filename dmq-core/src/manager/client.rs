@@ -305,6 +305,20 @@ impl<T> Call<T> {
         envelope.headers = self.headers;
         Ok(envelope)
     }
+
+    /// The envelope this call enqueues, with a fresh id, and its
+    /// [`partition_key`](Call::partition_key) if it was given one: for code that places
+    /// jobs itself, outside a [`Manager`] (dmq-postgres's transactional `enqueue_in`),
+    /// and so must not drop the key unseen as [`into_envelope`](Call::into_envelope)
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// As [`into_envelope`](Call::into_envelope).
+    pub fn into_envelope_and_partition_key(mut self) -> Result<(Envelope, Option<String>)> {
+        let key = self.take_partition_key();
+        Ok((self.into_envelope()?, key))
+    }
 }
 
 impl<T: DeserializeOwned> Call<T> {

@@ -26,3 +26,44 @@ pub async fn drop_namespace(namespace: &str) {
         .expect("drop the test's schema");
     let _ = conn.close().await;
 }
+
+/// The Redis the outbox tests relay to: `REDIS_URL`, or the local default.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A Redis namespace no other test uses.
+pub fn fresh_redis_namespace() -> String {
+    format!("dmq-test-{}", uuid::Uuid::new_v4())
+}
+
+/// Deletes every key of Redis namespace `namespace`.
+pub async fn drop_redis_namespace(namespace: &str) {
+    dmq_redis::delete_namespace_at(&redis_url(), &dmq_redis::Keys::new(namespace))
+        .await
+        .expect("delete the test's Redis keys");
+}
+
+/// A pool for the test's own SQL: the "application" that enqueues in its transactions.
+pub async fn app_pool() -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url())
+        .await
+        .expect("connect to PostgreSQL (scripts/ensure-postgres starts one)")
+}
+
+/// Runs `test` in `namespace`'s schema, then drops the schema whether it passed or not.
+pub async fn in_schema<F, Fut>(test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt as _;
+    let namespace = fresh_namespace();
+    let outcome = std::panic::AssertUnwindSafe(test(namespace.clone())).catch_unwind().await;
+    drop_namespace(&namespace).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
