@@ -197,8 +197,7 @@ pub(crate) fn namespace_hint(e: Error, namespace: &str) -> Error {
             if message.contains(&format!("namespace {namespace:?}")) =>
         {
             Error::InvalidArgument(format!(
-                "{message}; pass one with --namespace (or set DMQ_NAMESPACE), e.g. --namespace \
-                 {}",
+                "{message}; pass one with --namespace, e.g. --namespace {}",
                 suggested_schema(namespace)
             ))
         }
@@ -307,7 +306,7 @@ mod tests {
         assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
         let text = error.to_string();
         assert!(text.contains("lowercase letters, digits and underscores"), "{text}");
-        assert!(text.contains("--namespace (or set DMQ_NAMESPACE), e.g. --namespace my_app"));
+        assert!(text.contains("pass one with --namespace, e.g. --namespace my_app"), "{text}");
         // What it suggests is a name PostgreSQL takes: it fails only at the connection.
         for bad in ["My-App", "7up", "dmq-bench-3f1c", &"X".repeat(80)] {
             let suggested = suggested_schema(bad);
