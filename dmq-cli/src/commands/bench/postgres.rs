@@ -62,11 +62,14 @@ pub(super) async fn run(args: &BenchArgs, out: Output) -> anyhow::Result<()> {
         measured = connect_and_measure(args, out, &stats, &namespace, &shown, &pools) => measured,
         _ = interrupt.recv() => Err(anyhow!("interrupted")),
     };
-    // Every connection of the run is closed first, so that none holds a lock the drop
-    // would wait for (a worker cut off mid-claim, say).
+    // A run cut off (an error, Ctrl-C) may have left a connection in the middle of a
+    // transaction, holding a lock the drop would wait for: its connections are closed
+    // first. A finished run's connections are idle and hold none.
     let pools: Vec<PgPool> = pools.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
-    for pool in pools {
-        pool.close().await;
+    if measured.is_err() {
+        for pool in pools {
+            pool.close().await;
+        }
     }
     let dropped = stats.drop_schema(&namespace).await;
     let mut report = measured?;
