@@ -11,11 +11,10 @@
 //! each worker's log.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,12 @@ use dmq_redis::{Keys, QueueKeys, RedisBackend, RedisBroker, RedisConnection};
 use futures::{StreamExt, TryStreamExt};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+mod common;
+
+use common::workers::{
+    MAX_DELIVERIES, Settings, WAIT, WorkerProcess, kill_now, poll, registered, storm,
+};
 
 /// The worker binary's own source: the tests enqueue its very tasks and read the keys
 /// it writes, so the two cannot drift apart.
@@ -35,10 +40,6 @@ use test_worker::{
     count, crash, pids_key, runs_key, second_time, slow, stamp, stamps_key, starts_key, tick,
     ticks_key, triple,
 };
-
-/// How long a test waits for anything before calling it lost: generous, never a
-/// performance bound.
-const WAIT: Duration = Duration::from_secs(120);
 
 /// The Redis the tests use: `REDIS_URL`, or the local default (as every test here).
 fn redis_url() -> String {
@@ -82,112 +83,6 @@ impl Drop for Namespace {
     }
 }
 
-/// How a worker process is started.
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    /// One queue, or several separated by commas.
-    queue: &'static str,
-    concurrency: usize,
-    lease: Duration,
-    heartbeat: Duration,
-}
-
-/// Deliveries after which the workers dead-letter a job that never settled.
-const MAX_DELIVERIES: u32 = 3;
-
-/// One `dmq-test-worker` process, killed (SIGKILL) when the guard drops if it still
-/// runs. Its stderr goes to a log file, printed when the test fails.
-struct WorkerProcess {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-}
-
-impl WorkerProcess {
-    fn start(url: &str, namespace: &str, settings: Settings) -> Self {
-        Self::start_with(url, namespace, settings, &[])
-    }
-
-    /// Starts a worker with `extra` arguments after the usual ones.
-    fn start_with(url: &str, namespace: &str, settings: Settings, extra: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!("{namespace}-{}.log", uuid::Uuid::new_v4()));
-        let stderr = File::create(&log).expect("create the worker's log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_dmq-test-worker"))
-            .args(["--redis", url, "--namespace", namespace, "--queues", settings.queue])
-            .args(["--concurrency", &settings.concurrency.to_string()])
-            .args(["--lease-ms", &settings.lease.as_millis().to_string()])
-            .args(["--heartbeat-ms", &settings.heartbeat.as_millis().to_string()])
-            .args(if extra.contains(&"--max-deliveries") {
-                Vec::new()
-            } else {
-                vec!["--max-deliveries".to_owned(), MAX_DELIVERIES.to_string()]
-            })
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start dmq-test-worker");
-        let pid = child.id().expect("a running child has a pid");
-        WorkerProcess { child, pid, log }
-    }
-
-    /// Whether the process still runs.
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("query the worker process").is_none()
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    async fn terminate(&mut self) -> ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await
-            .expect("run kill -TERM");
-        assert!(sent.success(), "kill -TERM {} failed: {sent}", self.pid);
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("worker {} did not exit within {WAIT:?} of SIGTERM", self.pid)
-            })
-            .expect("wait for the worker process")
-    }
-
-    /// Sends SIGKILL and waits for the process to exit.
-    async fn kill(&mut self) -> ExitStatus {
-        self.child.start_kill().expect("send SIGKILL");
-        self.child.wait().await.expect("wait for the killed worker process")
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        kill_now(&mut self.child);
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!("--- last lines of worker {}'s log ---\n{}", self.pid, tail.join("\n"));
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// Kills `child` with SIGKILL, if it still runs, and waits a little for it to be gone,
-/// so that it writes nothing after its guard dropped. For `Drop`, which cannot await.
-fn kill_now(child: &mut Child) {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return;
-    }
-    let _ = child.start_kill();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The broker (for lease inspection) and a manager on it and a Redis backend.
 async fn connect(url: &str, namespace: &str) -> (Arc<RedisBroker>, Manager) {
     let hint = "connect to redis (scripts/ensure-redis starts one)";
@@ -198,60 +93,9 @@ async fn connect(url: &str, namespace: &str) -> (Arc<RedisBroker>, Manager) {
     (broker, manager)
 }
 
-/// Calls `check` every 20 ms until it returns `Some`, for at most [`WAIT`].
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "gave up after {WAIT:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until every one of `workers` has registered with the broker: its claim loop
-/// runs.
-async fn registered(manager: &Manager, workers: &[WorkerProcess]) {
-    let pids: HashSet<u32> = workers.iter().map(|w| w.pid).collect();
-    poll("the worker processes to register", || async {
-        let listed = manager.broker().worker_registry().expect("registry").workers().await.ok()?;
-        let live: HashSet<u32> = listed.iter().map(|w| w.info.pid).collect();
-        pids.is_subset(&live).then_some(())
-    })
-    .await;
-}
-
 /// A connection for reading the workers' run records, on a Redis or a Redis Cluster.
 async fn records_conn(url: &str) -> RedisConnection {
     RedisConnection::open(url).await.expect("connect to redis")
-}
-
-/// Kills one of `workers` with SIGKILL every `every`, in turn, for `length`, starting
-/// a fresh one (`start`) in its place each time; returns the pids it killed.
-async fn storm(
-    workers: &mut [WorkerProcess],
-    length: Duration,
-    every: Duration,
-    start: impl Fn() -> WorkerProcess,
-) -> HashSet<u32> {
-    let mut killed = HashSet::new();
-    let storm_ends = Instant::now() + length;
-    let mut round = 0usize;
-    while Instant::now() < storm_ends {
-        tokio::time::sleep(every).await;
-        let victim = round % workers.len();
-        round += 1;
-        killed.insert(workers[victim].pid);
-        let status = workers[victim].kill().await;
-        assert_eq!(status.signal(), Some(9));
-        workers[victim] = start();
-    }
-    killed
 }
 
 /// The runs the `stamp` jobs of namespace `ns` recorded: the pids of each job's runs,

@@ -8,12 +8,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use anyhow::bail;
-use dmq_core::{Broker, InMemoryBackend, InMemoryBroker, ResultBackend};
+use dmq_core::{Broker, Error, InMemoryBackend, InMemoryBroker, Result, ResultBackend};
+use dmq_postgres::{PostgresBackend, PostgresBroker};
 use dmq_redis::{RedisBackend, RedisBroker};
 
-/// Hides a password in a URL: `redis://user:***@host`.
-pub(crate) use dmq_redis::redact;
+/// Hides a password in a URL, by its scheme's rules: `redis://user:***@host`,
+/// `postgres://user:***@host/db`, and a `password=` in its query. A PostgreSQL URL's
+/// lone user information names a user, and shows; a Redis URL's is a password.
+pub(crate) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => dmq_postgres::redact(url),
+        _ => dmq_redis::redact(url),
+    }
+}
 
 /// What a command asks of the broker it connects to.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +42,7 @@ pub(crate) struct Connected {
 
 /// Connects a scheme's broker and result backend.
 type Connect =
-    for<'a> fn(Options<'a>) -> Pin<Box<dyn Future<Output = anyhow::Result<Connected>> + Send + 'a>>;
+    for<'a> fn(Options<'a>) -> Pin<Box<dyn Future<Output = Result<Connected>> + Send + 'a>>;
 
 /// One row of the scheme table.
 pub(crate) struct Scheme {
@@ -87,10 +94,17 @@ pub(crate) const SCHEMES: &[Scheme] = &[
         shared: true,
         connect: |options| Box::pin(redis(options)),
     },
+    Scheme {
+        names: &["postgres", "postgresql"],
+        usage: "postgres://user:password@host:5432/database",
+        has_address: true,
+        shared: true,
+        connect: |options| Box::pin(postgres(options)),
+    },
 ];
 
 /// The row of [`SCHEMES`] that serves `url`.
-pub(crate) fn scheme_of(url: &str) -> anyhow::Result<&'static Scheme> {
+pub(crate) fn scheme_of(url: &str) -> Result<&'static Scheme> {
     if let Some((name, rest)) = url.split_once("://") {
         let row = SCHEMES.iter().find(|row| row.names.contains(&name));
         if let Some(row) = row.filter(|row| row.has_address != rest.is_empty()) {
@@ -98,15 +112,52 @@ pub(crate) fn scheme_of(url: &str) -> anyhow::Result<&'static Scheme> {
         }
     }
     let usage: Vec<&str> = SCHEMES.iter().map(|row| row.usage).collect();
-    bail!("unsupported broker URL {:?}: use {}", redact(url), usage.join(" or "))
+    Err(Error::InvalidArgument(format!(
+        "unsupported broker URL {:?}: use {}",
+        redact(url),
+        usage.join(" or ")
+    )))
 }
 
 /// Connects to the broker and result backend `options.url` names.
-pub(crate) async fn connect(options: Options<'_>) -> anyhow::Result<Connected> {
+pub(crate) async fn connect(options: Options<'_>) -> Result<Connected> {
     (scheme_of(options.url)?.connect)(options).await
 }
 
-async fn memory(options: Options<'_>) -> anyhow::Result<Connected> {
+/// Connects the broker and the result backend that `url` names, in `namespace`, by
+/// dmq's table of URL schemes (`memory://`, `redis://` and its TLS, Cluster and
+/// Sentinel forms, `postgres://`), as `worker` and the admin commands do: for a
+/// binary of one's own that runs a worker on whichever broker it is given. A broker
+/// dead-letters a job whose worker was lost `max_deliveries` times while it ran
+/// alone (`None` for the broker's default).
+///
+/// ```no_run
+/// # async fn demo() -> dmq_core::Result<()> {
+/// let (broker, backend) =
+///     dmq_cli::connect_url("postgres://postgres@127.0.0.1:5432/app", "dmq", None).await?;
+/// let manager =
+///     dmq_core::Manager::builder().shared_broker(broker).shared_backend(backend).build()?;
+/// # let _ = manager;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] for a URL of no known scheme, or a namespace the
+/// backend cannot use (on PostgreSQL it names a schema: lowercase letters, digits and
+/// underscores); the backend's own error, naming the URL without its password and what
+/// to check, when it cannot connect.
+pub async fn connect_url(
+    url: &str,
+    namespace: &str,
+    max_deliveries: Option<u32>,
+) -> Result<(Arc<dyn Broker>, Arc<dyn ResultBackend>)> {
+    let Connected { broker, backend } = connect(Options { url, namespace, max_deliveries }).await?;
+    Ok((broker, backend))
+}
+
+async fn memory(options: Options<'_>) -> Result<Connected> {
     let mut broker = InMemoryBroker::new();
     if let Some(n) = options.max_deliveries {
         broker = broker.with_max_deliveries(n);
@@ -114,7 +165,7 @@ async fn memory(options: Options<'_>) -> anyhow::Result<Connected> {
     Ok(Connected { broker: Arc::new(broker), backend: Arc::new(InMemoryBackend::new()) })
 }
 
-async fn redis(options: Options<'_>) -> anyhow::Result<Connected> {
+async fn redis(options: Options<'_>) -> Result<Connected> {
     // Their errors name the URL (without its password) and what to check.
     let mut broker = RedisBroker::connect_with_namespace(options.url, options.namespace).await?;
     if let Some(n) = options.max_deliveries {
@@ -122,6 +173,50 @@ async fn redis(options: Options<'_>) -> anyhow::Result<Connected> {
     }
     let backend = RedisBackend::connect_with_namespace(options.url, options.namespace).await?;
     Ok(Connected { broker: Arc::new(broker), backend: Arc::new(backend) })
+}
+
+async fn postgres(options: Options<'_>) -> Result<Connected> {
+    let namespace = options.namespace;
+    // Their errors name the URL (without its password) and what to check; a namespace
+    // that cannot name a schema is refused before any connection is made.
+    let mut broker = PostgresBroker::connect_with_namespace(options.url, namespace)
+        .await
+        .map_err(|e| namespace_hint(e, namespace))?;
+    if let Some(n) = options.max_deliveries {
+        broker = broker.with_max_deliveries(n);
+    }
+    let backend = PostgresBackend::connect_with_namespace(options.url, namespace).await?;
+    Ok(Connected { broker: Arc::new(broker), backend: Arc::new(backend) })
+}
+
+/// On PostgreSQL the namespace names a schema: an error about the namespace says
+/// where it came from, so that the user knows what to change.
+pub(crate) fn namespace_hint(e: Error, namespace: &str) -> Error {
+    match e {
+        Error::InvalidArgument(message)
+            if message.contains(&format!("namespace {namespace:?}")) =>
+        {
+            Error::InvalidArgument(format!(
+                "{message}; pass one with --namespace, e.g. --namespace {}",
+                suggested_schema(namespace)
+            ))
+        }
+        other => other,
+    }
+}
+
+/// `namespace` as a name PostgreSQL takes for a schema: lowercase, with every other
+/// character an underscore, starting with a letter, at most 50 characters.
+fn suggested_schema(namespace: &str) -> String {
+    let mut name: String = namespace
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        name.insert_str(0, "dmq_");
+    }
+    name.truncate(50);
+    name
 }
 
 #[cfg(test)]
@@ -157,9 +252,77 @@ mod tests {
     }
 
     #[test]
+    fn postgres_urls() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgresql://me:secret@db.example:5432/app?sslmode=require",
+            "postgres://localhost/app",
+        ] {
+            let row = scheme_of(url).unwrap();
+            assert_eq!(row.names[0], "postgres", "{url}");
+            assert!(row.shared, "the admin commands refuse a scheme that is not shared");
+        }
+        assert!(scheme_of("postgres://").is_err());
+        let error = scheme_of("postgress://host/db").unwrap_err().to_string();
+        assert!(error.contains("postgres://user:password@host:5432/database"), "{error}");
+    }
+
+    #[test]
     fn passwords_are_hidden() {
         assert_eq!(redact("redis://:secret@host:1/0"), "redis://:***@host:1/0");
         assert_eq!(redact("redis://me:secret@host"), "redis://me:***@host");
         assert_eq!(redact("redis://host:1"), "redis://host:1");
+        assert_eq!(redact("postgres://me:secret@host:5432/app"), "postgres://me:***@host:5432/app");
+        assert_eq!(redact("postgresql://me:se/cr@t@host/app"), "postgresql://me:***@host/app");
+        assert_eq!(
+            redact("postgres://host/app?password=secret&sslmode=require"),
+            "postgres://host/app?password=***&sslmode=require"
+        );
+        assert_eq!(redact("postgres://host:5432/app"), "postgres://host:5432/app");
+        // A PostgreSQL URL names its user there; a Redis URL's lone userinfo is a password.
+        assert_eq!(redact("postgres://postgres@host/app"), "postgres://postgres@host/app");
+        assert_eq!(redact("redis://secret@host:1"), "redis://***@host:1");
+        let error = scheme_of("postgress://me:secret@host/app").unwrap_err().to_string();
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    /// Connects to a port where nothing listens: whatever fails there was not refused
+    /// up front.
+    async fn connect_nowhere(namespace: &str) -> Error {
+        let options = Options {
+            url: "postgres://postgres@127.0.0.1:1/test",
+            namespace,
+            max_deliveries: None,
+        };
+        match connect(options).await {
+            Ok(_) => panic!("connected to PostgreSQL at port 1"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_that_cannot_name_a_schema_says_what_to_pass() {
+        let error = connect_nowhere("My-App").await;
+        assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("lowercase letters, digits and underscores"), "{text}");
+        assert!(text.contains("pass one with --namespace, e.g. --namespace my_app"), "{text}");
+        // What it suggests is a name PostgreSQL takes: it fails only at the connection.
+        for bad in ["My-App", "7up", "dmq-bench-3f1c", &"X".repeat(80)] {
+            let suggested = suggested_schema(bad);
+            let error = connect_nowhere(&suggested).await;
+            assert!(!matches!(error, Error::InvalidArgument(_)), "{suggested}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_clis_default_namespace_names_a_schema() {
+        use clap::Parser as _;
+        let cli = crate::Cli::try_parse_from(["dmq", "queues"]).unwrap();
+        let crate::Command::Queues(args) = cli.command else { panic!("not queues") };
+        assert_eq!(args.broker.namespace, dmq_postgres::DEFAULT_SCHEMA);
+        let error = connect_nowhere(&args.broker.namespace).await;
+        assert!(!matches!(error, Error::InvalidArgument(_)), "{error}");
+        assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
     }
 }

@@ -74,9 +74,10 @@ pub enum Command {
     /// latency on the idle worker. On Redis it also reports Redis commands and CPU
     /// per job (server-wide counters: other clients of the same Redis inflate them).
     /// Every key lives under a fresh namespace, deleted at the end, also on error;
-    /// it never flushes a database.
+    /// it never flushes a database. On PostgreSQL every table lives in a fresh schema,
+    /// dropped at the end, also on error or Ctrl-C.
     #[command(
-        after_help = "Examples:\n  dmq bench --broker memory://\n  dmq bench --broker redis://127.0.0.1:6379 --jobs 200000 --concurrency 256\n  dmq bench --json > bench.json"
+        after_help = "Examples:\n  dmq bench --broker memory://\n  dmq bench --broker redis://127.0.0.1:6379 --jobs 200000 --concurrency 256\n  dmq bench --broker postgres://postgres@127.0.0.1:5432/app --jobs 20000\n  dmq bench --json > bench.json"
     )]
     Bench(BenchArgs),
 
@@ -228,6 +229,21 @@ pub enum Command {
     )]
     Doctor(DoctorArgs),
 
+    /// Make a PostgreSQL namespace's schema and bring its tables up to date.
+    ///
+    /// Makes the schema named --namespace (`dmq` by default) at the postgres:// URL of
+    /// --broker if it is missing, runs the migrations this dmq embeds that it has not
+    /// run yet, and records what the schema serves: a PostgreSQL broker's jobs (by
+    /// default), or with --outbox an outbox of jobs enqueued in transactions, relayed
+    /// to a Redis broker. A schema serves one of the two: naming the other is refused.
+    /// Workers and producers migrate when they connect too; this runs it ahead of
+    /// them, as a deploy step with its own credentials. Running it again changes
+    /// nothing. Redis needs no migration.
+    #[command(
+        after_help = "Examples:\n  dmq migrate --broker postgres://postgres@127.0.0.1:5432/app\n  dmq migrate --broker postgres://dmq:secret@db.internal:5432/app --namespace billing\n  dmq migrate --broker postgres://postgres@127.0.0.1:5432/app --namespace relay --outbox\n  DMQ_BROKER_URL=postgres://postgres@127.0.0.1:5432/app dmq migrate --json"
+    )]
+    Migrate(MigrateArgs),
+
     /// Serve the broker over HTTP: the /v1 JSON API for producers, consumers and
     /// operators in any language.
     ///
@@ -248,9 +264,10 @@ pub enum Command {
 /// Where the admin commands find the broker, and how they print.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// The Redis the workers use: redis://host:port[/db], rediss:// for TLS,
-    /// redis+cluster://host:port[,host:port...] for a Redis Cluster, or
-    /// redis+sentinel://host:port[,host:port...]/MASTER[/db] through Sentinel.
+    /// The broker the workers use: redis://host:port[/db], rediss:// for TLS,
+    /// redis+cluster://host:port[,host:port...] for a Redis Cluster,
+    /// redis+sentinel://host:port[,host:port...]/MASTER[/db] through Sentinel, or
+    /// postgres://user:password@host:5432/database for PostgreSQL.
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
@@ -266,7 +283,8 @@ pub struct BrokerArgs {
     )]
     pub broker: String,
 
-    /// The Redis key namespace the workers use.
+    /// The namespace the workers use: on Redis, the prefix of its keys; on PostgreSQL,
+    /// the schema of its tables (lowercase letters, digits and underscores).
     #[arg(long, env = "DMQ_NAMESPACE", default_value = "dmq", value_name = "NS")]
     pub namespace: String,
 
@@ -306,6 +324,20 @@ pub struct DoctorArgs {
 
     #[command(flatten)]
     /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Migrate the schema for an outbox of jobs enqueued in transactions and relayed to
+    /// a Redis broker, instead of for a PostgreSQL broker.
+    #[arg(long)]
+    pub outbox: bool,
+
+    #[command(flatten)]
+    /// The PostgreSQL (--broker postgres://...), the namespace (the schema), and how to
+    /// print.
     pub broker: BrokerArgs,
 }
 
@@ -662,8 +694,9 @@ pub struct WorkerArgs {
 
     /// The broker: redis://host:port[/db], rediss://... (TLS),
     /// redis+cluster://host:port[,host:port...] (a Redis Cluster),
-    /// redis+sentinel://host:port[,host:port...]/MASTER[/db] (through Sentinel) or
-    /// memory:// (this process only, for trying things out).
+    /// redis+sentinel://host:port[,host:port...]/MASTER[/db] (through Sentinel),
+    /// postgres://user:password@host:5432/database (PostgreSQL) or memory:// (this
+    /// process only, for trying things out).
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
@@ -679,7 +712,9 @@ pub struct WorkerArgs {
     )]
     pub broker: String,
 
-    /// The Redis key namespace, to keep several applications apart on one Redis.
+    /// The namespace, to keep several applications apart on one broker: on Redis, the
+    /// prefix of its keys; on PostgreSQL, the schema of its tables (lowercase letters,
+    /// digits and underscores), made and migrated when the worker connects.
     #[arg(long, env = "DMQ_NAMESPACE", default_value = "dmq", value_name = "NAME")]
     pub namespace: String,
 
@@ -760,8 +795,9 @@ pub struct TasksArgs {
 pub struct BenchArgs {
     /// Broker to measure: redis://host:port[/db], rediss://... (TLS),
     /// redis+cluster://host:port[,host:port...] (a Redis Cluster),
-    /// redis+sentinel://host:port[,host:port...]/MASTER[/db], or memory:// for the
-    /// in-process broker.
+    /// redis+sentinel://host:port[,host:port...]/MASTER[/db],
+    /// postgres://user:password@host:5432/database, or memory:// for the in-process
+    /// broker.
     ///
     /// TLS: rediss://host:port[/db]?tls_ca=CA.pem trusts that CA file instead of the
     /// system's roots; add &tls_cert=CLIENT.pem&tls_key=CLIENT.key for a client
@@ -792,8 +828,10 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_size: u64,
 
-    /// Redis key namespace to work in [default: dmq-bench- and a random UUID]; all of its
-    /// keys are deleted at the end, so never name one that holds real data.
+    /// Namespace to work in [default: dmq-bench- and a random UUID on Redis,
+    /// dmq_bench_ and 16 random hex digits on PostgreSQL]. On Redis all of its keys are
+    /// deleted at the end, so never name one that holds real data; on PostgreSQL it
+    /// names a schema that must not exist yet, dropped at the end.
     #[arg(long, value_name = "NAME")]
     pub namespace: Option<String>,
 
@@ -918,6 +956,22 @@ mod tests {
         assert!(args.queues.is_empty());
         assert_eq!(args.broker.namespace, "dmq");
         assert!(!args.broker.json);
+    }
+
+    #[test]
+    fn migrate_serves_a_broker_unless_told_outbox() {
+        let cli = Cli::try_parse_from(["dmq", "migrate", "--broker", "postgres://h/db"]).unwrap();
+        let Command::Migrate(args) = cli.command else { panic!("not migrate") };
+        assert!(!args.outbox);
+        assert_eq!(
+            (args.broker.broker.as_str(), args.broker.namespace.as_str()),
+            ("postgres://h/db", "dmq")
+        );
+        let cli =
+            Cli::try_parse_from(["dmq", "migrate", "--namespace", "relay", "--outbox"]).unwrap();
+        let Command::Migrate(args) = cli.command else { panic!("not migrate") };
+        assert!(args.outbox);
+        assert_eq!(args.broker.namespace, "relay");
     }
 
     #[test]

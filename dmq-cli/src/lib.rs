@@ -1,19 +1,22 @@
 //! The `dmq` command line: `dmq bench` measures a broker's throughput and latency;
 //! `dmq queues`, `workers`, `dlq`, `periodic`, `result`, `enqueue`, `events`, `job`,
-//! `purge`, `queue delete` and `doctor` read and act on a live Redis broker.
+//! `purge`, `queue delete` and `doctor` read and act on a live broker (Redis or
+//! PostgreSQL); `dmq migrate` makes and migrates a PostgreSQL namespace's schema.
 //!
 //! The binary is a thin `main.rs` over [`main`]; [`Cli`] holds the clap types and
-//! each subcommand lives in its own module under `commands/`.
+//! each subcommand lives in its own module under `commands/`. [`connect_url`]
+//! connects a broker by URL, through the same table of URL schemes.
 
 mod broker_url;
 mod cli;
 mod commands;
 mod metrics_server;
 
+pub use broker_url::connect_url;
 pub use cli::{BenchArgs, Cli, Command, TasksArgs, WorkerArgs};
 pub use cli::{
-    BrokerArgs, DlqArgs, DlqCommand, DoctorArgs, EnqueueArgs, EventsArgs, JobArgs, PeriodicArgs,
-    PurgeArgs, QueueArgs, QueueCommand, QueuesArgs, ResultArgs, WorkersArgs,
+    BrokerArgs, DlqArgs, DlqCommand, DoctorArgs, EnqueueArgs, EventsArgs, JobArgs, MigrateArgs,
+    PeriodicArgs, PurgeArgs, QueueArgs, QueueCommand, QueuesArgs, ResultArgs, WorkersArgs,
 };
 
 use std::process::ExitCode;

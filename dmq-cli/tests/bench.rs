@@ -1,8 +1,11 @@
-//! `dmq bench` end to end: the built binary against the in-memory broker and Redis.
+//! `dmq bench` end to end: the built binary against the in-memory broker, Redis and
+//! PostgreSQL.
 //!
 //! The Redis test needs a server on 127.0.0.1:6379 (`scripts/ensure-redis` starts one,
 //! or set `REDIS_URL`); it works in a fresh namespace and checks that none of
-//! its keys remain.
+//! its keys remain. The PostgreSQL test needs the server of `DMQ_POSTGRES_URL`
+//! (default postgres://postgres@127.0.0.1:5432/test; `scripts/ensure-postgres` starts
+//! one); it checks that the run's schema is gone.
 
 use std::process::{Command, Output};
 
@@ -92,6 +95,47 @@ fn bench_on_redis_leaves_no_key_behind() {
     assert!(left.is_empty(), "keys left behind: {left:?}");
 }
 
+fn postgres_url() -> String {
+    std::env::var("DMQ_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The schemas whose names start with `prefix`.
+fn schemas_like(prefix: &str) -> Vec<String> {
+    use sqlx::Connection as _;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&postgres_url()).await.expect("PostgreSQL");
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+            .bind(prefix)
+            .fetch_all(&mut conn)
+            .await
+            .expect("list schemas")
+    })
+}
+
+#[test]
+fn bench_on_postgres_drops_its_schema() {
+    let namespace = format!("dmq_bench_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let report = bench_json(&postgres_url(), &["--namespace", &namespace]);
+    assert_eq!(report["namespace"], namespace.as_str());
+    assert_eq!(report["dropped_schema"], namespace.as_str());
+    assert!(report["server"].as_str().is_some_and(|s| s.starts_with("PostgreSQL ")), "{report}");
+    assert!(report["connections"].as_str().is_some_and(|s| s.contains("a pool of")), "{report}");
+    let drain = &report["postgres"]["drain"];
+    // At least an acknowledgement and a stored result per job, each a transaction.
+    assert!(drain["write_transactions_per_job"].as_f64().unwrap_or(0.0) >= 1.0, "{report}");
+    assert!(drain["wal_bytes_per_job"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
+    assert!(report["redis"].is_null(), "{report}");
+    assert_eq!(schemas_like(&namespace), Vec::<String>::new(), "the schema was left behind");
+
+    // A schema that exists is refused, and kept.
+    let out = dmq(&["bench", "--broker", &postgres_url(), "--namespace", "public", "--jobs", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("exists already"), "{stderr}");
+    assert_eq!(schemas_like("public"), ["public"]);
+}
+
 #[test]
 fn bench_on_a_deadpool_pool_says_so() {
     let report = bench_json(&redis_url(), &["--deadpool"]);
@@ -107,7 +151,7 @@ fn an_unknown_scheme_is_a_one_line_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
-    for scheme in ["redis://", "rediss://", "memory://"] {
+    for scheme in ["redis://", "rediss://", "memory://", "postgres://"] {
         assert!(stderr.contains(scheme), "{stderr} does not mention {scheme}");
     }
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -193,15 +193,30 @@ async fn claim_mode(conn: &mut sqlx::PgConnection, schema: &Schema, mode: Mode) 
     Ok(())
 }
 
-/// Hides a password in a URL: `postgres://user:***@host/db`.
+/// Hides a password in a URL: `postgres://user:***@host/db`, and the value of a
+/// `password=` parameter in its query. A user without a password is shown, as
+/// libpq's URLs name the user there.
+///
+/// Works on the text, not on a parsed URL, so that a URL the parser refuses (a
+/// password holding an unencoded `/`, `#` or `@`) is hidden too: the user
+/// information ends at the last `@`, and when a query value holds an `@` the part
+/// before it is hidden as well, which hides more than needed, never less.
 #[must_use]
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let mut rest = rest.to_owned();
+    let mut from = 0;
+    while let Some(at) = rest[from..].find("password=").map(|at| from + at + "password=".len()) {
+        let end = rest[at..].find(['&', '#']).map_or(rest.len(), |end| at + end);
+        rest.replace_range(at..end, "***");
+        from = at + "***".len();
+    }
+    match rest.rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => format!("{scheme}://{rest}"),
+        },
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -223,5 +238,22 @@ mod tests {
     fn passwords_are_hidden() {
         assert_eq!(redact("postgres://me:secret@host/db"), "postgres://me:***@host/db");
         assert_eq!(redact("postgres://host/db"), "postgres://host/db");
+        assert_eq!(redact("postgres://postgres@host:5432/db"), "postgres://postgres@host:5432/db");
+        // Passwords the URL parser refuses, or that sit in the query, were shown whole.
+        for (url, shown) in [
+            ("postgres://me:se/cret@host/db", "postgres://me:***@host/db"),
+            ("postgres://me:p@ss#wo?rd@host/db", "postgres://me:***@host/db"),
+            (
+                "postgresql://host/db?sslmode=require&password=secret&user=me",
+                "postgresql://host/db?sslmode=require&password=***&user=me",
+            ),
+            ("postgres://host/db?password=p@ss", "postgres://host/db?password=***"),
+            ("postgres://me:a@host/db?password=b", "postgres://me:***@host/db?password=***"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        // An `@` in another query value hides more than needed, never less.
+        let shown = redact("postgres://me:secret@host/db?application_name=a@b");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

@@ -1,18 +1,22 @@
-//! `dmq-test-worker`: one worker process on Redis for the `processes` end-to-end
+//! `dmq-test-worker`: one worker process for the `processes` and `postgres` end-to-end
 //! tests, which start, stop (SIGTERM) and kill (SIGKILL) it.
 //!
-//! It runs an in-process worker on a `RedisBroker` and a `RedisBackend` in the
-//! namespace it is given, until SIGTERM or SIGINT, then shuts down gracefully and exits
-//! 0. Its tasks record their runs in Redis under the key names built by `runs_key`,
-//! `pids_key` and `starts_key`, inside the namespace, so that
-//! `dmq_redis::delete_namespace` removes them with the rest.
+//! It runs an in-process worker on the broker and result backend of `--broker` (any URL
+//! `dmq worker` takes, through `dmq_cli::connect_url`; the Redis of `--redis` when not
+//! given) in the namespace it is given, until SIGTERM or SIGINT, then shuts down
+//! gracefully and exits 0. Its tasks record their runs in the Redis of `--redis`,
+//! whatever the broker, under the key names built by `runs_key`, `pids_key` and
+//! `starts_key`, inside the namespace, so that `dmq_redis::delete_namespace` removes
+//! them with the rest.
 //!
-//! `processes.rs` includes this file as a module, so that the tests enqueue these
-//! very tasks (`count::call(..)`) and read these very keys.
+//! `processes.rs` and `postgres.rs` include this file as a module, so that the tests
+//! enqueue these very tasks (`count::call(..)`) and read these very keys.
 //!
 //! ```text
 //! dmq-test-worker --redis redis://127.0.0.1:6379 --namespace dmq-test-1 \
 //!     --queues e2e-count --concurrency 16 --lease-ms 2000 --heartbeat-ms 200
+//! dmq-test-worker --broker postgres://postgres@127.0.0.1:5432/test \
+//!     --namespace dmq_test_1 --queues e2e-count
 //! ```
 
 use std::sync::OnceLock;
@@ -21,16 +25,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use dmq_core::{Manager, Schedule, TaskContext, TaskError, task};
-use dmq_redis::{RedisBackend, RedisBroker};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The worker's settings, from arguments or the environment.
 #[derive(Debug, Parser)]
 #[command(name = "dmq-test-worker")]
 struct Args {
-    /// The Redis holding the broker, the results and the run records.
+    /// The Redis holding the run records, and the broker and results unless --broker
+    /// names another.
     #[arg(long, env = "DMQ_TEST_WORKER_REDIS", default_value = "redis://127.0.0.1:6379")]
     redis: String,
+    /// The broker and result backend, by URL: redis://..., postgres://... [default:
+    /// --redis].
+    #[arg(long, env = "DMQ_TEST_WORKER_BROKER")]
+    broker: Option<String>,
     /// The test's namespace.
     #[arg(long, env = "DMQ_TEST_WORKER_NAMESPACE")]
     namespace: String,
@@ -228,11 +236,9 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("the run records were set up twice");
     }
 
-    let broker = RedisBroker::connect_with_namespace(&args.redis, ns)
-        .await?
-        .with_max_deliveries(args.max_deliveries);
-    let backend = RedisBackend::connect_with_namespace(&args.redis, ns).await?;
-    let manager = Manager::builder().broker(broker).backend(backend).build()?;
+    let url = args.broker.as_deref().unwrap_or(&args.redis);
+    let (broker, backend) = dmq_cli::connect_url(url, ns, Some(args.max_deliveries)).await?;
+    let manager = Manager::builder().shared_broker(broker).shared_backend(backend).build()?;
     if let Some(ms) = args.tick_ms {
         let every = Schedule::every(Duration::from_millis(ms))?.named("e2e.tick");
         manager.periodic(tick::call(), every)?;

@@ -14,6 +14,8 @@ use dmq_core::{
 };
 use dmq_redis::{Keys, RedisBackend, RedisBroker};
 
+pub mod workers;
+
 /// How long a test waits for a result before calling it lost: generous, never a
 /// performance bound.
 pub const WAIT: Duration = Duration::from_secs(30);

@@ -31,7 +31,8 @@ impl Admin {
         if !scheme_of(&args.broker)?.shared {
             bail!(
                 "the admin commands need a shared broker, and memory:// lives only inside one \
-                 process: pass --broker redis://host:port (or set DMQ_BROKER_URL)"
+                 process: pass --broker redis://host:port or \
+                 postgres://user:password@host:5432/database (or set DMQ_BROKER_URL)"
             );
         }
         ensure!(!args.namespace.is_empty(), "--namespace cannot be empty");

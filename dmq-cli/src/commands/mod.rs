@@ -8,6 +8,7 @@ mod doctor;
 mod enqueue;
 mod events;
 mod job;
+mod migrate;
 mod periodic;
 mod purge;
 mod queue;
@@ -49,6 +50,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(args) => queue::run(args).await,
         Command::Job(args) => job::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
         Command::Serve(args) => serve::run(args).await,
     }
 }
@@ -73,6 +75,7 @@ mod tests {
             ("periodic.rs", include_str!("periodic.rs")),
             ("events.rs", include_str!("events.rs")),
             ("result.rs", include_str!("result.rs")),
+            ("migrate.rs", include_str!("migrate.rs")),
         ];
         let forbidden = [
             "redis::",

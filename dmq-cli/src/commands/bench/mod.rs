@@ -1,5 +1,8 @@
 //! `dmq bench`: enqueue rates, end-to-end throughput with results stored, idle
-//! latency and, on Redis, the server's commands and CPU per job.
+//! latency and, on Redis, the server's commands and CPU per job; on PostgreSQL (in
+//! `postgres.rs`), its write transactions, WAL and CPU per job.
+
+mod postgres;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,8 +106,8 @@ async fn stamp() -> Result<u64, TaskError> {
 
 /// Runs `dmq bench`.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    // The bench measures Redis itself (its CPU and commands per job), so it knows the
-    // two schemes it serves by name.
+    // The bench measures the server itself (Redis's CPU and commands per job,
+    // PostgreSQL's transactions, WAL and CPU), so it knows the schemes it serves by name.
     let scheme = scheme_of(&args.broker)?.names[0];
     let out = Output { json: args.json };
     match scheme {
@@ -117,10 +120,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 broker: "memory://".to_owned(),
                 namespace: None,
                 result_backend: "memory",
-                connections: "none: the in-memory broker and backend live in this process",
+                connections: "none: the in-memory broker and backend live in this process"
+                    .to_owned(),
+                server: None,
             };
             out.header(&setup, &args);
-            let report = measure(&manager, &args, setup, None, out).await?;
+            let report = measure(&manager, &args, setup, None, None, out).await?;
             out.finish(&report)
         }
         "redis" | "redis+cluster" | "redis+sentinel" => {
@@ -175,11 +180,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .broker(broker)
                 .shared_backend(backend)
                 .build()?;
-            let setup =
-                Setup { broker: shown, namespace: Some(namespace), result_backend, connections };
+            let setup = Setup {
+                broker: shown,
+                namespace: Some(namespace),
+                result_backend,
+                connections: connections.to_owned(),
+                server: None,
+            };
             out.header(&setup, &args);
             let measured = tokio::select! {
-                measured = measure(&manager, &args, setup, Some(&stats), out) => measured,
+                measured = measure(&manager, &args, setup, Some(&stats), None, out) => measured,
                 interrupted = tokio::signal::ctrl_c() => match interrupted {
                     Ok(()) => Err(anyhow!("interrupted")),
                     Err(e) => Err(anyhow!("could not wait for Ctrl-C: {e}")),
@@ -202,8 +212,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             out.line(format_args!("cleanup            deleted {deleted} keys matching {pattern}"));
             out.finish(&report)
         }
+        "postgres" => postgres::run(&args, out).await,
         other => bail!(
-            "dmq bench measures memory://, redis://, redis+cluster:// and redis+sentinel:// brokers, not {other}://"
+            "dmq bench measures memory://, redis://, redis+cluster://, redis+sentinel:// and postgres:// brokers, not {other}://"
         ),
     }
 }
@@ -248,7 +259,10 @@ struct Setup {
     broker: String,
     namespace: Option<String>,
     result_backend: &'static str,
-    connections: &'static str,
+    connections: String,
+    /// What the server is, when the bench can ask it (PostgreSQL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
 }
 
 /// Every figure of one run; `--json` prints it as is.
@@ -278,6 +292,12 @@ struct Report {
     latency: Latency,
     redis: Option<RedisCost>,
     deleted_keys: Option<u64>,
+    /// What PostgreSQL spent per job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<postgres::PostgresCost>,
+    /// The run's schema, dropped at the end, on PostgreSQL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_schema: Option<String>,
 }
 
 /// Jobs over time.
@@ -367,6 +387,9 @@ impl Output {
             self.line(format_args!("namespace          {namespace} (deleted at the end)"));
         }
         self.line(format_args!("connections        {}", setup.connections));
+        if let Some(server) = &setup.server {
+            self.line(format_args!("server             {server}"));
+        }
         self.line(format_args!("results            {}", setup.result_backend));
         let stream = match (args.no_event_stream, setup.namespace.is_some()) {
             (true, _) => "off (--no-event-stream)",
@@ -423,6 +446,7 @@ async fn measure(
     args: &BenchArgs,
     setup: Setup,
     stats: Option<&RedisStats>,
+    pg: Option<&postgres::PgStats>,
     out: Output,
 ) -> anyhow::Result<Report> {
     for name in [noop::NAME, noop_ignored::NAME, stamp::NAME] {
@@ -445,6 +469,7 @@ async fn measure(
         out.line(format_args!("queues             {}", queues.join(", ")));
     }
     let before_enqueue = snapshot(stats).await?;
+    let pg_before_enqueue = pg_snapshot(pg).await?;
     let quiet = args.ignore_result;
     let (single, mut ids) = enqueue_single(manager, single_jobs, quiet, &queues).await?;
     out.rate(
@@ -461,6 +486,7 @@ async fn measure(
         &format!("{} producers, {} jobs per call", batch.concurrency, args.batch_size),
     );
     let after_enqueue = snapshot(stats).await?;
+    let pg_after_enqueue = pg_snapshot(pg).await?;
 
     let worker = manager
         .worker()
@@ -472,9 +498,14 @@ async fn measure(
     let phases = async {
         // Redis is asked less often: every poll reads each queue's size (a few
         // commands per queue), which Redis's own figures would count against the jobs.
-        let poll = Duration::from_millis(if stats.is_some() { 10 * args.queues.min(20) } else { 2 });
+        let poll = match (stats, pg) {
+            (Some(_), _) => Duration::from_millis(10 * args.queues.min(20)),
+            (None, Some(_)) => postgres::DRAIN_POLL,
+            (None, None) => Duration::from_millis(2),
+        };
         let drain = drain(manager, args.jobs, args.concurrency, poll, &queues).await?;
         let after_drain = snapshot(stats).await?;
+        let pg_after_drain = pg_snapshot(pg).await?;
         out.rate(
             "drain",
             drain,
@@ -505,6 +536,18 @@ async fn measure(
             }
             _ => None,
         };
+        let postgres = match (pg_before_enqueue, pg_after_enqueue, pg_after_drain) {
+            (Some(b), Some(e), Some(d)) => {
+                let cost = postgres::PostgresCost {
+                    enqueue: e.cost_since(&b, args.jobs),
+                    drain: d.cost_since(&e, args.jobs),
+                };
+                out.pg_cost("postgres, enqueue", &cost.enqueue);
+                out.pg_cost("postgres, drain", &cost.drain);
+                Some(cost)
+            }
+            _ => None,
+        };
         let latency = latency(manager, args.latency_samples).await?;
         out.line(format_args!(
             "latency, idle      enqueue->start p50 {} p99 {}; enqueue->result p50 {} p99 {}  ({} samples)",
@@ -514,11 +557,11 @@ async fn measure(
             micros(latency.enqueue_to_result_p99_us),
             latency.samples
         ));
-        anyhow::Ok((drain, redis, latency))
+        anyhow::Ok((drain, redis, postgres, latency))
     }
     .await;
     worker.shutdown().await;
-    let (drain, redis, latency) = phases?;
+    let (drain, redis, postgres, latency) = phases?;
     Ok(Report {
         setup,
         jobs: args.jobs,
@@ -538,6 +581,8 @@ async fn measure(
         latency,
         redis,
         deleted_keys: None,
+        postgres,
+        dropped_schema: None,
     })
 }
 
@@ -743,6 +788,15 @@ fn thousands(x: f64) -> String {
         grouped.push(c);
     }
     grouped
+}
+
+async fn pg_snapshot(
+    pg: Option<&postgres::PgStats>,
+) -> anyhow::Result<Option<postgres::PgSnapshot>> {
+    match pg {
+        Some(pg) => pg.snapshot().await.map(Some),
+        None => Ok(None),
+    }
 }
 
 async fn snapshot(stats: Option<&RedisStats>) -> anyhow::Result<Option<Snapshot>> {
