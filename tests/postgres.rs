@@ -34,7 +34,9 @@ use tokio::process::Command;
 
 mod common;
 
-use common::workers::{Settings, WAIT, WorkerProcess, poll, registered, storm};
+use common::workers::{
+    Settings, WAIT, WorkerProcess, poll, registered, resume_and_see_the_fence_hold, signal, storm,
+};
 
 /// The worker binary's own source: the tests enqueue its very tasks and read the keys
 /// it writes, so the two cannot drift apart.
@@ -728,4 +730,57 @@ async fn the_admin_commands_and_migrate_run_as_processes_on_a_postgres_url() {
     assert_eq!(schema.json(&["workers"]).await, Value::Array(Vec::new()));
     let said = schema.ok(&["queues"]).await;
     assert!(said.lines().next().is_some_and(|h| h.starts_with("QUEUE")), "{said}");
+}
+
+/// A worker process stalled with SIGSTOP past its heartbeat while it runs a job loses
+/// the job to another process, which runs it, stores its result and acknowledges it.
+/// Resumed (after its successor stored the result, or while the successor still
+/// runs), the stalled process finishes its run too, but the fence holds on PostgreSQL
+/// as on Redis: it stores nothing over the successor's result and settles nothing.
+async fn a_stalled_worker_stores_nothing_over_its_successors_result(resume_early: bool) {
+    let _turn = TURN.lock().await;
+    let schema = Schema::fresh();
+    let (broker, manager) = connect(&schema).await;
+    let settings = Settings {
+        queue: slow::QUEUE,
+        concurrency: 1,
+        // Long: only the lapsed heartbeat hands the job on, and the stalled process's
+        // renewal is not due when it resumes, so its run goes on to store its result.
+        lease: Duration::from_secs(60),
+        heartbeat: Duration::from_millis(200),
+    };
+    let mut stalled = schema.worker(settings, &[]);
+    registered(&manager, std::slice::from_ref(&stalled)).await;
+    let id = slow::call(1500).enqueue(&manager).await.expect("enqueue").id();
+    poll("the first process to start the job", || async {
+        (!entries(starts_key(&schema.name)).await.is_empty()).then_some(())
+    })
+    .await;
+    let first_lease =
+        lease_in_table(&broker, slow::QUEUE, id).await.expect("the first process holds a lease");
+    signal(stalled.pid, "STOP").await;
+
+    let mut successor = schema.worker(settings, &[]);
+    let runs = || async { entries(starts_key(&schema.name)).await.len() };
+    resume_and_see_the_fence_hold(&manager, id, &stalled, &successor, resume_early, runs).await;
+    // The stalled process's lease is spent: it acknowledges nothing, now or later.
+    match broker.ack(&first_lease).await {
+        Err(Error::LeaseLost { id: lost }) => assert_eq!(lost, id),
+        other => panic!("the stalled process's lease acknowledged the job: {other:?}"),
+    }
+    let status = stalled.terminate().await;
+    assert!(status.success(), "the resumed process exited with {status}");
+    let status = successor.terminate().await;
+    assert!(status.success(), "the successor exited with {status}");
+    assert_empty(&broker, slow::QUEUE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_resumed_after_its_successor_stores_nothing() {
+    a_stalled_worker_stores_nothing_over_its_successors_result(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_resumed_while_its_successor_runs_stores_nothing() {
+    a_stalled_worker_stores_nothing_over_its_successors_result(true).await;
 }

@@ -27,7 +27,8 @@ use tokio::time::Instant;
 mod common;
 
 use common::workers::{
-    MAX_DELIVERIES, Settings, WAIT, WorkerProcess, kill_now, poll, registered, storm,
+    MAX_DELIVERIES, Settings, WAIT, WorkerProcess, kill_now, poll, registered,
+    resume_and_see_the_fence_hold, signal, storm,
 };
 
 /// The worker binary's own source: the tests enqueue its very tasks and read the keys
@@ -631,16 +632,6 @@ async fn schedule_ticks(url: &str) {
     assert!(fires.len() >= 31, "{} ticks", fires.len());
 }
 
-/// Sends `signal` (STOP, CONT, KILL) to process `pid`.
-async fn signal(pid: u32, signal: &str) {
-    let sent = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .await
-        .expect("run kill");
-    assert!(sent.success(), "kill -{signal} {pid} failed: {sent}");
-}
-
 /// A worker stalled (SIGSTOP) past its heartbeat while it runs a job loses the job to
 /// another worker, which runs it, stores its result and settles it. Resumed, the
 /// stalled worker finishes its run too, but the fence holds: it stores nothing, and
@@ -675,41 +666,8 @@ async fn a_stalled_worker_stores_nothing_over_its_successors_result(
     signal(stalled.pid, "STOP").await;
 
     let successor = WorkerProcess::start_with(url, &ns.name, settings, &extra);
-    if resume_early {
-        // Resumed once the successor started the job, before it stores its result.
-        poll("the successor to start the job", || {
-            let conn = conn.clone();
-            let ns = ns.name.clone();
-            async move { (starts(conn, &ns).await.len() == 2).then_some(()) }
-        })
-        .await;
-        signal(stalled.pid, "CONT").await;
-    }
-    let stored = manager.result::<u32>(id).wait(WAIT).await.expect("the successor's result");
-    assert_eq!(stored, successor.pid, "the successor ran the job to the end");
-    if !resume_early {
-        signal(stalled.pid, "CONT").await;
-    }
-    // The resumed run finishes (its sleep is over) and tries to store its own pid:
-    // wait until it says it gave that up, or until the stored result changed.
-    let log = stalled.log.clone();
-    let given_up = poll("the resumed worker to give up its run's result", || {
-        let (log, manager) = (log.clone(), manager.clone());
-        async move {
-            let logged = std::fs::read_to_string(&log).unwrap_or_default();
-            if logged.contains("storing nothing from this run") {
-                return Some(true);
-            }
-            let now = manager.result::<u32>(id).get().await.ok()??;
-            (now != successor.pid).then_some(false)
-        }
-    })
-    .await;
-    let now = manager.result::<u32>(id).get().await.expect("read");
-    assert_eq!(now, Some(successor.pid), "the stored result did not change");
-    assert!(given_up);
-    let started = starts(conn, &ns.name).await;
-    assert_eq!(started.len(), 2, "one run each: {started:?}");
+    let runs = || async { starts(conn.clone(), &ns.name).await.len() };
+    resume_and_see_the_fence_hold(&manager, id, &stalled, &successor, resume_early, runs).await;
     let status = stalled.terminate().await;
     assert!(status.success(), "the resumed worker exited with {status}");
     drop(successor);

@@ -11,9 +11,11 @@ use dmq_core::{Error, Result, ResultBackend, TaskId, TaskOutcome};
 use sqlx::postgres::PgPool;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use uuid::Uuid;
 
+use crate::batch::{Coalescer, Write, WriteAll};
 use crate::broker::interval;
-use crate::error::pg_error;
+use crate::error::{PostgresFailure, pg_error};
 use crate::listen::Listener;
 use crate::schema::{self, DEFAULT_SCHEMA, Schema, redact};
 
@@ -54,7 +56,8 @@ struct Inner {
     listener: Listener,
     shown: String,
     store: String,
-    store_fenced: String,
+    /// Fenced stores, the ones workers make, sent in batches (see `batch.rs`).
+    stores: Coalescer<Stored>,
     get: String,
     sweep: String,
     /// How often the sweeper runs, in milliseconds.
@@ -100,15 +103,8 @@ impl PostgresBackend {
              stored_at = now(), expires_at = now() + $5"
         );
         let inner = Arc::new(Inner {
-            store: upsert.clone(),
-            // The rule of `dmq_core::may_replace`, in SQL: a lapsed result counts as
-            // none; a success only by the run that stored it; anything else by that
-            // run or a later one.
-            store_fenced: format!(
-                "{upsert} WHERE r.expires_at <= now() \
-                 OR (r.state = 'succeeded' AND r.fence = $3) \
-                 OR (r.state <> 'succeeded' AND r.fence <= $3)"
-            ),
+            stores: Coalescer::start(store_fenced(pool.clone(), &results, redact(url))),
+            store: upsert,
             get: format!("SELECT outcome FROM {results} WHERE id = $1 AND expires_at > now()"),
             sweep: format!("SELECT {}($1)", schema.at("sweep")),
             sweep_every_ms: AtomicU64::new(millis(SWEEP_EVERY)),
@@ -155,28 +151,84 @@ impl PostgresBackend {
     pub fn schema(&self) -> &str {
         self.inner.schema.name()
     }
+}
 
-    async fn put(
-        &self,
-        sql: &str,
-        id: TaskId,
-        outcome: &TaskOutcome,
-        ttl: Duration,
-        fence: u64,
-    ) -> Result<bool> {
-        let bytes = rmp_serde::to_vec_named(outcome)
-            .map_err(|e| Error::Encode { what: "a task's outcome", reason: e.to_string() })?;
-        let done = sqlx::query(crate::schema::sql(sql))
-            .bind(id.as_uuid())
-            .bind(outcome.state.as_str())
-            .bind(i64::try_from(fence).unwrap_or(i64::MAX))
-            .bind(bytes)
-            .bind(interval(ttl))
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|e| self.inner.fail(&format!("store the result of task {id}"), e))?;
-        Ok(done.rows_affected() == 1)
+/// One fenced store of a result, waiting for its statement.
+struct Stored {
+    id: Uuid,
+    state: &'static str,
+    fence: i64,
+    outcome: Vec<u8>,
+    /// The TTL in microseconds.
+    ttl: i64,
+}
+
+impl Write for Stored {
+    fn id(&self) -> Uuid {
+        self.id
     }
+}
+
+fn encode(outcome: &TaskOutcome) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(outcome)
+        .map_err(|e| Error::Encode { what: "a task's outcome", reason: e.to_string() })
+}
+
+/// Stores a batch of fenced results in one statement, by the rule of
+/// `dmq_core::may_replace` in SQL: a lapsed result counts as none; a success may be
+/// replaced only by the run that stored it; anything else by that run or a later one.
+/// Returns the ids it stored.
+fn store_fenced(pool: PgPool, results: &str, shown: String) -> WriteAll<Stored> {
+    let sql: Arc<str> = format!(
+        "INSERT INTO {results} AS r (id, state, fence, outcome, expires_at) \
+         SELECT w.id, w.state, w.fence, w.outcome, now() + w.ttl * interval '1 microsecond' \
+         FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::bytea[], $5::int8[]) \
+              AS w(id, state, fence, outcome, ttl) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, fence = excluded.fence, \
+             outcome = excluded.outcome, stored_at = now(), expires_at = excluded.expires_at \
+         WHERE r.expires_at <= now() \
+            OR (r.state = 'succeeded' AND r.fence = excluded.fence) \
+            OR (r.state <> 'succeeded' AND r.fence <= excluded.fence) \
+         RETURNING r.id"
+    )
+    .into();
+    Arc::new(move |writes: Vec<Stored>| {
+        let (pool, sql, shown) = (pool.clone(), Arc::clone(&sql), shown.clone());
+        Box::pin(async move {
+            let n = writes.len();
+            let (mut ids, mut states, mut fences, mut outcomes, mut ttls) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for w in writes {
+                ids.push(w.id);
+                states.push(w.state);
+                fences.push(w.fence);
+                outcomes.push(w.outcome);
+                ttls.push(w.ttl);
+            }
+            let stored: Vec<Uuid> = sqlx::query_scalar(crate::schema::sql(&sql))
+                .bind(&ids)
+                .bind(&states)
+                .bind(&fences)
+                .bind(&outcomes)
+                .bind(&ttls)
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| {
+                    let what = if n == 1 {
+                        format!("store the result of task {}", TaskId::from(ids[0]))
+                    } else {
+                        format!("store the results of {n} tasks")
+                    };
+                    PostgresFailure::new(&format!("could not {what} on PostgreSQL at {shown}"), e)
+                })?;
+            Ok(stored.into_iter().collect())
+        })
+    })
 }
 
 impl Inner {
@@ -224,7 +276,17 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
 #[async_trait]
 impl ResultBackend for PostgresBackend {
     async fn store(&self, id: TaskId, outcome: &TaskOutcome, ttl: Duration) -> Result<()> {
-        self.put(&self.inner.store, id, outcome, ttl, 0).await.map(drop)
+        let inner = &self.inner;
+        sqlx::query(crate::schema::sql(&inner.store))
+            .bind(id.as_uuid())
+            .bind(outcome.state.as_str())
+            .bind(0_i64)
+            .bind(encode(outcome)?)
+            .bind(interval(ttl))
+            .execute(&inner.pool)
+            .await
+            .map_err(|e| inner.fail(&format!("store the result of task {id}"), e))?;
+        Ok(())
     }
 
     async fn store_fenced(
@@ -234,7 +296,15 @@ impl ResultBackend for PostgresBackend {
         ttl: Duration,
         fence: u64,
     ) -> Result<bool> {
-        self.put(&self.inner.store_fenced, id, outcome, ttl, fence).await
+        let micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2).min(i64::MAX / 2);
+        let stored = Stored {
+            id: *id.as_uuid(),
+            state: outcome.state.as_str(),
+            fence: i64::try_from(fence).unwrap_or(i64::MAX),
+            outcome: encode(outcome)?,
+            ttl: micros,
+        };
+        self.inner.stores.write(stored).await
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskOutcome>> {

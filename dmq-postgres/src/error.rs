@@ -52,9 +52,28 @@ impl PostgresFailure {
     }
 }
 
+impl PostgresFailure {
+    /// The message every caller sees: the context, the advice and the driver's error.
+    fn message(&self) -> String {
+        format!("{self} ({})", self.source)
+    }
+
+    /// This failure as `n` errors, for the callers whose writes shared the statement
+    /// that failed: each says the same; one of them keeps the driver's error as its
+    /// source (it cannot be copied).
+    pub(crate) fn shared(self, n: usize) -> Vec<Error> {
+        let mut errors: Vec<Error> =
+            (1..n).map(|_| Error::backend(self.message(), self.transient)).collect();
+        if n > 0 {
+            errors.push(self.into());
+        }
+        errors
+    }
+}
+
 impl From<PostgresFailure> for Error {
     fn from(failure: PostgresFailure) -> Self {
-        let message = format!("{failure} ({})", failure.source);
+        let message = failure.message();
         let transient = failure.transient;
         Error::backend_caused_by(message, transient, dmq_core::BackendSource::new(failure))
     }

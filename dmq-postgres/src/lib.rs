@@ -8,6 +8,7 @@
 //! broker, into an outbox that an [`OutboxRelay`] moves to Redis exactly once.
 
 mod backend;
+mod batch;
 mod broker;
 mod enqueue_in;
 mod error;
@@ -16,7 +17,7 @@ mod relay;
 mod schema;
 
 pub use backend::PostgresBackend;
-pub use broker::{DEFAULT_DEAD_LETTER_CAP, PostgresBroker};
+pub use broker::{DEFAULT_DEAD_LETTER_CAP, DEFAULT_VACUUM_AFTER, PostgresBroker};
 pub use enqueue_in::EnqueueIn;
 pub use error::PostgresFailure;
 pub use relay::{

@@ -110,3 +110,93 @@ async fn claimers_on_two_brokers_take_each_job_once() {
     })
     .await;
 }
+
+/// Acknowledgements made at once share statements (see `batch.rs`), yet each learns
+/// its own answer: among 300 concurrent acks, those of leases that lapsed and were
+/// taken by another claim are refused with `LeaseLost`, the rest delete their jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_each_learn_whether_their_own_lease_held() {
+    in_fresh_schema(|schema| async move {
+        let broker = Arc::new(
+            PostgresBroker::connect_with_namespace(&common::url(), &schema).await.expect("b"),
+        );
+        let queues = ["q".to_owned()];
+        let jobs: Vec<Job> = (0..300u32)
+            .map(|i| Job::new(TaskId::new(), "q", 5, None, i.to_be_bytes().to_vec()))
+            .collect();
+        broker.enqueue_batch(jobs).await.expect("enqueue");
+        let short = Duration::from_millis(300);
+        let stale = broker.claim("w1", &queues, 30, short, Duration::ZERO).await.expect("claim");
+        let held = broker.claim("w1", &queues, 270, Duration::from_secs(60), Duration::ZERO);
+        let held = held.await.expect("claim");
+        assert_eq!((stale.len(), held.len()), (30, 270));
+        tokio::time::sleep(short * 2).await;
+        // The next claim takes the lapsed 30 back (their tokens are void) and, as they
+        // may be poison, hands out one of them to run alone.
+        let again =
+            broker.claim("w2", &queues, 30, Duration::from_secs(60), Duration::from_secs(5));
+        assert_eq!(again.await.expect("claim again").len(), 1);
+
+        let stale_ids: HashSet<TaskId> = stale.iter().map(|d| d.lease.id).collect();
+        let acks = stale.iter().chain(&held).map(|d| {
+            let broker = Arc::clone(&broker);
+            let lease = d.lease.clone();
+            async move { (lease.id, broker.ack(&lease).await) }
+        });
+        for (id, acked) in futures::future::join_all(acks).await {
+            match acked {
+                Ok(()) => assert!(!stale_ids.contains(&id), "a lapsed lease acknowledged {id}"),
+                Err(dmq_core::Error::LeaseLost { id: lost }) => {
+                    assert_eq!(lost, id);
+                    assert!(stale_ids.contains(&id), "a held lease was refused for {id}");
+                }
+                Err(e) => panic!("ack of {id}: {e}"),
+            }
+        }
+        let stats = broker.queue_stats("q").await.expect("stats");
+        assert_eq!((stats.ready, stats.in_flight), (29, 1), "only the lapsed 30 are left");
+    })
+    .await;
+}
+
+/// The broker vacuums its tables once it changed enough job rows: with a threshold
+/// of 100, draining 500 jobs makes it run `VACUUM` on `jobs` within its 5 s check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_broker_vacuums_its_jobs_table() {
+    in_fresh_schema(|schema| async move {
+        let broker = PostgresBroker::connect_with_namespace(&common::url(), &schema)
+            .await
+            .expect("broker")
+            .with_vacuum_after(100);
+        let queues = ["q".to_owned()];
+        let jobs: Vec<Job> =
+            (0..500u32).map(|i| Job::new(TaskId::new(), "q", 5, None, i.to_be_bytes().to_vec())).collect();
+        broker.enqueue_batch(jobs).await.expect("enqueue");
+        loop {
+            let got = broker.claim("w", &queues, 100, Duration::from_secs(60), Duration::ZERO);
+            let got = got.await.expect("claim");
+            if got.is_empty() {
+                break;
+            }
+            for d in got {
+                broker.ack(&d.lease).await.expect("ack");
+            }
+        }
+        let vacuums = format!(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = 'jobs'"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(vacuums.clone()))
+                .fetch_one(broker.pool())
+                .await
+                .expect("read the table's statistics");
+            if count > 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the broker never vacuumed jobs");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}

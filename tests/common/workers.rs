@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use dmq_core::Manager;
+use dmq_core::{Manager, TaskId};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -146,6 +146,60 @@ where
         assert!(Instant::now() < deadline, "gave up after {WAIT:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends `signal` (STOP, CONT, KILL) to process `pid`.
+pub async fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {pid} failed: {sent}");
+}
+
+/// The end of a stalled-worker test: `stalled` (stopped with SIGSTOP while it ran job
+/// `id`, a task that returns its worker's pid) has lost the job to `successor`. Resumes
+/// `stalled` once the successor started the job (`resume_early`, `runs` counting the
+/// job's starts) or once the successor stored its result, then asserts that the
+/// successor's result stands and that the resumed run gave its own up.
+pub async fn resume_and_see_the_fence_hold<F, Fut>(
+    manager: &Manager,
+    id: TaskId,
+    stalled: &WorkerProcess,
+    successor: &WorkerProcess,
+    resume_early: bool,
+    runs: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = usize>,
+{
+    if resume_early {
+        // Resumed once the successor started the job, before it stores its result.
+        poll("the successor to start the job", || async { (runs().await == 2).then_some(()) })
+            .await;
+        signal(stalled.pid, "CONT").await;
+    }
+    let stored = manager.result::<u32>(id).wait(WAIT).await.expect("the successor's result");
+    assert_eq!(stored, successor.pid, "the successor ran the job to the end");
+    if !resume_early {
+        signal(stalled.pid, "CONT").await;
+    }
+    // The resumed run finishes (its sleep is over) and tries to store its own pid:
+    // wait until it says it gave that up, or until the stored result changed.
+    let given_up = poll("the resumed worker to give up its run's result", || async {
+        let logged = std::fs::read_to_string(&stalled.log).unwrap_or_default();
+        if logged.contains("storing nothing from this run") {
+            return Some(true);
+        }
+        let now = manager.result::<u32>(id).get().await.ok()??;
+        (now != successor.pid).then_some(false)
+    })
+    .await;
+    let now = manager.result::<u32>(id).get().await.expect("read the result");
+    assert_eq!(now, Some(successor.pid), "the stored result changed");
+    assert!(given_up);
+    assert_eq!(runs().await, 2, "one run each");
 }
 
 /// Waits until every one of `workers` has registered with the broker: its claim loop
