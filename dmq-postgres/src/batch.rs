@@ -117,6 +117,9 @@ async fn send_batches<W: Write>(
             }
             batch.push(request);
         }
+        // In the order of their ids, so that two statements in flight that touch the
+        // same rows lock them in the same order and cannot deadlock.
+        batch.sort_unstable_by_key(|(write, _)| write.id());
         let write_all = Arc::clone(&write_all);
         tokio::spawn(async move {
             let (writes, replies): (Vec<W>, Vec<_>) = batch.into_iter().unzip();
