@@ -32,6 +32,7 @@ common::on_both_brokers! {
     a_job_whose_envelope_names_another_id_is_dead_lettered_unrun;
     an_expired_job_never_runs;
     a_second_enqueue_with_the_same_idempotency_key_enqueues_nothing;
+    a_second_enqueue_with_an_id_of_the_callers_enqueues_nothing;
     a_worker_stopped_during_a_backoff_wait_loses_nothing;
     a_remote_consumers_nack_follows_the_tasks_retry_policy_function;
 }
@@ -452,6 +453,39 @@ async fn a_second_enqueue_with_the_same_idempotency_key_enqueues_nothing(backing
     let other =
         charge::call(500).idempotency_key("order-43").enqueue(&manager).await.expect("enqueue");
     assert_ne!(other.id(), first.id());
+    assert_eq!(queue_counts(&manager, QUEUE).await, (1, 0, 0, 0));
+}
+
+/// A producer that chooses its job's id (`.id(..)`) and enqueues again, after a
+/// timeout say, gets the first job's handle back, before and after the job ran; a
+/// batch holding a waiting job's id adds nothing; an idempotency key of the call's
+/// own decides over the id.
+async fn a_second_enqueue_with_an_id_of_the_callers_enqueues_nothing(backing: Backing) {
+    const QUEUE: &str = "failure-idempotency";
+    let manager = backing.manager().await;
+    let id = TaskId::new();
+    let first = charge::call(500).id(id).enqueue(&manager).await.expect("enqueue");
+    assert_eq!(first.id(), id, "the job has the caller's id");
+    let again = charge::call(700).id(id).enqueue(&manager).await.expect("enqueue again");
+    assert_eq!(again.id(), id);
+    assert_eq!(queue_counts(&manager, QUEUE).await, (1, 0, 0, 0));
+    let batch = manager.enqueue_batch([charge::call(1).id(id), charge::call(2)]).await;
+    assert!(matches!(batch, Err(Error::DuplicateJob { id: dup, .. }) if dup == id), "{batch:?}");
+    assert_eq!(queue_counts(&manager, QUEUE).await, (1, 0, 0, 0), "the batch added nothing");
+
+    let worker = manager.worker().queues([QUEUE]).start();
+    assert_eq!(again.result(WAIT).await.expect("result"), 500, "the first call's work");
+    worker.shutdown().await;
+    let third = charge::call(900).id(id).enqueue(&manager).await.expect("enqueue after it ran");
+    assert_eq!(third.id(), id);
+    assert_eq!(queue_counts(&manager, QUEUE).await, (0, 0, 0, 0), "known after it ran");
+    assert_eq!(runs(id), 1, "the work ran once");
+
+    // With a key of its own, the key decides: another key is another job, which a
+    // queue holding no job of that id accepts.
+    let keyed =
+        charge::call(5).id(id).idempotency_key("order-44").enqueue(&manager).await.expect("e");
+    assert_eq!(keyed.id(), id);
     assert_eq!(queue_counts(&manager, QUEUE).await, (1, 0, 0, 0));
 }
 

@@ -666,9 +666,24 @@ pub struct EnqueueArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=9))]
     pub priority: Option<u8>,
 
+    /// Give the job this id (a UUID) instead of a fresh one: running the same command
+    /// again, while the id is known (a day by default, also after the job ran),
+    /// enqueues nothing and prints the same id, so a script that retries cannot
+    /// enqueue the job twice.
+    #[arg(long, value_name = "UUID", value_parser = parse_id)]
+    pub id: Option<dmq_core::TaskId>,
+
     #[command(flatten)]
     /// Where the broker is, and how to print.
     pub broker: BrokerArgs,
+}
+
+/// Parses a job id.
+fn parse_id(text: &str) -> Result<dmq_core::TaskId, String> {
+    text.parse().map_err(|_| {
+        "a job id is a UUID, such as 67e55044-10b1-426f-9247-bb680e5fe0c8 (uuidgen makes one)"
+            .to_owned()
+    })
 }
 
 /// Parses an RFC 3339 time into UTC.

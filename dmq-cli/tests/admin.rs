@@ -1072,3 +1072,33 @@ fn cancel_removes_a_waiting_job_and_says_why_it_did_not_otherwise() {
     let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(printed["outcome"], "not_found");
 }
+
+#[test]
+fn enqueue_with_an_id_of_ones_own_enqueues_once_however_often_it_is_run() {
+    let mut ns = Namespace::new();
+    let id = TaskId::new().to_string();
+    let first = ns.ok(&["enqueue", "admin.ping", "[]", "--queue", "ping", "--id", &id]);
+    assert_eq!(first.trim(), id, "prints the id it was given");
+    // A script that retries (after a timeout, say) runs the same command again.
+    let again = ns.json(&["enqueue", "admin.ping", "[]", "--queue", "ping", "--id", &id]);
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(ns.stats("ping").ready, 1, "one job");
+
+    let worker = {
+        let _runtime = ns.rt.enter();
+        ns.manager.worker().queues(["ping"]).start()
+    };
+    ns.worker = Some(worker);
+    let task_id: TaskId = id.parse().expect("a task id");
+    let value = ns.rt.block_on(ns.manager.result::<String>(task_id).wait(Duration::from_secs(30)));
+    assert_eq!(value.expect("the job ran"), "pong");
+    // Known after it ran, too: nothing is enqueued again.
+    ns.ok(&["enqueue", "admin.ping", "[]", "--queue", "ping", "--id", &id]);
+    let stats = ns.stats("ping");
+    assert_eq!((stats.ready, stats.in_flight), (0, 0), "{stats:?}");
+
+    let out = ns.dmq(&["enqueue", "admin.ping", "[]", "--queue", "ping", "--id", "order-42"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a job id is a UUID") && stderr.contains("--id"), "{stderr}");
+}

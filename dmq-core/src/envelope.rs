@@ -115,6 +115,16 @@ fn default_priority() -> u8 {
 }
 
 impl Envelope {
+    /// Gives the job an id of the caller's choosing, so that a producer that enqueues
+    /// it again (after a timeout, say) cannot make a second job: unless the envelope
+    /// has an idempotency key of its own, it gets the key `id:<id>`, and an enqueue of
+    /// a job whose key is known returns the first job's id (for the manager's
+    /// idempotency TTL, a day by default, and only through `enqueue`, as for any key).
+    pub fn choose_id(&mut self, id: TaskId) {
+        self.id = id;
+        self.idempotency_key.get_or_insert_with(|| format!("id:{id}"));
+    }
+
     /// A new envelope for `task` on `queue` with encoded `args`, due now.
     #[must_use]
     pub fn new(task: impl Into<String>, queue: impl Into<String>, args: Vec<u8>) -> Self {

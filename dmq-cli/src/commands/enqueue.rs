@@ -47,6 +47,9 @@ pub(crate) async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     if let Some(priority) = args.priority {
         envelope.priority = priority;
     }
+    if let Some(id) = args.id {
+        envelope.choose_id(id);
+    }
     let eta = envelope.eta;
     // A queue this binary does not know as partitioned, but whose partitions the queue
     // registry lists (a worker of it registered them): a manager that knows them picks

@@ -37,6 +37,8 @@ pub struct Call<T> {
     filters_refused: bool,
     expires: Option<Expiry>,
     idempotency_key: Option<String>,
+    /// The id the caller chose, if any.
+    id: Option<TaskId>,
     partition_key: Option<String>,
     timeout: Option<Duration>,
     headers: BTreeMap<String, String>,
@@ -79,6 +81,7 @@ impl<T> Call<T> {
             filters_refused: false,
             expires: None,
             idempotency_key: None,
+            id: None,
             partition_key: None,
             timeout: None,
             headers: BTreeMap::new(),
@@ -213,6 +216,43 @@ impl<T> Call<T> {
         self
     }
 
+    /// Gives the job this id instead of a fresh one, so that a producer that enqueues
+    /// it again (a retry after a timeout, a redelivered message) cannot make a second
+    /// job: a second [`enqueue`](Call::enqueue) of the id, while it is known, enqueues
+    /// nothing and returns the first job's handle, whatever its arguments. It is known
+    /// for the manager's `idempotency_ttl` (a day by default), also after the job ran,
+    /// through the idempotency key `id:<id>` (or the call's own
+    /// [`idempotency_key`](Call::idempotency_key), which then decides). In
+    /// `enqueue_batch`, a known id fails the batch with [`Error::DuplicateJob`] while
+    /// its job waits in the queue.
+    ///
+    /// ```standalone_crate
+    /// use dmq_core::{task, InMemoryBackend, InMemoryBroker, Manager, TaskError, TaskId};
+    ///
+    /// #[task]
+    /// async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    ///     Ok(x + y)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dmq_core::Error> {
+    /// let manager = Manager::builder()
+    ///     .broker(InMemoryBroker::new())
+    ///     .backend(InMemoryBackend::new())
+    ///     .build()?;
+    /// let id = TaskId::new();
+    /// let first = add::call(2, 3).id(id).enqueue(&manager).await?;
+    /// let again = add::call(2, 3).id(id).enqueue(&manager).await?;
+    /// assert_eq!((first.id(), again.id()), (id, id));
+    /// assert_eq!(manager.admin().expect("admin").queue_len(add::QUEUE).await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn id(mut self, id: impl Into<TaskId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
     /// Never starts the job once `ttl` has passed from now: a worker that finds it
     /// later marks it expired in the result backend (the caller's `result` gives
     /// [`Error::Expired`]) and dead-letters it, without running it.
@@ -251,7 +291,8 @@ impl<T> Call<T> {
         self
     }
 
-    /// The envelope this call enqueues, with a fresh id.
+    /// The envelope this call enqueues, with a fresh id (or the one given to
+    /// [`id`](Call::id)).
     ///
     /// # Errors
     ///
@@ -276,6 +317,9 @@ impl<T> Call<T> {
         let args =
             self.args.map_err(|reason| Error::Encode { what: "the task's arguments", reason })?;
         let mut envelope = Envelope::new(self.task, self.queue, args);
+        if let Some(id) = self.id {
+            envelope.id = id;
+        }
         envelope.eta = match (self.eta, self.delay) {
             (Some(eta), _) => Some(eta),
             (None, Some(delay)) => Some(
@@ -332,7 +376,12 @@ impl<T: DeserializeOwned> Call<T> {
     /// [`check_queue_name`](crate::check_queue_name)), or the broker's error.
     pub async fn enqueue(mut self, manager: &Manager) -> Result<TaskHandle<T>> {
         let key = self.take_partition_key();
-        let id = manager.core.enqueue_envelope_keyed(self.into_envelope()?, key.as_deref()).await?;
+        let chosen = self.id;
+        let mut envelope = self.into_envelope()?;
+        if let Some(id) = chosen {
+            envelope.choose_id(id);
+        }
+        let id = manager.core.enqueue_envelope_keyed(envelope, key.as_deref()).await?;
         Ok(TaskHandle { result: manager.result::<T>(id) })
     }
 }
