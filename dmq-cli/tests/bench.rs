@@ -123,8 +123,10 @@ fn bench_on_postgres_drops_its_schema() {
     assert!(report["server"].as_str().is_some_and(|s| s.starts_with("PostgreSQL ")), "{report}");
     assert!(report["connections"].as_str().is_some_and(|s| s.contains("a pool of")), "{report}");
     let drain = &report["postgres"]["drain"];
-    // At least an acknowledgement and a stored result per job, each a transaction.
-    assert!(drain["write_transactions_per_job"].as_f64().unwrap_or(0.0) >= 1.0, "{report}");
+    // The drain acknowledges and stores results: writes, batched (the acks and
+    // results made at once share a transaction), so some, and under 3 per job.
+    let per_job = drain["write_transactions_per_job"].as_f64().unwrap_or(0.0);
+    assert!(per_job > 0.0 && per_job < 3.0, "{report}");
     assert!(drain["wal_bytes_per_job"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
     assert!(report["redis"].is_null(), "{report}");
     assert_eq!(schemas_like(&namespace), Vec::<String>::new(), "the schema was left behind");

@@ -740,6 +740,24 @@ fn malformed_requests_get_a_json_4xx_and_a_refused_batch_adds_nothing() {
         assert_eq!((first, again), (StatusCode::CREATED, StatusCode::OK));
         assert_eq!(one["id"], two["id"]);
         assert_eq!(two["existing"], true);
+
+        // So does an id of the caller's choosing, which the job then has; in a batch,
+        // a waiting job's id fails the batch, adding nothing.
+        let id = uuid::Uuid::new_v4().to_string();
+        let chosen = json!({"task": "app.add", "args": [1, 2], "queue": "chosen", "id": id});
+        let (first, one) = post(&served, Some(PRODUCER), "/v1/jobs", &chosen).await;
+        let (again, two) = post(&served, Some(PRODUCER), "/v1/jobs", &chosen).await;
+        assert_eq!((first, again), (StatusCode::CREATED, StatusCode::OK), "{one} {two}");
+        assert_eq!((&one["id"], &two["id"]), (&json!(id), &json!(id)));
+        assert_eq!((&one["existing"], &two["existing"]), (&json!(false), &json!(true)));
+        let fresh = json!({"task": "app.add", "args": [1, 2], "queue": "chosen"});
+        let batch = json!({"jobs": [fresh, chosen]});
+        let (status, body) = post(&served, Some(PRODUCER), "/v1/jobs/batch", &batch).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/chosen").await;
+        assert_eq!(stats["ready"], 1, "one job, the first: {stats}");
+        let not_uuid = json!({"task": "app.add", "queue": "chosen", "id": "order-7"});
+        assert_eq!(post(&served, Some(PRODUCER), "/v1/jobs", &not_uuid).await.0, StatusCode::BAD_REQUEST);
     });
     assert!(!served.log().contains("panicked"), "{}", served.log());
 }

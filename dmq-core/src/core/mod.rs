@@ -139,19 +139,30 @@ impl Core {
     /// partitioned queue by `partition_key` when there is one.
     pub(crate) async fn enqueue_envelope_keyed(
         &self,
-        mut envelope: Envelope,
+        envelope: Envelope,
         partition_key: Option<&str>,
     ) -> Result<TaskId> {
+        self.enqueue_envelope_reporting(envelope, partition_key).await.map(|(id, _)| id)
+    }
+
+    /// As [`enqueue_envelope_keyed`](Self::enqueue_envelope_keyed), also saying
+    /// whether the envelope's idempotency key was known (the id is then the earlier
+    /// job's, and nothing was enqueued).
+    pub(crate) async fn enqueue_envelope_reporting(
+        &self,
+        mut envelope: Envelope,
+        partition_key: Option<&str>,
+    ) -> Result<(TaskId, bool)> {
         crate::trace::TraceContext::current().inject(&mut envelope);
         let job = self.job(&mut envelope, partition_key)?;
         let at = chrono::Utc::now();
         match self.broker.enqueue(job).await {
             Ok(()) => {
                 self.queued(&envelope, at);
-                Ok(envelope.id)
+                Ok((envelope.id, false))
             }
             // The same work was enqueued already: its job stands for this one.
-            Err(Error::IdempotencyKeyTaken { existing, .. }) => Ok(existing),
+            Err(Error::IdempotencyKeyTaken { existing, .. }) => Ok((existing, true)),
             Err(e) => Err(e),
         }
     }

@@ -211,6 +211,22 @@ impl Manager {
         self.core.enqueue_envelope_keyed(envelope, partition_key).await
     }
 
+    /// As [`enqueue_envelope_with_key`](Manager::enqueue_envelope_with_key), also
+    /// saying whether the envelope's idempotency key (its own, or the one
+    /// [`Envelope::choose_id`] gives it) was known: then the id is the earlier job's,
+    /// and nothing was enqueued. For front ends that report it, such as the HTTP API.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_envelope`](Manager::enqueue_envelope).
+    pub async fn enqueue_envelope_reporting(
+        &self,
+        envelope: Envelope,
+        partition_key: Option<&str>,
+    ) -> Result<(TaskId, bool)> {
+        self.core.enqueue_envelope_reporting(envelope, partition_key).await
+    }
+
     /// How many partitions `queue` has for this manager (`#[task(partitions = N)]` or
     /// [`ManagerBuilder::partitions`]); `None` when it is not partitioned.
     pub fn partitions_of(&self, queue: &str) -> Option<u16> {

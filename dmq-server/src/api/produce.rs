@@ -8,7 +8,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use dmq_core::{Envelope, JobState, MAX_PRIORITY};
+use dmq_core::{Envelope, JobState, MAX_PRIORITY, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
@@ -51,6 +51,14 @@ pub(crate) struct EnqueueRequest {
     /// first job's id and adds nothing.
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// The job's id, a UUID of the caller's choosing: a second enqueue with the same
+    /// id, while it is known (a day by default, also after the job ran), returns it
+    /// with `existing` true and adds nothing, so a client that retries after a
+    /// timeout cannot enqueue twice. Without an `idempotency_key`, the id is the key;
+    /// with one, the key decides. In a batch, an id whose job still waits fails the
+    /// batch (409).
+    #[serde(default)]
+    id: Option<uuid::Uuid>,
     /// The job must not start after this instant (RFC 3339).
     #[serde(default)]
     expires_at: Option<DateTime<Utc>>,
@@ -79,8 +87,8 @@ pub(crate) struct Enqueued {
     queue: String,
     /// When it becomes due, for a delayed job.
     eta: Option<DateTime<Utc>>,
-    /// True when its idempotency key was known: `id` is the earlier job's, and
-    /// nothing was added.
+    /// True when its idempotency key (or its chosen id) was known: `id` is the
+    /// earlier job's, and nothing was added.
     existing: bool,
 }
 
@@ -116,7 +124,8 @@ pub(crate) struct BatchEnqueued {
     ids: Vec<String>,
 }
 
-/// The envelope a request asks for, with its partition key.
+/// The envelope a request asks for, with its partition key. A chosen id is set as
+/// is; [`enqueue`] also makes it the idempotency key.
 fn envelope_of(
     state: &AppState,
     caller: &Caller,
@@ -164,6 +173,9 @@ fn envelope_of(
         envelope.priority = priority;
     }
     envelope.idempotency_key = request.idempotency_key;
+    if let Some(id) = request.id {
+        envelope.id = TaskId::from(id);
+    }
     envelope.expires_at = request.expires_at;
     envelope.max_retries = request.max_retries;
     envelope.timeout_ms = request.timeout_ms;
@@ -187,10 +199,13 @@ pub(crate) async fn enqueue(
     body: Result<Body<EnqueueRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
     let Body(request) = body?;
-    let (envelope, key) = envelope_of(&state, &caller, request)?;
-    let (new_id, eta, queue) = (envelope.id, envelope.eta, envelope.queue.clone());
-    let id = state.manager.enqueue_envelope_with_key(envelope, key.as_deref()).await?;
-    let existing = id != new_id;
+    let chosen = request.id.is_some();
+    let (mut envelope, key) = envelope_of(&state, &caller, request)?;
+    if chosen {
+        envelope.choose_id(envelope.id);
+    }
+    let (eta, queue) = (envelope.eta, envelope.queue.clone());
+    let (id, existing) = state.manager.enqueue_envelope_reporting(envelope, key.as_deref()).await?;
     let status = if existing { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(Enqueued { id: id.to_string(), queue, eta, existing })))
 }
