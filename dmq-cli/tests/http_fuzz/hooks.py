@@ -1,5 +1,5 @@
 """Hooks of dmq-cli/tests/http_fuzz.rs: long polls kept short, names within the
-broker's 255 bytes, idempotency keys fresh."""
+broker's 255 bytes, idempotency keys and chosen job ids fresh."""
 
 import uuid
 
@@ -55,3 +55,12 @@ def before_call(context, case, kwargs):
     # checkable.
     if isinstance(body, dict) and isinstance(body.get("idempotency_key"), str):
         body["idempotency_key"] += "-" + uuid.uuid4().hex
+    # So is a job id of the caller's choosing, for the same reason; one that is no
+    # UUID is sent as generated.
+    for job in [body, *jobs] if isinstance(jobs, list) else [body]:
+        if isinstance(job, dict) and isinstance(job.get("id"), str):
+            try:
+                uuid.UUID(job["id"])
+            except ValueError:
+                continue
+            job["id"] = str(uuid.uuid4())
