@@ -91,7 +91,14 @@ end
 local function next_token()
   if not seq then
     seq = redis.call('HINCRBY', KEYS[2], '~seq', 1) .. '.'
-    suffix = '.' .. now .. '.' .. ARGV[6] .. '@' .. worker
+    -- The claim's time in its tokens makes their fences (see fence_of): later than
+    -- the queue's previous claim's, so that a job released and claimed again within
+    -- one millisecond still gets a greater fence.
+    local at = now
+    local last = tonumber(redis.call('HGET', KEYS[2], '~at'))
+    if last and at <= last then at = last + 1 end
+    redis.call('HSET', KEYS[2], '~at', at)
+    suffix = '.' .. at .. '.' .. ARGV[6] .. '@' .. worker
   end
   n = n + 1
   return seq .. n .. suffix

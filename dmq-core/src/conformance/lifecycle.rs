@@ -398,4 +398,14 @@ pub async fn fences_grow_with_every_claim_of_a_job(b: Arc<dyn Broker>) {
     assert_eq!(third[0].lease.id, x.id, "the lease expired");
     assert!(third[0].lease.fence > second.lease.fence);
     assert!(third[0].lease.fence < 1 << 53, "a fence fits any language's number");
+    // Released and claimed again at once, over and over (several times within one
+    // millisecond, on a quick broker): each claim's fence is greater still.
+    let mut lease = third[0].lease.clone();
+    for round in 0..50 {
+        b.release(&lease).await.expect("release");
+        let again = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        let again = again.into_iter().next().expect("the released job").lease;
+        assert!(again.fence > lease.fence, "round {round}: {} after {}", again.fence, lease.fence);
+        lease = again;
+    }
 }

@@ -147,12 +147,13 @@ pub(super) fn canonical_task_id(bytes: &[u8]) -> Option<TaskId> {
 
 /// The fence of a lease token `<seq>.<n>.<claimed at, Unix ms>.<tag>@<worker>`: the
 /// claim's time on Redis's clock, in milliseconds, times [`FENCE_STRIDE`], plus the
-/// job's place in its claim. It grows with every claim of a job, whatever queue it is
-/// in: a lease is lost only after it expired or its worker's heartbeat lapsed, both
-/// many milliseconds after the claim. (A job released, or given back from a lost
-/// claim, may be claimed again within the same millisecond, with a fence no greater;
-/// but such a run never stores a result.) Below 2^53 for the next 200,000 years.
-/// 0 for a token that does not parse.
+/// job's place in its claim. The claim script makes each claim's time later than the
+/// queue's previous claim's (field `~at` of the queue's meta hash; a millisecond
+/// later when two claims share one), so the fence grows with every claim of a job,
+/// a job released and claimed again at once included; and across queues, since a
+/// lease is lost only after it expired or its worker's heartbeat lapsed, both many
+/// milliseconds after the claim. Below 2^53 for the next 200,000 years. 0 for a
+/// token that does not parse.
 pub(super) fn fence_of(token: &str) -> u64 {
     let mut parts = token.splitn(4, '.');
     let _seq = parts.next();
