@@ -238,17 +238,25 @@ async fn a_task_declared_periodic_by_its_attribute_fires(backing: Backing) {
     let manager = backing.manager().await;
     let worker = manager.worker().queues(["attribute-periodic"]).start();
     // Its schedule is named after the task. Other scenarios' managers (in this same
-    // process) fire it too, into their own brokers, so the fire times this one ran
-    // must be those its broker recorded.
+    // process) fire it too, into their own brokers, so what proves this one fired is
+    // the fire time its own broker recorded, not the shared record of runs.
+    let store = manager.broker().schedule_store().expect("schedules");
+    let deadline = std::time::Instant::now() + WAIT;
+    let last = loop {
+        let states = store.schedules().await.expect("schedules");
+        // Registered under the task's name, once this manager's scheduler runs.
+        let state = states.iter().find(|s| s.name == "scheduling.every_half_second");
+        if let Some(last) = state.and_then(|s| s.last_fire) {
+            break last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "this broker's schedule never fired: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let times = until_fired("scheduling.every_half_second", 1).await;
     worker.shutdown().await;
-    let states =
-        manager.broker().schedule_store().expect("schedules").schedules().await.expect("schedules");
-    let state = states
-        .iter()
-        .find(|s| s.name == "scheduling.every_half_second")
-        .expect("the attribute's schedule is registered under the task's name");
-    let last = state.last_fire.expect("it fired");
     assert_eq!(last.timestamp_millis() % 500, 0, "fires on multiples of 500 ms: {last}");
     assert!(times.iter().all(|t| t.timestamp_millis() % 500 == 0), "{times:?}");
 }
