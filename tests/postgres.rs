@@ -17,7 +17,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,14 +25,15 @@ use dmq_core::{
     WorkerRegistry,
 };
 use dmq_postgres::{PostgresBackend, PostgresBroker};
-use dmq_redis::{Keys, RedisConnection};
+use dmq_redis::RedisConnection;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use sqlx::Row;
-use tokio::process::Command;
 
 mod common;
 
+use common::redis_url;
+use common::schema::{Schema, postgres_url};
 use common::workers::{
     Settings, WAIT, WorkerProcess, poll, registered, resume_and_see_the_fence_hold, signal, storm,
 };
@@ -48,136 +48,6 @@ use test_worker::{count, pids_key, runs_key, slow, stamp, stamps_key, starts_key
 
 /// One test at a time (see the module's documentation).
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The PostgreSQL the tests use: `DMQ_POSTGRES_URL`, or the local default.
-fn postgres_url() -> String {
-    std::env::var("DMQ_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// The Redis that holds the workers' run records.
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// A fresh namespace: a schema of its own, dropped (with the workers' run records in
-/// Redis) when this guard drops, even when the test fails. Declared first in a test,
-/// so that it drops last, after the processes and pools that use the schema.
-struct Schema {
-    name: String,
-    postgres: String,
-    redis: String,
-}
-
-impl Schema {
-    fn fresh() -> Self {
-        let hex = uuid::Uuid::new_v4().simple().to_string();
-        Schema {
-            name: format!("dmq_test_{}", &hex[..16]),
-            postgres: postgres_url(),
-            redis: redis_url(),
-        }
-    }
-
-    /// Worker settings' extra arguments: the broker is this PostgreSQL.
-    fn worker_args<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec!["--broker", self.postgres.as_str()];
-        args.extend_from_slice(more);
-        args
-    }
-
-    /// Starts a worker process on this schema.
-    fn worker(&self, settings: Settings, more: &[&str]) -> WorkerProcess {
-        WorkerProcess::start_with(&self.redis, &self.name, settings, &self.worker_args(more))
-    }
-
-    /// Runs `dmq` (the `dmq-test-cli` binary) with `args`, its broker this PostgreSQL
-    /// and its namespace this schema unless `args` say otherwise; killed if it
-    /// outlives [`WAIT`].
-    async fn dmq(&self, args: &[&str]) -> Output {
-        let run = Command::new(env!("CARGO_BIN_EXE_dmq-test-cli"))
-            .args(args)
-            .env("DMQ_BROKER_URL", &self.postgres)
-            .env("DMQ_NAMESPACE", &self.name)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        tokio::time::timeout(WAIT, run)
-            .await
-            .unwrap_or_else(|_| panic!("dmq {args:?} did not finish within {WAIT:?}"))
-            .expect("run dmq-test-cli")
-    }
-
-    /// Runs `dmq`, expects success, and returns its stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.dmq(args).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "dmq {args:?} failed: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    /// Runs `dmq ... --json`, expects success, and parses its output.
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        let stdout = self.ok(&args).await;
-        serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("dmq {args:?} printed no JSON ({e}): {stdout}"))
-    }
-
-    /// Runs `dmq`, expects it to fail with exit status 1 and one `error: ` line on
-    /// stderr, and returns that line.
-    async fn fails(&self, args: &[&str]) -> String {
-        let out = self.dmq(args).await;
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        assert_eq!(out.status.code(), Some(1), "dmq {args:?}: {stderr}");
-        assert!(stderr.starts_with("error: ") && !stderr.contains('\n'), "dmq {args:?}: {stderr}");
-        stderr
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        // Drop cannot await, and may run on a runtime thread: clean up on a thread with
-        // a runtime of its own.
-        let (postgres, redis, name) =
-            (self.postgres.clone(), self.redis.clone(), self.name.clone());
-        let cleaned = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                use sqlx::Connection as _;
-                let mut conn =
-                    sqlx::PgConnection::connect(&postgres).await.map_err(|e| e.to_string())?;
-                // A process the test left behind may still hold a lock for a moment.
-                let drop_schema =
-                    format!("SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(drop_schema))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = conn.close().await;
-                dmq_redis::delete_namespace_at(&redis, &Keys::new(name))
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        match cleaned {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop schema {} or its records: {e}", self.name),
-            Err(_) => eprintln!("dropping schema {} panicked", self.name),
-        }
-    }
-}
 
 /// The broker (for its pool, to read and write the schema's tables) with a small pool,
 /// and a manager on it and a PostgreSQL result backend.
@@ -634,11 +504,7 @@ async fn the_admin_commands_and_migrate_run_as_processes_on_a_postgres_url() {
     let error = schema.fails(&["migrate", "--namespace", "Not-A-Schema"]).await;
     assert!(error.contains("--namespace not_a_schema"), "{error}");
     // A schema of its own for an outbox, which a broker is refused.
-    let outbox = Schema {
-        name: format!("{}_outbox", schema.name),
-        postgres: postgres_url(),
-        redis: redis_url(),
-    };
+    let outbox = Schema::named(&format!("{}_outbox", schema.name), &postgres_url());
     let made = schema.json(&["migrate", "--namespace", &outbox.name, "--outbox"]).await;
     assert_eq!(made["serves"], "outbox");
     let error = schema.fails(&["queues", "--namespace", &outbox.name]).await;

@@ -207,6 +207,21 @@ pub enum Command {
     #[command(after_help = "Examples:\n  dmq purge emails --yes\n  dmq purge emails --yes --json")]
     Purge(PurgeArgs),
 
+    /// Pause a queue: workers everywhere stop claiming from it until `dmq resume`.
+    ///
+    /// Enqueues still land in a paused queue, and delayed jobs and retries wait in it;
+    /// the jobs workers are running already finish. The pause is kept by the broker, so
+    /// it holds for every worker of the namespace, those started later included, until
+    /// `dmq resume`. A partitioned queue pauses whole (each partition the queue registry
+    /// lists), a partition (emails#3) alone. `dmq queues` shows what is paused. Pausing
+    /// a paused queue changes nothing and says so.
+    #[command(after_help = "Examples:\n  dmq pause emails\n  dmq pause emails --json")]
+    Pause(PauseArgs),
+
+    /// Resume a paused queue: workers claim from it again, woken at once.
+    #[command(after_help = "Examples:\n  dmq resume emails\n  dmq resume emails --json")]
+    Resume(PauseArgs),
+
     /// Act on a queue as a whole: delete it.
     #[command(
         after_help = "Examples:\n  dmq queue delete emails --yes\n  dmq queue delete emails --yes --force --json"
@@ -421,6 +436,16 @@ pub struct PurgeArgs {
     /// Confirms that the waiting jobs are to be deleted for good.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq pause` and `dmq resume`.
+#[derive(Debug, Clone, Args)]
+pub struct PauseArgs {
+    /// The queue (for a partitioned queue, all its partitions; `emails#3` one of them).
+    pub queue: String,
     #[command(flatten)]
     /// Where the broker is, and how to print.
     pub broker: BrokerArgs,

@@ -16,7 +16,8 @@ pub use broker_url::connect_url;
 pub use cli::{BenchArgs, Cli, Command, TasksArgs, WorkerArgs};
 pub use cli::{
     BrokerArgs, DlqArgs, DlqCommand, DoctorArgs, EnqueueArgs, EventsArgs, JobArgs, MigrateArgs,
-    PeriodicArgs, PurgeArgs, QueueArgs, QueueCommand, QueuesArgs, ResultArgs, WorkersArgs,
+    PauseArgs, PeriodicArgs, PurgeArgs, QueueArgs, QueueCommand, QueuesArgs, ResultArgs,
+    WorkersArgs,
 };
 
 use std::process::ExitCode;

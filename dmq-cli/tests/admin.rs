@@ -161,9 +161,9 @@ fn queues_shows_each_queues_depths() {
         list,
         json!([
             {"queue": "emails", "ready": 1, "suspect": 0, "delayed": 1, "in_flight": 1, "dead": 2,
-             "dead_dropped": 0, "bad_entries": 0},
+             "dead_dropped": 0, "bad_entries": 0, "paused": false, "paused_since": null},
             {"queue": "reports", "ready": 1, "suspect": 0, "delayed": 0, "in_flight": 0, "dead": 0,
-             "dead_dropped": 0, "bad_entries": 0},
+             "dead_dropped": 0, "bad_entries": 0, "paused": false, "paused_since": null},
         ])
     );
 
@@ -180,10 +180,11 @@ fn queues_shows_each_queues_depths() {
                 "IN-FLIGHT",
                 "DEAD",
                 "DEAD-DROPPED",
-                "BAD-ENTRIES"
+                "BAD-ENTRIES",
+                "PAUSED"
             ],
-            vec!["emails", "1", "0", "1", "1", "2", "0", "0"],
-            vec!["reports", "1", "0", "0", "0", "0", "0", "0"],
+            vec!["emails", "1", "0", "1", "1", "2", "0", "0", "no"],
+            vec!["reports", "1", "0", "0", "0", "0", "0", "0", "no"],
         ],
         "{table}"
     );
@@ -195,7 +196,8 @@ fn queues_shows_each_queues_depths() {
     assert_eq!(
         named[1],
         json!({"queue": "nothing-here", "ready": 0, "suspect": 0, "delayed": 0, "in_flight": 0,
-               "dead": 0, "dead_dropped": 0, "bad_entries": 0})
+               "dead": 0, "dead_dropped": 0, "bad_entries": 0, "paused": false,
+               "paused_since": null})
     );
 }
 
@@ -807,13 +809,14 @@ fn queues_doctor_and_job_show_suspect_jobs_and_bad_entries() {
     assert_eq!(
         list[1],
         json!({"queue": "crashy", "ready": 2, "suspect": 1, "delayed": 0, "in_flight": 0,
-               "dead": 0, "dead_dropped": 0, "bad_entries": 0})
+               "dead": 0, "dead_dropped": 0, "bad_entries": 0, "paused": false,
+               "paused_since": null})
     );
     let table = ns.ok(&["queues"]);
     let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows[0][2], "SUSPECT", "{table}");
-    assert_eq!(rows[1], ["bad", "0", "0", "0", "1", "0", "0", "1"], "{table}");
-    assert_eq!(rows[2], ["crashy", "2", "1", "0", "0", "0", "0", "0"], "{table}");
+    assert_eq!(rows[1], ["bad", "0", "0", "0", "1", "0", "0", "1", "no"], "{table}");
+    assert_eq!(rows[2], ["crashy", "2", "1", "0", "0", "0", "0", "0", "no"], "{table}");
 
     let report = ns.json(&["doctor"]);
     assert_eq!(
@@ -968,6 +971,45 @@ fn queues_folds_a_partitioned_queue_unless_asked_for_its_partitions() {
         .expect("the key's partition");
     let before = [2, 1, 3][usize::from(dmq_core::partition_of_key("user-9", 3))];
     assert!(home["ready"].as_u64().unwrap_or(0) >= before + 2, "{unfolded}");
+}
+
+/// `dmq pause` pauses a partitioned queue whole (each partition the registry lists) and
+/// a partition alone by its name; `dmq queues` says how many of a queue's partitions
+/// are paused; claims take nothing from a paused partition; `dmq resume` undoes it; a
+/// name no queue can have is refused, saying why.
+#[test]
+fn pause_and_resume_a_partitioned_queue_whole_or_one_partition() {
+    let ns = Namespace::new();
+    for partition in 0..2 {
+        let queue = dmq_core::partition_name("parts", partition);
+        let job = dmq_core::Job::new(TaskId::new(), queue, 5, None, vec![0x90]);
+        ns.rt.block_on(ns.manager.broker().enqueue(job)).expect("enqueue");
+    }
+    let one = ns.json(&["pause", "parts#1"]);
+    assert_eq!((&one["queue"], &one["changed"]), (&json!("parts#1"), &json!(true)));
+    let folded = ns.json(&["queues", "parts"]);
+    assert_eq!((&folded[0]["paused"], &folded[0]["paused_partitions"]), (&json!(false), &json!(1)));
+    let table = ns.ok(&["queues"]);
+    let row = table.lines().find(|l| l.starts_with("parts")).unwrap_or_default();
+    assert!(row.trim_end().ends_with("1 of 2"), "{table}");
+    assert_eq!(ns.claim("parts#1", 10).len(), 0, "a paused partition hands out nothing");
+
+    let whole = ns.json(&["pause", "parts"]);
+    assert_eq!(whole["changed"], true, "parts#0 was running");
+    assert!(ns.ok(&["pause", "parts"]).contains("paused already"));
+    let folded = ns.json(&["queues", "parts"]);
+    assert_eq!((&folded[0]["paused"], &folded[0]["paused_partitions"]), (&json!(true), &json!(2)));
+    assert!(folded[0]["paused_since"].is_string(), "{folded}");
+    assert_eq!(ns.claim("parts#0", 10).len(), 0);
+
+    assert_eq!(ns.json(&["resume", "parts"])["changed"], true);
+    let folded = ns.json(&["queues", "parts"]);
+    assert_eq!((&folded[0]["paused"], &folded[0]["paused_partitions"]), (&json!(false), &json!(0)));
+    assert_eq!(ns.claim("parts#0", 10).len() + ns.claim("parts#1", 10).len(), 2);
+    assert!(ns.ok(&["resume", "parts"]).contains("was not paused"));
+
+    let refused = ns.dmq(&["pause", "bad name"]);
+    assert_error(&refused, "queue name \"bad name\"");
 }
 
 /// `dmq queue delete` asks for --yes, refuses while a worker holds a job of the queue

@@ -643,6 +643,25 @@ fn a_nack_retries_by_the_jobs_policy_then_dead_letters_and_an_operator_requeues_
             (Some(1), Some(0)),
             "{stats}"
         );
+        assert_eq!(stats["paused_since"], Value::Null, "{stats}");
+
+        // Paused, the queue hands out nothing over HTTP either; resumed, it does again.
+        let (status, body) =
+            post(&served, Some(ADMIN), "/v1/queues/work/pause", &json!(null)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!((&body["paused"], &body["changed"]), (&json!(true), &json!(true)), "{body}");
+        let (_, refused) = post(&served, Some(WORKER), "/v1/queues/work/pause", &json!(null)).await;
+        assert_eq!(
+            refused["error"]["code"], "forbidden",
+            "a worker's token cannot pause: {refused}"
+        );
+        let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/work").await;
+        assert!(stats["paused_since"].is_string(), "{stats}");
+        let (_, none) = post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({})).await;
+        assert_eq!(none["jobs"].as_array().map(Vec::len), Some(0), "{none}");
+        let (_, body) = post(&served, Some(ADMIN), "/v1/queues/work/resume", &json!(null)).await;
+        assert_eq!((&body["paused"], &body["changed"]), (&json!(false), &json!(true)), "{body}");
+        assert_eq!(claim(0).await["id"], id.as_str());
 
         // The event stream carried the job's story.
         let mut seen = String::new();

@@ -15,6 +15,9 @@
 -- no job was claimed, next_change_ms is how long until a delayed job falls due or a
 -- lease expires (-1 for never, 0 when it dropped bad entries and more may be ready,
 -- and always -1 when jobs were claimed).
+-- A paused queue (field ~paused of its meta hash) hands out nothing: its upkeep runs,
+-- and the claim returns as one that found no job and nothing coming (its resume sends
+-- the wake-up).
 -- A key of the wrong type fails the claim before it changes anything: most claims
 -- (no upkeep) prove their keys by reads they make anyway and by their first write,
 -- and put back what they popped when a later step fails (see `checked` in lib.lua).
@@ -23,6 +26,7 @@ local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_deliveries, dead_cap, worker = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
 -- Reads come first: a key of the wrong type fails them before anything changed.
+local paused = checked(redis.pcall('HEXISTS', KEYS[2], '~paused'), nil, 'hash', 2) == 1
 local due = checked(redis.pcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000),
   nil, 'zset', 3)
 local expired = checked(redis.pcall('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000),
@@ -48,6 +52,7 @@ end
 
 local bad = {}
 local out = {-1, bad, 0}
+if paused then return out end
 local seq, suffix = nil, nil
 local n = 0
 local deadline = now + lease

@@ -23,8 +23,12 @@ local function undo()
   for i = #made, 1, -1 do redis.call(unpack(made[i])) end
 end
 -- Wakes one blocked claimer of the queue whose signal list is KEYS[i], unless a
--- wake-up is already waiting.
+-- wake-up is already waiting or the queue is paused (field ~paused of its meta hash,
+-- KEYS[i - 2]): its resume wakes a claimer.
 local function wake(i)
+  if checked(redis.pcall('HEXISTS', KEYS[i - 2], '~paused'), undo, 'hash', i - 2) == 1 then
+    return
+  end
   if checked(redis.pcall('LLEN', KEYS[i]), undo, 'list', i) == 0 then
     redis.call('LPUSH', KEYS[i], '1')
     made[#made + 1] = {'LPOP', KEYS[i]}

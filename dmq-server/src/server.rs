@@ -221,6 +221,8 @@ fn router(state: AppState, limits: Limits) -> Router {
         .route("/queues/{queue}", get(admin::queue).delete(admin::delete_queue))
         .route("/queues/{queue}/claim", post(consume::claim))
         .route("/queues/{queue}/purge", post(admin::purge))
+        .route("/queues/{queue}/pause", post(admin::pause))
+        .route("/queues/{queue}/resume", post(admin::resume))
         .route(
             "/queues/{queue}/dead-letters",
             get(admin::dead_letters).delete(admin::purge_dead_letters),

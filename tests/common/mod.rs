@@ -14,6 +14,7 @@ use dmq_core::{
 };
 use dmq_redis::{Keys, RedisBackend, RedisBroker};
 
+pub mod schema;
 pub mod workers;
 
 /// How long a test waits for a result before calling it lost: generous, never a

@@ -9,6 +9,7 @@ mod enqueue;
 mod events;
 mod job;
 mod migrate;
+mod pause;
 mod periodic;
 mod purge;
 mod queue;
@@ -46,6 +47,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Purge(args) => purge::run(args).await,
+        Command::Pause(args) => pause::run(args, true).await,
+        Command::Resume(args) => pause::run(args, false).await,
         Command::Cancel(args) => cancel::run(args).await,
         Command::Queue(args) => queue::run(args).await,
         Command::Job(args) => job::run(args).await,
@@ -68,6 +71,7 @@ mod tests {
             ("job.rs", include_str!("job.rs")),
             ("dlq.rs", include_str!("dlq.rs")),
             ("purge.rs", include_str!("purge.rs")),
+            ("pause.rs", include_str!("pause.rs")),
             ("cancel.rs", include_str!("cancel.rs")),
             ("queue.rs", include_str!("queue.rs")),
             ("doctor.rs", include_str!("doctor.rs")),

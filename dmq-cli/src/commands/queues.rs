@@ -1,6 +1,7 @@
 //! `dmq queues`: each queue's ready, suspect, delayed, in-flight and dead jobs, and the
-//! bad entries dropped from it. A partitioned queue shows as one row, its partitions'
-//! figures added up, unless `--partitions` asks for a row per partition.
+//! bad entries dropped from it, and whether it is paused. A partitioned queue shows as
+//! one row, its partitions' figures added up, unless `--partitions` asks for a row per
+//! partition.
 
 use dmq_core::{QueueStats, is_partition_of, split_partition};
 use serde_json::json;
@@ -14,6 +15,8 @@ struct Row {
     /// How many partitions were folded into the row; 0 for a queue without any.
     partitions: usize,
     stats: QueueStats,
+    /// How many of its partitions are paused (0 or 1 for a queue without any).
+    paused: usize,
 }
 
 /// Runs `dmq queues`.
@@ -26,21 +29,26 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
         let stats = broker.queue_stats(queue).await?;
         let (logical, partition) = split_partition(queue);
         if args.partitions || partition.is_none() {
-            rows.push(Row { queue: queue.clone(), partitions: 0, stats });
+            let paused = usize::from(stats.paused_since.is_some());
+            rows.push(Row { queue: queue.clone(), partitions: 0, stats, paused });
             continue;
         }
         match rows.iter_mut().find(|row| row.partitions > 0 && row.queue == logical) {
             Some(row) => {
                 row.partitions += 1;
+                row.paused += usize::from(stats.paused_since.is_some());
                 add(&mut row.stats, &stats);
             }
-            None => rows.push(Row { queue: logical.to_owned(), partitions: 1, stats }),
+            None => {
+                let paused = usize::from(stats.paused_since.is_some());
+                rows.push(Row { queue: logical.to_owned(), partitions: 1, stats, paused });
+            }
         }
     }
     if admin.json {
         let list: Vec<_> = rows
             .iter()
-            .map(|Row { queue, partitions, stats: s }| {
+            .map(|Row { queue, partitions, stats: s, paused }| {
                 let mut row = json!({
                     "queue": queue,
                     "ready": s.ready,
@@ -50,9 +58,12 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
                     "dead": s.dead,
                     "dead_dropped": s.dead_dropped,
                     "bad_entries": s.bad_entries,
+                    "paused": *paused > 0 && *paused == (*partitions).max(1),
+                    "paused_since": s.paused_since,
                 });
                 if *partitions > 0 {
                     row["partitions"] = json!(partitions);
+                    row["paused_partitions"] = json!(paused);
                 }
                 row
             })
@@ -65,7 +76,7 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
     }
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|Row { queue, partitions, stats: s }| {
+        .map(|Row { queue, partitions, stats: s, paused }| {
             vec![
                 if *partitions > 0 {
                     format!("{queue} ({partitions} partitions)")
@@ -79,6 +90,11 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
                 s.dead.to_string(),
                 s.dead_dropped.to_string(),
                 s.bad_entries.to_string(),
+                match (*paused, *partitions) {
+                    (0, _) => "no".to_owned(),
+                    (p, n) if p == n.max(1) => "yes".to_owned(),
+                    (p, n) => format!("{p} of {n}"),
+                },
             ]
         })
         .collect();
@@ -92,6 +108,7 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
             "DEAD",
             "DEAD-DROPPED",
             "BAD-ENTRIES",
+            "PAUSED",
         ],
         &rows,
     );
@@ -107,6 +124,11 @@ fn add(total: &mut QueueStats, more: &QueueStats) {
     total.dead += more.dead;
     total.dead_dropped += more.dead_dropped;
     total.bad_entries += more.bad_entries;
+    // The row's pause time: the earliest of its partitions'.
+    total.paused_since = match (total.paused_since, more.paused_since) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
 }
 
 /// The queues `named` on the command line, each partitioned one as its partitions

@@ -366,6 +366,57 @@ pub trait BrokerAdmin: Send + Sync {
         Ok(self.queue_stats(queue).await?.ready)
     }
 
+    /// Pauses `queue`: no claim that starts after this returns takes a job from it,
+    /// until [`resume`](BrokerAdmin::resume). Everything else goes on: enqueues, delayed
+    /// jobs and retries land in it, and the jobs workers hold already run to their end
+    /// and settle. The broker keeps the pause, so it holds for every worker of the
+    /// namespace, those that start later included. A queue no job went to yet is
+    /// registered ([`queues`](BrokerAdmin::queues)) and paused all the same.
+    /// [`queue_stats`](BrokerAdmin::queue_stats) says since when it is paused.
+    ///
+    /// One queue name: a partitioned queue's partitions are queues of their own
+    /// (`emails#3`), which [`Manager::pause`](crate::Manager::pause) pauses together.
+    ///
+    /// Returns `true` when the queue was running, `false` when it was paused already
+    /// (it then stays paused since its first pause).
+    ///
+    /// ```standalone_crate
+    /// use dmq_core::{Broker, BrokerAdmin, InMemoryBroker, Job, TaskId};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> dmq_core::Result<()> {
+    /// let broker = InMemoryBroker::new();
+    /// assert!(broker.pause("emails").await?);
+    /// broker.enqueue(Job::new(TaskId::new(), "emails", 5, None, b"hi".to_vec())).await?;
+    /// let queues = ["emails".to_owned()];
+    /// assert!(broker.claim("w1", &queues, 10, Duration::from_secs(30), Duration::ZERO).await?.is_empty());
+    /// assert!(broker.queue_stats("emails").await?.paused_since.is_some());
+    /// assert!(broker.resume("emails").await?);
+    /// assert_eq!(broker.claim("w1", &queues, 10, Duration::from_secs(30), Duration::ZERO).await?.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached; [`Error::Unsupported`](crate::Error::Unsupported)
+    /// for a broker that cannot pause.
+    async fn pause(&self, queue: &str) -> Result<bool> {
+        Err(crate::Error::Unsupported(format!("this broker cannot pause queue {queue:?}")))
+    }
+
+    /// Resumes paused `queue`: claims take its jobs again, and idle workers of it are
+    /// woken. Returns `true` when it was paused, `false` when it was running already.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached; [`Error::Unsupported`](crate::Error::Unsupported)
+    /// for a broker that cannot pause.
+    async fn resume(&self, queue: &str) -> Result<bool> {
+        Err(crate::Error::Unsupported(format!("this broker cannot resume queue {queue:?}")))
+    }
+
     /// Removes every job of `queue` that waits, ready or delayed, and returns how many.
     /// Jobs in flight stay with their workers; dead letters stay too.
     ///

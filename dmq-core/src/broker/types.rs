@@ -251,6 +251,9 @@ pub struct QueueStats {
     pub dead: u64,
     /// Dead letters dropped because the dead-letter queue was full.
     pub dead_dropped: u64,
+    /// Since when the queue is paused ([`BrokerAdmin::pause`](super::BrokerAdmin::pause)):
+    /// no worker claims from it until it is resumed. `None` while it runs.
+    pub paused_since: Option<DateTime<Utc>>,
 }
 
 /// What [`BrokerAdmin::delete_queue`](super::BrokerAdmin::delete_queue) removed: how

@@ -404,3 +404,78 @@ pub async fn cancel_takes_a_partitions_job_by_the_partitions_name(b: Arc<dyn Bro
     assert_eq!(counts(&b, "emails#1").await, (0, 0, 0, 0, 0));
     assert_eq!(counts(&b, "emails#2").await, (1, 0, 0, 0, 0));
 }
+
+/// A paused queue hands out nothing, to any claim, until it is resumed: enqueues,
+/// delayed jobs and retries still land in it, the job a worker held already settles,
+/// and other queues are claimed from as usual. A pause is said once (the second is
+/// no change), shows in the queue's figures, registers a queue no job went to yet,
+/// and goes with the queue when it is deleted.
+pub async fn a_paused_queue_hands_out_nothing_until_resumed(b: Arc<dyn Broker>) {
+    let both = queues(&["alpha", "beta"]);
+    b.enqueue(job("alpha", 5, "held")).await.expect("enqueue");
+    let held = b.claim(WORKER, &queues(&["alpha"]), 1, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(payloads(&held), ["held"]);
+    let before = Utc::now() - chrono::Duration::seconds(60);
+    assert!(admin(&b).pause("alpha").await.expect("pause"), "it was running");
+    assert!(!admin(&b).pause("alpha").await.expect("pause"), "paused already");
+    let since = admin(&b).queue_stats("alpha").await.expect("figures").paused_since;
+    assert!(since.is_some_and(|t| t > before && t < Utc::now() + chrono::Duration::seconds(60)));
+
+    b.enqueue(job("alpha", 9, "waits")).await.expect("an enqueue lands in a paused queue");
+    b.enqueue(delayed("alpha", after(Duration::from_millis(50)), "falls due"))
+        .await
+        .expect("enqueue");
+    b.enqueue(job("beta", 5, "other")).await.expect("enqueue");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = b.claim(WORKER, &both, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(payloads(&got), ["other"], "only the queue that runs hands out jobs");
+    b.ack(&got[0].lease).await.expect("ack");
+    let none = b.claim(WORKER, &both, 10, LONG, Duration::from_millis(300)).await.expect("claim");
+    assert!(none.is_empty(), "a claim that waits gets nothing from a paused queue either");
+    // The job held before the pause settles: here it is retried, into the paused queue.
+    b.retry(&held[0].lease, b"retried".to_vec(), Utc::now()).await.expect("retry");
+    if let Some(stats) = figures(&b, "alpha").await {
+        // The retry may wait among the delayed jobs, due, until a claim promotes it.
+        assert_eq!((stats.ready + stats.delayed, stats.in_flight), (3, 0), "{stats:?}");
+    }
+
+    assert!(admin(&b).pause("never-used").await.expect("pause"), "a new queue pauses");
+    assert!(admin(&b).queues().await.expect("queues").contains(&"never-used".to_owned()));
+    admin(&b).delete_queue("never-used", false).await.expect("delete");
+    let gone = admin(&b).queue_stats("never-used").await.expect("figures");
+    assert_eq!(gone.paused_since, None, "a deleted queue's pause goes with it");
+
+    assert!(admin(&b).resume("alpha").await.expect("resume"), "it was paused");
+    assert!(!admin(&b).resume("alpha").await.expect("resume"), "running already");
+    assert!(!admin(&b).resume("never-paused").await.expect("resume"));
+    assert_eq!(admin(&b).queue_stats("alpha").await.expect("figures").paused_since, None);
+    let got = b.claim(WORKER, &both, 10, LONG, Duration::ZERO).await.expect("claim");
+    let mut seen = payloads(&got);
+    seen.sort();
+    assert_eq!(seen, ["falls due", "retried", "waits"]);
+    for d in &got {
+        b.ack(&d.lease).await.expect("ack");
+    }
+}
+
+/// A claimer waiting on a paused queue is woken when the queue resumes, and takes
+/// the jobs that landed meanwhile, long before its wait would have ended.
+pub async fn resuming_wakes_a_claimer_waiting_on_the_paused_queue(b: Arc<dyn Broker>) {
+    assert!(admin(&b).pause("alpha").await.expect("pause"));
+    b.enqueue(job("alpha", 5, "waited")).await.expect("enqueue");
+    let claimer = {
+        let b = Arc::clone(&b);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = b.claim(WORKER, &queues(&["alpha"]), 10, LONG, LONG).await.expect("claim");
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!claimer.is_finished(), "the claimer took a job from a paused queue");
+    assert!(admin(&b).resume("alpha").await.expect("resume"));
+    let (got, waited) = claimer.await.expect("the claimer");
+    assert_eq!(payloads(&got), ["waited"]);
+    assert!(waited < LONG / 2, "woken by the resume, not by its wait's end: {waited:?}");
+    b.ack(&got[0].lease).await.expect("ack");
+}

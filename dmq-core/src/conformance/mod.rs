@@ -230,6 +230,8 @@ macro_rules! broker_admin_conformance_tests {
             cancel_removes_a_waiting_job_and_nothing_else,
             cancel_leaves_a_running_job_alone_and_finds_no_finished_one,
             cancel_takes_a_partitions_job_by_the_partitions_name,
+            a_paused_queue_hands_out_nothing_until_resumed,
+            resuming_wakes_a_claimer_waiting_on_the_paused_queue,
         );
     };
 }

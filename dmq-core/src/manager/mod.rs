@@ -470,6 +470,89 @@ impl Manager {
         }
     }
 
+    /// Pauses `queue` ([`BrokerAdmin::pause`]): workers everywhere stop claiming from
+    /// it, while enqueues still land and the jobs already running finish. For a
+    /// partitioned queue, every partition: those this manager declares
+    /// (`#[task(partitions = N)]`, [`ManagerBuilder::partitions`]) and those the
+    /// broker's queue registry lists; a partition's own name (`emails#3`) pauses that
+    /// partition alone. Returns `true` when a queue was running until now, `false` when
+    /// all were paused already.
+    ///
+    /// ```standalone_crate
+    /// use dmq_core::{task, Manager, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// #[task(queue = "reports")]
+    /// async fn report(day: u32) -> Result<(), TaskError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> dmq_core::Result<()> {
+    /// let manager = Manager::builder().build()?;
+    /// manager.pause("reports").await?;
+    /// let worker = manager.worker().queues(["reports"]).start();
+    /// let handle = report::call(7).enqueue(&manager).await?;
+    /// tokio::time::sleep(Duration::from_millis(200)).await;
+    /// let waiting = manager.admin()?.queue_stats("reports").await?;
+    /// assert_eq!(waiting.ready, 1, "a paused queue starts nothing");
+    /// manager.resume("reports").await?;
+    /// handle.result(Duration::from_secs(10)).await?;
+    /// worker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a name no queue can have; [`Error::Unsupported`]
+    /// for a broker that cannot pause; otherwise the broker's error (the partitions
+    /// paused before it stay paused).
+    pub async fn pause(&self, queue: &str) -> Result<bool> {
+        let mut changed = false;
+        for name in self.queue_and_partitions(queue).await? {
+            changed |= self.admin()?.pause(&name).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Resumes paused `queue` ([`BrokerAdmin::resume`]), or every partition of a
+    /// partitioned one, as [`pause`](Manager::pause) paused them. Returns `true` when a
+    /// queue was paused until now.
+    ///
+    /// # Errors
+    ///
+    /// As [`pause`](Manager::pause).
+    pub async fn resume(&self, queue: &str) -> Result<bool> {
+        let mut changed = false;
+        for name in self.queue_and_partitions(queue).await? {
+            changed |= self.admin()?.resume(&name).await?;
+        }
+        Ok(changed)
+    }
+
+    /// `queue`'s partitions when it has any (declared here, or listed by the broker's
+    /// queue registry), else `queue` itself; a partition's name stands for itself.
+    async fn queue_and_partitions(&self, queue: &str) -> Result<Vec<String>> {
+        let (logical, partition) = crate::partition::split_partition(queue);
+        crate::names::check_queue_name(logical)?;
+        if partition.is_some() {
+            return Ok(vec![queue.to_owned()]);
+        }
+        let mut names: Vec<String> = (0..self.partitions_of(queue).unwrap_or(0))
+            .map(|p| crate::partition::partition_name(queue, p))
+            .collect();
+        for known in self.admin()?.queues().await? {
+            if crate::partition::is_partition_of(&known, queue) && !names.contains(&known) {
+                names.push(known);
+            }
+        }
+        if names.is_empty() {
+            names.push(queue.to_owned());
+        }
+        Ok(names)
+    }
+
     /// Deletes the newest dead letter of job `id` from `queue`; false when there is none.
     ///
     /// # Errors

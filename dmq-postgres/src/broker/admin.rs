@@ -62,7 +62,8 @@ impl BrokerAdmin for PostgresBroker {
              count(*) FILTER (WHERE state = 'delayed' AND due_at > now()) AS delayed, \
              count(*) FILTER (WHERE state = 'running') AS in_flight, \
              (SELECT count(*) FROM {dead} WHERE queue = $1) AS dead, \
-             (SELECT coalesce(max(dead_dropped), 0) FROM {queues} WHERE name = $1) AS dropped \
+             (SELECT coalesce(max(dead_dropped), 0) FROM {queues} WHERE name = $1) AS dropped, \
+             (SELECT paused_at FROM {queues} WHERE name = $1) AS paused_at \
              FROM {jobs} WHERE queue = $1",
             dead = inner.schema.at("dead_letters"),
             queues = inner.schema.at("queues"),
@@ -79,7 +80,43 @@ impl BrokerAdmin for PostgresBroker {
         stats.in_flight = count(&row, "in_flight");
         stats.dead = count(&row, "dead");
         stats.dead_dropped = count(&row, "dropped");
+        stats.paused_since =
+            row.try_get("paused_at").map_err(|e| inner.fail("read a queue's figures", e))?;
         Ok(stats)
+    }
+
+    /// Sets the queue's `paused_at` (registering the queue), unless it is set; the
+    /// claim function passes paused queues by.
+    async fn pause(&self, queue: &str) -> Result<bool> {
+        let inner = &self.inner;
+        let changed = sqlx::query(crate::schema::sql(&format!(
+            "INSERT INTO {queues} AS q (name, paused_at) VALUES ($1, now()) \
+             ON CONFLICT (name) DO UPDATE SET paused_at = now() WHERE q.paused_at IS NULL",
+            queues = inner.schema.at("queues"),
+        )))
+        .bind(queue)
+        .execute(&inner.pool)
+        .await
+        .map_err(|e| inner.fail("pause a queue", e))?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    /// Clears the queue's `paused_at` and, in the same transaction, notifies its idle
+    /// claimers.
+    async fn resume(&self, queue: &str) -> Result<bool> {
+        let inner = &self.inner;
+        let resumed: i64 = sqlx::query_scalar(crate::schema::sql(&format!(
+            "WITH resumed AS (UPDATE {queues} SET paused_at = NULL \
+                 WHERE name = $1 AND paused_at IS NOT NULL RETURNING name) \
+             SELECT count(*) FROM (SELECT pg_notify($2, name) FROM resumed) notified",
+            queues = inner.schema.at("queues"),
+        )))
+        .bind(queue)
+        .bind(inner.schema.channel("jobs"))
+        .fetch_one(&inner.pool)
+        .await
+        .map_err(|e| inner.fail("resume a queue", e))?;
+        Ok(resumed > 0)
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

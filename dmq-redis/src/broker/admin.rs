@@ -31,6 +31,9 @@ pub(super) fn parse_dead_entry(queue: &str, entry: &str, payload: Vec<u8>) -> Op
 /// there before it writes it again (an operator may have deleted the registry).
 pub(super) const REGISTRY_REFRESH: Duration = Duration::from_secs(60);
 
+/// The field of a queue's meta hash that says since when (Unix ms) it is paused.
+const PAUSED_FIELD: &str = "~paused";
+
 /// How many of a queue's newest dead letters `find_job` looks through.
 const DEAD_LETTERS_SEARCHED: usize = 10_000;
 
@@ -309,7 +312,8 @@ impl BrokerAdmin for RedisBroker {
             .llen(keys.dead())
             .get(keys.dead_dropped())
             .llen(keys.suspect())
-            .get(keys.bad_entries());
+            .get(keys.bad_entries())
+            .hget(keys.meta(), PAUSED_FIELD);
         let mut conn = self.conn().await?;
         // Read as plain values: a counter another program overwrote with text counts 0
         // here rather than failing the read.
@@ -330,7 +334,64 @@ impl BrokerAdmin for RedisBroker {
         stats.dead = at(12);
         stats.dead_dropped = at(13);
         stats.bad_entries = at(15);
+        stats.paused_since = match counts.get(16) {
+            None | Some(Value::Nil) => None,
+            // Paused, as the claim script sees it, even when the time is unreadable.
+            Some(_) => Some(
+                DateTime::from_timestamp_millis(i64::try_from(at(16)).unwrap_or(0))
+                    .unwrap_or_default(),
+            ),
+        };
         Ok(stats)
+    }
+
+    /// Sets field [`PAUSED_FIELD`] of the queue's meta hash, which the claim script
+    /// reads (and the enqueue script, which then wakes no claimer), to the time of
+    /// the pause, unless it is set already; and lists the queue in the registry.
+    async fn pause(&self, queue: &str) -> Result<bool> {
+        let keys = self.keys.queue(queue);
+        let what = format!("pausing queue {queue:?} (field {PAUSED_FIELD} of {})", keys.meta());
+        let mut conn = self.conn().await?;
+        let paused: bool = redis::cmd("HSETNX")
+            .arg(keys.meta())
+            .arg(PAUSED_FIELD)
+            .arg(Utc::now().timestamp_millis())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(&what, e))?;
+        // The registry is in a slot of its own: a command of its own.
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.keys.queues())
+            .arg(queue)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(&what, e))?;
+        Ok(paused)
+    }
+
+    /// Deletes the pause field, and then wakes one idle claimer of the queue (which
+    /// passes the wake-up on while jobs remain).
+    async fn resume(&self, queue: &str) -> Result<bool> {
+        let keys = self.keys.queue(queue);
+        let what = format!("resuming queue {queue:?} (field {PAUSED_FIELD} of {})", keys.meta());
+        let mut conn = self.conn().await?;
+        let resumed: bool = redis::cmd("HDEL")
+            .arg(keys.meta())
+            .arg(PAUSED_FIELD)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(&what, e))?;
+        if resumed {
+            redis::pipe()
+                .lpush(keys.signal(), "1")
+                .ignore()
+                .ltrim(keys.signal(), 0, 0)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.err(&what, e))?;
+        }
+        Ok(resumed)
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

@@ -33,6 +33,8 @@ pub(crate) struct QueueView {
     dead_dropped: u64,
     /// Entries that were not jobs, dropped and counted.
     bad_entries: u64,
+    /// Since when the queue is paused (no worker claims from it); null while it runs.
+    paused_since: Option<DateTime<Utc>>,
 }
 
 impl QueueView {
@@ -46,6 +48,7 @@ impl QueueView {
             dead: stats.dead,
             dead_dropped: stats.dead_dropped,
             bad_entries: stats.bad_entries,
+            paused_since: stats.paused_since,
         }
     }
 }
@@ -121,6 +124,55 @@ pub(crate) async fn purge(
     caller.require_on(&state, Scope::Admin, &queue)?;
     let count = state.manager.admin()?.purge(&queue).await?;
     Ok(Json(Count { count }))
+}
+
+/// What a pause or resume did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PauseView {
+    /// The queue.
+    queue: String,
+    /// Whether it is paused now.
+    paused: bool,
+    /// Whether that changed: false when it was paused (or running) already.
+    changed: bool,
+}
+
+/// Pauses a queue: workers everywhere stop claiming from it until it is resumed, while
+/// enqueues still land and running jobs finish. A partitioned queue pauses whole, a
+/// partition (`name#N`) alone.
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "admin",
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
+    responses((status = 200, body = PauseView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<Json<PauseView>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    let changed = state.manager.pause(&queue).await?;
+    Ok(Json(PauseView { queue, paused: true, changed }))
+}
+
+/// Resumes a paused queue: workers claim from it again, woken at once.
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "admin",
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
+    responses((status = 200, body = PauseView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<Json<PauseView>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    let changed = state.manager.resume(&queue).await?;
+    Ok(Json(PauseView { queue, paused: false, changed }))
 }
 
 /// A page of dead letters.

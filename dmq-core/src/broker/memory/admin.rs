@@ -38,7 +38,22 @@ impl BrokerAdmin for InMemoryBroker {
             in_flight: q.in_flight.len() as u64,
             dead: q.dead.len() as u64,
             dead_dropped: q.dead_dropped,
+            paused_since: q.paused_since,
         })
+    }
+
+    async fn pause(&self, queue: &str) -> Result<bool> {
+        let mut state = self.lock();
+        let paused = &mut state.queues.entry(queue.to_owned()).or_default().paused_since;
+        Ok(paused.replace(paused.unwrap_or_else(Utc::now)).is_none())
+    }
+
+    async fn resume(&self, queue: &str) -> Result<bool> {
+        let resumed = self.lock().queues.get_mut(queue).and_then(|q| q.paused_since.take());
+        if resumed.is_some() {
+            self.notify.notify_waiters();
+        }
+        Ok(resumed.is_some())
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

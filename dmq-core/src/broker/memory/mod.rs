@@ -98,6 +98,8 @@ struct Queue {
     known: HashSet<TaskId>,
     dead: VecDeque<DeadLetter>,
     dead_dropped: u64,
+    /// Since when the queue is paused: claims pass it by.
+    paused_since: Option<DateTime<Utc>>,
     /// Completions recorded by `complete`, and until when they are remembered.
     completed: HashMap<TaskId, Instant>,
     /// The same completions in the order they were recorded, to forget them.
@@ -552,6 +554,9 @@ impl State {
                 continue;
             };
             queue.promote(name, now, limits);
+            if queue.paused_since.is_some() {
+                continue;
+            }
             // A queue with a suspect job hands out that job alone (after whatever
             // earlier queues gave: the worker then hands it back and comes for it
             // with nothing else running).
