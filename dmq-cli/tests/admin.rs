@@ -1010,6 +1010,14 @@ fn pause_and_resume_a_partitioned_queue_whole_or_one_partition() {
 
     let refused = ns.dmq(&["pause", "bad name"]);
     assert_error(&refused, "queue name \"bad name\"");
+    // A partition's number written otherwise than dmq writes it names no partition.
+    assert_error(&ns.dmq(&["pause", "parts#01"]), "partition 1 of queue \"parts\" is \"parts#1\"");
+    // A queue nothing used yet pauses, saying so on stderr (a typo shows).
+    let fresh = ns.dmq(&["pause", "not-yet"]);
+    assert!(fresh.status.success());
+    let note = String::from_utf8_lossy(&fresh.stderr);
+    assert!(note.contains("no job and no worker used queue \"not-yet\" yet"), "{note}");
+    assert_eq!(ns.json(&["pause", "not-yet"])["known"], true, "registered by its pause");
 }
 
 /// `dmq queue delete` asks for --yes, refuses while a worker holds a job of the queue

@@ -536,8 +536,15 @@ impl Manager {
     async fn queue_and_partitions(&self, queue: &str) -> Result<Vec<String>> {
         let (logical, partition) = crate::partition::split_partition(queue);
         crate::names::check_queue_name(logical)?;
-        if partition.is_some() {
-            return Ok(vec![queue.to_owned()]);
+        if let Some(partition) = partition {
+            let canonical = crate::partition::partition_name(logical, partition);
+            if canonical != queue {
+                return Err(Error::InvalidArgument(format!(
+                    "{queue:?} names no partition: partition {partition} of queue {logical:?} \
+                     is {canonical:?}"
+                )));
+            }
+            return Ok(vec![canonical]);
         }
         let mut names: Vec<String> = (0..self.partitions_of(queue).unwrap_or(0))
             .map(|p| crate::partition::partition_name(queue, p))

@@ -369,28 +369,24 @@ impl BrokerAdmin for RedisBroker {
         Ok(paused)
     }
 
-    /// Deletes the pause field, and then wakes one idle claimer of the queue (which
-    /// passes the wake-up on while jobs remain).
+    /// Deletes the pause field and wakes one idle claimer of the queue (which passes
+    /// the wake-up on while jobs remain), in one transaction: the queue's keys share
+    /// its slot. A wake-up for a queue that was not paused costs a claim that finds
+    /// nothing new.
     async fn resume(&self, queue: &str) -> Result<bool> {
         let keys = self.keys.queue(queue);
         let what = format!("resuming queue {queue:?} (field {PAUSED_FIELD} of {})", keys.meta());
         let mut conn = self.conn().await?;
-        let resumed: bool = redis::cmd("HDEL")
-            .arg(keys.meta())
-            .arg(PAUSED_FIELD)
+        let (resumed,): (bool,) = redis::pipe()
+            .atomic()
+            .hdel(keys.meta(), PAUSED_FIELD)
+            .lpush(keys.signal(), "1")
+            .ignore()
+            .ltrim(keys.signal(), 0, 0)
+            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(&what, e))?;
-        if resumed {
-            redis::pipe()
-                .lpush(keys.signal(), "1")
-                .ignore()
-                .ltrim(keys.signal(), 0, 0)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| self.err(&what, e))?;
-        }
         Ok(resumed)
     }
 
