@@ -1010,8 +1010,13 @@ fn pause_and_resume_a_partitioned_queue_whole_or_one_partition() {
 
     let refused = ns.dmq(&["pause", "bad name"]);
     assert_error(&refused, "queue name \"bad name\"");
-    // A partition's number written otherwise than dmq writes it names no partition.
-    assert_error(&ns.dmq(&["pause", "parts#01"]), "partition 1 of queue \"parts\" is \"parts#1\"");
+    // A partition's number written otherwise than dmq writes it names that partition,
+    // not a queue of its own.
+    assert_eq!(ns.json(&["pause", "parts#01"])["changed"], true);
+    let unfolded = ns.json(&["queues", "--partitions"]);
+    assert_eq!(queue_names(&unfolded), ["parts#0", "parts#1"], "{unfolded}");
+    assert_eq!((&unfolded[0]["paused"], &unfolded[1]["paused"]), (&json!(false), &json!(true)));
+    assert_eq!(ns.json(&["resume", "parts#01"])["changed"], true);
     // A queue nothing used yet pauses, saying so on stderr (a typo shows).
     let fresh = ns.dmq(&["pause", "not-yet"]);
     assert!(fresh.status.success());

@@ -475,7 +475,8 @@ impl Manager {
     /// partitioned queue, every partition: those this manager declares
     /// (`#[task(partitions = N)]`, [`ManagerBuilder::partitions`]) and those the
     /// broker's queue registry lists; a partition's own name (`emails#3`) pauses that
-    /// partition alone. Returns `true` when a queue was running until now, `false` when
+    /// partition alone (`emails#03` is `emails#3`). Returns `true` when a queue was
+    /// running until now, `false` when
     /// all were paused already.
     ///
     /// ```standalone_crate
@@ -536,15 +537,10 @@ impl Manager {
     async fn queue_and_partitions(&self, queue: &str) -> Result<Vec<String>> {
         let (logical, partition) = crate::partition::split_partition(queue);
         crate::names::check_queue_name(logical)?;
+        // The partition in the form dmq names it (`emails#3` for `emails#03`), never a
+        // queue of its own that nothing claims from.
         if let Some(partition) = partition {
-            let canonical = crate::partition::partition_name(logical, partition);
-            if canonical != queue {
-                return Err(Error::InvalidArgument(format!(
-                    "{queue:?} names no partition: partition {partition} of queue {logical:?} \
-                     is {canonical:?}"
-                )));
-            }
-            return Ok(vec![canonical]);
+            return Ok(vec![crate::partition::partition_name(logical, partition)]);
         }
         let mut names: Vec<String> = (0..self.partitions_of(queue).unwrap_or(0))
             .map(|p| crate::partition::partition_name(queue, p))
