@@ -345,7 +345,7 @@ impl BrokerAdmin for RedisBroker {
         Ok(stats)
     }
 
-    /// Sets field [`PAUSED_FIELD`] of the queue's meta hash, which the claim script
+    /// Sets field `PAUSED_FIELD` of the queue's meta hash, which the claim script
     /// reads (and the enqueue script, which then wakes no claimer), to the time of
     /// the pause, unless it is set already; and lists the queue in the registry.
     async fn pause(&self, queue: &str) -> Result<bool> {
