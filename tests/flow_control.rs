@@ -1,7 +1,8 @@
 //! Flow control end to end, with real processes: `dmq pause` stops worker processes
 //! from starting a queue's jobs while enqueues still land and the jobs already running
 //! finish, `dmq queues` shows the pause, and `dmq resume` starts the waiting jobs, on
-//! Redis and on PostgreSQL.
+//! Redis and on PostgreSQL. A task's rate limit and its concurrency limit per key hold
+//! across four worker processes, measured from the tasks' own start and end times.
 //!
 //! Needs Redis at `REDIS_URL` (default redis://127.0.0.1:6379), which also holds the
 //! workers' run records, and PostgreSQL at `DMQ_POSTGRES_URL` (default
@@ -24,7 +25,7 @@ use common::workers::{Settings, poll};
 #[path = "bin/test_worker.rs"]
 mod test_worker;
 
-use test_worker::{stamp, stamps_key};
+use test_worker::{limited, limited_key, per_key, per_key_key, stamp, stamps_key};
 
 /// The ids of the `stamp` jobs that started, in the order they started.
 async fn started(schema: &Schema) -> Vec<String> {
@@ -130,4 +131,139 @@ async fn pause_and_resume_as_processes_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_resume_as_processes_on_postgres() {
     pause_and_resume_as_processes(Schema::fresh()).await;
+}
+
+/// A manager on the schema's broker, to enqueue from this process.
+async fn manager_on(schema: &Schema) -> dmq_core::Manager {
+    let (broker, backend) =
+        dmq_cli::connect_url(&schema.broker, &schema.name, None).await.expect("connect");
+    dmq_core::Manager::builder()
+        .shared_broker(broker)
+        .shared_backend(backend)
+        .build()
+        .expect("manager")
+}
+
+/// The entries of one of the tasks' run records, `<what> <start µs> <end µs>`.
+async fn runs(schema: &Schema, key: &str) -> Vec<(String, u128, u128)> {
+    let mut conn = RedisConnection::open(&schema.redis).await.expect("connect to redis");
+    let entries: Vec<String> =
+        redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut conn).await.expect("read");
+    entries
+        .iter()
+        .map(|e| {
+            let mut parts = e.split(' ');
+            let mut next = || parts.next().unwrap_or_default().to_owned();
+            let (what, start, end) = (next(), next(), next());
+            (what, start.parse().expect("a start"), end.parse().expect("an end"))
+        })
+        .collect()
+}
+
+/// Four worker processes of `queue`, each running up to `concurrency` jobs at once.
+fn four_workers(
+    schema: &Schema,
+    queue: &'static str,
+    concurrency: usize,
+) -> Vec<common::workers::WorkerProcess> {
+    let settings = Settings {
+        queue,
+        concurrency,
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_millis(500),
+    };
+    (0..4).map(|_| schema.worker(settings, &[])).collect()
+}
+
+/// 1,000 jobs of a task limited to 50 a second with a burst of 5, run by four worker
+/// processes: they start over about 20 seconds, never more than 55 in any one second.
+async fn a_rate_limit_holds_across_worker_processes(schema: Schema) {
+    let mut workers = four_workers(&schema, limited::QUEUE, 16);
+    let manager = manager_on(&schema).await;
+    let calls: Vec<_> = (0..1_000).map(limited::call).collect();
+    manager.enqueue_batch(calls).await.expect("enqueue");
+    let key = limited_key(&schema.name);
+    let ran = poll("the 1,000 limited jobs to run", || async {
+        let ran = runs(&schema, &key).await;
+        (ran.len() >= 1_000).then_some(ran)
+    })
+    .await;
+    let ids: std::collections::HashSet<&String> = ran.iter().map(|(id, _, _)| id).collect();
+    assert_eq!((ran.len(), ids.len()), (1_000, 1_000), "each job ran once");
+    let mut starts: Vec<u128> = ran.iter().map(|(_, start, _)| *start).collect();
+    starts.sort_unstable();
+    let span = starts[999] - starts[0];
+    // 5 at once, then 995 at 50 a second: 19.9 s.
+    assert!(span >= 18_000_000, "1,000 jobs started within {span} µs: the rate did not hold");
+    assert!(span <= 40_000_000, "the jobs took {span} µs to start: they waited past the rate");
+    let mut most = 0;
+    let mut from = 0;
+    for (to, &start) in starts.iter().enumerate() {
+        while starts[from] + 1_000_000 <= start {
+            from += 1;
+        }
+        most = most.max(to - from + 1);
+    }
+    assert!(most <= 55, "{most} jobs started within one second: over 50/s plus a burst of 5");
+    let stats = manager.admin().expect("admin").queue_stats(limited::QUEUE).await.expect("figures");
+    assert_eq!((stats.ready, stats.gated, stats.in_flight), (0, 0, 0), "{stats:?}");
+    for worker in &mut workers {
+        assert!(worker.terminate().await.success());
+    }
+}
+
+/// 200 jobs with at most 3 running at once per key, over 4 keys, run by four worker
+/// processes of 8 slots each: never more than 3 of one key at once, as the tasks' own
+/// start and end times say, while the keys run beside each other.
+async fn a_concurrency_limit_per_key_holds_across_worker_processes(schema: Schema) {
+    let mut workers = four_workers(&schema, per_key::QUEUE, 8);
+    let manager = manager_on(&schema).await;
+    let calls: Vec<_> = (0..200).map(|i| per_key::call(format!("tenant-{}", i % 4), 100)).collect();
+    manager.enqueue_batch(calls).await.expect("enqueue");
+    let key = per_key_key(&schema.name);
+    let ran = poll("the 200 jobs to run", || async {
+        let ran = runs(&schema, &key).await;
+        (ran.len() >= 200).then_some(ran)
+    })
+    .await;
+    assert_eq!(ran.len(), 200, "each job ran once");
+    // The most that ran at once: of each key, and of all keys together.
+    let most_at_once = |runs: &[&(String, u128, u128)]| {
+        let mut events: Vec<(u128, i32)> =
+            runs.iter().flat_map(|(_, start, end)| [(*start, 1), (*end, -1)]).collect();
+        // An end before a start at the same instant.
+        events.sort_unstable();
+        let (mut now, mut most) = (0, 0);
+        for (_, change) in events {
+            now += change;
+            most = most.max(now);
+        }
+        most
+    };
+    let all: Vec<&(String, u128, u128)> = ran.iter().collect();
+    for tenant in 0..4 {
+        let name = format!("tenant-{tenant}");
+        let of_key: Vec<_> = ran.iter().filter(|(key, _, _)| *key == name).collect();
+        assert_eq!(of_key.len(), 50, "{name}");
+        let most = most_at_once(&of_key);
+        assert!(most <= 3, "{most} jobs of {name} ran at once, over its limit of 3");
+        assert!(most >= 2, "only {most} job of {name} ran at a time: the limit is 3");
+    }
+    let together = most_at_once(&all);
+    assert!(together > 3, "the keys did not run beside each other: {together} at once");
+    let stats = manager.admin().expect("admin").queue_stats(per_key::QUEUE).await.expect("figures");
+    assert_eq!((stats.ready, stats.gated, stats.in_flight), (0, 0, 0), "{stats:?}");
+    for worker in &mut workers {
+        assert!(worker.terminate().await.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_worker_processes_on_redis() {
+    a_rate_limit_holds_across_worker_processes(Schema::fresh_on_redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_per_key_holds_across_worker_processes_on_redis() {
+    a_concurrency_limit_per_key_holds_across_worker_processes(Schema::fresh_on_redis()).await;
 }

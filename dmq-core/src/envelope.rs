@@ -75,6 +75,10 @@ pub struct Envelope {
     /// String headers: trace context, tenant, ...
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Flow limits: the job waits in the broker until its gate lets it start; absent
+    /// from the encoding when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::JobLimits>,
 }
 
 /// An encoding buffer that reports running out of memory as an error instead of
@@ -144,6 +148,7 @@ impl Envelope {
             idempotency_key: None,
             created_at: Utc::now(),
             headers: BTreeMap::new(),
+            limits: None,
         }
     }
 

@@ -32,6 +32,7 @@ mod envelope;
 mod error;
 mod events;
 mod guarantee;
+mod limits;
 mod manager;
 mod metrics;
 mod names;
@@ -68,6 +69,7 @@ pub use events::{
     Rules,
 };
 pub use guarantee::Guarantee;
+pub use limits::{Gate, Gcra, JobLimits, MAX_GATE_LEN, RateLimit};
 pub use manager::{
     Call, ClaimedJob, Consumer, DEFAULT_IDEMPOTENCY_TTL, Manager, ManagerBuilder, Nack,
     NackOutcome, ResultRef, TaskHandle,

@@ -1,6 +1,7 @@
 //! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries`, `timeout`,
-//! `backoff`, `jitter`, `retry`, `guarantee`, `ignore_result`, `cron`, `every` and
-//! `partitions`.
+//! `backoff`, `jitter`, `retry`, `guarantee`, `ignore_result`, `cron`, `every`,
+//! `partitions`, and the flow limits `rate_limit`, `burst`, `concurrency` and
+//! `concurrency_key`.
 //!
 //! Every value is checked here, at compile time, so a mistake is an error on the
 //! user's literal rather than a worker's surprise. `backoff` is a small language of
@@ -37,11 +38,16 @@ mod kw {
     syn::custom_keyword!(cron);
     syn::custom_keyword!(every);
     syn::custom_keyword!(partitions);
+    syn::custom_keyword!(rate_limit);
+    syn::custom_keyword!(burst);
+    syn::custom_keyword!(concurrency);
+    syn::custom_keyword!(concurrency_key);
 }
 
 /// The keys `#[task]` accepts, as its error messages list them.
 const KEYS: &str = "name, queue, max_retries, timeout, backoff, jitter, retry, guarantee, \
-                    ignore_result, cron, every, partitions";
+                    ignore_result, cron, every, partitions, rate_limit, burst, concurrency, \
+                    concurrency_key";
 
 /// The forms `cron` accepts, as its error messages list them.
 const CRON_FORMS: &str = "five fields (minute hour day-of-month month day-of-week, as in \
@@ -81,6 +87,14 @@ pub(crate) struct TaskArgs {
     pub(crate) periodic: Option<Periodic>,
     /// How many partitions the task's queue has; none when `None`.
     pub(crate) partitions: Option<u16>,
+    /// How many jobs may start per period, as written (checked); none when `None`.
+    pub(crate) rate_limit: Option<String>,
+    /// How many may start at once under the rate; 1 when `None`.
+    pub(crate) burst: Option<u32>,
+    /// How many may run at once; no limit when `None`.
+    pub(crate) concurrency: Option<u32>,
+    /// The argument whose value keys the limits; the task's name alone when `None`.
+    pub(crate) concurrency_key: Option<Ident>,
 }
 
 /// `cron = "..."` or `every = "..."`, with the span of the key that set it: a task
@@ -175,6 +189,10 @@ enum Key {
     Cron,
     Every,
     Partitions,
+    RateLimit,
+    Burst,
+    Concurrency,
+    KeyedBy,
 }
 
 impl Key {
@@ -205,6 +223,14 @@ impl Key {
             Ok((Key::Every, input.parse::<kw::every>()?.span))
         } else if lookahead.peek(kw::partitions) {
             Ok((Key::Partitions, input.parse::<kw::partitions>()?.span))
+        } else if lookahead.peek(kw::rate_limit) {
+            Ok((Key::RateLimit, input.parse::<kw::rate_limit>()?.span))
+        } else if lookahead.peek(kw::burst) {
+            Ok((Key::Burst, input.parse::<kw::burst>()?.span))
+        } else if lookahead.peek(kw::concurrency_key) {
+            Ok((Key::KeyedBy, input.parse::<kw::concurrency_key>()?.span))
+        } else if lookahead.peek(kw::concurrency) {
+            Ok((Key::Concurrency, input.parse::<kw::concurrency>()?.span))
         } else if input.peek(Ident::peek_any) {
             let unknown = input.call(Ident::parse_any)?;
             Err(syn::Error::new(
@@ -230,6 +256,10 @@ impl Key {
             Key::Cron => "cron",
             Key::Every => "every",
             Key::Partitions => "partitions",
+            Key::RateLimit => "rate_limit",
+            Key::Burst => "burst",
+            Key::Concurrency => "concurrency",
+            Key::KeyedBy => "concurrency_key",
         }
     }
 }
@@ -324,6 +354,14 @@ fn mismatched(seen: &[(Key, Span)]) -> Vec<syn::Error> {
                  give the policy's backoff its jitter, as in \
                  `backoff.with_jitter(Jitter::Full)`"
             }
+            Key::Burst if !has(Key::RateLimit) => {
+                "`burst` is how many jobs may start at once under the task's `rate_limit`, \
+                 and this task sets none: add one, as in `rate_limit = \"10/s\", burst = 5`"
+            }
+            Key::KeyedBy if !has(Key::Concurrency) && !has(Key::RateLimit) => {
+                "`concurrency_key` applies the task's limits per key, and this task sets \
+                 none: add one, as in `concurrency = 3, concurrency_key = tenant`"
+            }
             Key::Jitter if !has(Key::Backoff) => {
                 "`jitter` spreads the delays of the task's `backoff`, and this task sets \
                  none: add one, as in `backoff = \"exponential\", jitter = \"full\"`"
@@ -358,6 +396,10 @@ impl TaskArgs {
             Key::Cron => self.periodic = Some(Periodic { schedule: cron(value)?, key: span }),
             Key::Every => self.periodic = Some(Periodic { schedule: every(value)?, key: span }),
             Key::Partitions => self.partitions = Some(partitions(value)?),
+            Key::RateLimit => self.rate_limit = Some(rate_limit(value)?),
+            Key::Burst => self.burst = Some(at_least_one(key, value)?),
+            Key::Concurrency => self.concurrency = Some(at_least_one(key, value)?),
+            Key::KeyedBy => self.concurrency_key = Some(argument_name(value)?),
             Key::IgnoreResult => match literal(value) {
                 Some(Lit::Bool(flag)) => self.ignore_result = flag.value,
                 _ => {
@@ -407,6 +449,57 @@ fn retries(value: &Expr) -> syn::Result<u32> {
             format!("`max_retries` must fit in a u32 (0 to {}): {e}", u32::MAX),
         )
     })
+}
+
+/// `rate_limit = "100/s"`: checked with the rules dmq-core reads it by.
+fn rate_limit(value: &Expr) -> syn::Result<String> {
+    let Some(Lit::Str(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`rate_limit` takes a string literal, as in `rate_limit = \"100/s\"`",
+        ));
+    };
+    let text = lit.value();
+    dmq_rules::parse_rate(&text).map_err(|e| syn::Error::new(lit.span(), e))?;
+    Ok(text)
+}
+
+/// `burst = 5`, `concurrency = 3`: a whole number from 1.
+fn at_least_one(key: Key, value: &Expr) -> syn::Result<u32> {
+    let key = key.as_str();
+    let Some(Lit::Int(lit)) = literal(value) else {
+        return Err(syn::Error::new_spanned(
+            value,
+            format!("`{key}` takes an integer literal, as in `{key} = 3`"),
+        ));
+    };
+    match lit.base10_parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            format!("`{key}` must be 1 to {}, as in `{key} = 3`", u32::MAX),
+        )),
+    }
+}
+
+/// `concurrency_key = tenant`: the name of one of the task's arguments.
+fn argument_name(value: &Expr) -> syn::Result<Ident> {
+    match value {
+        Expr::Path(ExprPath { path, qself: None, attrs }) if attrs.is_empty() => {
+            path.get_ident().cloned().ok_or_else(|| {
+                syn::Error::new_spanned(
+                    value,
+                    "`concurrency_key` takes the name of one of the task's arguments, as in \
+                     `concurrency_key = tenant`",
+                )
+            })
+        }
+        _ => Err(syn::Error::new_spanned(
+            value,
+            "`concurrency_key` takes the name of one of the task's arguments, as in \
+             `concurrency_key = tenant` (its value, as text, is the key)",
+        )),
+    }
 }
 
 /// dmq-core's `MAX_PARTITIONS`.
@@ -778,7 +871,8 @@ mod tests {
     fn every_key_is_read() {
         let args = parse(
             r#"name = "emails.send", queue = "emails", max_retries = 5, timeout = "30s",
-               backoff = "fixed(2s)", jitter = "full", guarantee = "exactly-once","#,
+               backoff = "fixed(2s)", jitter = "full", guarantee = "exactly-once",
+               rate_limit = "100/s", burst = 10, concurrency = 3, concurrency_key = tenant,"#,
         )
         .unwrap();
         assert_eq!(
@@ -795,6 +889,10 @@ mod tests {
                 ignore_result: false,
                 periodic: None,
                 partitions: None,
+                rate_limit: Some("100/s".to_owned()),
+                burst: Some(10),
+                concurrency: Some(3),
+                concurrency_key: Some(syn::parse_str("tenant").unwrap()),
             }
         );
         let args = parse("retry = crate::policies::emails, ignore_result").unwrap();
@@ -1044,7 +1142,8 @@ mod tests {
         assert_eq!(
             error(r#"queue = "q", retries = 3"#),
             "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout, \
-             backoff, jitter, retry, guarantee, ignore_result, cron, every, partitions"
+             backoff, jitter, retry, guarantee, ignore_result, cron, every, partitions, \
+             rate_limit, burst, concurrency, concurrency_key"
         );
         // A Rust keyword is reported as an unknown key too, not as a syntax error.
         assert!(error(r#"type = "x""#).starts_with("unknown #[task] key `type`"));
@@ -1207,6 +1306,20 @@ mod tests {
         assert!(error(r#"max_retries = "5""#).contains("integer literal"));
         assert!(error("max_retries = 5_000_000_000").contains("fit in a u32"));
         assert_eq!(parse("max_retries = 0").unwrap().max_retries, Some(0));
+    }
+
+    #[test]
+    fn flow_limits_are_checked_and_go_together() {
+        assert!(error(r#"rate_limit = "100""#).contains("has no '/'"));
+        assert!(error(r#"rate_limit = "0/s""#).contains("at least 1"));
+        assert!(error(r#"rate_limit = "5/d""#).contains("unknown period unit"));
+        assert!(error("rate_limit = 100").contains("string literal"));
+        assert!(error("concurrency = 0").contains("must be 1 to"));
+        assert!(error("burst = 5").contains("and this task sets none"));
+        assert!(error("concurrency_key = tenant").contains("and this task sets none"));
+        assert!(error(r#"concurrency = 2, concurrency_key = "tenant""#).contains("argument"));
+        let args = parse(r#"rate_limit = "7/10s", concurrency = 2"#).unwrap();
+        assert_eq!((args.rate_limit.as_deref(), args.concurrency), (Some("7/10s"), Some(2)));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     if let (Some(task), Some(periodic)) = (&task, &args.periodic) {
         task.check_periodic(periodic, &mut errors);
     }
+    if let (Some(task), Some(key)) = (&task, &args.concurrency_key) {
+        task.check_concurrency_key(key, &mut errors);
+    }
     let task = match task {
         Some(task) if errors.is_empty() => task,
         _ => return with_errors(item, errors),
@@ -212,6 +215,35 @@ impl<'a> Task<'a> {
         ));
     }
 
+    /// `concurrency_key = tenant` names one of the task's call arguments.
+    fn check_concurrency_key(&self, key: &Ident, errors: &mut Errors) {
+        let names: Vec<String> = self
+            .params
+            .iter()
+            .filter_map(|p| match p {
+                Param::Arg(name, _) if !name.to_string().starts_with("__arg") => {
+                    Some(name.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        if names.iter().any(|name| key == name) {
+            return;
+        }
+        let known = if names.is_empty() {
+            "it takes none".to_owned()
+        } else {
+            format!("its arguments are: {}", names.join(", "))
+        };
+        errors.push(syn::Error::new(
+            key.span(),
+            format!(
+                "`concurrency_key = {key}` names no argument of this task ({known}); the \
+                 key is the value of one argument, as text"
+            ),
+        ));
+    }
+
     /// The module named after the function: `NAME`, `QUEUE`, `call`, the runner the
     /// worker calls, the compile-time checks and the registration.
     fn module(&self, func: &ItemFn, args: &TaskArgs) -> TokenStream {
@@ -340,6 +372,7 @@ impl<'a> Task<'a> {
         let encode = quote_spanned! {tuple_span=>
             ::dmq_core::__private::Call::new(NAME, QUEUE, &(#(#call_names,)*))
         };
+        let encode = limits_tokens(args, encode);
         // A task without arguments takes the wire format's empty array as well as the
         // nil that `()` encodes to.
         let decode = if arg_types.is_empty() {
@@ -506,6 +539,31 @@ fn is_context(ty: &Type) -> bool {
 
 /// The name `call` gives the argument at `index`: the user's own name when the
 /// pattern is a plain name (without its `mut`), `__argN` otherwise.
+/// The call with the limits `#[task]` declares: its rate, burst and concurrency, and
+/// the key taken from an argument (as text, before the arguments are encoded).
+fn limits_tokens(args: &TaskArgs, encode: TokenStream) -> TokenStream {
+    if args.rate_limit.is_none() && args.concurrency.is_none() {
+        return encode;
+    }
+    let option = |v: Option<u32>| match v {
+        Some(n) => quote!(Some(#n)),
+        None => quote!(None),
+    };
+    let rate = match &args.rate_limit {
+        Some(rate) => quote!(Some(#rate)),
+        None => quote!(None),
+    };
+    let (burst, concurrency) = (option(args.burst), option(args.concurrency));
+    let limited = quote!((#encode).with_task_limits(#rate, #burst, #concurrency));
+    match &args.concurrency_key {
+        Some(key) => quote! {{
+            let __dmq_key = ::std::string::ToString::to_string(&#key);
+            #limited.concurrency_key(__dmq_key)
+        }},
+        None => limited,
+    }
+}
+
 fn arg_name(pat: &Pat, index: usize) -> Ident {
     match pat {
         // `NAME` and `QUEUE` are constants in the generated module, where a parameter

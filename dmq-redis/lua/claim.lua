@@ -7,7 +7,8 @@
 -- are claimed as usual.
 -- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset,
 --       5..14 ready lists (priority 0..9), 15 dead list, 16 dead payloads hash,
---       17 dead-dropped counter, 18 signal list, 19 suspect list, 20 bad-entries counter
+--       17 dead-dropped counter, 18 signal list, 19 suspect list, 20 bad-entries counter,
+--       21 gates hash, 22 gated zset, 23 gates-due zset
 -- ARGV: 1 max jobs, 2 lease (ms), 3 max deliveries (0 for no limit), 4 dead-letter cap,
 --       5 worker id, 6 claim tag, 7 whether a suspect job may be taken (1 or 0)
 -- Returns: {next_change_ms, {bad entry 1, why 1, ...}, isolated (1 when the one job
@@ -18,6 +19,12 @@
 -- A paused queue (field ~paused of its meta hash) hands out nothing: its upkeep runs,
 -- and the claim returns as one that found no job and nothing coming (its resume sends
 -- the wake-up).
+-- Gates (flow limits): a job with a gate starts only when its gate lets it (its rate
+-- and its concurrency); one held back waits at its gate, in the gated zset, and a
+-- claim first takes the jobs of the gates that are due (gates-due zset), then ready
+-- jobs, holding back those whose gate is closed. A gate's running slots are the jobs it
+-- let through; a full gate takes back the slots of jobs no longer in flight. Nothing
+-- of this runs on a queue whose meta hash lacks ~gates (no job of it had a gate).
 -- A key of the wrong type fails the claim before it changes anything: most claims
 -- (no upkeep) prove their keys by reads they make anyway and by their first write,
 -- and put back what they popped when a later step fails (see `checked` in lib.lua).
@@ -26,7 +33,8 @@ local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_deliveries, dead_cap, worker = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
 -- Reads come first: a key of the wrong type fails them before anything changed.
-local paused = checked(redis.pcall('HEXISTS', KEYS[2], '~paused'), nil, 'hash', 2) == 1
+local flags = checked(redis.pcall('HMGET', KEYS[2], '~paused', '~gates'), nil, 'hash', 2)
+local paused, gated_queue = flags[1] ~= false, flags[2] ~= false
 local due = checked(redis.pcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000),
   nil, 'zset', 3)
 local expired = checked(redis.pcall('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000),
@@ -37,7 +45,18 @@ if ARGV[7] == '1' then suspects = checked(redis.pcall('LLEN', KEYS[19]), nil, 'l
 -- some checks them all first. One that has none (most claims) proves each key it
 -- writes by a read, or undoes its pops when a later step fails.
 local upkeep = #due > 0 or #expired > 0 or suspects > 0
-if upkeep then expect_queue_keys() end
+if upkeep then
+  expect_queue_keys()
+elseif gated_queue and not paused then
+  -- Jobs taken from gates are not put back on a failure: prove every key first.
+  expect('hash', 1, 2)
+  expect_counter(2, '~seq')
+  expect('zset', 4)
+  expect('list', 5, 14)
+  expect('list', 18)
+  expect('hash', 21)
+  expect('zset', 22, 23)
+end
 if #due > 0 then
   each_chunk('ZREM', KEYS[3], due)
   local metas = hmget(2, due)
@@ -109,7 +128,90 @@ local function next_token()
   return seq .. n .. suffix
 end
 
+-- The gates this claim looked at, by name: limits, rate state and slots taken.
+local gates = {}
+local now_us
+
+-- Gate `g`'s state, read once per claim. A full gate first takes back the slots of
+-- jobs no longer in flight (their lease lapsed, or they left by a path that did not
+-- free them).
+local function gate(g)
+  local st = gates[g]
+  if st then return st end
+  if not now_us then
+    local t = redis.call('TIME')
+    now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local v = redis.call('HMGET', KEYS[21], 'c:' .. g, 't:' .. g)
+  st = {interval = 0, burst = 1, conc = 0, tat = tonumber(v[2]) or 0, running = 0}
+  local interval, burst, conc = string.match(v[1] or '', '^(%d+):(%d+):(%d+)$')
+  if interval then
+    st.interval, st.burst, st.conc = tonumber(interval), math.max(tonumber(burst), 1), tonumber(conc)
+  end
+  if st.conc > 0 then
+    local lo, hi = gate_range('r', g)
+    st.running = redis.call('ZLEXCOUNT', KEYS[22], lo, hi)
+    if st.running >= st.conc then
+      for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[22], lo, hi)) do
+        if not redis.call('ZSCORE', KEYS[4], string.sub(m, #g + 3)) then
+          redis.call('ZREM', KEYS[22], m)
+          st.running = st.running - 1
+        end
+      end
+    end
+  end
+  gates[g] = st
+  return st
+end
+
+-- Whether gate `g` lets job `id` start now: its concurrency has a free slot and its
+-- rate (a GCRA: one start per interval, up to `burst` at once) allows one. Takes the
+-- slot and the rate's share when it does.
+local function admit(g, id)
+  local st = gate(g)
+  if st.conc > 0 and st.running >= st.conc then return false end
+  if st.interval > 0 then
+    local tat = math.max(st.tat, now_us)
+    if tat - now_us > st.interval * (st.burst - 1) then return false end
+    st.tat, st.moved = tat + st.interval, true
+  end
+  if st.conc > 0 then
+    redis.call('ZADD', KEYS[22], 0, 'r' .. g .. '\0' .. id)
+    st.running = st.running + 1
+  end
+  return true
+end
+
+-- Holds job `id` (of priority `p`) back at gate `g`, after the jobs waiting there of
+-- its priority.
+local function park(g, p, id)
+  local seq = redis.call('HINCRBY', KEYS[21], '~seq', 1)
+  redis.call('ZADD', KEYS[22], 0,
+    'w' .. g .. '\0' .. (9 - tonumber(p)) .. string.format('%015d', seq) .. '\0' .. id)
+end
+
+-- Writes back the rate state of the gates looked at, and when each may let its next
+-- waiting job through (none waiting: out of the due set; full: inf).
+local function save_gates()
+  for g, st in pairs(gates) do
+    if st.moved then redis.call('HSET', KEYS[21], 't:' .. g, string.format('%d', st.tat)) end
+    local lo, hi = gate_range('w', g)
+    if #redis.call('ZRANGEBYLEX', KEYS[22], lo, hi, 'LIMIT', 0, 1) == 0 then
+      redis.call('ZREM', KEYS[23], g)
+    elseif st.conc > 0 and st.running >= st.conc then
+      redis.call('ZADD', KEYS[23], 'inf', g)
+    elseif st.interval > 0 then
+      local next_ms = math.ceil((st.tat - st.interval * (st.burst - 1)) / 1000)
+      redis.call('ZADD', KEYS[23], math.max(next_ms, now), g)
+    else
+      redis.call('ZADD', KEYS[23], now, g)
+    end
+  end
+  gates = {}
+end
+
 local function report()
+  save_gates()
   if #bad > 0 then redis.call('INCRBY', KEYS[20], #bad / 2) end
   return out
 end
@@ -117,6 +219,12 @@ end
 -- A suspect job goes alone. (Only a claim with upkeep can have one.)
 while upkeep and ARGV[7] == '1' and redis.call('LLEN', KEYS[19]) > 0 do
   local id = redis.call('LPOP', KEYS[19])
+  -- One its gate holds back waits at the head of the list; ready jobs go meanwhile.
+  local g = gated_queue and redis.call('HGET', KEYS[21], 'j:' .. id)
+  if g and not admit(g, id) then
+    redis.call('LPUSH', KEYS[19], id)
+    break
+  end
   local payload = redis.call('HGET', KEYS[1], id)
   local meta = redis.call('HGET', KEYS[2], id)
   if usable(id, payload, meta) then
@@ -137,15 +245,40 @@ local left = max
 local lists = {}
 for p = 9, 0, -1 do lists[#lists + 1] = KEYS[5 + p] end
 local ids, priorities = {}, {}
-while left > 0 do
+-- First the jobs waiting at gates that are due, oldest first, while each lets them.
+if gated_queue then
+  for _, g in ipairs(redis.call('ZRANGEBYSCORE', KEYS[23], '-inf', now, 'LIMIT', 0, 16)) do
+    if left <= 0 then break end
+    local lo, hi = gate_range('w', g)
+    for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[22], lo, hi, 'LIMIT', 0, left)) do
+      local id = string.match(m, '%z([^%z]*)$')
+      if not admit(g, id) then break end
+      redis.call('ZREM', KEYS[22], m)
+      ids[#ids + 1] = id
+      priorities[#priorities + 1] = tostring(9 - tonumber(string.sub(m, #g + 3, #g + 3)))
+      left = left - 1
+    end
+  end
+end
+-- At most this many jobs are held back at gates per claim; the next claim goes on.
+local parked = 0
+while left > 0 and parked < 1000 do
   local got = checked(redis.pcall('LMPOP', 10, lists[1], lists[2], lists[3], lists[4],
     lists[5], lists[6], lists[7], lists[8], lists[9], lists[10], 'LEFT', 'COUNT', left),
     unpop, 'list', 5, 14)
   if not got then break end
   popped[#popped + 1] = got
   local p = string.match(got[1], ':(%d)$')
-  for _, id in ipairs(got[2]) do ids[#ids + 1], priorities[#priorities + 1] = id, p end
-  left = left - #got[2]
+  local names = gated_queue and gates_of(got[2], 21, unpop)
+  for i, id in ipairs(got[2]) do
+    if names and names[i] and not admit(names[i], id) then
+      park(names[i], p, id)
+      parked = parked + 1
+    else
+      ids[#ids + 1], priorities[#priorities + 1] = id, p
+      left = left - 1
+    end
+  end
 end
 if #ids > 0 then
   -- These reads prove the hashes written below; the meta read takes the token
@@ -187,14 +320,19 @@ if #ids > 0 then
   end
 end
 
+save_gates()
 local next_change = -1
-for _, key in ipairs({KEYS[3], KEYS[4]}) do
+local sources = {KEYS[3], KEYS[4]}
+if gated_queue then sources[3] = KEYS[23] end
+for _, key in ipairs(sources) do
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if first[2] then
+  if first[2] and first[2] ~= 'inf' then
     local wait = math.max(0, tonumber(first[2]) - now)
     if next_change < 0 or wait < next_change then next_change = wait end
   end
 end
+-- Jobs held back at gates made way: the claim may go on at once.
+if parked >= 1000 then next_change = 0 end
 -- A claim that found only bad entries made way: the next one may find jobs at once.
 if #bad > 0 then next_change = 0 end
 out[1] = next_change

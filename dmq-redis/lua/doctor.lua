@@ -1,11 +1,12 @@
 -- Finds the jobs of one queue whose envelope is stored but which are in no list or
--- set (ready, suspect, delayed or in flight), so that nothing would ever run them, and
+-- set (ready, suspect, delayed, in flight, or held back at a gate), so that nothing
+-- would ever run them, and
 -- with ARGV[1] = 1 puts them back at the front of their ready list. First compares
 -- counts, which costs a few commands: only when more envelopes are stored than places
 -- hold ids does it read every list and set (a pass over the whole queue).
 -- KEYS: the claim script's layout (expect_queue_keys): 1 payloads, 2 meta, 3 delayed,
 --       4 in-flight, 5..14 ready lists, 15 dead, 16 dead payloads, 17 dead-dropped,
---       18 signal, 19 suspect, 20 bad-entries counter
+--       18 signal, 19 suspect, 20 bad-entries counter, 21 gates, 22 gated, 23 gates due
 -- ARGV: 1 fix (1) or only report (0)
 -- Returns: {stored, placed, suspect, bad entries dropped so far, stranded id1, ...}:
 --          how many envelopes are stored, how many ids the lists and sets hold, how
@@ -16,6 +17,7 @@ local stored = redis.call('HLEN', KEYS[1])
 local suspect = redis.call('LLEN', KEYS[19])
 local placed = redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) + suspect
 for i = 5, 14 do placed = placed + redis.call('LLEN', KEYS[i]) end
+placed = placed + redis.call('ZLEXCOUNT', KEYS[22], '[w', '(x')
 local out = {stored, placed, suspect, tonumber(redis.call('GET', KEYS[20]) or '0')}
 if stored <= placed then return out end
 
@@ -27,6 +29,9 @@ for _, k in ipairs(lists) do
 end
 for _, k in ipairs({3, 4}) do
   for _, id in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do seen[id] = true end
+end
+for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[22], '[w', '(x')) do
+  seen[string.match(m, '%z([^%z]*)$')] = true
 end
 local stranded = {}
 for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do

@@ -1,17 +1,25 @@
 -- Adds jobs to one or more queues, atomically: all of them, or none when an id is
 -- already queued (ready, delayed or in flight) or repeated in the batch.
--- KEYS: per queue, 14 keys: payloads hash, meta hash, delayed zset, signal list,
---       ready lists (priority 0..9); queue i's keys start at KEYS[i * 14 + 1]
---       then, for a single job with an idempotency key, that key's key last
+-- KEYS: per queue, 15 keys: payloads hash, meta hash, delayed zset, signal list,
+--       ready lists (priority 0..9), gates hash; queue i's keys start at
+--       KEYS[i * 15 + 1]; then, for a single job with an idempotency key, that key's
+--       key last
 -- ARGV: 1 job count n, then per job: queue index (from 0), id, priority (0-9),
---       due (Unix ms, 0 for now), payload; then, with an idempotency key, its ttl (ms)
+--       due (Unix ms, 0 for now), payload; then the count m of jobs with a gate, and
+--       per such job: its index in the batch (from 0), the gate's name, its limits
+--       ("<interval µs>:<burst>:<concurrency>", 0 for none); then, with an idempotency
+--       key, its ttl (ms)
+-- A job with a gate is queued as any other: the claim that takes it holds it back at
+-- its gate when the gate is closed. Its gate and the gate's limits (the last enqueue's
+-- hold) go to the gates hash, and the queue's meta hash gets the field ~gates.
 -- Returns: {"ok"}, {"duplicate", id, queue index} or {"existing", id of the job the
 --          idempotency key belongs to} (nothing added)
 -- A key of the wrong type fails the script with nothing added: its first write fails
 -- before it changes anything, and a later one takes back what came before it (see
 -- `checked` in lib.lua).
 local n = tonumber(ARGV[1])
-local idem_ttl = tonumber(ARGV[2 + n * 5])
+local gated = tonumber(ARGV[2 + n * 5])
+local idem_ttl = tonumber(ARGV[3 + n * 5 + gated * 3])
 local idem_key = idem_ttl and KEYS[#KEYS]
 if idem_key then
   local existing = checked(redis.pcall('GET', idem_key), nil, 'string', #KEYS)
@@ -36,7 +44,7 @@ local function wake(i)
 end
 for i = 0, n - 1 do
   local b = 2 + i * 5
-  local k = tonumber(ARGV[b]) * 14 + 1
+  local k = tonumber(ARGV[b]) * 15 + 1
   local id = ARGV[b + 1]
   if checked(redis.pcall('HSETNX', KEYS[k], id, ARGV[b + 4]), undo, 'hash', k) == 0 then
     undo()
@@ -49,7 +57,7 @@ local ready = {}
 local order = {}
 for i = 0, n - 1 do
   local b = 2 + i * 5
-  local base = tonumber(ARGV[b]) * 14
+  local base = tonumber(ARGV[b]) * 15
   local id, priority, due = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   if due > 0 and not now then now = now_ms() end
   if due > 0 and due > now then
@@ -75,7 +83,18 @@ for _, key in ipairs(order) do
   end
   -- A list that was empty may have claimers blocked on it; one that was not has
   -- claimers busy with it.
-  if len == #ids then wake(key - 5 - ((key - 5) % 14) + 4) end
+  if len == #ids then wake(key - 5 - ((key - 5) % 15) + 4) end
+end
+for i = 0, gated - 1 do
+  local a = 3 + n * 5 + i * 3
+  local job = tonumber(ARGV[a])
+  local b = 2 + job * 5
+  local base = tonumber(ARGV[b]) * 15
+  local g = ARGV[a + 1]
+  checked(redis.pcall('HSET', KEYS[base + 15], 'j:' .. ARGV[b + 1], g, 'c:' .. g, ARGV[a + 2]),
+    undo, 'hash', base + 15)
+  made[#made + 1] = {'HDEL', KEYS[base + 15], 'j:' .. ARGV[b + 1]}
+  checked(redis.pcall('HSET', KEYS[base + 2], '~gates', '1'), undo, 'hash', base + 2)
 end
 if idem_key then redis.call('SET', idem_key, ARGV[3], 'PX', idem_ttl) end
 return {'ok'}

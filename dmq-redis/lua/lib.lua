@@ -138,7 +138,8 @@ end
 
 -- The KEYS layout of the claim, reap and doctor scripts: 1 payloads, 2 meta,
 -- 3 delayed, 4 in-flight, 5..14 ready lists, 15 dead, 16 dead payloads,
--- 17 dead-dropped, 18 signal, 19 suspect list, 20 bad-entries counter.
+-- 17 dead-dropped, 18 signal, 19 suspect list, 20 bad-entries counter, 21 gates hash,
+-- 22 gated zset, 23 gates-due zset.
 local function expect_queue_keys()
   expect('hash', 1, 2)
   expect_counter(2, '~seq')
@@ -148,6 +149,56 @@ local function expect_queue_keys()
   expect_counter(17)
   expect('list', 18, 19)
   expect_counter(20)
+  expect('hash', 21)
+  expect('zset', 22, 23)
+end
+
+-- Gates (flow limits; see the gates, gated and gates-due keys in keys.rs). A queue
+-- whose jobs ever had a gate has the field ~gates in its meta hash: the scripts of
+-- other queues look no further.
+
+-- The lexical range of gate `g`'s members of kind `kind` ('w' waiting, 'r' running)
+-- in the gated zset.
+local function gate_range(kind, g)
+  return '[' .. kind .. g .. '\0', '(' .. kind .. g .. '\1'
+end
+
+-- The gates of jobs `ids` (false for a job with none), read from hash KEYS[gates];
+-- proves the gate keys KEYS[gates], KEYS[gates + 1] (gated) and KEYS[gates + 2] (due),
+-- so that `free_slots` can write them. `undo` as in `checked`.
+local function gates_of(ids, gates, undo)
+  local fields = {}
+  for i, id in ipairs(ids) do fields[i] = 'j:' .. id end
+  local out = {}
+  for f = 1, #fields, 4000 do
+    local part = checked(redis.pcall('HMGET', KEYS[gates], unpack(fields, f,
+      math.min(f + 3999, #fields))), undo, 'hash', gates)
+    for _, v in ipairs(part) do out[#out + 1] = v end
+  end
+  checked(redis.pcall('ZCARD', KEYS[gates + 1]), undo, 'zset', gates + 1)
+  checked(redis.pcall('ZCARD', KEYS[gates + 2]), undo, 'zset', gates + 2)
+  return out
+end
+
+-- Frees the slots jobs `ids` held at their gates (`names`, from gates_of), and
+-- forgets their gates too when `forget` (the job is gone). A gate that was full and
+-- has jobs waiting opens (score 0 in the due set) and a claimer blocked on the queue's
+-- signal list KEYS[signal] is woken.
+local function free_slots(ids, names, forget, gates, signal_key)
+  local wake = false
+  for i, g in ipairs(names) do
+    if g then
+      redis.call('ZREM', KEYS[gates + 1], 'r' .. g .. '\0' .. ids[i])
+      if forget then redis.call('HDEL', KEYS[gates], 'j:' .. ids[i]) end
+      local lo, hi = gate_range('w', g)
+      if redis.call('ZSCORE', KEYS[gates + 2], g) == 'inf' and
+          #redis.call('ZRANGEBYLEX', KEYS[gates + 1], lo, hi, 'LIMIT', 0, 1) > 0 then
+        redis.call('ZADD', KEYS[gates + 2], 0, g)
+        wake = true
+      end
+    end
+  end
+  if wake then signal(signal_key) end
 end
 
 -- Takes the in-flight jobs `ids` (with their `metas`) off their leases, into the
@@ -167,6 +218,7 @@ local function give_back(ids, metas, why, now, max_deliveries, dead_cap)
       local payload = redis.call('HGET', KEYS[1], id) or ''
       redis.call('HDEL', KEYS[1], id)
       redis.call('HDEL', KEYS[2], id)
+      redis.call('HDEL', KEYS[21], 'j:' .. id)
       local reason = 'poison: its worker was lost ' .. s .. ' times while it ran alone (' ..
         why .. '; ' .. d .. ' deliveries); it may crash or hang its worker'
       bury(KEYS[15], KEYS[16], KEYS[17], id, payload, reason, now, dead_cap)

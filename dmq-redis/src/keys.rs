@@ -150,7 +150,7 @@ impl QueueKeys {
     /// key); tools read queue names back from keys with it.
     pub const SUFFIXES: &'static [&'static str] = &[
         "ready:", "delayed", "inflight", "jobs", "meta", "dead", "done", "signal", "idem:",
-        "suspect", "bad",
+        "suspect", "bad", "gates", "gated",
     ];
 
     /// The ready list of priority `p` (0 to 9).
@@ -227,6 +227,30 @@ impl QueueKeys {
     #[must_use]
     pub fn bad_entries(&self) -> String {
         format!("{}:bad", self.prefix)
+    }
+
+    /// The hash of the queue's gates (flow limits): `c:<gate>` its limits
+    /// (`<interval µs>:<burst>:<concurrency>`, 0 for none), `t:<gate>` its rate state
+    /// (the GCRA's theoretical arrival time, µs), `j:<id>` the gate of job `id`, and
+    /// `~seq`, the order of the jobs held at gates.
+    #[must_use]
+    pub fn gates(&self) -> String {
+        format!("{}:gates", self.prefix)
+    }
+
+    /// The sorted set (all scores 0, read by lexical ranges) of the jobs held at gates,
+    /// `w<gate>\0<priority, 9 - p><seq>\0<id>`, and of those each gate let run,
+    /// `r<gate>\0<id>`.
+    #[must_use]
+    pub fn gated(&self) -> String {
+        format!("{}:gated", self.prefix)
+    }
+
+    /// The sorted set of gates with jobs waiting, scored by when (Unix ms) each may let
+    /// one through; `inf` while its concurrency is full.
+    #[must_use]
+    pub fn gates_due(&self) -> String {
+        format!("{}:gates:due", self.prefix)
     }
 
     /// The list idle claimers block on: holds at most one wake-up, pushed when jobs

@@ -176,7 +176,9 @@ mod tests {
             count("enqueue", include_str!("../lua/enqueue.lua")),
             count("ack", include_str!("../lua/ack.lua")),
         ] {
-            assert!(n <= 6, "{name} carries {n} helpers");
+            // The ack's gate helpers (gates_of, free_slots and theirs) are defined on
+            // every run but called only on a queue with gates.
+            assert!(n <= 10, "{name} carries {n} helpers");
         }
     }
 }

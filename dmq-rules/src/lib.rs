@@ -85,6 +85,51 @@ pub fn cron_shorthand_names() -> String {
     names.join(", ")
 }
 
+/// Reads a rate limit as `#[task(rate_limit = "...")]` and dmq-core's `RateLimit` write
+/// it: a count, a slash and a period (`"100/s"`, `"30/m"`, `"1000/h"`, `"5/250ms"`,
+/// `"7/10s"`); returns the count and the period in milliseconds (1 ms to a day), or
+/// why the text is not one.
+///
+/// # Errors
+///
+/// A sentence saying what is wrong, with examples of the form.
+pub fn parse_rate(text: &str) -> Result<(u32, u64), String> {
+    let bad = |why: &str| {
+        format!(
+            "rate limit {text:?} {why}: write a count, a slash and a period, such as \
+             \"100/s\", \"30/m\", \"1000/h\" or \"5/250ms\""
+        )
+    };
+    let (count, per) = text.trim().split_once('/').ok_or_else(|| bad("has no '/'"))?;
+    let count: u32 = count.trim().parse().map_err(|_| bad("does not start with a count"))?;
+    if count == 0 {
+        return Err(format!(
+            "rate limit {text:?} would start nothing: give a count of at least 1 (to stop a \
+             queue, pause it: dmq pause)"
+        ));
+    }
+    let per = per.trim();
+    let digits = per.bytes().take_while(u8::is_ascii_digit).count();
+    let (amount, unit) = per.split_at(digits);
+    let amount: u64 = if amount.is_empty() {
+        1
+    } else {
+        amount.parse().map_err(|_| bad("has a period too long"))?
+    };
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" | "sec" | "second" => 1_000,
+        "m" | "min" | "minute" => 60_000,
+        "h" | "hour" => 3_600_000,
+        _ => return Err(bad("has an unknown period unit (ms, s, m or h)")),
+    };
+    let ms = amount.checked_mul(unit_ms).ok_or_else(|| bad("has a period too long"))?;
+    if !(1..=86_400_000).contains(&ms) {
+        return Err(format!("rate limit {text:?}: its period must be from 1ms to 24h"));
+    }
+    Ok((count, ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,17 @@ pub(crate) fn ticks_key(ns: &str) -> String {
     format!("{{{ns}}}:e2e:ticks")
 }
 
+/// The list with one `task-id start-µs end-µs` entry (wall clock, Unix µs) per run of
+/// `limited` or `per_key`, each in its own key: see [`limited_key`].
+pub(crate) fn limited_key(ns: &str) -> String {
+    format!("{{{ns}}}:e2e:limited")
+}
+
+/// The list with one `key start-µs end-µs` entry per run of `per_key`.
+pub(crate) fn per_key_key(ns: &str) -> String {
+    format!("{{{ns}}}:e2e:per-key")
+}
+
 /// Where the tasks record their runs.
 struct Records {
     conn: dmq_redis::RedisConnection,
@@ -105,6 +116,8 @@ struct Records {
     starts: String,
     stamps: String,
     ticks: String,
+    limited: String,
+    per_key: String,
 }
 
 static RECORDS: OnceLock<Records> = OnceLock::new();
@@ -211,6 +224,37 @@ pub(crate) async fn triple(n: i64, ms: u64) -> Result<i64, TaskError> {
     Ok(n * 3)
 }
 
+/// The wall clock in Unix microseconds: the processes of one test share a machine.
+fn now_us() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros())
+}
+
+/// Starts at most 50 per second, 5 at once, across every worker: records when it ran.
+#[task(name = "e2e.limited", queue = "e2e-limited", rate_limit = "50/s", burst = 5)]
+pub(crate) async fn limited(n: u64, ctx: TaskContext) -> Result<u64, TaskError> {
+    let started = now_us();
+    let records = records()?;
+    let mut conn = records.conn.clone();
+    let entry = format!("{} {started} {}", ctx.id(), now_us());
+    let _: u64 =
+        redis::cmd("RPUSH").arg(&records.limited).arg(entry).query_async(&mut conn).await?;
+    Ok(n)
+}
+
+/// At most 3 run at once per `key`, across every worker: sleeps `ms` and records when
+/// it ran.
+#[task(name = "e2e.per_key", queue = "e2e-per-key", concurrency = 3, concurrency_key = key)]
+pub(crate) async fn per_key(key: String, ms: u64) -> Result<(), TaskError> {
+    let started = now_us();
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let records = records()?;
+    let mut conn = records.conn.clone();
+    let entry = format!("{key} {started} {}", now_us());
+    let _: u64 =
+        redis::cmd("RPUSH").arg(&records.per_key).arg(entry).query_async(&mut conn).await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -231,6 +275,8 @@ async fn main() -> anyhow::Result<()> {
         starts: starts_key(ns),
         stamps: stamps_key(ns),
         ticks: ticks_key(ns),
+        limited: limited_key(ns),
+        per_key: per_key_key(ns),
     };
     if RECORDS.set(records).is_err() {
         anyhow::bail!("the run records were set up twice");

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::events::Event;
+use crate::limits::Gate;
 use crate::task::TaskId;
 
 /// How many events a broker's event stream keeps by default, about: older ones are
@@ -32,6 +33,9 @@ pub struct Job {
     /// is known in the queue, enqueueing another job with it fails with
     /// [`Error::IdempotencyKeyTaken`](crate::Error::IdempotencyKeyTaken) naming the first.
     pub idempotency: Option<(String, Duration)>,
+    /// The gate it passes before it starts: a rate, a concurrency, or both, shared
+    /// with every job of its queue that names the same gate.
+    pub gate: Option<Gate>,
 }
 
 impl Job {
@@ -44,7 +48,14 @@ impl Job {
         eta: Option<DateTime<Utc>>,
         payload: Vec<u8>,
     ) -> Self {
-        Job { id, queue: queue.into(), priority, eta, payload, idempotency: None }
+        Job { id, queue: queue.into(), priority, eta, payload, idempotency: None, gate: None }
+    }
+
+    /// The same job, passing `gate` before it starts.
+    #[must_use]
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The same job, refused while `key` is known in its queue (for `ttl`).
@@ -63,6 +74,7 @@ impl fmt::Debug for Job {
             .field("priority", &self.priority)
             .field("eta", &self.eta)
             .field("payload_bytes", &self.payload.len())
+            .field("gate", &self.gate)
             .finish()
     }
 }
@@ -243,6 +255,9 @@ pub struct QueueStats {
     /// Entries the broker found in the queue that were no job of dmq's (an id that is
     /// not a task id, or one with no envelope): dropped and counted, never run.
     pub bad_entries: u64,
+    /// Of the ready jobs, those held back by their gate (a rate or concurrency limit),
+    /// waiting until it lets them start.
+    pub gated: u64,
     /// Waiting for their eta (delayed jobs and retries).
     pub delayed: u64,
     /// Claimed and under a lease.

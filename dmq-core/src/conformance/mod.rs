@@ -18,8 +18,9 @@
 //! [`lifecycle_conformance_tests!`](crate::lifecycle_conformance_tests) first (the
 //! [`Broker`] trait alone), then [`worker_registry_conformance_tests!`](crate::worker_registry_conformance_tests),
 //! [`schedule_store_conformance_tests!`](crate::schedule_store_conformance_tests),
-//! [`event_stream_conformance_tests!`](crate::event_stream_conformance_tests) and
-//! [`broker_admin_conformance_tests!`](crate::broker_admin_conformance_tests);
+//! [`event_stream_conformance_tests!`](crate::event_stream_conformance_tests),
+//! [`broker_admin_conformance_tests!`](crate::broker_admin_conformance_tests) and
+//! [`limits_conformance_tests!`](crate::limits_conformance_tests);
 //! [`broker_conformance_tests!`](crate::broker_conformance_tests) runs them all.
 //!
 //! The checks use real time with generous bounds; they prove behaviour, not speed.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod backend;
 pub mod events;
 pub mod lifecycle;
+pub mod limits;
 pub mod registry;
 pub mod schedules;
 
@@ -120,6 +122,24 @@ macro_rules! broker_conformance_tests {
         $crate::schedule_store_conformance_tests!($fixture);
         $crate::event_stream_conformance_tests!($fixture);
         $crate::broker_admin_conformance_tests!($fixture);
+        $crate::limits_conformance_tests!($fixture);
+    };
+}
+
+/// Generates one test per contract of flow limits ([`Gate`](crate::Gate)s on jobs:
+/// rates and concurrency), which need the admin capability too.
+#[macro_export]
+macro_rules! limits_conformance_tests {
+    ($fixture:ty) => {
+        $crate::__conformance_cases!(
+            $fixture,
+            run_broker,
+            limits,
+            a_rate_limit_lets_its_burst_through_then_spaces_starts,
+            a_concurrency_limit_holds_a_slot_per_running_job,
+            a_lapsed_lease_gives_its_slot_back,
+            jobs_waiting_at_a_gate_are_found_cancelled_and_purged,
+        );
     };
 }
 

@@ -13,6 +13,7 @@ use crate::broker::{Broker, BrokerAdmin, Job};
 use crate::envelope::{DEFAULT_MAX_MESSAGE_SIZE, Envelope};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, ListenerStats};
+use crate::limits::Gate;
 use crate::partition::{Partitions, split_partition};
 use crate::registry::Registry;
 use crate::retry::{Backoff, RetryPolicy};
@@ -211,9 +212,15 @@ impl Core {
                 }
             }
         }
+        if let Some(limits) = &envelope.limits {
+            limits.check(&envelope.task)?;
+        }
         let payload = envelope.encode(self.config.max_message_size)?;
-        let job =
+        let mut job =
             Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);
+        if let Some(gate) = envelope.limits.as_ref().and_then(|l| Gate::of(&envelope.task, l)) {
+            job = job.with_gate(gate);
+        }
         Ok(match &envelope.idempotency_key {
             Some(key) => job.with_idempotency_key(key.clone(), self.config.idempotency_ttl),
             None => job,

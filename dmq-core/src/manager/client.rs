@@ -14,6 +14,7 @@ use super::Manager;
 use crate::backend::{TaskOutcome, TaskState};
 use crate::envelope::{Envelope, MAX_PRIORITY};
 use crate::error::{Error, Result};
+use crate::limits::{JobLimits, RateLimit};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::schedule::Schedule;
 use crate::task::TaskId;
@@ -42,6 +43,9 @@ pub struct Call<T> {
     partition_key: Option<String>,
     timeout: Option<Duration>,
     headers: BTreeMap<String, String>,
+    limits: JobLimits,
+    /// Why a limit given to this call is not valid, reported by `enqueue`.
+    limits_refused: Option<String>,
     output: PhantomData<fn() -> T>,
 }
 
@@ -85,8 +89,72 @@ impl<T> Call<T> {
             partition_key: None,
             timeout: None,
             headers: BTreeMap::new(),
+            limits: JobLimits::default(),
+            limits_refused: None,
             output: PhantomData,
         }
+    }
+
+    /// The same call with the limits its task's attribute declares. For generated code.
+    #[doc(hidden)]
+    pub fn with_task_limits(
+        mut self,
+        rate: Option<&str>,
+        burst: Option<u32>,
+        concurrency: Option<u32>,
+    ) -> Self {
+        if let Some(rate) = rate {
+            self = self.rate_limit(rate);
+        }
+        self.limits.burst = burst;
+        self.limits.concurrency = concurrency;
+        self
+    }
+
+    /// Starts at most this many jobs of the task per period (`"100/s"`, `"30/m"`,
+    /// `"1000/h"`, `"5/250ms"`) across every worker, overriding the task's
+    /// `rate_limit`. Jobs over the limit wait in the broker, and start as soon as the
+    /// limit allows; workers take other jobs meanwhile. A rate that does not parse
+    /// fails the enqueue with [`Error::InvalidArgument`].
+    ///
+    /// The limit holds per gate: all jobs of the task in its queue, or with
+    /// [`concurrency_key`](Call::concurrency_key), those with the same key.
+    pub fn rate_limit(mut self, rate: &str) -> Self {
+        match rate.parse::<RateLimit>() {
+            Ok(rate) => self.limits.rate = Some(rate),
+            Err(e) => self.limits_refused = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Lets up to `burst` jobs start at once under the rate limit, after a quiet
+    /// spell (1 by default: starts evenly spaced).
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.limits.burst = Some(burst);
+        self
+    }
+
+    /// Runs at most `limit` jobs of the task (or of its key, with
+    /// [`concurrency_key`](Call::concurrency_key)) at once across every worker,
+    /// overriding the task's `concurrency`. A slot held by a worker that dies comes
+    /// back when its jobs are taken back.
+    pub fn concurrency(mut self, limit: u32) -> Self {
+        self.limits.concurrency = Some(limit);
+        self
+    }
+
+    /// Applies the task's limits per `key` (a tenant, a customer, an API token): at
+    /// most `concurrency` jobs of one key run at once, and the rate holds per key.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.limits.key = Some(key.into());
+        self
+    }
+
+    /// Lifts the task's rate and concurrency limits for this call.
+    pub fn unlimited(mut self) -> Self {
+        self.limits = JobLimits::default();
+        self.limits_refused = None;
+        self
     }
 
     /// On a partitioned queue (`#[task(partitions = 8)]`, or
@@ -308,6 +376,9 @@ impl<T> Call<T> {
                 self.task
             )));
         }
+        if let Some(why) = self.limits_refused {
+            return Err(Error::InvalidArgument(format!("a call of {:?}: {why}", self.task)));
+        }
         if self.priority > MAX_PRIORITY {
             return Err(Error::InvalidArgument(format!(
                 "priority {} is out of range: use 0 (lowest) to 9 (highest)",
@@ -347,6 +418,15 @@ impl<T> Call<T> {
         envelope.timeout_ms =
             self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         envelope.headers = self.headers;
+        if self.limits.is_limited() {
+            self.limits.check(self.task)?;
+            envelope.limits = Some(self.limits);
+        } else if self.limits.key.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "a call of {:?} has a concurrency key but neither a concurrency nor a rate                  limit, so the key would limit nothing: set #[task(concurrency = N)] or                  call .concurrency(N)",
+                self.task
+            )));
+        }
         Ok(envelope)
     }
 

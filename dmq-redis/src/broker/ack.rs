@@ -52,6 +52,8 @@ pub(super) fn ack_writer(
                 let q = keys.queue(queue);
                 let mut invocation = scripts.ack.prepare_invoke();
                 invocation.key(q.payloads()).key(q.meta()).key(q.in_flight()).key(q.completed());
+                super::add_gate_keys(&mut invocation, &q);
+                invocation.key(q.signal());
                 for (lease, remember_ms) in leases.iter().filter(|(l, _)| l.queue == *queue) {
                     invocation.arg(id_text(lease.id)).arg(&lease.token).arg(*remember_ms);
                 }

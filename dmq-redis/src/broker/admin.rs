@@ -140,10 +140,12 @@ impl RedisBroker {
         for priority in 0..=9 {
             pipe.cmd("LPOS").arg(keys.ready(priority)).arg(field);
         }
+        // Its gate, when it has one: a job held back there is waiting, ready.
+        pipe.hexists(keys.gates(), format!("j:{id}"));
         let reply: Vec<Value> =
             pipe.query_async(&mut conn).await.map_err(|e| self.err(&what(), e))?;
         let held = |v: &Value| !matches!(v, Value::Nil | Value::ServerError(_));
-        let [payload, due, lease, suspect, ready @ ..] = reply.as_slice() else {
+        let [payload, due, lease, suspect, ready @ .., gated] = reply.as_slice() else {
             return Err(Error::backend(format!("{}: unexpected reply {reply:?}", what()), false));
         };
         let payload: Option<Vec<u8>> = match payload {
@@ -165,7 +167,7 @@ impl RedisBroker {
                 (JobState::Delayed, score(due))
             } else if held(suspect) {
                 (JobState::Suspect, None)
-            } else if ready.iter().any(held) {
+            } else if ready.iter().any(held) || matches!(gated, Value::Int(1)) {
                 (JobState::Ready, None)
             } else {
                 (JobState::Stranded, None)
@@ -313,7 +315,8 @@ impl BrokerAdmin for RedisBroker {
             .get(keys.dead_dropped())
             .llen(keys.suspect())
             .get(keys.bad_entries())
-            .hget(keys.meta(), PAUSED_FIELD);
+            .hget(keys.meta(), PAUSED_FIELD)
+            .zlexcount(keys.gated(), "[w", "(x");
         let mut conn = self.conn().await?;
         // Read as plain values: a counter another program overwrote with text counts 0
         // here rather than failing the read.
@@ -328,7 +331,8 @@ impl BrokerAdmin for RedisBroker {
         };
         let mut stats = QueueStats::default();
         stats.suspect = at(14);
-        stats.ready = (0..10).map(at).sum::<u64>() + stats.suspect;
+        stats.gated = at(17);
+        stats.ready = (0..10).map(at).sum::<u64>() + stats.suspect + stats.gated;
         stats.delayed = at(10);
         stats.in_flight = at(11);
         stats.dead = at(12);
@@ -396,6 +400,7 @@ impl BrokerAdmin for RedisBroker {
         invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed());
         add_ready_keys(&mut invocation, &keys);
         invocation.key(keys.suspect());
+        super::add_gate_keys(&mut invocation, &keys);
         self.run("purging a queue", &invocation).await
     }
 
@@ -486,7 +491,7 @@ impl BrokerAdmin for RedisBroker {
         let mut invocation = self.scripts.cancel.prepare_invoke();
         invocation.key(keys.payloads()).key(keys.meta()).key(keys.delayed()).key(keys.in_flight());
         add_ready_keys(&mut invocation, &keys);
-        invocation.key(keys.suspect()).arg(id_text(id));
+        invocation.key(keys.suspect()).key(keys.gates()).key(keys.gated()).arg(id_text(id));
         let what = format!("cancelling job {id} of queue {queue:?}");
         let reply: Vec<Value> = self.run(&what, &invocation).await?;
         let word = |v: &Value| redis::from_redis_value_ref::<String>(v).ok();

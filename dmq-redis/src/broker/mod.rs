@@ -363,6 +363,7 @@ impl RedisBroker {
                         .key(keys.delayed())
                         .key(keys.signal());
                     add_ready_keys(&mut invocation, &keys);
+                    invocation.key(keys.gates());
                     queues.push(&job.queue);
                     queues.len() - 1
                 }
@@ -374,6 +375,13 @@ impl RedisBroker {
                 .arg(job.priority.min(dmq_core::MAX_PRIORITY))
                 .arg(due)
                 .arg(&job.payload);
+        }
+        let gated = jobs.iter().filter(|job| job.gate.is_some()).count();
+        invocation.arg(gated);
+        for (index, job) in jobs.iter().enumerate() {
+            if let Some(gate) = &job.gate {
+                invocation.arg(index).arg(&gate.name).arg(gate_limits(gate));
+            }
         }
         // Only a lone job carries a key (`enqueue_batch` refuses keys).
         let idempotency = match jobs.as_slice() {
@@ -487,12 +495,26 @@ fn add_lease_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
     add_ready_keys(invocation, keys);
     invocation.key(keys.dead()).key(keys.dead_payloads()).key(keys.dead_dropped());
     invocation.key(keys.signal()).key(keys.suspect()).key(keys.bad_entries());
+    add_gate_keys(invocation, keys);
+}
+
+/// The gates hash, gated zset and gates-due zset, in that order (see `gates_of` in
+/// lib.lua).
+fn add_gate_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
+    invocation.key(keys.gates()).key(keys.gated()).key(keys.gates_due());
 }
 
 fn add_ready_keys(invocation: &mut ScriptInvocation<'_>, keys: &QueueKeys) {
     for priority in 0..=9 {
         invocation.key(keys.ready(priority));
     }
+}
+
+/// A gate's limits as the scripts read them: `<interval µs>:<burst>:<concurrency>`,
+/// 0 for none.
+fn gate_limits(gate: &dmq_core::Gate) -> String {
+    let interval = gate.rate.map_or(0, |rate| rate.interval_us());
+    format!("{interval}:{}:{}", gate.burst.max(1), gate.concurrency.unwrap_or(0))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -639,6 +661,7 @@ impl Broker for RedisBroker {
             .key(keys.in_flight())
             .key(keys.delayed())
             .key(keys.signal());
+        add_gate_keys(&mut invocation, &keys);
         invocation
             .arg(lease.id.to_string())
             .arg(&lease.token)
@@ -653,6 +676,7 @@ impl Broker for RedisBroker {
         invocation.key(keys.meta()).key(keys.in_flight()).key(keys.signal());
         add_ready_keys(&mut invocation, &keys);
         invocation.key(keys.suspect());
+        add_gate_keys(&mut invocation, &keys);
         invocation.arg(lease.id.to_string()).arg(&lease.token);
         self.settle("releasing a job", lease, &invocation).await
     }
@@ -667,6 +691,8 @@ impl Broker for RedisBroker {
             .key(keys.dead())
             .key(keys.dead_payloads())
             .key(keys.dead_dropped());
+        add_gate_keys(&mut invocation, &keys);
+        invocation.key(keys.signal());
         invocation
             .arg(lease.id.to_string())
             .arg(&lease.token)

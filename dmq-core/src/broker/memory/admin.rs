@@ -33,6 +33,7 @@ impl BrokerAdmin for InMemoryBroker {
         Ok(QueueStats {
             ready: q.ready_len() as u64,
             suspect: q.suspect.len() as u64,
+            gated: q.gated_len() as u64,
             bad_entries: 0,
             delayed: q.delayed.len() as u64,
             in_flight: q.in_flight.len() as u64,
@@ -69,6 +70,12 @@ impl BrokerAdmin for InMemoryBroker {
         for stored in q.suspect.drain(..) {
             q.known.remove(&stored.id);
             purged += 1;
+        }
+        for gate in q.gates.values_mut() {
+            for (_, stored) in std::mem::take(&mut gate.waiting) {
+                q.known.remove(&stored.id);
+                purged += 1;
+            }
         }
         for (_, stored) in std::mem::take(&mut q.delayed) {
             q.known.remove(&stored.id);
@@ -135,6 +142,12 @@ impl BrokerAdmin for InMemoryBroker {
             let key = q.delayed.iter().find(|(_, s)| s.id == id).map(|(key, _)| *key)?;
             q.delayed.remove(&key)
         });
+        let stored = stored.or_else(|| {
+            q.gates.values_mut().find_map(|gate| {
+                let key = gate.waiting.iter().find(|(_, s)| s.id == id).map(|(key, _)| *key)?;
+                gate.waiting.remove(&key)
+            })
+        });
         q.known.remove(&id);
         drop(state);
         Ok(stored
@@ -200,7 +213,8 @@ impl BrokerAdmin for InMemoryBroker {
             if let Some(stored) = q.suspect.iter().find(|s| s.id == id) {
                 return Ok(found(JobState::Suspect, None, &stored.payload));
             }
-            if let Some(stored) = q.ready.iter().flatten().find(|s| s.id == id) {
+            let gated = q.gates.values().flat_map(|gate| gate.waiting.values());
+            if let Some(stored) = q.ready.iter().flatten().chain(gated).find(|s| s.id == id) {
                 return Ok(found(JobState::Ready, None, &stored.payload));
             }
             if let Some(((due, _), stored)) = q.delayed.iter().find(|(_, s)| s.id == id) {

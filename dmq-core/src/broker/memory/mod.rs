@@ -27,6 +27,7 @@ use super::{
 };
 use crate::envelope::MAX_PRIORITY;
 use crate::error::{Error, Result};
+use crate::limits::{Gate, Gcra, RateLimit};
 use crate::task::TaskId;
 
 /// The default cap on each queue's dead-letter queue.
@@ -100,6 +101,8 @@ struct Queue {
     dead_dropped: u64,
     /// Since when the queue is paused: claims pass it by.
     paused_since: Option<DateTime<Utc>>,
+    /// The gates its jobs pass, by name, and the jobs waiting at each.
+    gates: HashMap<Arc<str>, GateState>,
     /// Completions recorded by `complete`, and until when they are remembered.
     completed: HashMap<TaskId, Instant>,
     /// The same completions in the order they were recorded, to forget them.
@@ -134,10 +137,85 @@ impl Queue {
     }
 }
 
+/// A gate's limits (the last enqueue's), its rate state, the jobs it lets run and
+/// those waiting at it.
+#[derive(Debug)]
+struct GateState {
+    rate: Option<RateLimit>,
+    burst: u32,
+    concurrency: Option<u32>,
+    gcra: Gcra,
+    /// Jobs let through and maybe still in flight: checked against the queue's
+    /// in-flight jobs when the gate looks full, so a job that left flight by any path
+    /// frees its slot.
+    running: HashSet<TaskId>,
+    /// Jobs a claim found over the limit, highest priority first, then oldest.
+    waiting: BTreeMap<(Reverse<u8>, u64), Stored>,
+}
+
+impl GateState {
+    fn new(gate: &Gate) -> Self {
+        GateState {
+            rate: gate.rate,
+            burst: gate.burst,
+            concurrency: gate.concurrency,
+            gcra: Gcra::default(),
+            running: HashSet::new(),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// Whether job `id` may start now (µs on the broker's clock); counts it in when so.
+    fn admit(&mut self, id: TaskId, now: u64, in_flight: &HashMap<TaskId, InFlight>) -> bool {
+        if let Some(limit) = self.concurrency {
+            let limit = limit as usize;
+            if self.running.len() >= limit {
+                self.running.retain(|id| in_flight.contains_key(id));
+            }
+            if self.running.len() >= limit {
+                return false;
+            }
+        }
+        if let Some(rate) = self.rate {
+            if !self.gcra.admit(now, rate, self.burst) {
+                return false;
+            }
+        }
+        if self.concurrency.is_some() {
+            self.running.insert(id);
+        }
+        true
+    }
+
+    /// When the gate may let a job through on its own (its rate), if its rate is what
+    /// holds it.
+    fn opens_at(&self) -> Option<Instant> {
+        let rate = self.rate?;
+        Some(instant_of(self.gcra.next_start(rate, self.burst)))
+    }
+}
+
+/// The broker's clock for rates: microseconds since the first call.
+fn micros(at: Instant) -> u64 {
+    let since = at.saturating_duration_since(*clock_base());
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn instant_of(micros: u64) -> Instant {
+    crate::clock::instant_after(*clock_base(), Duration::from_micros(micros))
+}
+
+fn clock_base() -> &'static Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now)
+}
+
 #[derive(Debug)]
 struct Stored {
     id: TaskId,
     priority: u8,
+    /// The gate it passes before it starts, if any.
+    gate: Option<Arc<str>>,
     /// Shared with the claims that copy it, so that they copy it after the lock is
     /// released.
     payload: Arc<[u8]>,
@@ -151,6 +229,7 @@ struct NewJob {
     queue: String,
     eta: Option<DateTime<Utc>>,
     stored: Stored,
+    gate: Option<Gate>,
 }
 
 impl From<Job> for NewJob {
@@ -161,8 +240,9 @@ impl From<Job> for NewJob {
             payload: job.payload.into(),
             deliveries: 0,
             strikes: 0,
+            gate: job.gate.as_ref().map(|gate| Arc::from(gate.name.as_str())),
         };
-        NewJob { queue: job.queue, eta: job.eta, stored }
+        NewJob { queue: job.queue, eta: job.eta, stored, gate: job.gate }
     }
 }
 
@@ -273,7 +353,12 @@ impl InMemoryBroker {
             .get_mut(&lease.queue)
             .and_then(|queue| queue.take_held(lease).map(|held| (queue, held)));
         let (queue, held) = held.ok_or(Error::LeaseLost { id: lease.id })?;
-        Ok(f(queue, held, &mut state.next_seq))
+        let freed = queue.free_slot(&held.stored);
+        let out = f(queue, held, &mut state.next_seq);
+        if freed {
+            self.notify.notify_waiters();
+        }
+        Ok(out)
     }
 }
 
@@ -478,20 +563,67 @@ impl Queue {
         self.ready.iter_mut().rev().find_map(VecDeque::pop_front)
     }
 
+    /// Whether `stored` may start now: it has no gate, or its gate lets it through
+    /// (and counts it in).
+    fn admits(&mut self, stored: &Stored, now: Instant) -> bool {
+        let Some(name) = &stored.gate else { return true };
+        match self.gates.get_mut(name) {
+            Some(gate) => gate.admit(stored.id, micros(now), &self.in_flight),
+            None => true,
+        }
+    }
+
+    /// Puts `stored`, held back by its gate, to wait at the gate.
+    fn park(&mut self, stored: Stored, seq: u64) {
+        let Some(gate) = stored.gate.as_ref().and_then(|name| self.gates.get_mut(name)) else {
+            return self.push_ready(stored);
+        };
+        gate.waiting.insert((Reverse(stored.priority), seq), stored);
+    }
+
+    /// A job that waited at a gate which lets it through now, if any.
+    fn pop_admitted(&mut self, now: Instant) -> Option<Stored> {
+        let now = micros(now);
+        let in_flight = &self.in_flight;
+        self.gates.values_mut().find_map(|gate| {
+            let entry = gate.waiting.first_entry()?;
+            let id = entry.get().id;
+            gate.admit(id, now, in_flight).then(|| gate.waiting.pop_first().map(|(_, s)| s))?
+        })
+    }
+
+    /// How many jobs wait at gates.
+    fn gated_len(&self) -> usize {
+        self.gates.values().map(|gate| gate.waiting.len()).sum()
+    }
+
+    /// Frees the slot a job that left flight held at its gate; whether a job waits
+    /// there that it may let through.
+    fn free_slot(&mut self, stored: &Stored) -> bool {
+        let Some(gate) = stored.gate.as_ref().and_then(|name| self.gates.get_mut(name)) else {
+            return false;
+        };
+        gate.running.remove(&stored.id) && !gate.waiting.is_empty()
+            || self.suspect.front().is_some_and(|s| s.gate == stored.gate)
+    }
+
     /// The next instant something here changes on its own: a delayed job falls due
     /// or a lease expires.
     fn next_change(&mut self) -> Option<Instant> {
         self.tidy_leases();
         let delayed = self.delayed.keys().next().map(|(at, _)| *at);
         let lease = self.leases.peek().map(|Reverse((at, _, _))| *at);
-        match (delayed, lease) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let suspect_gate = self.suspect.front().and_then(|s| s.gate.as_ref());
+        let gates = self
+            .gates
+            .iter()
+            .filter(|(name, gate)| !gate.waiting.is_empty() || Some(*name) == suspect_gate)
+            .filter_map(|(_, gate)| gate.opens_at());
+        [delayed, lease].into_iter().flatten().chain(gates).min()
     }
 
     fn ready_len(&self) -> usize {
-        self.ready.iter().map(VecDeque::len).sum::<usize>() + self.suspect.len()
+        self.ready.iter().map(VecDeque::len).sum::<usize>() + self.suspect.len() + self.gated_len()
     }
 }
 
@@ -522,11 +654,19 @@ impl State {
     }
 
     fn add(&mut self, job: NewJob) {
-        let NewJob { queue, eta, stored } = job;
+        let NewJob { queue, eta, stored, gate } = job;
         let seq = self.next_seq;
         self.next_seq += 1;
         let queue = self.queues.entry(queue).or_default();
         queue.known.insert(stored.id);
+        if let (Some(gate), Some(name)) = (gate, &stored.gate) {
+            // The last enqueue's limits hold; the rate state and the jobs stay.
+            let state =
+                queue.gates.entry(Arc::clone(name)).or_insert_with(|| GateState::new(&gate));
+            state.rate = gate.rate;
+            state.burst = gate.burst;
+            state.concurrency = gate.concurrency;
+        }
         match eta {
             Some(eta) if eta > Utc::now() => {
                 queue.delayed.insert((due_instant(eta), seq), stored);
@@ -559,18 +699,32 @@ impl State {
             }
             // A queue with a suspect job hands out that job alone (after whatever
             // earlier queues gave: the worker then hands it back and comes for it
-            // with nothing else running).
+            // with nothing else running), once its gate lets it.
             if let Some(stored) = queue.suspect.pop_front() {
+                if queue.admits(&stored, now) {
+                    self.next_seq += 1;
+                    let job = (stored, self.next_seq, true);
+                    claimed.push(queue.hold(name, job, (now, deadline), worker));
+                    return None;
+                }
+                queue.suspect.push_front(stored);
+            }
+            // Jobs that waited at a gate that now lets them through come first.
+            while claimed.len() < max {
+                let Some(stored) = queue.pop_admitted(now) else { break };
                 self.next_seq += 1;
-                let job = (stored, self.next_seq, true);
+                let job = (stored, self.next_seq, false);
                 claimed.push(queue.hold(name, job, (now, deadline), worker));
-                return None;
             }
             while claimed.len() < max {
                 let Some(stored) = queue.pop_ready() else {
                     break;
                 };
                 self.next_seq += 1;
+                if !queue.admits(&stored, now) {
+                    queue.park(stored, self.next_seq);
+                    continue;
+                }
                 let job = (stored, self.next_seq, false);
                 claimed.push(queue.hold(name, job, (now, deadline), worker));
             }

@@ -1,0 +1,158 @@
+//! Flow limits ([`Gate`]): a rate and a concurrency per gate, enforced by the broker
+//! at claim time, whichever worker claims. Jobs held back wait in the broker, and the
+//! claim takes other jobs meanwhile.
+
+use super::*;
+use crate::limits::{Gate, RateLimit};
+
+fn gated(queue: &str, gate: &Gate, payload: &str) -> Job {
+    job(queue, 5, payload).with_gate(gate.clone())
+}
+
+fn rate(text: &str) -> Option<RateLimit> {
+    Some(text.parse().expect("a rate"))
+}
+
+/// A rate-limited gate lets its burst through at once, then one job per interval; a
+/// claim meanwhile takes the other jobs, and a waiting claim is woken when the rate
+/// allows the next one (not at the end of its wait).
+pub async fn a_rate_limit_lets_its_burst_through_then_spaces_starts(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let gate = Gate::new("send", rate("5/s"), 2, None);
+    for i in 0..5 {
+        b.enqueue(gated("alpha", &gate, &format!("g{i}"))).await.expect("enqueue");
+    }
+    b.enqueue(job("alpha", 5, "free")).await.expect("enqueue");
+    let got = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    let mut seen = payloads(&got);
+    seen.sort();
+    assert_eq!(seen, ["free", "g0", "g1"], "the burst of 2 and the unlimited job");
+    let none = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert!(none.is_empty(), "over the rate: {:?}", payloads(&none));
+    if let Some(stats) = figures(&b, "alpha").await {
+        assert_eq!((stats.ready, stats.in_flight), (3, 3), "held jobs wait: {stats:?}");
+    }
+    // The next start is due 200 ms after the burst: a claim waiting 5 s gets it then.
+    let started = Instant::now();
+    let next = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(5)).await.expect("claim");
+    let waited = started.elapsed();
+    assert_eq!(payloads(&next), ["g2"], "one at a time at the steady rate");
+    assert!(waited >= Duration::from_millis(100), "started {waited:?} after the burst");
+    assert!(waited < Duration::from_secs(3), "the claim slept past the rate: {waited:?}");
+    // Acknowledging frees nothing for a rate: the next still waits its interval.
+    for d in got.iter().chain(&next) {
+        b.ack(&d.lease).await.expect("ack");
+    }
+    let none = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert!(none.is_empty(), "an ack does not make room under a rate");
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rest.len() < 2 && Instant::now() < deadline {
+        let got = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(2)).await.expect("claim");
+        assert!(got.len() <= 1, "two starts at once at the steady rate: {:?}", payloads(&got));
+        rest.extend(payloads(&got));
+    }
+    assert_eq!(rest, ["g3", "g4"], "the gate's jobs start in order");
+}
+
+/// A gate with a concurrency limit lets that many of its jobs run at once; settling
+/// one (ack, retry, release or dead-letter) frees its slot and wakes a waiting claim.
+/// Gates of different names (keys) do not share slots.
+pub async fn a_concurrency_limit_holds_a_slot_per_running_job(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let gate = Gate::new("report[t1]", None, 1, Some(2));
+    let other = Gate::new("report[t2]", None, 1, Some(1));
+    for i in 0..5 {
+        b.enqueue(gated("alpha", &gate, &format!("a{i}"))).await.expect("enqueue");
+    }
+    b.enqueue(gated("alpha", &other, "b0")).await.expect("enqueue");
+    let got = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    let mut seen = payloads(&got);
+    seen.sort();
+    assert_eq!(seen, ["a0", "a1", "b0"], "two of t1, one of t2");
+    let lease = |name: &str| got.iter().find(|d| d.payload == name.as_bytes()).expect(name);
+    let none = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert!(none.is_empty(), "t1's slots are full: {:?}", payloads(&none));
+
+    // A claim waiting on the full gate is woken by the ack that frees a slot.
+    let waiting = {
+        let b = Arc::clone(&b);
+        let q = q.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(20)).await;
+            (got.expect("claim"), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.ack(&lease("a0").lease).await.expect("ack");
+    let (next, waited) = waiting.await.expect("the claim ran");
+    assert_eq!(payloads(&next), ["a2"], "one slot came free");
+    assert!(waited < Duration::from_secs(10), "the ack did not wake the claim: {waited:?}");
+
+    // A retry, a release and a dead letter free their slots too.
+    b.retry(&lease("a1").lease, b"a1 again".to_vec(), after(Duration::from_secs(60)))
+        .await
+        .expect("retry");
+    let next2 = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(5)).await.expect("claim");
+    assert_eq!(payloads(&next2), ["a3"]);
+    b.release(&next[0].lease).await.expect("release");
+    let again = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(5)).await.expect("claim");
+    assert_eq!(payloads(&again).len(), 1, "the released job or the next one takes the slot");
+    b.dead_letter(&again[0].lease, "given up").await.expect("dead letter");
+    b.dead_letter(&next2[0].lease, "given up").await.expect("dead letter");
+    let last = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(5)).await.expect("claim");
+    assert!(!last.is_empty() && last.len() <= 2, "{:?}", payloads(&last));
+    let none = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert!(none.is_empty(), "{:?}", payloads(&none));
+}
+
+/// A job whose lease lapsed (its worker lost) gives its slot back: the job comes back
+/// and is claimed again, and the gate lets it run.
+pub async fn a_lapsed_lease_gives_its_slot_back(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let gate = Gate::new("solo", None, 1, Some(1));
+    b.enqueue(gated("alpha", &gate, "first")).await.expect("enqueue");
+    b.enqueue(gated("alpha", &gate, "second")).await.expect("enqueue");
+    let got = b.claim(WORKER, &q, 10, Duration::from_millis(200), Duration::ZERO).await;
+    assert_eq!(payloads(&got.expect("claim")), ["first"]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The lapsed job comes back (to run alone), under the gate's one slot.
+    let back = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(5)).await.expect("claim");
+    assert_eq!(payloads(&back), ["first"], "the lost job comes back, alone");
+    let none = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert!(none.is_empty(), "its slot is taken again: {:?}", payloads(&none));
+    b.ack(&back[0].lease).await.expect("ack");
+    let next = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(5)).await.expect("claim");
+    assert_eq!(payloads(&next), ["second"]);
+}
+
+/// Jobs waiting at a gate are waiting jobs to the admin: counted as ready, found by
+/// id, cancelled and purged; the doctor finds none of them stranded (it would put them
+/// back in the ready list, beside their place at the gate).
+pub async fn jobs_waiting_at_a_gate_are_found_cancelled_and_purged(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let gate = Gate::new("slow", rate("1/h"), 1, Some(1));
+    let jobs: Vec<Job> = (0..4).map(|i| gated("alpha", &gate, &format!("j{i}"))).collect();
+    let ids: Vec<TaskId> = jobs.iter().map(|j| j.id).collect();
+    for job in jobs {
+        b.enqueue(job).await.expect("enqueue");
+    }
+    let got = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(payloads(&got), ["j0"]);
+    assert!(b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim").is_empty());
+    let stats = admin(&b).queue_stats("alpha").await.expect("figures");
+    assert_eq!((stats.ready, stats.gated, stats.in_flight), (3, 3, 1), "{stats:?}");
+    for checkup in admin(&b).doctor(&q, true).await.expect("doctor") {
+        assert!(checkup.stranded.is_empty(), "held jobs taken for stranded: {checkup:?}");
+    }
+    let stats = admin(&b).queue_stats("alpha").await.expect("figures");
+    assert_eq!((stats.ready, stats.gated), (3, 3), "the doctor moved nothing: {stats:?}");
+    let found = admin(&b).find_job(ids[2], &q).await.expect("find").expect("found");
+    assert_eq!((found.state, found.payload.as_slice()), (JobState::Ready, b"j2".as_slice()));
+    let cancelled = admin(&b).cancel("alpha", ids[1]).await.expect("cancel");
+    assert_eq!(cancelled, Cancelled::Removed { payload: b"j1".to_vec() });
+    assert_eq!(admin(&b).purge("alpha").await.expect("purge"), 2);
+    assert_eq!(admin(&b).queue_stats("alpha").await.expect("figures").ready, 0);
+    b.ack(&got[0].lease).await.expect("ack");
+}
