@@ -221,3 +221,78 @@ async fn the_workers_keep_the_attributes_guarantee() {
         manager.admin().expect("admin").queue_stats("attrs-at-most-once").await.expect("stats");
     assert_eq!((stats.ready, stats.delayed, stats.dead), (0, 0, 0));
 }
+
+#[task(
+    name = "attrs.limited",
+    queue = "attrs-limited",
+    rate_limit = "30/m",
+    burst = 2,
+    concurrency = 1
+)]
+async fn limited(tenant: String) -> Result<(), TaskError> {
+    let _ = tenant;
+    Ok(())
+}
+
+#[task(name = "attrs.per_tenant", queue = "attrs-limited", concurrency = 1, concurrency_key = tenant)]
+async fn per_tenant(tenant: String, n: u32) -> Result<(), TaskError> {
+    let _ = (tenant, n);
+    Ok(())
+}
+
+#[test]
+fn flow_limits_register_as_written() {
+    let limits = info("attrs.limited").limits.expect("limits");
+    assert_eq!(limits.rate.map(|r| r.to_string()).as_deref(), Some("30/m"));
+    assert_eq!((limits.burst, limits.concurrency, limits.key), (Some(2), Some(1), None));
+    assert_eq!(info("attrs.plain").limits, None);
+}
+
+/// Claims every job of `queue` there is now, with the broker behind `manager`.
+async fn claim_all(manager: &Manager, queue: &str) -> Vec<dmq_core::Delivery> {
+    let q = [queue.to_owned()];
+    manager
+        .broker()
+        .claim("t", &q, 100, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .expect("claim")
+}
+
+/// The attribute's limits reach the broker: from a typed call, per key from the named
+/// argument, from an envelope that says nothing of limits (another producer's), and
+/// `unlimited` lifts them.
+#[tokio::test]
+async fn a_tasks_limits_hold_for_every_way_of_enqueueing_it() {
+    let manager = Manager::builder().build().expect("manager");
+    for tenant in ["a", "a", "b"] {
+        limited::call(tenant.to_owned()).enqueue(&manager).await.expect("enqueue");
+    }
+    assert_eq!(
+        claim_all(&manager, "attrs-limited").await.len(),
+        1,
+        "concurrency 1, whatever the tenant"
+    );
+
+    let manager = Manager::builder().build().expect("manager");
+    for (tenant, n) in [("a", 1), ("a", 2), ("b", 3)] {
+        per_tenant::call(tenant.to_owned(), n).enqueue(&manager).await.expect("enqueue");
+    }
+    assert_eq!(claim_all(&manager, "attrs-limited").await.len(), 2, "one per tenant");
+
+    let manager = Manager::builder().build().expect("manager");
+    for _ in 0..3 {
+        let call = limited::call("a".to_owned());
+        let mut envelope = call.into_envelope().expect("envelope");
+        envelope.limits = None;
+        manager.enqueue_envelope(envelope).await.expect("enqueue");
+    }
+    assert_eq!(claim_all(&manager, "attrs-limited").await.len(), 1, "the registry's limits");
+
+    let manager = Manager::builder().build().expect("manager");
+    for _ in 0..3 {
+        limited::call("a".to_owned()).unlimited().enqueue(&manager).await.expect("enqueue");
+    }
+    assert_eq!(claim_all(&manager, "attrs-limited").await.len(), 3, "lifted");
+    let err = limited::call("a".to_owned()).rate_limit("fast").enqueue(&manager).await.unwrap_err();
+    assert!(err.to_string().contains("rate limit \"fast\""), "{err}");
+}

@@ -885,6 +885,18 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ignore_result: bool,
 
+    /// Give the throughput phases' jobs this rate limit ("50000/s", "3000/m"): the
+    /// drain then runs at most at that rate, and the broker's figures per job say what
+    /// the limit costs. Checked before anything is enqueued.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate_limit)]
+    pub rate_limit: Option<String>,
+
+    /// With --rate-limit: how many jobs may start at once after a quiet spell
+    /// [default: 1].
+    #[arg(long, value_name = "N", requires = "rate_limit",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: Option<u32>,
+
     /// The delivery guarantee the worker runs the jobs with: at-most-once,
     /// at-least-once or exactly-once (which checks for and records each job's
     /// completion, to measure what that costs).
@@ -931,6 +943,11 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object instead of the human-readable report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Checks a `--rate-limit` as a call would, so a bad one fails before the bench runs.
+fn parse_rate_limit(text: &str) -> Result<String, String> {
+    text.parse::<dmq_core::RateLimit>().map(|_| text.to_owned()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -160,10 +160,12 @@ fn queues_shows_each_queues_depths() {
     assert_eq!(
         list,
         json!([
-            {"queue": "emails", "ready": 1, "suspect": 0, "delayed": 1, "in_flight": 1, "dead": 2,
-             "dead_dropped": 0, "bad_entries": 0, "paused": false, "paused_since": null},
-            {"queue": "reports", "ready": 1, "suspect": 0, "delayed": 0, "in_flight": 0, "dead": 0,
-             "dead_dropped": 0, "bad_entries": 0, "paused": false, "paused_since": null},
+            {"queue": "emails", "ready": 1, "suspect": 0, "gated": 0, "delayed": 1, "in_flight": 1,
+             "dead": 2, "dead_dropped": 0, "bad_entries": 0, "paused": false,
+             "paused_since": null},
+            {"queue": "reports", "ready": 1, "suspect": 0, "gated": 0, "delayed": 0, "in_flight": 0,
+             "dead": 0, "dead_dropped": 0, "bad_entries": 0, "paused": false,
+             "paused_since": null},
         ])
     );
 
@@ -176,6 +178,7 @@ fn queues_shows_each_queues_depths() {
                 "QUEUE",
                 "READY",
                 "SUSPECT",
+                "GATED",
                 "DELAYED",
                 "IN-FLIGHT",
                 "DEAD",
@@ -183,8 +186,8 @@ fn queues_shows_each_queues_depths() {
                 "BAD-ENTRIES",
                 "PAUSED"
             ],
-            vec!["emails", "1", "0", "1", "1", "2", "0", "0", "no"],
-            vec!["reports", "1", "0", "0", "0", "0", "0", "0", "no"],
+            vec!["emails", "1", "0", "0", "1", "1", "2", "0", "0", "no"],
+            vec!["reports", "1", "0", "0", "0", "0", "0", "0", "0", "no"],
         ],
         "{table}"
     );
@@ -195,8 +198,8 @@ fn queues_shows_each_queues_depths() {
     assert_eq!(named[0]["ready"], 1);
     assert_eq!(
         named[1],
-        json!({"queue": "nothing-here", "ready": 0, "suspect": 0, "delayed": 0, "in_flight": 0,
-               "dead": 0, "dead_dropped": 0, "bad_entries": 0, "paused": false,
+        json!({"queue": "nothing-here", "ready": 0, "suspect": 0, "gated": 0, "delayed": 0,
+               "in_flight": 0, "dead": 0, "dead_dropped": 0, "bad_entries": 0, "paused": false,
                "paused_since": null})
     );
 }
@@ -808,15 +811,15 @@ fn queues_doctor_and_job_show_suspect_jobs_and_bad_entries() {
     assert_eq!((&list[0]["queue"], &list[0]["bad_entries"]), (&json!("bad"), &json!(1)), "{list}");
     assert_eq!(
         list[1],
-        json!({"queue": "crashy", "ready": 2, "suspect": 1, "delayed": 0, "in_flight": 0,
-               "dead": 0, "dead_dropped": 0, "bad_entries": 0, "paused": false,
+        json!({"queue": "crashy", "ready": 2, "suspect": 1, "gated": 0, "delayed": 0,
+               "in_flight": 0, "dead": 0, "dead_dropped": 0, "bad_entries": 0, "paused": false,
                "paused_since": null})
     );
     let table = ns.ok(&["queues"]);
     let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows[0][2], "SUSPECT", "{table}");
-    assert_eq!(rows[1], ["bad", "0", "0", "0", "1", "0", "0", "1", "no"], "{table}");
-    assert_eq!(rows[2], ["crashy", "2", "1", "0", "0", "0", "0", "0", "no"], "{table}");
+    assert_eq!(rows[1], ["bad", "0", "0", "0", "0", "1", "0", "0", "1", "no"], "{table}");
+    assert_eq!(rows[2], ["crashy", "2", "1", "0", "0", "0", "0", "0", "0", "no"], "{table}");
 
     let report = ns.json(&["doctor"]);
     assert_eq!(

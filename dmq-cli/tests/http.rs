@@ -692,6 +692,9 @@ fn malformed_requests_get_a_json_4xx_and_a_refused_batch_adds_nothing() {
             (json!({"task": "", "queue": "q"}), "task"),
             (json!({"args": []}), "missing field `task`"),
             (json!({"task": "app.add", "delay_ms": 10, "eta": "2030-01-01T00:00:00Z"}), "not both"),
+            (json!({"task": "app.add", "queue": "q", "rate_limit": "lots"}), "rate limit \"lots\""),
+            (json!({"task": "app.add", "queue": "q", "concurrency": 0}), "at least 1"),
+            (json!({"task": "app.add", "queue": "q", "concurrency_key": "t1"}), "neither a rate_limit"),
         ];
         for (body, words) in cases {
             let answer = post(&served, Some(PRODUCER), "/v1/jobs", &body).await;
@@ -991,5 +994,38 @@ fn a_server_killed_mid_lease_leaves_the_lease_to_another_server_and_bad_bytes_hu
         assert_eq!(letter["id"], bad.to_string(), "{letters}");
         assert!(letter["reason"].as_str().unwrap().starts_with("undecodable"), "{letters}");
         assert_eq!(letter["task"], Value::Null, "its envelope does not decode: {letters}");
+    });
+}
+
+#[test]
+fn limits_given_over_http_hold_for_every_claimer() {
+    let ns = Namespace::new();
+    let served = serve(&ns.name, &[]);
+    ns.rt.block_on(async {
+        // Two jobs of one key with a concurrency of 1, one of another key.
+        let job = |key: &str| {
+            json!({"task": "app.add", "args": [1, 2], "queue": "work", "concurrency": 1,
+                   "concurrency_key": key})
+        };
+        for key in ["t1", "t1", "t2"] {
+            let (status, body) = post(&served, Some(PRODUCER), "/v1/jobs", &job(key)).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        let claim = json!({"max": 10});
+        let (_, first) = post(&served, Some(WORKER), "/v1/queues/work/claim", &claim).await;
+        assert_eq!(first["jobs"].as_array().map(Vec::len), Some(2), "one per key: {first}");
+        let (_, none) = post(&served, Some(WORKER), "/v1/queues/work/claim", &claim).await;
+        assert_eq!(none["jobs"].as_array().map(Vec::len), Some(0), "t1's slot is taken: {none}");
+        let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/work").await;
+        assert_eq!((&stats["ready"], &stats["gated"]), (&json!(1), &json!(1)), "{stats}");
+        // Acknowledging t1's job frees its slot.
+        for job in first["jobs"].as_array().into_iter().flatten() {
+            let (status, body) =
+                post(&served, Some(WORKER), "/v1/leases/ack", &json!({"lease": job["lease"]}))
+                    .await;
+            assert!(status.is_success(), "{body}");
+        }
+        let (_, next) = post(&served, Some(WORKER), "/v1/queues/work/claim", &claim).await;
+        assert_eq!(next["jobs"].as_array().map(Vec::len), Some(1), "{next}");
     });
 }

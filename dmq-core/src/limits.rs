@@ -60,6 +60,21 @@ impl RateLimit {
         self.period
     }
 
+    /// The burst a rate gets when none is given: as many jobs as it allows in 10 ms,
+    /// at least 1. A claim takes at most the burst at once, and workers claim again
+    /// within milliseconds, not microseconds: with a burst of 1, a rate of 2,000/s
+    /// would start one job per claim and fall short of its rate. Rates up to 100/s get
+    /// 1: their starts are evenly spaced.
+    #[must_use]
+    pub fn default_burst(&self) -> u32 {
+        let per_10ms = u64::from(self.count) * 10_000 / self.period_us().max(1);
+        u32::try_from(per_10ms).unwrap_or(u32::MAX).max(1)
+    }
+
+    fn period_us(&self) -> u64 {
+        u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX)
+    }
+
     /// The time between two starts at the steady rate, in microseconds (at least 1).
     #[must_use]
     pub fn interval_us(&self) -> u64 {
@@ -146,10 +161,15 @@ impl JobLimits {
         self.rate.is_some() || self.concurrency.is_some()
     }
 
-    /// The burst, 1 when not set.
+    /// The burst: as set, or by default what the rate allows in 10 ms, at least 1 (see
+    /// [`RateLimit::default_burst`]).
     #[must_use]
     pub fn burst(&self) -> u32 {
-        self.burst.unwrap_or(1).max(1)
+        match (self.burst, self.rate) {
+            (Some(burst), _) => burst.max(1),
+            (None, Some(rate)) => rate.default_burst(),
+            (None, None) => 1,
+        }
     }
 
     /// The name of the gate a job of `task` with these limits passes: the task's name,
@@ -327,6 +347,20 @@ mod tests {
             assert!(in_window <= 3 + 10, "{in_window} starts in one second");
         }
         assert!(starts.len() >= 50, "{}", starts.len());
+    }
+
+    #[test]
+    fn a_fast_rate_gets_the_burst_of_10_ms_and_a_slow_one_1() {
+        let burst = |text: &str| text.parse::<RateLimit>().unwrap().default_burst();
+        assert_eq!(burst("50/s"), 1);
+        assert_eq!(burst("100/s"), 1);
+        assert_eq!(burst("2000/s"), 20);
+        assert_eq!(burst("100000/s"), 1000);
+        assert_eq!(burst("1/h"), 1);
+        let limits = JobLimits { rate: "2000/s".parse().ok(), ..JobLimits::default() };
+        assert_eq!(limits.burst(), 20);
+        let set = JobLimits { burst: Some(3), ..limits };
+        assert_eq!(set.burst(), 3);
     }
 
     #[test]

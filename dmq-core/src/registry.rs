@@ -1,6 +1,7 @@
 //! The registry of tasks linked into the binary, filled by `#[task]` through
 //! `inventory`.
 
+use crate::limits::{JobLimits, RateLimit};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -73,6 +74,13 @@ pub struct TaskRegistration {
     pub ignore_result: bool,
     /// How many partitions its queue has (`#[task(partitions = N)]`); 1 for none.
     pub partitions: u16,
+    /// Its rate limit as written (`#[task(rate_limit = "100/s")]`, checked when it
+    /// compiled).
+    pub rate_limit: Option<&'static str>,
+    /// How many of its jobs may start at once under the rate.
+    pub burst: Option<u32>,
+    /// How many of its jobs may run at once (per key, with `concurrency_key`).
+    pub concurrency: Option<u32>,
     /// The Rust path of the function.
     pub path: &'static str,
     /// The file that defines it.
@@ -185,6 +193,15 @@ pub enum PeriodicSpec {
 }
 
 impl TaskRegistration {
+    /// The flow limits the attribute declares, if any (the key, taken from an
+    /// argument, only a typed call knows).
+    pub(crate) fn limits(&self) -> Option<JobLimits> {
+        let rate = self.rate_limit.and_then(|rate| rate.parse::<RateLimit>().ok());
+        let limits =
+            JobLimits { rate, burst: self.burst, concurrency: self.concurrency, key: None };
+        limits.is_limited().then_some(limits)
+    }
+
     fn location(&self) -> String {
         format!("{} ({}:{})", self.path, self.file, self.line)
     }
@@ -215,6 +232,9 @@ pub struct TaskInfo {
     pub ignore_result: bool,
     /// How many partitions its queue has, as its attribute declares (1: none).
     pub partitions: u16,
+    /// Its flow limits, when the attribute sets any: every job of it passes them
+    /// unless its call lifts them ([`Call::unlimited`](crate::Call::unlimited)).
+    pub limits: Option<JobLimits>,
     /// The Rust path of the function.
     pub path: &'static str,
 }
@@ -335,6 +355,7 @@ fn info(reg: &'static TaskRegistration) -> TaskInfo {
         timeout: reg.timeout,
         ignore_result: reg.ignore_result,
         partitions: reg.partitions,
+        limits: reg.limits(),
         path: reg.path,
     }
 }
@@ -362,6 +383,9 @@ mod tests {
         timeout: None,
         ignore_result: false,
         partitions: 1,
+        rate_limit: None,
+        burst: None,
+        concurrency: None,
         path: "app::a",
         file: "src/a.rs",
         line: 3,
@@ -379,6 +403,9 @@ mod tests {
         timeout: None,
         ignore_result: false,
         partitions: 1,
+        rate_limit: None,
+        burst: None,
+        concurrency: None,
         path: "app::b",
         file: "src/b.rs",
         line: 7,

@@ -259,6 +259,15 @@ impl<'a> Task<'a> {
         );
         let ignore_result = args.ignore_result;
         let partitions = args.partitions.unwrap_or(1);
+        let optional = |v: Option<u32>| match v {
+            Some(n) => quote!(Some(#n)),
+            None => quote!(None),
+        };
+        let (burst, concurrency) = (optional(args.burst), optional(args.concurrency));
+        let rate_limit = match &args.rate_limit {
+            Some(rate) => quote!(Some(#rate)),
+            None => quote!(None),
+        };
         let max_retries = match args.max_retries {
             Some(n) => quote!(Some(#n)),
             None => quote!(None),
@@ -465,6 +474,9 @@ impl<'a> Task<'a> {
                         timeout: #timeout,
                         ignore_result: #ignore_result,
                         partitions: #partitions,
+                        rate_limit: #rate_limit,
+                        burst: #burst,
+                        concurrency: #concurrency,
                         // This module is named after the function, so its path is the
                         // function's path.
                         path: module_path!(),

@@ -180,6 +180,8 @@ struct Prepared {
     payload: Vec<u8>,
     key: Option<String>,
     key_ttl: Option<PgInterval>,
+    /// The gate the job passes (its flow limits), when it has one.
+    gate: Option<dmq_core::Gate>,
 }
 
 impl Prepared {
@@ -191,10 +193,21 @@ impl Prepared {
         check_queue_name(&envelope.queue)?;
         place(&mut envelope, partition_key.as_deref(), declared_partitions()?)?;
         dmq_core::inject_trace_context(&mut envelope);
+        if let Some(limits) = &envelope.limits {
+            limits.check(&envelope.task)?;
+        }
+        let gate = envelope.limits.as_ref().and_then(|l| dmq_core::Gate::of(&envelope.task, l));
         let payload = envelope.encode(DEFAULT_MAX_MESSAGE_SIZE)?;
         let key_ttl = envelope.idempotency_key.as_ref().map(|_| interval(DEFAULT_IDEMPOTENCY_TTL));
         Ok(Prepared {
-            statement: format!("SELECT {}($1, $2, $3, $4, $5, $6, $7)", schema.at("enqueue_in")),
+            statement: match gate {
+                Some(_) => format!(
+                    "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    schema.at("enqueue_in")
+                ),
+                None => format!("SELECT {}($1, $2, $3, $4, $5, $6, $7)", schema.at("enqueue_in")),
+            },
+            gate,
             schema,
             task: envelope.task,
             queue: envelope.queue,
@@ -210,17 +223,19 @@ impl Prepared {
     /// Writes the job on the transaction's connection; its id, or the id of the job
     /// holding its idempotency key.
     async fn write(self, conn: &mut PgConnection) -> Result<TaskId> {
-        let holder: std::result::Result<Option<Uuid>, sqlx::Error> =
-            sqlx::query_scalar(crate::schema::sql(&self.statement))
-                .bind(&self.queue)
-                .bind(self.id.as_uuid())
-                .bind(self.priority)
-                .bind(self.eta)
-                .bind(&self.payload)
-                .bind(self.key.as_deref())
-                .bind(self.key_ttl)
-                .fetch_one(conn)
-                .await;
+        let mut query = sqlx::query_scalar(crate::schema::sql(&self.statement))
+            .bind(&self.queue)
+            .bind(self.id.as_uuid())
+            .bind(self.priority)
+            .bind(self.eta)
+            .bind(&self.payload)
+            .bind(self.key.as_deref())
+            .bind(self.key_ttl);
+        if let Some(gate) = &self.gate {
+            let (interval, burst, concurrency) = crate::broker::gate_limits(gate);
+            query = query.bind(&gate.name).bind(interval).bind(burst).bind(concurrency);
+        }
+        let holder: std::result::Result<Option<Uuid>, sqlx::Error> = query.fetch_one(conn).await;
         match holder {
             Ok(None) => Ok(self.id),
             Ok(Some(existing)) => Ok(TaskId::from(existing)),

@@ -613,6 +613,14 @@ impl OutboxRelay {
             Some((key, ttl)) => job.with_idempotency_key(key.clone(), *ttl),
             None => job.with_idempotency_key(format!("outbox:{}", entry.id), self.key_ttl),
         };
+        // The job's flow limits travel in its envelope. One that does not decode goes
+        // as it is: the worker that takes it dead-letters it.
+        let envelope = dmq_core::Envelope::decode(&entry.payload, entry.payload.len());
+        let gate = envelope.ok().and_then(|e| dmq_core::Gate::of(&e.task, e.limits.as_ref()?));
+        let job = match gate {
+            Some(gate) => job.with_gate(gate),
+            None => job,
+        };
         match self.broker.enqueue(job).await {
             Ok(()) => Handed::Relayed,
             Err(Error::IdempotencyKeyTaken { existing, .. }) if existing == entry.id => {

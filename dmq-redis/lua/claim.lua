@@ -252,11 +252,17 @@ if gated_queue then
     local lo, hi = gate_range('w', g)
     for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[22], lo, hi, 'LIMIT', 0, left)) do
       local id = string.match(m, '%z([^%z]*)$')
-      if not admit(g, id) then break end
-      redis.call('ZREM', KEYS[22], m)
-      ids[#ids + 1] = id
-      priorities[#priorities + 1] = tostring(9 - tonumber(string.sub(m, #g + 3, #g + 3)))
-      left = left - 1
+      local p = tonumber(string.match(string.sub(m, #g + 3, #g + 3), '^%d$'))
+      if not id or not p then
+        -- Not a member dmq wrote: dropped, so that it holds back no job behind it.
+        redis.call('ZREM', KEYS[22], m)
+      else
+        if not admit(g, id) then break end
+        redis.call('ZREM', KEYS[22], m)
+        ids[#ids + 1] = id
+        priorities[#priorities + 1] = tostring(9 - p)
+        left = left - 1
+      end
     end
   end
 end

@@ -31,7 +31,8 @@ for _, k in ipairs({3, 4}) do
   for _, id in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do seen[id] = true end
 end
 for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[22], '[w', '(x')) do
-  seen[string.match(m, '%z([^%z]*)$')] = true
+  local id = string.match(m, '%z([^%z]*)$')
+  if id then seen[id] = true end
 end
 local stranded = {}
 for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do

@@ -759,6 +759,58 @@ async fn a_key_of_the_wrong_type_fails_a_cancel_before_it_changes_anything(url: 
     assert_eq!((stats.ready, stats.delayed), (1, 0), "the low job alone is left");
 }
 
+/// The gate keys (flow limits) of a queue, spoiled: a gates hash of another type fails a
+/// claim and an ack of a gated job before they change anything; members of the gated set
+/// that dmq did not write (no separator, no priority) are dropped by the claim that
+/// meets them, and hold back no job.
+async fn spoiled_gate_keys_change_nothing_and_foreign_gate_members_hold_back_no_job(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
+    let q = ["g".to_owned()];
+    let gate = dmq_core::Gate::new("report", None, 1, Some(1));
+    let gated: Vec<Job> = jobs("g", 3).into_iter().map(|j| j.with_gate(gate.clone())).collect();
+    for job in gated {
+        b.enqueue(job).await.expect("enqueue");
+    }
+    let first = b.claim("w", &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert_eq!(first.len(), 1, "the gate lets one run");
+    let keys = b.keys().queue("g");
+
+    let key = keys.gates();
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
+    let err = b.claim("w", &q, 10, LONG, Duration::ZERO).await.unwrap_err();
+    refused_unchanged(&b, url, "claim with a spoiled gates hash", err, &key, &before).await;
+    let err = b.ack(&first[0].lease).await.unwrap_err();
+    refused_unchanged(&b, url, "ack with a spoiled gates hash", err, &key, &before).await;
+    mend(url, &key).await;
+
+    // Foreign members among the held jobs, ahead of the real ones.
+    let mut conn = raw(url).await;
+    let () = redis::cmd("ZADD")
+        .arg(keys.gated())
+        .arg(0)
+        .arg("wreport\0x\0")
+        .arg(0)
+        .arg("wreport\0")
+        .query_async(&mut conn)
+        .await
+        .expect("zadd");
+    b.ack(&first[0].lease).await.expect("ack");
+    let mut ran = 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ran < 3 && std::time::Instant::now() < deadline {
+        let got = b.claim("w", &q, 10, LONG, Duration::from_millis(500)).await.expect("claim");
+        assert!(got.len() <= 1, "the gate lets one run at a time: {}", got.len());
+        for d in got {
+            b.ack(&d.lease).await.expect("ack");
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 3, "every job ran, one at a time");
+    let stats = b.queue_stats("g").await.expect("stats");
+    assert_eq!((stats.ready, stats.gated, stats.in_flight), (0, 0, 0), "{stats:?}");
+}
+
 /// Each test above, on the single test Redis and on the local Redis Cluster.
 macro_rules! on_single_and_cluster {
     ($($name:ident),* $(,)?) => {
@@ -794,4 +846,5 @@ on_single_and_cluster!(
     queues_made_before_the_registry_are_listed_beside_new_ones,
     a_spoiled_queue_hides_no_job_of_another,
     a_key_of_the_wrong_type_fails_a_cancel_before_it_changes_anything,
+    spoiled_gate_keys_change_nothing_and_foreign_gate_members_hold_back_no_job,
 );

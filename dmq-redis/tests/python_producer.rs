@@ -4,7 +4,8 @@
 //! worker on `RedisBroker` and `RedisBackend` runs them, and the script reads their
 //! results back as the documents say. It also picks partitions of a partitioned queue
 //! by partition key (FNV-1a-64 mod N, as documented), and the jobs must be claimed from
-//! the partition dmq's own `partition_of_key` names. The same script runs against the
+//! the partition dmq's own `partition_of_key` names; and it enqueues two jobs behind a
+//! gate of one start an hour, as documented, of which the worker must run one only. The same script runs against the
 //! local Redis Cluster through redis-py's `RedisCluster`, waiting for results with
 //! `SSUBSCRIBE` as the documents say a producer on a cluster must.
 //!
@@ -92,7 +93,7 @@ async fn produce_from_python(url: &str, connect: &[String]) {
     let broker = RedisBroker::connect_with_namespace(url, &namespace).await.expect(hint);
     let backend = RedisBackend::connect_with_namespace(url, &namespace).await.expect(hint);
     let manager = Manager::builder().broker(broker).backend(backend).build().expect("manager");
-    let worker = manager.worker().queues(["py", "pyp"]).start();
+    let worker = manager.worker().queues(["py", "pyp", "pyg"]).start();
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/producer.py");
     let mut args = vec![script.into_os_string()];
@@ -107,6 +108,17 @@ async fn produce_from_python(url: &str, connect: &[String]) {
     let stderr = String::from_utf8_lossy(&ran.stderr);
     let dead =
         manager.admin().expect("admin").dead_letters("py", 0, 10).await.expect("dead letters");
+    // Of the two jobs behind a gate of one start an hour, one ran and one waits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let gated = loop {
+        let stats = manager.admin().expect("admin").queue_stats("pyg").await.expect("figures");
+        if (stats.ready, stats.gated, stats.in_flight) == (1, 1, 0)
+            || std::time::Instant::now() > deadline
+        {
+            break stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let dead: Vec<_> = dead.iter().map(|d| d.reason.clone()).collect();
     worker.shutdown().await;
 
@@ -135,4 +147,5 @@ async fn produce_from_python(url: &str, connect: &[String]) {
     assert_eq!(lines, expected, "{said}");
     // The fatal failure is the only dead letter.
     assert_eq!(dead.len(), 1, "{said}");
+    assert_eq!((gated.ready, gated.gated, gated.in_flight), (1, 1, 0), "{gated:?}; {said}");
 }

@@ -53,6 +53,7 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
                     "queue": queue,
                     "ready": s.ready,
                     "suspect": s.suspect,
+                    "gated": s.gated,
                     "delayed": s.delayed,
                     "in_flight": s.in_flight,
                     "dead": s.dead,
@@ -85,6 +86,7 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
                 },
                 s.ready.to_string(),
                 s.suspect.to_string(),
+                s.gated.to_string(),
                 s.delayed.to_string(),
                 s.in_flight.to_string(),
                 s.dead.to_string(),
@@ -103,6 +105,7 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
             "QUEUE",
             "READY",
             "SUSPECT",
+            "GATED",
             "DELAYED",
             "IN-FLIGHT",
             "DEAD",
@@ -119,6 +122,7 @@ pub(crate) async fn run(args: QueuesArgs) -> anyhow::Result<()> {
 fn add(total: &mut QueueStats, more: &QueueStats) {
     total.ready += more.ready;
     total.suspect += more.suspect;
+    total.gated += more.gated;
     total.delayed += more.delayed;
     total.in_flight += more.in_flight;
     total.dead += more.dead;

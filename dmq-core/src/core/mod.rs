@@ -212,6 +212,12 @@ impl Core {
                 }
             }
         }
+        // A job whose producer said nothing of limits (another language, `dmq
+        // enqueue`, the HTTP API) passes the limits its task declares, when this
+        // process knows the task.
+        if envelope.limits.is_none() {
+            envelope.limits = self.registry.get(&envelope.task).and_then(|reg| reg.limits());
+        }
         if let Some(limits) = &envelope.limits {
             limits.check(&envelope.task)?;
         }

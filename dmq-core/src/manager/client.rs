@@ -44,6 +44,8 @@ pub struct Call<T> {
     timeout: Option<Duration>,
     headers: BTreeMap<String, String>,
     limits: JobLimits,
+    /// Set by `unlimited`: the job goes without its task's limits.
+    unlimited: bool,
     /// Why a limit given to this call is not valid, reported by `enqueue`.
     limits_refused: Option<String>,
     output: PhantomData<fn() -> T>,
@@ -90,6 +92,7 @@ impl<T> Call<T> {
             timeout: None,
             headers: BTreeMap::new(),
             limits: JobLimits::default(),
+            unlimited: false,
             limits_refused: None,
             output: PhantomData,
         }
@@ -120,6 +123,7 @@ impl<T> Call<T> {
     /// The limit holds per gate: all jobs of the task in its queue, or with
     /// [`concurrency_key`](Call::concurrency_key), those with the same key.
     pub fn rate_limit(mut self, rate: &str) -> Self {
+        self.unlimited = false;
         match rate.parse::<RateLimit>() {
             Ok(rate) => self.limits.rate = Some(rate),
             Err(e) => self.limits_refused = Some(e.to_string()),
@@ -130,6 +134,7 @@ impl<T> Call<T> {
     /// Lets up to `burst` jobs start at once under the rate limit, after a quiet
     /// spell (1 by default: starts evenly spaced).
     pub fn burst(mut self, burst: u32) -> Self {
+        self.unlimited = false;
         self.limits.burst = Some(burst);
         self
     }
@@ -139,6 +144,7 @@ impl<T> Call<T> {
     /// overriding the task's `concurrency`. A slot held by a worker that dies comes
     /// back when its jobs are taken back.
     pub fn concurrency(mut self, limit: u32) -> Self {
+        self.unlimited = false;
         self.limits.concurrency = Some(limit);
         self
     }
@@ -146,14 +152,17 @@ impl<T> Call<T> {
     /// Applies the task's limits per `key` (a tenant, a customer, an API token): at
     /// most `concurrency` jobs of one key run at once, and the rate holds per key.
     pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.unlimited = false;
         self.limits.key = Some(key.into());
         self
     }
 
-    /// Lifts the task's rate and concurrency limits for this call.
+    /// Lifts the task's rate and concurrency limits for this call: the job starts as
+    /// soon as a worker is free, and takes no slot of its task's.
     pub fn unlimited(mut self) -> Self {
         self.limits = JobLimits::default();
         self.limits_refused = None;
+        self.unlimited = true;
         self
     }
 
@@ -418,7 +427,10 @@ impl<T> Call<T> {
         envelope.timeout_ms =
             self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         envelope.headers = self.headers;
-        if self.limits.is_limited() {
+        if self.unlimited {
+            // Said in the envelope, so that no registry puts the task's limits back.
+            envelope.limits = Some(JobLimits::default());
+        } else if self.limits.is_limited() {
             self.limits.check(self.task)?;
             envelope.limits = Some(self.limits);
         } else if self.limits.key.is_some() {

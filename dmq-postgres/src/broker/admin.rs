@@ -59,6 +59,8 @@ impl BrokerAdmin for PostgresBroker {
             "SELECT count(*) FILTER (WHERE state = 'ready' \
                  OR (state = 'delayed' AND due_at <= now())) AS ready, \
              count(*) FILTER (WHERE state = 'ready' AND suspect) AS suspect, \
+             count(*) FILTER (WHERE state = 'ready' AND NOT suspect AND gate IS NOT NULL) \
+                 AS gated, \
              count(*) FILTER (WHERE state = 'delayed' AND due_at > now()) AS delayed, \
              count(*) FILTER (WHERE state = 'running') AS in_flight, \
              (SELECT count(*) FROM {dead} WHERE queue = $1) AS dead, \
@@ -76,6 +78,7 @@ impl BrokerAdmin for PostgresBroker {
         let mut stats = QueueStats::default();
         stats.ready = count(&row, "ready");
         stats.suspect = count(&row, "suspect");
+        stats.gated = count(&row, "gated");
         stats.delayed = count(&row, "delayed");
         stats.in_flight = count(&row, "in_flight");
         stats.dead = count(&row, "dead");

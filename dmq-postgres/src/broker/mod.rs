@@ -107,6 +107,9 @@ impl Drop for PostgresBroker {
 struct Sql {
     enqueue: String,
     enqueue_batch: String,
+    /// As `enqueue` and `enqueue_batch`, for jobs with gates.
+    enqueue_gated: String,
+    enqueue_batch_gated: String,
     claim: String,
     complete: String,
     is_complete: String,
@@ -130,6 +133,14 @@ impl Sql {
             enqueue: format!("SELECT {}($1, $2, $3, $4, $5, $6, $7)", s.at("enqueue")),
             enqueue_batch: format!(
                 "SELECT dup_queue, dup_id FROM {}($1, $2, $3, $4, $5)",
+                s.at("enqueue_batch")
+            ),
+            enqueue_gated: format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                s.at("enqueue")
+            ),
+            enqueue_batch_gated: format!(
+                "SELECT dup_queue, dup_id FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 s.at("enqueue_batch")
             ),
             claim: format!(
@@ -359,6 +370,16 @@ impl Inner {
     }
 }
 
+/// A gate's limits as the SQL functions take them: the interval between starts in
+/// microseconds (0 for no rate), the burst, the concurrency (0 for none).
+pub(crate) fn gate_limits(gate: &dmq_core::Gate) -> (i64, i32, i32) {
+    let interval =
+        gate.rate.map_or(0, |rate| i64::try_from(rate.interval_us()).unwrap_or(i64::MAX));
+    let burst = i32::try_from(gate.burst.max(1)).unwrap_or(i32::MAX);
+    let concurrency = gate.concurrency.map_or(0, |n| i32::try_from(n).unwrap_or(i32::MAX));
+    (interval, burst, concurrency)
+}
+
 /// A claimed job's row as a delivery; `None` for the row that says none was claimed.
 fn delivery(row: &PgRow) -> std::result::Result<Option<Delivery>, sqlx::Error> {
     let Some(id) = row.try_get::<Option<Uuid>, _>("id")? else {
@@ -423,17 +444,24 @@ impl Broker for PostgresBroker {
             Some((key, ttl)) => (Some(key.as_str()), Some(interval(*ttl))),
             None => (None, None),
         };
+        let statement = match job.gate {
+            Some(_) => &inner.sql.enqueue_gated,
+            None => &inner.sql.enqueue,
+        };
+        let mut query = sqlx::query_scalar(crate::schema::sql(statement))
+            .bind(&job.queue)
+            .bind(job.id.as_uuid())
+            .bind(i16::from(job.priority.min(9)))
+            .bind(job.eta)
+            .bind(&job.payload)
+            .bind(key)
+            .bind(ttl);
+        if let Some(gate) = &job.gate {
+            let (interval, burst, concurrency) = gate_limits(gate);
+            query = query.bind(&gate.name).bind(interval).bind(burst).bind(concurrency);
+        }
         let holder: std::result::Result<Option<Uuid>, sqlx::Error> =
-            sqlx::query_scalar(crate::schema::sql(&inner.sql.enqueue))
-                .bind(&job.queue)
-                .bind(job.id.as_uuid())
-                .bind(i16::from(job.priority.min(9)))
-                .bind(job.eta)
-                .bind(&job.payload)
-                .bind(key)
-                .bind(ttl)
-                .fetch_one(&inner.pool)
-                .await;
+            query.fetch_one(&inner.pool).await;
         match holder {
             Ok(None) => Ok(()),
             Ok(Some(existing)) => Err(Error::IdempotencyKeyTaken {
@@ -459,21 +487,35 @@ impl Broker for PostgresBroker {
         let mut priorities = Vec::with_capacity(jobs.len());
         let mut etas = Vec::with_capacity(jobs.len());
         let mut payloads = Vec::with_capacity(jobs.len());
+        let gated = jobs.iter().any(|job| job.gate.is_some());
+        let mut gates: Vec<Option<String>> = Vec::new();
+        let (mut intervals, mut bursts, mut concurrencies) = (Vec::new(), Vec::new(), Vec::new());
         for job in jobs {
+            if gated {
+                let limits = job.gate.as_ref().map_or((0, 1, 0), gate_limits);
+                gates.push(job.gate.map(|gate| gate.name));
+                intervals.push(limits.0);
+                bursts.push(limits.1);
+                concurrencies.push(limits.2);
+            }
             queues.push(job.queue);
             ids.push(*job.id.as_uuid());
             priorities.push(i16::from(job.priority.min(9)));
             etas.push(job.eta);
             payloads.push(job.payload);
         }
-        let done = sqlx::query(crate::schema::sql(&inner.sql.enqueue_batch))
+        let statement =
+            if gated { &inner.sql.enqueue_batch_gated } else { &inner.sql.enqueue_batch };
+        let mut query = sqlx::query(crate::schema::sql(statement))
             .bind(&queues)
             .bind(&ids)
             .bind(&priorities)
             .bind(&etas)
-            .bind(&payloads)
-            .execute(&inner.pool)
-            .await;
+            .bind(&payloads);
+        if gated {
+            query = query.bind(&gates).bind(&intervals).bind(&bursts).bind(&concurrencies);
+        }
+        let done = query.execute(&inner.pool).await;
         match done {
             Ok(_) => Ok(()),
             Err(e) if sqlstate(&e).as_deref() == Some("DQ001") => {

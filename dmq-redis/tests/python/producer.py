@@ -34,23 +34,30 @@ import redis
 QUEUE = "py"
 PARTITIONED = "pyp"
 PARTITIONS = 4
+GATED = "pyg"
 WAIT_S = 60
 
 # docs/redis-layout.md, "Enqueueing from another language", word for word.
 ENQUEUE = """
 -- KEYS: 1 {<ns>:<q>}:jobs, 2 {<ns>:<q>}:meta, 3 {<ns>:<q>}:delayed,
---       4 {<ns>:<q>}:signal, 5 {<ns>:<q>}:ready:<p>
--- ARGV: 1 id, 2 envelope (MessagePack), 3 priority, 4 due (Unix ms; 0 for now)
+--       4 {<ns>:<q>}:signal, 5 {<ns>:<q>}:ready:<p>, 6 {<ns>:<q>}:gates
+-- ARGV: 1 id, 2 envelope (MessagePack), 3 priority, 4 due (Unix ms; 0 for now),
+--       5 the job's gate ('' for a job without flow limits), 6 the gate's limits,
+--       "<interval µs>:<burst>:<concurrency>" ('' without a gate)
 -- Returns 1, or 0 when a job of this id is already queued (nothing changed).
 -- Checks every key's type before it changes anything: Redis does not roll back a
 -- script that fails halfway.
-for i, kind in ipairs({'hash', 'hash', 'zset', 'list', 'list'}) do
+for i, kind in ipairs({'hash', 'hash', 'zset', 'list', 'list', 'hash'}) do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= kind and t ~= 'none' then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t)
   end
 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[6], 'j:' .. ARGV[1], ARGV[5], 'c:' .. ARGV[5], ARGV[6])
+  redis.call('HSET', KEYS[2], '~gates', '1')
+end
 local wake
 if tonumber(ARGV[4]) > 0 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. ':0:')
@@ -112,7 +119,8 @@ def hash_tag(namespace, queue):
     return "{%s:%s}" % (namespace, queue)
 
 
-def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False, queue=QUEUE):
+def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False, queue=QUEUE,
+            gate="", limits=""):
     """Enqueues one job on `queue`; returns its id (lowercase hyphenated text)."""
     job = uuid.uuid4()
     job_id = str(job)
@@ -133,8 +141,8 @@ def enqueue(r, namespace, task, args, priority=5, delay_ms=0, id_as_bytes=False,
     payload = msgpack.packb(envelope, use_bin_type=True)
     tag = hash_tag(namespace, queue)
     keys = [tag + ":jobs", tag + ":meta", tag + ":delayed", tag + ":signal",
-            "%s:ready:%d" % (tag, priority)]
-    added = r.eval(ENQUEUE, len(keys), *keys, job_id, payload, priority, due_ms)
+            "%s:ready:%d" % (tag, priority), tag + ":gates"]
+    added = r.eval(ENQUEUE, len(keys), *keys, job_id, payload, priority, due_ms, gate, limits)
     r.sadd("{%s}:queues" % namespace, queue)  # once per queue is enough
     if added != 1:
         sys.exit("enqueueing %s refused: a job of id %s is already queued" % (task, job_id))
@@ -206,6 +214,10 @@ def main():
         print("partition %s %s" % (key, partition))
         # The task returns the queue it was claimed from: the partition chosen here.
         jobs["where-" + key] = enqueue(r, namespace, "pyp.where", [key], queue=partition)
+    # Two jobs behind a gate that lets one start per hour: one runs, one waits.
+    for _ in range(2):
+        enqueue(r, namespace, "py.add", [1, 2], queue=GATED, gate="py.add",
+                limits="3600000000:1:0")
     outcomes = wait_for_results(r, namespace, list(jobs.values()), cluster)
     missing = 0
     for label, job_id in jobs.items():

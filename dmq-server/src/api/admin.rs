@@ -23,6 +23,9 @@ pub(crate) struct QueueView {
     ready: u64,
     /// Due, taken back after their worker was lost; each runs alone.
     suspect: u64,
+    /// Due, held back by their gate (a rate or a concurrency limit) until it lets
+    /// them start; counted in `ready` too.
+    gated: u64,
     /// Waiting for their eta (delayed jobs and retries).
     delayed: u64,
     /// Claimed, under a lease.
@@ -43,6 +46,7 @@ impl QueueView {
             name,
             ready: stats.ready,
             suspect: stats.suspect,
+            gated: stats.gated,
             delayed: stats.delayed,
             in_flight: stats.in_flight,
             dead: stats.dead,

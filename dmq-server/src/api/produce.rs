@@ -76,6 +76,25 @@ pub(crate) struct EnqueueRequest {
     /// For a partitioned queue: jobs with the same key go to the same partition.
     #[serde(default)]
     partition_key: Option<String>,
+    /// At most this many of the task's jobs (or of its `concurrency_key`) start per
+    /// period, across every worker: `"100/s"`, `"30/m"`, `"1000/h"`, `"5/250ms"`.
+    /// By default the task's own `rate_limit`, when this server knows the task.
+    #[serde(default)]
+    rate_limit: Option<String>,
+    /// How many may start at once under the rate (1 by default).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, format = "uint32", maximum = 4294967295_u64)]
+    burst: Option<u32>,
+    /// At most this many of the task's jobs (or of its `concurrency_key`) run at once,
+    /// across every worker. By default the task's own `concurrency`, when this server
+    /// knows the task.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, format = "uint32", maximum = 4294967295_u64)]
+    concurrency: Option<u32>,
+    /// Applies the limits per key (a tenant, a customer): jobs with different keys do
+    /// not share them. Needs a `rate_limit` or a `concurrency`, given here or the task's.
+    #[serde(default)]
+    concurrency_key: Option<String>,
 }
 
 /// An enqueued job.
@@ -180,6 +199,31 @@ fn envelope_of(
     envelope.max_retries = request.max_retries;
     envelope.timeout_ms = request.timeout_ms;
     envelope.headers = request.headers;
+    let given = request.rate_limit.is_some()
+        || request.burst.is_some()
+        || request.concurrency.is_some()
+        || request.concurrency_key.is_some();
+    if given {
+        // What the request says, over the task's own limits when this server knows it.
+        let mut limits = known.and_then(|info| info.limits).unwrap_or_default();
+        if let Some(rate) = &request.rate_limit {
+            limits.rate = Some(
+                rate.parse().map_err(|e: dmq_core::Error| ApiError::bad_request(e.to_string()))?,
+            );
+        }
+        limits.burst = request.burst.or(limits.burst);
+        limits.concurrency = request.concurrency.or(limits.concurrency);
+        limits.key = request.concurrency_key;
+        if !limits.is_limited() {
+            return Err(ApiError::bad_request(format!(
+                "the job of {:?} has a burst or a concurrency_key but neither a rate_limit \
+                 nor a concurrency to apply them to: give one",
+                envelope.task
+            )));
+        }
+        limits.check(&envelope.task)?;
+        envelope.limits = Some(limits);
+    }
     Ok((envelope, request.partition_key))
 }
 

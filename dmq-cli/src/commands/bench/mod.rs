@@ -41,10 +41,25 @@ async fn noop_ignored(i: u64) -> Result<u64, TaskError> {
     Ok(i)
 }
 
-/// A call of the no-op task, storing its result or not, on queue `i` modulo the
-/// number of `queues`.
-fn noop_call(i: u64, ignore_result: bool, queues: &[String]) -> dmq_core::Call<u64> {
-    let call = if ignore_result { noop_ignored::call(i) } else { noop::call(i) };
+/// What the bench's jobs are: whether they store their result, and the rate limit
+/// (with its burst) they pass, if any.
+#[derive(Debug, Clone, Default)]
+struct Shape {
+    ignore_result: bool,
+    rate_limit: Option<Arc<str>>,
+    burst: Option<u32>,
+}
+
+/// A call of the no-op task as `shape` says, on queue `i` modulo the number of
+/// `queues`.
+fn noop_call(i: u64, shape: &Shape, queues: &[String]) -> dmq_core::Call<u64> {
+    let mut call = if shape.ignore_result { noop_ignored::call(i) } else { noop::call(i) };
+    if let Some(rate) = &shape.rate_limit {
+        call = call.rate_limit(rate);
+    }
+    if let Some(burst) = shape.burst {
+        call = call.burst(burst);
+    }
     match queues {
         [] | [_] => call,
         many => call.queue(many[usize::try_from(i).unwrap_or(0) % many.len()].clone()),
@@ -286,6 +301,11 @@ struct Report {
     wait_replicas: Option<u32>,
     /// Queues the jobs were spread over (`--queues`).
     queues: u64,
+    /// The jobs' rate limit (`--rate-limit`), and its burst.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u32>,
     enqueue_single: Rate,
     enqueue_batch: Rate,
     drain: Rate,
@@ -471,14 +491,19 @@ async fn measure(
     let before_enqueue = snapshot(stats).await?;
     let pg_before_enqueue = pg_snapshot(pg).await?;
     let quiet = args.ignore_result;
-    let (single, mut ids) = enqueue_single(manager, single_jobs, quiet, &queues).await?;
+    let shape = Shape {
+        ignore_result: quiet,
+        rate_limit: args.rate_limit.as_deref().map(Arc::from),
+        burst: args.burst,
+    };
+    let (single, mut ids) = enqueue_single(manager, single_jobs, &shape, &queues).await?;
     out.rate(
         "enqueue, single",
         single,
         &format!("{} producers, one job per call", single.concurrency),
     );
     let (batch, batch_ids) =
-        enqueue_batch(manager, batch_jobs, args.batch_size, quiet, &queues).await?;
+        enqueue_batch(manager, batch_jobs, args.batch_size, &shape, &queues).await?;
     ids.extend(batch_ids);
     out.rate(
         "enqueue, batch",
@@ -521,6 +546,12 @@ async fn measure(
                         "{}, a callback sleeping {sleep:?} per event",
                         if metrics { ", metrics recorded" } else { "" }
                     ),
+                } + &match (&args.rate_limit, args.burst) {
+                    (Some(rate), burst) => {
+                        let default = rate.parse::<dmq_core::RateLimit>().map_or(1, |r| r.default_burst());
+                        format!(", rate limit {rate} (burst {})", burst.unwrap_or(default))
+                    }
+                    (None, _) => String::new(),
                 }
             ),
         );
@@ -575,6 +606,8 @@ async fn measure(
             && manager.broker().event_stream().is_some_and(|s| s.shares_events()),
         wait_replicas: args.wait_replicas,
         queues: args.queues,
+        rate_limit: args.rate_limit.clone(),
+        burst: args.burst,
         enqueue_single: single,
         enqueue_batch: batch,
         drain,
@@ -599,7 +632,7 @@ fn shares(total: u64, parts: u64) -> impl Iterator<Item = (u64, u64)> {
 async fn enqueue_single(
     manager: &Manager,
     jobs: u64,
-    quiet: bool,
+    shape: &Shape,
     queues: &Arc<[String]>,
 ) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
@@ -607,10 +640,11 @@ async fn enqueue_single(
     for (first, count) in shares(jobs, SINGLE_PRODUCERS) {
         let manager = manager.clone();
         let queues = Arc::clone(queues);
+        let shape = shape.clone();
         producers.spawn(async move {
             let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             for i in first..first + count {
-                ids.push(noop_call(i, quiet, &queues).enqueue(&manager).await?.id());
+                ids.push(noop_call(i, &shape, &queues).enqueue(&manager).await?.id());
             }
             dmq_core::Result::Ok(ids)
         });
@@ -625,7 +659,7 @@ async fn enqueue_batch(
     manager: &Manager,
     jobs: u64,
     batch_size: u64,
-    quiet: bool,
+    shape: &Shape,
     queues: &Arc<[String]>,
 ) -> anyhow::Result<(Rate, Vec<TaskId>)> {
     let started = Instant::now();
@@ -634,12 +668,13 @@ async fn enqueue_batch(
     for (first_batch, count) in shares(batches, BATCH_PRODUCERS) {
         let manager = manager.clone();
         let queues = Arc::clone(queues);
+        let shape = shape.clone();
         producers.spawn(async move {
             let mut ids = Vec::new();
             for batch in first_batch..first_batch + count {
                 let from = batch * batch_size;
                 let to = (from + batch_size).min(jobs);
-                let calls = (from..to).map(|i| noop_call(i, quiet, &queues));
+                let calls = (from..to).map(|i| noop_call(i, &shape, &queues));
                 ids.extend(manager.enqueue_batch(calls).await?);
             }
             dmq_core::Result::Ok(ids)
