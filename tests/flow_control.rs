@@ -284,3 +284,48 @@ async fn a_rate_limit_holds_across_worker_processes_on_postgres() {
 async fn a_concurrency_limit_per_key_holds_across_worker_processes_on_postgres() {
     a_concurrency_limit_per_key_holds_across_worker_processes(Schema::fresh()).await;
 }
+
+/// A namespace's quota of 1,000 enqueues a minute, set with `dmq quota set`: the
+/// 1,001st enqueue of the minute fails, from Rust and from `dmq enqueue`, saying when
+/// to retry, and adds nothing; removed, the quota counts no more.
+async fn a_quota_refuses_the_1001st_enqueue_of_a_minute(schema: Schema) {
+    let set = schema.json(&["quota", "set", &schema.name, "1000/m"]).await;
+    assert_eq!((&set["quota"], &set["changed"]), (&Value::from("1000/m"), &Value::Bool(true)));
+    let manager = manager_on(&schema).await;
+    let calls: Vec<_> = (0..1_000).map(|n| stamp::call(n, 0)).collect();
+    manager.enqueue_batch(calls).await.expect("1,000 enqueues are within the quota");
+    match stamp::call(1_000, 0).enqueue(&manager).await {
+        Err(dmq_core::Error::QuotaExceeded { retry_after, limit, .. }) => {
+            assert_eq!(limit, "1000/m");
+            assert!(
+                retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60),
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("the 1,001st enqueue: {other:?}"),
+    }
+    let said = schema.fails(&["enqueue", stamp::NAME, "[1001, 0]", "--queue", stamp::QUEUE]).await;
+    assert!(said.contains("quota") && said.contains("retry in"), "{said}");
+    let listed = schema.json(&["quota", "list", &schema.name]).await;
+    assert_eq!(
+        (&listed[0]["quota"], &listed[0]["used"]),
+        (&Value::from("1000/m"), &Value::from(1000))
+    );
+    assert_eq!(row(&schema, stamp::QUEUE).await["ready"], 1000, "the refused jobs were not added");
+    let removed = schema.json(&["quota", "remove", &schema.name]).await;
+    assert_eq!(removed["changed"], true);
+    // A fresh manager reads the quotas at once (one that read them lately, within a
+    // second).
+    let manager = manager_on(&schema).await;
+    stamp::call(1_001, 0).enqueue(&manager).await.expect("no quota any more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_refuses_the_1001st_enqueue_of_a_minute_on_redis() {
+    a_quota_refuses_the_1001st_enqueue_of_a_minute(Schema::fresh_on_redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_refuses_the_1001st_enqueue_of_a_minute_on_postgres() {
+    a_quota_refuses_the_1001st_enqueue_of_a_minute(Schema::fresh()).await;
+}

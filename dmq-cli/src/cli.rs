@@ -222,6 +222,22 @@ pub enum Command {
     #[command(after_help = "Examples:\n  dmq resume emails\n  dmq resume emails --json")]
     Resume(PauseArgs),
 
+    /// Set, remove and list enqueue quotas: how many jobs a namespace (or one key of it,
+    /// a tenant) may enqueue per period.
+    ///
+    /// The broker keeps the quotas and counts every manager's enqueues against them in
+    /// fixed windows that open with the first enqueue counted: once a window's quota is
+    /// used up, an enqueue fails with an error saying when to retry (QuotaExceeded;
+    /// HTTP 429 with Retry-After), and nothing is enqueued. A job counts against its
+    /// namespace's quota and, with a quota key (`Call::quota_key`, the HTTP API's
+    /// `quota_key`), that key's too. Producers learn of a new quota within a second.
+    #[command(after_help = "Examples:
+  dmq quota set billing 1000/m
+  dmq quota set billing 100/m --key tenant-7
+  dmq quota list billing --json
+  dmq quota remove billing --key tenant-7")]
+    Quota(QuotaArgs),
+
     /// Act on a queue as a whole: delete it.
     #[command(
         after_help = "Examples:\n  dmq queue delete emails --yes\n  dmq queue delete emails --yes --force --json"
@@ -549,6 +565,59 @@ pub enum QueueCommand {
         /// Delete the jobs workers hold too, instead of refusing while there are any.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
+}
+
+/// `dmq quota` and its subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct QuotaArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: QuotaCommand,
+}
+
+/// The `dmq quota` subcommands. Each names the namespace whose quotas it reads or sets
+/// (instead of --namespace).
+#[derive(Debug, Clone, Subcommand)]
+#[non_exhaustive]
+pub enum QuotaCommand {
+    /// Set the enqueue quota of a namespace, or with --key of one key of it: at most
+    /// RATE jobs per period ("1000/m", "50/s", "10000/h"). A quota set anew starts
+    /// with a fresh window.
+    Set {
+        /// The namespace.
+        #[arg(value_name = "NAMESPACE")]
+        target: String,
+        /// How many enqueues per period: a count, a slash and a period.
+        #[arg(value_parser = parse_rate_limit)]
+        rate: String,
+        /// The key (a tenant) whose quota to set, instead of the namespace's own.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
+    /// Remove the enqueue quota of a namespace, or with --key of one key of it.
+    Remove {
+        /// The namespace.
+        #[arg(value_name = "NAMESPACE")]
+        target: String,
+        /// The key whose quota to remove, instead of the namespace's own.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        /// Where the broker is, and how to print.
+        broker: BrokerArgs,
+    },
+    /// List a namespace's enqueue quotas, with what their current windows used.
+    List {
+        /// The namespace.
+        #[arg(value_name = "NAMESPACE")]
+        target: String,
         #[command(flatten)]
         /// Where the broker is, and how to print.
         broker: BrokerArgs,

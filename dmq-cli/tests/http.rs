@@ -1029,3 +1029,37 @@ fn limits_given_over_http_hold_for_every_claimer() {
         assert_eq!(next["jobs"].as_array().map(Vec::len), Some(1), "{next}");
     });
 }
+
+#[test]
+fn an_enqueue_over_a_quota_is_answered_429_with_the_time_to_retry() {
+    let ns = Namespace::new();
+    ns.rt.block_on(async {
+        let store = ns.manager.broker().quota_store().expect("quotas");
+        store.set_quota(None, Some("2/m".parse().expect("a quota"))).await.expect("set");
+    });
+    let served = serve(&ns.name, &[]);
+    ns.rt.block_on(async {
+        let job = json!({"task": "app.add", "args": [1, 2], "queue": "work"});
+        for _ in 0..2 {
+            let (status, body) = post(&served, Some(PRODUCER), "/v1/jobs", &job).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        let over = post(&served, Some(PRODUCER), "/v1/jobs", &job).await;
+        refused(&over, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "retry in");
+        let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/work").await;
+        assert_eq!(stats["ready"], 2, "the refused job was not added: {stats}");
+        let raw = client()
+            .post(served.url("/v1/jobs"))
+            .bearer_auth(PRODUCER)
+            .json(&job)
+            .send()
+            .await
+            .expect("a response");
+        let wait: u64 = raw
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .expect("a Retry-After in seconds");
+        assert!((1..=60).contains(&wait), "{wait}");
+    });
+}

@@ -79,6 +79,10 @@ pub struct Envelope {
     /// from the encoding when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::limits::JobLimits>,
+    /// The key whose enqueue quota the job counts against (a tenant), beside its
+    /// namespace's; absent from the encoding when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_key: Option<String>,
 }
 
 /// An encoding buffer that reports running out of memory as an error instead of
@@ -149,6 +153,7 @@ impl Envelope {
             created_at: Utc::now(),
             headers: BTreeMap::new(),
             limits: None,
+            quota_key: None,
         }
     }
 

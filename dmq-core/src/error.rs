@@ -128,6 +128,21 @@ pub enum Error {
         existing: TaskId,
     },
 
+    /// An enqueue quota (`dmq quota set`) is used up for this window: nothing was
+    /// enqueued. Enqueue again after `retry_after`.
+    #[error(
+        "the enqueue quota of {quota} ({limit}) is used up: nothing was enqueued; retry in \
+         {retry_after:?}, or raise the quota (dmq quota set)"
+    )]
+    QuotaExceeded {
+        /// Which quota: `namespace "billing"` or `key "tenant-7" of namespace "billing"`.
+        quota: String,
+        /// The quota, as set: `"1000/m"`.
+        limit: String,
+        /// When the quota's window ends and enqueues are let through again.
+        retry_after: std::time::Duration,
+    },
+
     /// A lease token no longer matches: the lease expired and the job was handed
     /// to another worker, or the job was already acknowledged.
     #[error("the lease on job {id} is no longer held by this worker (expired or already settled)")]

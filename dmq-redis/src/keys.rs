@@ -88,6 +88,20 @@ impl Keys {
         format!("{{{}}}:queues:scanned", self.namespace)
     }
 
+    /// The hash of enqueue quotas: field `*` the namespace's, `k:<key>` a key's, each
+    /// `<count>:<period ms>`.
+    #[must_use]
+    pub fn quotas(&self) -> String {
+        format!("{{{}}}:quotas", self.namespace)
+    }
+
+    /// The counter of quota `field` (`*` or `k:<key>`) in its current window, which
+    /// expires when the window ends.
+    #[must_use]
+    pub fn quota_used(&self, field: &str) -> String {
+        format!("{{{}}}:quota:{field}", self.namespace)
+    }
+
     /// The lock one reaper at a time holds.
     #[must_use]
     pub fn reaper_lock(&self) -> String {

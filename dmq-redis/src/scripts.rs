@@ -93,6 +93,8 @@ pub(crate) struct Scripts {
     pub(crate) recover: Script,
     pub(crate) doctor: Script,
     pub(crate) drop_bad: Script,
+    pub(crate) quota_take: Script,
+    pub(crate) quota_refund: Script,
 }
 
 impl Scripts {
@@ -121,6 +123,8 @@ impl Scripts {
             recover: script!("recover"),
             doctor: script!("doctor"),
             drop_bad: script!("drop_bad"),
+            quota_take: script!("quota_take"),
+            quota_refund: script!("quota_refund"),
         }
     }
 }

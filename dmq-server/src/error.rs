@@ -22,8 +22,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `method_not_allowed`, `lease_lost`, `conflict`, `queue_busy`, `running`,
-    /// `payload_too_large`, `unsupported_media_type`, `rate_limited`, `unsupported`,
-    /// `unavailable`, `internal`.
+    /// `payload_too_large`, `unsupported_media_type`, `rate_limited`, `quota_exceeded`,
+    /// `unsupported`, `unavailable`, `internal`.
     pub code: &'static str,
     /// What was wrong, and what to do.
     pub message: String,
@@ -113,6 +113,12 @@ impl From<dmq_core::Error> for ApiError {
             ),
             Error::DuplicateJob { .. } => ApiError::conflict("conflict", message),
             Error::QueueBusy { .. } => ApiError::conflict("queue_busy", message),
+            Error::QuotaExceeded { retry_after, .. } => {
+                let mut error =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
+                error.retry_after = Some(retry_after);
+                error
+            }
             Error::InvalidArgument(_) | Error::MessageTooLarge { .. } | Error::Encode { .. } => {
                 ApiError::bad_request(message)
             }

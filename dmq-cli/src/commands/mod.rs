@@ -14,6 +14,7 @@ mod periodic;
 mod purge;
 mod queue;
 mod queues;
+mod quota;
 mod result;
 mod serve;
 mod supervise;
@@ -51,6 +52,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => pause::run(args, false).await,
         Command::Cancel(args) => cancel::run(args).await,
         Command::Queue(args) => queue::run(args).await,
+        Command::Quota(args) => quota::run(args).await,
         Command::Job(args) => job::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
@@ -72,6 +74,7 @@ mod tests {
             ("dlq.rs", include_str!("dlq.rs")),
             ("purge.rs", include_str!("purge.rs")),
             ("pause.rs", include_str!("pause.rs")),
+            ("quota.rs", include_str!("quota.rs")),
             ("cancel.rs", include_str!("cancel.rs")),
             ("queue.rs", include_str!("queue.rs")),
             ("doctor.rs", include_str!("doctor.rs")),

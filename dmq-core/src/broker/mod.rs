@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::events::Event;
+use crate::limits::RateLimit;
 use crate::task::TaskId;
 
 pub use memory::{DEFAULT_MAX_DELIVERIES, InMemoryBroker};
@@ -188,6 +189,83 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// [`Error::Unsupported`](crate::Error::Unsupported).
     fn admin(&self) -> Option<&dyn BrokerAdmin> {
         None
+    }
+
+    /// The broker's enqueue quotas (`dmq quota set`), which a manager's enqueue
+    /// takes from. Without them, enqueues are never counted and `dmq quota` fails with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn quota_store(&self) -> Option<&dyn QuotaStore> {
+        None
+    }
+}
+
+/// Enqueue quotas: how many jobs a namespace, or one key of it (a tenant), may enqueue
+/// per period, counted in fixed windows that start with the first enqueue after the
+/// last window ended. A capability of a broker ([`Broker::quota_store`]).
+///
+/// The quotas are kept by the broker, so every producer of the namespace counts
+/// against them; a producer may learn of a quota set or changed up to a second late.
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
+    /// Sets the quota of the namespace (`key` `None`) or of one key, or removes it
+    /// (`quota` `None`); says whether anything changed. A new quota starts with a
+    /// fresh window.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn set_quota(&self, key: Option<&str>, quota: Option<RateLimit>) -> Result<bool>;
+
+    /// Every quota set, with what its window used so far.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn quotas(&self) -> Result<Vec<QuotaState>>;
+
+    /// Counts `n` enqueues against the namespace's quota and, with `key`, that key's
+    /// quota: all of them, or (when one is used up) none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QuotaExceeded`](crate::Error::QuotaExceeded) when a quota has fewer
+    /// than `n` left in its window, saying when it opens again; otherwise when the
+    /// broker cannot be reached.
+    async fn take_quota(&self, key: Option<&str>, n: u64) -> Result<()>;
+
+    /// Gives back `n` enqueues counted by [`take_quota`](QuotaStore::take_quota) whose
+    /// jobs the broker then refused.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    async fn refund_quota(&self, key: Option<&str>, n: u64) -> Result<()>;
+}
+
+/// One quota and its window, as [`QuotaStore::quotas`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuotaState {
+    /// The key it counts (a tenant), or `None` for the whole namespace.
+    pub key: Option<String>,
+    /// How many per period.
+    pub limit: RateLimit,
+    /// Enqueues counted in the current window.
+    pub used: u64,
+    /// When the current window ends, if one is open.
+    pub window_ends: Option<DateTime<Utc>>,
+}
+
+impl QuotaState {
+    /// A quota's state.
+    #[must_use]
+    pub fn new(
+        key: Option<String>,
+        limit: RateLimit,
+        used: u64,
+        window_ends: Option<DateTime<Utc>>,
+    ) -> Self {
+        QuotaState { key, limit, used, window_ends }
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Job {
     /// The gate it passes before it starts: a rate, a concurrency, or both, shared
     /// with every job of its queue that names the same gate.
     pub gate: Option<Gate>,
+    /// The key whose enqueue quota it counts against, beside its namespace's (see
+    /// [`QuotaStore`](super::QuotaStore)); the broker itself does not read it.
+    pub quota_key: Option<String>,
 }
 
 impl Job {
@@ -48,7 +51,16 @@ impl Job {
         eta: Option<DateTime<Utc>>,
         payload: Vec<u8>,
     ) -> Self {
-        Job { id, queue: queue.into(), priority, eta, payload, idempotency: None, gate: None }
+        Job {
+            id,
+            queue: queue.into(),
+            priority,
+            eta,
+            payload,
+            idempotency: None,
+            gate: None,
+            quota_key: None,
+        }
     }
 
     /// The same job, passing `gate` before it starts.

@@ -19,8 +19,9 @@
 //! [`Broker`] trait alone), then [`worker_registry_conformance_tests!`](crate::worker_registry_conformance_tests),
 //! [`schedule_store_conformance_tests!`](crate::schedule_store_conformance_tests),
 //! [`event_stream_conformance_tests!`](crate::event_stream_conformance_tests),
-//! [`broker_admin_conformance_tests!`](crate::broker_admin_conformance_tests) and
-//! [`limits_conformance_tests!`](crate::limits_conformance_tests);
+//! [`broker_admin_conformance_tests!`](crate::broker_admin_conformance_tests),
+//! [`limits_conformance_tests!`](crate::limits_conformance_tests) and
+//! [`quotas_conformance_tests!`](crate::quotas_conformance_tests);
 //! [`broker_conformance_tests!`](crate::broker_conformance_tests) runs them all.
 //!
 //! The checks use real time with generous bounds; they prove behaviour, not speed.
@@ -30,6 +31,7 @@ pub mod backend;
 pub mod events;
 pub mod lifecycle;
 pub mod limits;
+pub mod quotas;
 pub mod registry;
 pub mod schedules;
 
@@ -123,6 +125,22 @@ macro_rules! broker_conformance_tests {
         $crate::event_stream_conformance_tests!($fixture);
         $crate::broker_admin_conformance_tests!($fixture);
         $crate::limits_conformance_tests!($fixture);
+        $crate::quotas_conformance_tests!($fixture);
+    };
+}
+
+/// Generates one test per contract of enqueue quotas
+/// ([`QuotaStore`](crate::QuotaStore)).
+#[macro_export]
+macro_rules! quotas_conformance_tests {
+    ($fixture:ty) => {
+        $crate::__conformance_cases!(
+            $fixture,
+            run_broker,
+            quotas,
+            a_quota_refuses_what_goes_over_it_and_says_when_to_retry,
+            a_keys_quota_counts_beside_the_namespaces_and_its_window_ends,
+        );
     };
 }
 

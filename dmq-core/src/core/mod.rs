@@ -156,6 +156,7 @@ impl Core {
     ) -> Result<(TaskId, bool)> {
         crate::trace::TraceContext::current().inject(&mut envelope);
         let job = self.job(&mut envelope, partition_key)?;
+        let taken = self.take_quotas(std::slice::from_ref(&job)).await?;
         let at = chrono::Utc::now();
         match self.broker.enqueue(job).await {
             Ok(()) => {
@@ -163,8 +164,45 @@ impl Core {
                 Ok((envelope.id, false))
             }
             // The same work was enqueued already: its job stands for this one.
-            Err(Error::IdempotencyKeyTaken { existing, .. }) => Ok((existing, true)),
-            Err(e) => Err(e),
+            Err(Error::IdempotencyKeyTaken { existing, .. }) => {
+                self.refund_quotas(taken).await;
+                Ok((existing, true))
+            }
+            Err(e) => {
+                self.refund_quotas(taken).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts `jobs` against the broker's enqueue quotas, all or none (see
+    /// [`QuotaStore`](crate::QuotaStore)); returns what it counted, per key.
+    pub(crate) async fn take_quotas(&self, jobs: &[Job]) -> Result<Vec<(Option<String>, u64)>> {
+        let Some(store) = self.broker.quota_store() else { return Ok(Vec::new()) };
+        let mut per_key: std::collections::BTreeMap<Option<&str>, u64> =
+            std::collections::BTreeMap::new();
+        for job in jobs {
+            *per_key.entry(job.quota_key.as_deref()).or_default() += 1;
+        }
+        let mut taken = Vec::with_capacity(per_key.len());
+        for (key, n) in per_key {
+            if let Err(e) = store.take_quota(key, n).await {
+                self.refund_quotas(taken).await;
+                return Err(e);
+            }
+            taken.push((key.map(str::to_owned), n));
+        }
+        Ok(taken)
+    }
+
+    /// Gives back quota counted for jobs the broker refused; a failure to is logged
+    /// (the count then runs high until the window ends).
+    pub(crate) async fn refund_quotas(&self, taken: Vec<(Option<String>, u64)>) {
+        let Some(store) = self.broker.quota_store() else { return };
+        for (key, n) in taken {
+            if let Err(e) = store.refund_quota(key.as_deref(), n).await {
+                tracing::warn!(error = %e, "could not give back the enqueue quota of refused jobs");
+            }
         }
     }
 
@@ -227,6 +265,7 @@ impl Core {
         if let Some(gate) = envelope.limits.as_ref().and_then(|l| Gate::of(&envelope.task, l)) {
             job = job.with_gate(gate);
         }
+        job.quota_key.clone_from(&envelope.quota_key);
         Ok(match &envelope.idempotency_key {
             Some(key) => job.with_idempotency_key(key.clone(), self.config.idempotency_ttl),
             None => job,

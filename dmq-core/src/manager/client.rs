@@ -46,6 +46,7 @@ pub struct Call<T> {
     limits: JobLimits,
     /// Set by `unlimited`: the job goes without its task's limits.
     unlimited: bool,
+    quota_key: Option<String>,
     /// Why a limit given to this call is not valid, reported by `enqueue`.
     limits_refused: Option<String>,
     output: PhantomData<fn() -> T>,
@@ -93,6 +94,7 @@ impl<T> Call<T> {
             headers: BTreeMap::new(),
             limits: JobLimits::default(),
             unlimited: false,
+            quota_key: None,
             limits_refused: None,
             output: PhantomData,
         }
@@ -154,6 +156,14 @@ impl<T> Call<T> {
     pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
         self.unlimited = false;
         self.limits.key = Some(key.into());
+        self
+    }
+
+    /// Counts the job against the enqueue quota of `key` (a tenant, set with `dmq quota
+    /// set NAMESPACE RATE --key KEY`) as well as its namespace's: over either, the
+    /// enqueue fails with [`Error::QuotaExceeded`].
+    pub fn quota_key(mut self, key: impl Into<String>) -> Self {
+        self.quota_key = Some(key.into());
         self
     }
 
@@ -427,6 +437,7 @@ impl<T> Call<T> {
         envelope.timeout_ms =
             self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         envelope.headers = self.headers;
+        envelope.quota_key = self.quota_key;
         if self.unlimited {
             // Said in the envelope, so that no registry puts the task's limits back.
             envelope.limits = Some(JobLimits::default());

@@ -277,8 +277,12 @@ impl Manager {
                 queued.push(envelope);
             }
         }
+        let taken = self.core.take_quotas(&jobs).await?;
         let at = chrono::Utc::now();
-        self.core.broker.enqueue_batch(jobs).await?;
+        if let Err(e) = self.core.broker.enqueue_batch(jobs).await {
+            self.core.refund_quotas(taken).await;
+            return Err(e);
+        }
         for envelope in &queued {
             self.core.queued(envelope, at);
         }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod events;
+mod quotas;
 mod schedules;
 mod workers;
 
@@ -93,6 +94,8 @@ struct Inner {
     churn: AtomicU64,
     /// How many changed rows make it vacuum; 0: never.
     vacuum_after: AtomicU64,
+    /// Whether any enqueue quota is set, and when that was read.
+    quotas_known: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl Drop for PostgresBroker {
@@ -244,6 +247,7 @@ impl PostgresBroker {
             dead_letter_cap: AtomicUsize::new(DEFAULT_DEAD_LETTER_CAP),
             max_deliveries: AtomicU32::new(DEFAULT_MAX_DELIVERIES),
             event_cap: AtomicUsize::new(DEFAULT_EVENT_STREAM_CAP),
+            quotas_known: std::sync::Mutex::new(None),
         });
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
         let vacuum = tokio::spawn(vacuum(Arc::downgrade(&inner)));
@@ -654,6 +658,10 @@ impl Broker for PostgresBroker {
     }
 
     fn admin(&self) -> Option<&dyn BrokerAdmin> {
+        Some(self)
+    }
+
+    fn quota_store(&self) -> Option<&dyn dmq_core::QuotaStore> {
         Some(self)
     }
 }

@@ -9,6 +9,7 @@ mod ack;
 mod admin;
 mod claim;
 mod events;
+mod quotas;
 mod schedules;
 mod wait;
 mod workers;
@@ -97,6 +98,9 @@ pub struct RedisBroker {
     /// The queues this broker has written to the queue registry lately, so that it
     /// writes each again only after [`REGISTRY_REFRESH`].
     registered: Mutex<admin::Registered>,
+    /// Whether any enqueue quota is set, and when that was read (see
+    /// `quotas::QUOTAS_CHECKED_EVERY`).
+    quotas_known: Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -192,6 +196,7 @@ impl RedisBroker {
             lost_claims: Mutex::new(Vec::new()),
             last_doctor: Mutex::new(None),
             registered: Mutex::new(admin::Registered::default()),
+            quotas_known: Mutex::new(None),
         })
     }
 
@@ -751,6 +756,10 @@ impl Broker for RedisBroker {
     }
 
     fn admin(&self) -> Option<&dyn BrokerAdmin> {
+        Some(self)
+    }
+
+    fn quota_store(&self) -> Option<&dyn dmq_core::QuotaStore> {
         Some(self)
     }
 }

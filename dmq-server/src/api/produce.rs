@@ -95,6 +95,11 @@ pub(crate) struct EnqueueRequest {
     /// not share them. Needs a `rate_limit` or a `concurrency`, given here or the task's.
     #[serde(default)]
     concurrency_key: Option<String>,
+    /// Counts the job against this key's enqueue quota (`dmq quota set NS RATE --key
+    /// KEY`) as well as its namespace's; over either, the enqueue answers 429
+    /// `quota_exceeded` with Retry-After.
+    #[serde(default)]
+    quota_key: Option<String>,
 }
 
 /// An enqueued job.
@@ -199,6 +204,7 @@ fn envelope_of(
     envelope.max_retries = request.max_retries;
     envelope.timeout_ms = request.timeout_ms;
     envelope.headers = request.headers;
+    envelope.quota_key = request.quota_key;
     let given = request.rate_limit.is_some()
         || request.burst.is_some()
         || request.concurrency.is_some()

@@ -6,6 +6,7 @@
 
 mod admin;
 mod events;
+mod quotas;
 mod schedules;
 mod workers;
 
@@ -50,6 +51,9 @@ pub struct InMemoryBroker {
     events: Mutex<EventLog>,
     /// Wakes the readers waiting for events.
     published: Notify,
+    /// Whether any enqueue quota is set: an enqueue takes no lock for quotas while
+    /// none is.
+    quotas_set: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +67,8 @@ struct State {
     idempotency: HashMap<(String, String), (TaskId, Instant)>,
     /// Periodic schedules by name.
     schedules: BTreeMap<String, ScheduleState>,
+    /// Enqueue quotas: the broker's (key `None`) and its keys'.
+    quotas: HashMap<Option<String>, quotas::Quota>,
 }
 
 /// What decides when a job is dead-lettered without running.
@@ -308,6 +314,7 @@ impl InMemoryBroker {
             notify: Notify::new(),
             events: Mutex::new(EventLog::new(DEFAULT_EVENT_STREAM_CAP)),
             published: Notify::new(),
+            quotas_set: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -926,6 +933,10 @@ impl Broker for InMemoryBroker {
     }
 
     fn admin(&self) -> Option<&dyn BrokerAdmin> {
+        Some(self)
+    }
+
+    fn quota_store(&self) -> Option<&dyn super::QuotaStore> {
         Some(self)
     }
 }
