@@ -117,6 +117,19 @@ pub enum Command {
     )]
     Queues(QueuesArgs),
 
+    /// Show what holds jobs back: each queue's gates (rate and concurrency limits) and
+    /// the namespace's enqueue quotas.
+    ///
+    /// A gate is the task's name, or `task[key]` for limits per key. For each: its
+    /// limits, its jobs running and waiting, and why it holds them back now (its
+    /// concurrency is full, or its rate's next start is ahead). Then each enqueue quota,
+    /// with what its current window used. With no queue named, every queue of the
+    /// namespace's queue registry (those with gates).
+    #[command(after_help = "Examples:
+  dmq limits
+  dmq limits reports --json")]
+    Limits(LimitsArgs),
+
     /// List the live workers: id, host, pid, queues, concurrency, heartbeat.
     ///
     /// Each worker's id, host, pid, queues, concurrency, start and the time its
@@ -336,6 +349,18 @@ pub struct QueuesArgs {
     /// `<queue>#<n>`, instead of one row that adds them up.
     #[arg(long)]
     pub partitions: bool,
+
+    #[command(flatten)]
+    /// Where the broker is, and how to print.
+    pub broker: BrokerArgs,
+}
+
+/// The options of `dmq limits`.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// The queues to show [default: every queue of the namespace's queue registry].
+    #[arg(value_name = "QUEUE")]
+    pub queues: Vec<String>,
 
     #[command(flatten)]
     /// Where the broker is, and how to print.

@@ -1160,3 +1160,44 @@ fn enqueue_with_an_id_of_ones_own_enqueues_once_however_often_it_is_run() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("a job id is a UUID") && stderr.contains("--id"), "{stderr}");
 }
+
+#[test]
+fn limits_shows_what_each_gate_holds_back_and_the_quotas() {
+    let ns = Namespace::new();
+    assert!(ns.ok(&["limits"]).contains("no gates"));
+    for tenant in ["t1", "t1", "t1", "t2"] {
+        let mut envelope =
+            Envelope::new("app.report", "reports", rmp_serde::to_vec(&(1u32,)).expect("encodes"));
+        let mut limits = dmq_core::JobLimits::default();
+        limits.concurrency = Some(1);
+        limits.key = Some(tenant.to_owned());
+        envelope.limits = Some(limits);
+        ns.rt.block_on(ns.manager.enqueue_envelope(envelope)).expect("enqueues");
+    }
+    assert_eq!(ns.claim("reports", 10).len(), 2, "one per tenant");
+    let quota_set = ns.json(&["quota", "set", &ns.name, "500/h", "--key", "t1"]);
+    assert_eq!(quota_set["changed"], true, "{quota_set}");
+
+    let shown = ns.json(&["limits"]);
+    let gates = shown["gates"].as_array().expect("gates");
+    assert_eq!(gates.len(), 2, "{shown}");
+    assert_eq!(
+        (&gates[0]["queue"], &gates[0]["gate"], &gates[0]["concurrency"]),
+        (&json!("reports"), &json!("app.report[t1]"), &json!(1)),
+        "{shown}"
+    );
+    assert_eq!((&gates[0]["running"], &gates[0]["waiting"]), (&json!(1), &json!(2)), "{shown}");
+    assert_eq!(gates[0]["holding_back"], "concurrency: 1 of 1 running", "{shown}");
+    assert_eq!((&gates[1]["waiting"], &gates[1]["holding_back"]), (&json!(0), &Value::Null));
+    assert_eq!(
+        (&shown["quotas"][0]["key"], &shown["quotas"][0]["quota"]),
+        (&json!("t1"), &json!("500/h")),
+        "{shown}"
+    );
+    let table = ns.ok(&["limits", "reports"]);
+    assert!(
+        table.contains("app.report[t1]") && table.contains("concurrency: 1 of 1 running"),
+        "{table}"
+    );
+    assert!(table.contains("QUOTA-KEY") && table.contains("500/h"), "{table}");
+}

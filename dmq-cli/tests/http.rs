@@ -1018,6 +1018,15 @@ fn limits_given_over_http_hold_for_every_claimer() {
         assert_eq!(none["jobs"].as_array().map(Vec::len), Some(0), "t1's slot is taken: {none}");
         let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/work").await;
         assert_eq!((&stats["ready"], &stats["gated"]), (&json!(1), &json!(1)), "{stats}");
+        let (status, gates) = get(&served, Some(ADMIN), "/v1/queues/work/gates").await;
+        assert_eq!(status, StatusCode::OK, "{gates}");
+        let t1 = &gates["gates"][0];
+        assert_eq!(
+            (&t1["gate"], &t1["concurrency"], &t1["running"], &t1["waiting"]),
+            (&json!("app.add[t1]"), &json!(1), &json!(1), &json!(1)),
+            "{gates}"
+        );
+        assert_eq!(t1["holding_back"], "concurrency: 1 of 1 running", "{gates}");
         // Acknowledging t1's job frees its slot.
         for job in first["jobs"].as_array().into_iter().flatten() {
             let (status, body) =

@@ -54,9 +54,10 @@ pub use backend::{
 };
 pub use broker::{
     Broker, BrokerAdmin, Cancelled, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter,
-    Delivery, EventCursor, EventPage, EventStream, EventsFrom, FoundJob, InMemoryBroker, Job,
-    JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, QuotaState, QuotaStore, ScheduleState,
-    ScheduleStore, WorkerInfo, WorkerRegistry, WorkerStatus, refuse_keys_in_batches,
+    Delivery, EventCursor, EventPage, EventStream, EventsFrom, FoundJob, GateStatus,
+    InMemoryBroker, Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, QuotaState,
+    QuotaStore, ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry, WorkerStatus,
+    refuse_keys_in_batches,
 };
 pub use dmq_macros::task;
 pub use envelope::{

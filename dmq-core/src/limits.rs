@@ -48,6 +48,24 @@ impl RateLimit {
         Ok(RateLimit { count, period })
     }
 
+    /// The rate whose steady interval between starts is `interval_us` microseconds, in
+    /// the words it was most likely given in (`50/s` rather than `1/20ms`): per second,
+    /// minute or hour when one divides evenly. `None` for 0. For brokers that keep a
+    /// rate as its interval.
+    #[must_use]
+    pub fn of_interval_us(interval_us: u64) -> Option<RateLimit> {
+        if interval_us == 0 {
+            return None;
+        }
+        for period in [1_000_000_u64, 60_000_000, 3_600_000_000] {
+            if period % interval_us == 0 {
+                let count = u32::try_from(period / interval_us).ok()?;
+                return RateLimit::new(count, Duration::from_micros(period)).ok();
+            }
+        }
+        RateLimit::new(1, Duration::from_micros(interval_us.max(1_000))).ok()
+    }
+
     /// How many jobs may start per [`period`](RateLimit::period).
     #[must_use]
     pub fn count(&self) -> u32 {
@@ -317,6 +335,17 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_rate_kept_as_its_interval_reads_back_in_its_words() {
+        for text in ["50/s", "100/s", "30/m", "1000/h", "7/s"] {
+            let rate: RateLimit = text.parse().unwrap();
+            let back = RateLimit::of_interval_us(rate.interval_us()).unwrap();
+            assert_eq!(back.interval_us(), rate.interval_us(), "{text}");
+        }
+        assert_eq!(RateLimit::of_interval_us(20_000).unwrap().to_string(), "50/s");
+        assert_eq!(RateLimit::of_interval_us(0), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::api::{QueueOrPartition, admin, consume, events, produce};
     paths(
         produce::enqueue, produce::enqueue_batch, produce::job, produce::result, produce::cancel,
         consume::claim, consume::renew, consume::ack, consume::nack, consume::release,
-        admin::queues, admin::queue, admin::purge, admin::pause, admin::resume,
+        admin::queues, admin::queue, admin::purge, admin::pause, admin::resume, admin::gates,
         admin::dead_letters,
         admin::requeue_dead_letter, admin::requeue_all, admin::delete_dead_letter,
         admin::purge_dead_letters, admin::delete_queue, admin::workers, admin::schedules, events::events,

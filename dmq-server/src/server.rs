@@ -223,6 +223,7 @@ fn router(state: AppState, limits: Limits) -> Router {
         .route("/queues/{queue}/purge", post(admin::purge))
         .route("/queues/{queue}/pause", post(admin::pause))
         .route("/queues/{queue}/resume", post(admin::resume))
+        .route("/queues/{queue}/gates", get(admin::gates))
         .route(
             "/queues/{queue}/dead-letters",
             get(admin::dead_letters).delete(admin::purge_dead_letters),

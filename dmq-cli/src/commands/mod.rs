@@ -8,6 +8,7 @@ mod doctor;
 mod enqueue;
 mod events;
 mod job;
+mod limits;
 mod migrate;
 mod pause;
 mod periodic;
@@ -41,6 +42,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Tasks(args) => tasks::run(&args),
         Command::Queues(args) => queues::run(args).await,
+        Command::Limits(args) => limits::run(args).await,
         Command::Workers(args) => workers::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
         Command::Periodic(args) => periodic::run(args).await,
@@ -74,6 +76,7 @@ mod tests {
             ("dlq.rs", include_str!("dlq.rs")),
             ("purge.rs", include_str!("purge.rs")),
             ("pause.rs", include_str!("pause.rs")),
+            ("limits.rs", include_str!("limits.rs")),
             ("quota.rs", include_str!("quota.rs")),
             ("cancel.rs", include_str!("cancel.rs")),
             ("queue.rs", include_str!("queue.rs")),

@@ -242,6 +242,65 @@ pub trait QuotaStore: Send + Sync {
     async fn refund_quota(&self, key: Option<&str>, n: u64) -> Result<()>;
 }
 
+/// One gate of a queue and what it holds back, as [`BrokerAdmin::gates`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GateStatus {
+    /// The gate's name: the task's, or `<task>[<key>]`.
+    pub name: String,
+    /// How many of its jobs may start per period.
+    pub rate: Option<RateLimit>,
+    /// How many may start at once.
+    pub burst: u32,
+    /// How many of its jobs may run at once.
+    pub concurrency: Option<u32>,
+    /// Its jobs running now (those the gate let through and still in flight; with no
+    /// concurrency limit, the broker may not count them and says 0).
+    pub running: u64,
+    /// Its jobs waiting for it to let them start.
+    pub waiting: u64,
+    /// When its rate lets the next job start, if that is later than now.
+    pub next_start: Option<DateTime<Utc>>,
+}
+
+impl GateStatus {
+    /// A gate's status.
+    #[must_use]
+    pub fn new(
+        name: impl Into<String>,
+        rate: Option<RateLimit>,
+        burst: u32,
+        concurrency: Option<u32>,
+    ) -> Self {
+        GateStatus {
+            name: name.into(),
+            rate,
+            burst: burst.max(1),
+            concurrency,
+            running: 0,
+            waiting: 0,
+            next_start: None,
+        }
+    }
+
+    /// Why the gate holds its waiting jobs back now, in words: `"concurrency 3 of 3
+    /// running"`, `"rate 50/s: next start in 12ms"`, or `None` when it does not.
+    #[must_use]
+    pub fn holding_back(&self) -> Option<String> {
+        if self.waiting == 0 {
+            return None;
+        }
+        if let Some(limit) = self.concurrency {
+            if self.running >= u64::from(limit) {
+                return Some(format!("concurrency: {} of {limit} running", self.running));
+            }
+        }
+        let (rate, at) = (self.rate?, self.next_start?);
+        let left = (at - Utc::now()).to_std().ok()?;
+        Some(format!("rate {rate}: next start in {left:?}"))
+    }
+}
+
 /// One quota and its window, as [`QuotaStore::quotas`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -482,6 +541,20 @@ pub trait BrokerAdmin: Send + Sync {
     /// for a broker that cannot pause.
     async fn pause(&self, queue: &str) -> Result<bool> {
         Err(crate::Error::Unsupported(format!("this broker cannot pause queue {queue:?}")))
+    }
+
+    /// The gates (flow limits) of `queue`'s jobs: each one's limits (its last enqueued
+    /// job's), how many of its jobs run and how many wait at it, and when its rate lets
+    /// the next one start. Sorted by name.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached; [`Error::Unsupported`](crate::Error::Unsupported)
+    /// for a broker without flow limits.
+    async fn gates(&self, queue: &str) -> Result<Vec<GateStatus>> {
+        Err(crate::Error::Unsupported(format!(
+            "this broker keeps no flow limits, so queue {queue:?} has no gates"
+        )))
     }
 
     /// Resumes paused `queue`: claims take its jobs again, and idle workers of it are

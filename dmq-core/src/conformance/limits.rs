@@ -32,6 +32,13 @@ pub async fn a_rate_limit_lets_its_burst_through_then_spaces_starts(b: Arc<dyn B
     if let Some(stats) = figures(&b, "alpha").await {
         assert_eq!((stats.ready, stats.in_flight), (3, 3), "held jobs wait: {stats:?}");
     }
+    let gates = admin(&b).gates("alpha").await.expect("gates");
+    assert_eq!(gates.len(), 1, "{gates:?}");
+    let send = &gates[0];
+    assert_eq!((send.name.as_str(), send.rate, send.burst), ("send", rate("5/s"), 2), "{send:?}");
+    assert_eq!((send.concurrency, send.waiting), (None, 3), "{send:?}");
+    assert!(send.next_start.is_some_and(|t| t > Utc::now()), "{send:?}");
+    assert!(send.holding_back().is_some_and(|why| why.starts_with("rate 5/s")), "{send:?}");
     // The next start is due 200 ms after the burst: a claim waiting 5 s gets it then.
     let started = Instant::now();
     let next = b.claim(WORKER, &q, 10, LONG, Duration::from_secs(5)).await.expect("claim");
@@ -73,6 +80,12 @@ pub async fn a_concurrency_limit_holds_a_slot_per_running_job(b: Arc<dyn Broker>
     let lease = |name: &str| got.iter().find(|d| d.payload == name.as_bytes()).expect(name);
     let none = b.claim(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
     assert!(none.is_empty(), "t1's slots are full: {:?}", payloads(&none));
+    let gates = admin(&b).gates("alpha").await.expect("gates");
+    let seen: Vec<_> =
+        gates.iter().map(|g| (g.name.as_str(), g.concurrency, g.running, g.waiting)).collect();
+    assert_eq!(seen, [("report[t1]", Some(2), 2, 3), ("report[t2]", Some(1), 1, 0)]);
+    assert_eq!(gates[0].holding_back().as_deref(), Some("concurrency: 2 of 2 running"));
+    assert_eq!(gates[1].holding_back(), None, "nothing waits at t2");
 
     // A claim waiting on the full gate is woken by the ack that frees a slot.
     let waiting = {

@@ -88,6 +88,46 @@ impl BrokerAdmin for PostgresBroker {
         Ok(stats)
     }
 
+    /// The queue's rows of `gates`, each with its jobs running and ready (the
+    /// indexes `jobs_gate_running` and `jobs_gated` count them).
+    async fn gates(&self, queue: &str) -> Result<Vec<dmq_core::GateStatus>> {
+        let inner = &self.inner;
+        let jobs = inner.schema.at("jobs");
+        let sql = format!(
+            "SELECT g.name, g.interval_us, g.burst, g.concurrency, \
+                    CASE WHEN g.next_open > now() THEN g.next_open END AS next_open, \
+                    (SELECT count(*) FROM {jobs} r WHERE r.queue = g.queue AND r.gate = g.name \
+                       AND r.state = 'running') AS running, \
+                    (SELECT count(*) FROM {jobs} w WHERE w.queue = g.queue AND w.gate = g.name \
+                       AND w.state = 'ready' AND NOT w.suspect) AS waiting \
+             FROM {} g WHERE g.queue = $1 ORDER BY g.name",
+            inner.schema.at("gates")
+        );
+        let rows = sqlx::query(crate::schema::sql(&sql))
+            .bind(queue)
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(|e| inner.fail("read a queue's gates", e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let read = |e| inner.fail("read a queue's gates", e);
+            let interval: i64 = row.try_get("interval_us").map_err(read)?;
+            let burst: i32 = row.try_get("burst").map_err(read)?;
+            let concurrency: i32 = row.try_get("concurrency").map_err(read)?;
+            let mut status = dmq_core::GateStatus::new(
+                row.try_get::<String, _>("name").map_err(read)?,
+                dmq_core::RateLimit::of_interval_us(u64::try_from(interval).unwrap_or(0)),
+                u32::try_from(burst).unwrap_or(1),
+                u32::try_from(concurrency).ok().filter(|n| *n > 0),
+            );
+            status.running = count(&row, "running");
+            status.waiting = count(&row, "waiting");
+            status.next_start = row.try_get("next_open").map_err(read)?;
+            out.push(status);
+        }
+        Ok(out)
+    }
+
     /// Sets the queue's `paused_at` (registering the queue), unless it is set; the
     /// claim function passes paused queues by.
     async fn pause(&self, queue: &str) -> Result<bool> {

@@ -377,6 +377,67 @@ impl BrokerAdmin for RedisBroker {
     /// the wake-up on while jobs remain), in one transaction: the queue's keys share
     /// its slot. A wake-up for a queue that was not paused costs a claim that finds
     /// nothing new.
+    /// The gates of the queue's gates hash (its `c:` fields, found with `HSCAN`), each
+    /// with its slots (`r` members of the gated set, which a claim that finds the gate
+    /// full prunes of jobs no longer in flight) and held jobs (`w` members).
+    async fn gates(&self, queue: &str) -> Result<Vec<dmq_core::GateStatus>> {
+        let keys = self.keys.queue(queue);
+        let what = format!("reading the gates of queue {queue:?}");
+        let mut conn = self.conn().await?;
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut cursor = 0_u64;
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(keys.gates())
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("c:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(&what, e))?;
+            found.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let now_us = Utc::now().timestamp_micros();
+        let mut out = Vec::with_capacity(found.len());
+        for (field, limits) in found {
+            let Some(name) = field.strip_prefix("c:") else { continue };
+            let mut parts = limits.split(':').map(|p| p.parse::<u64>().unwrap_or(0));
+            let (interval, burst, concurrency) =
+                (parts.next().unwrap_or(0), parts.next().unwrap_or(1), parts.next().unwrap_or(0));
+            let rate = dmq_core::RateLimit::of_interval_us(interval);
+            let mut status = dmq_core::GateStatus::new(
+                name,
+                rate,
+                u32::try_from(burst).unwrap_or(u32::MAX),
+                (concurrency > 0).then(|| u32::try_from(concurrency).unwrap_or(u32::MAX)),
+            );
+            let range = |kind: char| (format!("[{kind}{name}\0"), format!("({kind}{name}\u{1}"));
+            let ((r_lo, r_hi), (w_lo, w_hi)) = (range('r'), range('w'));
+            let (running, waiting, tat): (u64, u64, Option<i64>) = redis::pipe()
+                .zlexcount(keys.gated(), r_lo, r_hi)
+                .zlexcount(keys.gated(), w_lo, w_hi)
+                .hget(keys.gates(), format!("t:{name}"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(&what, e))?;
+            (status.running, status.waiting) = (running, waiting);
+            let tolerance = i64::try_from(interval.saturating_mul(burst.max(1) - 1)).unwrap_or(0);
+            status.next_start = tat
+                .map(|tat| tat - tolerance)
+                .filter(|at| interval > 0 && *at > now_us)
+                .and_then(DateTime::from_timestamp_micros);
+            out.push(status);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     async fn resume(&self, queue: &str) -> Result<bool> {
         let keys = self.keys.queue(queue);
         let what = format!("resuming queue {queue:?} (field {PAUSED_FIELD} of {})", keys.meta());

@@ -161,6 +161,66 @@ pub(crate) async fn pause(
     Ok(Json(PauseView { queue, paused: true, changed }))
 }
 
+/// One gate of a queue: a rate or concurrency limit its jobs pass, and what it holds
+/// back.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GateView {
+    /// The gate: the task's name, or `task[key]` for limits per key.
+    gate: String,
+    /// How many of its jobs may start per period (`"50/s"`); null for no rate.
+    rate: Option<String>,
+    /// How many may start at once under the rate.
+    burst: u32,
+    /// How many of its jobs may run at once; null for no limit.
+    concurrency: Option<u32>,
+    /// Its jobs running now.
+    running: u64,
+    /// Its jobs waiting for it to let them start.
+    waiting: u64,
+    /// When its rate lets the next job start, when that is ahead.
+    next_start: Option<DateTime<Utc>>,
+    /// Why it holds its waiting jobs back now, in words; null when it does not.
+    holding_back: Option<String>,
+}
+
+/// A queue's gates.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GateList {
+    /// The queue's gates, by name.
+    gates: Vec<GateView>,
+}
+
+/// A queue's gates (rate and concurrency limits) and what each holds back.
+#[utoipa::path(get, path = "/v1/queues/{queue}/gates", tag = "admin",
+    params(("queue" = QueueOrPartition, Path, description = "The queue")),
+    responses((status = 200, body = GateList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn gates(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(queue): Path<String>,
+) -> Result<Json<GateList>, ApiError> {
+    caller.require_on(&state, Scope::Admin, &queue)?;
+    let gates = state.manager.admin()?.gates(&queue).await?;
+    let gates = gates
+        .into_iter()
+        .map(|g| GateView {
+            holding_back: g.holding_back(),
+            rate: g.rate.map(|r| r.to_string()),
+            gate: g.name,
+            burst: g.burst,
+            concurrency: g.concurrency,
+            running: g.running,
+            waiting: g.waiting,
+            next_start: g.next_start,
+        })
+        .collect();
+    Ok(Json(GateList { gates }))
+}
+
 /// Resumes a paused queue: workers claim from it again, woken at once.
 #[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "admin",
     params(("queue" = QueueOrPartition, Path, description = "The queue")),

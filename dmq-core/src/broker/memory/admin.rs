@@ -49,6 +49,33 @@ impl BrokerAdmin for InMemoryBroker {
         Ok(paused.replace(paused.unwrap_or_else(Utc::now)).is_none())
     }
 
+    async fn gates(&self, queue: &str) -> Result<Vec<crate::broker::GateStatus>> {
+        let mut state = self.lock();
+        let Some(q) = state.queues.get_mut(queue) else { return Ok(Vec::new()) };
+        let now = (Instant::now(), Utc::now());
+        let in_flight = &q.in_flight;
+        let mut out: Vec<crate::broker::GateStatus> = q
+            .gates
+            .iter_mut()
+            .map(|(name, gate)| {
+                gate.running.retain(|id| in_flight.contains_key(id));
+                let mut status = crate::broker::GateStatus::new(
+                    name.to_string(),
+                    gate.rate,
+                    gate.burst,
+                    gate.concurrency,
+                );
+                status.running = gate.running.len() as u64;
+                status.waiting = gate.waiting.len() as u64;
+                status.next_start =
+                    gate.opens_at().filter(|at| *at > now.0).map(|at| wall(at, now));
+                status
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     async fn resume(&self, queue: &str) -> Result<bool> {
         let resumed = self.lock().queues.get_mut(queue).and_then(|q| q.paused_since.take());
         if resumed.is_some() {
