@@ -329,3 +329,59 @@ async fn a_quota_refuses_the_1001st_enqueue_of_a_minute_on_redis() {
 async fn a_quota_refuses_the_1001st_enqueue_of_a_minute_on_postgres() {
     a_quota_refuses_the_1001st_enqueue_of_a_minute(Schema::fresh()).await;
 }
+
+/// A worker killed (SIGKILL) while its jobs hold every slot of a key gives the slots
+/// back once its jobs are taken back: the key's other jobs start, the killed worker's
+/// jobs run again (alone, as any job of a lost worker), and no more than 3 of the key
+/// ever finish overlapping.
+async fn the_slots_of_a_killed_worker_come_back(schema: Schema) {
+    let settings = Settings {
+        queue: per_key::QUEUE,
+        concurrency: 8,
+        lease: Duration::from_secs(3),
+        heartbeat: Duration::from_millis(300),
+    };
+    let mut doomed = schema.worker(settings, &[]);
+    let manager = manager_on(&schema).await;
+    let admin = manager.admin().expect("admin");
+    let long: Vec<_> = (0..3).map(|_| per_key::call("k".to_owned(), 2_000)).collect();
+    manager.enqueue_batch(long).await.expect("enqueue");
+    poll("the doomed worker to hold the key's 3 slots", || async {
+        let gates = admin.gates(per_key::QUEUE).await.ok()?;
+        gates.iter().any(|g| g.name == "e2e.per_key[k]" && g.running == 3).then_some(())
+    })
+    .await;
+    let short: Vec<_> = (0..3).map(|_| per_key::call("k".to_owned(), 10)).collect();
+    manager.enqueue_batch(short).await.expect("enqueue");
+    doomed.kill().await;
+    let mut survivor = schema.worker(settings, &[]);
+    let key = per_key_key(&schema.name);
+    let ran = poll("the key's 6 jobs to finish after the kill", || async {
+        let ran = runs(&schema, &key).await;
+        (ran.len() >= 6).then_some(ran)
+    })
+    .await;
+    assert_eq!(ran.len(), 6, "each job finished once: {ran:?}");
+    let mut events: Vec<(u128, i32)> =
+        ran.iter().flat_map(|(_, start, end)| [(*start, 1), (*end, -1)]).collect();
+    events.sort_unstable();
+    let (mut now, mut most) = (0, 0);
+    for (_, change) in events {
+        now += change;
+        most = most.max(now);
+    }
+    assert!(most <= 3, "{most} jobs of one key ran at once, over its limit of 3");
+    let gates = admin.gates(per_key::QUEUE).await.expect("gates");
+    assert!(gates.iter().all(|g| g.waiting == 0), "{gates:?}");
+    assert!(survivor.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slots_of_a_killed_worker_come_back_on_redis() {
+    the_slots_of_a_killed_worker_come_back(Schema::fresh_on_redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slots_of_a_killed_worker_come_back_on_postgres() {
+    the_slots_of_a_killed_worker_come_back(Schema::fresh()).await;
+}

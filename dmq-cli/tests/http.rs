@@ -692,9 +692,11 @@ fn malformed_requests_get_a_json_4xx_and_a_refused_batch_adds_nothing() {
             (json!({"task": "", "queue": "q"}), "task"),
             (json!({"args": []}), "missing field `task`"),
             (json!({"task": "app.add", "delay_ms": 10, "eta": "2030-01-01T00:00:00Z"}), "not both"),
-            (json!({"task": "app.add", "queue": "q", "rate_limit": "lots"}), "rate limit \"lots\""),
+            (json!({"task": "app.add", "queue": "q", "rate_limit": "lots"}), "rate_limit \"lots\" is not a rate"),
             (json!({"task": "app.add", "queue": "q", "concurrency": 0}), "at least 1"),
-            (json!({"task": "app.add", "queue": "q", "concurrency_key": "t1"}), "neither a rate_limit"),
+            (json!({"task": "app.add", "queue": "q", "rate_limit": "100/d"}), "not a rate"),
+            (json!({"task": "app.add", "queue": "q", "rate_limit": "10/25h"}), "not a rate"),
+            (json!({"task": "app.add", "queue": "q", "quota_key": "a\u{0}b"}), "without NUL"),
         ];
         for (body, words) in cases {
             let answer = post(&served, Some(PRODUCER), "/v1/jobs", &body).await;

@@ -15,8 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
-/// The longest gate name a broker keeps.
-pub const MAX_GATE_LEN: usize = 512;
+/// The longest gate name a broker keeps, in bytes: a task's name (up to 255 bytes)
+/// and a key of up to 255 characters fit.
+pub const MAX_GATE_LEN: usize = 2048;
 
 /// How many jobs may start per period: `"100/s"`, `"30/m"`, `"1000/h"`, `"5/250ms"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,7 +402,7 @@ mod tests {
         limits.check("report").unwrap();
         limits.concurrency = Some(0);
         assert!(limits.check("report").unwrap_err().to_string().contains("at least 1"));
-        let long = JobLimits { key: Some("k".repeat(600)), ..JobLimits::default() };
+        let long = JobLimits { key: Some("k".repeat(2100)), ..JobLimits::default() };
         assert!(long.check("report").unwrap_err().to_string().contains("too long"));
     }
 }

@@ -58,7 +58,7 @@ const RUN_TIME_BUCKETS: [f64; 18] = [
 /// | `dmq_job_run_seconds` | histogram | `task`, `queue` | how long each run took (completed, retried or failed for good) |
 /// | `dmq_jobs_in_flight` | gauge | | jobs the worker runs now |
 /// | `dmq_worker_concurrency` | gauge | | jobs the worker may run at once |
-/// | `dmq_queue_depth` | gauge | `queue`, `state` | the worker's queues: `ready`, `delayed`, `in_flight`, `dead` jobs |
+/// | `dmq_queue_depth` | gauge | `queue`, `state` | the worker's queues: `ready`, `gated` (of the ready, those held back by a rate or concurrency limit), `delayed`, `in_flight`, `dead` jobs |
 /// | `dmq_dead_letters_dropped_total` | counter | `queue` | dead letters the broker dropped because the queue's dead-letter queue was full |
 /// | `dmq_broker_up` | gauge | | 1 when the broker answered this scrape's reads, else 0 |
 /// | `dmq_broker_errors_total` | counter | `operation` | failed broker operations: `claim`, `settle`, `renew`, `heartbeat`, `reap`, `schedule`, and `queue_stats` (this endpoint's own reads) |
@@ -306,6 +306,7 @@ impl Metrics {
             let Some(stats) = stats else { continue };
             for (state, n) in [
                 ("ready", stats.ready),
+                ("gated", stats.gated),
                 ("delayed", stats.delayed),
                 ("in_flight", stats.in_flight),
                 ("dead", stats.dead),

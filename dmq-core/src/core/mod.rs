@@ -265,6 +265,15 @@ impl Core {
         if let Some(gate) = envelope.limits.as_ref().and_then(|l| Gate::of(&envelope.task, l)) {
             job = job.with_gate(gate);
         }
+        if let Some(key) = &envelope.quota_key {
+            if key.contains('\0') || key.len() > crate::limits::MAX_GATE_LEN {
+                return Err(Error::InvalidArgument(format!(
+                    "the quota key of a job of {:?} must be text without NUL, up to {} bytes",
+                    envelope.task,
+                    crate::limits::MAX_GATE_LEN
+                )));
+            }
+        }
         job.quota_key.clone_from(&envelope.quota_key);
         Ok(match &envelope.idempotency_key {
             Some(key) => job.with_idempotency_key(key.clone(), self.config.idempotency_ttl),

@@ -208,6 +208,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(at(r#"dmq_queue_depth{queue="metrics-unit",state="ready"}"#), Some(0.0));
+        assert_eq!(at(r#"dmq_queue_depth{queue="metrics-unit",state="gated"}"#), Some(0.0));
         assert_eq!(at(r#"dmq_queue_depth{queue="metrics-unit",state="dead"}"#), Some(0.0));
         assert_eq!(at(r#"dmq_queue_depth{queue="metrics-unit",state="in_flight"}"#), Some(0.0));
         assert_eq!(at("dmq_worker_concurrency"), Some(7.0));

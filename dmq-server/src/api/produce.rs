@@ -77,9 +77,14 @@ pub(crate) struct EnqueueRequest {
     #[serde(default)]
     partition_key: Option<String>,
     /// At most this many of the task's jobs (or of its `concurrency_key`) start per
-    /// period, across every worker: `"100/s"`, `"30/m"`, `"1000/h"`, `"5/250ms"`.
-    /// By default the task's own `rate_limit`, when this server knows the task.
+    /// period, across every worker: a count from 1, `/`, and a period of at most a day,
+    /// `ms` after 1 to 7 digits, `s` after up to 4, `m` after up to 3, `h` after up to
+    /// 24 (`"100/s"`, `"30/m"`, `"1000/h"`, `"5/250ms"`, `"7/10s"`). By default the
+    /// task's own `rate_limit`, when this server knows the task.
     #[serde(default)]
+    #[schema(
+        pattern = "^[1-9][0-9]{0,8}/([1-9][0-9]{0,6}ms|([1-9][0-9]{0,3})?s|([1-9][0-9]{0,2})?m|([1-9]|1[0-9]|2[0-4])?h)$"
+    )]
     rate_limit: Option<String>,
     /// How many may start at once under the rate (1 by default).
     #[serde(default, deserialize_with = "whole::option")]
@@ -92,13 +97,16 @@ pub(crate) struct EnqueueRequest {
     #[schema(minimum = 1, format = "uint32", maximum = 4294967295_u64)]
     concurrency: Option<u32>,
     /// Applies the limits per key (a tenant, a customer): jobs with different keys do
-    /// not share them. Needs a `rate_limit` or a `concurrency`, given here or the task's.
+    /// not share them. With neither a `rate_limit` nor a `concurrency` (given here, or
+    /// the task's), like `burst` it changes nothing.
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\x00]*$")]
     concurrency_key: Option<String>,
     /// Counts the job against this key's enqueue quota (`dmq quota set NS RATE --key
     /// KEY`) as well as its namespace's; over either, the enqueue answers 429
     /// `quota_exceeded` with Retry-After.
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\x00]*$")]
     quota_key: Option<String>,
 }
 
@@ -204,6 +212,17 @@ fn envelope_of(
     envelope.max_retries = request.max_retries;
     envelope.timeout_ms = request.timeout_ms;
     envelope.headers = request.headers;
+    for (field, key) in
+        [("concurrency_key", &request.concurrency_key), ("quota_key", &request.quota_key)]
+    {
+        if let Some(key) = key {
+            if key.contains('\0') || key.chars().count() > 255 {
+                return Err(ApiError::bad_request(format!(
+                    "{field} must be up to 255 characters without NUL"
+                )));
+            }
+        }
+    }
     envelope.quota_key = request.quota_key;
     let given = request.rate_limit.is_some()
         || request.burst.is_some()
@@ -213,24 +232,56 @@ fn envelope_of(
         // What the request says, over the task's own limits when this server knows it.
         let mut limits = known.and_then(|info| info.limits).unwrap_or_default();
         if let Some(rate) = &request.rate_limit {
-            limits.rate = Some(
-                rate.parse().map_err(|e: dmq_core::Error| ApiError::bad_request(e.to_string()))?,
-            );
+            if !is_http_rate(rate) {
+                return Err(ApiError::bad_request(format!(
+                    "rate_limit {rate:?} is not a rate: write a count from 1, a slash and a \
+                     period of at most a day, such as \"100/s\", \"30/m\", \"1000/h\", \
+                     \"5/250ms\" or \"7/10s\""
+                )));
+            }
+            limits.rate = Some(rate.parse()?);
         }
         limits.burst = request.burst.or(limits.burst);
         limits.concurrency = request.concurrency.or(limits.concurrency);
         limits.key = request.concurrency_key;
-        if !limits.is_limited() {
-            return Err(ApiError::bad_request(format!(
-                "the job of {:?} has a burst or a concurrency_key but neither a rate_limit \
-                 nor a concurrency to apply them to: give one",
-                envelope.task
-            )));
+        // A key or a burst alone limits nothing, and the job goes without a gate.
+        if limits.is_limited() {
+            limits.check(&envelope.task)?;
+            envelope.limits = Some(limits);
         }
-        limits.check(&envelope.task)?;
-        envelope.limits = Some(limits);
     }
     Ok((envelope, request.partition_key))
+}
+
+/// Whether `text` is a rate limit as the HTTP API takes it (the pattern of
+/// `rate_limit` in the OpenAPI document): a count from 1 of up to 9 digits, `/`, and a
+/// period of at most a day, `ms` after 1 to 7 digits, `s` after up to 4, `m` after up
+/// to 3, `h` after 1 to 24, no amount with a leading zero.
+fn is_http_rate(text: &str) -> bool {
+    let number = |s: &str, most: usize| {
+        !s.is_empty()
+            && s.len() <= most
+            && !s.starts_with('0')
+            && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    let Some((count, period)) = text.split_once('/') else { return false };
+    if !number(count, 9) {
+        return false;
+    }
+    if let Some(amount) = period.strip_suffix("ms") {
+        return number(amount, 7);
+    }
+    let (amount, most) = match period.as_bytes().last() {
+        Some(b's') => (&period[..period.len() - 1], 4),
+        Some(b'm') => (&period[..period.len() - 1], 3),
+        Some(b'h') => {
+            let amount = &period[..period.len() - 1];
+            return amount.is_empty()
+                || (number(amount, 2) && amount.parse::<u32>().is_ok_and(|h| h <= 24));
+        }
+        _ => return false,
+    };
+    amount.is_empty() || number(amount, most)
 }
 
 /// Enqueues one job.
@@ -501,5 +552,43 @@ pub(crate) async fn cancel(
             "queue {queue:?} holds no waiting job {id}: it finished, was dead-lettered (see \
              its dead letters), or is in another queue"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_http_rate;
+
+    /// The pattern the OpenAPI document gives `rate_limit`, as a checker: what it
+    /// takes parses as a rate, and what it refuses the server refuses.
+    #[test]
+    fn the_http_rate_pattern_takes_rates_of_up_to_a_day() {
+        for good in
+            ["1/s", "100/s", "30/m", "1000/h", "5/250ms", "7/10s", "1/24h", "999999999/9999999ms"]
+        {
+            assert!(is_http_rate(good), "{good}");
+            assert!(good.parse::<dmq_core::RateLimit>().is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "0/s",
+            "01/s",
+            "1/0s",
+            "1/ms",
+            "1/25h",
+            "1/d",
+            " 1/s",
+            "1/s ",
+            "1/s\n",
+            "1/2/s",
+            "1/min",
+            "1000000000/s",
+            "1/10000s",
+            "1/1000m",
+            "1/10000000ms",
+            "1/٣s",
+        ] {
+            assert!(!is_http_rate(bad), "{bad:?}");
+        }
     }
 }
