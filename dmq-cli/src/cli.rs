@@ -986,7 +986,7 @@ pub struct BenchArgs {
     pub rate_limit: Option<String>,
 
     /// With --rate-limit: how many jobs may start at once after a quiet spell
-    /// [default: 1].
+    /// [default: what the rate allows in 10 ms, at least 1].
     #[arg(long, value_name = "N", requires = "rate_limit",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub burst: Option<u32>,

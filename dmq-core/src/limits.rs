@@ -161,7 +161,8 @@ pub struct JobLimits {
     /// How many jobs of the gate may start per period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateLimit>,
-    /// How many may start at once after a quiet spell (1 when not set).
+    /// How many may start at once after a quiet spell; when not set, what the rate
+    /// allows in 10 ms, at least 1 (see [`JobLimits::burst`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     /// How many jobs of the gate may run at once.

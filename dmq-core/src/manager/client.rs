@@ -134,7 +134,8 @@ impl<T> Call<T> {
     }
 
     /// Lets up to `burst` jobs start at once under the rate limit, after a quiet
-    /// spell (1 by default: starts evenly spaced).
+    /// spell (by default what the rate allows in 10 ms, at least 1: up to 100/s, starts
+    /// are evenly spaced).
     pub fn burst(mut self, burst: u32) -> Self {
         self.unlimited = false;
         self.limits.burst = Some(burst);

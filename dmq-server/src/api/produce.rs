@@ -86,7 +86,8 @@ pub(crate) struct EnqueueRequest {
         pattern = "^[1-9][0-9]{0,8}/([1-9][0-9]{0,6}ms|([1-9][0-9]{0,3})?s|([1-9][0-9]{0,2})?m|([1-9]|1[0-9]|2[0-4])?h)$"
     )]
     rate_limit: Option<String>,
-    /// How many may start at once under the rate (1 by default).
+    /// How many may start at once under the rate (by default what the rate allows in
+    /// 10 ms, at least 1).
     #[serde(default, deserialize_with = "whole::option")]
     #[schema(minimum = 1, format = "uint32", maximum = 4294967295_u64)]
     burst: Option<u32>,
