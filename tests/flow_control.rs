@@ -348,7 +348,7 @@ async fn the_slots_of_a_killed_worker_come_back(schema: Schema) {
     manager.enqueue_batch(long).await.expect("enqueue");
     poll("the doomed worker to hold the key's 3 slots", || async {
         let gates = admin.gates(per_key::QUEUE).await.ok()?;
-        gates.iter().any(|g| g.name == "e2e.per_key[k]" && g.running == 3).then_some(())
+        gates.iter().any(|g| g.gate.name == "e2e.per_key[k]" && g.running == 3).then_some(())
     })
     .await;
     let short: Vec<_> = (0..3).map(|_| per_key::call("k".to_owned(), 10)).collect();

@@ -56,7 +56,7 @@ pub use broker::{
     Broker, BrokerAdmin, Cancelled, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter,
     Delivery, EventCursor, EventPage, EventStream, EventsFrom, FoundJob, GateStatus,
     InMemoryBroker, Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, QuotaState,
-    QuotaStore, ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry, WorkerStatus,
+    QuotaStore, QuotasSeen, ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry, WorkerStatus,
     refuse_keys_in_batches,
 };
 pub use dmq_macros::task;

@@ -26,22 +26,15 @@ pub(crate) async fn run(args: LimitsArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(queue, g)| {
                 json!({
-                    "queue": queue, "gate": g.name, "rate": g.rate.map(|r| r.to_string()),
-                    "burst": g.burst, "concurrency": g.concurrency, "running": g.running,
+                    "queue": queue, "gate": g.gate.name,
+                    "rate": g.gate.rate.map(|r| r.to_string()), "burst": g.gate.burst,
+                    "concurrency": g.gate.concurrency, "running": g.running,
                     "waiting": g.waiting, "next_start": g.next_start,
                     "holding_back": g.holding_back(),
                 })
             })
             .collect();
-        let quotas: Vec<_> = quotas
-            .iter()
-            .map(|q| {
-                json!({
-                    "key": q.key, "quota": q.limit.to_string(), "used": q.used,
-                    "window_ends": q.window_ends,
-                })
-            })
-            .collect();
+        let quotas = super::quota::quotas_json(&quotas);
         return print_json(&json!({ "gates": gates, "quotas": quotas }));
     }
     if gates.is_empty() {
@@ -52,9 +45,12 @@ pub(crate) async fn run(args: LimitsArgs) -> anyhow::Result<()> {
             .map(|(queue, g)| {
                 vec![
                     queue.clone(),
-                    g.name.clone(),
-                    g.rate.map_or_else(|| "-".to_owned(), |r| format!("{r} (burst {})", g.burst)),
-                    g.concurrency.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                    g.gate.name.clone(),
+                    g.gate.rate.map_or_else(
+                        || "-".to_owned(),
+                        |r| format!("{r} (burst {})", g.gate.burst),
+                    ),
+                    g.gate.concurrency.map_or_else(|| "-".to_owned(), |c| c.to_string()),
                     g.running.to_string(),
                     g.waiting.to_string(),
                     g.holding_back().unwrap_or_else(|| "-".to_owned()),
@@ -68,18 +64,7 @@ pub(crate) async fn run(args: LimitsArgs) -> anyhow::Result<()> {
     }
     if !quotas.is_empty() {
         println!();
-        let rows: Vec<Vec<String>> = quotas
-            .iter()
-            .map(|q| {
-                vec![
-                    q.key.clone().unwrap_or_else(|| "(namespace)".to_owned()),
-                    q.limit.to_string(),
-                    q.used.to_string(),
-                    q.window_ends.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
-                ]
-            })
-            .collect();
-        print_table(&["QUOTA-KEY", "QUOTA", "USED", "WINDOW-ENDS"], &rows);
+        super::quota::print_quotas(&quotas);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `dmq quota`: set, remove and list enqueue quotas.
 
 use anyhow::Context;
+use dmq_core::QuotaState;
 use serde_json::json;
 
 use super::admin::{Admin, print_json, print_table};
@@ -47,36 +48,45 @@ pub(crate) async fn run(args: QuotaArgs) -> anyhow::Result<()> {
             let admin = connect(broker, target).await?;
             let quotas = store(&admin)?.quotas().await?;
             if admin.json {
-                let list: Vec<_> = quotas
-                    .iter()
-                    .map(|q| {
-                        json!({
-                            "key": q.key, "quota": q.limit.to_string(), "used": q.used,
-                            "window_ends": q.window_ends,
-                        })
-                    })
-                    .collect();
-                return print_json(&list);
+                return print_json(&quotas_json(&quotas));
             }
             if quotas.is_empty() {
                 println!("no enqueue quotas in namespace {:?}", admin.namespace());
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = quotas
-                .iter()
-                .map(|q| {
-                    vec![
-                        q.key.clone().unwrap_or_else(|| "(namespace)".to_owned()),
-                        q.limit.to_string(),
-                        q.used.to_string(),
-                        q.window_ends.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
-                    ]
-                })
-                .collect();
-            print_table(&["KEY", "QUOTA", "USED", "WINDOW-ENDS"], &rows);
+            print_quotas(&quotas);
             Ok(())
         }
     }
+}
+
+/// Quotas as `--json` prints them, in `dmq quota list` and `dmq limits`.
+pub(super) fn quotas_json(quotas: &[QuotaState]) -> Vec<serde_json::Value> {
+    quotas
+        .iter()
+        .map(|q| {
+            json!({
+                "key": q.key, "quota": q.limit.to_string(), "used": q.used,
+                "window_ends": q.window_ends,
+            })
+        })
+        .collect()
+}
+
+/// Quotas as a table, in `dmq quota list` and `dmq limits`.
+pub(super) fn print_quotas(quotas: &[QuotaState]) {
+    let rows: Vec<Vec<String>> = quotas
+        .iter()
+        .map(|q| {
+            vec![
+                q.key.clone().unwrap_or_else(|| "(namespace)".to_owned()),
+                q.limit.to_string(),
+                q.used.to_string(),
+                q.window_ends.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
+            ]
+        })
+        .collect();
+    print_table(&["QUOTA-KEY", "QUOTA", "USED", "WINDOW-ENDS"], &rows);
 }
 
 /// The admin connection of `namespace`, which the command names instead of

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::events::Event;
-use crate::limits::RateLimit;
+use crate::limits::{Gate, RateLimit};
 use crate::task::TaskId;
 
 pub use memory::{DEFAULT_MAX_DELIVERIES, InMemoryBroker};
@@ -246,14 +246,9 @@ pub trait QuotaStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GateStatus {
-    /// The gate's name: the task's, or `<task>[<key>]`.
-    pub name: String,
-    /// How many of its jobs may start per period.
-    pub rate: Option<RateLimit>,
-    /// How many may start at once.
-    pub burst: u32,
-    /// How many of its jobs may run at once.
-    pub concurrency: Option<u32>,
+    /// The gate: its name (the task's, or `<task>[<key>]`) and its limits (its last
+    /// enqueued job's).
+    pub gate: Gate,
     /// Its jobs running now (those the gate let through and still in flight; with no
     /// concurrency limit, the broker may not count them and says 0).
     pub running: u64,
@@ -264,40 +259,57 @@ pub struct GateStatus {
 }
 
 impl GateStatus {
-    /// A gate's status.
+    /// The status of `gate`, holding nothing back yet.
     #[must_use]
-    pub fn new(
-        name: impl Into<String>,
-        rate: Option<RateLimit>,
-        burst: u32,
-        concurrency: Option<u32>,
-    ) -> Self {
-        GateStatus {
-            name: name.into(),
-            rate,
-            burst: burst.max(1),
-            concurrency,
-            running: 0,
-            waiting: 0,
-            next_start: None,
-        }
+    pub fn new(gate: Gate) -> Self {
+        GateStatus { gate, running: 0, waiting: 0, next_start: None }
     }
 
-    /// Why the gate holds its waiting jobs back now, in words: `"concurrency 3 of 3
+    /// Why the gate holds its waiting jobs back now, in words: `"concurrency: 3 of 3
     /// running"`, `"rate 50/s: next start in 12ms"`, or `None` when it does not.
     #[must_use]
     pub fn holding_back(&self) -> Option<String> {
         if self.waiting == 0 {
             return None;
         }
-        if let Some(limit) = self.concurrency {
+        if let Some(limit) = self.gate.concurrency {
             if self.running >= u64::from(limit) {
                 return Some(format!("concurrency: {} of {limit} running", self.running));
             }
         }
-        let (rate, at) = (self.rate?, self.next_start?);
+        let (rate, at) = (self.gate.rate?, self.next_start?);
         let left = (at - Utc::now()).to_std().ok()?;
         Some(format!("rate {rate}: next start in {left:?}"))
+    }
+}
+
+/// What a broker last read of whether any enqueue quota is set, trusted for
+/// [`QuotasSeen::FRESH_FOR`]: while none is, an enqueue asks the server nothing, and a
+/// quota set meanwhile takes effect in the producers within that time. For brokers
+/// whose read costs a round trip (Redis, PostgreSQL).
+#[derive(Debug, Default)]
+pub struct QuotasSeen(std::sync::Mutex<Option<(std::time::Instant, bool)>>);
+
+impl QuotasSeen {
+    /// How long a read is trusted.
+    pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+    /// Whether any quota is set, as read less than [`FRESH_FOR`](Self::FRESH_FOR) ago;
+    /// `None` when that must be read again.
+    pub fn known(&self) -> Option<bool> {
+        let seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.filter(|(at, _)| at.elapsed() < Self::FRESH_FOR).map(|(_, any)| any)
+    }
+
+    /// Records what was read now.
+    pub fn record(&self, any: bool) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), any));
+    }
+
+    /// Forgets what was read (this broker changed a quota).
+    pub fn forget(&self) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 

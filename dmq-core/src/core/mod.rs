@@ -179,6 +179,11 @@ impl Core {
     /// [`QuotaStore`](crate::QuotaStore)); returns what it counted, per key.
     pub(crate) async fn take_quotas(&self, jobs: &[Job]) -> Result<Vec<(Option<String>, u64)>> {
         let Some(store) = self.broker.quota_store() else { return Ok(Vec::new()) };
+        // One job (most enqueues): no grouping.
+        if let [job] = jobs {
+            store.take_quota(job.quota_key.as_deref(), 1).await?;
+            return Ok(vec![(job.quota_key.clone(), 1)]);
+        }
         let mut per_key: std::collections::BTreeMap<Option<&str>, u64> =
             std::collections::BTreeMap::new();
         for job in jobs {

@@ -114,12 +114,12 @@ impl BrokerAdmin for PostgresBroker {
             let interval: i64 = row.try_get("interval_us").map_err(read)?;
             let burst: i32 = row.try_get("burst").map_err(read)?;
             let concurrency: i32 = row.try_get("concurrency").map_err(read)?;
-            let mut status = dmq_core::GateStatus::new(
+            let mut status = dmq_core::GateStatus::new(dmq_core::Gate::new(
                 row.try_get::<String, _>("name").map_err(read)?,
                 dmq_core::RateLimit::of_interval_us(u64::try_from(interval).unwrap_or(0)),
                 u32::try_from(burst).unwrap_or(1),
                 u32::try_from(concurrency).ok().filter(|n| *n > 0),
-            );
+            ));
             status.running = count(&row, "running");
             status.waiting = count(&row, "waiting");
             status.next_start = row.try_get("next_open").map_err(read)?;

@@ -94,8 +94,8 @@ struct Inner {
     churn: AtomicU64,
     /// How many changed rows make it vacuum; 0: never.
     vacuum_after: AtomicU64,
-    /// Whether any enqueue quota is set, and when that was read.
-    quotas_known: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// Whether any enqueue quota is set, as last read.
+    quotas_seen: dmq_core::QuotasSeen,
 }
 
 impl Drop for PostgresBroker {
@@ -247,7 +247,7 @@ impl PostgresBroker {
             dead_letter_cap: AtomicUsize::new(DEFAULT_DEAD_LETTER_CAP),
             max_deliveries: AtomicU32::new(DEFAULT_MAX_DELIVERIES),
             event_cap: AtomicUsize::new(DEFAULT_EVENT_STREAM_CAP),
-            quotas_known: std::sync::Mutex::new(None),
+            quotas_seen: dmq_core::QuotasSeen::default(),
         });
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
         let vacuum = tokio::spawn(vacuum(Arc::downgrade(&inner)));

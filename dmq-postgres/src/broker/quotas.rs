@@ -10,11 +10,6 @@ use sqlx::Row;
 
 use super::PostgresBroker;
 
-/// How long a broker trusts what it last read of whether any quota is set: an enqueue
-/// asks PostgreSQL nothing more while none is, and a quota set meanwhile takes effect
-/// in its producers within this.
-const QUOTAS_CHECKED_EVERY: Duration = Duration::from_secs(1);
-
 /// The `quotas` row key of `key`: `*` for the namespace's own quota.
 fn row_key(key: Option<&str>) -> String {
     key.map_or_else(|| "*".to_owned(), |key| format!("k:{key}"))
@@ -30,24 +25,18 @@ fn row_keys(key: Option<&str>) -> Vec<String> {
 }
 
 impl PostgresBroker {
-    /// Whether any quota is set, as read at most [`QUOTAS_CHECKED_EVERY`] ago.
+    /// Whether any quota is set (see [`QuotasSeen`](dmq_core::QuotasSeen)).
     async fn any_quota(&self) -> Result<bool> {
         let inner = &self.inner;
-        {
-            let known = inner.quotas_known.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, any)) = *known {
-                if at.elapsed() < QUOTAS_CHECKED_EVERY {
-                    return Ok(any);
-                }
-            }
+        if let Some(any) = inner.quotas_seen.known() {
+            return Ok(any);
         }
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", inner.schema.at("quotas"));
         let any: bool = sqlx::query_scalar(crate::schema::sql(&sql))
             .fetch_one(&inner.pool)
             .await
             .map_err(|e| inner.fail("read the enqueue quotas", e))?;
-        *inner.quotas_known.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), any));
+        inner.quotas_seen.record(any);
         Ok(any)
     }
 
@@ -89,7 +78,7 @@ impl QuotaStore for PostgresBroker {
             }
         }
         .map_err(|e| inner.fail(&what, e))?;
-        *inner.quotas_known.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        inner.quotas_seen.forget();
         Ok(changed.rows_affected() > 0)
     }
 

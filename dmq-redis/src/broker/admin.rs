@@ -411,12 +411,12 @@ impl BrokerAdmin for RedisBroker {
             let (interval, burst, concurrency) =
                 (parts.next().unwrap_or(0), parts.next().unwrap_or(1), parts.next().unwrap_or(0));
             let rate = dmq_core::RateLimit::of_interval_us(interval);
-            let mut status = dmq_core::GateStatus::new(
+            let mut status = dmq_core::GateStatus::new(dmq_core::Gate::new(
                 name,
                 rate,
                 u32::try_from(burst).unwrap_or(u32::MAX),
                 (concurrency > 0).then(|| u32::try_from(concurrency).unwrap_or(u32::MAX)),
-            );
+            ));
             let range = |kind: char| (format!("[{kind}{name}\0"), format!("({kind}{name}\u{1}"));
             let ((r_lo, r_hi), (w_lo, w_hi)) = (range('r'), range('w'));
             let (running, waiting, tat): (u64, u64, Option<i64>) = redis::pipe()
@@ -434,7 +434,7 @@ impl BrokerAdmin for RedisBroker {
                 .and_then(DateTime::from_timestamp_micros);
             out.push(status);
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.gate.name.cmp(&b.gate.name));
         Ok(out)
     }
 

@@ -98,9 +98,8 @@ pub struct RedisBroker {
     /// The queues this broker has written to the queue registry lately, so that it
     /// writes each again only after [`REGISTRY_REFRESH`].
     registered: Mutex<admin::Registered>,
-    /// Whether any enqueue quota is set, and when that was read (see
-    /// `quotas::QUOTAS_CHECKED_EVERY`).
-    quotas_known: Mutex<Option<(std::time::Instant, bool)>>,
+    /// Whether any enqueue quota is set, as last read.
+    quotas_seen: dmq_core::QuotasSeen,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -196,7 +195,7 @@ impl RedisBroker {
             lost_claims: Mutex::new(Vec::new()),
             last_doctor: Mutex::new(None),
             registered: Mutex::new(admin::Registered::default()),
-            quotas_known: Mutex::new(None),
+            quotas_seen: dmq_core::QuotasSeen::default(),
         })
     }
 

@@ -9,26 +9,16 @@ use dmq_core::{Error, QuotaState, QuotaStore, RateLimit, Result};
 
 use super::RedisBroker;
 
-/// How long a broker trusts what it last read of whether any quota is set: an enqueue
-/// asks Redis nothing more while none is, and a quota set meanwhile takes effect in
-/// its producers within this.
-pub(super) const QUOTAS_CHECKED_EVERY: Duration = Duration::from_secs(1);
-
 /// The quotas hash's field of `key`: `*` for the namespace's own quota.
 fn field(key: Option<&str>) -> String {
     key.map_or_else(|| "*".to_owned(), |key| format!("k:{key}"))
 }
 
 impl RedisBroker {
-    /// Whether any quota is set, as read at most [`QUOTAS_CHECKED_EVERY`] ago.
+    /// Whether any quota is set (see [`QuotasSeen`](dmq_core::QuotasSeen)).
     async fn any_quota(&self) -> Result<bool> {
-        {
-            let known = self.quotas_known.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, any)) = *known {
-                if at.elapsed() < QUOTAS_CHECKED_EVERY {
-                    return Ok(any);
-                }
-            }
+        if let Some(any) = self.quotas_seen.known() {
+            return Ok(any);
         }
         let mut conn = self.conn().await?;
         let set: u64 = redis::cmd("HLEN")
@@ -36,8 +26,7 @@ impl RedisBroker {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err("reading the enqueue quotas", e))?;
-        *self.quotas_known.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), set > 0));
+        self.quotas_seen.record(set > 0);
         Ok(set > 0)
     }
 
@@ -75,7 +64,7 @@ impl QuotaStore for RedisBroker {
         };
         pipe.del(self.keys.quota_used(&field)).ignore();
         let () = pipe.query_async(&mut conn).await.map_err(|e| self.err(&what, e))?;
-        *self.quotas_known.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.quotas_seen.forget();
         Ok(true)
     }
 

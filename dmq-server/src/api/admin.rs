@@ -209,10 +209,10 @@ pub(crate) async fn gates(
         .into_iter()
         .map(|g| GateView {
             holding_back: g.holding_back(),
-            rate: g.rate.map(|r| r.to_string()),
-            gate: g.name,
-            burst: g.burst,
-            concurrency: g.concurrency,
+            rate: g.gate.rate.map(|r| r.to_string()),
+            burst: g.gate.burst,
+            concurrency: g.gate.concurrency,
+            gate: g.gate.name,
             running: g.running,
             waiting: g.waiting,
             next_start: g.next_start,

@@ -12,6 +12,7 @@ use crate::broker::{
     BrokerAdmin, Cancelled, DeadLetter, FoundJob, JobState, Lease, QueueDeleted, QueueStats,
 };
 use crate::error::{Error, Result};
+use crate::limits::Gate;
 use crate::partition::is_partition_of;
 use crate::task::TaskId;
 
@@ -59,12 +60,12 @@ impl BrokerAdmin for InMemoryBroker {
             .iter_mut()
             .map(|(name, gate)| {
                 gate.running.retain(|id| in_flight.contains_key(id));
-                let mut status = crate::broker::GateStatus::new(
+                let mut status = crate::broker::GateStatus::new(Gate::new(
                     name.to_string(),
                     gate.rate,
                     gate.burst,
                     gate.concurrency,
-                );
+                ));
                 status.running = gate.running.len() as u64;
                 status.waiting = gate.waiting.len() as u64;
                 status.next_start =
@@ -72,7 +73,7 @@ impl BrokerAdmin for InMemoryBroker {
                 status
             })
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.gate.name.cmp(&b.gate.name));
         Ok(out)
     }
 
