@@ -385,3 +385,93 @@ async fn the_slots_of_a_killed_worker_come_back_on_redis() {
 async fn the_slots_of_a_killed_worker_come_back_on_postgres() {
     the_slots_of_a_killed_worker_come_back(Schema::fresh()).await;
 }
+
+/// How many times job `id` started, by the `stamp` tasks' run records.
+async fn starts_of(schema: &Schema, id: dmq_core::TaskId) -> usize {
+    let id = id.to_string();
+    started(schema).await.iter().filter(|s| **s == id).count()
+}
+
+/// Unique jobs run by two worker processes. Debounce: five calls with new arguments,
+/// 100 ms apart, make one job, which runs once, 1.5 s after the last, with the last
+/// call's arguments. `UntilDone`: the same work enqueued while the job waits and while
+/// it runs is that job; once it is done, a new one. `Queued`: once the job has
+/// started, the same work is a new job, and that one holds while it waits.
+async fn unique_jobs_as_processes(schema: Schema) {
+    use dmq_core::UniqueFor;
+    let settings = Settings {
+        queue: stamp::QUEUE,
+        concurrency: 2,
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_millis(500),
+    };
+    let mut workers: Vec<_> = (0..2).map(|_| schema.worker(settings, &[])).collect();
+    let manager = manager_on(&schema).await;
+    let quiet = Duration::from_millis(1_500);
+
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let handle = stamp::call(n, 0).debounce(quiet).enqueue(&manager).await.expect("enqueue");
+        ids.push(handle.id());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_call = std::time::Instant::now() - Duration::from_millis(100);
+    assert!(ids.iter().all(|id| *id == ids[0]), "one job for the five calls: {ids:?}");
+    let handle = stamp::call(0, 0).debounce(quiet).enqueue(&manager).await.expect("enqueue");
+    assert_eq!(handle.id(), ids[0], "a sixth call, still within the quiet time");
+    let waited = handle.result(Duration::from_secs(60)).await.expect("the debounced job ran");
+    assert!(waited.starts_with("0:"), "the last call's arguments ran: {waited}");
+    assert!(last_call.elapsed() >= quiet, "it ran before the quiet time passed");
+    assert_eq!(starts_of(&schema, ids[0]).await, 1, "the debounced job ran once");
+    let after = stamp::call(9, 0).debounce(quiet).enqueue(&manager).await.expect("enqueue");
+    assert_ne!(after.id(), ids[0], "the job ran: a call now makes a new one");
+    assert!(after.result(Duration::from_secs(60)).await.expect("ran").starts_with("9:"));
+
+    let until_done = || stamp::call(100, 1_500).unique(UniqueFor::UntilDone);
+    let first = until_done().enqueue(&manager).await.expect("enqueue");
+    assert_eq!(until_done().enqueue(&manager).await.expect("enqueue").id(), first.id());
+    poll("the first job to start", || async {
+        (starts_of(&schema, first.id()).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        until_done().enqueue(&manager).await.expect("enqueue").id(),
+        first.id(),
+        "the job runs: the same work is that job"
+    );
+    first.result(Duration::from_secs(60)).await.expect("ran");
+    let next = until_done().enqueue(&manager).await.expect("enqueue");
+    assert_ne!(next.id(), first.id(), "the job is done: the same work is a new job");
+    next.result(Duration::from_secs(60)).await.expect("ran");
+
+    let queued = || stamp::call(200, 1_500).unique(UniqueFor::Queued);
+    let first = queued().enqueue(&manager).await.expect("enqueue");
+    poll("the first job to start", || async {
+        (starts_of(&schema, first.id()).await == 1).then_some(())
+    })
+    .await;
+    // Paused, so that the next job waits (the workers have room to start it at once).
+    let admin = manager.admin().expect("admin");
+    admin.pause(stamp::QUEUE).await.expect("pause");
+    let second = queued().enqueue(&manager).await.expect("enqueue");
+    assert_ne!(second.id(), first.id(), "the first job started: a new one");
+    let third = queued().enqueue(&manager).await.expect("enqueue");
+    assert_eq!(third.id(), second.id(), "the second job waits: the same work is that job");
+    admin.resume(stamp::QUEUE).await.expect("resume");
+    for handle in [first, second, third] {
+        handle.result(Duration::from_secs(60)).await.expect("ran");
+    }
+    for worker in &mut workers {
+        assert!(worker.terminate().await.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_jobs_as_processes_on_redis() {
+    unique_jobs_as_processes(Schema::fresh_on_redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_jobs_as_processes_on_postgres() {
+    unique_jobs_as_processes(Schema::fresh()).await;
+}

@@ -1074,3 +1074,59 @@ fn an_enqueue_over_a_quota_is_answered_429_with_the_time_to_retry() {
         assert!((1..=60).contains(&wait), "{wait}");
     });
 }
+
+#[test]
+fn unique_jobs_over_http_answer_with_the_job_that_holds_the_work() {
+    let ns = Namespace::new();
+    let served = serve(&ns.name, &[]);
+    ns.rt.block_on(async {
+        // Queued: the same work while the job waits is that job; once claimed, a new one.
+        let queued = json!({"task": "app.add", "args": [1, 2], "queue": "work",
+                            "unique": {"for": "queued"}});
+        let (first, one) = post(&served, Some(PRODUCER), "/v1/jobs", &queued).await;
+        let (again, two) = post(&served, Some(PRODUCER), "/v1/jobs", &queued).await;
+        assert_eq!((first, again), (StatusCode::CREATED, StatusCode::OK), "{one} {two}");
+        assert_eq!((&one["id"], &two["existing"]), (&two["id"], &json!(true)));
+        let other = json!({"task": "app.add", "args": [2, 2], "queue": "work",
+                           "unique": {"for": "queued"}});
+        let (status, _) = post(&served, Some(PRODUCER), "/v1/jobs", &other).await;
+        assert_eq!(status, StatusCode::CREATED, "other arguments are other work");
+        let (_, claimed) =
+            post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({"max": 10})).await;
+        assert_eq!(claimed["jobs"].as_array().map(Vec::len), Some(2), "{claimed}");
+        let (status, three) = post(&served, Some(PRODUCER), "/v1/jobs", &queued).await;
+        assert_eq!(status, StatusCode::CREATED, "the job runs: a new one: {three}");
+        assert_ne!(three["id"], one["id"]);
+
+        // Debounce: a second enqueue, other arguments and all, is the waiting job.
+        let debounced = |x: i64| {
+            json!({"task": "app.add", "args": [x, 0], "queue": "deb",
+                   "unique": {"for": "debounce", "ms": 60_000}})
+        };
+        let (first, one) = post(&served, Some(PRODUCER), "/v1/jobs", &debounced(1)).await;
+        let (again, two) = post(&served, Some(PRODUCER), "/v1/jobs", &debounced(2)).await;
+        assert_eq!((first, again), (StatusCode::CREATED, StatusCode::OK), "{one} {two}");
+        assert_eq!((&one["id"], &two["existing"]), (&two["id"], &json!(true)));
+        assert!(one["eta"].is_string() && two["eta"].as_str() >= one["eta"].as_str(), "{two}");
+        let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/deb").await;
+        assert_eq!((&stats["delayed"], &stats["ready"]), (&json!(1), &json!(0)), "{stats}");
+
+        // Refused, adding nothing: a debounce with a delay of its own, a unique batch
+        // job, a ttl of 0.
+        let mut delayed = debounced(3);
+        delayed["delay_ms"] = json!(10);
+        let refusals = [
+            ("/v1/jobs", delayed),
+            ("/v1/jobs/batch", json!({"jobs": [queued.clone()]})),
+            ("/v1/jobs", json!({"task": "app.add", "queue": "work", "unique": {"for": "ttl", "ms": 0}})),
+            ("/v1/jobs", json!({"task": "app.add", "queue": "work", "unique": {"for": "queued", "ms": 5}})),
+        ];
+        for (path, body) in refusals {
+            let (status, said) = post(&served, Some(PRODUCER), path, &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {said}");
+        }
+        let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/deb").await;
+        assert_eq!(stats["delayed"], 1, "{stats}");
+    });
+    assert!(!served.log().contains("panicked"), "{}", served.log());
+}

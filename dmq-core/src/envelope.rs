@@ -69,6 +69,14 @@ pub struct Envelope {
     /// A key that makes a second enqueue of the same job a no-op.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// How long the key holds (see [`KeyHold`](crate::KeyHold)); absent for a ttl.
+    /// A job with a mode and no key gets the key its task and arguments derive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_for: Option<crate::KeyHold>,
+    /// How long the key lasts at most, in milliseconds, from the enqueue (from the
+    /// job's eta when it has one); absent for the manager's `idempotency_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_ttl_ms: Option<u64>,
     /// When the job was first enqueued (Unix milliseconds).
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub created_at: DateTime<Utc>,
@@ -150,6 +158,8 @@ impl Envelope {
             expires_at: None,
             priority: DEFAULT_PRIORITY,
             idempotency_key: None,
+            unique_for: None,
+            unique_ttl_ms: None,
             created_at: Utc::now(),
             headers: BTreeMap::new(),
             limits: None,

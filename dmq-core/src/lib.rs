@@ -42,6 +42,7 @@ mod retry;
 mod schedule;
 mod task;
 mod trace;
+mod unique;
 mod worker;
 
 #[cfg(feature = "test-util")]
@@ -86,6 +87,7 @@ pub use retry::{Backoff, Jitter, MAX_BACKOFF, RetryPolicy};
 pub use schedule::{MissedFires, Schedule, Tz};
 pub use task::{FailureKind, TaskContext, TaskError, TaskId, TaskPanicked, TaskTimedOut};
 pub use trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER, inject_trace_context};
+pub use unique::{KeyHold, UniqueFor};
 pub use worker::{
     CLAIMS_FAILING_LIMIT, DEFAULT_HEARTBEAT, FIRE_TIME_HEADER, Health, LoopFailure, LoopVitals,
     MISSED_HEARTBEATS, SCHEDULE_HEADER, ShutdownReport, WorkerBuilder, WorkerHandle, WorkerMonitor,

@@ -2,18 +2,22 @@
 -- already queued (ready, delayed or in flight) or repeated in the batch.
 -- KEYS: per queue, 15 keys: payloads hash, meta hash, delayed zset, signal list,
 --       ready lists (priority 0..9), gates hash; queue i's keys start at
---       KEYS[i * 15 + 1]; then, for a single job with an idempotency key, that key's
---       key last
+--       KEYS[i * 15 + 1]; then, for a single job with an idempotency key, the queue's
+--       in-flight zset and that key's key, last
 -- ARGV: 1 job count n, then per job: queue index (from 0), id, priority (0-9),
 --       due (Unix ms, 0 for now), payload; then the count m of jobs with a gate, and
 --       per such job: its index in the batch (from 0), the gate's name, its limits
 --       ("<interval µs>:<burst>:<concurrency>", 0 for none); then, with an idempotency
---       key, its ttl (ms)
+--       key, its ttl (ms) and how it holds: 'ttl' (while the key lasts), 'queued'
+--       (while the job it names is in the queue and not in flight), 'until_done'
+--       (while that job is in the queue) or 'debounce' (while that job waits in the
+--       delayed set: the same job again, by id, replaces its payload and due time)
 -- A job with a gate is queued as any other: the claim that takes it holds it back at
 -- its gate when the gate is closed. Its gate and the gate's limits (the last enqueue's
 -- hold) go to the gates hash, and the queue's meta hash gets the field ~gates.
 -- Returns: {"ok"}, {"duplicate", id, queue index} or {"existing", id of the job the
---          idempotency key belongs to} (nothing added)
+--          idempotency key belongs to} (nothing added; a key never holds for a job
+--          of its own id but to replace it)
 -- A key of the wrong type fails the script with nothing added: its first write fails
 -- before it changes anything, and a later one takes back what came before it (see
 -- `checked` in lib.lua).
@@ -22,8 +26,34 @@ local gated = tonumber(ARGV[2 + n * 5])
 local idem_ttl = tonumber(ARGV[3 + n * 5 + gated * 3])
 local idem_key = idem_ttl and KEYS[#KEYS]
 if idem_key then
-  local existing = checked(redis.pcall('GET', idem_key), nil, 'string', #KEYS)
-  if existing then return {'existing', existing} end
+  local holder = checked(redis.pcall('GET', idem_key), nil, 'string', #KEYS)
+  if holder then
+    local hold, id = ARGV[4 + n * 5 + gated * 3], ARGV[3]
+    local holds = true
+    if hold == 'queued' or hold == 'until_done' then
+      holds = checked(redis.pcall('HEXISTS', KEYS[1], holder), nil, 'hash', 1) == 1
+      if holds and hold == 'queued' then
+        local flying = checked(redis.pcall('ZSCORE', KEYS[#KEYS - 1], holder), nil, 'zset',
+          #KEYS - 1)
+        holds = not flying
+      end
+    elseif hold == 'debounce' then
+      holds = checked(redis.pcall('ZSCORE', KEYS[3], holder), nil, 'zset', 3) ~= false
+      if holds and holder == id then
+        -- The job waits out its delay still: this enqueue replaces it.
+        expect('hash', 1, 2)
+        expect('list', 4)
+        local priority = tonumber(ARGV[4])
+        redis.call('HSET', KEYS[1], id, ARGV[6])
+        redis.call('HSET', KEYS[2], id, priority .. ':0:')
+        redis.call('ZADD', KEYS[3], math.max(tonumber(ARGV[5]), 1), id)
+        redis.call('SET', idem_key, id, 'PX', idem_ttl)
+        if redis.call('LLEN', KEYS[4]) == 0 then redis.call('LPUSH', KEYS[4], '1') end
+        return {'ok'}
+      end
+    end
+    if holds or holder == id then return {'existing', holder} end
+  end
 end
 -- How to take back each write made so far.
 local made = {}

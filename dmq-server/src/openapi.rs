@@ -1,7 +1,10 @@
 //! The OpenAPI document that describes the API, built from the handlers' own
 //! annotations so that it cannot drift from them.
 
-use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ObjectBuilder, Schema, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -46,19 +49,45 @@ impl Modify for Bearer {
 }
 
 /// What `EnqueueRequest`'s derived schema cannot say: a job gives `eta` or `delay_ms`,
-/// not both (either may be null).
+/// not both (either may be null), and neither when it is debounced.
 struct OneTime;
 
 impl Modify for OneTime {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let Some(components) = openapi.components.as_mut() else { return };
+        // Each form of `unique` takes its own fields only, as the server does.
+        if let Some(RefOr::T(Schema::OneOf(forms))) = components.schemas.get_mut("UniqueRequest") {
+            for form in &mut forms.items {
+                if let RefOr::T(Schema::Object(form)) = form {
+                    form.additional_properties =
+                        Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
         let Some(job) = components.schemas.remove("EnqueueRequest") else { return };
         let null = || ObjectBuilder::new().schema_type(Type::Null);
         let one = AnyOfBuilder::new()
             .item(ObjectBuilder::new().property("eta", null()))
             .item(ObjectBuilder::new().property("delay_ms", null()))
             .description(Some("Not both `eta` and `delay_ms`."));
-        let job = AllOfBuilder::new().item(job).item(one);
+        // A debounce sets the delay itself.
+        let not_debounced = ObjectBuilder::new().property(
+            "unique",
+            AnyOfBuilder::new().item(null()).item(ObjectBuilder::new().property(
+                "for",
+                ObjectBuilder::new().schema_type(Type::String).enum_values(Some([
+                    "queued",
+                    "until_done",
+                    "ttl",
+                ])),
+            )),
+        );
+        let undelayed = ObjectBuilder::new().property("eta", null()).property("delay_ms", null());
+        let debounce = AnyOfBuilder::new()
+            .item(not_debounced)
+            .item(undelayed)
+            .description(Some("A debounce (`unique.for`) with neither `eta` nor `delay_ms`."));
+        let job = AllOfBuilder::new().item(job).item(one).item(debounce);
         components.schemas.insert("EnqueueRequest".to_owned(), job.into());
     }
 }

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::events::Event;
 use crate::limits::Gate;
 use crate::task::TaskId;
+use crate::unique::KeyHold;
 
 /// How many events a broker's event stream keeps by default, about: older ones are
 /// dropped as new ones come (see each broker's `with_event_stream_cap`).
@@ -33,6 +34,10 @@ pub struct Job {
     /// is known in the queue, enqueueing another job with it fails with
     /// [`Error::IdempotencyKeyTaken`](crate::Error::IdempotencyKeyTaken) naming the first.
     pub idempotency: Option<(String, Duration)>,
+    /// How long the idempotency key holds beyond being known: for its ttl alone, or
+    /// also only while the job it names waits, or is not done, or waits out its delay
+    /// (see [`KeyHold`]). The ttl bounds every mode.
+    pub key_hold: KeyHold,
     /// The gate it passes before it starts: a rate, a concurrency, or both, shared
     /// with every job of its queue that names the same gate.
     pub gate: Option<Gate>,
@@ -58,6 +63,7 @@ impl Job {
             eta,
             payload,
             idempotency: None,
+            key_hold: KeyHold::Ttl,
             gate: None,
             quota_key: None,
         }
@@ -76,6 +82,13 @@ impl Job {
         self.idempotency = Some((key.into(), ttl));
         self
     }
+
+    /// The same job, its idempotency key holding as `hold` says (within its ttl).
+    #[must_use]
+    pub fn with_key_hold(mut self, hold: KeyHold) -> Self {
+        self.key_hold = hold;
+        self
+    }
 }
 
 impl fmt::Debug for Job {
@@ -86,6 +99,8 @@ impl fmt::Debug for Job {
             .field("priority", &self.priority)
             .field("eta", &self.eta)
             .field("payload_bytes", &self.payload.len())
+            .field("idempotency", &self.idempotency)
+            .field("key_hold", &self.key_hold)
             .field("gate", &self.gate)
             .finish()
     }

@@ -20,8 +20,9 @@
 //! [`schedule_store_conformance_tests!`](crate::schedule_store_conformance_tests),
 //! [`event_stream_conformance_tests!`](crate::event_stream_conformance_tests),
 //! [`broker_admin_conformance_tests!`](crate::broker_admin_conformance_tests),
-//! [`limits_conformance_tests!`](crate::limits_conformance_tests) and
-//! [`quotas_conformance_tests!`](crate::quotas_conformance_tests);
+//! [`limits_conformance_tests!`](crate::limits_conformance_tests),
+//! [`quotas_conformance_tests!`](crate::quotas_conformance_tests) and
+//! [`unique_conformance_tests!`](crate::unique_conformance_tests);
 //! [`broker_conformance_tests!`](crate::broker_conformance_tests) runs them all.
 //!
 //! The checks use real time with generous bounds; they prove behaviour, not speed.
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod quotas;
 pub mod registry;
 pub mod schedules;
+pub mod unique;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -126,6 +128,23 @@ macro_rules! broker_conformance_tests {
         $crate::broker_admin_conformance_tests!($fixture);
         $crate::limits_conformance_tests!($fixture);
         $crate::quotas_conformance_tests!($fixture);
+        $crate::unique_conformance_tests!($fixture);
+    };
+}
+
+/// Generates one test per contract of unique jobs: how long an idempotency key holds
+/// ([`KeyHold`](crate::KeyHold)), and a debounce's replacement.
+#[macro_export]
+macro_rules! unique_conformance_tests {
+    ($fixture:ty) => {
+        $crate::__conformance_cases!(
+            $fixture,
+            run_broker,
+            unique,
+            a_queued_key_holds_while_its_job_waits,
+            an_until_done_key_holds_until_its_job_is_settled,
+            a_debounced_job_is_replaced_while_it_waits_out_its_delay,
+        );
     };
 }
 

@@ -19,8 +19,17 @@ use crate::registry::Registry;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::schedule::Periodics;
 use crate::task::TaskId;
+use crate::unique::KeyHold;
 
 use self::bus::Bus;
+
+/// How many times an enqueue of a debounced job goes to the broker before it gives
+/// up: twice when it replaces a waiting job, once more each time that job started
+/// between the two (a window of a round trip).
+const DEBOUNCE_TRIES: usize = 8;
+
+/// The longest a unique job's key may be asked to last: 100 years, in milliseconds.
+const MAX_KEY_TTL_MS: u64 = 100 * 365 * 24 * 3_600_000;
 
 /// How long an idempotency key stays known by default: a day.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -155,24 +164,50 @@ impl Core {
         partition_key: Option<&str>,
     ) -> Result<(TaskId, bool)> {
         crate::trace::TraceContext::current().inject(&mut envelope);
-        let job = self.job(&mut envelope, partition_key)?;
+        let mut job = self.job(&mut envelope, partition_key)?;
         let taken = self.take_quotas(std::slice::from_ref(&job)).await?;
-        let at = chrono::Utc::now();
-        match self.broker.enqueue(job).await {
-            Ok(()) => {
-                self.queued(&envelope, at);
-                Ok((envelope.id, false))
-            }
-            // The same work was enqueued already: its job stands for this one.
-            Err(Error::IdempotencyKeyTaken { existing, .. }) => {
-                self.refund_quotas(taken).await;
-                Ok((existing, true))
-            }
-            Err(e) => {
-                self.refund_quotas(taken).await;
-                Err(e)
+        // A debounced job whose key names a job still waiting out its delay replaces
+        // that job: it is encoded again with that job's id and enqueued again, which
+        // the broker turns into a replacement (see `KeyHold::Debounce`). The waiting
+        // job may start in between; then its id comes back and a fresh one is tried.
+        let mut replacing = false;
+        for _ in 0..DEBOUNCE_TRIES {
+            let at = chrono::Utc::now();
+            match self.broker.enqueue(job).await {
+                Ok(()) => {
+                    self.queued(&envelope, at);
+                    if replacing {
+                        self.refund_quotas(taken).await;
+                    }
+                    return Ok((envelope.id, replacing));
+                }
+                Err(Error::IdempotencyKeyTaken { existing, .. })
+                    if envelope.unique_for == Some(KeyHold::Debounce) =>
+                {
+                    replacing = existing != envelope.id;
+                    envelope.id = if replacing { existing } else { TaskId::new() };
+                    job = self.job(&mut envelope, partition_key)?;
+                }
+                // The same work was enqueued already: its job stands for this one.
+                Err(Error::IdempotencyKeyTaken { existing, .. }) => {
+                    self.refund_quotas(taken).await;
+                    return Ok((existing, true));
+                }
+                Err(e) => {
+                    self.refund_quotas(taken).await;
+                    return Err(e);
+                }
             }
         }
+        self.refund_quotas(taken).await;
+        Err(Error::backend(
+            format!(
+                "a debounced job of {:?} found its key's job starting each of {DEBOUNCE_TRIES} \
+                 times it tried to replace it; enqueue it again",
+                envelope.task
+            ),
+            true,
+        ))
     }
 
     /// Counts `jobs` against the broker's enqueue quotas, all or none (see
@@ -264,6 +299,7 @@ impl Core {
         if let Some(limits) = &envelope.limits {
             limits.check(&envelope.task)?;
         }
+        Self::check_unique(envelope)?;
         let payload = envelope.encode(self.config.max_message_size)?;
         let mut job =
             Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);
@@ -281,9 +317,43 @@ impl Core {
         }
         job.quota_key.clone_from(&envelope.quota_key);
         Ok(match &envelope.idempotency_key {
-            Some(key) => job.with_idempotency_key(key.clone(), self.config.idempotency_ttl),
+            Some(key) => job
+                .with_idempotency_key(key.clone(), self.key_ttl(envelope))
+                .with_key_hold(envelope.unique_for.unwrap_or_default()),
             None => job,
         })
+    }
+
+    /// Gives a unique job without a key of its own the key its task and arguments
+    /// derive (its task alone, for a debounce), and checks its key's ttl.
+    fn check_unique(envelope: &mut Envelope) -> Result<()> {
+        if let Some(ms) = envelope.unique_ttl_ms.filter(|ms| !(1..=MAX_KEY_TTL_MS).contains(ms)) {
+            return Err(Error::InvalidArgument(format!(
+                "a unique job of {:?} has a key ttl of {ms} ms; give 1 ms to 100 years",
+                envelope.task
+            )));
+        }
+        if envelope.idempotency_key.is_none() {
+            envelope.idempotency_key = match envelope.unique_for {
+                // A debounce replaces the arguments: calls of the task share the key.
+                Some(KeyHold::Debounce) => Some(format!("debounce:{}", envelope.task)),
+                Some(_) => Some(crate::unique::derived_key(&envelope.task, &envelope.args)),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
+    /// How long a job's idempotency key lasts at most: the envelope's ttl, else the
+    /// manager's `idempotency_ttl`; for a mode that holds while the job waits or
+    /// runs, counted from the job's eta.
+    fn key_ttl(&self, envelope: &Envelope) -> Duration {
+        let ttl = envelope.unique_ttl_ms.map_or(self.config.idempotency_ttl, Duration::from_millis);
+        if envelope.unique_for.unwrap_or_default() == KeyHold::Ttl {
+            return ttl;
+        }
+        let ahead = envelope.eta.and_then(|eta| (eta - chrono::Utc::now()).to_std().ok());
+        ttl.saturating_add(ahead.unwrap_or_default())
     }
 }
 

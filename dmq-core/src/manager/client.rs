@@ -18,6 +18,7 @@ use crate::limits::{JobLimits, RateLimit};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::schedule::Schedule;
 use crate::task::TaskId;
+use crate::unique::UniqueFor;
 
 /// A typed call of one task, ready to enqueue: `add::call(2, 3)`.
 ///
@@ -38,6 +39,7 @@ pub struct Call<T> {
     filters_refused: bool,
     expires: Option<Expiry>,
     idempotency_key: Option<String>,
+    unique: Option<UniqueFor>,
     /// The id the caller chose, if any.
     id: Option<TaskId>,
     partition_key: Option<String>,
@@ -88,6 +90,7 @@ impl<T> Call<T> {
             filters_refused: false,
             expires: None,
             idempotency_key: None,
+            unique: None,
             id: None,
             partition_key: None,
             timeout: None,
@@ -304,6 +307,61 @@ impl<T> Call<T> {
         self
     }
 
+    /// Makes the job unique while `mode` says: a second enqueue of the same work in
+    /// that time adds nothing and returns the first job's handle (a debounce replaces
+    /// the waiting job's arguments and delay instead; see [`UniqueFor`]). The same
+    /// work is the same key: the call's [`idempotency_key`](Call::idempotency_key) when
+    /// it has one, else the task's name with its arguments. Works with `enqueue`, not
+    /// `enqueue_batch`.
+    ///
+    /// ```standalone_crate
+    /// use std::time::Duration;
+    ///
+    /// use dmq_core::{task, InMemoryBackend, InMemoryBroker, Manager, TaskError, UniqueFor};
+    ///
+    /// #[task]
+    /// async fn reindex(user: u64) -> Result<(), TaskError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dmq_core::Error> {
+    /// let manager = Manager::builder()
+    ///     .broker(InMemoryBroker::new())
+    ///     .backend(InMemoryBackend::new())
+    ///     .build()?;
+    /// let first = reindex(7).unique(UniqueFor::Queued).enqueue(&manager).await?;
+    /// let again = reindex(7).unique(UniqueFor::Queued).enqueue(&manager).await?;
+    /// assert_eq!(first.id(), again.id());
+    /// let other = reindex(8).unique(UniqueFor::Queued).enqueue(&manager).await?;
+    /// assert_ne!(first.id(), other.id());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn unique(mut self, mode: UniqueFor) -> Self {
+        self.unique = Some(mode);
+        self
+    }
+
+    /// Throttles the work: at most one job of it is enqueued per `window`, counted
+    /// from the enqueue that added it. The same as
+    /// [`unique(UniqueFor::Ttl(window))`](Call::unique).
+    pub fn throttle(self, window: Duration) -> Self {
+        self.unique(UniqueFor::Ttl(window))
+    }
+
+    /// Debounces the task: the job starts `quiet` after the last enqueue of it, with
+    /// that enqueue's arguments. Calls of the task share one job whatever their
+    /// arguments, unless they have an [`idempotency_key`](Call::idempotency_key): then
+    /// calls with the same key do (one job per user, say). An enqueue while the job still waits replaces it
+    /// (arguments, priority, options) and pushes its start back, keeping its id and
+    /// handle; once it has started, an enqueue adds a new job. The same as
+    /// [`unique(UniqueFor::Debounce(quiet))`](Call::unique); its delay replaces any
+    /// [`delay`](Call::delay) or [`eta`](Call::eta) of the call.
+    pub fn debounce(self, quiet: Duration) -> Self {
+        self.unique(UniqueFor::Debounce(quiet))
+    }
+
     /// Gives the job this id instead of a fresh one, so that a producer that enqueues
     /// it again (a retry after a timeout, a redelivered message) cannot make a second
     /// job: a second [`enqueue`](Call::enqueue) of the id, while it is known, enqueues
@@ -425,6 +483,26 @@ impl<T> Call<T> {
         envelope.max_retries = self.max_retries;
         envelope.backoff = self.backoff;
         envelope.idempotency_key = self.idempotency_key;
+        if let Some(mode) = self.unique {
+            envelope.unique_for = Some(mode.hold());
+            match mode {
+                UniqueFor::Ttl(ttl) => {
+                    envelope.unique_ttl_ms =
+                        Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                }
+                UniqueFor::Debounce(quiet) => {
+                    envelope.eta = Some(
+                        envelope.created_at
+                            + chrono::Duration::from_std(quiet).map_err(|_| {
+                                Error::InvalidArgument(format!(
+                                    "debounce window {quiet:?} is too long"
+                                ))
+                            })?,
+                    );
+                }
+                UniqueFor::Queued | UniqueFor::UntilDone => {}
+            }
+        }
         envelope.expires_at = match self.expires {
             Some(Expiry::At(at)) => Some(at),
             Some(Expiry::In(ttl)) => Some(

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
     Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, Delivery, Error,
-    EventStream, Job, Lease, Result, ScheduleStore, TaskId, WorkerRegistry, refuse_keys_in_batches,
+    EventStream, Job, KeyHold, Lease, Result, ScheduleStore, TaskId, WorkerRegistry,
+    refuse_keys_in_batches,
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Row};
@@ -113,6 +114,8 @@ struct Sql {
     /// As `enqueue` and `enqueue_batch`, for jobs with gates.
     enqueue_gated: String,
     enqueue_batch_gated: String,
+    /// As `enqueue_gated`, for a job whose idempotency key holds by its job's state.
+    enqueue_unique: String,
     claim: String,
     complete: String,
     is_complete: String,
@@ -141,6 +144,10 @@ impl Sql {
             enqueue_gated: format!(
                 "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 s.at("enqueue")
+            ),
+            enqueue_unique: format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                s.at("enqueue_unique")
             ),
             enqueue_batch_gated: format!(
                 "SELECT dup_queue, dup_id FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -448,9 +455,11 @@ impl Broker for PostgresBroker {
             Some((key, ttl)) => (Some(key.as_str()), Some(interval(*ttl))),
             None => (None, None),
         };
-        let statement = match job.gate {
-            Some(_) => &inner.sql.enqueue_gated,
-            None => &inner.sql.enqueue,
+        let unique = key.is_some() && job.key_hold != KeyHold::Ttl;
+        let statement = match (unique, &job.gate) {
+            (true, _) => &inner.sql.enqueue_unique,
+            (false, Some(_)) => &inner.sql.enqueue_gated,
+            (false, None) => &inner.sql.enqueue,
         };
         let mut query = sqlx::query_scalar(crate::schema::sql(statement))
             .bind(&job.queue)
@@ -460,9 +469,19 @@ impl Broker for PostgresBroker {
             .bind(&job.payload)
             .bind(key)
             .bind(ttl);
-        if let Some(gate) = &job.gate {
-            let (interval, burst, concurrency) = gate_limits(gate);
-            query = query.bind(&gate.name).bind(interval).bind(burst).bind(concurrency);
+        if unique {
+            query = query.bind(job.key_hold.as_str());
+        }
+        match &job.gate {
+            Some(gate) => {
+                let (interval, burst, concurrency) = gate_limits(gate);
+                query = query.bind(&gate.name).bind(interval).bind(burst).bind(concurrency);
+            }
+            None if unique => {
+                query =
+                    query.bind(None::<&str>).bind(None::<i64>).bind(None::<i32>).bind(None::<i32>);
+            }
+            None => {}
         }
         let holder: std::result::Result<Option<Uuid>, sqlx::Error> =
             query.fetch_one(&inner.pool).await;

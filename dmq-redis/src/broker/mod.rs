@@ -393,8 +393,9 @@ impl RedisBroker {
             _ => None,
         };
         if let Some((key, ttl)) = idempotency {
-            invocation.key(self.keys.queue(&jobs[0].queue).idempotency(key));
-            invocation.arg(millis(*ttl).max(1));
+            let keys = self.keys.queue(&jobs[0].queue);
+            invocation.key(keys.in_flight()).key(keys.idempotency(key));
+            invocation.arg(millis(*ttl).max(1)).arg(jobs[0].key_hold.as_str());
         }
         // Each distinct queue once (the list the invocation was built with), before
         // the jobs land: a queue that holds jobs is always registered.

@@ -51,6 +51,16 @@ pub(crate) struct EnqueueRequest {
     /// first job's id and adds nothing.
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// Makes the job unique while `for` says: a second enqueue of the same work adds
+    /// nothing and answers 200 with the first job's id and `existing` true. The same
+    /// work is the same `idempotency_key`, else the same task and arguments (for a
+    /// debounce, the same task). `queued`: while the job waits to run; `until_done`:
+    /// until it is done (acknowledged, dead-lettered, cancelled); `ttl`: for `ms`
+    /// after the enqueue (a throttle); `debounce`: the job starts `ms` after the last
+    /// enqueue, and an enqueue while it waits replaces its arguments and pushes its
+    /// start back (not with `eta` or `delay_ms`). Not in a batch.
+    #[serde(default)]
+    unique: Option<UniqueRequest>,
     /// The job's id, a UUID of the caller's choosing: a second enqueue with the same
     /// id, while it is known (a day by default, also after the job ran), returns it
     /// with `existing` true and adds nothing, so a client that retries after a
@@ -111,6 +121,30 @@ pub(crate) struct EnqueueRequest {
     quota_key: Option<String>,
 }
 
+/// How long a job is unique (see `EnqueueRequest::unique`).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(tag = "for", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum UniqueRequest {
+    /// While the job waits to run.
+    Queued {},
+    /// Until the job is done.
+    UntilDone {},
+    /// For `ms` after the enqueue: a throttle.
+    Ttl {
+        /// Milliseconds, from 1 (at most 100 years).
+        #[serde(deserialize_with = "whole::number")]
+        #[schema(minimum = 1, maximum = 3153600000000_u64)]
+        ms: u64,
+    },
+    /// The job starts `ms` after the last enqueue of its key.
+    Debounce {
+        /// Milliseconds, from 1 (at most 100 years).
+        #[serde(deserialize_with = "whole::number")]
+        #[schema(minimum = 1, maximum = 3153600000000_u64)]
+        ms: u64,
+    },
+}
+
 /// An enqueued job.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Enqueued {
@@ -139,11 +173,15 @@ pub(crate) struct BatchJob;
 
 impl PartialSchema for BatchJob {
     fn schema() -> RefOr<Schema> {
-        let null = ObjectBuilder::new().schema_type(Type::Null);
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
         AllOfBuilder::new()
             .item(Ref::from_schema_name("EnqueueRequest"))
-            .item(ObjectBuilder::new().property("idempotency_key", null))
-            .description(Some("A job, as POST /v1/jobs takes it, without an idempotency key."))
+            .item(
+                ObjectBuilder::new().property("idempotency_key", null()).property("unique", null()),
+            )
+            .description(Some(
+                "A job, as POST /v1/jobs takes it, without an idempotency key or `unique`.",
+            ))
             .into()
     }
 }
@@ -206,6 +244,37 @@ fn envelope_of(
         envelope.priority = priority;
     }
     envelope.idempotency_key = request.idempotency_key;
+    if let Some(unique) = request.unique {
+        let bounded = |ms: u64| {
+            if ms == 0 || Duration::from_millis(ms) > MAX_DELAY {
+                return Err(ApiError::bad_request(format!(
+                    "unique.ms {ms} is out of range: give 1 to {} (100 years)",
+                    MAX_DELAY.as_millis()
+                )));
+            }
+            Ok(ms)
+        };
+        envelope.unique_for = Some(match unique {
+            UniqueRequest::Queued {} => dmq_core::KeyHold::Queued,
+            UniqueRequest::UntilDone {} => dmq_core::KeyHold::UntilDone,
+            UniqueRequest::Ttl { ms } => {
+                envelope.unique_ttl_ms = Some(bounded(ms)?);
+                dmq_core::KeyHold::Ttl
+            }
+            UniqueRequest::Debounce { ms } => {
+                if envelope.eta.is_some() {
+                    return Err(ApiError::bad_request(
+                        "a debounced job starts unique.ms after its last enqueue: give no eta \
+                         or delay_ms beside it",
+                    ));
+                }
+                let quiet =
+                    chrono::Duration::milliseconds(i64::try_from(bounded(ms)?).unwrap_or(i64::MAX));
+                envelope.eta = Some(envelope.created_at + quiet);
+                dmq_core::KeyHold::Debounce
+            }
+        });
+    }
     if let Some(id) = request.id {
         envelope.id = TaskId::from(id);
     }
@@ -335,9 +404,10 @@ pub(crate) async fn enqueue_batch(
             state.limits.max_batch
         )));
     }
-    if request.jobs.iter().any(|j| j.idempotency_key.is_some()) {
+    if request.jobs.iter().any(|j| j.idempotency_key.is_some() || j.unique.is_some()) {
         return Err(ApiError::bad_request(
-            "a job of a batch cannot carry an idempotency key; enqueue such jobs one by one",
+            "a job of a batch cannot carry an idempotency key or be unique; enqueue such jobs \
+             one by one",
         ));
     }
     let envelopes = request
@@ -558,6 +628,7 @@ pub(crate) async fn cancel(
 
 #[cfg(test)]
 mod tests {
+    use super::UniqueRequest;
     use super::is_http_rate;
 
     /// The pattern the OpenAPI document gives `rate_limit`, as a checker: what it
@@ -590,6 +661,27 @@ mod tests {
             "1/٣s",
         ] {
             assert!(!is_http_rate(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unique_takes_exactly_what_its_schema_says() {
+        let parse = |text: &str| serde_json::from_str::<UniqueRequest>(text);
+        assert!(matches!(parse(r#"{"for":"queued"}"#), Ok(UniqueRequest::Queued {})));
+        assert!(matches!(parse(r#"{"for":"ttl","ms":5}"#), Ok(UniqueRequest::Ttl { ms: 5 })));
+        assert!(matches!(
+            parse(r#"{"for":"debounce","ms":5.0}"#),
+            Ok(UniqueRequest::Debounce { .. })
+        ));
+        for bad in [
+            r#"{"for":"queued","ms":5}"#,
+            r#"{"for":"ttl"}"#,
+            r#"{"for":"ttl","ms":5,"x":1}"#,
+            r#"{"for":"later"}"#,
+            r#"{"ms":5}"#,
+            r#"{"for":"debounce","ms":-1}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::envelope::MAX_PRIORITY;
 use crate::error::{Error, Result};
 use crate::limits::{Gate, Gcra, RateLimit};
 use crate::task::TaskId;
+use crate::unique::KeyHold;
 
 /// The default cap on each queue's dead-letter queue.
 pub const DEFAULT_DEAD_LETTER_CAP: usize = 10_000;
@@ -747,19 +748,41 @@ impl State {
 impl Broker for InMemoryBroker {
     async fn enqueue(&self, job: Job) -> Result<()> {
         let idempotency = job.idempotency.clone();
+        let hold = job.key_hold;
         let (id, queue) = (job.id, job.queue.clone());
         let job = NewJob::from(job);
         {
             let mut state = self.lock();
             let now = Instant::now();
-            if let Some((key, _)) = &idempotency {
+            let holder = idempotency.as_ref().and_then(|(key, _)| {
                 let known = state.idempotency.get(&(queue.clone(), key.clone()));
-                if let Some((existing, _)) = known.filter(|(_, until)| *until > now) {
-                    return Err(Error::IdempotencyKeyTaken {
-                        key: key.clone(),
-                        queue,
-                        existing: *existing,
-                    });
+                known.filter(|(_, until)| *until > now).map(|(holder, _)| *holder)
+            });
+            if let (Some(holder), Some((key, _))) = (holder, &idempotency) {
+                let q = state.queues.get_mut(&queue);
+                let holds = q.as_ref().is_some_and(|q| match hold {
+                    KeyHold::Ttl => true,
+                    KeyHold::Queued => {
+                        q.known.contains(&holder) && !q.in_flight.contains_key(&holder)
+                    }
+                    KeyHold::UntilDone => q.known.contains(&holder),
+                    KeyHold::Debounce => q.delayed.values().any(|s| s.id == holder),
+                }) || hold == KeyHold::Ttl;
+                match q {
+                    // The job the key names, again, while it waits: it replaces itself.
+                    Some(q) if holds && hold == KeyHold::Debounce && holder == id => {
+                        q.delayed.retain(|_, s| s.id != holder);
+                        q.known.remove(&holder);
+                    }
+                    // A key never hands itself twice to one id.
+                    _ if holds || holder == id => {
+                        return Err(Error::IdempotencyKeyTaken {
+                            key: key.clone(),
+                            queue,
+                            existing: holder,
+                        });
+                    }
+                    _ => {}
                 }
             }
             state.check_new(&job)?;
