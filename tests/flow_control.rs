@@ -475,3 +475,48 @@ async fn unique_jobs_as_processes_on_redis() {
 async fn unique_jobs_as_processes_on_postgres() {
     unique_jobs_as_processes(Schema::fresh()).await;
 }
+
+/// Fairness: a tenant's 10 jobs enqueued after another tenant's 10,000 start among the
+/// first few hundred of two worker processes, long before the other's backlog drains.
+async fn a_small_group_is_not_starved_by_a_large_one(schema: Schema) {
+    let manager = manager_on(&schema).await;
+    let big: Vec<_> = (0..10_000).map(|n| stamp::call(n, 0).group("tenant-big")).collect();
+    manager.enqueue_batch(big).await.expect("enqueue");
+    let mut small = Vec::new();
+    for n in 0..10 {
+        let handle = stamp::call(n, 0).group("tenant-small").enqueue(&manager).await;
+        small.push(handle.expect("enqueue").id().to_string());
+    }
+    let settings = Settings {
+        queue: stamp::QUEUE,
+        concurrency: 8,
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_millis(500),
+    };
+    let mut workers: Vec<_> = (0..2).map(|_| schema.worker(settings, &[])).collect();
+    let order = poll("the small tenant's 10 jobs to start", || async {
+        let order = started(&schema).await;
+        small.iter().all(|id| order.contains(id)).then_some(order)
+    })
+    .await;
+    let last_small = order.iter().rposition(|id| small.contains(id)).expect("started");
+    eprintln!("the small tenant's last job was start number {} of 10,010", last_small + 1);
+    assert!(last_small < 500, "the small tenant waited behind {last_small} jobs");
+    let admin = manager.admin().expect("admin");
+    let stats = admin.queue_stats(stamp::QUEUE).await.expect("figures");
+    assert!(stats.ready > 9_000, "the big tenant's backlog is still there: {stats:?}");
+    admin.purge(stamp::QUEUE).await.expect("purge");
+    for worker in &mut workers {
+        assert!(worker.terminate().await.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_group_is_not_starved_by_a_large_one_on_redis() {
+    a_small_group_is_not_starved_by_a_large_one(Schema::fresh_on_redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_group_is_not_starved_by_a_large_one_on_postgres() {
+    a_small_group_is_not_starved_by_a_large_one(Schema::fresh()).await;
+}

@@ -1076,7 +1076,7 @@ fn an_enqueue_over_a_quota_is_answered_429_with_the_time_to_retry() {
 }
 
 #[test]
-fn unique_jobs_over_http_answer_with_the_job_that_holds_the_work() {
+fn unique_and_grouped_jobs_over_http() {
     let ns = Namespace::new();
     let served = serve(&ns.name, &[]);
     ns.rt.block_on(async {
@@ -1118,8 +1118,14 @@ fn unique_jobs_over_http_answer_with_the_job_that_holds_the_work() {
         let refusals = [
             ("/v1/jobs", delayed),
             ("/v1/jobs/batch", json!({"jobs": [queued.clone()]})),
-            ("/v1/jobs", json!({"task": "app.add", "queue": "work", "unique": {"for": "ttl", "ms": 0}})),
-            ("/v1/jobs", json!({"task": "app.add", "queue": "work", "unique": {"for": "queued", "ms": 5}})),
+            (
+                "/v1/jobs",
+                json!({"task": "app.add", "queue": "work", "unique": {"for": "ttl", "ms": 0}}),
+            ),
+            (
+                "/v1/jobs",
+                json!({"task": "app.add", "queue": "work", "unique": {"for": "queued", "ms": 5}}),
+            ),
         ];
         for (path, body) in refusals {
             let (status, said) = post(&served, Some(PRODUCER), path, &body).await;
@@ -1127,6 +1133,30 @@ fn unique_jobs_over_http_answer_with_the_job_that_holds_the_work() {
         }
         let (_, stats) = get(&served, Some(ADMIN), "/v1/queues/deb").await;
         assert_eq!(stats["delayed"], 1, "{stats}");
+
+        // Groups: a claim takes one job of each group in turn (six of a's, then two
+        // of b's).
+        let mut ids = std::collections::HashMap::new();
+        for (group, n) in [("a", 6), ("b", 2)] {
+            for _ in 0..n {
+                let job = json!({"task": "app.add", "args": [1, 2], "queue": "work", "group": group});
+                let (status, body) = post(&served, Some(PRODUCER), "/v1/jobs", &job).await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                ids.insert(body["id"].as_str().unwrap().to_owned(), group);
+            }
+        }
+        let (_, claimed) =
+            post(&served, Some(WORKER), "/v1/queues/work/claim", &json!({"max": 4})).await;
+        let groups: Vec<&str> = claimed["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|job| ids.get(job["id"].as_str()?).copied())
+            .collect();
+        // (Beside an ungrouped job left in the queue above, which takes its share.)
+        assert_eq!(groups[..2], ["a", "b"], "b's turn comes second, before a's other five");
+        let empty = json!({"task": "app.add", "queue": "work", "group": ""});
+        assert_eq!(post(&served, Some(PRODUCER), "/v1/jobs", &empty).await.0, StatusCode::BAD_REQUEST);
     });
     assert!(!served.log().contains("panicked"), "{}", served.log());
 }

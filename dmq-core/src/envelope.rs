@@ -91,6 +91,10 @@ pub struct Envelope {
     /// namespace's; absent from the encoding when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_key: Option<String>,
+    /// The group it is claimed fairly in (a tenant): a queue's grouped jobs are
+    /// claimed round robin across groups; absent from the encoding when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// An encoding buffer that reports running out of memory as an error instead of
@@ -164,6 +168,7 @@ impl Envelope {
             headers: BTreeMap::new(),
             limits: None,
             quota_key: None,
+            group: None,
         }
     }
 

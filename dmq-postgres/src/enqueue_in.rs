@@ -182,6 +182,8 @@ struct Prepared {
     key_ttl: Option<PgInterval>,
     /// The gate the job passes (its flow limits), when it has one.
     gate: Option<dmq_core::Gate>,
+    /// The group it is claimed fairly in, when it has one.
+    group: Option<String>,
 }
 
 impl Prepared {
@@ -196,6 +198,24 @@ impl Prepared {
         if let Some(limits) = &envelope.limits {
             limits.check(&envelope.task)?;
         }
+        if envelope.unique_for.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "a unique call of {:?} (.unique, .throttle, .debounce) cannot be enqueued in a \
+                 transaction: its broker decides whether it is unique when it is enqueued, \
+                 after the commit; give the call an idempotency_key instead, or enqueue it \
+                 with the manager",
+                envelope.task
+            )));
+        }
+        if let Some(group) = &envelope.group {
+            if group.is_empty() || group.contains('\0') || group.len() > dmq_core::MAX_GATE_LEN {
+                return Err(Error::InvalidArgument(format!(
+                    "the group of a job of {:?} must be text without NUL, 1 to {} bytes",
+                    envelope.task,
+                    dmq_core::MAX_GATE_LEN
+                )));
+            }
+        }
         let gate = envelope.limits.as_ref().and_then(|l| dmq_core::Gate::of(&envelope.task, l));
         let payload = envelope.encode(DEFAULT_MAX_MESSAGE_SIZE)?;
         let key_ttl = envelope.idempotency_key.as_ref().map(|_| interval(DEFAULT_IDEMPOTENCY_TTL));
@@ -208,6 +228,7 @@ impl Prepared {
                 None => format!("SELECT {}($1, $2, $3, $4, $5, $6, $7)", schema.at("enqueue_in")),
             },
             gate,
+            group: envelope.group,
             schema,
             task: envelope.task,
             queue: envelope.queue,
@@ -235,7 +256,26 @@ impl Prepared {
             let (interval, burst, concurrency) = crate::broker::gate_limits(gate);
             query = query.bind(&gate.name).bind(interval).bind(burst).bind(concurrency);
         }
-        let holder: std::result::Result<Option<Uuid>, sqlx::Error> = query.fetch_one(conn).await;
+        let mut holder: std::result::Result<Option<Uuid>, sqlx::Error> =
+            query.fetch_one(&mut *conn).await;
+        // A grouped job that went straight into the jobs table gets its group there, in
+        // the same transaction (one that went to the outbox carries it in its envelope,
+        // which the relay reads).
+        if let (Ok(None), Some(group)) = (&holder, &self.group) {
+            let set = format!(
+                "UPDATE {} SET grp = $3 WHERE queue = $1 AND id = $2",
+                self.schema.at("jobs")
+            );
+            let done = sqlx::query(crate::schema::sql(&set))
+                .bind(&self.queue)
+                .bind(self.id.as_uuid())
+                .bind(group)
+                .execute(&mut *conn)
+                .await;
+            if let Err(e) = done {
+                holder = Err(e);
+            }
+        }
         match holder {
             Ok(None) => Ok(self.id),
             Ok(Some(existing)) => Ok(TaskId::from(existing)),

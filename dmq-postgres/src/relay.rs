@@ -615,10 +615,15 @@ impl OutboxRelay {
         };
         // The job's flow limits travel in its envelope. One that does not decode goes
         // as it is: the worker that takes it dead-letters it.
-        let envelope = dmq_core::Envelope::decode(&entry.payload, entry.payload.len());
-        let gate = envelope.ok().and_then(|e| dmq_core::Gate::of(&e.task, e.limits.as_ref()?));
+        let envelope = dmq_core::Envelope::decode(&entry.payload, entry.payload.len()).ok();
+        let gate = envelope.as_ref().and_then(|e| dmq_core::Gate::of(&e.task, e.limits.as_ref()?));
         let job = match gate {
             Some(gate) => job.with_gate(gate),
+            None => job,
+        };
+        // So does its group (fair claiming).
+        let job = match envelope.and_then(|e| e.group) {
+            Some(group) => job.in_group(group),
             None => job,
         };
         match self.broker.enqueue(job).await {

@@ -5,7 +5,8 @@
 -- holds no payload of the id (finished, dead-lettered, never there). Every key's type
 -- is checked before anything changes. Removing a ready job reads its queue's ready
 -- lists (LREM), as finding one does.
--- A job held back at its gate is found among its gate's waiting jobs.
+-- A job held back at its gate is found among its gate's waiting jobs, one waiting in
+-- its group among its group's.
 -- KEYS: 1 payloads hash, 2 meta hash, 3 delayed zset, 4 in-flight zset,
 --       5..14 ready lists (priority 0..9), 15 suspect list, 16 gates hash, 17 gated zset
 -- ARGV: 1 job id
@@ -33,6 +34,14 @@ if g then
     if string.sub(m, -#id - 1) == '\0' .. id then redis.call('ZREM', KEYS[17], m) end
   end
   redis.call('HDEL', KEYS[16], 'j:' .. id)
+end
+local group = redis.call('HGET', KEYS[16], 'g:' .. id)
+if group then
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[17], '[g' .. group .. '\0',
+      '(g' .. group .. '\1')) do
+    if string.sub(m, -#id - 1) == '\0' .. id then redis.call('ZREM', KEYS[17], m) end
+  end
+  redis.call('HDEL', KEYS[16], 'g:' .. id)
 end
 redis.call('HDEL', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)

@@ -24,7 +24,9 @@
 -- claim first takes the jobs of the gates that are due (gates-due zset), then ready
 -- jobs, holding back those whose gate is closed. A gate's running slots are the jobs it
 -- let through; a full gate takes back the slots of jobs no longer in flight. Nothing
--- of this runs on a queue whose meta hash lacks ~gates (no job of it had a gate).
+-- of this runs on a queue whose meta hash lacks ~gates (no job of it had a gate or a
+-- group). Grouped jobs (fair claiming) wait in the gated zset too, and are taken
+-- round robin across groups (see take_grouped).
 -- A key of the wrong type fails the claim before it changes anything: most claims
 -- (no upkeep) prove their keys by reads they make anyway and by their first write,
 -- and put back what they popped when a later step fails (see `checked` in lib.lua).
@@ -60,9 +62,21 @@ end
 if #due > 0 then
   each_chunk('ZREM', KEYS[3], due)
   local metas = hmget(2, due)
+  -- A grouped job joins its group (see take_grouped).
+  local groups = {}
+  if gated_queue then
+    local fields = {}
+    for i, id in ipairs(due) do fields[i] = 'g:' .. id end
+    groups = redis.call('HMGET', KEYS[21], unpack(fields))
+  end
   for i, id in ipairs(due) do
     local p = parse_meta(metas[i], 5)
-    redis.call('RPUSH', KEYS[5 + p], id)
+    if groups[i] then
+      local seq = redis.call('HINCRBY', KEYS[21], '~seq', 1)
+      redis.call('ZADD', KEYS[22], 0, group_member(groups[i], p, seq, id))
+    else
+      redis.call('RPUSH', KEYS[5 + p], id)
+    end
   end
 end
 if #expired > 0 then
@@ -268,6 +282,45 @@ if gated_queue then
 end
 -- At most this many jobs are held back at gates per claim; the next claim goes on.
 local parked = 0
+
+-- Takes up to `k` grouped jobs (fair claiming), one of each group in turn: the first
+-- job (highest priority, then oldest) of the group after the one the queue's last
+-- claim took from (field ~last of the gates hash), round robin over the groups in
+-- the order of their names. One its gate holds back waits at the gate. Returns how
+-- many it took.
+local function take_grouped(k)
+  local last = redis.call('HGET', KEYS[21], '~last')
+  local took = 0
+  while took < k and parked < 1000 do
+    local m
+    if last then
+      m = redis.call('ZRANGEBYLEX', KEYS[22], '[g' .. last .. '\1', '(h', 'LIMIT', 0, 1)[1]
+    end
+    if not m then m = redis.call('ZRANGEBYLEX', KEYS[22], '[g', '(h', 'LIMIT', 0, 1)[1] end
+    if not m then break end
+    redis.call('ZREM', KEYS[22], m)
+    local g, q, id = string.match(m, '^g([^%z]*)%z(%d)%d*%z([^%z]*)$')
+    -- (A member dmq did not write is dropped, holding back no job behind it.)
+    if g then
+      last = g
+      local p = tostring(9 - tonumber(q))
+      local gate_name = redis.call('HGET', KEYS[21], 'j:' .. id)
+      if gate_name and not admit(gate_name, id) then
+        park(gate_name, p, id)
+        parked = parked + 1
+      else
+        ids[#ids + 1], priorities[#priorities + 1] = id, p
+        took = took + 1
+      end
+    end
+  end
+  if last then redis.call('HSET', KEYS[21], '~last', last) end
+  return took
+end
+
+-- Grouped jobs take half the claim while ungrouped ones wait, and the rest of it
+-- when those run out.
+if gated_queue and left > 0 then left = left - take_grouped(math.ceil(left / 2)) end
 while left > 0 and parked < 1000 do
   local got = checked(redis.pcall('LMPOP', 10, lists[1], lists[2], lists[3], lists[4],
     lists[5], lists[6], lists[7], lists[8], lists[9], lists[10], 'LEFT', 'COUNT', left),
@@ -286,6 +339,7 @@ while left > 0 and parked < 1000 do
     end
   end
 end
+if gated_queue and left > 0 then left = left - take_grouped(left) end
 if #ids > 0 then
   -- These reads prove the hashes written below; the meta read takes the token
   -- counter along.

@@ -1,5 +1,6 @@
 -- Finds the jobs of one queue whose envelope is stored but which are in no list or
--- set (ready, suspect, delayed, in flight, or held back at a gate), so that nothing
+-- set (ready, suspect, delayed, in flight, held back at a gate, or waiting in a
+-- group), so that nothing
 -- would ever run them, and
 -- with ARGV[1] = 1 puts them back at the front of their ready list. First compares
 -- counts, which costs a few commands: only when more envelopes are stored than places
@@ -18,6 +19,7 @@ local suspect = redis.call('LLEN', KEYS[19])
 local placed = redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) + suspect
 for i = 5, 14 do placed = placed + redis.call('LLEN', KEYS[i]) end
 placed = placed + redis.call('ZLEXCOUNT', KEYS[22], '[w', '(x')
+  + redis.call('ZLEXCOUNT', KEYS[22], '[g', '(h')
 local out = {stored, placed, suspect, tonumber(redis.call('GET', KEYS[20]) or '0')}
 if stored <= placed then return out end
 
@@ -30,9 +32,11 @@ end
 for _, k in ipairs({3, 4}) do
   for _, id in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do seen[id] = true end
 end
-for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[22], '[w', '(x')) do
-  local id = string.match(m, '%z([^%z]*)$')
-  if id then seen[id] = true end
+for _, range in ipairs({{'[w', '(x'}, {'[g', '(h'}}) do
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[22], range[1], range[2])) do
+    local id = string.match(m, '%z([^%z]*)$')
+    if id then seen[id] = true end
+  end
 end
 local stranded = {}
 for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do

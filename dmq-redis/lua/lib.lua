@@ -157,6 +157,13 @@ end
 -- whose jobs ever had a gate has the field ~gates in its meta hash: the scripts of
 -- other queues look no further.
 
+-- The gated-zset member of job `id` (of priority `p`) waiting in group `group`, the
+-- `seq`th job to join a group: after its group's jobs of higher priority, and of
+-- its own priority that joined before it.
+local function group_member(group, p, seq, id)
+  return 'g' .. group .. '\0' .. (9 - tonumber(p)) .. string.format('%015d', seq) .. '\0' .. id
+end
+
 -- The lexical range of gate `g`'s members of kind `kind` ('w' waiting, 'r' running)
 -- in the gated zset.
 local function gate_range(kind, g)
@@ -181,12 +188,13 @@ local function gates_of(ids, gates, undo)
 end
 
 -- Frees the slots jobs `ids` held at their gates (`names`, from gates_of), and
--- forgets their gates too when `forget` (the job is gone). A gate that was full and
+-- forgets their gates and groups too when `forget` (the job is gone). A gate that was full and
 -- has jobs waiting opens (score 0 in the due set) and a claimer blocked on the queue's
 -- signal list KEYS[signal] is woken.
 local function free_slots(ids, names, forget, gates, signal_key)
   local wake = false
   for i, g in ipairs(names) do
+    if forget then redis.call('HDEL', KEYS[gates], 'g:' .. ids[i]) end
     if g then
       redis.call('ZREM', KEYS[gates + 1], 'r' .. g .. '\0' .. ids[i])
       if forget then redis.call('HDEL', KEYS[gates], 'j:' .. ids[i]) end
@@ -218,7 +226,7 @@ local function give_back(ids, metas, why, now, max_deliveries, dead_cap)
       local payload = redis.call('HGET', KEYS[1], id) or ''
       redis.call('HDEL', KEYS[1], id)
       redis.call('HDEL', KEYS[2], id)
-      redis.call('HDEL', KEYS[21], 'j:' .. id)
+      redis.call('HDEL', KEYS[21], 'j:' .. id, 'g:' .. id)
       local reason = 'poison: its worker was lost ' .. s .. ' times while it ran alone (' ..
         why .. '; ' .. d .. ' deliveries); it may crash or hang its worker'
       bury(KEYS[15], KEYS[16], KEYS[17], id, payload, reason, now, dead_cap)

@@ -811,6 +811,55 @@ async fn spoiled_gate_keys_change_nothing_and_foreign_gate_members_hold_back_no_
     assert_eq!((stats.ready, stats.gated, stats.in_flight), (0, 0, 0), "{stats:?}");
 }
 
+/// Grouped jobs (fair claiming) wait in the gated set too: members in the groups' range
+/// that dmq did not write (no separator, no priority) are dropped by the claim that
+/// meets them and hold back no job, and a gated set of another type fails a grouped
+/// enqueue with nothing added.
+async fn foreign_group_members_hold_back_no_job_and_a_spoiled_set_adds_nothing(url: &str) {
+    let (_cleanup, b) = fresh(url).await;
+    let q = ["g".to_owned()];
+    let keys = b.keys().queue("g");
+    let mut conn = raw(url).await;
+    let () = redis::cmd("ZADD")
+        .arg(keys.gated())
+        .arg(0)
+        .arg("g")
+        .arg(0)
+        .arg("ga")
+        .arg(0)
+        .arg("ga\0x\0")
+        .arg(0)
+        .arg("ga\0")
+        .arg(0)
+        .arg("gb\09\0")
+        .query_async(&mut conn)
+        .await
+        .expect("zadd");
+    for job in jobs("g", 3) {
+        b.enqueue(job.in_group("a")).await.expect("enqueue");
+    }
+    let mut ran = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ran < 3 && std::time::Instant::now() < deadline {
+        for d in b.claim("w", &q, 10, LONG, Duration::from_millis(200)).await.expect("claim") {
+            b.ack(&d.lease).await.expect("ack");
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 3, "every grouped job ran");
+    let stats = b.queue_stats("g").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight), (0, 0), "{stats:?}");
+
+    let key = keys.gated();
+    spoil(url, &key).await;
+    let before = snapshot(&b, url).await;
+    let job = jobs("g", 1).remove(0).in_group("a");
+    let err = b.enqueue(job).await.unwrap_err();
+    refused_unchanged(&b, url, "grouped enqueue with a spoiled gated set", err, &key, &before)
+        .await;
+    mend(url, &key).await;
+}
+
 /// Each test above, on the single test Redis and on the local Redis Cluster.
 macro_rules! on_single_and_cluster {
     ($($name:ident),* $(,)?) => {
@@ -847,4 +896,5 @@ on_single_and_cluster!(
     a_spoiled_queue_hides_no_job_of_another,
     a_key_of_the_wrong_type_fails_a_cancel_before_it_changes_anything,
     spoiled_gate_keys_change_nothing_and_foreign_gate_members_hold_back_no_job,
+    foreign_group_members_hold_back_no_job_and_a_spoiled_set_adds_nothing,
 );

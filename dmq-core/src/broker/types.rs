@@ -44,6 +44,10 @@ pub struct Job {
     /// The key whose enqueue quota it counts against, beside its namespace's (see
     /// [`QuotaStore`](super::QuotaStore)); the broker itself does not read it.
     pub quota_key: Option<String>,
+    /// The group it is claimed fairly in: a queue's grouped jobs are claimed round
+    /// robin across groups (its ungrouped ones share each claim with them, half and
+    /// half). Never empty, at most [`MAX_GATE_LEN`](crate::MAX_GATE_LEN) bytes, no NUL.
+    pub group: Option<String>,
 }
 
 impl Job {
@@ -66,6 +70,7 @@ impl Job {
             key_hold: KeyHold::Ttl,
             gate: None,
             quota_key: None,
+            group: None,
         }
     }
 
@@ -80,6 +85,13 @@ impl Job {
     #[must_use]
     pub fn with_idempotency_key(mut self, key: impl Into<String>, ttl: Duration) -> Self {
         self.idempotency = Some((key.into(), ttl));
+        self
+    }
+
+    /// The same job, claimed fairly in `group` (see [`Job::group`]).
+    #[must_use]
+    pub fn in_group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
         self
     }
 
@@ -102,6 +114,7 @@ impl fmt::Debug for Job {
             .field("idempotency", &self.idempotency)
             .field("key_hold", &self.key_hold)
             .field("gate", &self.gate)
+            .field("group", &self.group)
             .finish()
     }
 }

@@ -174,3 +174,71 @@ pub async fn jobs_waiting_at_a_gate_are_found_cancelled_and_purged(b: Arc<dyn Br
     assert_eq!(admin(&b).queue_stats("alpha").await.expect("figures").ready, 0);
     b.ack(&got[0].lease).await.expect("ack");
 }
+
+/// Grouped jobs are claimed round robin across groups, one job of each group in turn,
+/// and share the claims with the queue's ungrouped jobs: a group's three jobs behind
+/// another's fifty are out within the first ten claimed. Within a group, jobs keep
+/// their order. Grouped jobs count as ready, are found, cancelled and purged, and a
+/// delayed grouped job joins its group when due.
+pub async fn grouped_jobs_are_claimed_round_robin_across_groups(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let grouped = |group: &str, payload: String| job("alpha", 5, &payload).in_group(group);
+    let big: Vec<Job> = (0..50).map(|i| grouped("big", format!("big-{i:02}"))).collect();
+    b.enqueue_batch(big).await.expect("enqueue");
+    for i in 0..3 {
+        b.enqueue(grouped("small", format!("small-{i}"))).await.expect("enqueue");
+    }
+    for i in 0..2 {
+        b.enqueue(job("alpha", 5, &format!("free-{i}"))).await.expect("enqueue");
+    }
+    let late = grouped("small", "small-late".to_owned());
+    let late = Job { eta: Some(after(Duration::from_millis(400))), ..late };
+    b.enqueue(late).await.expect("enqueue");
+    let cancelled = grouped("small", "small-cancelled".to_owned());
+    let cancelled_id = cancelled.id;
+    b.enqueue(cancelled).await.expect("enqueue");
+    if let Some(s) = figures(&b, "alpha").await {
+        assert_eq!((s.ready, s.delayed), (56, 1), "grouped jobs are ready: {s:?}");
+        let found = admin(&b).find_job(cancelled_id, &q).await.expect("find");
+        assert_eq!(found.map(|f| f.state), Some(JobState::Ready));
+        let gone = admin(&b).cancel("alpha", cancelled_id).await.expect("cancel");
+        assert!(matches!(gone, Cancelled::Removed { .. }), "{gone:?}");
+    } else {
+        // No admin: the job is claimed like the others.
+        let _ = cancelled_id;
+    }
+    let mut order = Vec::new();
+    while order.len() < 10 {
+        let got = b.claim(WORKER, &q, 4, LONG, Duration::ZERO).await.expect("claim");
+        assert!(!got.is_empty(), "jobs are ready");
+        order.extend(payloads(&got));
+    }
+    let first_ten = &order[..10];
+    for wanted in ["small-0", "small-1", "small-2", "free-0", "free-1"] {
+        assert!(first_ten.iter().any(|p| p == wanted), "{wanted} not among {first_ten:?}");
+    }
+    let smalls: Vec<&String> = order.iter().filter(|p| p.starts_with("small-")).collect();
+    assert_eq!(smalls, ["small-0", "small-1", "small-2"], "in order: {order:?}");
+    let bigs: Vec<&String> = order.iter().filter(|p| p.starts_with("big-")).collect();
+    let mut sorted = bigs.clone();
+    sorted.sort();
+    assert_eq!(bigs, sorted, "a group's jobs keep their order");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rest = Vec::new();
+    loop {
+        let got = b.claim(WORKER, &q, 7, LONG, Duration::ZERO).await.expect("claim");
+        if got.is_empty() {
+            break;
+        }
+        rest.extend(payloads(&got));
+    }
+    assert!(
+        rest.iter().take(4).any(|p| p == "small-late"),
+        "the due job joined its group: {rest:?}"
+    );
+    let mut all: Vec<String> = order.into_iter().chain(rest).collect();
+    all.sort();
+    all.dedup();
+    let expected = if figures(&b, "alpha").await.is_some() { 56 } else { 57 };
+    assert_eq!(all.len(), expected, "every job claimed once");
+}

@@ -316,6 +316,17 @@ impl Core {
             }
         }
         job.quota_key.clone_from(&envelope.quota_key);
+        if let Some(group) = &envelope.group {
+            if group.is_empty() || group.contains('\0') || group.len() > crate::limits::MAX_GATE_LEN
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "the group of a job of {:?} must be text without NUL, 1 to {} bytes",
+                    envelope.task,
+                    crate::limits::MAX_GATE_LEN
+                )));
+            }
+        }
+        job.group.clone_from(&envelope.group);
         Ok(match &envelope.idempotency_key {
             Some(key) => job
                 .with_idempotency_key(key.clone(), self.key_ttl(envelope))

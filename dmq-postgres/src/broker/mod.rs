@@ -116,6 +116,10 @@ struct Sql {
     enqueue_batch_gated: String,
     /// As `enqueue_gated`, for a job whose idempotency key holds by its job's state.
     enqueue_unique: String,
+    /// Puts a job just enqueued (in the same transaction) in its group, and the jobs
+    /// of a batch in theirs.
+    set_group: String,
+    set_groups: String,
     claim: String,
     complete: String,
     is_complete: String,
@@ -148,6 +152,11 @@ impl Sql {
             enqueue_unique: format!(
                 "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 s.at("enqueue_unique")
+            ),
+            set_group: format!("UPDATE {jobs} SET grp = $3 WHERE queue = $1 AND id = $2"),
+            set_groups: format!(
+                "UPDATE {jobs} j SET grp = u.g FROM unnest($1::text[], $2::uuid[], $3::text[]) \
+                 AS u(q, i, g) WHERE j.queue = u.q AND j.id = u.i AND u.g IS NOT NULL"
             ),
             enqueue_batch_gated: format!(
                 "SELECT dup_queue, dup_id FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -483,8 +492,28 @@ impl Broker for PostgresBroker {
             }
             None => {}
         }
-        let holder: std::result::Result<Option<Uuid>, sqlx::Error> =
-            query.fetch_one(&inner.pool).await;
+        // A grouped job gets its group in the same transaction: no claim sees it
+        // without.
+        let holder: std::result::Result<Option<Uuid>, sqlx::Error> = match &job.group {
+            None => query.fetch_one(&inner.pool).await,
+            Some(group) => {
+                async {
+                    let mut tx = inner.pool.begin().await?;
+                    let holder = query.fetch_one(&mut *tx).await?;
+                    if holder.is_none() {
+                        sqlx::query(crate::schema::sql(&inner.sql.set_group))
+                            .bind(&job.queue)
+                            .bind(job.id.as_uuid())
+                            .bind(group)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(holder)
+                }
+                .await
+            }
+        };
         match holder {
             Ok(None) => Ok(()),
             Ok(Some(existing)) => Err(Error::IdempotencyKeyTaken {
@@ -511,6 +540,10 @@ impl Broker for PostgresBroker {
         let mut etas = Vec::with_capacity(jobs.len());
         let mut payloads = Vec::with_capacity(jobs.len());
         let gated = jobs.iter().any(|job| job.gate.is_some());
+        let groups: Option<Vec<Option<String>>> = jobs
+            .iter()
+            .any(|job| job.group.is_some())
+            .then(|| jobs.iter().map(|job| job.group.clone()).collect());
         let mut gates: Vec<Option<String>> = Vec::new();
         let (mut intervals, mut bursts, mut concurrencies) = (Vec::new(), Vec::new(), Vec::new());
         for job in jobs {
@@ -538,7 +571,24 @@ impl Broker for PostgresBroker {
         if gated {
             query = query.bind(&gates).bind(&intervals).bind(&bursts).bind(&concurrencies);
         }
-        let done = query.execute(&inner.pool).await;
+        let done = match &groups {
+            None => query.execute(&inner.pool).await,
+            Some(groups) => {
+                async {
+                    let mut tx = inner.pool.begin().await?;
+                    let done = query.execute(&mut *tx).await?;
+                    sqlx::query(crate::schema::sql(&inner.sql.set_groups))
+                        .bind(&queues)
+                        .bind(&ids)
+                        .bind(groups)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(done)
+                }
+                .await
+            }
+        };
         match done {
             Ok(_) => Ok(()),
             Err(e) if sqlstate(&e).as_deref() == Some("DQ001") => {

@@ -142,10 +142,12 @@ impl RedisBroker {
         }
         // Its gate, when it has one: a job held back there is waiting, ready.
         pipe.hexists(keys.gates(), format!("j:{id}"));
+        // Its group, when it has one: a job not delayed nor in flight waits there.
+        pipe.hexists(keys.gates(), format!("g:{id}"));
         let reply: Vec<Value> =
             pipe.query_async(&mut conn).await.map_err(|e| self.err(&what(), e))?;
         let held = |v: &Value| !matches!(v, Value::Nil | Value::ServerError(_));
-        let [payload, due, lease, suspect, ready @ .., gated] = reply.as_slice() else {
+        let [payload, due, lease, suspect, ready @ .., gated, grouped] = reply.as_slice() else {
             return Err(Error::backend(format!("{}: unexpected reply {reply:?}", what()), false));
         };
         let payload: Option<Vec<u8>> = match payload {
@@ -167,7 +169,10 @@ impl RedisBroker {
                 (JobState::Delayed, score(due))
             } else if held(suspect) {
                 (JobState::Suspect, None)
-            } else if ready.iter().any(held) || matches!(gated, Value::Int(1)) {
+            } else if ready.iter().any(held)
+                || matches!(gated, Value::Int(1))
+                || matches!(grouped, Value::Int(1))
+            {
                 (JobState::Ready, None)
             } else {
                 (JobState::Stranded, None)
@@ -316,7 +321,8 @@ impl BrokerAdmin for RedisBroker {
             .llen(keys.suspect())
             .get(keys.bad_entries())
             .hget(keys.meta(), PAUSED_FIELD)
-            .zlexcount(keys.gated(), "[w", "(x");
+            .zlexcount(keys.gated(), "[w", "(x")
+            .zlexcount(keys.gated(), "[g", "(h");
         let mut conn = self.conn().await?;
         // Read as plain values: a counter another program overwrote with text counts 0
         // here rather than failing the read.
@@ -332,7 +338,8 @@ impl BrokerAdmin for RedisBroker {
         let mut stats = QueueStats::default();
         stats.suspect = at(14);
         stats.gated = at(17);
-        stats.ready = (0..10).map(at).sum::<u64>() + stats.suspect + stats.gated;
+        // Jobs waiting in groups (fair claiming) are ready.
+        stats.ready = (0..10).map(at).sum::<u64>() + at(18) + stats.suspect + stats.gated;
         stats.delayed = at(10);
         stats.in_flight = at(11);
         stats.dead = at(12);

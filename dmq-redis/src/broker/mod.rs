@@ -367,7 +367,7 @@ impl RedisBroker {
                         .key(keys.delayed())
                         .key(keys.signal());
                     add_ready_keys(&mut invocation, &keys);
-                    invocation.key(keys.gates());
+                    invocation.key(keys.gates()).key(keys.gated());
                     queues.push(&job.queue);
                     queues.len() - 1
                 }
@@ -385,6 +385,12 @@ impl RedisBroker {
         for (index, job) in jobs.iter().enumerate() {
             if let Some(gate) = &job.gate {
                 invocation.arg(index).arg(&gate.name).arg(gate_limits(gate));
+            }
+        }
+        invocation.arg(jobs.iter().filter(|job| job.group.is_some()).count());
+        for (index, job) in jobs.iter().enumerate() {
+            if let Some(group) = &job.group {
+                invocation.arg(index).arg(group);
             }
         }
         // Only a lone job carries a key (`enqueue_batch` refuses keys).

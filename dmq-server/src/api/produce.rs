@@ -119,6 +119,12 @@ pub(crate) struct EnqueueRequest {
     #[serde(default)]
     #[schema(max_length = 255, pattern = "^[^\\x00]*$")]
     quota_key: Option<String>,
+    /// Claims the job fairly within its queue: grouped jobs (a tenant's) are claimed
+    /// round robin across groups, one of each group in turn, so that one group's
+    /// backlog does not hold back another's jobs.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
+    group: Option<String>,
 }
 
 /// How long a job is unique (see `EnqueueRequest::unique`).
@@ -282,9 +288,14 @@ fn envelope_of(
     envelope.max_retries = request.max_retries;
     envelope.timeout_ms = request.timeout_ms;
     envelope.headers = request.headers;
-    for (field, key) in
-        [("concurrency_key", &request.concurrency_key), ("quota_key", &request.quota_key)]
-    {
+    if request.group.as_deref() == Some("") {
+        return Err(ApiError::bad_request("group must not be empty"));
+    }
+    for (field, key) in [
+        ("concurrency_key", &request.concurrency_key),
+        ("quota_key", &request.quota_key),
+        ("group", &request.group),
+    ] {
         if let Some(key) = key {
             if key.contains('\0') || key.chars().count() > 255 {
                 return Err(ApiError::bad_request(format!(
@@ -294,6 +305,7 @@ fn envelope_of(
         }
     }
     envelope.quota_key = request.quota_key;
+    envelope.group = request.group;
     let given = request.rate_limit.is_some()
         || request.burst.is_some()
         || request.concurrency.is_some()

@@ -95,7 +95,7 @@ impl BrokerAdmin for InMemoryBroker {
                 purged += 1;
             }
         }
-        for stored in q.suspect.drain(..) {
+        for stored in q.suspect.drain(..).chain(std::mem::take(&mut q.grouped).into_values()) {
             q.known.remove(&stored.id);
             purged += 1;
         }
@@ -171,6 +171,10 @@ impl BrokerAdmin for InMemoryBroker {
             q.delayed.remove(&key)
         });
         let stored = stored.or_else(|| {
+            let key = q.grouped.iter().find(|(_, s)| s.id == id).map(|(key, _)| key.clone())?;
+            q.grouped.remove(&key)
+        });
+        let stored = stored.or_else(|| {
             q.gates.values_mut().find_map(|gate| {
                 let key = gate.waiting.iter().find(|(_, s)| s.id == id).map(|(key, _)| *key)?;
                 gate.waiting.remove(&key)
@@ -242,7 +246,8 @@ impl BrokerAdmin for InMemoryBroker {
                 return Ok(found(JobState::Suspect, None, &stored.payload));
             }
             let gated = q.gates.values().flat_map(|gate| gate.waiting.values());
-            if let Some(stored) = q.ready.iter().flatten().chain(gated).find(|s| s.id == id) {
+            let mut ready = q.ready.iter().flatten().chain(gated).chain(q.grouped.values());
+            if let Some(stored) = ready.find(|s| s.id == id) {
                 return Ok(found(JobState::Ready, None, &stored.payload));
             }
             if let Some(((due, _), stored)) = q.delayed.iter().find(|(_, s)| s.id == id) {

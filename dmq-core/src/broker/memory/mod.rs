@@ -110,6 +110,16 @@ struct Queue {
     paused_since: Option<DateTime<Utc>>,
     /// The gates its jobs pass, by name, and the jobs waiting at each.
     gates: HashMap<Arc<str>, GateState>,
+    /// Ready jobs of groups, by group, highest priority first, then in order: claimed
+    /// round robin across groups.
+    grouped: BTreeMap<(Arc<str>, Reverse<u8>, u64), Stored>,
+    /// The group a job was last claimed from; the next claim starts after it.
+    last_group: Option<Arc<str>>,
+    /// Orders the grouped jobs.
+    group_seq: u64,
+    /// Whether the next ready job comes from the groups (claims alternate while
+    /// grouped and ungrouped jobs both wait).
+    groups_turn: bool,
     /// Completions recorded by `complete`, and until when they are remembered.
     completed: HashMap<TaskId, Instant>,
     /// The same completions in the order they were recorded, to forget them.
@@ -223,6 +233,8 @@ struct Stored {
     priority: u8,
     /// The gate it passes before it starts, if any.
     gate: Option<Arc<str>>,
+    /// The group it is claimed fairly in, if any.
+    group: Option<Arc<str>>,
     /// Shared with the claims that copy it, so that they copy it after the lock is
     /// released.
     payload: Arc<[u8]>,
@@ -248,6 +260,7 @@ impl From<Job> for NewJob {
             deliveries: 0,
             strikes: 0,
             gate: job.gate.as_ref().map(|gate| Arc::from(gate.name.as_str())),
+            group: job.group.as_deref().map(Arc::from),
         };
         NewJob { queue: job.queue, eta: job.eta, stored, gate: job.gate }
     }
@@ -402,7 +415,33 @@ fn due_instant(eta: DateTime<Utc>) -> Instant {
 
 impl Queue {
     fn push_ready(&mut self, stored: Stored) {
+        if let Some(group) = &stored.group {
+            self.group_seq += 1;
+            let key = (Arc::clone(group), Reverse(stored.priority), self.group_seq);
+            self.grouped.insert(key, stored);
+            return;
+        }
         self.ready[usize::from(stored.priority.min(MAX_PRIORITY))].push_back(stored);
+    }
+
+    /// The first job of the group after the one last claimed from (round robin), if
+    /// any group has jobs.
+    fn pop_grouped(&mut self) -> Option<Stored> {
+        let after = self.last_group.take().map(|last| (last, Reverse(0), u64::MAX));
+        let next = match &after {
+            Some(after) => self
+                .grouped
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .next()
+                .map(|(key, _)| key.clone()),
+            None => None,
+        };
+        let (key, stored) = match next {
+            Some(key) => self.grouped.remove_entry(&key)?,
+            None => self.grouped.pop_first()?,
+        };
+        self.last_group = Some(key.0);
+        Some(stored)
     }
 
     /// Moves due delayed jobs to ready, and takes back expired leases.
@@ -567,8 +606,18 @@ impl Queue {
         claimed
     }
 
+    /// The next ready job: highest priority first; grouped jobs round robin across
+    /// groups, taking turns with the ungrouped ones while both wait.
     fn pop_ready(&mut self) -> Option<Stored> {
-        self.ready.iter_mut().rev().find_map(VecDeque::pop_front)
+        if self.grouped.is_empty() {
+            return self.ready.iter_mut().rev().find_map(VecDeque::pop_front);
+        }
+        self.groups_turn = !self.groups_turn;
+        if self.groups_turn {
+            return self.pop_grouped();
+        }
+        let ungrouped = self.ready.iter_mut().rev().find_map(VecDeque::pop_front);
+        ungrouped.or_else(|| self.pop_grouped())
     }
 
     /// Whether `stored` may start now: it has no gate, or its gate lets it through
@@ -631,7 +680,10 @@ impl Queue {
     }
 
     fn ready_len(&self) -> usize {
-        self.ready.iter().map(VecDeque::len).sum::<usize>() + self.suspect.len() + self.gated_len()
+        self.ready.iter().map(VecDeque::len).sum::<usize>()
+            + self.grouped.len()
+            + self.suspect.len()
+            + self.gated_len()
     }
 }
 
