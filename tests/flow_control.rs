@@ -258,10 +258,44 @@ async fn a_concurrency_limit_per_key_holds_across_worker_processes(schema: Schem
     }
     let together = most_at_once(&all);
     assert!(together > 3, "the keys did not run beside each other: {together} at once");
-    let stats = manager.admin().expect("admin").queue_stats(per_key::QUEUE).await.expect("figures");
-    assert_eq!((stats.ready, stats.gated, stats.in_flight), (0, 0, 0), "{stats:?}");
+    // A task records its end just before its worker acknowledges it.
+    let admin = manager.admin().expect("admin");
+    poll("the last acknowledgements", || async {
+        let stats = admin.queue_stats(per_key::QUEUE).await.expect("figures");
+        ((stats.ready, stats.gated, stats.in_flight) == (0, 0, 0)).then_some(())
+    })
+    .await;
     for worker in &mut workers {
         assert!(worker.terminate().await.success());
+    }
+    // The workers' claims reported the jobs they held back, each once, by its key's
+    // concurrency limit.
+    let held = events_of(&manager, dmq_core::EventType::Held).await;
+    assert!(held.len() >= 50, "at most 12 of the 200 could start at first: {} held", held.len());
+    let mut ids: Vec<_> = held.iter().map(|e| e.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), held.len(), "a job reported held twice");
+    for event in &held {
+        let dmq_core::EventKind::Held { gate, limit } = &event.kind else { unreachable!() };
+        assert!(gate.starts_with(&format!("{}[tenant-", per_key::NAME)), "{event}");
+        assert_eq!(*limit, dmq_core::HeldBy::Concurrency, "{event}");
+        assert_eq!(event.task, per_key::NAME, "{event}");
+    }
+}
+
+/// Every event of `kind` in the broker's event stream.
+async fn events_of(manager: &dmq_core::Manager, kind: dmq_core::EventType) -> Vec<dmq_core::Event> {
+    let stream = manager.broker().event_stream().expect("an event stream");
+    let mut from = dmq_core::EventsFrom::Oldest;
+    let mut found = Vec::new();
+    loop {
+        let page = stream.read_events(&from, 1_000, Duration::ZERO).await.expect("read events");
+        if page.events.is_empty() {
+            return found;
+        }
+        found.extend(page.events.into_iter().filter(|e| e.event_type() == kind));
+        from = dmq_core::EventsFrom::After(page.cursor);
     }
 }
 

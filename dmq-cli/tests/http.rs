@@ -1139,7 +1139,8 @@ fn unique_and_grouped_jobs_over_http() {
         let mut ids = std::collections::HashMap::new();
         for (group, n) in [("a", 6), ("b", 2)] {
             for _ in 0..n {
-                let job = json!({"task": "app.add", "args": [1, 2], "queue": "work", "group": group});
+                let job =
+                    json!({"task": "app.add", "args": [1, 2], "queue": "work", "group": group});
                 let (status, body) = post(&served, Some(PRODUCER), "/v1/jobs", &job).await;
                 assert_eq!(status, StatusCode::CREATED, "{body}");
                 ids.insert(body["id"].as_str().unwrap().to_owned(), group);
@@ -1156,7 +1157,10 @@ fn unique_and_grouped_jobs_over_http() {
         // (Beside an ungrouped job left in the queue above, which takes its share.)
         assert_eq!(groups[..2], ["a", "b"], "b's turn comes second, before a's other five");
         let empty = json!({"task": "app.add", "queue": "work", "group": ""});
-        assert_eq!(post(&served, Some(PRODUCER), "/v1/jobs", &empty).await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            post(&served, Some(PRODUCER), "/v1/jobs", &empty).await.0,
+            StatusCode::BAD_REQUEST
+        );
     });
     assert!(!served.log().contains("panicked"), "{}", served.log());
 }

@@ -55,7 +55,7 @@ pub use backend::{
 };
 pub use broker::{
     Broker, BrokerAdmin, Cancelled, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, DeadLetter,
-    Delivery, EventCursor, EventPage, EventStream, EventsFrom, FoundJob, GateStatus,
+    Delivery, EventCursor, EventPage, EventStream, EventsFrom, FoundJob, GateStatus, HeldBack,
     InMemoryBroker, Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, QuotaState,
     QuotaStore, QuotasSeen, ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry, WorkerStatus,
     refuse_keys_in_batches,
@@ -67,8 +67,8 @@ pub use envelope::{
 };
 pub use error::{BackendSource, Error, Result};
 pub use events::{
-    Callback, DEFAULT_EVENT_BUFFER, DecodedEvents, Event, EventKind, EventType, ListenerStats,
-    Rules,
+    Callback, DEFAULT_EVENT_BUFFER, DecodedEvents, Event, EventKind, EventType, HeldBy,
+    ListenerStats, Rules,
 };
 pub use guarantee::Guarantee;
 pub use limits::{Gate, Gcra, JobLimits, MAX_GATE_LEN, RateLimit};

@@ -101,6 +101,7 @@ struct Counters {
     jobs: IntCounterVec,
     retries: IntCounterVec,
     dead_letters: IntCounterVec,
+    held: IntCounterVec,
     run_seconds: HistogramVec,
     /// Scrapes whose read of a queue's depths failed or timed out.
     queue_stats_errors: AtomicU64,
@@ -159,6 +160,14 @@ impl Metrics {
             "Jobs this process moved to a dead-letter queue.",
             &task_queue,
         );
+        let held = counter_vec(
+            &registry,
+            "jobs_held_back_total",
+            "Jobs this process's claims found due but held back at their gate, once per \
+             hold: throttled by a rate limit (limit=rate) or deferred by a concurrency \
+             limit (limit=concurrency).",
+            &["task", "queue", "limit"],
+        );
         let opts = HistogramOpts::new(
             "job_run_seconds",
             "How long each run took, in seconds (completed, retried or failed for good).",
@@ -175,6 +184,7 @@ impl Metrics {
                 jobs,
                 retries,
                 dead_letters,
+                held,
                 run_seconds,
                 queue_stats_errors: AtomicU64::new(0),
             }),
@@ -209,6 +219,7 @@ impl Metrics {
             EventKind::DeadLettered { .. } => inc(&c.dead_letters, &[task, queue]),
             EventKind::NotFound => inc(&c.jobs, &[task, queue, "not_found"]),
             EventKind::Expired { .. } => inc(&c.jobs, &[task, queue, "expired"]),
+            EventKind::Held { limit, .. } => inc(&c.held, &[task, queue, limit.as_str()]),
         }
     }
 

@@ -1,11 +1,16 @@
 -- Fair claiming: jobs with a group (a tenant) are claimed round robin across groups,
--- one job of each group in turn. Run with the schema first on the search_path, as
--- 0001 is.
+-- one job of each group in turn; and claims report the jobs they hold back at their
+-- gates. Run with the schema first on the search_path, as 0001 is.
 
 -- The group a job is claimed fairly in (NULL for none), compared byte by byte.
 ALTER TABLE jobs ADD COLUMN grp text COLLATE "C";
 -- The group a claim of the queue last took a job from: the next starts after it.
 ALTER TABLE queues ADD COLUMN last_group text COLLATE "C";
+-- Whether a claim reported the job held back at its gate (reported once per hold:
+-- cleared when its gate lets it through).
+ALTER TABLE jobs ADD COLUMN held boolean NOT NULL DEFAULT false;
+CREATE INDEX jobs_unreported ON jobs (queue, gate)
+    WHERE state = 'ready' AND gate IS NOT NULL AND NOT held AND NOT suspect;
 CREATE INDEX jobs_grouped ON jobs (queue, grp, priority DESC, position)
     WHERE state = 'ready' AND grp IS NOT NULL AND gate IS NULL AND NOT suspect;
 
@@ -64,8 +69,23 @@ BEGIN
     END IF;
 END $$;
 
+-- Marks the ready jobs of gate `p_gate` of queue `p_queue` that no claim reported yet
+-- as held back by limit `p_why`, and returns them as report rows of `claim_open`.
+CREATE FUNCTION report_held(p_queue text, p_gate text, p_why text)
+RETURNS TABLE (queue text, id uuid, payload bytea, deliveries integer, token text,
+               fence bigint, isolated boolean, next_change timestamptz)
+LANGUAGE sql SET search_path FROM CURRENT AS $$
+    UPDATE jobs h SET held = true
+    WHERE h.queue = p_queue AND h.gate = p_gate AND h.state = 'ready' AND NOT h.suspect
+      AND NOT h.held
+    RETURNING h.queue, h.id, h.payload, NULL::integer, 'held:' || p_why || ':' || p_gate,
+              NULL::bigint, NULL::boolean, NULL::timestamptz
+$$;
+
 -- The claim of 0004, with grouped jobs: those without a gate are claimed by
--- `claim_grouped`, sharing each claim with the ungrouped jobs.
+-- `claim_grouped`, sharing each claim with the ungrouped jobs. It also returns a row
+-- for each job it holds back at its gate, once per hold: a row with no fence, whose
+-- token is `held:<limit>:<gate>` (limit `rate` or `concurrency`).
 CREATE OR REPLACE FUNCTION claim_open(p_worker text, p_queues text[], p_max integer,
                                       p_lease interval, p_max_deliveries integer,
                                       p_cap integer)
@@ -83,6 +103,7 @@ DECLARE
     g gates;
     room integer;
     grouped boolean;
+    why text;
 BEGIN
     UPDATE jobs j SET state = 'ready', position = nextval('job_order')
     FROM (SELECT d.queue, d.id FROM jobs d
@@ -139,7 +160,20 @@ BEGIN
         LOOP
             EXIT WHEN left_to_take <= 0;
             room := gate_room(g, now_us, left_to_take);
-            CONTINUE WHEN room <= 0;
+            -- The gate's limit holds back the jobs this claim leaves behind.
+            IF room < left_to_take THEN
+                why := CASE WHEN g.concurrency > 0
+                                 AND room + (SELECT count(*) FROM jobs r WHERE r.queue = q
+                                             AND r.gate = g.name AND r.state = 'running')
+                                     >= g.concurrency
+                            THEN 'concurrency' ELSE 'rate' END;
+            ELSE
+                why := NULL;
+            END IF;
+            IF room <= 0 THEN
+                RETURN QUERY SELECT * FROM report_held(q, g.name, why);
+                CONTINUE;
+            END IF;
             RETURN QUERY
             WITH picked AS (
                 SELECT r.id FROM jobs r
@@ -150,7 +184,8 @@ BEGIN
                 UPDATE jobs j
                 SET state = 'running', token = gen_random_uuid()::text,
                     fence = nextval('lease_fence'), worker = p_worker, lease_until = until,
-                    claimed_at = now(), deliveries = j.deliveries + 1, isolated = false
+                    claimed_at = now(), deliveries = j.deliveries + 1, isolated = false,
+                    held = false
                 FROM picked
                 WHERE j.queue = q AND j.id = picked.id
                 RETURNING j.queue, j.id, j.payload, j.deliveries, j.token, j.fence, j.priority,
@@ -161,7 +196,16 @@ BEGIN
             GET DIAGNOSTICS took = ROW_COUNT;
             PERFORM gate_took(g, now_us, took);
             left_to_take := left_to_take - took;
+            IF why IS NOT NULL THEN
+                RETURN QUERY SELECT * FROM report_held(q, g.name, why);
+            END IF;
         END LOOP;
+        -- Jobs of the gates whose rate holds them until later, not looked at above.
+        RETURN QUERY
+        SELECT r.* FROM gates gt, LATERAL report_held(q, gt.name, 'rate') r
+        WHERE gt.queue = q AND gt.next_open > now()
+          AND EXISTS (SELECT 1 FROM jobs w WHERE w.queue = q AND w.gate = gt.name
+                      AND w.state = 'ready' AND NOT w.suspect AND NOT w.held);
         EXIT WHEN left_to_take <= 0;
         -- Grouped jobs take half the claim while ungrouped ones wait, and the rest of
         -- it when those run out.

@@ -12,7 +12,9 @@
 -- ARGV: 1 max jobs, 2 lease (ms), 3 max deliveries (0 for no limit), 4 dead-letter cap,
 --       5 worker id, 6 claim tag, 7 whether a suspect job may be taken (1 or 0)
 -- Returns: {next_change_ms, {bad entry 1, why 1, ...}, isolated (1 when the one job
--- claimed must run alone, else 0), id1, payload1, deliveries1, token1, id2, ...}; when
+-- claimed must run alone, else 0), {held id 1, its gate, 'rate' or 'concurrency' (the
+-- limit that holds it), its payload, ...: the jobs this claim held back at their
+-- gates}, id1, payload1, deliveries1, token1, id2, ...}; when
 -- no job was claimed, next_change_ms is how long until a delayed job falls due or a
 -- lease expires (-1 for never, 0 when it dropped bad entries and more may be ready,
 -- and always -1 when jobs were claimed).
@@ -84,7 +86,8 @@ if #expired > 0 then
 end
 
 local bad = {}
-local out = {-1, bad, 0}
+local held = {}
+local out = {-1, bad, 0, held}
 if paused then return out end
 local seq, suffix = nil, nil
 local n = 0
@@ -180,13 +183,13 @@ end
 
 -- Whether gate `g` lets job `id` start now: its concurrency has a free slot and its
 -- rate (a GCRA: one start per interval, up to `burst` at once) allows one. Takes the
--- slot and the rate's share when it does.
+-- slot and the rate's share when it does; when not, says which limit holds the job.
 local function admit(g, id)
   local st = gate(g)
-  if st.conc > 0 and st.running >= st.conc then return false end
+  if st.conc > 0 and st.running >= st.conc then return false, 'concurrency' end
   if st.interval > 0 then
     local tat = math.max(st.tat, now_us)
-    if tat - now_us > st.interval * (st.burst - 1) then return false end
+    if tat - now_us > st.interval * (st.burst - 1) then return false, 'rate' end
     st.tat, st.moved = tat + st.interval, true
   end
   if st.conc > 0 then
@@ -197,11 +200,14 @@ local function admit(g, id)
 end
 
 -- Holds job `id` (of priority `p`) back at gate `g`, after the jobs waiting there of
--- its priority.
-local function park(g, p, id)
+-- its priority, and reports it (held back by limit `why`).
+local function park(g, p, id, why)
   local seq = redis.call('HINCRBY', KEYS[21], '~seq', 1)
   redis.call('ZADD', KEYS[22], 0,
     'w' .. g .. '\0' .. (9 - tonumber(p)) .. string.format('%015d', seq) .. '\0' .. id)
+  local h = #held
+  held[h + 1], held[h + 2], held[h + 3] = id, g, why
+  held[h + 4] = redis.call('HGET', KEYS[1], id) or ''
 end
 
 -- Writes back the rate state of the gates looked at, and when each may let its next
@@ -246,7 +252,7 @@ while upkeep and ARGV[7] == '1' and redis.call('LLEN', KEYS[19]) > 0 do
     local token = next_token()
     redis.call('HSET', KEYS[2], id, make_meta(p, d + 1, s, true, token))
     redis.call('ZADD', KEYS[4], deadline, id)
-    out[3], out[4], out[5], out[6], out[7] = 1, id, payload, d + 1, token
+    out[3], out[5], out[6], out[7], out[8] = 1, id, payload, d + 1, token
     -- Another idle claimer may take the next one.
     if redis.call('LLEN', KEYS[19]) > 0 then signal(KEYS[18]) end
     return report()
@@ -305,8 +311,10 @@ local function take_grouped(k)
       last = g
       local p = tostring(9 - tonumber(q))
       local gate_name = redis.call('HGET', KEYS[21], 'j:' .. id)
-      if gate_name and not admit(gate_name, id) then
-        park(gate_name, p, id)
+      local ok, why = true, nil
+      if gate_name then ok, why = admit(gate_name, id) end
+      if not ok then
+        park(gate_name, p, id, why)
         parked = parked + 1
       else
         ids[#ids + 1], priorities[#priorities + 1] = id, p
@@ -330,8 +338,10 @@ while left > 0 and parked < 1000 do
   local p = string.match(got[1], ':(%d)$')
   local names = gated_queue and gates_of(got[2], 21, unpop)
   for i, id in ipairs(got[2]) do
-    if names and names[i] and not admit(names[i], id) then
-      park(names[i], p, id)
+    local ok, why = true, nil
+    if names and names[i] then ok, why = admit(names[i], id) end
+    if not ok then
+      park(names[i], p, id, why)
       parked = parked + 1
     else
       ids[#ids + 1], priorities[#priorities + 1] = id, p

@@ -285,6 +285,10 @@ fn text_line(event: &Event) -> String {
             let _ = write!(line, " expired_at={}", time(*expired_at));
             None
         }
+        EventKind::Held { gate, limit } => {
+            let _ = write!(line, " limit={}", limit.as_str());
+            Some(("gate", gate))
+        }
         // Started, NotFound, and kinds a later dmq adds: no facts to show.
         _ => None,
     };

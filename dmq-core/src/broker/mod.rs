@@ -26,8 +26,8 @@ use crate::task::TaskId;
 pub use memory::{DEFAULT_MAX_DELIVERIES, InMemoryBroker};
 pub use types::{
     Cancelled, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventCursor, EventPage, EventsFrom,
-    FoundJob, Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats, ScheduleState,
-    WorkerInfo, WorkerStatus, refuse_keys_in_batches,
+    FoundJob, HeldBack, Job, JobState, Lease, QueueCheckup, QueueDeleted, QueueStats,
+    ScheduleState, WorkerInfo, WorkerStatus, refuse_keys_in_batches,
 };
 
 /// Where jobs wait and how workers take them: the job lifecycle, which every broker
@@ -97,6 +97,26 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         lease: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>>;
+
+    /// Claims as [`claim`](Broker::claim) does, and also says which jobs this claim
+    /// found due but held back at their gates (a rate or concurrency limit reached),
+    /// each once per hold, so that the caller can report them (the worker emits an
+    /// [`EventKind::Held`](crate::EventKind::Held) for each). By default, no report:
+    /// a broker without gates holds nothing back.
+    ///
+    /// # Errors
+    ///
+    /// As [`claim`](Broker::claim).
+    async fn claim_reporting(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<(Vec<Delivery>, Vec<HeldBack>)> {
+        Ok((self.claim(worker, queues, max, lease, wait).await?, Vec::new()))
+    }
 
     /// Settles a job as done and forgets it.
     ///

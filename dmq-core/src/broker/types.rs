@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::events::Event;
+use crate::events::HeldBy;
 use crate::limits::Gate;
 use crate::task::TaskId;
 use crate::unique::KeyHold;
@@ -181,6 +182,49 @@ impl fmt::Debug for Delivery {
             .field("payload_bytes", &self.payload.len())
             .field("deliveries", &self.deliveries)
             .field("isolated", &self.isolated)
+            .finish()
+    }
+}
+
+/// A job a claim found due but held back at its gate, once per hold (see
+/// [`Broker::claim_reporting`](crate::Broker::claim_reporting)).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeldBack {
+    /// The job's id.
+    pub id: TaskId,
+    /// Its queue.
+    pub queue: String,
+    /// The gate that holds it.
+    pub gate: String,
+    /// Which of the gate's limits holds it.
+    pub limit: HeldBy,
+    /// The encoded envelope.
+    pub payload: Vec<u8>,
+}
+
+impl HeldBack {
+    /// A report of a job held back (for broker implementations).
+    #[must_use]
+    pub fn new(
+        id: TaskId,
+        queue: impl Into<String>,
+        gate: impl Into<String>,
+        limit: HeldBy,
+        payload: Vec<u8>,
+    ) -> Self {
+        HeldBack { id, queue: queue.into(), gate: gate.into(), limit, payload }
+    }
+}
+
+impl fmt::Debug for HeldBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldBack")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("gate", &self.gate)
+            .field("limit", &self.limit)
+            .field("payload_bytes", &self.payload.len())
             .finish()
     }
 }

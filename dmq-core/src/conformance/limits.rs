@@ -242,3 +242,40 @@ pub async fn grouped_jobs_are_claimed_round_robin_across_groups(b: Arc<dyn Broke
     let expected = if figures(&b, "alpha").await.is_some() { 56 } else { 57 };
     assert_eq!(all.len(), expected, "every job claimed once");
 }
+
+/// A claim says which jobs it held back at their gates, with the limit that holds
+/// each, once per hold: a later claim that still cannot start them does not report
+/// them again.
+pub async fn a_claim_reports_the_jobs_it_holds_back_once(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let one_at_a_time = Gate::new("export[t1]", None, 1, Some(1));
+    let hourly = Gate::new("mail", rate("1/h"), 1, None);
+    for i in 0..3 {
+        b.enqueue(gated("alpha", &one_at_a_time, &format!("c{i}"))).await.expect("enqueue");
+    }
+    for i in 0..2 {
+        b.enqueue(gated("alpha", &hourly, &format!("r{i}"))).await.expect("enqueue");
+    }
+    let (got, held) = b.claim_reporting(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    let mut started = payloads(&got);
+    started.sort();
+    assert_eq!(started, ["c0", "r0"], "one of each gate");
+    let mut reported: Vec<(String, &str, String)> = held
+        .iter()
+        .map(|h| (h.gate.clone(), h.limit.as_str(), String::from_utf8_lossy(&h.payload).into()))
+        .collect();
+    reported.sort();
+    assert_eq!(
+        reported,
+        [
+            ("export[t1]".to_owned(), "concurrency", "c1".to_owned()),
+            ("export[t1]".to_owned(), "concurrency", "c2".to_owned()),
+            ("mail".to_owned(), "rate", "r1".to_owned()),
+        ],
+        "{held:?}"
+    );
+    assert!(held.iter().all(|h| h.queue == "alpha"), "{held:?}");
+    let (again, held) =
+        b.claim_reporting(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
+    assert!(again.is_empty() && held.is_empty(), "held once: {again:?} {held:?}");
+}

@@ -132,6 +132,7 @@ impl fmt::Display for Event {
             EventKind::Expired { expired_at } => {
                 write!(f, " expired_at={}", expired_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))?;
             }
+            EventKind::Held { gate, limit } => write!(f, " gate={gate} limit={}", limit.as_str())?,
             EventKind::Queued { eta: None } | EventKind::Started | EventKind::NotFound => {}
         }
         if let Some(worker) = &self.worker {
@@ -204,6 +205,35 @@ pub enum EventKind {
         /// When it expired.
         expired_at: DateTime<Utc>,
     },
+    /// A claim found the job due but held it back: its gate's rate limit or
+    /// concurrency limit is reached. It waits in the broker and starts when the gate
+    /// lets it. Once per hold, emitted by the worker whose claim held it back.
+    Held {
+        /// The gate: the task's name, or `task[key]` for a limit per key.
+        gate: String,
+        /// Which limit held it back.
+        limit: HeldBy,
+    },
+}
+
+/// Which limit of its gate holds a job back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeldBy {
+    /// The rate limit: the job is throttled until the rate lets it start.
+    Rate,
+    /// The concurrency limit: the job is deferred until a running job frees a slot.
+    Concurrency,
+}
+
+impl HeldBy {
+    /// `rate` or `concurrency`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldBy::Rate => "rate",
+            HeldBy::Concurrency => "concurrency",
+        }
+    }
 }
 
 impl EventKind {
@@ -219,6 +249,7 @@ impl EventKind {
             EventKind::DeadLettered { .. } => EventType::DeadLettered,
             EventKind::NotFound => EventType::NotFound,
             EventKind::Expired { .. } => EventType::Expired,
+            EventKind::Held { .. } => EventType::Held,
         }
     }
 }
@@ -246,11 +277,13 @@ pub enum EventType {
     NotFound,
     /// [`EventKind::Expired`].
     Expired,
+    /// [`EventKind::Held`].
+    Held,
 }
 
 impl EventType {
     /// Every kind of event.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::Queued,
         EventType::Started,
         EventType::Completed,
@@ -259,6 +292,7 @@ impl EventType {
         EventType::DeadLettered,
         EventType::NotFound,
         EventType::Expired,
+        EventType::Held,
     ];
 
     /// The kinds that say something went wrong: `failed`, `retry`, `dead_lettered`,
@@ -283,6 +317,7 @@ impl EventType {
             EventType::DeadLettered => "dead_lettered",
             EventType::NotFound => "not_found",
             EventType::Expired => "expired",
+            EventType::Held => "held",
         }
     }
 

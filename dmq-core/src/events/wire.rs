@@ -17,7 +17,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::{Event, EventKind, EventType};
+use super::{Event, EventKind, EventType, HeldBy};
 use crate::error::{Error, Result};
 use crate::task::{FailureKind, TaskId};
 
@@ -110,6 +110,7 @@ impl Serialize for Wire<'_> {
             | EventKind::DeadLettered { .. }
             | EventKind::Expired { .. } => 1,
             EventKind::Failed { run_time, .. } => 2 + usize::from(run_time.is_some()),
+            EventKind::Held { .. } => 2,
             EventKind::Retry { .. } => 3,
         };
         let len = 6 + usize::from(event.worker.is_some()) + facts;
@@ -148,6 +149,10 @@ impl Serialize for Wire<'_> {
             EventKind::DeadLettered { reason } => map.serialize_entry("reason", reason)?,
             EventKind::Expired { expired_at } => {
                 map.serialize_entry("expired_at", &expired_at.timestamp_millis())?;
+            }
+            EventKind::Held { gate, limit } => {
+                map.serialize_entry("gate", gate)?;
+                map.serialize_entry("limit", limit.as_str())?;
             }
         }
         map.end()
@@ -223,6 +228,8 @@ struct RawEvent {
     delay_ms: Option<Scalar>,
     reason: Option<Scalar>,
     expired_at: Option<Scalar>,
+    gate: Option<Scalar>,
+    limit: Option<Scalar>,
 }
 
 impl<'de> Deserialize<'de> for RawEvent {
@@ -257,6 +264,8 @@ impl<'de> Deserialize<'de> for RawEvent {
                         Field::DelayMs => &mut raw.delay_ms,
                         Field::Reason => &mut raw.reason,
                         Field::ExpiredAt => &mut raw.expired_at,
+                        Field::Gate => &mut raw.gate,
+                        Field::Limit => &mut raw.limit,
                         Field::Unknown => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -349,6 +358,8 @@ enum Field {
     DelayMs,
     Reason,
     ExpiredAt,
+    Gate,
+    Limit,
     Unknown,
 }
 
@@ -369,6 +380,8 @@ impl Field {
             b"delay_ms" => Field::DelayMs,
             b"reason" => Field::Reason,
             b"expired_at" => Field::ExpiredAt,
+            b"gate" => Field::Gate,
+            b"limit" => Field::Limit,
             _ => Field::Unknown,
         }
     }
@@ -540,6 +553,15 @@ impl RawEvent {
             EventType::Expired => EventKind::Expired {
                 expired_at: self.expired_at.and_then(|t| t.time()).unwrap_or(at),
             },
+            EventType::Held => EventKind::Held {
+                gate: text(self.gate),
+                // A limit a newer version added cannot be shown as one of ours.
+                limit: match self.limit?.text()?.as_str() {
+                    "rate" => HeldBy::Rate,
+                    "concurrency" => HeldBy::Concurrency,
+                    _ => return None,
+                },
+            },
         };
         Some(Event {
             kind,
@@ -598,6 +620,8 @@ mod tests {
             EventKind::DeadLettered { reason: "fatal: no such user".into() },
             EventKind::NotFound,
             EventKind::Expired { expired_at: at(1_700_000_000_999) },
+            EventKind::Held { gate: "emails.send[acme]".into(), limit: HeldBy::Concurrency },
+            EventKind::Held { gate: "emails.send".into(), limit: HeldBy::Rate },
         ];
         kinds
             .into_iter()

@@ -104,6 +104,10 @@ mod tests {
         EventKind::Failed { failure, error: "boom".to_owned(), run_time }
     }
 
+    fn held_back(limit: crate::HeldBy) -> EventKind {
+        EventKind::Held { gate: "add".to_owned(), limit }
+    }
+
     /// The value of the one line of `text` that starts with `series` and a space.
     fn value(text: &str, series: &str) -> Option<f64> {
         let line =
@@ -137,6 +141,10 @@ mod tests {
             // Expired.
             event(EventKind::Expired { expired_at: chrono::Utc::now() }, "add", "math"),
             event(EventKind::DeadLettered { reason: "expired".into() }, "add", "math"),
+            // Held back at their gates: twice by the rate, once by the concurrency.
+            event(held_back(crate::HeldBy::Rate), "add", "math"),
+            event(held_back(crate::HeldBy::Rate), "add", "math"),
+            event(held_back(crate::HeldBy::Concurrency), "add", "math"),
         ];
         for e in &events {
             metrics.observe(e);
@@ -159,6 +167,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(at(r#"dmq_retries_total{queue="math",task="add"}"#), Some(1.0));
+        let held = |limit: &str| {
+            at(&format!(r#"dmq_jobs_held_back_total{{limit="{limit}",queue="math",task="add"}}"#))
+        };
+        assert_eq!((held("rate"), held("concurrency")), (Some(2.0), Some(1.0)), "{text}");
         assert_eq!(at(r#"dmq_dead_letters_total{queue="math",task="add"}"#), Some(2.0));
         assert_eq!(at(r#"dmq_dead_letters_total{queue="math",task="nope"}"#), Some(1.0));
         // Three runs: two of 3 ms (one retried) and one of 2 s.

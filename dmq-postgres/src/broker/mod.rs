@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
     Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DEFAULT_MAX_DELIVERIES, Delivery, Error,
-    EventStream, Job, KeyHold, Lease, Result, ScheduleStore, TaskId, WorkerRegistry,
-    refuse_keys_in_batches,
+    EventStream, HeldBack, HeldBy, Job, KeyHold, Lease, Result, ScheduleStore, TaskId,
+    WorkerRegistry, refuse_keys_in_batches,
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Row};
@@ -366,7 +366,7 @@ impl Inner {
         queues: &[String],
         max: usize,
         lease: Duration,
-    ) -> Result<(Vec<Delivery>, Option<DateTime<Utc>>)> {
+    ) -> Result<(Vec<Delivery>, Vec<HeldBack>, Option<DateTime<Utc>>)> {
         let rows = sqlx::query(crate::schema::sql(&self.sql.claim))
             .bind(worker)
             .bind(queues)
@@ -378,15 +378,20 @@ impl Inner {
             .await
             .map_err(|e| self.fail("claim jobs", e))?;
         let mut claimed = Vec::with_capacity(rows.len());
+        let mut held = Vec::new();
         let mut next = None;
         for row in rows {
-            match delivery(&row).map_err(|e| self.fail("read a claimed job", e))? {
-                Some(d) => claimed.push(d),
-                None => next = row.try_get("next_change").map_err(|e| self.fail("claim", e))?,
+            let read = |e| self.fail("read a claimed job", e);
+            if let Some(d) = delivery(&row).map_err(read)? {
+                claimed.push(d);
+            } else if let Some(h) = held_back(&row).map_err(read)? {
+                held.push(h);
+            } else {
+                next = row.try_get("next_change").map_err(|e| self.fail("claim", e))?;
             }
         }
         self.churn.fetch_add(claimed.len() as u64, Ordering::Relaxed);
-        Ok((claimed, next))
+        Ok((claimed, held, next))
     }
 }
 
@@ -400,12 +405,15 @@ pub(crate) fn gate_limits(gate: &dmq_core::Gate) -> (i64, i32, i32) {
     (interval, burst, concurrency)
 }
 
-/// A claimed job's row as a delivery; `None` for the row that says none was claimed.
+/// A claimed job's row as a delivery; `None` for the row that says none was claimed
+/// and for the rows that report held jobs (see [`held_back`]).
 fn delivery(row: &PgRow) -> std::result::Result<Option<Delivery>, sqlx::Error> {
     let Some(id) = row.try_get::<Option<Uuid>, _>("id")? else {
         return Ok(None);
     };
-    let fence: i64 = row.try_get("fence")?;
+    let Some(fence) = row.try_get::<Option<i64>, _>("fence")? else {
+        return Ok(None);
+    };
     let lease = Lease {
         id: TaskId::from(id),
         queue: row.try_get("queue")?,
@@ -416,6 +424,30 @@ fn delivery(row: &PgRow) -> std::result::Result<Option<Delivery>, sqlx::Error> {
     let delivery =
         Delivery::new(lease, row.try_get("payload")?, u32::try_from(deliveries).unwrap_or(0));
     Ok(Some(if row.try_get("isolated")? { delivery.to_run_alone() } else { delivery }))
+}
+
+/// A row of the claim that reports a job held back at its gate: it has no fence, and
+/// its token says `held:<limit>:<gate>`.
+fn held_back(row: &PgRow) -> std::result::Result<Option<HeldBack>, sqlx::Error> {
+    let (Some(id), None) =
+        (row.try_get::<Option<Uuid>, _>("id")?, row.try_get::<Option<i64>, _>("fence")?)
+    else {
+        return Ok(None);
+    };
+    let token: Option<String> = row.try_get("token")?;
+    let Some(report) = token.as_deref().and_then(|t| t.strip_prefix("held:")) else {
+        return Ok(None);
+    };
+    let (limit, gate) = report.split_once(':').unwrap_or(("rate", report));
+    let limit = if limit == "concurrency" { HeldBy::Concurrency } else { HeldBy::Rate };
+    let payload: Vec<u8> = row.try_get("payload")?;
+    Ok(Some(HeldBack::new(
+        TaskId::from(id),
+        row.try_get::<String, _>("queue")?,
+        gate,
+        limit,
+        payload,
+    )))
 }
 
 /// Deletes lapsed completions and idempotency keys (and results, when the backend
@@ -617,11 +649,23 @@ impl Broker for PostgresBroker {
         lease: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
+        Ok(self.claim_reporting(worker, queues, max, lease, wait).await?.0)
+    }
+
+    async fn claim_reporting(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<(Vec<Delivery>, Vec<HeldBack>)> {
         if max == 0 || queues.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let inner = &self.inner;
         let give_up = Instant::now() + wait.min(Duration::from_secs(365 * 24 * 3600));
+        let mut held = Vec::new();
         loop {
             // Register for the wake-up before looking, so that a job enqueued between
             // the look and the wait is not missed. A claim runs in one statement, so
@@ -630,13 +674,14 @@ impl Broker for PostgresBroker {
             let notified = inner.listener.wakeups.jobs.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (claimed, next) = inner.try_claim(worker, queues, max, lease).await?;
+            let (claimed, mut kept, next) = inner.try_claim(worker, queues, max, lease).await?;
+            held.append(&mut kept);
             if !claimed.is_empty() {
-                return Ok(claimed);
+                return Ok((claimed, held));
             }
             let now = Instant::now();
             if now >= give_up {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), held));
             }
             let until = match next {
                 Some(at) => {

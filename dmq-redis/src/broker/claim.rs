@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dmq_core::{Delivery, Error, Lease, Result, TaskId};
+use dmq_core::{Delivery, Error, HeldBack, HeldBy, Lease, Result, TaskId};
 use redis::Value;
 
 use crate::keys::QueueKeys;
@@ -38,6 +38,8 @@ pub(super) struct ClaimReply {
     /// than a lowercase hex digit), with their tokens, and copies of a job within the
     /// claim (stale tokens): to drop with `drop_bad.lua`.
     pub(super) rejected: Vec<(String, String)>,
+    /// The jobs it held back at their gates.
+    pub(super) held: Vec<HeldBack>,
 }
 
 pub(super) fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> {
@@ -62,6 +64,30 @@ pub(super) fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> 
     }
     // Said once for the claim: only a claim of one suspect job has it set.
     let Value::Int(isolated) = items.next()? else { return None };
+    let mut held = Vec::new();
+    match items.next()? {
+        Value::Array(entries) => {
+            let mut entries = entries.into_iter();
+            while let (
+                Some(Value::BulkString(id)),
+                Some(Value::BulkString(gate)),
+                Some(Value::BulkString(limit)),
+                Some(Value::BulkString(payload)),
+            ) = (entries.next(), entries.next(), entries.next(), entries.next())
+            {
+                // A held entry that is no task id is reported when it is handed out.
+                let Some(id) = canonical_task_id(&id) else { continue };
+                let limit = match limit.as_slice() {
+                    b"concurrency" => HeldBy::Concurrency,
+                    _ => HeldBy::Rate,
+                };
+                let gate = String::from_utf8_lossy(&gate).into_owned();
+                held.push(HeldBack::new(id, queue, gate, limit, payload));
+            }
+        }
+        Value::Nil => {}
+        _ => return None,
+    }
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(items.len() / 4);
     let mut rejected = Vec::new();
     let mut seen: std::collections::HashMap<TaskId, usize, IdHash> =
@@ -102,7 +128,7 @@ pub(super) fn parse_claim(queue: &str, reply: Vec<Value>) -> Option<ClaimReply> 
         seen.insert(id, deliveries.len());
         deliveries.push(delivery);
     }
-    Some(ClaimReply { deliveries, next_change, bad, rejected })
+    Some(ClaimReply { deliveries, next_change, bad, rejected, held })
 }
 
 /// Hashes a [`TaskId`] by folding its 128 bits and one multiply (which spreads
@@ -209,7 +235,7 @@ impl RedisBroker {
         queue: &str,
         (max, suspect): (usize, bool),
         lease: Duration,
-    ) -> Result<(Vec<Delivery>, Option<Duration>, PendingClaim<'_>)> {
+    ) -> Result<(Vec<Delivery>, Vec<HeldBack>, Option<Duration>, PendingClaim<'_>)> {
         let keys = self.keys.queue(queue);
         let tag = format!("{:x}", rand_u64());
         let mut invocation = self.scripts.claim.prepare_invoke();
@@ -250,7 +276,7 @@ impl RedisBroker {
                  or a bug wrote it); the jobs claimed beside it run as usual"
             );
         }
-        Ok((claim.deliveries, claim.next_change, pending))
+        Ok((claim.deliveries, claim.held, claim.next_change, pending))
     }
 
     /// Takes back the leases of entries a claim handed out that are no job of dmq's,

@@ -22,8 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dmq_core::{
-    Broker, BrokerAdmin, Delivery, Error, EventStream, Job, Lease, Result, ScheduleStore, TaskId,
-    WorkerRegistry,
+    Broker, BrokerAdmin, Delivery, Error, EventStream, HeldBack, Job, Lease, Result, ScheduleStore,
+    TaskId, WorkerRegistry,
 };
 use redis::ScriptInvocation;
 use tokio::time::Instant;
@@ -563,8 +563,19 @@ impl Broker for RedisBroker {
         lease: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
+        Ok(self.claim_reporting(worker, queues, max, lease, wait).await?.0)
+    }
+
+    async fn claim_reporting(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<(Vec<Delivery>, Vec<HeldBack>)> {
         if max == 0 || queues.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let max = max.min(MAX_CLAIM);
         if !self.lost_claims.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
@@ -583,6 +594,8 @@ impl Broker for RedisBroker {
         // only delay the jobs that woke this claimer. The queues before it still come
         // first, as the order of `queues` says.
         let mut upto: Option<usize> = None;
+        // The jobs held back at their gates, by every round of this claim.
+        let mut held = Vec::new();
         loop {
             let round = match upto {
                 Some(last) => &queues[..=last],
@@ -603,8 +616,9 @@ impl Broker for RedisBroker {
                 // worker hands it back, lets its jobs end, and comes for it alone.
                 let limits = (max - claimed.len(), true);
                 match self.claim_queue(worker, queue, limits, lease).await {
-                    Ok((mut got, change, claim)) => {
+                    Ok((mut got, mut kept, change, claim)) => {
                         pending.push(claim);
+                        held.append(&mut kept);
                         let alone = got.iter().any(|d| d.isolated);
                         if woken.as_deref() == Some(queue.as_str()) {
                             woken = None;
@@ -633,7 +647,7 @@ impl Broker for RedisBroker {
             // shows again at the next claim that finds nothing.
             if !claimed.is_empty() {
                 pending.into_iter().for_each(PendingClaim::settled);
-                return Ok(claimed);
+                return Ok((claimed, held));
             }
             pending.into_iter().for_each(PendingClaim::settled);
             if let Some(e) = failure {
@@ -646,7 +660,7 @@ impl Broker for RedisBroker {
             }
             let now = Instant::now();
             if now >= give_up {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), held));
             }
             let mut block = give_up - now;
             if let Some(change) = next_change {

@@ -65,6 +65,10 @@ pub fn event_json(event: &Event) -> Value {
         EventKind::Expired { expired_at } => {
             object.insert("expired_at".into(), json!(time(*expired_at)));
         }
+        EventKind::Held { gate, limit } => {
+            object.insert("gate".into(), json!(gate));
+            object.insert("limit".into(), json!(limit.as_str()));
+        }
         // Started, NotFound, and kinds a later dmq adds: no facts to show.
         _ => {}
     }

@@ -22,12 +22,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use self::events::EventLog;
+use super::HeldBack;
 use super::{
     Broker, BrokerAdmin, DEFAULT_EVENT_STREAM_CAP, DeadLetter, Delivery, EventStream, Job, Lease,
     ScheduleState, ScheduleStore, WorkerInfo, WorkerRegistry, refuse_keys_in_batches,
 };
 use crate::envelope::MAX_PRIORITY;
 use crate::error::{Error, Result};
+use crate::events::HeldBy;
 use crate::limits::{Gate, Gcra, RateLimit};
 use crate::task::TaskId;
 use crate::unique::KeyHold;
@@ -202,6 +204,15 @@ impl GateState {
             self.running.insert(id);
         }
         true
+    }
+
+    /// Which limit holds a job back that `admit` refused: the concurrency when it is
+    /// full, else the rate.
+    fn held_by(&self) -> HeldBy {
+        match self.concurrency {
+            Some(limit) if self.running.len() >= limit as usize => HeldBy::Concurrency,
+            _ => HeldBy::Rate,
+        }
     }
 
     /// When the gate may let a job through on its own (its rate), if its rate is what
@@ -630,11 +641,20 @@ impl Queue {
         }
     }
 
-    /// Puts `stored`, held back by its gate, to wait at the gate.
-    fn park(&mut self, stored: Stored, seq: u64) {
-        let Some(gate) = stored.gate.as_ref().and_then(|name| self.gates.get_mut(name)) else {
+    /// Puts `stored`, held back by its gate, to wait at the gate; reports it in `held`.
+    fn park(&mut self, name: &str, stored: Stored, seq: u64, held: &mut Vec<HeldBack>) {
+        let gate = stored.gate.as_ref().and_then(|g| Some((g, self.gates.get_mut(g)?)));
+        let Some((gate_name, gate)) = gate else {
             return self.push_ready(stored);
         };
+        let id = stored.id;
+        held.push(HeldBack::new(
+            id,
+            name,
+            gate_name.as_ref(),
+            gate.held_by(),
+            stored.payload.to_vec(),
+        ));
         gate.waiting.insert((Reverse(stored.priority), seq), stored);
     }
 
@@ -744,6 +764,7 @@ impl State {
         max: usize,
         lease: Duration,
         claimed: &mut Vec<Claimed<'a>>,
+        held: &mut Vec<HeldBack>,
     ) -> Option<Instant> {
         let now = Instant::now();
         let deadline = crate::clock::instant_after(now, lease);
@@ -782,7 +803,7 @@ impl State {
                 };
                 self.next_seq += 1;
                 if !queue.admits(&stored, now) {
-                    queue.park(stored, self.next_seq);
+                    queue.park(name, stored, self.next_seq, held);
                     continue;
                 }
                 let job = (stored, self.next_seq, false);
@@ -872,16 +893,31 @@ impl Broker for InMemoryBroker {
         lease: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
+        Ok(self.claim_reporting(worker, queues, max, lease, wait).await?.0)
+    }
+
+    async fn claim_reporting(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<(Vec<Delivery>, Vec<HeldBack>)> {
         if max == 0 || queues.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         // One copy of the worker's id, shared by every lease of this claim.
         let worker: Arc<str> = Arc::from(worker);
         let mut claimed = Vec::with_capacity(max.min(CLAIM_RESERVE));
+        let mut held = Vec::new();
+        let deliveries = |claimed: Vec<Claimed<'_>>| {
+            claimed.into_iter().map(Claimed::into_delivery).collect::<Vec<_>>()
+        };
         // Most claims find work: look once before paying for a wake-up registration.
-        self.lock().try_claim(&worker, queues, max, lease, &mut claimed);
+        self.lock().try_claim(&worker, queues, max, lease, &mut claimed, &mut held);
         if !claimed.is_empty() {
-            return Ok(claimed.into_iter().map(Claimed::into_delivery).collect());
+            return Ok((deliveries(claimed), held));
         }
         let give_up = crate::clock::deadline(wait);
         loop {
@@ -891,12 +927,13 @@ impl Broker for InMemoryBroker {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let next_change = self.lock().try_claim(&worker, queues, max, lease, &mut claimed);
+            let next_change =
+                self.lock().try_claim(&worker, queues, max, lease, &mut claimed, &mut held);
             if !claimed.is_empty() {
-                return Ok(claimed.into_iter().map(Claimed::into_delivery).collect());
+                return Ok((deliveries(claimed), held));
             }
             if Instant::now() >= give_up {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), held));
             }
             let until = next_change.map_or(give_up, |at| at.min(give_up));
             tokio::select! {
