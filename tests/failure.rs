@@ -26,6 +26,7 @@ common::on_both_brokers! {
     a_task_failing_twice_succeeds_on_attempt_3_after_the_policy_s_gaps;
     a_fatal_error_is_dead_lettered_after_one_attempt_with_retries_left;
     dead_letters_page_newest_first_and_requeue_delete_and_purge;
+    a_requeued_dead_letter_runs_again_whatever_its_key_says;
     a_full_dead_letter_queue_drops_the_oldest_and_counts_them;
     bad_input_among_a_thousand_good_jobs_is_dead_lettered_at_once_and_the_worker_carries_on;
     an_envelope_of_the_wrong_shape_is_dead_lettered_without_echoing_its_contents;
@@ -199,6 +200,39 @@ async fn dead_letters_page_newest_first_and_requeue_delete_and_purge(backing: Ba
     for id in doomed {
         assert_eq!(runs(id), 2, "a deleted or purged dead letter ran again");
     }
+}
+
+/// A dead-lettered job with an idempotency key (unique until done, and a plain one)
+/// runs again when an operator requeues it: its key, which still names it, does not
+/// make the requeue a no-op that deletes the letter.
+async fn a_requeued_dead_letter_runs_again_whatever_its_key_says(backing: Backing) {
+    const DLQ: &str = "failure-keyed";
+    let manager = backing.manager().await;
+    let worker = manager.worker().queues([DLQ]).start();
+    let once = Backoff::fixed(Duration::from_millis(50)).expect("a valid backoff");
+    let calls = [
+        fails_twice::call().unique(dmq_core::UniqueFor::UntilDone),
+        fails_twice::call().idempotency_key("keyed-letter"),
+    ];
+    for call in calls {
+        let handle = call
+            .queue(DLQ)
+            .retry(RetryPolicy::new(1, once))
+            .enqueue(&manager)
+            .await
+            .expect("enqueue");
+        let (kind, _) = failure(handle.result(WAIT).await);
+        assert_eq!(kind, "error");
+        let deadline = Instant::now() + WAIT;
+        while manager.dead_letter_count(DLQ).await.expect("count") == 0 {
+            assert!(Instant::now() < deadline, "the job was not dead-lettered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(manager.requeue_dead_letter(DLQ, handle.id(), None).await.expect("requeue"));
+        assert_eq!(succeeded(&manager, handle.id()).await.attempts, 1, "it ran again");
+        assert_eq!(runs(handle.id()), 3);
+    }
+    worker.shutdown().await;
 }
 
 async fn a_full_dead_letter_queue_drops_the_oldest_and_counts_them(backing: Backing) {

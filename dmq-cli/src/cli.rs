@@ -419,7 +419,7 @@ pub struct JobArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EventsArgs {
     /// Only events of these kinds: queued, started, completed, failed, retry,
-    /// dead_lettered, not_found, expired.
+    /// dead_lettered, not_found, expired, held.
     #[arg(long = "kind", value_name = "KINDS", value_delimiter = ',', value_parser = parse_event_type)]
     pub kinds: Vec<dmq_core::EventType>,
 

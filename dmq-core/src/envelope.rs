@@ -142,7 +142,11 @@ impl Envelope {
     /// idempotency TTL, a day by default, and only through `enqueue`, as for any key).
     pub fn choose_id(&mut self, id: TaskId) {
         self.id = id;
-        self.idempotency_key.get_or_insert_with(|| format!("id:{id}"));
+        // A unique job's own key (given, or derived from its task and arguments) is
+        // what makes it unique.
+        if self.unique_for.is_none() {
+            self.idempotency_key.get_or_insert_with(|| format!("id:{id}"));
+        }
     }
 
     /// A new envelope for `task` on `queue` with encoded `args`, due now.

@@ -11,14 +11,21 @@ ALTER TABLE queues ADD COLUMN last_group text COLLATE "C";
 ALTER TABLE jobs ADD COLUMN held boolean NOT NULL DEFAULT false;
 CREATE INDEX jobs_unreported ON jobs (queue, gate)
     WHERE state = 'ready' AND gate IS NOT NULL AND NOT held AND NOT suspect;
+-- The ready index of 0004 without the grouped jobs, which have one of their own: the
+-- ungrouped pick reads no grouped row.
+DROP INDEX jobs_ready;
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, position)
+    WHERE state = 'ready' AND NOT suspect AND gate IS NULL AND grp IS NULL;
 CREATE INDEX jobs_grouped ON jobs (queue, grp, priority DESC, position)
     WHERE state = 'ready' AND grp IS NOT NULL AND gate IS NULL AND NOT suspect;
 
 -- Leases up to `p_n` of queue `p_queue`'s ready grouped jobs (without a gate, not
 -- suspect) to `p_worker` until `p_until`, one of each group in turn: the first
 -- (highest priority, then oldest) of the group after the one the queue's last claim
--- took from, round robin over the groups in the order of their names. A group whose
--- first job another claim holds locked is passed by.
+-- took from, round robin over the groups in the order of their names. A job another
+-- claim holds locked is passed by (that claim may take from the same group). The
+-- queue's `last_group` is written only by a claim that can lock its row at once, so
+-- claims never wait on each other for it.
 CREATE FUNCTION claim_grouped(p_queue text, p_worker text, p_until timestamptz, p_n integer)
 RETURNS TABLE (queue text, id uuid, payload bytea, deliveries integer, token text,
                fence bigint, isolated boolean, next_change timestamptz)
@@ -64,20 +71,28 @@ BEGIN
                   NULL::timestamptz;
         took := took + 1;
     END LOOP;
-    IF last IS NOT NULL THEN
-        UPDATE queues SET last_group = last WHERE name = p_queue;
+    IF took > 0 THEN
+        PERFORM 1 FROM queues qu WHERE qu.name = p_queue FOR NO KEY UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            UPDATE queues SET last_group = last WHERE name = p_queue;
+        END IF;
     END IF;
 END $$;
 
--- Marks the ready jobs of gate `p_gate` of queue `p_queue` that no claim reported yet
--- as held back by limit `p_why`, and returns them as report rows of `claim_open`.
+-- Marks up to 1,000 ready jobs of gate `p_gate` of queue `p_queue` that no claim
+-- reported yet as held back by limit `p_why` (passing by those another claim holds
+-- locked), and returns them as report rows of `claim_open`; the next claim reports
+-- more.
 CREATE FUNCTION report_held(p_queue text, p_gate text, p_why text)
 RETURNS TABLE (queue text, id uuid, payload bytea, deliveries integer, token text,
                fence bigint, isolated boolean, next_change timestamptz)
 LANGUAGE sql SET search_path FROM CURRENT AS $$
     UPDATE jobs h SET held = true
-    WHERE h.queue = p_queue AND h.gate = p_gate AND h.state = 'ready' AND NOT h.suspect
-      AND NOT h.held
+    FROM (SELECT u.id FROM jobs u
+          WHERE u.queue = p_queue AND u.gate = p_gate AND u.state = 'ready'
+            AND NOT u.suspect AND NOT u.held
+          LIMIT 1000 FOR UPDATE SKIP LOCKED) pick
+    WHERE h.queue = p_queue AND h.id = pick.id
     RETURNING h.queue, h.id, h.payload, NULL::integer, 'held:' || p_why || ':' || p_gate,
               NULL::bigint, NULL::boolean, NULL::timestamptz
 $$;
@@ -212,7 +227,10 @@ BEGIN
         grouped := EXISTS (SELECT 1 FROM jobs r WHERE r.queue = q AND r.state = 'ready'
                            AND r.grp IS NOT NULL AND r.gate IS NULL AND NOT r.suspect);
         IF grouped THEN
-            RETURN QUERY SELECT * FROM claim_grouped(q, p_worker, until, (left_to_take + 1) / 2);
+            -- An odd slot (a claim of one job, say) goes to either side by the parity
+            -- of the claim's transaction id, so that neither starves the other.
+            RETURN QUERY SELECT * FROM claim_grouped(q, p_worker, until,
+                left_to_take / 2 + (left_to_take % 2) * (txid_current() % 2)::integer);
             GET DIAGNOSTICS took = ROW_COUNT;
             left_to_take := left_to_take - took;
         END IF;

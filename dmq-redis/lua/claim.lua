@@ -60,6 +60,7 @@ elseif gated_queue and not paused then
   expect('list', 18)
   expect('hash', 21)
   expect('zset', 22, 23)
+  expect('string', 20)
 end
 if #due > 0 then
   each_chunk('ZREM', KEYS[3], due)
@@ -327,8 +328,18 @@ local function take_grouped(k)
 end
 
 -- Grouped jobs take half the claim while ungrouped ones wait, and the rest of it
--- when those run out.
-if gated_queue and left > 0 then left = left - take_grouped(math.ceil(left / 2)) end
+-- when those run out. An odd slot (a claim of one job, say) goes to each side by
+-- turns (field ~turn of the gates hash), so that neither starves the other.
+if gated_queue and left > 0 then
+  local half = math.floor(left / 2)
+  if left % 2 == 1 then
+    -- (Text another program wrote there counts as 0, and is overwritten.)
+    local turn = (tonumber(redis.call('HGET', KEYS[21], '~turn')) or 0) % 2
+    redis.call('HSET', KEYS[21], '~turn', 1 - turn)
+    if turn == 0 then half = half + 1 end
+  end
+  if half > 0 then left = left - take_grouped(half) end
+end
 while left > 0 and parked < 1000 do
   local got = checked(redis.pcall('LMPOP', 10, lists[1], lists[2], lists[3], lists[4],
     lists[5], lists[6], lists[7], lists[8], lists[9], lists[10], 'LEFT', 'COUNT', left),

@@ -19,6 +19,7 @@ for b = 0, #KEYS - per, per do
   expect('list', b + 19)
   expect('zset', b + 22)
   waiting = waiting + redis.call('ZLEXCOUNT', KEYS[b + 22], '[w', '(x')
+    + redis.call('ZLEXCOUNT', KEYS[b + 22], '[g', '(h')
   for i = b + 5, b + 14 do waiting = waiting + redis.call('LLEN', KEYS[i]) end
   waiting = waiting + redis.call('LLEN', KEYS[b + 19])
   delayed = delayed + redis.call('ZCARD', KEYS[b + 3])

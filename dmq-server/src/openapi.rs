@@ -82,11 +82,14 @@ impl Modify for OneTime {
                 ])),
             )),
         );
-        let undelayed = ObjectBuilder::new().property("eta", null()).property("delay_ms", null());
+        let undelayed = ObjectBuilder::new()
+            .property("eta", null())
+            .property("delay_ms", null())
+            .property("id", null());
         let debounce = AnyOfBuilder::new()
             .item(not_debounced)
             .item(undelayed)
-            .description(Some("A debounce (`unique.for`) with neither `eta` nor `delay_ms`."));
+            .description(Some("A debounce (`unique.for`) with no `eta`, `delay_ms` or `id`."));
         let job = AllOfBuilder::new().item(job).item(one).item(debounce);
         components.schemas.insert("EnqueueRequest".to_owned(), job.into());
     }

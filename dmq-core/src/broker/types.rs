@@ -215,6 +215,19 @@ impl HeldBack {
     ) -> Self {
         HeldBack { id, queue: queue.into(), gate: gate.into(), limit, payload }
     }
+
+    /// The [`EventKind::Held`](crate::EventKind::Held) event that reports it, emitted by
+    /// `worker`, with the task and attempt its envelope (at most `max_size` bytes) says;
+    /// `None` when the envelope does not decode (the claim that hands the job out
+    /// reports that).
+    pub(crate) fn into_event(self, max_size: usize, worker: &str) -> Option<Event> {
+        let envelope = crate::envelope::Envelope::decode(&self.payload, max_size).ok()?;
+        let kind = crate::events::EventKind::Held { gate: self.gate, limit: self.limit };
+        Some(
+            Event::new(kind, self.id, envelope.task, self.queue, envelope.attempt)
+                .with_worker(worker),
+        )
+    }
 }
 
 impl fmt::Debug for HeldBack {

@@ -279,3 +279,22 @@ pub async fn a_claim_reports_the_jobs_it_holds_back_once(b: Arc<dyn Broker>) {
         b.claim_reporting(WORKER, &q, 10, LONG, Duration::ZERO).await.expect("claim");
     assert!(again.is_empty() && held.is_empty(), "held once: {again:?} {held:?}");
 }
+
+/// Claims of one job at a time (a busy worker's) take turns between a queue's grouped
+/// and ungrouped jobs: neither side waits for the other to run out.
+pub async fn claims_of_one_job_take_grouped_and_ungrouped_jobs_by_turns(b: Arc<dyn Broker>) {
+    let q = queues(&["alpha"]);
+    let grouped: Vec<Job> =
+        (0..40).map(|i| job("alpha", 5, &format!("grouped-{i}")).in_group("g")).collect();
+    b.enqueue_batch(grouped).await.expect("enqueue");
+    let free: Vec<Job> = (0..40).map(|i| job("alpha", 5, &format!("free-{i}"))).collect();
+    b.enqueue_batch(free).await.expect("enqueue");
+    let mut order = Vec::new();
+    for _ in 0..40 {
+        let got = b.claim(WORKER, &q, 1, LONG, Duration::ZERO).await.expect("claim");
+        assert_eq!(got.len(), 1, "jobs are ready");
+        order.extend(payloads(&got));
+    }
+    let grouped = order.iter().filter(|p| p.starts_with("grouped-")).count();
+    assert!((8..=32).contains(&grouped), "{grouped} of 40 claims took a grouped job: {order:?}");
+}

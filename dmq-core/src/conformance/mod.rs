@@ -178,6 +178,7 @@ macro_rules! limits_conformance_tests {
             jobs_waiting_at_a_gate_are_found_cancelled_and_purged,
             grouped_jobs_are_claimed_round_robin_across_groups,
             a_claim_reports_the_jobs_it_holds_back_once,
+            claims_of_one_job_take_grouped_and_ungrouped_jobs_by_turns,
         );
     };
 }

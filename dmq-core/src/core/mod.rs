@@ -269,6 +269,11 @@ impl Core {
     /// its names are checked.
     pub(crate) fn job(&self, envelope: &mut Envelope, partition_key: Option<&str>) -> Result<Job> {
         crate::names::check_task_name(&envelope.task)?;
+        Self::check_unique(envelope)?;
+        // A unique job without a partition key goes where its key does, so that the
+        // same work meets its key (keys are per partition).
+        let unique_key = envelope.unique_for.and(envelope.idempotency_key.clone());
+        let partition_key = partition_key.or(unique_key.as_deref());
         match split_partition(&envelope.queue) {
             // Named as a partition already (an envelope a job once had): one there is.
             (queue, Some(partition)) => {
@@ -299,7 +304,6 @@ impl Core {
         if let Some(limits) = &envelope.limits {
             limits.check(&envelope.task)?;
         }
-        Self::check_unique(envelope)?;
         let payload = envelope.encode(self.config.max_message_size)?;
         let mut job =
             Job::new(envelope.id, envelope.queue.clone(), envelope.priority, envelope.eta, payload);

@@ -178,8 +178,8 @@ impl<T> Call<T> {
     /// turn, so that one group's backlog of 100,000 jobs does not hold back another's
     /// ten. Within a group, jobs go highest priority first, then in order; the
     /// queue's jobs without a group share each claim with the grouped ones, half and
-    /// half while both wait. A job with a rate or concurrency limit passes its gate as
-    /// well.
+    /// half while both wait (an odd slot goes to each side by turns). A job with a
+    /// rate or concurrency limit passes its gate as well.
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
         self
@@ -344,10 +344,10 @@ impl<T> Call<T> {
     ///     .broker(InMemoryBroker::new())
     ///     .backend(InMemoryBackend::new())
     ///     .build()?;
-    /// let first = reindex(7).unique(UniqueFor::Queued).enqueue(&manager).await?;
-    /// let again = reindex(7).unique(UniqueFor::Queued).enqueue(&manager).await?;
+    /// let first = reindex::call(7).unique(UniqueFor::Queued).enqueue(&manager).await?;
+    /// let again = reindex::call(7).unique(UniqueFor::Queued).enqueue(&manager).await?;
     /// assert_eq!(first.id(), again.id());
-    /// let other = reindex(8).unique(UniqueFor::Queued).enqueue(&manager).await?;
+    /// let other = reindex::call(8).unique(UniqueFor::Queued).enqueue(&manager).await?;
     /// assert_ne!(first.id(), other.id());
     /// # Ok(())
     /// # }
@@ -498,6 +498,13 @@ impl<T> Call<T> {
         envelope.backoff = self.backoff;
         envelope.idempotency_key = self.idempotency_key;
         if let Some(mode) = self.unique {
+            if self.id.is_some() && matches!(mode, UniqueFor::Debounce(_)) {
+                return Err(Error::InvalidArgument(format!(
+                    "a debounced call of {:?} cannot have a chosen id: its enqueue replaces \
+                     the waiting job, keeping that job's id; leave .id out",
+                    self.task
+                )));
+            }
             envelope.unique_for = Some(mode.hold());
             match mode {
                 UniqueFor::Ttl(ttl) => {

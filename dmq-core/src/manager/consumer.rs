@@ -160,8 +160,15 @@ impl Consumer {
         lease: Duration,
         wait: Duration,
     ) -> Result<Vec<ClaimedJob>> {
-        let deliveries = self.core.broker.claim(&self.id, queues, max, lease, wait).await?;
+        let (deliveries, held) =
+            self.core.broker.claim_reporting(&self.id, queues, max, lease, wait).await?;
         let limit = self.core.config.max_message_size;
+        // The jobs the claim held back at their gates, as a worker reports them.
+        for job in held {
+            if let Some(event) = job.into_event(limit, &self.id) {
+                self.core.events.emit(|| event);
+            }
+        }
         let mut claimed = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let envelope = match Envelope::decode(&delivery.payload, limit) {

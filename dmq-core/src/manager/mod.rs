@@ -436,6 +436,11 @@ impl Manager {
         let mut envelope = Envelope::decode(&letter.payload, self.core.config.max_message_size)?;
         envelope.attempt = 1;
         envelope.eta = None;
+        // An operator's requeue runs the job: its idempotency key (which may still
+        // name this very job) decides nothing now.
+        envelope.idempotency_key = None;
+        envelope.unique_for = None;
+        envelope.unique_ttl_ms = None;
         if let Some(to) = to {
             to.clone_into(&mut envelope.queue);
         }

@@ -640,22 +640,19 @@ fn log_abnormal_end(panic: &(dyn std::any::Any + Send)) {
     );
 }
 
-/// Pause after `failures` failed claims in a row: 100 ms doubling up to 5 s.
 /// Emits a `Held` event for each job the claim held back at its gate. The task and
 /// attempt come from the job's envelope; one that does not decode is left to the
 /// claim that later hands it out (which dead-letters it).
 fn report_held(shared: &Shared, held: Vec<crate::broker::HeldBack>) {
+    let limit = shared.core.config().max_message_size;
     for job in held {
-        let limit = shared.core.config().max_message_size;
-        let Ok(envelope) = crate::envelope::Envelope::decode(&job.payload, limit) else {
-            continue;
-        };
-        let crate::broker::HeldBack { id, queue, gate, limit, .. } = job;
-        shared
-            .emit(id, &envelope.task, &queue, envelope.attempt, || EventKind::Held { gate, limit });
+        if let Some(event) = job.into_event(limit, &shared.info.id) {
+            shared.core.events().emit(|| event);
+        }
     }
 }
 
+/// Pause after `failures` failed claims in a row: 100 ms doubling up to 5 s.
 fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(6);
     Duration::from_millis(100 * (1u64 << exp)).min(Duration::from_secs(5))

@@ -58,7 +58,7 @@ pub(crate) struct EnqueueRequest {
     /// until it is done (acknowledged, dead-lettered, cancelled); `ttl`: for `ms`
     /// after the enqueue (a throttle); `debounce`: the job starts `ms` after the last
     /// enqueue, and an enqueue while it waits replaces its arguments and pushes its
-    /// start back (not with `eta` or `delay_ms`). Not in a batch.
+    /// start back (not with `eta`, `delay_ms` or `id`). Not in a batch.
     #[serde(default)]
     unique: Option<UniqueRequest>,
     /// The job's id, a UUID of the caller's choosing: a second enqueue with the same
@@ -268,6 +268,12 @@ fn envelope_of(
                 dmq_core::KeyHold::Ttl
             }
             UniqueRequest::Debounce { ms } => {
+                if request.id.is_some() {
+                    return Err(ApiError::bad_request(
+                        "a debounced job cannot have a chosen id: its enqueue replaces the \
+                         waiting job, keeping that job's id; leave id out",
+                    ));
+                }
                 if envelope.eta.is_some() {
                     return Err(ApiError::bad_request(
                         "a debounced job starts unique.ms after its last enqueue: give no eta \
