@@ -194,10 +194,15 @@ end
 local function free_slots(ids, names, forget, gates, signal_key)
   local wake = false
   for i, g in ipairs(names) do
-    if forget then redis.call('HDEL', KEYS[gates], 'g:' .. ids[i]) end
+    if forget then
+      if g then
+        redis.call('HDEL', KEYS[gates], 'j:' .. ids[i], 'g:' .. ids[i])
+      else
+        redis.call('HDEL', KEYS[gates], 'g:' .. ids[i])
+      end
+    end
     if g then
       redis.call('ZREM', KEYS[gates + 1], 'r' .. g .. '\0' .. ids[i])
-      if forget then redis.call('HDEL', KEYS[gates], 'j:' .. ids[i]) end
       local lo, hi = gate_range('w', g)
       if redis.call('ZSCORE', KEYS[gates + 2], g) == 'inf' and
           #redis.call('ZRANGEBYLEX', KEYS[gates + 1], lo, hi, 'LIMIT', 0, 1) > 0 then
