@@ -240,6 +240,39 @@ async fn per_tenant(tenant: String, n: u32) -> Result<(), TaskError> {
     Ok(())
 }
 
+#[task(name = "attrs.mail_a", queue = "attrs-shared", concurrency = 2, limit_gate = "attrs-mail")]
+async fn mail_a() -> Result<(), TaskError> {
+    Ok(())
+}
+
+#[task(name = "attrs.mail_b", queue = "attrs-shared", concurrency = 2, limit_gate = "attrs-mail")]
+async fn mail_b() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// Tasks that name one gate share its limits: a concurrency of 2 holds for both
+/// together (a queue's limit), from the attribute and from a call.
+#[tokio::test]
+async fn tasks_naming_one_gate_share_its_limits() {
+    let limits = info("attrs.mail_a").limits.expect("limits");
+    assert_eq!((limits.shared.as_deref(), limits.concurrency), (Some("attrs-mail"), Some(2)));
+    let manager = Manager::builder().build().expect("manager");
+    for _ in 0..3 {
+        mail_a::call().enqueue(&manager).await.expect("enqueue");
+        mail_b::call().enqueue(&manager).await.expect("enqueue");
+    }
+    assert_eq!(claim_all(&manager, "attrs-shared").await.len(), 2, "2 of the 6, both tasks");
+    let manager = Manager::builder().build().expect("manager");
+    for _ in 0..3 {
+        let call = plain::call().queue("attrs-shared").limit_gate("attrs-mail").concurrency(2);
+        call.enqueue(&manager).await.expect("enqueue");
+        mail_b::call().enqueue(&manager).await.expect("enqueue");
+    }
+    assert_eq!(claim_all(&manager, "attrs-shared").await.len(), 2, "a call names it too");
+    let err = plain::call().limit_gate("attrs-mail").enqueue(&manager).await.unwrap_err();
+    assert!(err.to_string().contains("a limit gate"), "{err}");
+}
+
 #[test]
 fn flow_limits_register_as_written() {
     let limits = info("attrs.limited").limits.expect("limits");

@@ -1038,6 +1038,16 @@ fn limits_given_over_http_hold_for_every_claimer() {
         }
         let (_, next) = post(&served, Some(WORKER), "/v1/queues/work/claim", &claim).await;
         assert_eq!(next["jobs"].as_array().map(Vec::len), Some(1), "{next}");
+
+        // Two tasks naming one gate share its concurrency.
+        for task in ["app.add", "app.mul"] {
+            let job = json!({"task": task, "args": [1, 2], "queue": "shared", "concurrency": 1,
+                             "limit_gate": "math"});
+            let (status, body) = post(&served, Some(PRODUCER), "/v1/jobs", &job).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        let (_, got) = post(&served, Some(ADMIN), "/v1/queues/shared/claim", &claim).await;
+        assert_eq!(got["jobs"].as_array().map(Vec::len), Some(1), "one gate, one slot: {got}");
     });
 }
 

@@ -172,6 +172,12 @@ pub struct JobLimits {
     /// one task with different keys pass different gates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The name of a gate tasks share: jobs of every task that names it pass it (and
+    /// its key's, with a key), so that its limits hold for them together, as a limit
+    /// on a whole queue does when each task of the queue names one gate. None for the
+    /// task's own gate. Encoded as `gate`.
+    #[serde(default, rename = "gate", skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
 }
 
 impl JobLimits {
@@ -192,13 +198,14 @@ impl JobLimits {
         }
     }
 
-    /// The name of the gate a job of `task` with these limits passes: the task's name,
-    /// or `task[key]` with a key.
+    /// The name of the gate a job of `task` with these limits passes: the task's name
+    /// (or the [`shared`](JobLimits::shared) gate's), or `task[key]` with a key.
     #[must_use]
     pub fn gate(&self, task: &str) -> String {
+        let base = self.shared.as_deref().unwrap_or(task);
         match &self.key {
-            Some(key) => format!("{task}[{key}]"),
-            None => task.to_owned(),
+            Some(key) => format!("{base}[{key}]"),
+            None => base.to_owned(),
         }
     }
 
@@ -229,7 +236,15 @@ impl JobLimits {
                 )));
             }
         }
-        let len = task.len() + self.key.as_ref().map_or(0, |k| k.len() + 2);
+        if let Some(shared) = &self.shared {
+            if shared.is_empty() || shared.contains('\0') {
+                return Err(Error::InvalidArgument(format!(
+                    "the shared gate of a job of {task:?} must be text without NUL, not empty"
+                )));
+            }
+        }
+        let base = self.shared.as_deref().unwrap_or(task);
+        let len = base.len() + self.key.as_ref().map_or(0, |k| k.len() + 2);
         if len > MAX_GATE_LEN {
             return Err(Error::InvalidArgument(format!(
                 "the concurrency key of a job of {task:?} is too long: its gate name would \

@@ -81,6 +81,8 @@ pub struct TaskRegistration {
     pub burst: Option<u32>,
     /// How many of its jobs may run at once (per key, with `concurrency_key`).
     pub concurrency: Option<u32>,
+    /// The gate it shares with other tasks (`#[task(limit_gate = "mail")]`), if any.
+    pub limit_gate: Option<&'static str>,
     /// The Rust path of the function.
     pub path: &'static str,
     /// The file that defines it.
@@ -197,8 +199,13 @@ impl TaskRegistration {
     /// argument, only a typed call knows).
     pub(crate) fn limits(&self) -> Option<JobLimits> {
         let rate = self.rate_limit.and_then(|rate| rate.parse::<RateLimit>().ok());
-        let limits =
-            JobLimits { rate, burst: self.burst, concurrency: self.concurrency, key: None };
+        let limits = JobLimits {
+            rate,
+            burst: self.burst,
+            concurrency: self.concurrency,
+            key: None,
+            shared: self.limit_gate.map(str::to_owned),
+        };
         limits.is_limited().then_some(limits)
     }
 
@@ -386,6 +393,7 @@ mod tests {
         rate_limit: None,
         burst: None,
         concurrency: None,
+        limit_gate: None,
         path: "app::a",
         file: "src/a.rs",
         line: 3,
@@ -406,6 +414,7 @@ mod tests {
         rate_limit: None,
         burst: None,
         concurrency: None,
+        limit_gate: None,
         path: "app::b",
         file: "src/b.rs",
         line: 7,

@@ -1,7 +1,7 @@
 //! The arguments of `#[task(...)]`: `name`, `queue`, `max_retries`, `timeout`,
 //! `backoff`, `jitter`, `retry`, `guarantee`, `ignore_result`, `cron`, `every`,
-//! `partitions`, and the flow limits `rate_limit`, `burst`, `concurrency` and
-//! `concurrency_key`.
+//! `partitions`, and the flow limits `rate_limit`, `burst`, `concurrency`,
+//! `concurrency_key` and `limit_gate`.
 //!
 //! Every value is checked here, at compile time, so a mistake is an error on the
 //! user's literal rather than a worker's surprise. `backoff` is a small language of
@@ -42,12 +42,13 @@ mod kw {
     syn::custom_keyword!(burst);
     syn::custom_keyword!(concurrency);
     syn::custom_keyword!(concurrency_key);
+    syn::custom_keyword!(limit_gate);
 }
 
 /// The keys `#[task]` accepts, as its error messages list them.
 const KEYS: &str = "name, queue, max_retries, timeout, backoff, jitter, retry, guarantee, \
                     ignore_result, cron, every, partitions, rate_limit, burst, concurrency, \
-                    concurrency_key";
+                    concurrency_key, limit_gate";
 
 /// The forms `cron` accepts, as its error messages list them.
 const CRON_FORMS: &str = "five fields (minute hour day-of-month month day-of-week, as in \
@@ -95,6 +96,8 @@ pub(crate) struct TaskArgs {
     pub(crate) concurrency: Option<u32>,
     /// The argument whose value keys the limits; the task's name alone when `None`.
     pub(crate) concurrency_key: Option<Ident>,
+    /// The gate the task shares with others; its own when `None`.
+    pub(crate) limit_gate: Option<String>,
 }
 
 /// `cron = "..."` or `every = "..."`, with the span of the key that set it: a task
@@ -193,6 +196,7 @@ enum Key {
     Burst,
     Concurrency,
     KeyedBy,
+    LimitGate,
 }
 
 impl Key {
@@ -227,6 +231,8 @@ impl Key {
             Ok((Key::RateLimit, input.parse::<kw::rate_limit>()?.span))
         } else if lookahead.peek(kw::burst) {
             Ok((Key::Burst, input.parse::<kw::burst>()?.span))
+        } else if lookahead.peek(kw::limit_gate) {
+            Ok((Key::LimitGate, input.parse::<kw::limit_gate>()?.span))
         } else if lookahead.peek(kw::concurrency_key) {
             Ok((Key::KeyedBy, input.parse::<kw::concurrency_key>()?.span))
         } else if lookahead.peek(kw::concurrency) {
@@ -260,6 +266,7 @@ impl Key {
             Key::Burst => "burst",
             Key::Concurrency => "concurrency",
             Key::KeyedBy => "concurrency_key",
+            Key::LimitGate => "limit_gate",
         }
     }
 }
@@ -362,6 +369,11 @@ fn mismatched(seen: &[(Key, Span)]) -> Vec<syn::Error> {
                 "`concurrency_key` applies the task's limits per key, and this task sets \
                  none: add one, as in `concurrency = 3, concurrency_key = tenant`"
             }
+            Key::LimitGate if !has(Key::Concurrency) && !has(Key::RateLimit) => {
+                "`limit_gate` makes tasks share their limits, and this task sets none: add \
+                 them, as in `concurrency = 3, limit_gate = \"mail\"` (the same on every \
+                 task that names the gate)"
+            }
             Key::Jitter if !has(Key::Backoff) => {
                 "`jitter` spreads the delays of the task's `backoff`, and this task sets \
                  none: add one, as in `backoff = \"exponential\", jitter = \"full\"`"
@@ -400,6 +412,7 @@ impl TaskArgs {
             Key::Burst => self.burst = Some(at_least_one(key, value)?),
             Key::Concurrency => self.concurrency = Some(at_least_one(key, value)?),
             Key::KeyedBy => self.concurrency_key = Some(argument_name(value)?),
+            Key::LimitGate => self.limit_gate = Some(non_empty_string(key, value)?),
             Key::IgnoreResult => match literal(value) {
                 Some(Lit::Bool(flag)) => self.ignore_result = flag.value,
                 _ => {
@@ -872,7 +885,8 @@ mod tests {
         let args = parse(
             r#"name = "emails.send", queue = "emails", max_retries = 5, timeout = "30s",
                backoff = "fixed(2s)", jitter = "full", guarantee = "exactly-once",
-               rate_limit = "100/s", burst = 10, concurrency = 3, concurrency_key = tenant,"#,
+               rate_limit = "100/s", burst = 10, concurrency = 3, concurrency_key = tenant,
+               limit_gate = "mail","#,
         )
         .unwrap();
         assert_eq!(
@@ -893,6 +907,7 @@ mod tests {
                 burst: Some(10),
                 concurrency: Some(3),
                 concurrency_key: Some(syn::parse_str("tenant").unwrap()),
+                limit_gate: Some("mail".to_owned()),
             }
         );
         let args = parse("retry = crate::policies::emails, ignore_result").unwrap();
@@ -1143,7 +1158,7 @@ mod tests {
             error(r#"queue = "q", retries = 3"#),
             "unknown #[task] key `retries`; expected one of: name, queue, max_retries, timeout, \
              backoff, jitter, retry, guarantee, ignore_result, cron, every, partitions, \
-             rate_limit, burst, concurrency, concurrency_key"
+             rate_limit, burst, concurrency, concurrency_key, limit_gate"
         );
         // A Rust keyword is reported as an unknown key too, not as a syntax error.
         assert!(error(r#"type = "x""#).starts_with("unknown #[task] key `type`"));
@@ -1317,6 +1332,9 @@ mod tests {
         assert!(error("concurrency = 0").contains("must be 1 to"));
         assert!(error("burst = 5").contains("and this task sets none"));
         assert!(error("concurrency_key = tenant").contains("and this task sets none"));
+        assert!(error(r#"limit_gate = "mail""#).contains("and this task sets none"));
+        assert!(error(r#"concurrency = 1, limit_gate = """#).contains("cannot be empty"));
+        assert!(error("concurrency = 1, limit_gate = mail").contains("string literal"));
         assert!(error(r#"concurrency = 2, concurrency_key = "tenant""#).contains("argument"));
         let args = parse(r#"rate_limit = "7/10s", concurrency = 2"#).unwrap();
         assert_eq!((args.rate_limit.as_deref(), args.concurrency), (Some("7/10s"), Some(2)));

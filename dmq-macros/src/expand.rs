@@ -268,6 +268,10 @@ impl<'a> Task<'a> {
             Some(rate) => quote!(Some(#rate)),
             None => quote!(None),
         };
+        let limit_gate = match &args.limit_gate {
+            Some(gate) => quote!(Some(#gate)),
+            None => quote!(None),
+        };
         let max_retries = match args.max_retries {
             Some(n) => quote!(Some(#n)),
             None => quote!(None),
@@ -477,6 +481,7 @@ impl<'a> Task<'a> {
                         rate_limit: #rate_limit,
                         burst: #burst,
                         concurrency: #concurrency,
+                        limit_gate: #limit_gate,
                         // This module is named after the function, so its path is the
                         // function's path.
                         path: module_path!(),
@@ -566,7 +571,11 @@ fn limits_tokens(args: &TaskArgs, encode: TokenStream) -> TokenStream {
         None => quote!(None),
     };
     let (burst, concurrency) = (option(args.burst), option(args.concurrency));
-    let limited = quote!((#encode).with_task_limits(#rate, #burst, #concurrency));
+    let gate = match &args.limit_gate {
+        Some(gate) => quote!(Some(#gate)),
+        None => quote!(None),
+    };
+    let limited = quote!((#encode).with_task_limits(#rate, #burst, #concurrency, #gate));
     match &args.concurrency_key {
         Some(key) => quote! {{
             let __dmq_key = ::std::string::ToString::to_string(&#key);

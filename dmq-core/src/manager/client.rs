@@ -112,12 +112,14 @@ impl<T> Call<T> {
         rate: Option<&str>,
         burst: Option<u32>,
         concurrency: Option<u32>,
+        gate: Option<&str>,
     ) -> Self {
         if let Some(rate) = rate {
             self = self.rate_limit(rate);
         }
         self.limits.burst = burst;
         self.limits.concurrency = concurrency;
+        self.limits.shared = gate.map(str::to_owned);
         self
     }
 
@@ -182,6 +184,19 @@ impl<T> Call<T> {
     /// rate or concurrency limit passes its gate as well.
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
+        self
+    }
+
+    /// Passes the gate named `gate`, which other tasks may name too, instead of the
+    /// task's own: the limits then hold for the jobs of every task that names it
+    /// together (a limit on a whole queue, when each task of the queue names one gate;
+    /// with a [`concurrency_key`](Call::concurrency_key), per key of it). The gate
+    /// keeps the limits of the last job enqueued through it, so give every task that
+    /// names it the same limits. Without a rate or concurrency limit it limits
+    /// nothing.
+    pub fn limit_gate(mut self, gate: impl Into<String>) -> Self {
+        self.unlimited = false;
+        self.limits.shared = Some(gate.into());
         self
     }
 
@@ -545,9 +560,11 @@ impl<T> Call<T> {
         } else if self.limits.is_limited() {
             self.limits.check(self.task)?;
             envelope.limits = Some(self.limits);
-        } else if self.limits.key.is_some() {
+        } else if self.limits.key.is_some() || self.limits.shared.is_some() {
+            let what = if self.limits.key.is_some() { "a concurrency key" } else { "a limit gate" };
             return Err(Error::InvalidArgument(format!(
-                "a call of {:?} has a concurrency key but neither a concurrency nor a rate                  limit, so the key would limit nothing: set #[task(concurrency = N)] or                  call .concurrency(N)",
+                "a call of {:?} has {what} but neither a concurrency nor a rate limit, so it \
+                 would limit nothing: set #[task(concurrency = N)] or call .concurrency(N)",
                 self.task
             )));
         }

@@ -63,6 +63,7 @@ mod tests {
             rate_limit: None,
             burst: None,
             concurrency: None,
+            limit_gate: None,
             path: "dmq_core::metrics::tests::held",
             file: file!(),
             line: line!(),

@@ -113,6 +113,13 @@ pub(crate) struct EnqueueRequest {
     #[serde(default)]
     #[schema(max_length = 255, pattern = "^[^\\x00]*$")]
     concurrency_key: Option<String>,
+    /// Passes the gate of this name, which other tasks may name too, instead of the
+    /// task's own: the limits hold for every task that names it together (a limit on
+    /// a whole queue). With neither a `rate_limit` nor a `concurrency` (given here, or
+    /// the task's), it changes nothing.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
+    limit_gate: Option<String>,
     /// Counts the job against this key's enqueue quota (`dmq quota set NS RATE --key
     /// KEY`) as well as its namespace's; over either, the enqueue answers 429
     /// `quota_exceeded` with Retry-After.
@@ -294,13 +301,16 @@ fn envelope_of(
     envelope.max_retries = request.max_retries;
     envelope.timeout_ms = request.timeout_ms;
     envelope.headers = request.headers;
-    if request.group.as_deref() == Some("") {
-        return Err(ApiError::bad_request("group must not be empty"));
+    for (field, text) in [("group", &request.group), ("limit_gate", &request.limit_gate)] {
+        if text.as_deref() == Some("") {
+            return Err(ApiError::bad_request(format!("{field} must not be empty")));
+        }
     }
     for (field, key) in [
         ("concurrency_key", &request.concurrency_key),
         ("quota_key", &request.quota_key),
         ("group", &request.group),
+        ("limit_gate", &request.limit_gate),
     ] {
         if let Some(key) = key {
             if key.contains('\0') || key.chars().count() > 255 {
@@ -315,7 +325,8 @@ fn envelope_of(
     let given = request.rate_limit.is_some()
         || request.burst.is_some()
         || request.concurrency.is_some()
-        || request.concurrency_key.is_some();
+        || request.concurrency_key.is_some()
+        || request.limit_gate.is_some();
     if given {
         // What the request says, over the task's own limits when this server knows it.
         let mut limits = known.and_then(|info| info.limits).unwrap_or_default();
@@ -332,6 +343,7 @@ fn envelope_of(
         limits.burst = request.burst.or(limits.burst);
         limits.concurrency = request.concurrency.or(limits.concurrency);
         limits.key = request.concurrency_key;
+        limits.shared = request.limit_gate.or(limits.shared);
         // A key or a burst alone limits nothing, and the job goes without a gate.
         if limits.is_limited() {
             limits.check(&envelope.task)?;
