@@ -132,13 +132,21 @@ pub async fn migrate_namespace(url: &str, namespace: &str, mode: Option<Mode>) -
     migrate(url, &Schema::new(namespace)?, mode).await
 }
 
-/// Makes `schema` and brings its tables up to date, under the migrator's lock, on a
-/// connection of its own; then records that it serves `mode`, refusing a schema
-/// that serves the other one.
+/// Makes `schema` and brings its tables up to date, on a connection of its own that
+/// holds an advisory lock named after the schema meanwhile (processes that start
+/// together would otherwise race to create it, and all but one fail: `CREATE SCHEMA
+/// IF NOT EXISTS` is no guard against another's uncommitted one); then records that
+/// it serves `mode`, refusing a schema that serves the other one.
 pub(crate) async fn migrate(url: &str, schema: &Schema, mode: Option<Mode>) -> Result<()> {
     let context = format!("could not migrate schema {} at {}", schema.name(), redact(url));
     let mut conn = options(url)?.connect().await.map_err(|e| pg_error(&context, e))?;
     let outcome = async {
+        // Released with the connection, below.
+        sqlx::query(crate::schema::sql("SELECT pg_advisory_lock(hashtextextended($1, 0))"))
+            .bind(format!("dmq migrate {}", schema.name()))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| pg_error(&context, e))?;
         sqlx::raw_sql(crate::schema::sql(&format!(
             "CREATE SCHEMA IF NOT EXISTS {q}; SET search_path TO {q}",
             q = schema.quoted

@@ -149,6 +149,22 @@ async fn a_schema_missing_a_function_says_to_migrate() {
     .await;
 }
 
+/// Processes that start together (workers, a CLI command) migrate one fresh schema at
+/// the same moment: every one of them succeeds (they used to race to create it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_migrating_one_fresh_schema_at_once_all_succeed() {
+    for _ in 0..3 {
+        let schema = common::fresh_namespace();
+        let url = common::url();
+        let runs = (0..8).map(|_| dmq_postgres::migrate_namespace(&url, &schema, None));
+        let outcomes = futures::future::join_all(runs).await;
+        common::drop_namespace(&schema).await;
+        for outcome in outcomes {
+            outcome.expect("a migration beside others");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_serves_a_broker_or_an_outbox_never_both() {
     let schema = common::fresh_namespace();
